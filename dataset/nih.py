@@ -1,0 +1,127 @@
+"""NIH ChestX-ray14 (or any set written in its formats): split files, image paths, preprocessing.
+
+A split file lists one image per line: its name, then 14 binary labels in the order of
+`nih14/nih_labels.txt`. Images live in one folder, or in the Kaggle layout
+(`images_001/images/...`, `images_002/images/...`). A probing set may carry its own split files in
+its image folder's parent (`{split}_official.txt`); otherwise the official NIH splits are used.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision import transforms
+
+from cli import PipelineError
+
+HERE = Path(__file__).resolve().parent
+LABELS_FILE = HERE / "nih14" / "nih_labels.txt"
+# The target models were fine-tuned with these statistics on all three channels (SPEC, stage 2).
+MEAN, STD = 0.5056, 0.252
+
+
+def class_names() -> list[str]:
+    return [line.strip() for line in LABELS_FILE.read_text().splitlines() if line.strip()]
+
+
+def split_file(split: str, data_root: str | Path, override: str = "") -> Path:
+    if override:
+        return Path(override)
+    own = Path(data_root).parent / f"{split}_official.txt"
+    return own if own.is_file() else HERE / "nih14" / f"{split}_official.txt"
+
+
+def read_split(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """Image names and their [N, 14] 0/1 labels."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"split file {path} not found; pass --split train|val|test or --split_file PATH")
+    names, labels = [], []
+    n = len(class_names())
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != n + 1 or any(p not in ("0", "1") for p in parts[1:]):
+            raise PipelineError(f"{path}, line {i}: expected an image name and {n} labels 0/1, got {line[:80]!r}")
+        names.append(parts[0])
+        labels.append([int(p) for p in parts[1:]])
+    if not names:
+        raise PipelineError(f"split file {path} lists no images")
+    return names, np.asarray(labels, dtype=np.int64)
+
+
+def findings(label_row: np.ndarray, names: list[str] | None = None) -> str:
+    names = names or class_names()
+    found = [names[j] for j in np.flatnonzero(label_row)]
+    return "|".join(found) if found else "No Finding"
+
+
+def resolve_images(root: str | Path, names: list[str], skip_missing: bool = False) -> tuple[list[str], list[Path]]:
+    """Paths of the named images under root (flat or Kaggle layout). Missing ones fail loudly
+    (or are dropped with a note when skip_missing). Returns the names kept and their paths."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PipelineError(f"image folder {root} not found; pass --data_root with the NIH images "
+                            f"(one folder, or the Kaggle images_001/images/... layout)")
+    where = {p.name: p for p in root.glob("images_*/images/*")}
+    kept, paths, missing = [], [], []
+    for name in names:
+        p = root / name
+        if not p.is_file():
+            p = where.get(name)
+        if p is None:
+            missing.append(name)
+        else:
+            kept.append(name)
+            paths.append(p)
+    if missing:
+        msg = f"{len(missing)} of {len(names)} images missing under {root} (first: {', '.join(missing[:3])})"
+        if not skip_missing:
+            raise PipelineError(msg + "; fix --data_root or set --skip_missing yes")
+        print(f"note: {msg}; skipped")
+    if not kept:
+        raise PipelineError(f"no images of the split found under {root}")
+    return kept, paths
+
+
+def probe_crop(path: str | Path, resize: int = 256, crop: int = 224) -> Image.Image:
+    """The un-normalised probe image: RGB, Resize(resize), CenterCrop(crop). Stage 3 embeds this."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise PipelineError(f"{path}: cannot read the image ({type(e).__name__}); replace or remove it") from None
+    return transforms.CenterCrop(crop)(transforms.Resize(resize)(im))
+
+
+def to_model_input(crop: Image.Image) -> torch.Tensor:
+    return transforms.functional.normalize(transforms.functional.to_tensor(crop), [MEAN] * 3, [STD] * 3)
+
+
+class ProbeSet(torch.utils.data.Dataset):
+    """Normalised target-model inputs of a list of image paths."""
+
+    def __init__(self, paths: list[Path], resize: int = 256, crop: int = 224):
+        self.paths, self.resize, self.crop = paths, resize, crop
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return to_model_input(probe_crop(self.paths[i], self.resize, self.crop))
+
+
+def load_probe_set(split: str, data_root: str, split_override: str = "", skip_missing: bool = False):
+    """Names, labels [N, 14], paths of a probing set, and a digest of what identifies its data
+    (the split file's bytes and each image's name, size and modification time)."""
+    from cache import digest, file_digest
+    sf = split_file(split, data_root, split_override)
+    names, labels = read_split(sf)
+    row = {n: i for i, n in enumerate(names)}
+    kept, paths = resolve_images(data_root, names, skip_missing)
+    labels = labels[[row[n] for n in kept]]
+    stats = [(n, p.stat().st_size, p.stat().st_mtime_ns) for n, p in zip(kept, paths)]
+    return kept, labels, paths, digest({"split_file": file_digest(sf), "images": stats})

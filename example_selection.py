@@ -1,0 +1,126 @@
+"""Stage 2: each neuron's representative probing images (SPEC, stage 2).
+
+One batched forward pass over the probing set records the chosen layer's activations and the 14
+logits; then each neuron keeps the images above its adaptive threshold (or its top k).
+Writes activations.pt, examples.json, examples.csv (and the example crops when asked).
+"""
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cache import cached, code_version, digest, file_digest, load_json, save_csv, save_json, save_tensors
+from cli import PipelineError, configure, main, print_config
+from dataset.nih import ProbeSet, class_names, findings, load_probe_set, probe_crop
+from method import select_examples
+from models import pick_device
+from models.target import default_checkpoint, load_target, require_file, tap
+from outputs import examples_dir, layer_dir
+
+# -----------------------------------------------------------------------------
+dataset = "nih14"               # name of the probing set (a tag for the output folder)
+split = "train"                 # split file to probe: train | val | test (the release probes train)
+data_root = "data/nih14/images" # image folder: flat, or Kaggle layout images_*/images/
+split_file = ""                 # explicit split file; default: {data_root}/../{split}_official.txt, else NIH's
+skip_missing = False            # drop images of the split missing on disk (default: fail)
+model = "densenet121"           # target: densenet121 | resnet50
+checkpoint = ""                 # target weights; default pretrained/{model}.pth
+layer = "fc"                    # fc | penultimate | layer1..layer4 | any module name (spatial mean)
+selection = "adaptive"          # adaptive (threshold per neuron) | topk
+adaptive_percent = 93.0         # p of the adaptive threshold; the release suggests 85-95
+topk = 20                       # k when selection = topk
+resize = 256                    # preprocessing: Resize(resize), CenterCrop(crop), as the models were trained
+crop = 224
+batch_size = 64
+num_workers = 2                 # data-loading processes
+device = "auto"                 # auto = CUDA when present
+save_crops = False              # also write each neuron's example crops as JPEG files for browsing
+save_root = "results"           # all outputs go under here
+# -----------------------------------------------------------------------------
+config = configure(globals())
+
+
+def run():
+    print_config("example_selection", config)
+    dev = pick_device(device)
+    ckpt = checkpoint or default_checkpoint(model)
+    names, labels, paths, data_key = load_probe_set(split, data_root, split_file, skip_missing)
+    act_path = layer_dir(config) / "activations.pt"
+    act_config = {k: config[k] for k in ("dataset", "split", "data_root", "split_file", "skip_missing",
+                                         "model", "layer", "resize", "crop")}
+    act_key = digest({**act_config, "checkpoint": file_digest(require_file(ckpt, model)), "data": data_key, "code": code_version("example_selection.py", "models/target.py", "dataset/nih.py")})
+
+    t0 = time.time()
+    stored = cached(act_path, act_key)
+    if stored is not None:
+        print(f"reusing {act_path}")
+        acts, logits = stored["activations"], stored["logits"]
+    else:
+        net, head_ok = load_target(model, ckpt, need_head=(layer == "fc"))
+        net = net.to(dev)
+        loader = torch.utils.data.DataLoader(ProbeSet(paths, resize, crop), batch_size=batch_size,
+                                             num_workers=num_workers, pin_memory=dev.type == "cuda")
+        a_out, l_out = [], []
+        with torch.inference_mode(), tap(net, layer) as store:
+            for x in tqdm(loader, desc=f"{model} {layer}", unit="batch"):
+                logit = net(x.to(dev, non_blocking=True))
+                a_out.append(store["a"].float().cpu())
+                l_out.append(logit.float().cpu())
+        acts = torch.cat(a_out)
+        logits = torch.cat(l_out) if head_ok else None
+        save_tensors(act_path, {"key": act_key, "config": {**act_config, "checkpoint": ckpt},
+                                "activations": acts, "logits": logits, "image_ids": names})
+    print(f"activations {tuple(acts.shape)} in {time.time() - t0:.1f}s")
+
+    ex_dir = examples_dir(config)
+    sel = {"selection": selection, "adaptive_percent": adaptive_percent, "topk": topk}
+    ex_key = digest({"activations": act_key, **({"adaptive_percent": adaptive_percent} if selection == "adaptive"
+                                                 else {"topk": topk}), "selection": selection,
+                     "code": code_version("example_selection.py", "method.py")})
+    ex_json, ex_csv = ex_dir / "examples.json", ex_dir / "examples.csv"
+    old = cached(ex_json, ex_key, load_json) if ex_csv.exists() else None
+    if old is not None and (not save_crops or (ex_dir / "crops").is_dir()):
+        print(f"reusing {ex_json}")
+    else:
+        neurons = select_examples(acts, selection, adaptive_percent, topk)
+        dead = [n["neuron"] for n in neurons if n["dead"]]
+        if dead:
+            print(f"note: {len(dead)} dead neuron(s) (constant over the probing set, no examples): {dead[:20]}")
+        for n in neurons:
+            n["examples"] = [{"image_id": names[i], "activation": float(acts[i, n["neuron"]]), "index": i}
+                             for i in n["examples"]]
+        write_tables(neurons, names, labels, logits, ex_dir)
+        save_json(ex_json, {"key": ex_key, "config": {**config, "checkpoint": ckpt, "data_key": data_key, **sel},
+                            "neurons": [{**n, "examples": [{k: e[k] for k in ("image_id", "activation")}
+                                                           for e in n["examples"]]} for n in neurons]})
+        if save_crops:
+            for n in tqdm(neurons, desc="crops"):
+                for r, e in enumerate(n["examples"]):
+                    out = ex_dir / "crops" / f"neuron_{n['neuron']:04d}" / f"{r:03d}_{e['image_id']}"
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    probe_crop(paths[e["index"]], resize, crop).save(out.with_suffix(".jpg"), quality=95)
+    sizes = [len(n["examples"]) for n in load_json(ex_json)["neurons"]]
+    print(f"examples per neuron: min {min(sizes)}, median {int(np.median(sizes))}, max {max(sizes)}")
+    print("outputs:")
+    for p in (act_path, ex_json, ex_csv) + ((ex_dir / "crops",) if save_crops else ()):
+        print(f"  {p}")
+
+
+def write_tables(neurons, names, labels, logits, ex_dir):
+    """examples.csv: one row per neuron x example, with ground truth and the model's outputs
+    from the same forward pass (the release re-ran the model on each saved crop instead)."""
+    classes = class_names()
+    probs = torch.sigmoid(logits).numpy() if logits is not None else np.full((len(names), len(classes)), np.nan)
+    header = ["neuron", "rank", "image_id", "activation", "findings"] + classes + [f"prob_{c}" for c in classes]
+    rows = []
+    for n in neurons:
+        for r, e in enumerate(n["examples"]):
+            i = e["index"]
+            rows.append([n["neuron"], r, e["image_id"], f"{e['activation']:.6g}", findings(labels[i], classes)]
+                        + labels[i].tolist() + [f"{p:.6g}" for p in probs[i]])
+    save_csv(ex_dir / "examples.csv", header, rows)
+
+
+if __name__ == "__main__":
+    main(run)

@@ -1,0 +1,85 @@
+"""The formulas of MAMMI (SPEC.md): example selection, concept scores, concept selection, fc metrics.
+
+Kept apart from the scripts so the tests can check each formula against a plain re-implementation.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def adaptive_threshold(a: torch.Tensor, percent: float) -> torch.Tensor:
+    """threshold_k = max(a) - (max(a) - min(a)) * (1 - p/100), per column of a [N, K]."""
+    hi, lo = a.max(0).values, a.min(0).values
+    return hi - (hi - lo) * (1 - percent / 100)
+
+
+def select_examples(acts: torch.Tensor, selection: str = "adaptive", percent: float = 93.0,
+                    topk: int = 20) -> list[dict]:
+    """Per neuron: its threshold, whether it is dead (constant over the probing set) and its example
+    indices in descending activation (ties by probe order). Adaptive keeps a_i > threshold; topk the k
+    largest. A dead neuron gets no examples."""
+    acts = acts.double()
+    thr = adaptive_threshold(acts, percent)
+    dead = (acts.max(0).values == acts.min(0).values).tolist()
+    order = torch.sort(acts, dim=0, descending=True, stable=True).indices
+    out = []
+    for k in range(acts.shape[1]):
+        if dead[k]:
+            idx = []
+        elif selection == "adaptive":
+            col = order[:, k]
+            idx = col[acts[col, k] > thr[k]].tolist()
+        elif selection == "topk":
+            idx = order[:topk, k].tolist()
+            thr[k] = acts[idx[-1], k]
+        else:
+            raise ValueError(f"selection must be adaptive or topk, not {selection!r}")
+        out.append({"neuron": k, "threshold": float(thr[k]), "dead": bool(dead[k]), "examples": idx})
+    return out
+
+
+def image_concept_scores(img: torch.Tensor, text: torch.Tensor, template: torch.Tensor | None) -> torch.Tensor:
+    """s(x, c) for every image x [U, D] and concept c [C, D]: cosine, minus cos(x, template) when adaptive."""
+    img = torch.nn.functional.normalize(img.double(), dim=-1)
+    s = img @ torch.nn.functional.normalize(text.double(), dim=-1).T
+    if template is not None:
+        s = s - img @ torch.nn.functional.normalize(template.double(), dim=-1)[:, None]
+    return s
+
+
+def neuron_concept_scores(s: torch.Tensor, examples: list[list[int]]) -> torch.Tensor:
+    """S(k, c) = sum over the examples x of neuron k of s(x, c); examples index rows of s."""
+    members = torch.zeros(len(examples), s.shape[0], dtype=s.dtype)
+    for k, idx in enumerate(examples):
+        members[k, idx] = 1.0
+    return members @ s
+
+
+def select_concepts(S_k: torch.Tensor, alpha: float = 95.0) -> list[int]:
+    """Concepts with S > (alpha/100) * max S, in descending S. None when max S <= 0."""
+    top = S_k.max()
+    if top <= 0:
+        return []
+    idx = torch.nonzero(S_k > alpha / 100 * top).flatten()
+    return idx[torch.sort(S_k[idx], descending=True, stable=True).indices].tolist()
+
+
+def fc_metrics(concepts: list[list[str]], class_names: list[str]) -> dict:
+    """Hit rate and per-neuron precision/recall/F1 against {lower-cased class name}, mean ± std/sqrt(N)."""
+    truth = [c.lower() for c in class_names]
+    hit, p, r, f = [], [], [], []
+    for got, want in zip(concepts, truth):
+        tp = float(want in got)
+        prec = tp / len(got) if got else 0.0
+        rec = tp
+        hit.append(tp)
+        p.append(prec)
+        r.append(rec)
+        f.append(2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0)
+    return {name: mean_se(v) for name, v in (("hit_rate", hit), ("precision", p), ("recall", r), ("f1", f))}
+
+
+def mean_se(values) -> dict:
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "se": float(v.std() / np.sqrt(len(v))), "n": int(len(v))}

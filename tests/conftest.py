@@ -1,0 +1,63 @@
+"""Shared fixtures: a small generated probing set and random-weight target checkpoints."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NLTK_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "nltk_data"))
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(REPO))
+
+
+def make_probe_set(root: Path, n: int = 64, size: int = 72, seed: int = 0) -> Path:
+    """n grayscale PNGs with a bright disc of random size and place, and an NIH-style split file
+    with random labels. Returns the image folder (its parent holds train_official.txt)."""
+    rng = np.random.default_rng(seed)
+    images = root / "images"
+    images.mkdir(parents=True)
+    yy, xx = np.mgrid[:size, :size]
+    lines = []
+    for i in range(n):
+        cx, cy, r = rng.uniform(10, size - 10, 2).tolist() + [rng.uniform(3, 15)]
+        img = 40 + 30 * rng.random((size, size)) + 150 * ((xx - cx) ** 2 + (yy - cy) ** 2 < r * r)
+        name = f"{i:08d}_000.png"
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(images / name)
+        lines.append(name + " " + " ".join(str(v) for v in rng.integers(0, 2, 14)))
+    for split in ("train", "val", "test"):
+        (root / f"{split}_official.txt").write_text("\n".join(lines) + "\n")
+    return images
+
+
+def save_random_target(path: Path, arch: str, seed: int = 0, wrap: str = "model") -> Path:
+    from models.target import build_target
+    torch.manual_seed(seed)
+    sd = build_target(arch).state_dict()
+    torch.save({wrap: sd} if wrap else sd, path)
+    return path
+
+
+def run_script(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def probe_set(tmp_path_factory) -> Path:
+    return make_probe_set(tmp_path_factory.mktemp("probe"))
+
+
+@pytest.fixture(scope="session")
+def densenet_ckpt(tmp_path_factory) -> Path:
+    return save_random_target(tmp_path_factory.mktemp("ckpt") / "densenet121.pth", "densenet121")
+
+
+@pytest.fixture(scope="session")
+def resnet_ckpt(tmp_path_factory) -> Path:
+    return save_random_target(tmp_path_factory.mktemp("ckpt") / "resnet50.pth", "resnet50", wrap="state_dict")
