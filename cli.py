@@ -38,7 +38,16 @@ def _parse(name: str, text: str, default: Any) -> Any:
 
 
 def configure(scope: dict, argv: list[str] | None = None) -> dict:
-    """Override the scalar constants defined so far in `scope` from argv; return them as a dict."""
+    """Override the scalar constants defined so far in `scope` from argv; return them as a dict.
+    A bad option ends the script with one line, as any other bad input does."""
+    try:
+        return _configure(scope, argv)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _configure(scope: dict, argv: list[str] | None) -> dict:
     names = [k for k, v in scope.items() if not k.startswith("_") and k.islower() and isinstance(v, _SCALAR)]
     args = list(sys.argv[1:] if argv is None else argv)
     while args:

@@ -36,7 +36,8 @@ def examples_dir(c: dict) -> Path:
 def vlm_tag(c: dict) -> str:
     weights = Path(c["clip_weights"]).stem if c.get("clip_weights") else ""
     name = c["model_clip"].replace("open_clip:", "openclip-")
-    name = name[:-5].rsplit("/", 1)[-1] if name.endswith(".json") else name
+    if name.endswith(".json"):  # a config file: its stem names the model
+        name = "openclip-" + Path(name).stem
     return _tag(name + (f"-{weights}" if weights else ""))
 
 

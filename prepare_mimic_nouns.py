@@ -41,7 +41,7 @@ def read_reports(path: Path, split: str) -> list[str]:
     except json.JSONDecodeError as e:
         raise PipelineError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
     if isinstance(data, dict) and any(k in data for k in ("train", "val", "test")):  # R2Gen
-        splits = ["train", "val", "test"] if split == "all" else [split]
+        splits = [s for s in ("train", "val", "test") if s in data] if split == "all" else [split]
         if any(s not in data for s in splits):
             raise PipelineError(f"{path} has no split {split!r} (has {', '.join(data)}); pass --report_split")
         return [item["report"] for s in splits for item in data[s] if item.get("report")]

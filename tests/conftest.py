@@ -1,7 +1,11 @@
 """Shared fixtures: a small generated probing set and random-weight target checkpoints."""
+import contextlib
+import io
 import os
+import runpy
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +47,29 @@ def save_random_target(path: Path, arch: str, seed: int = 0, wrap: str = "model"
     return path
 
 
-def run_script(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True)
+def run_script(script: str, *args: str, subprocess_run: bool = False) -> subprocess.CompletedProcess:
+    """Run a script as `python script args...` would, from the repo root. In-process by default
+    (runpy, same __main__ path, the heavy imports paid once); a real subprocess when asked."""
+    if subprocess_run:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        return subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    argv, cwd = sys.argv, os.getcwd()
+    sys.argv = [script, *args]
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(REPO / script), run_name="__main__")
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")
