@@ -17,6 +17,7 @@ reports = "data/mimic_cxr/annotation.json"  # R2Gen annotation.json, IU reports 
 report_split = "test"           # R2Gen split to read: train | val | test | all (the release used MIMIC test)
 name = "mimic_nouns"            # concept set name: writes {out_dir}/{name}.txt
 out_dir = "dataset/concept_set"
+use_bundled_tagger = True       # fall back to the tagger shipped in dataset/nltk_data when NLTK has none
 # -----------------------------------------------------------------------------
 config = configure(globals())
 
@@ -69,6 +70,8 @@ def clean_tokens(sentence: str) -> list[str]:
 
 def nouns(sents: list[str]) -> list[str]:
     import nltk
+    if use_bundled_tagger:
+        nltk.data.path.append(str(Path(__file__).parent / "dataset" / "nltk_data"))
     try:
         tagger = nltk.tag.PerceptronTagger()
     except LookupError:

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from conftest import REPO, SHARED, run_script
+from conftest import REPO, run_script
 
-IU = SHARED / "data" / "reports" / "iu_xray_reports.json"
+IU = REPO / "dataset" / "reports" / "iu_xray_reports.json"  # a copy of ../shared/data/reports/
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,8 @@ def test_missing_tagger_names_the_download(tmp_path, monkeypatch):
     import nltk
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
     monkeypatch.setenv("NLTK_DATA", str(tmp_path))
-    proc = run_script("prepare_mimic_nouns.py", "--reports", str(IU), "--name", "x", "--out_dir", str(tmp_path))
+    proc = run_script("prepare_mimic_nouns.py", "--reports", str(IU), "--name", "x", "--out_dir", str(tmp_path),
+                      "--use_bundled_tagger", "no")
     assert proc.returncode == 2
     assert "nltk.download('averaged_perceptron_tagger_eng')" in proc.stderr
     assert not (tmp_path / "x.txt").exists()
