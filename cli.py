@@ -79,3 +79,23 @@ def main(fn: Callable[[], Any]) -> None:
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def run_script(script: str, *args: str) -> int:
+    """Run `python script args...` in this process (same __main__ path, heavy imports paid once),
+    from the repo root; returns its exit status."""
+    import os
+    import runpy
+    from pathlib import Path
+    root = Path(__file__).resolve().parent
+    argv, cwd = sys.argv, os.getcwd()
+    sys.argv = [script, *args]
+    os.chdir(root)
+    try:
+        runpy.run_path(str(root / script), run_name="__main__")
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cache import cached, code_version, digest, file_digest, load_json, save_csv, save_json, save_tensors
+from cache import cached, code_version, digest, load_json, save_csv, save_json, save_tensors
 from cli import PipelineError, configure, main, print_config
 from dataset.nih import ProbeSet, class_names, findings, load_probe_set, probe_crop
+from evaluation import STAGE2_FIELDS, activations_key
 from method import select_examples
 from models import pick_device
 from models.target import default_checkpoint, load_target, require_file, tap
@@ -47,9 +48,8 @@ def run():
     ckpt = checkpoint or default_checkpoint(model)
     names, labels, paths, data_key = load_probe_set(split, data_root, split_file, skip_missing)
     act_path = layer_dir(config) / "activations.pt"
-    act_config = {k: config[k] for k in ("dataset", "split", "data_root", "split_file", "skip_missing",
-                                         "model", "layer", "resize", "crop")}
-    act_key = digest({**act_config, "checkpoint": file_digest(require_file(ckpt, model)), "data": data_key, "code": code_version("example_selection.py", "models/target.py", "dataset/nih.py")})
+    act_config = {k: config[k] for k in STAGE2_FIELDS}
+    act_key = activations_key(act_config, require_file(ckpt, model), data_key)
 
     t0 = time.time()
     stored = cached(act_path, act_key)

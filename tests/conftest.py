@@ -2,7 +2,6 @@
 import contextlib
 import io
 import os
-import runpy
 import subprocess
 import sys
 import traceback
@@ -18,6 +17,7 @@ os.environ.setdefault("NLTK_DATA", str(Path(__file__).resolve().parents[2] / "sh
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
+import cli  # noqa: E402
 
 
 def make_probe_set(root: Path, n: int = 64, size: int = 72, seed: int = 0) -> Path:
@@ -53,22 +53,13 @@ def run_script(script: str, *args: str, subprocess_run: bool = False) -> subproc
     if subprocess_run:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         return subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True)
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    argv, cwd = sys.argv, os.getcwd()
-    sys.argv = [script, *args]
-    os.chdir(REPO)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                runpy.run_path(str(REPO / script), run_name="__main__")
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            except Exception:
-                traceback.print_exc()
-                code = 1
-    finally:
-        sys.argv = argv
-        os.chdir(cwd)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.run_script(script, *args)
+        except Exception:
+            traceback.print_exc()
+            code = 1
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 

@@ -1,0 +1,67 @@
+"""Ground-truth boxes drawn on their images (SPEC, ground-truth boxes).
+
+Two annotation sources: NIH bbox.csv (x, y, w, h) and ChestX-Det json (syms, boxes [x1, y1, x2, y2],
+polygons); both are in 1024-pixel coordinates and are scaled to each image's real size. Each disease
+has one colour across the project. Per image two files, each with a legend strip below the image:
+    {stem}_boxes.png   the image with every box (and polygon) outlined
+    {stem}_blend.png   the boxes filled and blended in at alpha 0.3, polygons outlined
+Images named in the annotations but absent from data_root are counted and reported, not fatal.
+"""
+import io
+from collections import Counter
+
+from PIL import Image
+from tqdm import tqdm
+
+from cache import save_bytes
+from cli import PipelineError, configure, main, print_config
+from dataset.boxes import BLEND_ALPHA, add_legend, draw_boxes, load_boxes, scale_to
+from dataset.nih import resolve_images
+from outputs import bbox_dir
+
+# -----------------------------------------------------------------------------
+dataset = "nih14"               # name of the image set (a tag for the output folder)
+data_root = "data/nih14/images" # image folder (the ChestX-Det images for box_source chestx_det)
+box_source = "nih"              # nih (bbox.csv) | chestx_det (ChestX_Det_{train,test}.json)
+box_file = ""                   # annotation file; default dataset/nih14/bbox.csv or dataset/chestx_det/ChestX_Det_test.json
+max_images = 0                  # draw at most this many images (0 = all with boxes)
+save_root = "results"           # all outputs go under here
+# -----------------------------------------------------------------------------
+config = configure(globals())
+
+
+def run():
+    print_config("bbox_img", config)
+    boxes, path = load_boxes(box_source, box_file)
+    boxed = [name for name, anns in boxes.items() if anns]
+    print(f"{path}: {len(boxes)} images, {len(boxed)} with boxes, {sum(len(a) for a in boxes.values())} boxes")
+    if not boxed:
+        raise PipelineError(f"{path} holds no boxes; pass another --box_file")
+    names, paths = resolve_images(data_root, boxed, skip_missing=True)
+    missing = len(boxed) - len(names)
+    if max_images:
+        names, paths = names[:max_images], paths[:max_images]
+
+    out = bbox_dir(config)
+    drawn = Counter()
+    for name, p in tqdm(list(zip(names, paths)), desc="boxes", unit="image"):
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+        anns = scale_to(boxes[name], im.size)
+        outlined, blend = draw_boxes(im, anns, BLEND_ALPHA)
+        stem = p.stem
+        for suffix, pixels in (("boxes", outlined), ("blend", blend)):
+            buf = io.BytesIO()
+            add_legend(pixels, anns).save(buf, format="PNG")
+            save_bytes(out / f"{stem}_{suffix}.png", buf.getvalue())
+        drawn.update(a["label"] for a in anns)
+
+    print(f"drew {sum(drawn.values())} boxes on {len(names)} images; "
+          f"{missing} of {len(boxed)} annotated images missing under {data_root}")
+    for label, n in drawn.most_common():
+        print(f"  {label:<20} {n:5d}")
+    print(f"outputs: {out}/{{image}}_boxes.png, {{image}}_blend.png")
+
+
+if __name__ == "__main__":
+    main(run)

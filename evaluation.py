@@ -1,0 +1,106 @@
+"""Classifier outputs and their metrics, shared by target_model_perform.py and visualization.py.
+
+- per-class AUROC / AUPRC and the F1-maximising threshold, all from scikit-learn's curves;
+- the thresholds file the visualisation reads to decide which classes count as predicted;
+- the 14 logits of a split: reused from stage 2's activations.pt when its key says it was computed
+  from the same split, checkpoint bytes and preprocessing, else one batched pass.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from tqdm import tqdm
+
+from cache import code_version, digest, file_digest, load_tensors
+from cli import PipelineError
+from dataset.nih import ProbeSet
+from outputs import layer_dir
+
+STAGE2_FIELDS = ("dataset", "split", "data_root", "split_file", "skip_missing", "model", "layer", "resize", "crop")
+
+
+def auroc_auprc(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per class AUROC and AUPRC (average precision); NaN for a class with one outcome only."""
+    auc, ap = np.full(labels.shape[1], np.nan), np.full(labels.shape[1], np.nan)
+    for j in range(labels.shape[1]):
+        if 0 < labels[:, j].sum() < len(labels):
+            auc[j] = roc_auc_score(labels[:, j], probs[:, j])
+            ap[j] = average_precision_score(labels[:, j], probs[:, j])
+    return auc, ap
+
+
+def best_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per class the threshold t maximising F1 of (prob >= t) on the precision-recall curve.
+    NaN for a class without positives (no F1 to maximise); ties go to the lowest threshold."""
+    out = np.full(labels.shape[1], np.nan)
+    for j in range(labels.shape[1]):
+        if labels[:, j].sum() == 0:
+            continue
+        p, r, t = precision_recall_curve(labels[:, j], probs[:, j])
+        # The curve's last point (p = 1, r = 0) has no threshold.
+        p, r = p[:-1], r[:-1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+        out[j] = t[int(np.argmax(f1))]
+    return out
+
+
+def read_thresholds(path: str | Path, classes: list[str]) -> np.ndarray:
+    """Thresholds in class order from Threshold.csv (label, bestthr); NaN = never predicted."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"thresholds {path} not found; run target_model_perform.py first or pass --thresholds PATH")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"label", "bestthr"} <= set(rows[0]):
+        raise PipelineError(f"{path}: expected the columns label,bestthr (as target_model_perform.py writes)")
+    got = {r["label"]: r["bestthr"] for r in rows}
+    missing = [c for c in classes if c not in got]
+    if missing:
+        raise PipelineError(f"{path}: no threshold for {', '.join(missing)}; rerun target_model_perform.py")
+    try:
+        return np.array([float(got[c]) if got[c] not in ("", "nan") else math.nan for c in classes])
+    except ValueError:
+        raise PipelineError(f"{path}: thresholds must be numbers; rerun target_model_perform.py") from None
+
+
+def activations_key(act_config: dict, checkpoint: str | Path, data_key: str) -> str:
+    """The key example_selection.py stores with activations.pt: its constants, the checkpoint's
+    bytes, the probing set and the code that computed it."""
+    return digest({**act_config, "checkpoint": file_digest(checkpoint), "data": data_key,
+                   "code": code_version("example_selection.py", "models/target.py", "dataset/nih.py")})
+
+
+def stage2_logits(config: dict, split: str, split_file: str, checkpoint: str | Path,
+                  data_key: str) -> tuple[torch.Tensor, Path] | None:
+    """Logits stage 2 cached for this split, checkpoint and preprocessing (any layer's run holds
+    them), or None. The fc run is tried first, as it is the smallest file."""
+    c = {**config, "split": split, "split_file": split_file}
+    runs = sorted(layer_dir({**c, "layer": "fc"}).parent.glob("*/activations.pt"),
+                  key=lambda p: (p.parent.name != "fc", p.stat().st_size))
+    for path in runs:
+        try:
+            stored = load_tensors(path)
+            layer = stored["config"]["layer"]
+        except Exception:  # unreadable or another format: not ours to reuse
+            continue
+        key = activations_key({k: c[k] for k in STAGE2_FIELDS if k != "layer"} | {"layer": layer}, checkpoint, data_key)
+        if stored.get("key") == key and stored.get("logits") is not None:
+            return stored["logits"].float(), path
+    return None
+
+
+def forward_logits(net: torch.nn.Module, paths: list[Path], resize: int, crop: int, batch_size: int,
+                   num_workers: int, device: torch.device, desc: str = "") -> torch.Tensor:
+    loader = torch.utils.data.DataLoader(ProbeSet(paths, resize, crop), batch_size=batch_size,
+                                         num_workers=num_workers, pin_memory=device.type == "cuda")
+    out = []
+    with torch.inference_mode():
+        for x in tqdm(loader, desc=desc, unit="batch"):
+            out.append(net(x.to(device, non_blocking=True)).float().cpu())
+    return torch.cat(out)

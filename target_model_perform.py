@@ -1,0 +1,116 @@
+"""How well the target classifier does (SPEC, classifier performance).
+
+Per class: AUROC and AUPRC of the sigmoid outputs on the test split, and the F1-maximising threshold
+on the val split (the visualisation predicts a class when its probability reaches that threshold).
+The logits come from stage 2's cache when example_selection.py already ran on that split with this
+checkpoint and preprocessing; otherwise from one batched pass per split.
+Writes Threshold.csv, TestEval.csv, {Val,Test}{Probs,Labels}.csv and roc_curves.png.
+"""
+import io
+import time
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.metrics import roc_curve
+
+from cache import save_bytes, save_csv
+from cli import configure, main, print_config
+from dataset.boxes import disease_colour
+from dataset.nih import class_names, load_probe_set
+from evaluation import auroc_auprc, best_thresholds, forward_logits, stage2_logits
+from models import pick_device
+from models.target import default_checkpoint, load_target, require_file
+from outputs import eval_dir
+
+# -----------------------------------------------------------------------------
+dataset = "nih14"               # name of the image set (a tag for the output folder)
+data_root = "data/nih14/images" # image folder: flat, or Kaggle layout images_*/images/
+val_split_file = ""             # val split file; default: {data_root}/../val_official.txt, else NIH's
+test_split_file = ""            # test split file; default: {data_root}/../test_official.txt, else NIH's
+skip_missing = False            # drop images of a split missing on disk (default: fail)
+model = "densenet121"           # target: densenet121 | resnet50
+checkpoint = ""                 # target weights (fine-tuned, with the 14-way head); default pretrained/{model}.pth
+resize = 256                    # preprocessing: Resize(resize), CenterCrop(crop), as the models were trained
+crop = 224
+batch_size = 64
+num_workers = 2                 # data-loading processes
+device = "auto"                 # auto = CUDA when present
+save_root = "results"           # all outputs go under here
+# -----------------------------------------------------------------------------
+config = configure(globals())
+
+
+def run():
+    print_config("target_model_perform", config)
+    classes = class_names()
+    ckpt = str(require_file(checkpoint or default_checkpoint(model), model))
+    dev = pick_device(device)
+    net = None
+    out = {}
+    for split, override in (("val", val_split_file), ("test", test_split_file)):
+        t0 = time.time()
+        names, labels, paths, data_key = load_probe_set(split, data_root, override, skip_missing)
+        found = stage2_logits(config, split, override, ckpt, data_key)
+        if found is not None:
+            logits, where = found
+            print(f"{split}: reusing the logits of {where}")
+        else:
+            if net is None:
+                net = load_target(model, ckpt, need_head=True)[0].to(dev)
+            logits = forward_logits(net, paths, resize, crop, batch_size, num_workers, dev, desc=f"{model} {split}")
+        probs = torch.sigmoid(logits).numpy().astype(np.float64)
+        out[split] = (names, labels, probs)
+        print(f"{split}: {len(names)} images in {time.time() - t0:.1f}s")
+
+    thr = best_thresholds(out["val"][1], out["val"][2])
+    names, labels, probs = out["test"]
+    auc, ap = auroc_auprc(labels, probs)
+    for what, values, split in (("threshold (no val positives)", thr, "val"), ("AUROC (one outcome only)", auc, "test")):
+        if np.isnan(values).any():
+            print(f"note: no {what} on {split} for {', '.join(c for c, v in zip(classes, values) if np.isnan(v))}")
+
+    d = eval_dir(config)
+    save_csv(d / "Threshold.csv", ["label", "bestthr"], [[c, f"{t:.6g}"] for c, t in zip(classes, thr)])
+    save_csv(d / "TestEval.csv", ["label", "auc", "auprc"],
+             [[c, f"{a:.6g}", f"{p:.6g}"] for c, a, p in zip(classes, auc, ap)])
+    for split, (n, y, p) in out.items():
+        tag = split.capitalize()
+        save_csv(d / f"{tag}Probs.csv", ["image_id"] + classes, [[i] + [f"{v:.9g}" for v in row] for i, row in zip(n, p)])
+        save_csv(d / f"{tag}Labels.csv", ["image_id"] + classes, [[i] + row.tolist() for i, row in zip(n, y)])
+    save_bytes(d / "roc_curves.png", roc_figure(labels, probs, auc, classes))
+
+    print(f"{'class':<20} {'AUROC':>7} {'AUPRC':>7} {'val thr':>8}")
+    for c, a, p, t in zip(classes, auc, ap, thr):
+        print(f"{c:<20} {a:7.4f} {p:7.4f} {t:8.4f}")
+    print(f"mean AUROC {np.nanmean(auc):.4f} over {int((~np.isnan(auc)).sum())} classes "
+          f"(mean AUPRC {np.nanmean(ap):.4f}), {len(names)} test images")
+    print("outputs:")
+    for f in ("Threshold.csv", "TestEval.csv", "TestProbs.csv", "TestLabels.csv", "ValProbs.csv",
+              "ValLabels.csv", "roc_curves.png"):
+        print(f"  {d / f}")
+
+
+def roc_figure(labels, probs, auc, classes) -> bytes:
+    """The 14 ROC curves on one axes, each in its disease's colour, AUROC in the legend."""
+    fig, ax = plt.subplots(figsize=(8.5, 6), dpi=100)
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="chance")
+    for j, c in enumerate(classes):
+        if np.isnan(auc[j]):
+            ax.plot([], [], lw=2.5, color=np.array(disease_colour(c)) / 255, label=f"{c} (n/a)")
+            continue
+        fpr, tpr, _ = roc_curve(labels[:, j], probs[:, j])
+        ax.plot(fpr, tpr, lw=2.5, color=np.array(disease_colour(c)) / 255, label=f"{c} ({auc[j]:.3f})")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.02), xlabel="false positive rate", ylabel="true positive rate",
+           title=f"ROC on the test split: mean AUROC {np.nanmean(auc):.3f}, {len(labels)} images")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), title="class (AUROC)", frameon=False)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+if __name__ == "__main__":
+    main(run)

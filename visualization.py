@@ -1,0 +1,245 @@
+"""Which named neurons drive each prediction, and where they look (SPEC, visualisation).
+
+For each image of the box file found under data_root and each class predicted at or above its
+threshold (Threshold.csv of target_model_perform.py), the penultimate neurons are ranked by their
+first-order Taylor score for that class; the top `num_top_neuron` are shown, each as its spatial
+map (zeroed below the 70th percentile) in its own colour, titled with its stage-3 concepts, beside
+the image with its ground-truth boxes and the overall Taylor-weighted map (each map zeroed below
+the 90th percentile). Beyond the release: where the image has boxes of the predicted class, the
+pointing game (is the overall map's peak inside one?) and the share of its mass inside them.
+Writes figures/{image}_{class}.png and total_results.json.
+"""
+import io
+import textwrap
+import time
+from pathlib import Path
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.patches import Patch, Rectangle
+from PIL import Image
+from tqdm import tqdm
+
+from attribution import (NEURON_COLOURS, OVERALL_COLOUR, neuron_map, overall_map, overlay, pointing,
+                         taylor_scores, top_neurons)
+from cache import load_json, save_bytes, save_json
+from cli import PipelineError, configure, main, print_config
+from dataset.boxes import disease_colour, load_boxes, scale_to, to_probe_crop
+from dataset.nih import class_names, probe_crop, resolve_images, to_model_input
+from evaluation import read_thresholds
+from models import pick_device
+from models.target import default_checkpoint, load_target, require_file
+from outputs import eval_dir, matching_dir, visualization_dir
+
+# -----------------------------------------------------------------------------
+dataset = "nih14"               # name of the image set (a tag for the output folders)
+split = "train"                 # the stage-2 probing split whose stage-3 concepts name the neurons
+data_root = "data/nih14/images" # folder of the images to show (the ChestX-Det images for box_source chestx_det)
+box_source = "nih"              # ground truth: nih (bbox.csv) | chestx_det (ChestX_Det_{train,test}.json)
+box_file = ""                   # annotation file; default dataset/nih14/bbox.csv or dataset/chestx_det/ChestX_Det_test.json
+max_images = 0                  # show at most this many images (0 = all found)
+model = "densenet121"           # target: densenet121 | resnet50
+checkpoint = ""                 # target weights (fine-tuned, with the 14-way head); default pretrained/{model}.pth
+resize = 256                    # preprocessing: Resize(resize), CenterCrop(crop), as the models were trained
+crop = 224
+batch_size = 16
+device = "auto"                 # auto = CUDA when present
+thresholds = ""                 # Threshold.csv; default: target_model_perform.py's in the eval folder
+num_top_neuron = 1              # neurons shown per (image, predicted class)
+neuron_percentile = 70.0        # each shown neuron's map is zeroed below this percentile
+overall_percentile = 90.0       # ... and below this one inside the overall map
+selection = "adaptive"          # these stage-2/3 constants locate concepts.json of the penultimate layer
+adaptive_percent = 93.0
+topk = 20
+model_clip = "medclip"
+clip_weights = ""
+concept_set = "mimic_nouns"
+template_ver = "base"
+adaptive = True
+alpha = 95.0
+concepts = ""                   # explicit concepts.json (overrides the eight constants above)
+save_root = "results"           # all outputs go under here
+# -----------------------------------------------------------------------------
+config = configure(globals())
+LAYER = "penultimate"           # Taylor scores are taken where the head reads its input
+
+
+def run():
+    print_config("visualization", config)
+    classes = class_names()
+    thr_path = Path(thresholds) if thresholds else eval_dir(config) / "Threshold.csv"
+    thr = read_thresholds(thr_path, classes)
+    if np.isnan(thr).any():
+        unset = ", ".join(c for c, t in zip(classes, thr) if np.isnan(t))
+        print(f"note: {thr_path} has no threshold for {unset}: never predicted")
+    ckpt = str(require_file(checkpoint or default_checkpoint(model), model))
+    named, concepts_path = read_concepts(ckpt)
+    boxes, box_path = load_boxes(box_source, box_file)
+    names, paths = resolve_images(data_root, list(boxes), skip_missing=True)
+    print(f"{box_path}: {len(boxes)} images, {len(names)} found under {data_root}, "
+          f"{len(boxes) - len(names)} missing")
+    if max_images:
+        names, paths = names[:max_images], paths[:max_images]
+
+    dev = pick_device(device)
+    net = load_target(model, ckpt, need_head=True)[0].to(dev)
+    out_dir = visualization_dir(config)
+    results, t0 = [], time.time()
+    for b in tqdm(range(0, len(names), batch_size), desc="images", unit="batch"):
+        crops = [probe_crop(p, resize, crop) for p in paths[b:b + batch_size]]
+        logits, taylor, maps = taylor_scores(net, torch.stack([to_model_input(c) for c in crops]).to(dev))
+        if maps.shape[1] != len(named):
+            raise PipelineError(f"{concepts_path} names {len(named)} neurons but the {model} penultimate layer has "
+                                f"{maps.shape[1]}; run concept_matching.py --model {model} --layer penultimate")
+        probs, taylor, maps = torch.sigmoid(logits).cpu().numpy(), taylor.cpu(), maps.cpu()
+        for i, (name, path, img) in enumerate(zip(names[b:b + batch_size], paths[b:b + batch_size], crops)):
+            results.append(explain(name, boxes[name], path, np.asarray(img), probs[i], taylor[i], maps[i],
+                                   thr, named, classes, out_dir))
+    print(f"{len(results)} images, {sum(len(r['predictions']) for r in results)} panels in {time.time() - t0:.1f}s")
+
+    summary = pointing_summary(results, classes)
+    save_json(out_dir / "total_results.json", {
+        "config": {**config, "layer": LAYER, "checkpoint": ckpt, "thresholds": str(thr_path),
+                   "concepts": str(concepts_path), "box_file": str(box_path)},
+        "pointing_game": summary, "images": results})
+    print_pointing(summary)
+    print("outputs:")
+    print(f"  {out_dir / 'figures'}/{{image}}_{{class}}.png")
+    print(f"  {out_dir / 'total_results.json'}")
+
+
+def read_concepts(ckpt):
+    """Each penultimate neuron's concept names from stage 3 (with a word when it has none)."""
+    path = Path(concepts) if concepts else matching_dir({**config, "layer": LAYER}) / "concepts.json"
+    if not path.is_file():
+        raise PipelineError(f"{path} not found; run example_selection.py and concept_matching.py with --layer {LAYER} "
+                            f"(and the same --split --selection --model_clip --concept_set ...) or pass --concepts PATH")
+    data = load_json(path)
+    if not isinstance(data, dict) or not data.get("neurons"):
+        raise PipelineError(f"{path} lists no neurons; rerun concept_matching.py --layer {LAYER}")
+    cfg = data.get("config", {})
+    if cfg.get("layer", LAYER) != LAYER or cfg.get("model", model) != model:
+        raise PipelineError(f"{path} names the {cfg.get('model')} {cfg.get('layer')} layer, not {model} {LAYER}; "
+                            f"pass the concepts.json of concept_matching.py --model {model} --layer {LAYER}")
+    ex = Path(cfg.get("examples", ""))
+    ex_ckpt = load_json(ex).get("config", {}).get("checkpoint") if ex.is_file() else None
+    if ex_ckpt and Path(ex_ckpt).resolve() != Path(ckpt).resolve():
+        print(f"note: the concepts were found for {ex_ckpt}, the figures show {ckpt}")
+    named = {}
+    for n in data["neurons"]:
+        words = [c["concept"] for c in n["concepts"]]
+        named[n["neuron"]] = words or [f"({n.get('status', 'none')})"]
+    return [named.get(k, ["(absent)"]) for k in range(max(named) + 1)], path
+
+
+def explain(name, anns, path, img, probs, taylor, maps, thr, named, classes, out_dir):
+    """One image: ground truth in crop coordinates, and for each predicted class its top neurons,
+    maps, pointing result and panel."""
+    with Image.open(path) as im:
+        size = im.size
+    gt = to_probe_crop(scale_to(anns, size), size, resize, crop)
+    preds = []
+    for j in np.flatnonzero(probs >= np.nan_to_num(thr, nan=np.inf)):
+        top = top_neurons(taylor[j], num_top_neuron)
+        scores = taylor[j, top]
+        shown = [neuron_map(maps[k], neuron_percentile, crop) for k in top]
+        overall = overall_map(maps[top], scores, overall_percentile, crop)
+        cls_boxes = [g["box"] for g in gt if g["label"] == classes[j]]
+        pg = pointing(overall, cls_boxes) if cls_boxes else None
+        fig_path = out_dir / "figures" / f"{Path(name).stem}_{classes[j].replace(' ', '_')}.png"
+        neurons = [{"neuron": k, "taylor": float(s), "concepts": named[k]} for k, s in zip(top, scores.tolist())]
+        save_bytes(fig_path, png_bytes(panel(name, classes[j], float(probs[j]), float(thr[j]), img, gt, neurons,
+                                             shown, overall, cls_boxes, pg)))
+        preds.append({"class": classes[j], "probability": float(probs[j]), "threshold": float(thr[j]),
+                      "neurons": neurons, "pointing": pg, "figure": str(fig_path.relative_to(out_dir))})
+    return {"image": name, "ground_truth": sorted({a["label"] for a in anns}),
+            "boxes": [{"label": g["label"], "box_crop": [round(v, 2) for v in g["box"]]} for g in gt],
+            "probabilities": {c: float(p) for c, p in zip(classes, probs)}, "predictions": preds}
+
+
+def panel(name, cls, prob, t, img, gt, neurons, shown, overall, cls_boxes, pg) -> plt.Figure:
+    """Image with boxes | one overlay per top neuron | overall overlay."""
+    n = len(neurons)
+    fig, axes = plt.subplots(1, n + 2, figsize=(3.3 * (n + 2), 4.6), dpi=100)
+    axes[0].imshow(img)
+    draw_rects(axes[0], gt)
+    axes[0].set_title("ground truth\n" + wrap(", ".join(sorted({g["label"] for g in gt})) or "no boxes"), fontsize=10)
+    labels = sorted({g["label"] for g in gt})
+    if labels:
+        axes[0].legend(handles=[Patch(facecolor="none", edgecolor=np.array(disease_colour(l)) / 255, lw=2, label=l)
+                                for l in labels], loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=8,
+                       frameon=False, ncol=2)
+    for r, (ax, nr, m) in enumerate(zip(axes[1:], neurons, shown)):
+        colour = NEURON_COLOURS[r % len(NEURON_COLOURS)]
+        ax.imshow(overlay(img, m, colour))
+        ax.set_title(f"neuron {nr['neuron']}  (Taylor {nr['taylor']:.3g})\n" + wrap(", ".join(nr["concepts"])),
+                     fontsize=10, color=np.array(colour) / 255 * 0.6)
+    ax = axes[-1]
+    ax.imshow(overlay(img, overall, OVERALL_COLOUR))
+    draw_rects(ax, [{"label": cls, "box": b} for b in cls_boxes])
+    title = f"overall map (top {n})"
+    if pg is not None:
+        title += f"\npointing: {'hit' if pg['hit'] else 'miss'}"
+        if pg["mass_inside"] is not None:
+            title += f", {100 * pg['mass_inside']:.0f}% of mass in box"
+        if pg["peak"]:
+            ax.plot(*pg["peak"], marker="x", color="white", ms=10, mew=2.5)
+    ax.set_title(title, fontsize=10)
+    for a in axes:
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.suptitle(f"{name}: {cls}  p = {prob:.3f} (threshold {t:.3f})", fontsize=12)
+    return fig
+
+
+def png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def draw_rects(ax, anns):
+    for a in anns:
+        x1, y1, x2, y2 = a["box"]
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=2,
+                               edgecolor=np.array(disease_colour(a["label"])) / 255))
+
+
+def wrap(text: str, width: int = 32, lines: int = 3) -> str:
+    return textwrap.fill(text, width, max_lines=lines, placeholder=" ...")
+
+
+def pointing_summary(results, classes) -> dict:
+    """Pointing-game accuracy and mean mass share inside the boxes, per class and over all
+    (image, predicted class) pairs that have boxes of that class."""
+    rows = [(p["class"], p["pointing"]) for r in results for p in r["predictions"] if p["pointing"] is not None]
+
+    def stats(items):
+        hits = [pg["hit"] for pg in items]
+        mass = [pg["mass_inside"] for pg in items if pg["mass_inside"] is not None]
+        return {"n": len(items), "hits": int(sum(hits)), "accuracy": float(np.mean(hits)) if hits else None,
+                "mass_inside_mean": float(np.mean(mass)) if mass else None}
+
+    per = {c: stats([pg for k, pg in rows if k == c]) for c in classes}
+    return {"per_class": {c: s for c, s in per.items() if s["n"]}, "overall": stats([pg for _, pg in rows]),
+            "pairs_without_boxes": sum(p["pointing"] is None for r in results for p in r["predictions"])}
+
+
+def print_pointing(summary):
+    rows = {**summary["per_class"], "overall": summary["overall"]}
+    if not summary["overall"]["n"]:
+        print("pointing game: no predicted class has a ground-truth box on its image")
+        return
+    table = pd.DataFrame.from_dict(rows, orient="index")[["n", "hits", "accuracy", "mass_inside_mean"]]
+    table = table.astype({"n": int, "hits": int, "accuracy": float, "mass_inside_mean": float})
+    print("pointing game (overall map's peak inside a box of the predicted class):")
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+
+
+if __name__ == "__main__":
+    main(run)
