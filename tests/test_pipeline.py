@@ -104,3 +104,18 @@ def test_resnet_layers_and_topk(probe_set, resnet_ckpt, tiny_clip, tmp_path):
     c = json.loads((out / "nih14_train" / "resnet50" / "penultimate" / "adaptive93" / "vlm_openclip-tiny-clip-random"
                     / "mimic_nouns_no_plain_a95" / "concepts.json").read_text())
     assert len(c["neurons"]) == 2048
+
+
+def test_dead_neuron_is_reported_not_fatal(probe_set, tmp_path, tiny_clip):
+    from conftest import save_random_target
+    ckpt = save_random_target(tmp_path / "d.pth", "densenet121")
+    obj = torch.load(ckpt, weights_only=True)
+    obj["model"]["classifier.weight"][3] = 0.0  # logit 3 = its bias on every image
+    torch.save(obj, ckpt)
+    out = tmp_path / "res"
+    log = ok(stage2(probe_set, ckpt, out))
+    assert "1 dead neuron(s)" in log and "[3]" in log
+    ok(stage3(out, tiny_clip, "--metric_encoders", "all-minilm-l6-v2"))
+    c = json.loads(next(out.rglob("concepts.json")).read_text())
+    assert c["neurons"][3]["status"] == "dead" and c["neurons"][3]["concepts"] == []
+    assert all(n["status"] == "ok" for i, n in enumerate(c["neurons"]) if i != 3)
