@@ -6,18 +6,18 @@ and template when adaptive; a neuron's concepts are those above alpha% of its be
 Writes image_features.pt, text_features.pt, similarity.pt, concepts.json (+ metrics.json for fc).
 """
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from cache import cached, code_version, digest, file_digest, load_json, save_json, save_tensors
 from cli import PipelineError, configure, main, print_config
+from dataset.concepts import read_concepts
 from dataset.nih import class_names, probe_crop, resolve_images
 from method import fc_metrics, image_concept_scores, mean_se, neuron_concept_scores, select_concepts
 from models import pick_device
 from models.vlm import load_vlm, weights_identity
-from outputs import concept_set_name, examples_dir, image_features_path, matching_dir, text_features_path
+from outputs import examples_dir, image_features_path, matching_dir, text_features_path
 
 # -----------------------------------------------------------------------------
 dataset = "nih14"               # these five name the stage-2 run whose examples are matched
@@ -43,17 +43,6 @@ save_root = "results"
 # -----------------------------------------------------------------------------
 config = configure(globals())
 CODE = code_version("concept_matching.py", "method.py", "models")
-
-
-def read_concepts(name: str) -> tuple[Path, list[str]]:
-    path = Path(name) if name.endswith(".txt") else Path(__file__).parent / "dataset" / "concept_set" / f"{name}.txt"
-    if not path.is_file():
-        raise PipelineError(f"concept set {path} not found; pass --concept_set NAME (dataset/concept_set/NAME.txt) "
-                            f"or a .txt path, or make one with prepare_mimic_nouns.py")
-    words = list(dict.fromkeys(w.strip() for w in path.read_text().splitlines() if w.strip()))
-    if not words:
-        raise PipelineError(f"concept set {path} is empty; regenerate it with prepare_mimic_nouns.py")
-    return path, words
 
 
 class Crops(torch.utils.data.Dataset):

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from cache import cached, code_version, digest, load_json, save_csv, save_json, save_tensors
-from cli import PipelineError, configure, main, print_config
+from cli import configure, main, print_config
 from dataset.nih import ProbeSet, class_names, findings, load_probe_set, probe_crop
 from evaluation import STAGE2_FIELDS, activations_key
 from method import select_examples

@@ -1,0 +1,93 @@
+"""Concept sets: radiology-report nouns (SPEC, stage 1) and reading a concept set back.
+
+Used by prepare_mimic_nouns.py (stage 1), concept_matching.py (stage 3) and the demo's trainer.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from cli import PipelineError
+
+HERE = Path(__file__).resolve().parent
+BUNDLED_NLTK = HERE / "nltk_data"  # NLTK's English tagger, shipped so stage 1 runs offline
+
+# Words that describe the picture rather than its content, dropped before tagging (SPEC stage 1
+# step 2: the words SPEC names from CLIP-Dissect's filter, their plurals and a few of the same kind).
+NOISE = {"photo", "photos", "image", "images", "picture", "pictures", "view", "views",
+         "left", "right", "small", "full", "close", "closeup", "background", "foreground"}
+# De-identification placeholders of IU X-ray (xxxx, also glued: 'xxxxpm') and MIMIC (___, which
+# the punctuation rule already removes).
+PLACEHOLDER = re.compile(r"xxx")
+NOUN_TAGS = {"NN", "NNS", "NNP"}
+
+
+def read_reports(path: Path, split: str) -> list[str]:
+    if not path.is_file():
+        raise PipelineError(f"reports file {path} not found; pass --reports with R2Gen's annotation.json, "
+                            f"dataset/reports/iu_xray_reports.json or a .txt with one report per line")
+    if path.suffix == ".txt":
+        return [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PipelineError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if isinstance(data, dict) and any(k in data for k in ("train", "val", "test")):  # R2Gen
+        splits = [s for s in ("train", "val", "test") if s in data] if split == "all" else [split]
+        if any(s not in data for s in splits):
+            raise PipelineError(f"{path} has no split {split!r} (has {', '.join(data)}); pass --report_split")
+        return [item["report"] for s in splits for item in data[s] if item.get("report")]
+    if isinstance(data, list) and data and "findings" in data[0]:  # IU X-ray, NLM XML fields
+        return [" ".join(t for t in (r.get("findings"), r.get("impression")) if t) for r in data]
+    raise PipelineError(f"{path}: neither R2Gen annotation.json ({{'train': [...], ...}}) nor IU reports "
+                        f"([{{'findings': ..., 'impression': ...}}])")
+
+
+def sentences(texts: list[str]) -> list[str]:
+    """Unique sentences in order of first appearance."""
+    seen = {}
+    for text in texts:
+        for s in re.split(r"(?<=[.!?])\s+|\n+", text):
+            if s.strip():
+                seen.setdefault(s.strip(), None)
+    return list(seen)
+
+
+def clean_tokens(sentence: str) -> list[str]:
+    s = sentence.lower().replace("'", "")
+    s = re.sub(r"[^A-Za-z0-9 \n]", " ", s)
+    return [t for t in s.split() if t not in NOISE]
+
+
+def nouns(sents: list[str], use_bundled_tagger: bool = True) -> list[str]:
+    """Each new NN/NNS/NNP token of the sentences, in order of first appearance."""
+    import nltk
+    if use_bundled_tagger and str(BUNDLED_NLTK) not in nltk.data.path:
+        nltk.data.path.append(str(BUNDLED_NLTK))
+    try:
+        tagger = nltk.tag.PerceptronTagger()
+    except LookupError:
+        raise PipelineError("NLTK's English POS tagger is missing; install it with: "
+                            "python -c \"import nltk; nltk.download('averaged_perceptron_tagger_eng')\" "
+                            "(or point NLTK_DATA at a folder holding it)") from None
+    found: dict[str, None] = {}
+    for s in sents:
+        tokens = clean_tokens(s)
+        for tok, tag in tagger.tag(tokens) if tokens else []:
+            if tag in NOUN_TAGS and len(tok) > 1 and not PLACEHOLDER.search(tok):
+                found.setdefault(tok, None)
+    return list(found)
+
+
+
+def read_concepts(name: str) -> tuple[Path, list[str]]:
+    """A concept set by name (dataset/concept_set/NAME.txt) or .txt path: its file and its words."""
+    path = Path(name) if name.endswith(".txt") else HERE / "concept_set" / f"{name}.txt"
+    if not path.is_file():
+        raise PipelineError(f"concept set {path} not found; pass --concept_set NAME (dataset/concept_set/NAME.txt) "
+                            f"or a .txt path, or make one with prepare_mimic_nouns.py")
+    words = list(dict.fromkeys(w.strip() for w in path.read_text().splitlines() if w.strip()))
+    if not words:
+        raise PipelineError(f"concept set {path} is empty; regenerate it with prepare_mimic_nouns.py")
+    return path, words
