@@ -135,9 +135,16 @@ def run():
     print(f"neurons named: {counts['ok']}; none above zero: {counts['none']}; dead: {counts['dead']}")
     written = [img_path, txt_path, out_dir / "similarity.pt", out_dir / "concepts.json"]
     if layer == "fc":
-        metrics = fc_metrics([[c["concept"] for c in n["concepts"]] for n in named], class_names())
-        metrics["cosine"] = cosine_metrics(named, vlm)
-        save_json(out_dir / "metrics.json", {"key": result_key, "config": cfg, **metrics})
+        # The cosine metric loads up to four text encoders: reuse it while nothing behind it changed.
+        metrics_key = digest({"result": result_key, "encoders": metric_encoders,
+                              "medclip": weights_identity("medclip", medclip_weights)})
+        metrics = cached(out_dir / "metrics.json", metrics_key, load_json)
+        if metrics is None:
+            metrics = fc_metrics([[c["concept"] for c in n["concepts"]] for n in named], class_names())
+            metrics["cosine"] = cosine_metrics(named)
+            save_json(out_dir / "metrics.json", {"key": metrics_key, "config": cfg, **metrics})
+        else:
+            print(f"reusing {out_dir / 'metrics.json'}")
         print_fc_table(named, metrics)
         written.append(out_dir / "metrics.json")
     print("outputs:")
@@ -145,7 +152,7 @@ def run():
         print(f"  {p}")
 
 
-def cosine_metrics(named: list[dict], vlm) -> dict:
+def cosine_metrics(named: list[dict]) -> dict:
     """Mean cosine between each fc neuron's concepts and its class name, under several text encoders.
     An encoder that cannot load (weights absent, offline) is listed with its reason."""
     truth = [c.lower() for c in class_names()]
