@@ -84,6 +84,20 @@ def mean_of(xs) -> float:
     return float(np.mean(xs)) if xs else float("nan")
 
 
+def batches(n: int, batch: int, epochs: int, generator_seed: int):
+    """(step, total steps, indices) over reshuffled epochs; max_steps > 0 stops early (smoke runs)."""
+    g = torch.Generator().manual_seed(generator_seed)
+    total = math.ceil(n / batch) * epochs if not max_steps else max_steps
+    step = 0
+    while step < total:
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, batch):
+            if step >= total:
+                return
+            yield step, total, perm[i:i + batch]
+            step += 1
+
+
 def cosine_lr(opt, step: int, total: int, lr: float) -> None:
     for g in opt.param_groups:
         g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
@@ -96,27 +110,18 @@ def train_target(x_tr: torch.Tensor, y_tr: torch.Tensor) -> tuple[nn.Module, dic
     torch.manual_seed(seed)
     model = build_target("densenet121")
     opt = torch.optim.Adam(model.parameters(), lr=target_lr)
-    g = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(len(x_tr) / target_batch)
-    total = steps_per_epoch * target_epochs if not max_steps else max_steps
-    step, t0, losses = 0, time.time(), []
+    t0, losses = time.time(), []
     model.train()
-    while step < total:
-        perm = torch.randperm(len(x_tr), generator=g)
-        for i in range(0, len(perm), target_batch):
-            if step >= total:
-                break
-            idx = perm[i:i + target_batch]
-            cosine_lr(opt, step, total, target_lr)
-            loss = F.binary_cross_entropy_with_logits(model(to_target_input(x_tr[idx])), y_tr[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            step += 1
-            if step % 50 == 0 or step == total:
-                log(f"  target step {step}/{total}  loss {np.mean(losses[-50:]):.4f}  {time.time() - t0:.0f}s")
-    return model.eval(), dict(steps=step, seconds=round(time.time() - t0, 1), final_loss=float(np.mean(losses[-50:])))
+    for step, total, idx in batches(len(x_tr), target_batch, target_epochs, seed):
+        cosine_lr(opt, step, total, target_lr)
+        loss = F.binary_cross_entropy_with_logits(model(to_target_input(x_tr[idx])), y_tr[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % 50 == 0 or step + 1 == total:
+            log(f"  target step {step + 1}/{total}  loss {np.mean(losses[-50:]):.4f}  {time.time() - t0:.0f}s")
+    return model.eval(), dict(steps=len(losses), seconds=round(time.time() - t0, 1), final_loss=float(np.mean(losses[-50:])))
 
 
 def to_target_input(u8: torch.Tensor) -> torch.Tensor:
@@ -140,49 +145,40 @@ def train_clip(clip, x_tr: torch.Tensor, y_tr: torch.Tensor, rep_feat: torch.Ten
     sig = nn.Parameter(torch.tensor([10.0, -5.0]))  # sigmoid prompt loss: scale, bias
     params = list(clip.image.parameters()) + list(clip.proj.parameters()) + [log_scale, sig]
     opt = torch.optim.AdamW(params, lr=clip_lr, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(seed + 1)
-    steps_per_epoch = math.ceil(len(x_tr) / clip_batch)
-    total = steps_per_epoch * clip_epochs if not max_steps else max_steps
-    step, t0, hist = 0, time.time(), []
+    t0, hist = time.time(), []
     K = len(CLASSES)
     clip.image.train()
-    while step < total:
-        perm = torch.randperm(len(x_tr), generator=g)
-        for i in range(0, len(perm), clip_batch):
-            if step >= total:
-                break
-            idx = perm[i:i + clip_batch]
-            cosine_lr(opt, step, total, clip_lr)
-            y = y_tr[idx]
-            fi = F.normalize(clip.image(x_tr[idx].float()), dim=-1)
-            tp = F.normalize(clip.proj(prompt_feat), dim=-1)
-            tr = F.normalize(clip.proj(rep_feat[idx]), dim=-1)
-            scale = log_scale.exp().clamp(max=100)
-            # which word describes this image best: its findings' names, among all report nouns
-            ab = y.sum(1) > 0
-            lp = scale * fi[ab] @ tp.T
-            target = torch.cat([y[ab] / y[ab].sum(1, keepdim=True), torch.zeros(int(ab.sum()), len(tp) - K)], 1)
-            loss_p = -(target * F.log_softmax(lp, 1)).sum(1).mean() if ab.any() else lp.sum() * 0
-            # does this image show finding k: one sigmoid per finding prompt, across images
-            loss_s = F.binary_cross_entropy_with_logits(sig[0] * fi @ tp[:K].T + sig[1], y)
-            # image <-> report; reports of images with the same findings are all right answers
-            same = (y[:, None, :] == y[None, :, :]).all(-1).float()
-            lr_ = scale * fi @ tr.T
-            loss_r = 0.5 * (-(same / same.sum(1, keepdim=True) * F.log_softmax(lr_, 1)).sum(1).mean()
-                            - (same / same.sum(0, keepdim=True) * F.log_softmax(lr_, 0)).sum(0).mean())
-            loss = loss_p + loss_s + report_weight * loss_r
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            hist.append([loss.item(), loss_p.item(), loss_s.item(), loss_r.item()])
-            step += 1
-            if step % 50 == 0 or step == total:
-                h = np.mean(hist[-50:], 0)
-                log(f"  clip step {step}/{total}  loss {h[0]:.3f} (prompt {h[1]:.3f} sigmoid {h[2]:.3f} "
-                    f"report {h[3]:.3f})  {time.time() - t0:.0f}s")
+    for step, total, idx in batches(len(x_tr), clip_batch, clip_epochs, seed + 1):
+        cosine_lr(opt, step, total, clip_lr)
+        y = y_tr[idx]
+        fi = F.normalize(clip.image(x_tr[idx].float()), dim=-1)
+        tp = F.normalize(clip.proj(prompt_feat), dim=-1)
+        tr = F.normalize(clip.proj(rep_feat[idx]), dim=-1)
+        scale = log_scale.exp().clamp(max=100)
+        # which word describes this image best: its findings' names, among all report nouns
+        ab = y.sum(1) > 0
+        lp = scale * fi[ab] @ tp.T
+        target = torch.cat([y[ab] / y[ab].sum(1, keepdim=True), torch.zeros(int(ab.sum()), len(tp) - K)], 1)
+        loss_p = -(target * F.log_softmax(lp, 1)).sum(1).mean() if ab.any() else lp.sum() * 0
+        # does this image show finding k: one sigmoid per finding prompt, across images
+        loss_s = F.binary_cross_entropy_with_logits(sig[0] * fi @ tp[:K].T + sig[1], y)
+        # image <-> report; reports of images with the same findings are all right answers
+        same = (y[:, None, :] == y[None, :, :]).all(-1).float()
+        lr_ = scale * fi @ tr.T
+        loss_r = 0.5 * (-(same / same.sum(1, keepdim=True) * F.log_softmax(lr_, 1)).sum(1).mean()
+                        - (same / same.sum(0, keepdim=True) * F.log_softmax(lr_, 0)).sum(0).mean())
+        loss = loss_p + loss_s + report_weight * loss_r
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        hist.append([loss.item(), loss_p.item(), loss_s.item(), loss_r.item()])
+        if (step + 1) % 50 == 0 or step + 1 == total:
+            h = np.mean(hist[-50:], 0)
+            log(f"  clip step {step + 1}/{total}  loss {h[0]:.3f} (prompt {h[1]:.3f} sigmoid {h[2]:.3f} "
+                f"report {h[3]:.3f})  {time.time() - t0:.0f}s")
     clip.eval()
     h = np.mean(hist[-50:], 0)
-    return dict(steps=step, seconds=round(time.time() - t0, 1), final_loss=dict(total=h[0], prompt=h[1], sigmoid=h[2], report=h[3]),
+    return dict(steps=len(hist), seconds=round(time.time() - t0, 1), final_loss=dict(total=h[0], prompt=h[1], sigmoid=h[2], report=h[3]),
                 logit_scale=float(log_scale.exp().detach()))
 
 
