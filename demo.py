@@ -34,6 +34,7 @@ target_res = 96                 # the demo target's input size (Resize and Cente
 topk = 20                       # k of the top-k ablation
 vis_images = 24                 # images shown by visualization.py
 lift_min = 2.0                  # penultimate: a neuron counts as finding-selective above this lift
+metric_encoders = "all-minilm-l6-v2"  # fc cosine metric: the offline one (the others download ~1 GB)
 num_workers = 2
 save_root = "results/demo"
 # -----------------------------------------------------------------------------
@@ -120,13 +121,12 @@ def run():
     step("example_selection.py", **s2, layer="penultimate")
     times["stage 2"] = time.time() - t
     t = time.time()
-    fast = "all-minilm-l6-v2"
     variants = {"MAMMI (adaptive examples, template, adaptive score)": dict(),
-                "not adaptive": dict(adaptive="no", metric_encoders=fast),
-                "no template": dict(template_ver="no", adaptive="no", metric_encoders=fast),
-                f"top-k examples (k = {topk})": dict(selection="topk", topk=topk, metric_encoders=fast)}
+                "not adaptive": dict(adaptive="no"),
+                "no template": dict(template_ver="no", adaptive="no"),
+                f"top-k examples (k = {topk})": dict(selection="topk", topk=topk)}
     for v in variants.values():
-        step("concept_matching.py", **s3, layer="fc", **v)
+        step("concept_matching.py", **s3, layer="fc", metric_encoders=metric_encoders, **v)
     step("concept_matching.py", **s3, layer="penultimate")
     times["stage 3"] = time.time() - t
     t = time.time()
@@ -144,7 +144,7 @@ def run():
             "concept_set": concepts, "template_ver": "base", "adaptive": True, "alpha": 95.0, "save_root": save_root}
     rows = {}
     for label, v in variants.items():
-        cfg = {**base, **{k: x for k, x in v.items() if k != "metric_encoders"}}
+        cfg = {**base, **v}
         cfg["adaptive"] = cfg["adaptive"] in (True, "yes")
         rows[label] = load_json(matching_dir(cfg) / "metrics.json")
     pen = penultimate_agreement({**base, "layer": "penultimate"})
