@@ -4,6 +4,7 @@ One batched forward pass over the probing set records the chosen layer's activat
 logits; then each neuron keeps the images above its adaptive threshold (or its top k).
 Writes activations.pt, examples.json, examples.csv (and the example crops when asked).
 """
+import shutil
 import time
 
 import numpy as np
@@ -75,8 +76,8 @@ def run():
 
     ex_dir = examples_dir(config)
     sel = {"selection": selection, "adaptive_percent": adaptive_percent, "topk": topk}
-    ex_key = digest({"activations": act_key, **({"adaptive_percent": adaptive_percent} if selection == "adaptive"
-                                                 else {"topk": topk}), "selection": selection,
+    rule = {"adaptive_percent": adaptive_percent} if selection == "adaptive" else {"topk": topk}
+    ex_key = digest({"activations": act_key, "selection": selection, **rule,
                      "code": code_version("example_selection.py", "method.py")})
     ex_json, ex_csv = ex_dir / "examples.json", ex_dir / "examples.csv"
     old = cached(ex_json, ex_key, load_json) if ex_csv.exists() else None
@@ -90,6 +91,7 @@ def run():
         for n in neurons:
             n["examples"] = [{"image_id": names[i], "activation": float(acts[i, n["neuron"]]), "index": i}
                              for i in n["examples"]]
+        shutil.rmtree(ex_dir / "crops", ignore_errors=True)  # crops of an older selection must not survive
         write_tables(neurons, names, labels, logits, ex_dir)
         save_json(ex_json, {"key": ex_key, "config": {**config, "checkpoint": ckpt, "data_key": data_key, **sel},
                             "neurons": [{**n, "examples": [{k: e[k] for k in ("image_id", "activation")}
