@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cache import digest, load_json, save_bytes, save_json
+from cache import load_json, save_bytes, save_json
 from cli import PipelineError, configure, main, print_config, run_script
 from dataset.nih import class_names, read_split, split_file
 from outputs import eval_dir, examples_dir, matching_dir, visualization_dir
@@ -50,16 +50,12 @@ def step(script: str, **args) -> None:
 
 
 def world() -> None:
-    from dataset.phantom import write_world
-    meta = {"n_train": n_probe, "n_val": n_val, "n_test": n_test, "size": world_size, "seed": world_seed}
-    stamp = Path(world_dir) / "demo_world.json"
-    if stamp.is_file() and load_json(stamp) == {"key": digest(meta)}:
-        print(f"reusing the phantom world in {world_dir}")
-        return
+    from dataset.phantom import ensure_world
     t = time.time()
-    write_world(world_dir, **meta)
-    save_json(stamp, {"key": digest(meta)})
-    print(f"wrote {n_probe + n_val + n_test} phantoms to {world_dir} in {time.time() - t:.0f}s")
+    if ensure_world(world_dir, n_probe, n_val, n_test, world_size, world_seed):
+        print(f"wrote {n_probe + n_val + n_test} phantoms to {world_dir} in {time.time() - t:.0f}s")
+    else:
+        print(f"reusing the phantom world in {world_dir}")
 
 
 def concept_set() -> str:

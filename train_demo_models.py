@@ -33,7 +33,7 @@ from PIL import Image
 from cli import configure, main, print_config
 from dataset.concepts import nouns as tagged_nouns, read_concepts, sentences
 from dataset.nih import read_split
-from dataset.phantom import CLASSES, TEMPLATE, VERSION, WORDS, write_world
+from dataset.phantom import CLASSES, TEMPLATE, WORDS, ensure_world
 
 # world
 world_dir = "data/phantom_world"  # where the phantom world is written (and read back from)
@@ -249,18 +249,10 @@ def run() -> None:
     timings = {}
     world = ROOT / world_dir if not os.path.isabs(world_dir) else Path(world_dir)
     out = ROOT / out_dir if not os.path.isabs(out_dir) else Path(out_dir)
-    meta_path = world / "world.json"
-    want = dict(version=VERSION, seed=world_seed, size=world_size, n_train=n_train, n_val=n_val, n_test=n_test)
-    have = None
-    if meta_path.is_file():
-        with open(meta_path) as fh:
-            m = json.load(fh)
-        have = {k: m.get(k) for k in want}
-    if have != want:
-        log(f"writing the phantom world to {world} ...")
-        t = time.time()
-        write_world(world, n_train, n_val, n_test, world_size, world_seed)
+    t = time.time()
+    if ensure_world(world, n_train, n_val, n_test, world_size, world_seed):
         timings["world_s"] = round(time.time() - t, 1)
+        log(f"wrote the phantom world to {world} in {timings['world_s']}s")
     else:
         log(f"phantom world at {world} (seed {world_seed}, {n_train}/{n_val}/{n_test})")
 

@@ -526,8 +526,23 @@ def make_case(seed: int, i: int) -> tuple[dict, str]:
     return case, write_report(rng, case["findings"])
 
 
+def ensure_world(out_dir: str | Path, n_train: int, n_val: int, n_test: int, size: int = 256, seed: int = 0) -> bool:
+    """Write the world unless out_dir holds it already (same sizes, seed and generator VERSION).
+    Returns whether it was written."""
+    want = {"version": VERSION, "seed": seed, "size": size, "n_train": n_train, "n_val": n_val, "n_test": n_test}
+    meta = Path(out_dir) / "world.json"
+    if meta.is_file():
+        with open(meta) as fh:
+            have = json.load(fh)
+        if {k: have.get(k) for k in want} == want:
+            return False
+    write_world(out_dir, n_train, n_val, n_test, size, seed)
+    return True
+
+
 def write_world(out_dir: str | Path, n_train: int, n_val: int, n_test: int, size: int = 256, seed: int = 0) -> dict:
     out = Path(out_dir)
+    (out / "world.json").unlink(missing_ok=True)  # written last: its presence marks a complete world
     (out / "images").mkdir(parents=True, exist_ok=True)
     splits = {"train": range(0, n_train), "val": range(n_train, n_train + n_val),
               "test": range(n_train + n_val, n_train + n_val + n_test)}

@@ -14,7 +14,6 @@ Folder layout (`from_dir`):  phantom_clip.pt   {'image': state_dict, 'proj': sta
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +64,6 @@ class MiniLM(nn.Module):
 
     def __init__(self):
         super().__init__()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
         path = minilm_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
