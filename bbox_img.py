@@ -7,13 +7,12 @@ has one colour across the project. Per image two files, each with a legend strip
     {stem}_blend.png   the boxes filled and blended in at alpha 0.3, polygons outlined
 Images named in the annotations but absent from data_root are counted and reported, not fatal.
 """
-import io
 from collections import Counter
 
 from PIL import Image
 from tqdm import tqdm
 
-from cache import save_bytes
+from cache import save_png
 from cli import PipelineError, configure, main, print_config
 from dataset.boxes import BLEND_ALPHA, add_legend, draw_boxes, load_boxes, scale_to
 from dataset.nih import resolve_images
@@ -51,9 +50,7 @@ def run():
         outlined, blend = draw_boxes(im, anns, BLEND_ALPHA)
         stem = p.stem
         for suffix, pixels in (("boxes", outlined), ("blend", blend)):
-            buf = io.BytesIO()
-            add_legend(pixels, anns).save(buf, format="PNG")
-            save_bytes(out / f"{stem}_{suffix}.png", buf.getvalue())
+            save_png(out / f"{stem}_{suffix}.png", add_legend(pixels, anns))
         drawn.update(a["label"] for a in anns)
 
     print(f"drew {sum(drawn.values())} boxes on {len(names)} images; "

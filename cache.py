@@ -89,6 +89,16 @@ def save_bytes(path, data: bytes) -> None:
     _atomic(path, write)
 
 
+def save_png(path, image) -> None:
+    """A matplotlib figure (closed afterwards) or a PIL image, as a PNG file."""
+    if hasattr(image, "savefig"):
+        import matplotlib.pyplot as plt
+        _atomic(path, lambda tmp: image.savefig(tmp, format="png", bbox_inches="tight"))
+        plt.close(image)
+    else:
+        _atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
 def load_tensors(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 

@@ -6,7 +6,6 @@ The logits come from stage 2's cache when example_selection.py already ran on th
 checkpoint and preprocessing; otherwise from one batched pass per split.
 Writes Threshold.csv, TestEval.csv, {Val,Test}{Probs,Labels}.csv and roc_curves.png.
 """
-import io
 import time
 
 import matplotlib
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 
-from cache import save_bytes, save_csv
+from cache import save_csv, save_png
 from cli import configure, main, print_config
 from dataset.boxes import disease_colour
 from dataset.nih import class_names, load_probe_set
@@ -80,7 +79,7 @@ def run():
         tag = split.capitalize()
         save_csv(d / f"{tag}Probs.csv", ["image_id"] + classes, [[i] + [f"{v:.9g}" for v in row] for i, row in zip(n, p)])
         save_csv(d / f"{tag}Labels.csv", ["image_id"] + classes, [[i] + row.tolist() for i, row in zip(n, y)])
-    save_bytes(d / "roc_curves.png", roc_figure(labels, probs, auc, classes))
+    save_png(d / "roc_curves.png", roc_figure(labels, probs, auc, classes))
 
     print(f"{'class':<20} {'AUROC':>7} {'AUPRC':>7} {'val thr':>8}")
     for c, a, p, t in zip(classes, auc, ap, thr):
@@ -93,7 +92,7 @@ def run():
         print(f"  {d / f}")
 
 
-def roc_figure(labels, probs, auc, classes) -> bytes:
+def roc_figure(labels, probs, auc, classes) -> plt.Figure:
     """The 14 ROC curves on one axes, each in its disease's colour, AUROC in the legend."""
     fig, ax = plt.subplots(figsize=(8.5, 6), dpi=100)
     ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="chance")
@@ -106,10 +105,7 @@ def roc_figure(labels, probs, auc, classes) -> bytes:
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.02), xlabel="false positive rate", ylabel="true positive rate",
            title=f"ROC on the test split: mean AUROC {np.nanmean(auc):.3f}, {len(labels)} images")
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), title="class (AUROC)", frameon=False)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ the 90th percentile). Beyond the release: where the image has boxes of the predi
 pointing game (is the overall map's peak inside one?) and the share of its mass inside them.
 Writes figures/{image}_{class}.png and total_results.json.
 """
-import io
 import textwrap
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from tqdm import tqdm
 
 from attribution import (NEURON_COLOURS, OVERALL_COLOUR, neuron_map, overall_map, overlay, pointing,
                          taylor_scores, top_neurons)
-from cache import load_json, save_bytes, save_json
+from cache import load_json, save_json, save_png
 from cli import PipelineError, configure, main, print_config
 from dataset.boxes import disease_colour, load_boxes, scale_to, to_probe_crop
 from dataset.nih import class_names, probe_crop, resolve_images, to_model_input
@@ -77,7 +76,7 @@ def run():
         unset = ", ".join(c for c, t in zip(classes, thr) if np.isnan(t))
         print(f"note: {thr_path} has no threshold for {unset}: never predicted")
     ckpt = str(require_file(checkpoint or default_checkpoint(model), model))
-    named, concepts_path = read_concepts(ckpt)
+    named, concepts_path = neuron_concepts(ckpt)
     boxes, box_path = load_boxes(box_source, box_file)
     names, paths = resolve_images(data_root, list(boxes), skip_missing=True)
     print(f"{box_path}: {len(boxes)} images, {len(names)} found under {data_root}, "
@@ -112,7 +111,7 @@ def run():
     print(f"  {out_dir / 'total_results.json'}")
 
 
-def read_concepts(ckpt):
+def neuron_concepts(ckpt):
     """Each penultimate neuron's concept names from stage 3 (with a word when it has none)."""
     path = Path(concepts) if concepts else matching_dir({**config, "layer": LAYER}) / "concepts.json"
     if not path.is_file():
@@ -152,8 +151,8 @@ def explain(name, anns, path, img, probs, taylor, maps, thr, named, classes, out
         pg = pointing(overall, cls_boxes) if cls_boxes else None
         fig_path = out_dir / "figures" / f"{Path(name).stem}_{classes[j].replace(' ', '_')}.png"
         neurons = [{"neuron": k, "taylor": float(s), "concepts": named[k]} for k, s in zip(top, scores.tolist())]
-        save_bytes(fig_path, png_bytes(panel(name, classes[j], float(probs[j]), float(thr[j]), img, gt, neurons,
-                                             shown, overall, cls_boxes, pg)))
+        save_png(fig_path, panel(name, classes[j], float(probs[j]), float(thr[j]), img, gt, neurons,
+                                 shown, overall, cls_boxes, pg))
         preds.append({"class": classes[j], "probability": float(probs[j]), "threshold": float(thr[j]),
                       "neurons": neurons, "pointing": pg, "figure": str(fig_path.relative_to(out_dir))})
     return {"image": name, "ground_truth": sorted({a["label"] for a in anns}),
@@ -194,13 +193,6 @@ def panel(name, cls, prob, t, img, gt, neurons, shown, overall, cls_boxes, pg) -
         a.set_yticks([])
     fig.suptitle(f"{name}: {cls}  p = {prob:.3f} (threshold {t:.3f})", fontsize=12)
     return fig
-
-
-def png_bytes(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def draw_rects(ax, anns):
