@@ -1,4 +1,6 @@
-"""Ground-truth boxes drawn on their images (SPEC, ground-truth boxes).
+"""Step 5: ground-truth boxes drawn on their images.
+
+    python bbox_img.py config/nih_densenet121.py [--box_source chestx_det --data_root FOLDER]
 
 Two annotation sources: NIH bbox.csv (x, y, w, h) and ChestX-Det json (syms, boxes [x1, y1, x2, y2],
 polygons); both are in 1024-pixel coordinates and are scaled to each image's real size. Each disease
@@ -12,21 +14,19 @@ from collections import Counter
 from PIL import Image
 from tqdm import tqdm
 
-from cache import save_png
-from cli import PipelineError, configure, main, print_config
+from pipeline.cache import save_png
+from pipeline.cli import PipelineError, configure, main, print_config
 from dataset.boxes import BLEND_ALPHA, add_legend, draw_boxes, load_boxes, scale_to
 from dataset.nih import resolve_images
-from outputs import bbox_dir
+from pipeline.outputs import bbox_dir
 
 # -----------------------------------------------------------------------------
-dataset = "nih14"               # name of the image set (a tag for the output folder)
-data_root = "data/nih14/images" # image folder (the ChestX-Det images for box_source chestx_det)
+# dataset, data_root (the ChestX-Det images for box_source chestx_det) and save_root are example_selection.py's.
 box_source = "nih"              # nih (bbox.csv) | chestx_det (ChestX_Det_{train,test}.json)
 box_file = ""                   # annotation file; default dataset/nih14/bbox.csv or dataset/chestx_det/ChestX_Det_test.json
 max_images = 0                  # draw at most this many images (0 = all with boxes)
-save_root = "results"           # all outputs go under here
 # -----------------------------------------------------------------------------
-config = configure(globals())
+config = configure(globals(), reads=("example_selection.py",))
 
 
 def run():
@@ -36,6 +36,7 @@ def run():
     print(f"{path}: {len(boxes)} images, {len(boxed)} with boxes, {sum(len(a) for a in boxes.values())} boxes")
     if not boxed:
         raise PipelineError(f"{path} holds no boxes; pass another --box_file")
+    data_root = config["data_root"]
     names, paths = resolve_images(data_root, boxed, skip_missing=True)
     missing = len(boxed) - len(names)
     if max_images:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cli import configure, main, print_config
+from pipeline.cli import configure, main, print_config
 from dataset.nih import ProbeSet
 from method import image_concept_scores, neuron_concept_scores, select_concepts, select_examples
 from models import pick_device

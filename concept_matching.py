@@ -1,48 +1,52 @@
-"""Stage 3: name each neuron by matching its example images with a concept set (SPEC, stage 3).
+"""Step 3: name each neuron by matching its example images with a concept set (README, "The method
+in one screen", 3).
 
-Each distinct example image is embedded once by the VLM, each concept once (as a prompt);
-S(k, c) sums, over neuron k's examples, the cosine of image and concept, minus the cosine of image
-and template when adaptive; a neuron's concepts are those above alpha% of its best score.
-Writes image_features.pt, text_features.pt, similarity.pt, concepts.json (+ metrics.json for fc).
+    python concept_matching.py config/nih_densenet121.py --layer fc
+
+Reads step 2's examples.json (given, or derived from example_selection.py's constants) and takes
+the selection that produced it from what it stored. Each distinct example image is embedded once
+by the VLM, each concept once (as a prompt); S(k, c) sums, over neuron k's examples, the cosine of
+image and concept, minus the cosine of image and template when adaptive; a neuron's concepts are
+those above alpha% of its best score.
+Writes image_features.pt, text_*.pt, similarity.pt, concepts.json (+ metrics.json for fc).
 """
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from cache import cached, code_version, digest, file_digest, load_json, save_json, save_tensors
-from cli import PipelineError, configure, main, print_config
 from dataset.concepts import read_concepts
 from dataset.nih import class_names, probe_crop, resolve_images
-from method import fc_metrics, image_concept_scores, mean_se, neuron_concept_scores, select_concepts
+from method import (TEMPLATE, fc_metrics, image_concept_scores, mean_se, neuron_concept_scores, prompts,
+                    select_concepts)
 from models import pick_device
-from models.vlm import load_vlm, weights_identity
-from outputs import examples_dir, image_features_path, matching_dir, text_features_path
+from models.vlm import DEFAULT_WEIGHTS, load_vlm, weights_identity
+from pipeline.cache import cached, code_version, load_json, save_json, save_tensors
+from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
+from pipeline.outputs import (examples_dir, image_features_key, image_features_path, matching_dir, matching_key,
+                              metrics_key, text_features_key, text_features_path, vlm_identity)
 
 # -----------------------------------------------------------------------------
-dataset = "nih14"               # these five name the stage-2 run whose examples are matched
-split = "train"
-model = "densenet121"
-layer = "fc"
-selection = "adaptive"          # adaptive | topk, as in example_selection.py
-adaptive_percent = 93.0
-topk = 20
+examples = ""                   # step 2's examples.json; default: the one example_selection.py's constants name
 model_clip = "medclip"          # medclip | open_clip:NAME | phantom
 clip_weights = ""               # VLM weights: folder (medclip, phantom), checkpoint or pretrained tag (open_clip)
 concept_set = "mimic_nouns"     # a name in dataset/concept_set/ or a path to a .txt, one concept per line
 template_ver = "base"           # base: prompt = template + concept; no: prompt = concept alone
-template = "A chest x-ray image of a"
+template = TEMPLATE             # T of the method: "A chest x-ray image of a"
 adaptive = True                 # subtract cos(image, template) from every score (needs template_ver base)
 alpha = 95.0                    # keep concepts with S > alpha% of the neuron's best S
 batch_size = 64
 num_workers = 2
 device = "auto"                 # auto = CUDA when present
-metric_encoders = "medclip,clip-vit-b-16,all-mpnet-base-v2,all-minilm-l6-v2"  # text encoders for fc cosine
-medclip_weights = "pretrained/medclip-vit"  # MedCLIP folder used for the fc cosine metric
-save_root = "results"
+metric_encoders = "medclip,clip-vit-b-16,all-mpnet-base-v2,all-minilm-l6-v2"  # text encoders for the fc cosine
+medclip_weights = ""            # MedCLIP folder for the fc cosine metric; default pretrained/medclip-vit
 # -----------------------------------------------------------------------------
-config = configure(globals())
+config = configure(globals(), reads=("example_selection.py",))
 CODE = code_version("concept_matching.py", "method.py", "models")
+# Step-2 constants that decide its examples (the run settings batch_size, device, ... do not).
+STAGE2 = [k for k in constant_names("example_selection.py")
+          if k not in ("batch_size", "num_workers", "device", "save_crops", "save_root")]
 
 
 class Crops(torch.utils.data.Dataset):
@@ -59,28 +63,30 @@ class Crops(torch.utils.data.Dataset):
 
 
 def run():
-    print_config("concept_matching", config)
     if adaptive and template_ver != "base":
         raise PipelineError("--adaptive yes subtracts the template's score and needs --template_ver base; "
                             "pass --adaptive no with --template_ver no")
     if template_ver not in ("base", "no"):
         raise PipelineError(f"--template_ver is base or no, not {template_ver!r}")
-    ex_json = examples_dir(config) / "examples.json"
+    ex_json = Path(examples) if examples else examples_dir(config) / "examples.json"
     if not ex_json.is_file():
-        raise PipelineError(f"{ex_json} not found; run example_selection.py with the same "
-                            f"--dataset --split --model --layer --selection --adaptive_percent/--topk first")
-    examples = load_json(ex_json)
-    ex_cfg, neurons = examples["config"], examples["neurons"]
+        raise PipelineError(f"{ex_json} not found; run example_selection.py with the same experiment file and "
+                            f"--layer (or pass --examples PATH)")
+    stored = load_json(ex_json)
+    ex_cfg, neurons = stored["config"], stored["neurons"]
+    check_stored(config, ex_cfg, STAGE2, ex_json)
+    config.update({k: ex_cfg[k] for k in STAGE2 if k in ex_cfg})  # what produced the examples, not the defaults
+    print_config("concept_matching", config)
     concept_path, concepts = read_concepts(concept_set)
     dev = pick_device(device)
-    vlm_id = {"model_clip": model_clip, "weights": weights_identity(model_clip, clip_weights), "code": CODE}
+    vlm_id = vlm_identity(config, weights_identity(model_clip, clip_weights), CODE)
     vlm = None
     t0 = time.time()
 
     # Image features: every distinct example image once, cached per probing set and VLM, grown as needed.
     ids = list(dict.fromkeys(e["image_id"] for n in neurons for e in n["examples"]))
     img_path = image_features_path(config)
-    img_key = digest({**vlm_id, "data": ex_cfg["data_key"], "resize": ex_cfg["resize"], "crop": ex_cfg["crop"]})
+    img_key = image_features_key(vlm_id, ex_cfg)
     store = cached(img_path, img_key) or {"key": img_key, "features": torch.zeros(0, 0), "image_ids": []}
     have = {i: r for r, i in enumerate(store["image_ids"])}
     todo = [i for i in ids if i not in have]
@@ -102,12 +108,12 @@ def run():
     # Text features: each concept as one prompt, batched without changing any embedding.
     t1 = time.time()
     txt_path = text_features_path(config)
-    txt_key = digest({**vlm_id, "concepts": file_digest(concept_path), "template_ver": template_ver, "template": template})
+    txt_key = text_features_key(vlm_id, concept_path, config)
     text = cached(txt_path, txt_key)
     if text is None:
         vlm = vlm or load_vlm(model_clip, clip_weights, dev)
-        prompts = [f"{template} {c}" if template_ver == "base" else c for c in concepts]
-        emb = vlm.encode_texts(prompts + [template], batch_size=256)
+        emb = vlm.encode_texts(prompts(concepts, template if template_ver == "base" else None) + [template],
+                               batch_size=256)
         text = {"key": txt_key, "features": emb[:-1], "template": emb[-1], "concepts": concepts}
         save_tensors(txt_path, text)
     else:
@@ -115,12 +121,11 @@ def run():
     print(f"text features {tuple(text['features'].shape)} in {time.time() - t1:.1f}s")
 
     # Scores and concepts.
-    out_dir = matching_dir(config)
+    out_dir = matching_dir(config, ex_json)
     row = {i: r for r, i in enumerate(ids)}
     s = image_concept_scores(img_feats, text["features"], text["template"] if adaptive else None)
     S = neuron_concept_scores(s, [[row[e["image_id"]] for e in n["examples"]] for n in neurons]).float()
-    result_key = digest({"examples": examples["key"], "images": img_key, "text": txt_key, "adaptive": adaptive,
-                         "alpha": alpha, "code": CODE})
+    result_key = matching_key(stored["key"], img_key, txt_key, config, CODE)
     named = []
     for n, S_k in zip(neurons, S):
         chosen = select_concepts(S_k, alpha) if n["examples"] else []
@@ -134,15 +139,14 @@ def run():
     counts = {st: sum(n["status"] == st for n in named) for st in ("ok", "none", "dead")}
     print(f"neurons named: {counts['ok']}; none above zero: {counts['none']}; dead: {counts['dead']}")
     written = [img_path, txt_path, out_dir / "similarity.pt", out_dir / "concepts.json"]
-    if layer == "fc":
+    if config["layer"] == "fc":
         # The cosine metric loads up to four text encoders: reuse it while nothing behind it changed.
-        metrics_key = digest({"result": result_key, "encoders": metric_encoders,
-                              "medclip": weights_identity("medclip", medclip_weights)})
-        metrics = cached(out_dir / "metrics.json", metrics_key, load_json)
+        m_key = metrics_key(result_key, metric_encoders, weights_identity("medclip", medclip_weights))
+        metrics = cached(out_dir / "metrics.json", m_key, load_json)
         if metrics is None:
             metrics = fc_metrics([[c["concept"] for c in n["concepts"]] for n in named], class_names())
             metrics["cosine"] = cosine_metrics(named)
-            save_json(out_dir / "metrics.json", {"key": metrics_key, "config": cfg, **metrics})
+            save_json(out_dir / "metrics.json", {"key": m_key, "config": cfg, **metrics})
         else:
             print(f"reusing {out_dir / 'metrics.json'}")
         print_fc_table(named, metrics)
@@ -177,7 +181,7 @@ def text_encoder(name: str):
     """A function strings -> L2-normalised embeddings, for one of the metric encoders."""
     import torch.nn.functional as F
     if name == "medclip":
-        m = load_vlm("medclip", medclip_weights)
+        m = load_vlm("medclip", medclip_weights or DEFAULT_WEIGHTS["medclip"])
         return m.encode_texts
     if name == "clip-vit-b-16":
         m = load_vlm("open_clip:ViT-B-16", "openai")

@@ -2,80 +2,87 @@
 
     python demo.py                  # about 3 minutes on 2 CPU cores
 
-A fresh world of synthetic radiographs (dataset/phantom.py, a seed the demo models never saw) is
+A fresh world of synthetic radiographs (phantom/world.py, a seed the demo models never saw) is
 probed with the committed demo target (DenseNet-121) and named with the committed demo VLM
-(PhantomCLIP); both were trained by train_demo_models.py. Every stage runs as its script would from
-the command line, with the arguments printed, so each step can be re-run by hand. Ends with the
-results table: classifier AUROC, the fc hit rate with its ablations, the penultimate agreement with
-the phantom labels, and the pointing game. Everything lands in {save_root}/.
+(PhantomCLIP); both were trained by `python -m phantom.train`. Every step runs as it would from the
+command line with the experiment file config/demo.py, the command printed, so each can be re-run
+by hand. Ends with the results table: classifier AUROC, the fc hit rate with its ablations, the
+penultimate agreement with the phantom labels, and the pointing game. Everything lands in the
+experiment's save_root.
 """
 import csv
 import shlex
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from cache import load_json, save_bytes, save_json
-from cli import PipelineError, configure, main, print_config, run_script
 from dataset.nih import class_names, read_split, split_file
-from outputs import eval_dir, examples_dir, matching_dir, visualization_dir
+from pipeline.cache import load_json, save_bytes, save_json
+from pipeline.cli import PipelineError, accepted_names, configure, main, print_config, read_experiment, run_script
+from pipeline.outputs import eval_dir, examples_dir, matching_dir, visualization_dir
 
 # -----------------------------------------------------------------------------
-world_dir = "demo/world"        # where the phantom world is written (once; reused while its settings hold)
+# The target, VLM, folders and method constants come from config/demo.py (and may be overridden here).
 n_probe = 1200                  # probing images (the world's train split)
 n_val = 300                     # val split: per-class thresholds
 n_test = 600                    # test split: AUROC
 world_size = 256                # side of the phantom PNGs
 world_seed = 1                  # the demo models were trained on seed 0: this world is unseen
-checkpoint = "pretrained/phantom_densenet121.pth"
-clip_weights = "pretrained/phantom_clip"
-target_res = 96                 # the demo target's input size (Resize and CenterCrop to it)
-topk = 20                       # k of the top-k ablation
 vis_images = 24                 # images shown by visualization.py
 lift_min = 2.0                  # penultimate: a neuron counts as finding-selective above this lift
-metric_encoders = "all-minilm-l6-v2"  # fc cosine metric: the offline one (the others download ~1 GB)
 num_workers = 2
-save_root = "results/demo"
 # -----------------------------------------------------------------------------
-config = configure(globals())
-IMAGES = f"{world_dir}/images"
+EXPERIMENT = "config/demo.py"
+config = configure(globals(), argv=[EXPERIMENT, *sys.argv[1:]],
+                   reads=("example_selection.py", "concept_matching.py", "bbox_img.py"))
+WORLD = Path(config["data_root"]).parent  # the world writes images/, its split files and bbox.csv here
+BOX_FILE = str(WORLD / "bbox.csv")
+CONCEPTS = str(Path(config["save_root"]) / "concept_set" / "demo_concepts.txt")
+# Passed to every step after the experiment file: the step constants overridden on the demo's own
+# command line, and what the demo itself writes.
+_EXP = read_experiment(EXPERIMENT)
+FORWARD = {**{k: v for k, v in config.given.items() if k not in config.own and _EXP.get(k, _EXP) != v},
+           "num_workers": num_workers, "box_file": BOX_FILE, "concept_set": CONCEPTS}
 
 
 def step(script: str, **args) -> None:
-    argv = [str(a) for k, v in args.items() for a in (f"--{k}", v)]
+    known = accepted_names(script)
+    argv = [EXPERIMENT] + [str(a) for k, v in {**FORWARD, **args}.items() if k in known for a in (f"--{k}", v)]
     print(f"\n$ python {script} {shlex.join(argv)}", flush=True)
     if run_script(script, *argv) != 0:
         raise PipelineError(f"{script} failed (its error is above); the demo stops here")
 
 
 def world() -> None:
-    from dataset.phantom import ensure_world
+    from phantom.world import ensure_world
     t = time.time()
-    if ensure_world(world_dir, n_probe, n_val, n_test, world_size, world_seed):
-        print(f"wrote {n_probe + n_val + n_test} phantoms to {world_dir} in {time.time() - t:.0f}s")
+    if ensure_world(WORLD, n_probe, n_val, n_test, world_size, world_seed):
+        print(f"wrote {n_probe + n_val + n_test} phantoms to {WORLD} in {time.time() - t:.0f}s")
     else:
-        print(f"reusing the phantom world in {world_dir}")
+        print(f"reusing the phantom world in {WORLD}")
 
 
-def concept_set() -> str:
-    """Phantom-report nouns (stage 1) and the release's MIMIC nouns: real distractors compete."""
-    out = Path(save_root) / "concept_set"
-    step("prepare_mimic_nouns.py", reports=f"{world_dir}/annotation.json", report_split="all",
-         name="phantom_nouns", out_dir=out)
+def concept_set() -> None:
+    """Phantom-report nouns (step 1) and the release's MIMIC nouns: real distractors compete."""
+    out = Path(CONCEPTS).parent
+    print(f"\n$ python prepare_mimic_nouns.py --reports {WORLD}/annotation.json --report_split all "
+          f"--name phantom_nouns --out_dir {out}", flush=True)
+    if run_script("prepare_mimic_nouns.py", "--reports", f"{WORLD}/annotation.json", "--report_split", "all",
+                  "--name", "phantom_nouns", "--out_dir", str(out)) != 0:
+        raise PipelineError("prepare_mimic_nouns.py failed (its error is above); the demo stops here")
     words = (out / "phantom_nouns.txt").read_text().splitlines()
     words += (Path("dataset/concept_set/mimic_nouns.txt")).read_text().splitlines()
     words = list(dict.fromkeys(w for w in words if w))
-    path = out / "demo_concepts.txt"
-    save_bytes(path, "\n".join(words).encode())
-    print(f"concept set: {len(words)} words in {path}")
-    return str(path)
+    save_bytes(CONCEPTS, "\n".join(words).encode())
+    print(f"concept set: {len(words)} words in {CONCEPTS}")
 
 
 def penultimate_agreement(stage_cfg: dict) -> dict:
     """Per finding-selective neuron: the finding most over-represented among its examples (lift over
     the probing set's base rate) against its concepts. Agreement: the finding's name is a concept."""
-    names, labels = read_split(split_file("train", IMAGES))
+    names, labels = read_split(split_file(stage_cfg["split"], stage_cfg["data_root"], stage_cfg["split_file"]))
     row = {n: i for i, n in enumerate(names)}
     base = labels.mean(0)
     ex = load_json(examples_dir(stage_cfg) / "examples.json")["neurons"]
@@ -106,52 +113,40 @@ def run():
     times = {}
     world()
     times["world"] = time.time() - t0
-    concepts = concept_set()
-    common = dict(dataset="phantom", split="train", num_workers=num_workers, save_root=save_root)
-    s2 = dict(**common, data_root=IMAGES, checkpoint=checkpoint, resize=target_res, crop=target_res)
-    s3 = dict(**common, model_clip="phantom", clip_weights=clip_weights, concept_set=concepts)
-
+    concept_set()
+    topk = config["topk"]
     t = time.time()
-    step("example_selection.py", **s2, layer="fc")
-    step("example_selection.py", **s2, layer="fc", selection="topk", topk=topk)
-    step("example_selection.py", **s2, layer="penultimate")
+    step("example_selection.py", layer="fc")
+    step("example_selection.py", layer="fc", selection="topk")
+    step("example_selection.py", layer="penultimate")
     times["stage 2"] = time.time() - t
     t = time.time()
     variants = {"MAMMI (adaptive examples, template, adaptive score)": dict(),
-                "not adaptive": dict(adaptive="no"),
-                "no template": dict(template_ver="no", adaptive="no"),
-                f"top-k examples (k = {topk})": dict(selection="topk", topk=topk)}
+                "not adaptive": dict(adaptive=False),
+                "no template": dict(template_ver="no", adaptive=False),
+                f"top-k examples (k = {topk})": dict(selection="topk")}
     for v in variants.values():
-        step("concept_matching.py", **s3, layer="fc", metric_encoders=metric_encoders, **v)
-    step("concept_matching.py", **s3, layer="penultimate")
+        step("concept_matching.py", layer="fc", **{k: ("yes" if x else "no") if isinstance(x, bool) else x
+                                                   for k, x in v.items()})
+    step("concept_matching.py", layer="penultimate")
     times["stage 3"] = time.time() - t
     t = time.time()
-    step("target_model_perform.py", dataset="phantom", data_root=IMAGES, checkpoint=checkpoint,
-         resize=target_res, crop=target_res, num_workers=num_workers, save_root=save_root)
-    step("bbox_img.py", dataset="phantom", data_root=IMAGES, box_file=f"{world_dir}/bbox.csv", max_images=8,
-         save_root=save_root)
-    step("visualization.py", dataset="phantom", data_root=IMAGES, box_file=f"{world_dir}/bbox.csv",
-         max_images=vis_images, checkpoint=checkpoint, resize=target_res, crop=target_res,
-         model_clip="phantom", clip_weights=clip_weights, concept_set=concepts, save_root=save_root)
+    step("target_model_perform.py")
+    step("bbox_img.py", max_images=8)
+    step("visualization.py", max_images=vis_images)
     times["evaluation"] = time.time() - t
 
-    base = {"dataset": "phantom", "split": "train", "model": "densenet121", "layer": "fc", "selection": "adaptive",
-            "adaptive_percent": 93.0, "topk": topk, "model_clip": "phantom", "clip_weights": clip_weights,
-            "concept_set": concepts, "template_ver": "base", "adaptive": True, "alpha": 95.0, "save_root": save_root}
-    rows = {}
-    for label, v in variants.items():
-        cfg = {**base, **v}
-        cfg["adaptive"] = cfg["adaptive"] in (True, "yes")
-        rows[label] = load_json(matching_dir(cfg) / "metrics.json")
+    base = {**config, "layer": "fc", "concept_set": CONCEPTS}
+    rows = {label: load_json(matching_dir({**base, **v}) / "metrics.json") for label, v in variants.items()}
     pen = penultimate_agreement({**base, "layer": "penultimate"})
     with open(eval_dir(base) / "TestEval.csv", newline="") as f:
         auroc = {r["label"]: float(r["auc"]) for r in csv.DictReader(f)}
-    pointing = load_json(visualization_dir({**base, "box_source": "nih"}) / "total_results.json")["pointing_game"]
+    pointing = load_json(visualization_dir(base) / "total_results.json")["pointing_game"]
     summary = {"auroc": auroc, "fc": rows, "penultimate": pen, "pointing_game": pointing, "times_s": times,
                "config": config}
     report(summary)
-    save_json(Path(save_root) / "summary.json", summary)
-    print(f"\ndemo finished in {time.time() - t0:.0f}s; summary in {Path(save_root) / 'summary.json'}")
+    save_json(Path(config["save_root"]) / "summary.json", summary)
+    print(f"\ndemo finished in {time.time() - t0:.0f}s; summary in {Path(config['save_root']) / 'summary.json'}")
 
 
 def report(summary: dict) -> None:

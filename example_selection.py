@@ -1,8 +1,11 @@
-"""Stage 2: each neuron's representative probing images (SPEC, stage 2).
+"""Step 2: each neuron's representative probing images (README, "The method in one screen", 2).
 
-One batched forward pass over the probing set records the chosen layer's activations and the 14
-logits; then each neuron keeps the images above its adaptive threshold (or its top k).
-Writes activations.pt, examples.json, examples.csv (and the example crops when asked).
+    python example_selection.py config/nih_densenet121.py --layer fc
+
+One batched forward pass over the probing set records the chosen layer's activations and the
+model's logits; then each neuron keeps the images above its adaptive threshold (or its top k).
+Writes activations.pt, examples.json, examples.csv (and the example crops when asked). Steps 3-6
+read these constants from here and what examples.json stored.
 """
 import shutil
 import time
@@ -11,14 +14,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cache import cached, code_version, digest, load_json, save_csv, save_json, save_tensors
-from cli import configure, main, print_config
 from dataset.nih import ProbeSet, class_names, findings, load_probe_set, probe_crop
-from evaluation import STAGE2_FIELDS, activations_key
 from method import select_examples
 from models import pick_device
 from models.target import default_checkpoint, load_target, require_file, tap
-from outputs import examples_dir, layer_dir
+from pipeline.cache import cached, load_json, save_csv, save_json, save_tensors
+from pipeline.cli import configure, main, print_config
+from pipeline.outputs import ACTIVATION_FIELDS, activations_key, examples_dir, examples_key, layer_dir
 
 # -----------------------------------------------------------------------------
 dataset = "nih14"               # name of the probing set (a tag for the output folder)
@@ -49,8 +51,8 @@ def run():
     ckpt = checkpoint or default_checkpoint(model)
     names, labels, paths, data_key = load_probe_set(split, data_root, split_file, skip_missing)
     act_path = layer_dir(config) / "activations.pt"
-    act_config = {k: config[k] for k in STAGE2_FIELDS}
-    act_key = activations_key(act_config, require_file(ckpt, model), data_key)
+    act_config = {k: config[k] for k in ACTIVATION_FIELDS}
+    act_key = activations_key(config, require_file(ckpt, model), data_key)
 
     t0 = time.time()
     stored = cached(act_path, act_key)
@@ -75,10 +77,7 @@ def run():
     print(f"activations {tuple(acts.shape)} in {time.time() - t0:.1f}s")
 
     ex_dir = examples_dir(config)
-    sel = {"selection": selection, "adaptive_percent": adaptive_percent, "topk": topk}
-    rule = {"adaptive_percent": adaptive_percent} if selection == "adaptive" else {"topk": topk}
-    ex_key = digest({"activations": act_key, "selection": selection, **rule,
-                     "code": code_version("example_selection.py", "method.py")})
+    ex_key = examples_key(act_key, config)
     ex_json, ex_csv = ex_dir / "examples.json", ex_dir / "examples.csv"
     old = cached(ex_json, ex_key, load_json) if ex_csv.exists() else None
     if old is not None and (not save_crops or (ex_dir / "crops").is_dir()):
@@ -93,7 +92,8 @@ def run():
                              for i in n["examples"]]
         shutil.rmtree(ex_dir / "crops", ignore_errors=True)  # crops of an older selection must not survive
         write_tables(neurons, names, labels, logits, ex_dir)
-        save_json(ex_json, {"key": ex_key, "config": {**config, "checkpoint": ckpt, "data_key": data_key, **sel},
+        save_json(ex_json, {"key": ex_key, "activations_key": act_key,
+                            "config": {**config, "checkpoint": ckpt, "data_key": data_key},
                             "neurons": [{**n, "examples": [{k: e[k] for k in ("image_id", "activation")}
                                                            for e in n["examples"]]} for n in neurons]})
         if save_crops:

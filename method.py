@@ -1,11 +1,14 @@
-"""The formulas of MAMMI (SPEC.md): example selection, concept scores, concept selection, fc metrics.
+"""The method on one screen (README, "The method in one screen"): example selection, concept
+scores, concept selection and the fc metrics.
 
-Kept apart from the scripts so the tests can check each formula against a plain re-implementation.
+Kept apart from the steps so the tests can check each formula against a plain re-implementation.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+TEMPLATE = "A chest x-ray image of a"  # T: a concept c is embedded as g(T + " " + c), the template alone as g(T)
 
 
 def adaptive_threshold(a: torch.Tensor, percent: float) -> torch.Tensor:
@@ -37,6 +40,11 @@ def select_examples(acts: torch.Tensor, selection: str = "adaptive", percent: fl
             raise ValueError(f"selection must be adaptive or topk, not {selection!r}")
         out.append({"neuron": k, "threshold": float(thr[k]), "dead": bool(dead[k]), "examples": idx})
     return out
+
+
+def prompts(concepts: list[str], template: str | None = TEMPLATE) -> list[str]:
+    """The strings the VLM embeds: template + " " + concept, or the bare concept without a template."""
+    return [f"{template} {c}" if template else c for c in concepts]
 
 
 def image_concept_scores(img: torch.Tensor, text: torch.Tensor, template: torch.Tensor | None) -> torch.Tensor:

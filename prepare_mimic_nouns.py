@@ -1,4 +1,7 @@
-"""Stage 1: the concept set, every noun of a corpus of radiology reports (SPEC, stage 1).
+"""Step 1: the concept set, every noun of a corpus of radiology reports (README, "The method in one
+screen", 1).
+
+    python prepare_mimic_nouns.py --reports data/mimic_cxr/annotation.json
 
 Reads R2Gen's annotation.json (MIMIC-CXR or IU X-ray), IU X-ray reports as parsed from the NLM XML
 (dataset/reports/iu_xray_reports.json), or a text file with one report per line. Each unique
@@ -7,8 +10,8 @@ each new NN/NNS/NNP token joins the set. Writes {out_dir}/{name}.txt, one concep
 """
 from pathlib import Path
 
-from cache import save_bytes
-from cli import PipelineError, configure, main, print_config
+from pipeline.cache import save_bytes
+from pipeline.cli import PipelineError, configure, main, print_config
 from dataset.concepts import nouns, read_reports, sentences
 
 # -----------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""How well the target classifier does (SPEC, classifier performance).
+"""Step 4: how well the target classifier does (README, "Where this differs", evaluation).
+
+    python target_model_perform.py config/nih_densenet121.py
 
 Per class: AUROC and AUPRC of the sigmoid outputs on the test split, and the F1-maximising threshold
 on the val split (the visualisation predicts a class when its probability reaches that threshold).
@@ -15,43 +17,37 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 
-from cache import save_csv, save_png
-from cli import configure, main, print_config
+from pipeline.cache import save_csv, save_png
+from pipeline.cli import configure, main, print_config
 from dataset.boxes import disease_colour
 from dataset.nih import class_names, load_probe_set
-from evaluation import auroc_auprc, best_thresholds, forward_logits, stage2_logits
+from pipeline.evaluation import auroc_auprc, best_thresholds, forward_logits, stage2_logits
 from models import pick_device
 from models.target import default_checkpoint, load_target, require_file
-from outputs import eval_dir
+from pipeline.outputs import eval_dir
 
 # -----------------------------------------------------------------------------
-dataset = "nih14"               # name of the image set (a tag for the output folder)
-data_root = "data/nih14/images" # image folder: flat, or Kaggle layout images_*/images/
+# The target, its checkpoint, preprocessing, image folder and save_root are example_selection.py's.
 val_split_file = ""             # val split file; default: {data_root}/../val_official.txt, else NIH's
 test_split_file = ""            # test split file; default: {data_root}/../test_official.txt, else NIH's
-skip_missing = False            # drop images of a split missing on disk (default: fail)
-model = "densenet121"           # target: densenet121 | resnet50
-checkpoint = ""                 # target weights (fine-tuned, with the 14-way head); default pretrained/{model}.pth
-resize = 256                    # preprocessing: Resize(resize), CenterCrop(crop), as the models were trained
-crop = 224
 batch_size = 64
 num_workers = 2                 # data-loading processes
 device = "auto"                 # auto = CUDA when present
-save_root = "results"           # all outputs go under here
 # -----------------------------------------------------------------------------
-config = configure(globals())
+config = configure(globals(), reads=("example_selection.py",))
 
 
 def run():
     print_config("target_model_perform", config)
     classes = class_names()
-    ckpt = str(require_file(checkpoint or default_checkpoint(model), model))
+    model = config["model"]
+    ckpt = str(require_file(config["checkpoint"] or default_checkpoint(model), model))
     dev = pick_device(device)
     net = None
     out = {}
     for split, override in (("val", val_split_file), ("test", test_split_file)):
         t0 = time.time()
-        names, labels, paths, data_key = load_probe_set(split, data_root, override, skip_missing)
+        names, labels, paths, data_key = load_probe_set(split, config["data_root"], override, config["skip_missing"])
         found = stage2_logits(config, split, override, ckpt, data_key)
         if found is not None:
             logits, where = found
@@ -59,7 +55,8 @@ def run():
         else:
             if net is None:
                 net = load_target(model, ckpt, need_head=True)[0].to(dev)
-            logits = forward_logits(net, paths, resize, crop, batch_size, num_workers, dev, desc=f"{model} {split}")
+            logits = forward_logits(net, paths, config["resize"], config["crop"], batch_size, num_workers, dev,
+                                    desc=f"{model} {split}")
         probs = torch.sigmoid(logits).numpy().astype(np.float64)
         out[split] = (names, labels, probs)
         print(f"{split}: {len(names)} images in {time.time() - t0:.1f}s")

@@ -1,4 +1,6 @@
-"""Which named neurons drive each prediction, and where they look (SPEC, visualisation).
+"""Step 6: which named neurons drive each prediction, and where they look.
+
+    python visualization.py config/nih_densenet121.py
 
 For each image of the box file found under data_root and each class predicted at or above its
 threshold (Threshold.csv of target_model_perform.py), the penultimate neurons are ranked by their
@@ -23,66 +25,54 @@ from matplotlib.patches import Patch, Rectangle
 from PIL import Image
 from tqdm import tqdm
 
-from attribution import (NEURON_COLOURS, OVERALL_COLOUR, neuron_map, overall_map, overlay, pointing,
+from pipeline.attribution import (NEURON_COLOURS, OVERALL_COLOUR, neuron_map, overall_map, overlay, pointing,
                          taylor_scores, top_neurons)
-from cache import load_json, save_json, save_png
-from cli import PipelineError, configure, main, print_config
+from pipeline.cache import load_json, save_json, save_png
+from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
 from dataset.boxes import disease_colour, load_boxes, scale_to, to_probe_crop
 from dataset.nih import class_names, probe_crop, resolve_images, to_model_input
-from evaluation import read_thresholds
+from pipeline.evaluation import read_thresholds
 from models import pick_device
 from models.target import default_checkpoint, load_target, require_file
-from outputs import eval_dir, matching_dir, visualization_dir
+from pipeline.outputs import eval_dir, matching_dir, visualization_dir
 
 # -----------------------------------------------------------------------------
-dataset = "nih14"               # name of the image set (a tag for the output folders)
-split = "train"                 # the stage-2 probing split whose stage-3 concepts name the neurons
-data_root = "data/nih14/images" # folder of the images to show (the ChestX-Det images for box_source chestx_det)
-box_source = "nih"              # ground truth: nih (bbox.csv) | chestx_det (ChestX_Det_{train,test}.json)
-box_file = ""                   # annotation file; default dataset/nih14/bbox.csv or dataset/chestx_det/ChestX_Det_test.json
-max_images = 0                  # show at most this many images (0 = all found)
-model = "densenet121"           # target: densenet121 | resnet50
-checkpoint = ""                 # target weights (fine-tuned, with the 14-way head); default pretrained/{model}.pth
-resize = 256                    # preprocessing: Resize(resize), CenterCrop(crop), as the models were trained
-crop = 224
-batch_size = 16
-device = "auto"                 # auto = CUDA when present
+# The boxes and images to show are bbox_img.py's constants; the concepts.json to explain is named by
+# concept_matching.py's and example_selection.py's, or given. The target, its checkpoint and
+# preprocessing are those that produced the concepts (stored with them).
+concepts = ""                   # the penultimate layer's concepts.json; default: the one steps 2-3 wrote for these constants
 thresholds = ""                 # Threshold.csv; default: target_model_perform.py's in the eval folder
 num_top_neuron = 1              # neurons shown per (image, predicted class)
 neuron_percentile = 70.0        # each shown neuron's map is zeroed below this percentile
 overall_percentile = 90.0       # ... and below this one inside the overall map
-selection = "adaptive"          # these stage-2/3 constants locate concepts.json of the penultimate layer
-adaptive_percent = 93.0
-topk = 20
-model_clip = "medclip"
-clip_weights = ""
-concept_set = "mimic_nouns"
-template_ver = "base"
-adaptive = True
-alpha = 95.0
-concepts = ""                   # explicit concepts.json (overrides the eight constants above)
-save_root = "results"           # all outputs go under here
+batch_size = 16
+device = "auto"                 # auto = CUDA when present
 # -----------------------------------------------------------------------------
-config = configure(globals())
+config = configure(globals(), reads=("bbox_img.py", "concept_matching.py", "example_selection.py"))
 LAYER = "penultimate"           # Taylor scores are taken where the head reads its input
+# What decided the concepts: refused when given here with another value than the one stored with them.
+UPSTREAM = [k for k in constant_names("example_selection.py") + constant_names("concept_matching.py")
+            if k not in ("data_root", "batch_size", "num_workers", "device", "save_crops", "save_root", "examples",
+                         "metric_encoders", "medclip_weights")]
 
 
 def run():
+    named, concepts_path = neuron_concepts()
     print_config("visualization", config)
+    model, resize, crop = config["model"], config["resize"], config["crop"]
     classes = class_names()
     thr_path = Path(thresholds) if thresholds else eval_dir(config) / "Threshold.csv"
     thr = read_thresholds(thr_path, classes)
     if np.isnan(thr).any():
         unset = ", ".join(c for c, t in zip(classes, thr) if np.isnan(t))
         print(f"note: {thr_path} has no threshold for {unset}: never predicted")
-    ckpt = str(require_file(checkpoint or default_checkpoint(model), model))
-    named, concepts_path = neuron_concepts(ckpt)
-    boxes, box_path = load_boxes(box_source, box_file)
-    names, paths = resolve_images(data_root, list(boxes), skip_missing=True)
-    print(f"{box_path}: {len(boxes)} images, {len(names)} found under {data_root}, "
+    ckpt = str(require_file(config["checkpoint"] or default_checkpoint(model), model))
+    boxes, box_path = load_boxes(config["box_source"], config["box_file"])
+    names, paths = resolve_images(config["data_root"], list(boxes), skip_missing=True)
+    print(f"{box_path}: {len(boxes)} images, {len(names)} found under {config['data_root']}, "
           f"{len(boxes) - len(names)} missing")
-    if max_images:
-        names, paths = names[:max_images], paths[:max_images]
+    if config["max_images"]:
+        names, paths = names[:config["max_images"]], paths[:config["max_images"]]
 
     dev = pick_device(device)
     net = load_target(model, ckpt, need_head=True)[0].to(dev)
@@ -97,7 +87,7 @@ def run():
         probs, taylor, maps = torch.sigmoid(logits).cpu().numpy(), taylor.cpu(), maps.cpu()
         for i, (name, path, img) in enumerate(zip(names[b:b + batch_size], paths[b:b + batch_size], crops)):
             results.append(explain(name, boxes[name], path, np.asarray(img), probs[i], taylor[i], maps[i],
-                                   thr, named, classes, out_dir))
+                                   thr, named, classes, out_dir, resize, crop))
     print(f"{len(results)} images, {sum(len(r['predictions']) for r in results)} panels in {time.time() - t0:.1f}s")
 
     summary = pointing_summary(results, classes)
@@ -111,23 +101,22 @@ def run():
     print(f"  {out_dir / 'total_results.json'}")
 
 
-def neuron_concepts(ckpt):
-    """Each penultimate neuron's concept names from stage 3 (with a word when it has none)."""
+def neuron_concepts():
+    """Each penultimate neuron's concept names from step 3 (with a word when it has none); the
+    constants that produced them are taken from concepts.json."""
     path = Path(concepts) if concepts else matching_dir({**config, "layer": LAYER}) / "concepts.json"
     if not path.is_file():
         raise PipelineError(f"{path} not found; run example_selection.py and concept_matching.py with --layer {LAYER} "
-                            f"(and the same --split --selection --model_clip --concept_set ...) or pass --concepts PATH")
+                            f"and the same experiment file, or pass --concepts PATH")
     data = load_json(path)
     if not isinstance(data, dict) or not data.get("neurons"):
         raise PipelineError(f"{path} lists no neurons; rerun concept_matching.py --layer {LAYER}")
-    cfg = data.get("config", {})
-    if cfg.get("layer", LAYER) != LAYER or cfg.get("model", model) != model:
-        raise PipelineError(f"{path} names the {cfg.get('model')} {cfg.get('layer')} layer, not {model} {LAYER}; "
-                            f"pass the concepts.json of concept_matching.py --model {model} --layer {LAYER}")
-    ex = Path(cfg.get("examples", ""))
-    ex_ckpt = load_json(ex).get("config", {}).get("checkpoint") if ex.is_file() else None
-    if ex_ckpt and Path(ex_ckpt).resolve() != Path(ckpt).resolve():
-        print(f"note: the concepts were found for {ex_ckpt}, the figures show {ckpt}")
+    stored = data.get("config", {})
+    if stored.get("layer") != LAYER:
+        raise PipelineError(f"{path} names the {stored.get('layer')} layer, not the {LAYER} one; "
+                            f"pass the concepts.json of concept_matching.py --layer {LAYER}")
+    check_stored(config, stored, UPSTREAM, path)
+    config.update({k: stored[k] for k in UPSTREAM if k in stored})
     named = {}
     for n in data["neurons"]:
         words = [c["concept"] for c in n["concepts"]]
@@ -135,7 +124,7 @@ def neuron_concepts(ckpt):
     return [named.get(k, ["(absent)"]) for k in range(max(named) + 1)], path
 
 
-def explain(name, anns, path, img, probs, taylor, maps, thr, named, classes, out_dir):
+def explain(name, anns, path, img, probs, taylor, maps, thr, named, classes, out_dir, resize, crop):
     """One image: ground truth in crop coordinates, and for each predicted class its top neurons,
     maps, pointing result and panel."""
     with Image.open(path) as im:

@@ -17,7 +17,7 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from cli import PipelineError
+from pipeline.cli import PipelineError
 from dataset.nih import HERE, class_names
 
 SOURCES = ("nih", "chestx_det")

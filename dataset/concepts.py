@@ -1,6 +1,6 @@
-"""Concept sets: radiology-report nouns (SPEC, stage 1) and reading a concept set back.
+"""Concept sets: radiology-report nouns (step 1; README, "The method in one screen", 1) and reading one back.
 
-Used by prepare_mimic_nouns.py (stage 1), concept_matching.py (stage 3) and the demo's trainer.
+Used by prepare_mimic_nouns.py (step 1), concept_matching.py (step 3) and the demo's trainer.
 """
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import json
 import re
 from pathlib import Path
 
-from cli import PipelineError
+from pipeline.cli import PipelineError
 
 HERE = Path(__file__).resolve().parent
 BUNDLED_NLTK = HERE / "nltk_data"  # NLTK's English tagger, shipped so stage 1 runs offline
 
-# Words that describe the picture rather than its content, dropped before tagging (SPEC stage 1
-# step 2: the words SPEC names from CLIP-Dissect's filter, their plurals and a few of the same kind).
+# Words that describe the picture rather than its content, dropped before tagging: the words the
+# method names from CLIP-Dissect's filter, their plurals and a few of the same kind (README, "Where
+# this differs").
 NOISE = {"photo", "photos", "image", "images", "picture", "pictures", "view", "views",
          "left", "right", "small", "full", "close", "closeup", "background", "foreground"}
 # De-identification placeholders of IU X-ray (xxxx, also glued: 'xxxxpm') and MIMIC (___, which

@@ -14,11 +14,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import transforms
 
-from cli import PipelineError
+from pipeline.cli import PipelineError
 
 HERE = Path(__file__).resolve().parent
 LABELS_FILE = HERE / "nih14" / "nih_labels.txt"
-# The target models were fine-tuned with these statistics on all three channels (SPEC, stage 2).
+# The target models were fine-tuned with these statistics on all three channels (medical_mae release).
 MEAN, STD = 0.5056, 0.252
 
 
@@ -97,8 +97,13 @@ def probe_crop(path: str | Path, resize: int = 256, crop: int = 224) -> Image.Im
     return transforms.CenterCrop(crop)(transforms.Resize(resize)(im))
 
 
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1], [..., C, H, W] -> the target's input: every channel with MEAN and STD."""
+    return transforms.functional.normalize(x, [MEAN] * x.shape[-3], [STD] * x.shape[-3])
+
+
 def to_model_input(crop: Image.Image) -> torch.Tensor:
-    return transforms.functional.normalize(transforms.functional.to_tensor(crop), [MEAN] * 3, [STD] * 3)
+    return normalize(transforms.functional.to_tensor(crop))
 
 
 class ProbeSet(torch.utils.data.Dataset):
@@ -117,7 +122,7 @@ class ProbeSet(torch.utils.data.Dataset):
 def load_probe_set(split: str, data_root: str, split_override: str = "", skip_missing: bool = False):
     """Names, labels [N, 14], paths of a probing set, and a digest of what identifies its data
     (the split file's bytes and each image's name, size and modification time)."""
-    from cache import digest, file_digest
+    from pipeline.cache import digest, file_digest
     sf = split_file(split, data_root, split_override)
     names, labels = read_split(sf)
     row = {n: i for i, n in enumerate(names)}

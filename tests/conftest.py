@@ -17,7 +17,7 @@ os.environ.setdefault("NLTK_DATA", str(Path(__file__).resolve().parents[2] / "sh
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
-import cli  # noqa: E402
+from pipeline import cli  # noqa: E402
 
 
 def make_probe_set(root: Path, n: int = 64, size: int = 72, seed: int = 0) -> Path:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli import PipelineError
+from pipeline.cli import PipelineError
 from conftest import REPO
 from dataset.boxes import (DEFAULT_FILES, add_legend, canonical, disease_colour, draw_boxes, load_boxes, read_nih,
                            scale_to, to_probe_crop)

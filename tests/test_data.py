@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from cli import PipelineError
+from pipeline.cli import PipelineError
 from conftest import SHARED, make_probe_set, run_script
 from dataset.nih import class_names, load_probe_set, probe_crop, read_split, resolve_images, split_file, to_model_input
 

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from cli import PipelineError
+from pipeline.cli import PipelineError
 from conftest import REPO, make_probe_set, save_random_target
 from dataset.boxes import disease_colour
 from dataset.nih import class_names, load_probe_set
-from evaluation import auroc_auprc, best_thresholds, forward_logits, read_thresholds, stage2_logits
+from pipeline.evaluation import auroc_auprc, best_thresholds, forward_logits, read_thresholds, stage2_logits
 from models.target import load_target
 
 SMALL = ["--resize", "40", "--crop", "32", "--num_workers", "0"]

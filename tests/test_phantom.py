@@ -17,7 +17,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataset import phantom  # noqa: E402
+from phantom import world as phantom  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_all_findings_occur_and_reports_name_them():
 def test_trainer_smoke(tmp_path):
     """A few steps of both trainings on a tiny world; the weights load through the real loaders."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, str(ROOT / "train_demo_models.py"), "--world_dir", str(tmp_path / "w"),
+    cmd = [sys.executable, "-m", "phantom.train", "--world_dir", str(tmp_path / "w"),
            "--out_dir", str(tmp_path / "out"), "--n_train", "16", "--n_val", "8", "--n_test", "8",
            "--world_size", "96", "--target_res", "64", "--clip_res", "64", "--clip_width", "8",
            "--target_batch", "4", "--clip_batch", "8", "--max_steps", "2", "--method_check", "no"]
@@ -132,9 +132,9 @@ def test_trainer_smoke(tmp_path):
 
 
 def test_missing_weights_is_one_line(tmp_path):
-    from cli import PipelineError
+    from pipeline.cli import PipelineError
     from models.phantom_clip import PhantomCLIP
-    with pytest.raises(PipelineError, match="train_demo_models.py"):
+    with pytest.raises(PipelineError, match="phantom.train"):
         PhantomCLIP.from_dir(tmp_path / "nowhere")
 
 

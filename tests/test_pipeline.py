@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from cache import load_tensors
+from pipeline.cache import load_tensors
 from conftest import run_script
 
 TINY_CLIP = {"embed_dim": 32,

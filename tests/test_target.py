@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cli import PipelineError
+from pipeline.cli import PipelineError
 from models.target import build_target, load_target, tap
 
 

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from captum.attr import LayerGradientXActivation
 from PIL import Image
 
-from attribution import (NEURON_COLOURS, OVERALL_COLOUR, map_module, neuron_map, overall_map, overlay, pointing,
+from pipeline.attribution import (NEURON_COLOURS, OVERALL_COLOUR, map_module, neuron_map, overall_map, overlay, pointing,
                          taylor_scores, top_neurons)
 from conftest import REPO
 from dataset.boxes import disease_colour
 from dataset.nih import class_names
 from models.target import build_target
-from outputs import eval_dir, matching_dir
+from pipeline.outputs import eval_dir, matching_dir
 
 SIZE, CELL, NEURON, CLASS = 56, 8, 5, 3     # 56-px input, 8-px cells (a 7x7 map), the built neuron and class
 SQUARE = [32, 8, 48, 24]                      # x1, y1, x2, y2 of the bright square: cells rows 1-2, cols 4-5

@@ -31,10 +31,10 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-CLASSES = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-           "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural thickening", "Hernia"]
+from dataset.nih import class_names
+
+CLASSES = class_names()  # the NIH findings, in the order of the split files' label columns
 WORDS = [c.lower() for c in CLASSES]  # the words the reports use, and the concepts the method must find
-TEMPLATE = "A chest x-ray image of a"
 VERSION = 2  # bump when a change to the generator changes pixels: a stored world of another version is rewritten
 
 NORMAL_FRACTION = 0.5  # NIH: a bit over half the images have 'No Finding'

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the repository: code_version names files relative to it
 _digests: dict[tuple, str] = {}
 
 

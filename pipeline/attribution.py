@@ -1,6 +1,6 @@
 """Which penultimate neurons drive a prediction, where they look, and whether that is inside the box.
 
-Used by visualization.py (SPEC, visualisation) and checked by tests/test_visualization.py:
+Used by visualization.py (step 6) and checked by tests/test_visualization.py:
 - Taylor scores: activation x d(class logit)/d(activation) at the pooled penultimate layer, for every
   class at once, by plain autograd through the head; hooks live only inside a `with` block;
 - spatial maps: the channels of DenseNet's `features` output (after the last batch norm, before the

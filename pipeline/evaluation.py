@@ -2,7 +2,7 @@
 
 - per-class AUROC / AUPRC and the F1-maximising threshold, all from scikit-learn's curves;
 - the thresholds file the visualisation reads to decide which classes count as predicted;
-- the 14 logits of a split: reused from stage 2's activations.pt when its key says it was computed
+- the logits of a split: reused from step 2's activations.pt when its key says it was computed
   from the same split, checkpoint bytes and preprocessing, else one batched pass.
 """
 from __future__ import annotations
@@ -16,12 +16,10 @@ import torch
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from tqdm import tqdm
 
-from cache import code_version, digest, file_digest, load_tensors
-from cli import PipelineError
 from dataset.nih import ProbeSet
-from outputs import layer_dir
-
-STAGE2_FIELDS = ("dataset", "split", "data_root", "split_file", "skip_missing", "model", "layer", "resize", "crop")
+from pipeline.cache import load_tensors
+from pipeline.cli import PipelineError
+from pipeline.outputs import activations_key, layer_dir
 
 
 def auroc_auprc(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,13 +67,6 @@ def read_thresholds(path: str | Path, classes: list[str]) -> np.ndarray:
         raise PipelineError(f"{path}: thresholds must be numbers; rerun target_model_perform.py") from None
 
 
-def activations_key(act_config: dict, checkpoint: str | Path, data_key: str) -> str:
-    """The key example_selection.py stores with activations.pt: its constants, the checkpoint's
-    bytes, the probing set and the code that computed it."""
-    return digest({**act_config, "checkpoint": file_digest(checkpoint), "data": data_key,
-                   "code": code_version("example_selection.py", "models/target.py", "dataset/nih.py")})
-
-
 def stage2_logits(config: dict, split: str, split_file: str, checkpoint: str | Path,
                   data_key: str) -> tuple[torch.Tensor, Path] | None:
     """Logits stage 2 cached for this split, checkpoint and preprocessing (any layer's run holds
@@ -89,7 +80,7 @@ def stage2_logits(config: dict, split: str, split_file: str, checkpoint: str | P
             layer = stored["config"]["layer"]
         except Exception:  # unreadable or another format: not ours to reuse
             continue
-        key = activations_key({k: c[k] for k in STAGE2_FIELDS if k != "layer"} | {"layer": layer}, checkpoint, data_key)
+        key = activations_key({**c, "layer": layer}, checkpoint, data_key)
         if stored.get("key") == key and stored.get("logits") is not None:
             return stored["logits"].float(), path
     return None

@@ -1,0 +1,127 @@
+"""Where each step writes, and the key that says what produced it: one place for both.
+
+    {save_root}/{dataset}_{split}/{model}/{layer}/activations.pt                  step 2, one pass
+    .../{layer}/{adaptive93|top20}/examples.json, examples.csv, crops/           step 2, selection
+    {save_root}/{dataset}_{split}/vlm_{tag}/image_features.pt                    step 3, per VLM
+    {save_root}/vlm_{tag}/text_{concept_set}_{template_ver}.pt                   step 3, per VLM
+    .../{adaptive93|top20}/vlm_{tag}/{concept_set}_{template_ver}_{adaptive|plain}_a{alpha}/
+        similarity.pt, concepts.json, metrics.json                               step 3, matching
+    {save_root}/{dataset}_test/{model}/eval/                                     step 4 (val + test)
+    {save_root}/{dataset}_{box_source}/bbox/                                     step 5
+    {save_root}/{dataset}_{box_source}/{model}/visualization/                    step 6
+
+A key is a digest of everything that produced an output: the constants that decide it, the bytes
+of the checkpoint, probing set, concept set and VLM weights, the key of the output it was built
+from, and the source of the code that computed it. A step reuses an output only when its key
+equals the key it would produce now.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pipeline.cache import code_version, digest, file_digest
+
+# The step-2 constants that decide its activations (the selection decides only examples.json).
+ACTIVATION_FIELDS = ("dataset", "split", "data_root", "split_file", "skip_missing", "model", "layer", "resize", "crop")
+
+
+def _tag(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def probe_dir(c: dict) -> Path:
+    return Path(c["save_root"]) / f"{c['dataset']}_{c['split']}"
+
+
+def layer_dir(c: dict) -> Path:
+    return probe_dir(c) / c["model"] / _tag(c["layer"])
+
+
+def selection_tag(c: dict) -> str:
+    return f"adaptive{c['adaptive_percent']:g}" if c["selection"] == "adaptive" else f"top{c['topk']}"
+
+
+def examples_dir(c: dict) -> Path:
+    return layer_dir(c) / selection_tag(c)
+
+
+def vlm_tag(c: dict) -> str:
+    weights = Path(c["clip_weights"]).stem if c.get("clip_weights") else ""
+    name = c["model_clip"].replace("open_clip:", "openclip-")
+    if name.endswith(".json"):  # a config file: its stem names the model
+        name = "openclip-" + Path(name).stem
+    return _tag(name + (f"-{weights}" if weights else ""))
+
+
+def concept_set_name(c: dict) -> str:
+    return Path(c["concept_set"]).stem if c["concept_set"].endswith(".txt") else c["concept_set"]
+
+
+def image_features_path(c: dict) -> Path:
+    return probe_dir(c) / f"vlm_{vlm_tag(c)}" / "image_features.pt"
+
+
+def text_features_path(c: dict) -> Path:
+    return Path(c["save_root"]) / f"vlm_{vlm_tag(c)}" / f"text_{_tag(concept_set_name(c))}_{c['template_ver']}.pt"
+
+
+def matching_dir(c: dict, examples: str | Path | None = None) -> Path:
+    """Beside the examples it names (examples.json's folder, derived from c unless given)."""
+    mode = "adaptive" if c["adaptive"] else "plain"
+    where = Path(examples).parent if examples else examples_dir(c)
+    return where / f"vlm_{vlm_tag(c)}" / f"{_tag(concept_set_name(c))}_{c['template_ver']}_{mode}_a{c['alpha']:g}"
+
+
+def eval_dir(c: dict) -> Path:
+    # AUROC is reported on the test split (thresholds come from val), so the folder is the test one.
+    return probe_dir({**c, "split": "test"}) / c["model"] / "eval"
+
+
+def bbox_dir(c: dict) -> Path:
+    return probe_dir({**c, "split": c["box_source"]}) / "bbox"
+
+
+def visualization_dir(c: dict) -> Path:
+    return probe_dir({**c, "split": c["box_source"]}) / c["model"] / "visualization"
+
+
+# ---- keys
+
+def activations_key(c: dict, checkpoint: str | Path, data_key: str) -> str:
+    """activations.pt: the constants of ACTIVATION_FIELDS, the checkpoint's bytes, the probing set."""
+    return digest({**{k: c[k] for k in ACTIVATION_FIELDS}, "checkpoint": file_digest(checkpoint), "data": data_key,
+                   "code": code_version("example_selection.py", "models/target.py", "dataset/nih.py")})
+
+
+def examples_key(activations: str, c: dict) -> str:
+    """examples.json: the activations it selects from and the selection rule."""
+    rule = {"adaptive_percent": c["adaptive_percent"]} if c["selection"] == "adaptive" else {"topk": c["topk"]}
+    return digest({"activations": activations, "selection": c["selection"], **rule,
+                   "code": code_version("example_selection.py", "method.py")})
+
+
+def vlm_identity(c: dict, weights: str, code: str) -> dict:
+    return {"model_clip": c["model_clip"], "weights": weights, "code": code}
+
+
+def image_features_key(vlm: dict, stage2: dict) -> str:
+    """image_features.pt: the VLM, and the probing set with the crop it was seen through."""
+    return digest({**vlm, "data": stage2["data_key"], "resize": stage2["resize"], "crop": stage2["crop"]})
+
+
+def text_features_key(vlm: dict, concept_file: str | Path, c: dict) -> str:
+    """text_*.pt: the VLM, the concept file's bytes and the prompt."""
+    return digest({**vlm, "concepts": file_digest(concept_file), "template_ver": c["template_ver"],
+                   "template": c["template"]})
+
+
+def matching_key(examples: str, images: str, text: str, c: dict, code: str) -> str:
+    """similarity.pt and concepts.json: the examples, both feature caches and the scoring rule."""
+    return digest({"examples": examples, "images": images, "text": text, "adaptive": c["adaptive"],
+                   "alpha": c["alpha"], "code": code})
+
+
+def metrics_key(matching: str, encoders: str, medclip: str) -> str:
+    """metrics.json: the concepts it scores and the text encoders that score them."""
+    return digest({"result": matching, "encoders": encoders, "medclip": medclip})
