@@ -11,12 +11,12 @@ Images named in the annotations but absent from data_root are counted and report
 """
 from collections import Counter
 
-from PIL import Image
 from tqdm import tqdm
 
 from pipeline.cache import save_png
 from pipeline.cli import PipelineError, configure, main, print_config
 from dataset.boxes import BLEND_ALPHA, add_legend, draw_boxes, load_boxes, scale_to
+from dataset.files import read_image
 from dataset.nih import resolve_images
 from pipeline.outputs import bbox_dir
 
@@ -45,8 +45,7 @@ def run():
     out = bbox_dir(config)
     drawn = Counter()
     for name, p in tqdm(list(zip(names, paths)), desc="boxes", unit="image"):
-        with Image.open(p) as im:
-            im = im.convert("RGB")
+        im = read_image(p)
         anns = scale_to(boxes[name], im.size)
         outlined, blend = draw_boxes(im, anns, BLEND_ALPHA)
         stem = p.stem

@@ -9,6 +9,7 @@ read these constants from here and what examples.json stored.
 """
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -99,14 +100,20 @@ def run():
         if save_crops:
             for n in tqdm(neurons, desc="crops"):
                 for r, e in enumerate(n["examples"]):
-                    out = ex_dir / "crops" / f"neuron_{n['neuron']:04d}" / f"{r:03d}_{e['image_id']}"
+                    out = ex_dir / "crops" / f"neuron_{n['neuron']:04d}" / crop_name(r, e["image_id"])
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    probe_crop(paths[e["index"]], resize, crop).save(out.with_suffix(".jpg"), quality=95)
+                    probe_crop(paths[e["index"]], resize, crop).save(out, quality=95)
     sizes = [len(n["examples"]) for n in load_json(ex_json)["neurons"]]
     print(f"examples per neuron: min {min(sizes)}, median {int(np.median(sizes))}, max {max(sizes)}")
     print("outputs:")
     for p in (act_path, ex_json, ex_csv) + ((ex_dir / "crops",) if save_crops else ()):
         print(f"  {p}")
+
+
+def crop_name(rank: int, image_id: str) -> str:
+    """A plain file name for an example crop: an id's folders become part of the name, so no crop
+    lands anywhere but its neuron's folder (the rank keeps names apart)."""
+    return Path(f"{rank:03d}_" + image_id.replace("\\", "_").replace("/", "_")).with_suffix(".jpg").name
 
 
 def write_tables(neurons, names, labels, logits, ex_dir):

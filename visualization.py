@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.patches import Patch, Rectangle
-from PIL import Image
 from tqdm import tqdm
 
 from pipeline.attribution import (NEURON_COLOURS, OVERALL_COLOUR, neuron_map, overall_map, overlay, pointing,
@@ -30,6 +29,7 @@ from pipeline.attribution import (NEURON_COLOURS, OVERALL_COLOUR, neuron_map, ov
 from pipeline.cache import load_json, save_json, save_png
 from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
 from dataset.boxes import disease_colour, load_boxes, scale_to, to_probe_crop
+from dataset.files import read_image
 from dataset.nih import class_names, probe_crop, resolve_images, to_model_input
 from pipeline.evaluation import read_thresholds
 from models import pick_device
@@ -127,8 +127,7 @@ def neuron_concepts():
 def explain(name, anns, path, img, probs, taylor, maps, thr, named, classes, out_dir, resize, crop):
     """One image: ground truth in crop coordinates, and for each predicted class its top neurons,
     maps, pointing result and panel."""
-    with Image.open(path) as im:
-        size = im.size
+    size = read_image(path).size
     gt = to_probe_crop(scale_to(anns, size), size, resize, crop)
     preds = []
     for j in np.flatnonzero(probs >= np.nan_to_num(thr, nan=np.inf)):

@@ -9,6 +9,7 @@ Resize + CenterCrop the target model sees.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.cli import PipelineError
+from dataset.files import read_text
 from dataset.nih import HERE, class_names
 
 SOURCES = ("nih", "chestx_det")
@@ -60,19 +62,18 @@ def disease_colour(label: str) -> tuple[int, int, int]:
 def read_nih(path: str | Path) -> dict[str, list[dict]]:
     path = Path(path)
     out: dict[str, list[dict]] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        need = {"image_name", "label", "bbox_x", "bbox_y", "bbox_w", "bbox_h"}
-        if not need <= set(reader.fieldnames or []):
-            raise PipelineError(f"{path}: expected the NIH bbox.csv columns {sorted(need)}; "
-                                f"pass --box_source chestx_det for a ChestX-Det json")
-        for i, row in enumerate(reader, 2):
-            try:
-                x, y, w, h = (float(row[k]) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
-            except (TypeError, ValueError):
-                raise PipelineError(f"{path}, line {i}: box x, y, w, h must be numbers") from None
-            out.setdefault(row["image_name"], []).append(
-                {"label": canonical(row["label"]), "box": [x, y, x + w, y + h], "polygon": None})
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    need = {"image_name", "label", "bbox_x", "bbox_y", "bbox_w", "bbox_h"}
+    if not need <= set(reader.fieldnames or []):
+        raise PipelineError(f"{path}: expected the NIH bbox.csv columns {sorted(need)}; "
+                            f"pass --box_source chestx_det for a ChestX-Det json")
+    for i, row in enumerate(reader, 2):
+        try:
+            x, y, w, h = (float(row[k]) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
+        except (TypeError, ValueError):
+            raise PipelineError(f"{path}, line {i}: box x, y, w, h must be numbers") from None
+        out.setdefault(row["image_name"], []).append(
+            {"label": canonical(row["label"]), "box": [x, y, x + w, y + h], "polygon": None})
     return out
 
 
@@ -80,8 +81,8 @@ def read_chestx_det(path: str | Path) -> dict[str, list[dict]]:
     """Every image of the json, those without findings too (an empty list)."""
     path = Path(path)
     try:
-        items = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        items = json.loads(read_text(path))
+    except json.JSONDecodeError:
         raise PipelineError(f"{path}: not a json file; pass the ChestX_Det_{{train,test}}.json") from None
     out: dict[str, list[dict]] = {}
     for item in items:

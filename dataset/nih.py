@@ -11,19 +11,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision import transforms
 
+from dataset.files import read_image, read_text
 from pipeline.cli import PipelineError
 
 HERE = Path(__file__).resolve().parent
 LABELS_FILE = HERE / "nih14" / "nih_labels.txt"
+# An image id is a path relative to --data_root; one that is absolute or climbs out with '..' would
+# read (and, as a crop name, write) files the user never meant to hand over.
+OUTSIDE = "is outside --data_root (absolute, or with '..'); image ids are paths relative to the image folder"
 # The target models were fine-tuned with these statistics on all three channels (medical_mae release).
 MEAN, STD = 0.5056, 0.252
 
 
 def class_names() -> list[str]:
-    return [line.strip() for line in LABELS_FILE.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in read_text(LABELS_FILE).splitlines() if line.strip()]
 
 
 def split_file(split: str, data_root: str | Path, override: str = "") -> Path:
@@ -38,14 +42,22 @@ def read_split(path: str | Path) -> tuple[list[str], np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"split file {path} not found; pass --split train|val|test or --split_file PATH")
-    names, labels = [], []
+    names, labels, line_of = [], [], {}
     n = len(class_names())
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(read_text(path).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != n + 1 or any(p not in ("0", "1") for p in parts[1:]):
             raise PipelineError(f"{path}, line {i}: expected an image name and {n} labels 0/1, got {line[:80]!r}")
+        if outside_root(parts[0]):
+            raise PipelineError(f"{path}, line {i}: image {parts[0][:80]!r} {OUTSIDE}")
+        key = Path(parts[0])  # 'a.png' and './a.png' are one image
+        if key in line_of:
+            # It would count twice among a neuron's examples and weigh twice in its concept scores.
+            raise PipelineError(f"{path}: image {parts[0]} is listed twice (lines {line_of[key]} and {i}); "
+                                f"remove one of them")
+        line_of[key] = i
         names.append(parts[0])
         labels.append([int(p) for p in parts[1:]])
     if not names:
@@ -59,6 +71,13 @@ def findings(label_row: np.ndarray, names: list[str] | None = None) -> str:
     return "|".join(found) if found else "No Finding"
 
 
+def outside_root(name: str) -> bool:
+    """Whether an image id would leave the folder it is looked up in. Symbolic links the user put
+    inside --data_root are followed as they are: they are the user's own layout, not the list's."""
+    p = Path(name)
+    return p.is_absolute() or bool(p.drive) or ".." in p.parts
+
+
 def resolve_images(root: str | Path, names: list[str], skip_missing: bool = False) -> tuple[list[str], list[Path]]:
     """Paths of the named images under root (flat or Kaggle layout). Missing ones fail loudly
     (or are dropped with a note when skip_missing). Returns the names kept and their paths."""
@@ -69,6 +88,8 @@ def resolve_images(root: str | Path, names: list[str], skip_missing: bool = Fals
     where = {p.name: p for p in root.glob("images_*/images/*")}
     kept, paths, missing = [], [], []
     for name in names:
+        if outside_root(name):
+            raise PipelineError(f"image {name[:80]!r} {OUTSIDE}; fix the file that lists it")
         p = root / name
         if not p.is_file():
             p = where.get(name)
@@ -89,11 +110,7 @@ def resolve_images(root: str | Path, names: list[str], skip_missing: bool = Fals
 
 def probe_crop(path: str | Path, resize: int = 256, crop: int = 224) -> Image.Image:
     """The un-normalised probe image: RGB, Resize(resize), CenterCrop(crop). Stage 3 embeds this."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise PipelineError(f"{path}: cannot read the image ({type(e).__name__}); replace or remove it") from None
+    im = read_image(path)
     return transforms.CenterCrop(crop)(transforms.Resize(resize)(im))
 
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from tqdm import tqdm
 
+from dataset.files import read_text
 from dataset.nih import ProbeSet
 from pipeline.cache import load_tensors
 from pipeline.cli import PipelineError
@@ -53,8 +55,7 @@ def read_thresholds(path: str | Path, classes: list[str]) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"thresholds {path} not found; run target_model_perform.py first or pass --thresholds PATH")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(read_text(path), newline="")))
     if not rows or not {"label", "bestthr"} <= set(rows[0]):
         raise PipelineError(f"{path}: expected the columns label,bestthr (as target_model_perform.py writes)")
     got = {r["label"]: r["bestthr"] for r in rows}
