@@ -21,6 +21,7 @@ import html
 import io
 import json
 import os
+import re
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -76,13 +77,14 @@ def run():
             made += new
     used = {Path(img[1]).name for img in page["images"] if img[1]}
     for old in thumbs.glob("*.jpg"):  # thumbnails of images no run shows any more
-        if old.name not in used:
+        if old.name not in used and re.fullmatch(r"[0-9a-f]{24}\.jpg", old.name):
             old.unlink()
 
     page["key"] = digest({"inputs": keys, "config": {k: v for k, v in config.items() if k != "out_dir"},
                           "code": CODE})
     index = gdir / "index.html"
     save_bytes(index, render(page).encode())
+    shareable(index)
     n = len(page["neurons"])
     counts = {s: sum(x["s"] == s for x in page["neurons"]) for s in ("ok", "none", "dead")}
     print(f"{n} neurons in {len(page['runs'])} run(s) ({counts['ok']} ok, {counts['none']} none, {counts['dead']} dead); "
@@ -268,7 +270,8 @@ def similarity_bars(path: Path, cfg: dict, run: Path) -> tuple[dict, dict, float
 
 
 def label_runs(runs: list[dict], root: Path) -> None:
-    """Name each run by its folder under save_root, less the part all runs share."""
+    """Name each run by its folder under save_root, less the folders all runs share (the probing set,
+    the model, a single VLM): what is left tells the runs apart."""
     parts = []
     for r in runs:
         d = Path(r["path"]).parent.resolve()
@@ -276,12 +279,12 @@ def label_runs(runs: list[dict], root: Path) -> None:
             parts.append(d.relative_to(root.resolve()).parts)
         except ValueError:
             parts.append(d.parts[-4:])
-    common = 0
-    if len(parts) > 1:
-        while all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
-            common += 1
-    for r, p in zip(runs, parts):
-        r["label"] = "/".join(p[common:])
+    keep = [range(len(p)) for p in parts]
+    if len(parts) > 1 and len({len(p) for p in parts}) == 1:
+        differ = [j for j in range(len(parts[0])) if len({p[j] for p in parts}) > 1]
+        keep = [differ] * len(parts)
+    for r, p, k in zip(runs, parts, keep):
+        r["label"] = "/".join(p[j] for j in k)
         r["folder"] = "/".join(p)
 
 
@@ -356,7 +359,16 @@ def thumbnail(path: Path, resize: int, crop: int, out: Path) -> tuple[str, bool]
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=88)
     save_bytes(out / name, buf.getvalue())
+    shareable(out / name)
     return name, True
+
+
+def shareable(path: Path) -> None:
+    """Atomic writes keep their temporary file's 0600 mode; a page meant to be shared (a group server,
+    a web folder) gets the mode a plain open() would give: 0666 less the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def render(page: dict) -> str:
@@ -384,7 +396,7 @@ header { position: sticky; top: 0; z-index: 5; background: var(--card); border-b
 h1 { font-size: 17px; margin: 0 0 8px; }
 .controls { display: flex; flex-wrap: wrap; gap: 8px 14px; align-items: center; }
 .controls input[type=search] { width: 300px; padding: 6px 8px; font-size: 14px; border: 1px solid var(--line); border-radius: 4px; }
-.controls select { padding: 5px; font-size: 13px; }
+.controls select { padding: 5px; font-size: 13px; max-width: 340px; }
 .controls label { color: var(--muted); font-size: 13px; }
 #count { color: var(--muted); font-size: 13px; margin-top: 6px; }
 #list { display: grid; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr)); gap: 10px; padding: 12px 16px; }
@@ -396,7 +408,7 @@ h1 { font-size: 17px; margin: 0 0 8px; }
 .badge { font-size: 11px; padding: 1px 6px; border-radius: 9px; color: #fff; }
 .s-ok { background: var(--ok); } .s-none { background: var(--none); } .s-dead { background: var(--dead); }
 .hit { background: var(--ok); } .miss { background: var(--dead); }
-.meta { color: var(--muted); font-size: 12px; margin: 3px 0; }
+.meta { color: var(--muted); font-size: 12px; margin: 3px 0; overflow-wrap: anywhere; }
 .chips { display: flex; flex-wrap: wrap; gap: 4px; margin: 4px 0; }
 .chip { background: #e8eef7; border-radius: 3px; padding: 1px 6px; font-size: 13px; }
 .chip small { color: var(--muted); margin-left: 4px; }
