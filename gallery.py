@@ -61,7 +61,11 @@ def run():
     page = {"title": f"Neuron gallery: {root}", "runs": [], "neurons": [], "images": [], "vocab": [], "panels": []}
     images, vocab, keys = {}, {}, []
     for path in files:
-        keys.append(load_run(path, page, images, vocab))
+        try:
+            keys.append(load_run(path, page, images, vocab))
+        except (KeyError, TypeError, ValueError, IndexError) as e:  # a field missing or of the wrong kind
+            raise PipelineError(f"{path} or the examples it names has unexpected content ({type(e).__name__}: {e}); "
+                                f"rerun example_selection.py and concept_matching.py") from None
     label_runs(page["runs"], root)
     keys += link_panels(page, listed(visualization, root, "total_results.json", "visualization.py"), gdir)
 
@@ -159,7 +163,7 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     selection = (f"top {ex_cfg.get('topk')}" if ex_cfg.get("selection") == "topk"
                  else f"adaptive, p = {p:g}%" if isinstance(p, (int, float)) else "adaptive")
     page["runs"].append({"path": str(path), "layer": layer, "model": str(cfg.get("model") or ex_cfg.get("model", "")),
-                         "describer": str(cfg.get("describer") or cfg.get("model_clip") or ""),
+                         "describer": str(cfg.get("describer") or "MAMMI"), "vlm": str(cfg.get("model_clip") or ""),
                          "concept_set": str(cfg.get("concept_set", "")), "selection": selection,
                          "alpha": alpha, "n_images": hist["n"] if hist else None, "fc": is_fc})
     for n in data["neurons"]:
@@ -220,9 +224,19 @@ def example_labels(path: Path, is_fc: bool) -> tuple[dict, dict]:
     return labels, probs
 
 
+_histograms: dict = {}
+
+
 def histograms(path: Path, k_expected: int, run: Path) -> dict | None:
     """Per neuron: counts of its activation over the whole probing set in hist_bins equal bins
-    between its min and max."""
+    between its min and max. Computed once per activations.pt (several describers share one layer)."""
+    memo = (str(path.resolve()), k_expected)
+    if memo not in _histograms:
+        _histograms[memo] = _histograms_of(path, k_expected, run)
+    return _histograms[memo]
+
+
+def _histograms_of(path: Path, k_expected: int, run: Path) -> dict | None:
     if not path.is_file():
         print(f"note: {path} not found; no activation histograms for {run}")
         return None
@@ -279,12 +293,16 @@ def label_runs(runs: list[dict], root: Path) -> None:
             parts.append(d.relative_to(root.resolve()).parts)
         except ValueError:
             parts.append(d.parts[-4:])
-    keep = [range(len(p)) for p in parts]
-    if len(parts) > 1 and len({len(p) for p in parts}) == 1:
-        differ = [j for j in range(len(parts[0])) if len({p[j] for p in parts}) > 1]
-        keep = [differ] * len(parts)
-    for r, p, k in zip(runs, parts, keep):
-        r["label"] = "/".join(p[j] for j in k)
+    common = 0
+    if len(parts) > 1:
+        while all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
+            common += 1
+    rest = [p[common:] for p in parts]
+    keep = [range(len(p)) for p in rest]
+    if len(rest) > 1 and len({len(p) for p in rest}) == 1:
+        keep = [[j for j in range(len(rest[0])) if len({p[j] for p in rest}) > 1]] * len(rest)
+    for r, p, q, k in zip(runs, parts, rest, keep):
+        r["label"] = "/".join(q[j] for j in k)
         r["folder"] = "/".join(p)
 
 
@@ -628,7 +646,7 @@ function openView(n) {
   p.appendChild(h);
   p.appendChild(el("div", {class: "meta"}, run.folder));
   p.appendChild(el("div", {class: "meta"}, `${n.e} example${n.e === 1 ? "" : "s"} (${run.selection})` +
-    (run.n_images ? ` of ${run.n_images} probing images` : "") + (run.describer ? ` · describer ${run.describer}` : "") +
+    (run.n_images ? ` of ${run.n_images} probing images` : "") + ` · named by ${run.describer}` + (run.vlm ? ` with VLM ${run.vlm}` : "") +
     (run.concept_set ? ` · concept set ${run.concept_set}` : "")));
   const chips = el("div", {class: "chips"});
   if (!n.c.length) chips.appendChild(el("span", {class: "meta"}, n.s === "dead" ? "dead: its activation is constant over the probing set, so it has no examples" : "none: no concept scored above zero"));

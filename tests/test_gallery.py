@@ -246,6 +246,27 @@ def test_thumbnails_reused_and_renewed(tmp_path):
     assert len(now) == len(stamp) and now != set(stamp)
 
 
+def test_a_describer_without_similarity_or_status(tmp_path):
+    """A baseline describer's output: one name per neuron with its own score, no status, no count,
+    no similarity.pt. It joins the page as a second run of the same layer; its scores make its chart."""
+    res = write_synthetic(tmp_path, n_neurons=16, n_images=24)
+    mammi = next(res.rglob("concepts.json"))
+    ex_json = json.loads(mammi.read_text())["config"]["examples"]
+    other = mammi.parent.parent.parent / "clip_dissect" / "concepts.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps({"config": {"layer": "penultimate", "examples": ex_json, "describer": "clip-dissect"},
+                                 "neurons": [{"neuron": k, "concepts": [{"concept": "lung", "score": 0.5 + k}]}
+                                             for k in range(16) if k != 5]}))
+    ok(run_script("gallery.py", "--save_root", str(res)))
+    data = page_data(res / "gallery" / "index.html")[2]
+    assert [r["describer"] for r in data["runs"]] == ["clip-dissect", "MAMMI"]
+    assert [r["label"] for r in data["runs"]] == ["clip_dissect", "vlm_synth/words_base_adaptive_a95"]
+    cd = [n for n in data["neurons"] if n["r"] == 0]
+    assert len(cd) == 15 and all(n["s"] == "ok" and "cut" not in n for n in cd)
+    assert all(n["b"] == [[data["vocab"].index("lung"), 0.5 + n["n"]]] for n in cd)
+    assert all(sum(n["h"]) == 24 for n in cd)
+
+
 def test_bad_inputs_fail_with_one_line(tmp_path):
     res = write_synthetic(tmp_path, n_neurons=8, n_images=12)
     proc = run_script("gallery.py", "--save_root", str(tmp_path / "nothing"))
