@@ -387,8 +387,9 @@ def test_browser_real_gallery(browser, real_gallery, real_run):
     labels = drv.execute_script("return [...document.querySelectorAll('#panel svg.bars text title')].map(t => t.textContent)")
     assert HOSTILE in labels
     assert drv.execute_script("return document.querySelectorAll('img[src=\"x\"]').length") == 0
-    drv.find_element(By.ID, "next").click()
-    assert drv.find_element(By.ID, "vtitle").text == f"neuron {first['n'] + 1}"
+    from selenium.webdriver.support.ui import WebDriverWait
+    drv.find_element(By.ID, "next").click()  # a link: the view follows the address (hashchange)
+    WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "vtitle").text == f"neuron {first['n'] + 1}")
     drv.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
     assert not drv.find_element(By.ID, "view").is_displayed()
     no_errors(drv)
