@@ -134,6 +134,9 @@ def run():
          max_images=vis_images, checkpoint=checkpoint, resize=target_res, crop=target_res,
          model_clip="phantom", clip_weights=clip_weights, concept_set=concepts, save_root=save_root)
     times["evaluation"] = time.time() - t
+    t = time.time()
+    step("gallery.py", save_root=save_root)  # every run above, browsable offline
+    times["gallery"] = time.time() - t
 
     base = {"dataset": "phantom", "split": "train", "model": "densenet121", "layer": "fc", "selection": "adaptive",
             "adaptive_percent": 93.0, "topk": topk, "model_clip": "phantom", "clip_weights": clip_weights,
@@ -152,6 +155,8 @@ def run():
     report(summary)
     save_json(Path(save_root) / "summary.json", summary)
     print(f"\ndemo finished in {time.time() - t0:.0f}s; summary in {Path(save_root) / 'summary.json'}")
+    index = Path(save_root) / "gallery" / "index.html"
+    print(f"neuron gallery: {index} (open it in a browser: {index.resolve().as_uri()})")
 
 
 def report(summary: dict) -> None:
