@@ -135,6 +135,9 @@ def run():
     step("bbox_img.py", max_images=8)
     step("visualization.py", max_images=vis_images)
     times["evaluation"] = time.time() - t
+    t = time.time()
+    step("gallery.py")  # every run above, browsable offline
+    times["gallery"] = time.time() - t
 
     base = {**config, "layer": "fc", "concept_set": CONCEPTS}
     rows = {label: load_json(matching_dir({**base, **v}) / "metrics.json") for label, v in variants.items()}
@@ -147,6 +150,8 @@ def run():
     report(summary)
     save_json(Path(config["save_root"]) / "summary.json", summary)
     print(f"\ndemo finished in {time.time() - t0:.0f}s; summary in {Path(config['save_root']) / 'summary.json'}")
+    index = Path(config["save_root"]) / "gallery" / "index.html"
+    print(f"neuron gallery: {index} (open it in a browser: {index.resolve().as_uri()})")
 
 
 def report(summary: dict) -> None:

@@ -41,3 +41,5 @@ def test_demo_on_a_reduced_world(tmp_path):
     vis = out / "phantom_nih" / "densenet121" / "visualization"
     assert (vis / "total_results.json").is_file() and list((vis / "figures").glob("*.png"))
     assert "== Results on the phantom world" in proc.stdout and "pointing game" in proc.stdout
+    index = out / "gallery" / "index.html"
+    assert index.is_file() and proc.stdout.rstrip().splitlines()[-1].startswith(f"neuron gallery: {index}")

@@ -1,0 +1,440 @@
+"""gallery.py: the page built from real stage 2-3 outputs (fc and penultimate, a tiny open_clip VLM) and
+from a synthetic 2,048-neuron run in the stages' formats; checked by parsing the HTML, then in a real
+browser (headless Chromium through selenium): search, filters, a neuron's view, load time."""
+import csv
+import json
+import os
+import shutil
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_script
+from dataset.nih import class_names
+from method import select_concepts, select_examples
+from test_pipeline import TINY_CLIP, stage2, stage3
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+WORDS = ["effusion", "mass", "nodule", "pneumothorax", "edema", "heart", "lung", "rib", "spine", "clavicle",
+         "diaphragm", "opacity", "catheter", "tube", "fracture", "hernia", "fibrosis", "emphysema", "line"]
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_run(probe_set, densenet_ckpt, tmp_path_factory):
+    """Stages 2 and 3 as a user runs them: DenseNet-121 fc and penultimate, a 20-word concept set
+    holding the hostile name (so it is among every neuron's top 20 scores)."""
+    tmp = tmp_path_factory.mktemp("gallery_real")
+    clip = tmp / "tiny-clip.json"
+    clip.write_text(json.dumps(TINY_CLIP))
+    cset = tmp / "words.txt"
+    cset.write_text("\n".join(WORDS + [HOSTILE]) + "\n")
+    out = tmp / "res"
+    for layer in ("fc", "penultimate"):
+        ok(stage2(probe_set, densenet_ckpt, out, "--layer", layer))
+        ok(stage3(out, clip, "--layer", layer, "--concept_set", str(cset), "--metric_encoders", ""))
+    return out
+
+
+def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed: int = 0) -> Path:
+    """A penultimate layer of n_neurons in the stage-2/3 output formats, with a dead neuron (5), a neuron
+    whose best score is negative (7: none), the hostile concept as neuron 3's name, and a visualization
+    panel whose top neuron is 3. Returns the save_root."""
+    rng = np.random.default_rng(seed)
+    images = root / "world" / "images"
+    images.mkdir(parents=True)
+    names = []
+    for i in range(n_images):
+        name = f"s{i:05d}.png"
+        Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(images / name)
+        names.append(name)
+    labels = rng.integers(0, 2, (n_images, 14))
+    res = root / "res"
+    layer = res / "synth_train" / "resnet50" / "penultimate"
+    acts = torch.from_numpy(rng.gamma(2.0, 1.0, (n_images, n_neurons))).float()
+    acts[:, 5] = 0.25
+    layer.mkdir(parents=True)
+    torch.save({"key": "synthetic", "config": {}, "activations": acts, "logits": None, "image_ids": names},
+               layer / "activations.pt")
+    neurons = select_examples(acts, "adaptive", 93.0)
+    ex_dir = layer / "adaptive93"
+    ex_dir.mkdir()
+    ex_json = ex_dir / "examples.json"
+    ex_json.write_text(json.dumps({"key": "synthetic", "config": {
+        "data_root": str(images), "resize": 48, "crop": 48, "model": "resnet50", "layer": "penultimate",
+        "dataset": "synth", "split": "train", "selection": "adaptive", "adaptive_percent": 93.0, "topk": 20},
+        "neurons": [{**n, "examples": [{"image_id": names[i], "activation": float(acts[i, n["neuron"]])}
+                                       for i in n["examples"]]} for n in neurons]}))
+    classes = class_names()
+    with open(ex_dir / "examples.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["neuron", "rank", "image_id", "activation", "findings"] + classes + [f"prob_{c}" for c in classes])
+        for n in neurons:
+            for r, i in enumerate(n["examples"]):
+                found = "|".join(c for c, v in zip(classes, labels[i]) if v) or "No Finding"
+                w.writerow([n["neuron"], r, names[i], float(acts[i, n["neuron"]]), found] + labels[i].tolist() + [""] * 14)
+    vocab = WORDS + [HOSTILE] + [f"word{j}" for j in range(40)]
+    S = torch.from_numpy(rng.normal(0.0, 1.0, (n_neurons, len(vocab)))).float()
+    S[3, vocab.index(HOSTILE)] = 10.0
+    S[7] = -S[7].abs() - 0.1
+    match = ex_dir / "vlm_synth" / "words_base_adaptive_a95"
+    match.mkdir(parents=True)
+    named = []
+    for n, row in zip(neurons, S):
+        chosen = select_concepts(row, 95.0) if n["examples"] else []
+        named.append({"neuron": n["neuron"], "n_examples": len(n["examples"]),
+                      "status": "dead" if n["dead"] else ("ok" if chosen else "none"),
+                      "concepts": [{"concept": vocab[c], "score": float(row[c])} for c in chosen]})
+    torch.save({"key": "synthetic", "similarity": S, "concepts": vocab, "neurons": list(range(n_neurons))},
+               match / "similarity.pt")
+    (match / "concepts.json").write_text(json.dumps({"key": "synthetic", "config": {
+        "layer": "penultimate", "model": "resnet50", "alpha": 95.0, "examples": str(ex_json),
+        "model_clip": "synthetic", "concept_set": "words"}, "neurons": named}))
+    vis = res / "synth_nih" / "resnet50" / "visualization"
+    (vis / "figures").mkdir(parents=True)
+    Image.new("RGB", (90, 40), "white").save(vis / "figures" / "s00001_000_Mass.png")
+    (vis / "total_results.json").write_text(json.dumps({
+        "config": {"layer": "penultimate", "concepts": str(match / "concepts.json")},
+        "images": [{"image": "s00001.png", "predictions": [
+            {"class": "Mass", "probability": 0.9, "figure": "figures/s00001_000_Mass.png",
+             "neurons": [{"neuron": 3, "taylor": 1.0, "concepts": [HOSTILE]}]}]}]}))
+    return res
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    res = write_synthetic(tmp_path_factory.mktemp("gallery_synth"))
+    log = ok(run_script("gallery.py", "--save_root", str(res)))
+    return res, log
+
+
+@pytest.fixture(scope="module")
+def real_gallery(real_run):
+    log = ok(run_script("gallery.py", "--save_root", str(real_run)))
+    return real_run / "gallery" / "index.html", log
+
+
+# ---- the HTML, parsed --------------------------------------------------------------------------
+class Page(HTMLParser):
+    def __init__(self, text):
+        super().__init__()
+        self.tags, self.scripts, self._in = [], {}, None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag == "script":
+            self._in = dict(attrs).get("id", "code")
+            self.scripts[self._in] = ""
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in = None
+
+    def handle_data(self, data):
+        if self._in:
+            self.scripts[self._in] += data
+
+
+def page_data(index: Path) -> tuple[str, Page, dict]:
+    text = index.read_text()
+    page = Page(text)
+    return text, page, json.loads(page.scripts["data"])
+
+
+def check_against_outputs(index: Path, concept_files: list[Path]):
+    """Every neuron of every run once, with concepts.json's status, count and concepts; every
+    thumbnail and link a file; histograms over the whole probing set; bars from similarity.pt."""
+    text, page, data = page_data(index)
+    runs = {Path(r["path"]).resolve(): i for i, r in enumerate(data["runs"])}
+    assert sorted(runs) == sorted(p.resolve() for p in concept_files)
+    keys = [(n["r"], n["n"]) for n in data["neurons"]]
+    assert len(keys) == len(set(keys))
+    got = {k: n for k, n in zip(keys, data["neurons"])}
+    for path in concept_files:
+        c = json.loads(path.read_text())
+        r = runs[path.resolve()]
+        assert sorted(k for k in got if k[0] == r) == [(r, n["neuron"]) for n in c["neurons"]]
+        ex = {n["neuron"]: n for n in json.loads(Path(c["config"]["examples"]).read_text())["neurons"]}
+        sim = torch.load(path.parent / "similarity.pt", weights_only=True)
+        acts = torch.load(Path(c["config"]["examples"]).parent.parent / "activations.pt", weights_only=True)["activations"]
+        for n in c["neurons"]:
+            g = got[(r, n["neuron"])]
+            assert g["s"] == n["status"] and g["e"] == n["n_examples"] == len(ex[n["neuron"]]["examples"])
+            assert [w for w, _ in g["c"]] == [x["concept"] for x in n["concepts"]]
+            assert np.allclose([s for _, s in g["c"]], [x["score"] for x in n["concepts"]], rtol=1e-3)
+            assert [data["images"][i][0] for i, *_ in g["x"]] == [e["image_id"] for e in ex[n["neuron"]]["examples"]][:100]
+            assert sum(g["h"]) == acts.shape[0] and g["t"] == pytest.approx(ex[n["neuron"]]["threshold"], rel=1e-3)
+            row = sim["similarity"][sim["neurons"].index(n["neuron"])]
+            assert g["b"][0][1] == pytest.approx(float(row.max()), rel=1e-3, abs=1e-6)
+            assert float(row[sim["concepts"].index(data["vocab"][g["b"][0][0]])]) == pytest.approx(float(row.max()))
+            assert g["cut"] == pytest.approx(c["config"]["alpha"] / 100 * float(row.max()), rel=1e-3, abs=1e-6)
+            if data["runs"][r]["fc"]:
+                cls = class_names()[n["neuron"]]
+                assert g["cls"] == cls and g["hit"] == (cls.lower() in [x["concept"] for x in n["concepts"]])
+    folder = index.parent
+    for img in data["images"]:
+        assert img[1] and (folder / img[1]).is_file(), img
+    for p in data["panels"]:
+        assert (folder / unquote(p["f"])).resolve().is_file(), p
+    for tag, attrs in page.tags:
+        for a in ("href", "src"):
+            if attrs.get(a):
+                assert (folder / unquote(attrs[a])).is_file(), (tag, attrs)
+    # The hostile name reaches the page only as JSON text: no tag, no raw markup anywhere.
+    assert HOSTILE not in text and "<img" not in text.lower()
+    assert [t for t, _ in page.tags if t in ("img", "iframe", "object", "embed")] == []
+    assert list(page.scripts) == ["settings", "data", "code"]
+    return data
+
+
+def test_real_outputs_fc_and_penultimate(real_gallery, real_run):
+    index, log = real_gallery
+    files = sorted(real_run.rglob("concepts.json"))
+    assert len(files) == 2
+    data = check_against_outputs(index, files)
+    assert sorted(r["layer"] for r in data["runs"]) == ["fc", "penultimate"]
+    assert len(data["neurons"]) == 14 + 1024
+    assert HOSTILE in data["vocab"]  # every neuron's top 20 of the 20 words holds it
+    assert all(img[2] for img in data["images"])  # each thumbnail carries its labels from examples.csv
+    fc = [n for n in data["neurons"] if data["runs"][n["r"]]["fc"]]
+    assert all(len(x) == 3 for n in fc for x in n["x"])  # fc examples show p(class)
+    assert f"outputs:\n  {index}" in log and index.resolve().as_uri() in log
+
+
+def test_synthetic_2048_and_panels(synthetic):
+    res, log = synthetic
+    data = check_against_outputs(res / "gallery" / "index.html", [next(res.rglob("concepts.json"))])
+    by = {n["n"]: n for n in data["neurons"]}
+    assert len(by) == 2048 and by[5]["s"] == "dead" and by[7]["s"] == "none"
+    assert by[3]["c"][0][0] == HOSTILE
+    assert [data["panels"][i]["i"] for i in by[3]["p"]] == ["s00001.png"]
+    assert sum(len(n["p"]) for n in data["neurons"]) == 1
+    assert "1 panels linked" in log
+    assert (res / "gallery" / "index.html").stat().st_size < 4_000_000
+
+
+def test_thumbnails_reused_and_renewed(tmp_path):
+    res = write_synthetic(tmp_path, n_neurons=16, n_images=24)
+    log = ok(run_script("gallery.py", "--save_root", str(res)))
+    thumbs = sorted((res / "gallery" / "thumbs").glob("*.jpg"))
+    assert thumbs and f"({len(thumbs)} new)" in log
+    stamp = {p.name: p.stat().st_mtime_ns for p in thumbs}
+    log = ok(run_script("gallery.py", "--save_root", str(res)))
+    assert "(0 new)" in log
+    assert {p.name: p.stat().st_mtime_ns for p in (res / "gallery" / "thumbs").glob("*.jpg")} == stamp
+    # A changed image file gets a new thumbnail; the stale one goes.
+    data = page_data(res / "gallery" / "index.html")[2]
+    name = data["images"][0][0]
+    img = tmp_path / "world" / "images" / name
+    Image.new("L", (48, 48), 255).save(img)
+    os.utime(img, ns=(time.time_ns(), time.time_ns() + 10**9))
+    log = ok(run_script("gallery.py", "--save_root", str(res)))
+    assert "(1 new)" in log
+    now = {p.name for p in (res / "gallery" / "thumbs").glob("*.jpg")}
+    assert len(now) == len(stamp) and now != set(stamp)
+
+
+def test_a_describer_without_similarity_or_status(tmp_path):
+    """A baseline describer's output: one name per neuron with its own score, no status, no count,
+    no similarity.pt. It joins the page as a second run of the same layer; its scores make its chart."""
+    res = write_synthetic(tmp_path, n_neurons=16, n_images=24)
+    mammi = next(res.rglob("concepts.json"))
+    ex_json = json.loads(mammi.read_text())["config"]["examples"]
+    other = mammi.parent.parent.parent / "clip_dissect" / "concepts.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps({"config": {"layer": "penultimate", "examples": ex_json, "describer": "clip-dissect"},
+                                 "neurons": [{"neuron": k, "concepts": [{"concept": "lung", "score": 0.5 + k}]}
+                                             for k in range(16) if k != 5]}))
+    ok(run_script("gallery.py", "--save_root", str(res)))
+    data = page_data(res / "gallery" / "index.html")[2]
+    assert [r["describer"] for r in data["runs"]] == ["clip-dissect", "MAMMI"]
+    assert [r["label"] for r in data["runs"]] == ["clip_dissect", "vlm_synth/words_base_adaptive_a95"]
+    cd = [n for n in data["neurons"] if n["r"] == 0]
+    assert len(cd) == 15 and all(n["s"] == "ok" and "cut" not in n for n in cd)
+    assert all(n["b"] == [[data["vocab"].index("lung"), 0.5 + n["n"]]] for n in cd)
+    assert all(sum(n["h"]) == 24 for n in cd)
+
+
+def test_bad_inputs_fail_with_one_line(tmp_path):
+    res = write_synthetic(tmp_path, n_neurons=8, n_images=12)
+    proc = run_script("gallery.py", "--save_root", str(tmp_path / "nothing"))
+    assert proc.returncode == 2 and "no concepts.json under" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = run_script("gallery.py", "--runs", str(tmp_path / "missing.json"), "--save_root", str(res))
+    assert proc.returncode == 2 and "missing.json not found" in proc.stderr
+    shutil.move(tmp_path / "world", tmp_path / "moved")
+    proc = run_script("gallery.py", "--save_root", str(res))
+    assert proc.returncode == 2 and "--data_root" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    ok(run_script("gallery.py", "--save_root", str(res), "--data_root", str(tmp_path / "moved" / "images")))
+    concepts = next(res.rglob("concepts.json"))
+    concepts.write_text("{not json")
+    proc = run_script("gallery.py", "--save_root", str(res))
+    assert proc.returncode == 2 and str(concepts) in proc.stderr and "concept_matching.py" in proc.stderr
+
+
+# ---- a real browser ----------------------------------------------------------------------------
+def find_browser():
+    chrome = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").is_file() else None)
+    return chrome, driver
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chrome, driver_bin = find_browser()
+    if not (chrome and driver_bin):
+        reason = ("no Chromium browser and chromedriver found (Debian: apt-get install chromium chromium-driver, "
+                  "as .ci/run does); the browser tests are skipped")
+        print(reason)
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--allow-file-access-from-files", "--window-size=1400,1000"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(service=Service(driver_bin), options=opts)
+    drv.set_page_load_timeout(60)
+    yield drv
+    drv.quit()
+
+
+def visible_keys(drv) -> list[str]:
+    return drv.execute_script("return [...document.querySelectorAll('#list .card')]"
+                              ".filter(c => c.offsetParent !== null).map(c => c.dataset.key)")
+
+
+def all_keys(drv) -> list[str]:
+    """The cards of the whole filtered list: scrolled to its end until every chunk is rendered."""
+    for _ in range(100):
+        if drv.execute_script("return document.getElementById('more').textContent === '' "
+                              "|| document.getElementById('more').textContent === 'no neuron matches'"):
+            break
+        drv.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+        time.sleep(0.05)
+    return visible_keys(drv)
+
+
+def type_query(drv, text):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    box = drv.find_element(By.ID, "q")
+    box.send_keys(Keys.CONTROL + "a", Keys.DELETE)
+    for ch in text:  # typed key by key: the list follows every keystroke
+        box.send_keys(ch)
+
+
+def no_errors(drv):
+    from selenium.common.exceptions import NoAlertPresentException
+    with pytest.raises(NoAlertPresentException):
+        drv.switch_to.alert.text
+    severe = [e for e in drv.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == []
+
+
+def open_view_and_check(drv, key, n_thumbs):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    drv.find_element(By.CSS_SELECTOR, f'.card[data-key="{key}"]').click()
+    WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "view").is_displayed())
+    WebDriverWait(drv, 20).until(lambda d: d.execute_script(
+        "return [...document.querySelectorAll('#panel .thumbs img')].every(i => i.complete)"))
+    widths = drv.execute_script("return [...document.querySelectorAll('#panel .thumbs img')].map(i => i.naturalWidth)")
+    assert len(widths) == n_thumbs and all(w > 0 for w in widths), widths
+    assert drv.find_elements(By.CSS_SELECTOR, "#panel svg.hist rect")
+    assert drv.find_elements(By.CSS_SELECTOR, "#panel svg.bars rect")
+
+
+def test_browser_real_gallery(browser, real_gallery, real_run):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    drv = browser
+    index = real_gallery[0]
+    data = page_data(index)[2]
+    drv.get(index.resolve().as_uri())
+    assert drv.find_element(By.ID, "count").text.startswith(f"{len(data['neurons'])} of {len(data['neurons'])}")
+    # Search: pick a concept that names a few neurons; exactly those cards stay.
+    names = {}
+    for n in data["neurons"]:
+        for w, _ in n["c"]:
+            names.setdefault(w, set()).add(f"{n['r']}-{n['n']}")
+    word = min((w for w in names if w != HOSTILE), key=lambda w: len(names[w]))
+    want = {f"{n['r']}-{n['n']}" for n in data["neurons"] if any(word in w.lower() for w, _ in n["c"])}
+    type_query(drv, word)
+    assert sorted(all_keys(drv)) == sorted(want)
+    drv.execute_script("window.scrollTo(0, 0)")
+    # Layer filter: only the fc run's 14 neurons, each with its class and hit/miss.
+    type_query(drv, "")
+    drv.find_element(By.CSS_SELECTOR, "#layer option[value='fc']").click()
+    keys = visible_keys(drv)
+    assert len(keys) == 14 and len(drv.find_elements(By.CSS_SELECTOR, "#list .card .hit, #list .card .miss")) == 14
+    # A neuron's view: thumbnails decoded, both figures, the hostile name as plain text in the bar chart.
+    first = next(n for n in data["neurons"] if f"{n['r']}-{n['n']}" == keys[0])
+    open_view_and_check(drv, keys[0], len(first["x"]))
+    labels = drv.execute_script("return [...document.querySelectorAll('#panel svg.bars text title')].map(t => t.textContent)")
+    assert HOSTILE in labels
+    assert drv.execute_script("return document.querySelectorAll('img[src=\"x\"]').length") == 0
+    from selenium.webdriver.support.ui import WebDriverWait
+    drv.find_element(By.ID, "next").click()  # a link: the view follows the address (hashchange)
+    WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "vtitle").text == f"neuron {first['n'] + 1}")
+    drv.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+    assert not drv.find_element(By.ID, "view").is_displayed()
+    no_errors(drv)
+
+
+def test_browser_2048_neurons(browser, synthetic):
+    from selenium.webdriver.common.by import By
+    drv = browser
+    index = synthetic[0] / "gallery" / "index.html"
+    data = page_data(index)[2]
+    loads = []
+    for _ in range(3):  # the first load pays for a cold cache; report the median
+        drv.get(index.resolve().as_uri())
+        t = drv.execute_script("const n = performance.getEntriesByType('navigation')[0];"
+                               "return [n.domContentLoadedEventEnd, n.loadEventEnd, window.galleryTiming.first_cards_ms,"
+                               " window.galleryTiming.script_ms]")
+        loads.append(t)
+    dcl, load, first, script = np.median(np.array(loads), axis=0)
+    print(f"\n2,048-neuron gallery ({index.stat().st_size / 1e6:.1f} MB): first cards {first:.0f} ms after navigation "
+          f"(script {script:.0f} ms), DOMContentLoaded {dcl:.0f} ms, load {load:.0f} ms (median of 3)")
+    assert first < 1000, loads
+    assert len(visible_keys(drv)) <= 120  # rendered lazily, not 2,048 cards at once
+    assert drv.find_element(By.ID, "count").text.startswith("2048 of 2048")
+    # The hostile concept: found by search, shown as text, never run.
+    type_query(drv, "onerror")
+    want = {f"{n['r']}-{n['n']}" for n in data["neurons"] if any("onerror" in w for w, _ in n["c"])}
+    assert "0-3" in want and sorted(all_keys(drv)) == sorted(want)
+    drv.execute_script("window.scrollTo(0, 0)")
+    card = drv.find_element(By.CSS_SELECTOR, '.card[data-key="0-3"]')
+    assert HOSTILE in card.text
+    open_view_and_check(drv, "0-3", len(data["neurons"][3]["x"]))
+    assert drv.find_element(By.CSS_SELECTOR, "#panel .panels img").get_property("naturalWidth") == 90
+    drv.find_element(By.ID, "close").click()
+    # Status filter and sort.
+    type_query(drv, "")
+    drv.find_element(By.CSS_SELECTOR, "#status option[value='dead']").click()
+    assert visible_keys(drv) == ["0-5"]
+    drv.find_element(By.CSS_SELECTOR, "#status option[value='']").click()
+    drv.find_element(By.CSS_SELECTOR, "#sort option[value='ex']").click()
+    most = max(n["e"] for n in data["neurons"])
+    assert drv.execute_script("return document.querySelector('#list .card').dataset.key") in \
+        {f"0-{n['n']}" for n in data["neurons"] if n["e"] == most}
+    # Scrolling renders more cards.
+    before = len(visible_keys(drv))
+    drv.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+    time.sleep(0.3)
+    assert len(visible_keys(drv)) > before
+    no_errors(drv)
