@@ -13,7 +13,7 @@ from collections import Counter
 
 from tqdm import tqdm
 
-from pipeline.cache import save_png
+from pipeline.cache import claim, holds_claims, save_png
 from pipeline.cli import PipelineError, configure, main, print_config
 from dataset.boxes import BLEND_ALPHA, add_legend, draw_boxes, load_boxes, scale_to
 from dataset.files import read_image
@@ -29,8 +29,10 @@ max_images = 0                  # draw at most this many images (0 = all with bo
 config = configure(globals(), reads=("example_selection.py",))
 
 
+@holds_claims
 def run():
     print_config("bbox_img", config)
+    claim(bbox_dir(config))
     boxes, path = load_boxes(box_source, box_file)
     boxed = [name for name, anns in boxes.items() if anns]
     print(f"{path}: {len(boxes)} images, {len(boxed)} with boxes, {sum(len(a) for a in boxes.values())} boxes")

@@ -17,15 +17,16 @@ import torch
 from tqdm import tqdm
 
 from dataset.concepts import read_concepts
-from dataset.nih import class_names, probe_crop, resolve_images
+from dataset.nih import class_names, load_probe_set, probe_crop, resolve_images
 from method import (TEMPLATE, fc_metrics, image_concept_scores, mean_se, neuron_concept_scores, prompts,
                     select_concepts)
 from models import pick_device
 from models.vlm import DEFAULT_WEIGHTS, load_vlm, weights_identity
-from pipeline.cache import cached, code_version, load_json, save_json, save_tensors
+from pipeline.cache import (cached, claim, code_version, holds_claims, load_json, locked, save_json, save_tensors,
+                            writable)
 from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
 from pipeline.outputs import (examples_dir, image_features_key, image_features_path, matching_dir, matching_key,
-                              metrics_key, text_features_key, text_features_path, vlm_identity)
+                              metrics_key, read_examples, text_features_key, text_features_path, vlm_identity)
 
 # -----------------------------------------------------------------------------
 examples = ""                   # step 2's examples.json; default: the one example_selection.py's constants name
@@ -62,6 +63,7 @@ class Crops(torch.utils.data.Dataset):
         return self.preprocess(probe_crop(self.paths[i], self.resize, self.crop))
 
 
+@holds_claims
 def run():
     if adaptive and template_ver != "base":
         raise PipelineError("--adaptive yes subtracts the template's score and needs --template_ver base; "
@@ -72,11 +74,16 @@ def run():
     if not ex_json.is_file():
         raise PipelineError(f"{ex_json} not found; run example_selection.py with the same experiment file and "
                             f"--layer (or pass --examples PATH)")
-    stored = load_json(ex_json)
+    stored = read_examples(ex_json)
     ex_cfg, neurons = stored["config"], stored["neurons"]
     check_stored(config, ex_cfg, STAGE2, ex_json)
     config.update({k: ex_cfg[k] for k in STAGE2 if k in ex_cfg})  # what produced the examples, not the defaults
     print_config("concept_matching", config)
+    img_path, txt_path, out_dir = image_features_path(config), text_features_path(config), matching_dir(config, ex_json)
+    writable(img_path.parent)
+    writable(txt_path.parent)
+    claim(out_dir)
+    check_probe_set(ex_json, ex_cfg)
     concept_path, concepts = read_concepts(concept_set)
     dev = pick_device(device)
     vlm_id = vlm_identity(config, weights_identity(model_clip, clip_weights), CODE)
@@ -85,7 +92,6 @@ def run():
 
     # Image features: every distinct example image once, cached per probing set and VLM, grown as needed.
     ids = list(dict.fromkeys(e["image_id"] for n in neurons for e in n["examples"]))
-    img_path = image_features_path(config)
     img_key = image_features_key(vlm_id, ex_cfg)
     store = cached(img_path, img_key) or {"key": img_key, "features": torch.zeros(0, 0), "image_ids": []}
     have = {i: r for r, i in enumerate(store["image_ids"])}
@@ -96,18 +102,23 @@ def run():
         loader = torch.utils.data.DataLoader(Crops(paths, ex_cfg["resize"], ex_cfg["crop"], vlm.preprocess),
                                              batch_size=batch_size, num_workers=num_workers)
         new = torch.cat([vlm.encode_pixels(x) for x in tqdm(loader, desc="images", unit="batch")])
-        feats = torch.cat([store["features"], new]) if store["image_ids"] else new
-        store = {"key": img_key, "features": feats, "image_ids": store["image_ids"] + todo}
-        save_tensors(img_path, store)
+        with locked(img_path.parent):  # another run may have grown the store meanwhile: add to what is there now
+            store = cached(img_path, img_key) or store
+            known = set(store["image_ids"])
+            keep = [r for r, i in enumerate(todo) if i not in known]
+            feats = torch.cat([store["features"], new[keep]]) if store["image_ids"] else new
+            store = {"key": img_key, "features": feats, "image_ids": store["image_ids"] + [todo[r] for r in keep]}
+            save_tensors(img_path, store)
         have = {i: r for r, i in enumerate(store["image_ids"])}
-    else:
+    elif store["image_ids"]:
         print(f"reusing {img_path}")
+    else:
+        print("no neuron has an example: no image to embed")
     img_feats = store["features"][[have[i] for i in ids]]
     print(f"image features {tuple(img_feats.shape)} ({len(todo)} new) in {time.time() - t0:.1f}s")
 
     # Text features: each concept as one prompt, batched without changing any embedding.
     t1 = time.time()
-    txt_path = text_features_path(config)
     txt_key = text_features_key(vlm_id, concept_path, config)
     text = cached(txt_path, txt_key)
     if text is None:
@@ -115,13 +126,15 @@ def run():
         emb = vlm.encode_texts(prompts(concepts, template if template_ver == "base" else None) + [template],
                                batch_size=256)
         text = {"key": txt_key, "features": emb[:-1], "template": emb[-1], "concepts": concepts}
-        save_tensors(txt_path, text)
+        with locked(txt_path.parent):
+            save_tensors(txt_path, text)
     else:
         print(f"reusing {txt_path}")
     print(f"text features {tuple(text['features'].shape)} in {time.time() - t1:.1f}s")
 
     # Scores and concepts.
-    out_dir = matching_dir(config, ex_json)
+    if not ids:  # no neuron has an example: all scores are zero, each neuron is dead or has none
+        img_feats = text["features"][:0]
     row = {i: r for r, i in enumerate(ids)}
     s = image_concept_scores(img_feats, text["features"], text["template"] if adaptive else None)
     S = neuron_concept_scores(s, [[row[e["image_id"]] for e in n["examples"]] for n in neurons]).float()
@@ -135,7 +148,8 @@ def run():
     cfg = {**config, "concept_set_file": str(concept_path), "n_concepts": len(concepts), "examples": str(ex_json)}
     save_tensors(out_dir / "similarity.pt", {"key": result_key, "similarity": S, "concepts": concepts,
                                              "neurons": [n["neuron"] for n in neurons]})
-    save_json(out_dir / "concepts.json", {"key": result_key, "config": cfg, "neurons": named})
+    save_json(out_dir / "concepts.json", {"key": result_key, "examples_key": stored["key"], "config": cfg,
+                                          "neurons": named})
     counts = {st: sum(n["status"] == st for n in named) for st in ("ok", "none", "dead")}
     print(f"neurons named: {counts['ok']}; none above zero: {counts['none']}; dead: {counts['dead']}")
     written = [img_path, txt_path, out_dir / "similarity.pt", out_dir / "concepts.json"]
@@ -154,6 +168,20 @@ def run():
     print("outputs:")
     for p in written:
         print(f"  {p}")
+
+
+def check_probe_set(ex_json: Path, ex_cfg: dict) -> None:
+    """The examples name images by file: if the probing set changed since step 2 (images replaced,
+    re-encoded, another split file), they are no longer the images that activated each neuron."""
+    try:
+        data_key = load_probe_set(ex_cfg["split"], ex_cfg["data_root"], ex_cfg.get("split_file", ""),
+                                  ex_cfg.get("skip_missing", False))[3]
+    except PipelineError as e:
+        raise PipelineError(f"cannot re-read the probing set {ex_json} was selected from ({e}); restore it, "
+                            f"or re-run example_selection.py") from None
+    if data_key != ex_cfg["data_key"]:
+        raise PipelineError(f"the images or split file under {ex_cfg['data_root']} changed since {ex_json} was "
+                            f"selected from them; re-run example_selection.py (same experiment file), then this step")
 
 
 def cosine_metrics(named: list[dict]) -> dict:

@@ -19,7 +19,7 @@ from dataset.nih import ProbeSet, class_names, findings, load_probe_set, probe_c
 from method import select_examples
 from models import pick_device
 from models.target import default_checkpoint, load_target, require_file, tap
-from pipeline.cache import cached, load_json, save_csv, save_json, save_tensors
+from pipeline.cache import cached, claim, holds_claims, load_json, save_csv, save_json, save_tensors
 from pipeline.cli import configure, main, print_config
 from pipeline.outputs import ACTIVATION_FIELDS, activations_key, examples_dir, examples_key, layer_dir
 
@@ -46,8 +46,12 @@ save_root = "results"           # all outputs go under here
 config = configure(globals())
 
 
+@holds_claims
 def run():
     print_config("example_selection", config)
+    # Before the long pass: the folders must be writable, and no other run may write them meanwhile.
+    claim(layer_dir(config))
+    claim(examples_dir(config))
     dev = pick_device(device)
     ckpt = checkpoint or default_checkpoint(model)
     names, labels, paths, data_key = load_probe_set(split, data_root, split_file, skip_missing)

@@ -10,7 +10,7 @@ each new NN/NNS/NNP token joins the set. Writes {out_dir}/{name}.txt, one concep
 """
 from pathlib import Path
 
-from pipeline.cache import save_bytes
+from pipeline.cache import save_bytes, writable
 from pipeline.cli import PipelineError, configure, main, print_config
 from dataset.concepts import nouns, read_reports, sentences
 
@@ -26,6 +26,7 @@ config = configure(globals())
 
 def run():
     print_config("prepare_mimic_nouns", config)
+    writable(out_dir)
     texts = read_reports(Path(reports), report_split)
     sents = sentences(texts)
     words = nouns(sents, use_bundled_tagger)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 
-from pipeline.cache import save_csv, save_png
+from pipeline.cache import claim, holds_claims, save_csv, save_png
 from pipeline.cli import configure, main, print_config
 from dataset.boxes import disease_colour
 from dataset.nih import class_names, load_probe_set
@@ -37,8 +37,10 @@ device = "auto"                 # auto = CUDA when present
 config = configure(globals(), reads=("example_selection.py",))
 
 
+@holds_claims
 def run():
     print_config("target_model_perform", config)
+    claim(eval_dir(config))
     classes = class_names()
     model = config["model"]
     ckpt = str(require_file(config["checkpoint"] or default_checkpoint(model), model))

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from pipeline.attribution import (NEURON_COLOURS, OVERALL_COLOUR, neuron_map, overall_map, overlay, pointing,
                          taylor_scores, top_neurons)
-from pipeline.cache import load_json, save_json, save_png
+from pipeline.cache import claim, holds_claims, read_output, save_json, save_png
 from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
 from dataset.boxes import disease_colour, load_boxes, scale_to, to_probe_crop
 from dataset.files import read_image
@@ -34,7 +34,7 @@ from dataset.nih import class_names, probe_crop, resolve_images, to_model_input
 from pipeline.evaluation import read_thresholds
 from models import pick_device
 from models.target import default_checkpoint, load_target, require_file
-from pipeline.outputs import eval_dir, matching_dir, visualization_dir
+from pipeline.outputs import eval_dir, matching_dir, read_examples, visualization_dir
 
 # -----------------------------------------------------------------------------
 # The boxes and images to show are bbox_img.py's constants; the concepts.json to explain is named by
@@ -56,9 +56,11 @@ UPSTREAM = [k for k in constant_names("example_selection.py") + constant_names("
                          "metric_encoders", "medclip_weights")]
 
 
+@holds_claims
 def run():
     named, concepts_path = neuron_concepts()
     print_config("visualization", config)
+    out_dir = claim(visualization_dir(config))
     model, resize, crop = config["model"], config["resize"], config["crop"]
     classes = class_names()
     thr_path = Path(thresholds) if thresholds else eval_dir(config) / "Threshold.csv"
@@ -76,7 +78,6 @@ def run():
 
     dev = pick_device(device)
     net = load_target(model, ckpt, need_head=True)[0].to(dev)
-    out_dir = visualization_dir(config)
     results, t0 = [], time.time()
     for b in tqdm(range(0, len(names), batch_size), desc="images", unit="batch"):
         crops = [probe_crop(p, resize, crop) for p in paths[b:b + batch_size]]
@@ -108,13 +109,19 @@ def neuron_concepts():
     if not path.is_file():
         raise PipelineError(f"{path} not found; run example_selection.py and concept_matching.py with --layer {LAYER} "
                             f"and the same experiment file, or pass --concepts PATH")
-    data = load_json(path)
-    if not isinstance(data, dict) or not data.get("neurons"):
+    data = read_output(path, "concept_matching.py", {"config": dict, "neurons": list}, check=lambda d: all(
+        isinstance(n["neuron"], int) and all(isinstance(c["concept"], str) for c in n["concepts"]) for n in d["neurons"]))
+    if not data["neurons"]:
         raise PipelineError(f"{path} lists no neurons; rerun concept_matching.py --layer {LAYER}")
-    stored = data.get("config", {})
+    stored = data["config"]
     if stored.get("layer") != LAYER:
         raise PipelineError(f"{path} names the {stored.get('layer')} layer, not the {LAYER} one; "
                             f"pass the concepts.json of concept_matching.py --layer {LAYER}")
+    if "examples_key" in data:  # concept_matching.py's: its examples must still be those of step 2's activations
+        ex_json = stored.get("examples", "examples.json")
+        if read_examples(ex_json)["key"] != data["examples_key"]:
+            raise PipelineError(f"{path} was built from other examples than {ex_json} holds now (a later "
+                                f"example_selection.py run); re-run concept_matching.py --layer {LAYER}")
     check_stored(config, stored, UPSTREAM, path)
     config.update({k: stored[k] for k in UPSTREAM if k in stored})
     named = {}

@@ -3,7 +3,9 @@
 The medical_mae release fine-tunes torchvision DenseNet-121 and ResNet-50 with a 14-way head.
 Its checkpoints come as {'model': sd}, {'state_dict': sd} or a bare sd, with `module.` (DataParallel)
 or `module.encoder_q.` (MoCo pretraining) key prefixes. The authors' loader used strict=False and
-so could run a random network without a word; here every backbone tensor must be present and fit.
+so could run a random network without a word; here every backbone tensor must be present and fit,
+and a tensor the model does not have is refused too (another model's weights, a training state):
+only another head and MoCo's key encoder and queue are ignored.
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ from pipeline.cli import PipelineError
 
 ARCHS = ("densenet121", "resnet50")
 _PREFIXES = ("module.encoder_q.", "encoder_q.", "module.", "model.", "backbone.")
+# What a MoCo pretraining checkpoint holds besides its query encoder: the key encoder and the queue.
+_MOCO_EXTRAS = ("encoder_k.", "queue", "queue_ptr")
 # Old torchvision DenseNet names ('norm.1') as in some released checkpoints.
-_DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def build_target(arch: str, num_classes: int = 14) -> nn.Module:
@@ -80,6 +84,15 @@ def load_checkpoint(model: nn.Module, path: str | Path, arch: str) -> bool:
         raise PipelineError(
             f"{path} does not fit --model {arch}: {len(missing)} of {len(backbone)} backbone tensors missing, "
             f"{len(misfit)} mis-shaped (e.g. {', '.join(eg)}); pass the checkpoint made for {arch}")
+    extra = [k for k in sd if k not in own and not k.startswith(head)]
+    moco = [k for k in extra if k.startswith(_MOCO_EXTRAS)]
+    unknown = [k for k in extra if k not in moco]
+    if unknown:
+        raise PipelineError(f"{path} holds {len(unknown)} tensors that --model {arch} does not have (e.g. "
+                            f"{', '.join(unknown[:3])}); pass a checkpoint of {arch} alone, not another model or "
+                            f"a training state")
+    if moco:
+        print(f"note: {path}: ignoring MoCo's key encoder and queue ({len(moco)} tensors)")
     head_keys = [k for k in own if k.startswith(head)]
     head_ok = all(k in sd and sd[k].shape == own[k].shape for k in head_keys)
     load = {k: sd[k] for k in backbone + (head_keys if head_ok else []) if k in sd}

@@ -1,24 +1,46 @@
-"""Cache keys and atomic writes.
+"""Cache keys, atomic writes, the output folders a step writes and the upstream outputs it reads.
 
 Every stage output carries a `key`: a digest of everything that produced it (constants, the
 checkpoint's bytes, the probing set, the concept set, this code). A stage reuses an output only
 when the stored key equals the key it would produce now. Writes go to a temporary file in the same
-folder and are renamed into place, so an interrupted run never leaves a half-written cache.
+folder and are renamed into place, so an interrupted run never leaves a half-written cache; a temp
+file names its writer (host, pid), so the next run in that folder removes those of a killed one.
+A step checks each folder it writes before any long work (`writable`) and locks its own (`claim`),
+so that a second run cannot mix its outputs with this one's; caches shared between runs are updated
+under the lock of their folder (`locked`). What a step reads from an upstream step goes through
+`read_output`, which turns anything unreadable, truncated or foreign into one line.
 """
 from __future__ import annotations
 
 import csv
+import functools
+import glob
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
+import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
+import filelock
 import torch
 
+from pipeline.cli import PipelineError
+
 ROOT = Path(__file__).resolve().parents[1]  # the repository: code_version names files relative to it
+LOCK_TIMEOUT = 60.0     # seconds a step waits for another run writing the same folder, then refuses
+STALE_AGE = 24 * 3600   # a temp file older than this is stale even if its writer cannot be checked
 _digests: dict[tuple, str] = {}
+# Temp files are .NAME.HOST-PID.RANDOM.tmp: HOST is a digest of the host name, so a pid is only
+# judged alive or dead on the machine that wrote it (a save_root may be shared between machines).
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_TEMP = re.compile(r"^\..+\.([0-9a-f]{8})-(\d+)\.[A-Za-z0-9_]+\.tmp$")
+_OLD_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # mkstemp's, before temp files named their writer
+_claims: list[ExitStack] = []
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -48,22 +70,72 @@ def code_version(*paths: str) -> str:
     return digest({str(f.relative_to(ROOT)): file_digest(f) for f in files})
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _cannot_write(path, e: OSError) -> PipelineError:
+    return PipelineError(f"cannot write {path} ({e.strerror or type(e).__name__}); "
+                         f"free space or fix its permissions, or pass another --save_root")
+
+
+def _writer_gone(tmp: Path) -> bool:
+    """A temp file whose writer died on this host, or one too old to belong to a live write."""
+    m = _TEMP.match(tmp.name)
+    if not (m or _OLD_TEMP.match(tmp.name)):
+        return False
+    try:
+        old = time.time() - tmp.stat().st_mtime > STALE_AGE
+    except FileNotFoundError:
+        return False
+    if old or not m or m.group(1) != _HOST:
+        return old
+    try:
+        os.kill(int(m.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        pass
+    return False
+
+
+def remove_stale_temps(folder: Path, name: str = "*") -> None:
+    """Remove the temp files a killed run left in folder (of one output, or of all)."""
+    for tmp in Path(folder).glob(f".{name}.*.tmp"):
+        if _writer_gone(tmp):
+            tmp.unlink(missing_ok=True)
+
+
 def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path.parent, glob.escape(path.name))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # what open() would give; mkstemp makes it 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _cannot_write(path, e) from None
         raise
 
 
 def save_tensors(path, payload: dict) -> None:
-    _atomic(path, lambda tmp: torch.save(payload, tmp))
+    def write(tmp):
+        # Through a file object: torch names the archive inside after a file path (here the random temp
+        # name), which made identical payloads differ in bytes; and a full disk raises OSError.
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+    _atomic(path, write)
 
 
 def save_json(path, payload: Any) -> None:
@@ -109,7 +181,8 @@ def cached(path, key: str, loader: Callable = load_tensors) -> Any | None:
         return None
     try:
         payload = loader(path)
-    except Exception:
+    except Exception as e:
+        print(f"note: {path} is unreadable ({type(e).__name__}; truncated?): computing it again")
         return None
     return payload if isinstance(payload, dict) and payload.get("key") == key else None
 
@@ -117,3 +190,107 @@ def cached(path, key: str, loader: Callable = load_tensors) -> Any | None:
 def load_json(path) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def _load_csv(path) -> dict:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {"columns": list(rows[0]) if rows else [], "rows": rows}
+
+
+def read_output(path, step: str, fields: dict[str, type], check: Callable[[dict], Any] | None = None,
+                mmap: bool = False) -> dict:
+    """An output of an upstream step (.json, .pt, or .csv as {"columns", "rows"}), checked to hold
+    `fields` of their types and to pass `check` (which may raise or return False); anything
+    unreadable, truncated or foreign becomes one line saying which step to re-run."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path} not found; run {step} first")
+    try:
+        if path.suffix == ".json":
+            payload = load_json(path)
+        elif path.suffix == ".csv":
+            payload = _load_csv(path)
+        else:
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:
+        raise PipelineError(f"{path} is unreadable ({type(e).__name__}; truncated or not {step}'s output); "
+                            f"re-run {step}") from None
+    wrong = [k for k, t in fields.items() if not isinstance(payload.get(k), t)] if isinstance(payload, dict) else ["all"]
+    if not wrong and check is not None:
+        try:
+            wrong = [] if check(payload) else ["entries"]
+        except Exception:
+            wrong = ["entries"]
+    if wrong:
+        raise PipelineError(f"{path} is not {step}'s output as this code reads it (missing or malformed: "
+                            f"{', '.join(wrong)}); re-run {step}")
+    return payload
+
+
+def writable(folder) -> Path:
+    """Create an output folder and check that a file can be written in it, before any long work (the
+    failure would otherwise come after it); remove the temp files that killed runs left there."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".write-check.{_HOST}-{os.getpid()}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PipelineError(f"cannot write in {folder} ({e.strerror or type(e).__name__}); "
+                            f"pass a writable --save_root") from None
+    remove_stale_temps(folder)
+    return folder
+
+
+def _acquire(folder: Path) -> filelock.FileLock:
+    lock = filelock.FileLock(lock_path(folder))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        print(f"waiting for the lock on {folder}: another run is writing there (up to {LOCK_TIMEOUT:g} s)", flush=True)
+        try:
+            lock.acquire(timeout=LOCK_TIMEOUT)
+        except filelock.Timeout:
+            raise PipelineError(f"{folder} is being written by another run (its lock {lock_path(folder)} was held "
+                                f"for {LOCK_TIMEOUT:g} s); let it finish, or pass another --save_root") from None
+    return lock
+
+
+def claim(folder) -> Path:
+    """A step's own output folder, `writable` and locked until the step's run() (decorated with
+    `holds_claims`) ends: a second run on the same folder waits up to LOCK_TIMEOUT, then refuses, so
+    two runs never mix their outputs (say activations.pt of one checkpoint, examples.json of another)."""
+    if not _claims:
+        raise RuntimeError("claim() is for a step's run() decorated with @holds_claims, which releases the lock")
+    folder = writable(folder)
+    _claims[-1].callback(_acquire(folder).release)
+    return folder
+
+
+@contextmanager
+def locked(folder):
+    """Hold a folder's lock for a short read-merge-write of a cache that several runs share."""
+    lock = _acquire(writable(folder))
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def lock_path(folder) -> Path:
+    return Path(folder) / ".lock"
+
+
+def holds_claims(run: Callable) -> Callable:
+    """Decorate a step's run(): the folders it claims are released when it returns or fails."""
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        with ExitStack() as stack:
+            _claims.append(stack)
+            try:
+                return run(*args, **kwargs)
+            finally:
+                _claims.pop()
+    return wrapper

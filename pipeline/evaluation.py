@@ -7,8 +7,6 @@
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 
@@ -17,9 +15,8 @@ import torch
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from tqdm import tqdm
 
-from dataset.files import read_text
 from dataset.nih import ProbeSet
-from pipeline.cache import load_tensors
+from pipeline.cache import load_tensors, read_output
 from pipeline.cli import PipelineError
 from pipeline.outputs import activations_key, layer_dir
 
@@ -55,16 +52,15 @@ def read_thresholds(path: str | Path, classes: list[str]) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"thresholds {path} not found; run target_model_perform.py first or pass --thresholds PATH")
-    rows = list(csv.DictReader(io.StringIO(read_text(path), newline="")))
-    if not rows or not {"label", "bestthr"} <= set(rows[0]):
-        raise PipelineError(f"{path}: expected the columns label,bestthr (as target_model_perform.py writes)")
-    got = {r["label"]: r["bestthr"] for r in rows}
+    table = read_output(path, "target_model_perform.py", {"columns": list, "rows": list},
+                        check=lambda t: t["rows"] and {"label", "bestthr"} <= set(t["columns"]))
+    got = {r["label"]: r["bestthr"] for r in table["rows"]}
     missing = [c for c in classes if c not in got]
     if missing:
         raise PipelineError(f"{path}: no threshold for {', '.join(missing)}; rerun target_model_perform.py")
     try:
         return np.array([float(got[c]) if got[c] not in ("", "nan") else math.nan for c in classes])
-    except ValueError:
+    except (ValueError, TypeError):
         raise PipelineError(f"{path}: thresholds must be numbers; rerun target_model_perform.py") from None
 
 

@@ -3,9 +3,10 @@
     {save_root}/{dataset}_{split}/{model}/{layer}/activations.pt                  step 2, one pass
     .../{layer}/{adaptive93|top20}/examples.json, examples.csv, crops/           step 2, selection
     {save_root}/{dataset}_{split}/vlm_{tag}/image_features.pt                    step 3, per VLM
-    {save_root}/vlm_{tag}/text_{concept_set}_{template_ver}.pt                   step 3, per VLM
-    .../{adaptive93|top20}/vlm_{tag}/{concept_set}_{template_ver}_{adaptive|plain}_a{alpha}/
+    {save_root}/vlm_{tag}/text_{concept_set}_{prompt}.pt                         step 3, per VLM
+    .../{adaptive93|top20}/vlm_{tag}/{concept_set}_{prompt}_{adaptive|plain}_a{alpha}/
         similarity.pt, concepts.json, metrics.json                               step 3, matching
+    ({prompt} is template_ver, followed by -t and a digest of --template when it is not the default)
     {save_root}/{dataset}_test/{model}/eval/                                     step 4 (val + test)
     {save_root}/{dataset}_{box_source}/bbox/                                     step 5
     {save_root}/{dataset}_{box_source}/{model}/visualization/                    step 6
@@ -20,7 +21,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.cache import code_version, digest, file_digest
+from method import TEMPLATE
+from pipeline.cache import code_version, digest, file_digest, read_output
+from pipeline.cli import PipelineError
 
 # The step-2 constants that decide its activations (the selection decides only examples.json).
 ACTIVATION_FIELDS = ("dataset", "split", "data_root", "split_file", "skip_missing", "model", "layer", "resize", "crop")
@@ -62,15 +65,53 @@ def image_features_path(c: dict) -> Path:
     return probe_dir(c) / f"vlm_{vlm_tag(c)}" / "image_features.pt"
 
 
+def prompt_tag(c: dict) -> str:
+    """template_ver, and a digest of the template when it is not the method's: two templates must
+    not share (and overwrite) a text cache or a matching folder."""
+    template = c.get("template", TEMPLATE)
+    return c["template_ver"] + ("" if template == TEMPLATE else f"-t{digest(template)[:8]}")
+
+
 def text_features_path(c: dict) -> Path:
-    return Path(c["save_root"]) / f"vlm_{vlm_tag(c)}" / f"text_{_tag(concept_set_name(c))}_{c['template_ver']}.pt"
+    return Path(c["save_root"]) / f"vlm_{vlm_tag(c)}" / f"text_{_tag(concept_set_name(c))}_{prompt_tag(c)}.pt"
 
 
 def matching_dir(c: dict, examples: str | Path | None = None) -> Path:
     """Beside the examples it names (examples.json's folder, derived from c unless given)."""
     mode = "adaptive" if c["adaptive"] else "plain"
     where = Path(examples).parent if examples else examples_dir(c)
-    return where / f"vlm_{vlm_tag(c)}" / f"{_tag(concept_set_name(c))}_{c['template_ver']}_{mode}_a{c['alpha']:g}"
+    return where / f"vlm_{vlm_tag(c)}" / f"{_tag(concept_set_name(c))}_{prompt_tag(c)}_{mode}_a{c['alpha']:g}"
+
+
+def read_examples(ex_json: str | Path) -> dict:
+    """Step 2's examples.json, checked to belong to the activations.pt of its layer folder: a later
+    step-2 run (another checkpoint, probing set or preprocessing) rewrites activations.pt but leaves
+    the examples.json of other selections, which would then name the neurons of a model not there."""
+    ex_json = Path(ex_json)
+    ex = read_output(ex_json, "example_selection.py", {"key": str, "activations_key": str, "config": dict,
+                                                       "neurons": list}, check=_examples_ok)
+    c = ex["config"]
+    act_path = ex_json.parent.parent / "activations.pt"
+    rule = f"--adaptive_percent {c['adaptive_percent']:g}" if c["selection"] == "adaptive" else f"--selection topk --topk {c['topk']}"
+    redo = (f"re-run example_selection.py with the checkpoint you mean and {rule} (same experiment file and "
+            f"--layer {c['layer']}), then this step")
+    if not act_path.is_file():
+        raise PipelineError(f"{ex_json} was selected from {act_path}, which is gone; {redo}")
+    act = read_output(act_path, "example_selection.py", {"key": str, "config": dict}, mmap=True)
+    if act["key"] != ex["activations_key"]:
+        raise PipelineError(f"{ex_json} (checkpoint {c['checkpoint']}) was not selected from the activations "
+                            f"{act_path} holds now (checkpoint {act['config'].get('checkpoint')}, a later run); {redo}")
+    return ex
+
+
+def _examples_ok(ex: dict) -> bool:
+    needed = ("dataset", "split", "data_root", "model", "checkpoint", "layer", "selection", "adaptive_percent",
+              "topk", "resize", "crop", "data_key")
+    c = ex["config"]
+    return bool(ex["neurons"]) and all(k in c for k in needed) and isinstance(c["adaptive_percent"], (int, float)) \
+        and isinstance(c["topk"], int) and all(
+        isinstance(n["neuron"], int) and isinstance(n["dead"], bool)
+        and all(isinstance(e["image_id"], str) for e in n["examples"]) for n in ex["neurons"])
 
 
 def eval_dir(c: dict) -> Path:
