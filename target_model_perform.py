@@ -30,9 +30,9 @@ from pipeline.outputs import eval_dir
 # The target, its checkpoint, preprocessing, image folder and save_root are example_selection.py's.
 val_split_file = ""             # val split file; default: {data_root}/../val_official.txt, else NIH's
 test_split_file = ""            # test split file; default: {data_root}/../test_official.txt, else NIH's
-batch_size = 64
-num_workers = 2                 # data-loading processes
-device = "auto"                 # auto = CUDA when present
+batch_size: ">= 1" = 64
+num_workers: ">= 0" = 2         # data-loading processes
+device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))
 

@@ -2,9 +2,24 @@
 
 import torch
 
+from pipeline.cli import PipelineError
+
 
 def pick_device(name: str) -> torch.device:
-    """'auto' is CUDA when present, else the CPU."""
+    """'auto' is CUDA when present, else the CPU. A device this machine lacks is refused before any
+    work, not at the first tensor moved there."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PipelineError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            have = f"this machine has {count} (cuda:0 to cuda:{count - 1})" if count else "torch sees no CUDA GPU here"
+            raise PipelineError(f"--device {name}: {have}; pass --device auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise PipelineError(f"--device {name}: torch sees no Apple GPU (MPS) here; pass --device auto or cpu")
+    return device
+

@@ -1,0 +1,161 @@
+"""Bad options, worker errors, Ctrl-C and misleading messages (issue 8, defects 4, 5, 12 and 14):
+each ends in one line on stderr and the documented exit status, never a traceback."""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, make_probe_set, run_script, save_random_target
+from pipeline import cli
+from pipeline.cli import PipelineError
+
+SMALL = ["--resize", "64", "--crop", "64", "--num_workers", "0"]
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without tqdm's progress bars (each drawn after a carriage return)."""
+    return [line for line in stderr.split("\n") if line.strip() and not line.startswith("\r")]
+
+
+def refused(proc, *words, code=2) -> str:
+    """The one line a refused run prints; it must name each of words."""
+    out = proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == code, out
+    assert "Traceback" not in proc.stdout + proc.stderr, out
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1, lines
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def interrupted_run(script, *args):
+    """run_script, where a KeyboardInterrupt escaping the step fails the test instead of pytest."""
+    try:
+        return run_script(script, *args)
+    except KeyboardInterrupt:
+        pytest.fail(f"KeyboardInterrupt escaped {script}")
+
+
+@pytest.fixture()
+def small_set(tmp_path):
+    return make_probe_set(tmp_path / "probe", n=8, size=32)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return save_random_target(tmp_path_factory.mktemp("ckpt") / "d.pth", "densenet121")
+
+
+# ---- 5: every constant's range or choices, checked before any work
+
+BAD = [
+    ("example_selection.py", "--topk", "0", ">= 1"),
+    ("example_selection.py", "--topk", "-1", ">= 1"),
+    ("example_selection.py", "--selection", "foo", "adaptive | topk"),
+    ("example_selection.py", "--batch_size", "0", ">= 1"),
+    ("example_selection.py", "--num_workers", "-1", ">= 0"),
+    ("example_selection.py", "--resize", "0", ">= 1"),
+    ("example_selection.py", "--crop", "0", "[1, resize]"),
+    ("example_selection.py", "--crop", "300", "[1, resize]"),  # CenterCrop beyond the resized image pads it
+    ("example_selection.py", "--adaptive_percent", "0", "(0, 100)"),
+    ("example_selection.py", "--adaptive_percent", "100", "(0, 100)"),  # threshold = max: no examples
+    ("example_selection.py", "--adaptive_percent", "150", "(0, 100)"),
+    ("example_selection.py", "--adaptive_percent", "-5", "(0, 100)"),
+    ("example_selection.py", "--adaptive_percent", "nan", "(0, 100)"),
+    ("example_selection.py", "--adaptive_percent", "inf", "(0, 100)"),
+    ("example_selection.py", "--device", "bogus", "auto | cpu | cuda"),
+    ("example_selection.py", "--model", "vgg16", "densenet121 | resnet50"),
+    ("concept_matching.py", "--alpha", "-50", "[0, 100)"),
+    ("concept_matching.py", "--alpha", "150", "[0, 100)"),
+    ("concept_matching.py", "--alpha", "nan", "[0, 100)"),
+    ("concept_matching.py", "--template_ver", "foo", "base | no"),
+    ("concept_matching.py", "--model_clip", "clip", "open_clip:NAME | phantom"),
+    ("concept_matching.py", "--topk", "0", ">= 1"),  # an upstream constant is checked downstream too
+    ("target_model_perform.py", "--num_workers", "-1", ">= 0"),
+    ("bbox_img.py", "--box_source", "foo", "nih | chestx_det"),
+    ("bbox_img.py", "--max_images", "-1", ">= 0"),
+    ("visualization.py", "--num_top_neuron", "0", ">= 1"),
+    ("visualization.py", "--neuron_percentile", "101", "[0, 100]"),
+    ("prepare_mimic_nouns.py", "--report_split", "foo", "train | val | test | all"),
+]
+
+
+@pytest.mark.parametrize("script,option,value,allowed", BAD, ids=[f"{s[:-3]}{o}={v}" for s, o, v, _ in BAD])
+def test_out_of_range_option_is_refused_naming_it(tmp_path, script, option, value, allowed):
+    # Where a bad value went unnoticed, the run would stop at the missing inputs instead.
+    elsewhere = [a for k in ("data_root", "reports") if k in cli.accepted_names(script)
+                 for a in (f"--{k}", str(tmp_path / "nowhere"))]
+    save = ["--save_root", str(tmp_path)] if "save_root" in cli.accepted_names(script) else ["--out_dir", str(tmp_path)]
+    proc = run_script(script, option, value, *elsewhere, *save)
+    refused(proc, f"{option} {value}", allowed)
+    assert not any(tmp_path.iterdir())
+
+
+def test_experiment_file_value_is_checked_and_named(tmp_path):
+    exp = tmp_path / "exp.py"
+    exp.write_text("adaptive_percent = 100.0\n")
+    refused(run_script("example_selection.py", str(exp), "--save_root", str(tmp_path)), str(exp),
+            "adaptive_percent = 100.0", "(0, 100)")
+
+
+SCRIPTS = cli.STEPS[:-1] + ("demo.py", "benchmark.py", "phantom/train.py")
+
+
+def reads_of(script):
+    return {"concept_matching.py": ("example_selection.py",), "target_model_perform.py": ("example_selection.py",),
+            "bbox_img.py": ("example_selection.py",),
+            "visualization.py": ("bbox_img.py", "concept_matching.py", "example_selection.py"),
+            "demo.py": ("example_selection.py", "concept_matching.py", "bbox_img.py")}.get(script, ())
+
+
+def configure_only(script, *args):
+    """The configure step of a script, without running it (demo, benchmark and training would)."""
+    scope = {**cli.constants_of(script), "__file__": str(REPO / script)}
+    return cli.configure(scope, list(args), reads_of(script))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_default_is_in_its_declared_range(script):
+    config = configure_only(script)
+    specs = cli.specs_of(script)
+    assert specs, f"{script} declares no range or choices"
+    for name in ("batch_size", "num_workers", "device", "resize", "crop", "topk", "alpha", "n_val", "threads"):
+        if name in cli.constant_names(script):
+            assert name in specs, f"{script}: {name} has no declared range"
+    assert config
+
+
+@pytest.mark.parametrize("script,option,value", [("demo.py", "--n_probe", "0"), ("demo.py", "--lift_min", "nan"),
+                                                 ("benchmark.py", "--n_images", "0"),
+                                                 ("phantom/train.py", "--threads", "0"),
+                                                 ("phantom/train.py", "--target_lr", "-1"),
+                                                 ("phantom/train.py", "--world_seed", "-1")])
+def test_long_running_scripts_check_their_options(capsys, script, option, value):
+    with pytest.raises(SystemExit) as e:
+        configure_only(script, option, value)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(error_lines(err)) == 1 and f"{option} {value}" in err
+
+
+def test_help_shows_each_range(tmp_path):
+    proc = run_script("example_selection.py", "--help")
+    assert proc.returncode == 0
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  --")}
+    assert ">= 1: k when selection = topk" in lines["--topk"] and "adaptive | topk: " in lines["--selection"]
+    assert "in (0, 100): p of the adaptive threshold" in lines["--adaptive_percent"]
+    proc = run_script("concept_matching.py", "-h")
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  --")}
+    assert "in [0, 100): keep concepts" in lines["--alpha"] and ">= 1" in lines["--topk"]
+
+
+def test_device_that_is_not_there(tmp_path):
+    refused(run_script("example_selection.py", "--device", "cuda:99", "--save_root", str(tmp_path)), "--device cuda:99")
+    if not torch.cuda.is_available():
+        refused(run_script("example_selection.py", "--device", "cuda", "--save_root", str(tmp_path)), "--device cuda")
