@@ -359,8 +359,20 @@ def main(fn: Callable[[], Any]) -> None:
     try:
         fn()
     except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {own_message(e)}", file=sys.stderr)
         sys.exit(2)
+
+
+def own_message(e: BaseException) -> str:
+    r"""An error's own message. A DataLoader worker's error comes back re-raised with the worker's
+    whole traceback as its message ('Caught X in DataLoader worker process 0.\nOriginal Traceback
+    ...\nmodule.X: message'): keep the message, so the error reads as it does without workers."""
+    text = str(e)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        cls = type(e)
+        name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+        text = text.rsplit(f"\n{name}: ", 1)[-1].strip()
+    return text
 
 
 def run_script(script: str, *args: str) -> int:

@@ -159,3 +159,17 @@ def test_device_that_is_not_there(tmp_path):
     refused(run_script("example_selection.py", "--device", "cuda:99", "--save_root", str(tmp_path)), "--device cuda:99")
     if not torch.cuda.is_available():
         refused(run_script("example_selection.py", "--device", "cuda", "--save_root", str(tmp_path)), "--device cuda")
+
+
+# ---- 4: a loader worker's error is the same one line as without workers
+
+def test_unreadable_image_in_a_worker_is_one_line(small_set, ckpt, tmp_path):
+    bad = small_set / "00000003_000.png"
+    bad.write_bytes(b"these bytes are no PNG")
+    lines = []
+    for workers in ("0", "2"):
+        proc = run_script("example_selection.py", "--data_root", str(small_set), "--checkpoint", str(ckpt), *SMALL,
+                          "--num_workers", workers, "--batch_size", "2", "--save_root", str(tmp_path / "res"))
+        lines.append(refused(proc, str(bad), "cannot read the image"))
+    assert lines[0] == lines[1] == f"error: {bad}: cannot read the image (UnidentifiedImageError); replace or remove it"
+    assert not (tmp_path / "res").exists() or not list((tmp_path / "res").rglob("*.pt"))
