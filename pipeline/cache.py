@@ -19,6 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: code_version names files relative to it
 _digests: dict[tuple, str] = {}
+WRITTEN: list[Path] = []  # every output this process completed, for the one line a Ctrl-C ends with
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -56,6 +57,7 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+        WRITTEN.append(path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

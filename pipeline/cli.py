@@ -23,7 +23,8 @@ language that `configure` checks every resolved value against (exit 2, one line 
 NaN and infinity are refused for every number.
 
 Bad input anywhere raises `PipelineError`, which `main` turns into one line on stderr and exit
-status 2, never a traceback and never a half-written cache.
+status 2, never a traceback and never a half-written cache. Ctrl-C ends with one line too (exit
+status 130), naming the outputs completed before it.
 """
 from __future__ import annotations
 
@@ -354,13 +355,42 @@ def print_config(title: str, config: dict) -> None:
         print(f"  {k:<{width}} = {v!r}")
 
 
+_depth = 0  # main() calls in progress: a step the demo runs is nested in the demo's
+
+
 def main(fn: Callable[[], Any]) -> None:
-    """Run a script's body; a PipelineError becomes one line and exit status 2."""
+    """Run a script's body; a PipelineError becomes one line and exit status 2, Ctrl-C one line
+    and exit status 130."""
+    global _depth
+    before = len(_written())
+    _depth += 1
     try:
         fn()
     except PipelineError as e:
         print(f"error: {own_message(e)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        if _depth > 1:  # the outermost script says it once, with everything it kept
+            raise
+        print("interrupted; " + _kept(_written()[before:]), file=sys.stderr)
+        sys.exit(130)
+    finally:
+        _depth -= 1
+
+
+def _written() -> list:
+    """The outputs this process completed (pipeline.cache records them; not imported: none)."""
+    cache = sys.modules.get("pipeline.cache")
+    return getattr(cache, "WRITTEN", [])
+
+
+def _kept(paths: list) -> str:
+    if not paths:
+        return "nothing was written"
+    paths = list(dict.fromkeys(str(p) for p in paths))
+    more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+    return (f"kept the {len(paths)} complete output(s) written before it: {', '.join(paths[:3])}{more}; "
+            f"nothing half-written")
 
 
 def own_message(e: BaseException) -> str:

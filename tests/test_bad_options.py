@@ -173,3 +173,75 @@ def test_unreadable_image_in_a_worker_is_one_line(small_set, ckpt, tmp_path):
         lines.append(refused(proc, str(bad), "cannot read the image"))
     assert lines[0] == lines[1] == f"error: {bad}: cannot read the image (UnidentifiedImageError); replace or remove it"
     assert not (tmp_path / "res").exists() or not list((tmp_path / "res").rglob("*.pt"))
+
+
+# ---- 12: Ctrl-C ends with one line and exit status 130
+
+def no_temp_files(root):
+    return not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_ctrl_c_in_the_forward_pass(small_set, ckpt, tmp_path, monkeypatch):
+    import dataset.nih
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(dataset.nih, "probe_crop", interrupt)
+    out = tmp_path / "res"
+    proc = interrupted_run("example_selection.py", "--data_root", str(small_set), "--checkpoint", str(ckpt), *SMALL,
+                           "--save_root", str(out))
+    assert refused(proc, code=130) == "interrupted; nothing was written"
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_ctrl_c_after_an_output_names_what_was_kept(small_set, ckpt, tmp_path, monkeypatch):
+    import method
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(method, "select_examples", interrupt)
+    out = tmp_path / "res"
+    proc = interrupted_run("example_selection.py", "--data_root", str(small_set), "--checkpoint", str(ckpt), *SMALL,
+                           "--save_root", str(out))
+    acts = out / "nih14_train" / "densenet121" / "fc" / "activations.pt"
+    line = refused(proc, str(acts), code=130)
+    assert line.startswith("interrupted;") and acts.is_file() and no_temp_files(out)
+    assert not list(out.rglob("examples.json"))
+
+
+def test_ctrl_c_in_a_step_the_demo_runs_is_said_once(capsys):
+    """demo.py runs each step through run_script: the step's main lets the interrupt through, the demo's says it."""
+    def step():
+        raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main(lambda: cli.main(step))
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main")
+    assert e.value.code == 130 and capsys.readouterr().err == "interrupted; nothing was written\n"
+
+
+def test_sigint_with_loader_workers(tmp_path, ckpt):
+    """A real Ctrl-C (SIGINT to the process group, workers included) during the forward pass."""
+    images = make_probe_set(tmp_path / "probe", n=64, size=384)
+    out = tmp_path / "res"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = ["--data_root", str(images), "--checkpoint", str(ckpt), "--resize", "256", "--crop", "224",
+            "--batch_size", "4", "--num_workers", "2", "--device", "cpu", "--save_root", str(out)]
+    proc = subprocess.Popen([sys.executable, "example_selection.py", *args], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # bytes: tqdm's \r kept as is
+    seen = b""
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and b"batch/s]" not in seen:  # the bar is up
+            seen += proc.stderr.read(1)
+        time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout.decode(), (seen + stderr).decode())
+    assert refused(result, code=130) == "interrupted; nothing was written"
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
