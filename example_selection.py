@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset.nih import ProbeSet, class_names, findings, load_probe_set, probe_crop
+from dataset.nih import ProbeSet, class_names, findings, load_probe_set, probe_crop, split_source
 from method import select_examples
 from models import pick_device
 from models.target import default_checkpoint, load_target, require_file, tap
@@ -49,6 +49,7 @@ def run():
     print_config("example_selection", config)
     dev = pick_device(device)
     ckpt = checkpoint or default_checkpoint(model)
+    print(split_source(split, data_root, split_file, "--split_file"))
     names, labels, paths, data_key = load_probe_set(split, data_root, split_file, skip_missing)
     act_path = layer_dir(config) / "activations.pt"
     act_config = {k: config[k] for k in ACTIVATION_FIELDS}

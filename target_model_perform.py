@@ -20,7 +20,7 @@ from sklearn.metrics import roc_curve
 from pipeline.cache import save_csv, save_png
 from pipeline.cli import configure, main, print_config
 from dataset.boxes import disease_colour
-from dataset.nih import class_names, load_probe_set
+from dataset.nih import class_names, load_probe_set, split_source
 from pipeline.evaluation import auroc_auprc, best_thresholds, forward_logits, stage2_logits
 from models import pick_device
 from models.target import default_checkpoint, load_target, require_file
@@ -47,6 +47,7 @@ def run():
     out = {}
     for split, override in (("val", val_split_file), ("test", test_split_file)):
         t0 = time.time()
+        print(split_source(split, config["data_root"], override, f"--{split}_split_file"))
         names, labels, paths, data_key = load_probe_set(split, config["data_root"], override, config["skip_missing"])
         found = stage2_logits(config, split, override, ckpt, data_key)
         if found is not None:

@@ -1,5 +1,7 @@
 """Target classifiers (`target`) and vision-language models (`vlm`) shared by the scripts."""
 
+import pickle
+
 import torch
 
 from pipeline.cli import PipelineError
@@ -23,3 +25,13 @@ def pick_device(name: str) -> torch.device:
         raise PipelineError(f"--device {name}: torch sees no Apple GPU (MPS) here; pass --device auto or cpu")
     return device
 
+
+def load_failure(e: Exception) -> str:
+    """Why torch.load refused a file, in words that never invite running an untrusted pickle
+    (torch's own message suggests weights_only=False, which would run any code inside it)."""
+    if isinstance(e, pickle.UnpicklingError) and "weights only load failed" in str(e).lower():
+        return ("a pickle holding Python objects beyond tensors, which cannot be loaded safely; where its source is "
+                "trusted, convert it once to a plain state dict of tensors (torch.save(model.state_dict(), PATH)) "
+                "or to safetensors, and pass that file")
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:150]}" if lines else type(e).__name__

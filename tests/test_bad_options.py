@@ -245,3 +245,50 @@ def test_sigint_with_loader_workers(tmp_path, ckpt):
     result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout.decode(), (seen + stderr).decode())
     assert refused(result, code=130) == "interrupted; nothing was written"
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+# ---- 14: messages that say what is wrong
+
+def test_split_files_are_named(small_set, ckpt, tmp_path):
+    (small_set.parent / "test_official.txt").unlink()
+    proc = run_script("target_model_perform.py", "--data_root", str(small_set), "--checkpoint", str(ckpt), *SMALL,
+                      "--save_root", str(tmp_path / "res"))
+    assert proc.returncode == 2
+    assert f"val: split file {small_set.parent / 'val_official.txt'}" in proc.stdout
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("test: split file"))
+    assert "dataset/nih14/test_official.txt" in line and str(small_set.parent / "test_official.txt") in line
+    assert "--test_split_file" in line
+
+
+def test_head_of_another_size_is_named(small_set, tmp_path):
+    from models.target import build_target
+    ckpt = tmp_path / "d15.pth"
+    torch.save({"model": build_target("densenet121", 15).state_dict()}, ckpt)
+    proc = run_script("example_selection.py", "--data_root", str(small_set), "--checkpoint", str(ckpt), *SMALL,
+                      "--save_root", str(tmp_path / "res"))
+    line = refused(proc, str(ckpt), "15-way", "14 classes", "--layer penultimate")
+    assert "pretraining" not in line
+
+
+def test_blocked_pickle_is_not_invited_to_run(tmp_path, small_set):
+    from models.vlm import load_vlm
+    from test_pipeline import TINY_CLIP
+    config = tmp_path / "tiny-clip.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1)}, evil)
+    with pytest.raises(PipelineError) as e:
+        load_vlm(f"open_clip:{config}", str(evil))
+    msg = str(e.value)
+    assert "weights_only" not in msg and "can still be loaded" not in msg and "\x1b" not in msg
+    assert str(evil) in msg and "pickle" in msg and "state dict" in msg and "\n" not in msg
+    proc = run_script("example_selection.py", "--data_root", str(small_set), "--checkpoint", str(evil), *SMALL,
+                      "--save_root", str(tmp_path / "res"))
+    line = refused(proc, str(evil), "pickle", "state dict")
+    assert "re-download" not in line and "weights_only" not in line
+
+
+def test_layer_hint_names_nested_modules(small_set, ckpt, tmp_path):
+    proc = run_script("example_selection.py", "--data_root", str(small_set), "--checkpoint", str(ckpt), *SMALL,
+                      "--layer", "denseblock3", "--save_root", str(tmp_path / "res"))
+    refused(proc, "--layer 'denseblock3'", "features.denseblock3", "fc", "penultimate")
