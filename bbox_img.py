@@ -22,9 +22,9 @@ from pipeline.outputs import bbox_dir
 
 # -----------------------------------------------------------------------------
 # dataset, data_root (the ChestX-Det images for box_source chestx_det) and save_root are example_selection.py's.
-box_source = "nih"              # nih (bbox.csv) | chestx_det (ChestX_Det_{train,test}.json)
+box_source: "nih | chestx_det" = "nih"  # nih (bbox.csv) | chestx_det (ChestX_Det_{train,test}.json)
 box_file = ""                   # annotation file; default dataset/nih14/bbox.csv or dataset/chestx_det/ChestX_Det_test.json
-max_images = 0                  # draw at most this many images (0 = all with boxes)
+max_images: ">= 0" = 0          # draw at most this many images (0 = all with boxes)
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))
 

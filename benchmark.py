@@ -22,12 +22,12 @@ from models import pick_device
 from models.target import build_target
 
 # -----------------------------------------------------------------------------
-n_images = 128                  # probe images generated for the timing (1024x1024 PNGs, as NIH's)
-batch_size = 32
-num_workers = 2
-device = "auto"
+n_images: ">= 1" = 128          # probe images generated for the timing (1024x1024 PNGs, as NIH's)
+batch_size: ">= 1" = 32
+num_workers: ">= 0" = 2
+device: "auto | cpu | cuda | cuda:N | mps" = "auto"
 models = "densenet121,resnet50"
-n_prompts = 200                 # MIMIC nouns encoded as prompts with a MedCLIP-sized text encoder
+n_prompts: ">= 1" = 200         # MIMIC nouns encoded as prompts with a MedCLIP-sized text encoder
 n_neurons, n_concepts, n_unique = 1024, 1361, 4000  # sizes of the scoring benchmark
 # -----------------------------------------------------------------------------
 config = configure(globals())

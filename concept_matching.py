@@ -30,16 +30,16 @@ from pipeline.outputs import (examples_dir, image_features_key, image_features_p
 
 # -----------------------------------------------------------------------------
 examples = ""                   # step 2's examples.json; default: the one example_selection.py's constants name
-model_clip = "medclip"          # medclip | open_clip:NAME | phantom
+model_clip: "medclip | medclip-vit | open_clip:NAME | phantom" = "medclip"  # the VLM; NAME: an open_clip model or config .json
 clip_weights = ""               # VLM weights: folder (medclip, phantom), checkpoint or pretrained tag (open_clip)
 concept_set = "mimic_nouns"     # a name in dataset/concept_set/ or a path to a .txt, one concept per line
-template_ver = "base"           # base: prompt = template + concept; no: prompt = concept alone
+template_ver: "base | no" = "base"  # base: prompt = template + concept; no: prompt = concept alone
 template = TEMPLATE             # T of the method: "A chest x-ray image of a"
 adaptive = True                 # subtract cos(image, template) from every score (needs template_ver base)
-alpha = 95.0                    # keep concepts with S > alpha% of the neuron's best S
-batch_size = 64
-num_workers = 2
-device = "auto"                 # auto = CUDA when present
+alpha: "[0, 100)" = 95.0        # keep concepts with S > alpha% of the neuron's best S
+batch_size: ">= 1" = 64
+num_workers: ">= 0" = 2
+device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 metric_encoders = "medclip,clip-vit-b-16,all-mpnet-base-v2,all-minilm-l6-v2"  # text encoders for the fc cosine
 medclip_weights = ""            # MedCLIP folder for the fc cosine metric; default pretrained/medclip-vit
 # -----------------------------------------------------------------------------

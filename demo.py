@@ -25,14 +25,14 @@ from pipeline.outputs import eval_dir, examples_dir, matching_dir, visualization
 
 # -----------------------------------------------------------------------------
 # The target, VLM, folders and method constants come from config/demo.py (and may be overridden here).
-n_probe = 1200                  # probing images (the world's train split)
-n_val = 300                     # val split: per-class thresholds
-n_test = 600                    # test split: AUROC
-world_size = 256                # side of the phantom PNGs
-world_seed = 1                  # the demo models were trained on seed 0: this world is unseen
-vis_images = 24                 # images shown by visualization.py
-lift_min = 2.0                  # penultimate: a neuron counts as finding-selective above this lift
-num_workers = 2
+n_probe: ">= 1" = 1200          # probing images (the world's train split)
+n_val: ">= 1" = 300             # val split: per-class thresholds
+n_test: ">= 1" = 600            # test split: AUROC
+world_size: ">= 1" = 256        # side of the phantom PNGs
+world_seed: ">= 0" = 1          # the demo models were trained on seed 0: this world is unseen
+vis_images: ">= 0" = 24         # images shown by visualization.py
+lift_min: "> 0" = 2.0           # penultimate: a neuron counts as finding-selective above this lift
+num_workers: ">= 0" = 2
 # -----------------------------------------------------------------------------
 EXPERIMENT = "config/demo.py"
 config = configure(globals(), argv=[EXPERIMENT, *sys.argv[1:]],

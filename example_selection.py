@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset.nih import ProbeSet, class_names, findings, load_probe_set, probe_crop
+from dataset.nih import ProbeSet, class_names, findings, load_probe_set, probe_crop, split_source
 from method import select_examples
 from models import pick_device
 from models.target import default_checkpoint, load_target, require_file, tap
@@ -29,17 +29,17 @@ split = "train"                 # split file to probe: train | val | test (the r
 data_root = "data/nih14/images" # image folder: flat, or Kaggle layout images_*/images/
 split_file = ""                 # explicit split file; default: {data_root}/../{split}_official.txt, else NIH's
 skip_missing = False            # drop images of the split missing on disk (default: fail)
-model = "densenet121"           # target: densenet121 | resnet50
+model: "densenet121 | resnet50" = "densenet121"  # the target classifier
 checkpoint = ""                 # target weights; default pretrained/{model}.pth
 layer = "fc"                    # fc | penultimate | layer1..layer4 | any module name (spatial mean)
-selection = "adaptive"          # adaptive (threshold per neuron) | topk
-adaptive_percent = 93.0         # p of the adaptive threshold; the release suggests 85-95
-topk = 20                       # k when selection = topk
-resize = 256                    # preprocessing: Resize(resize), CenterCrop(crop), as the models were trained
-crop = 224
-batch_size = 64
-num_workers = 2                 # data-loading processes
-device = "auto"                 # auto = CUDA when present
+selection: "adaptive | topk" = "adaptive"  # adaptive: a threshold per neuron; topk: its k largest
+adaptive_percent: "(0, 100)" = 93.0  # p of the adaptive threshold; the release suggests 85-95
+topk: ">= 1" = 20               # k when selection = topk
+resize: ">= 1" = 256            # preprocessing: Resize(resize), CenterCrop(crop), as the models were trained
+crop: "[1, resize]" = 224       # larger would pad the resized image with black
+batch_size: ">= 1" = 64
+num_workers: ">= 0" = 2         # data-loading processes
+device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 save_crops = False              # also write each neuron's example crops as JPEG files for browsing
 save_root = "results"           # all outputs go under here
 # -----------------------------------------------------------------------------
@@ -54,6 +54,7 @@ def run():
     claim(examples_dir(config))
     dev = pick_device(device)
     ckpt = checkpoint or default_checkpoint(model)
+    print(split_source(split, data_root, split_file, "--split_file"))
     names, labels, paths, data_key = load_probe_set(split, data_root, split_file, skip_missing)
     act_path = layer_dir(config) / "activations.pt"
     act_config = {k: config[k] for k in ACTIVATION_FIELDS}

@@ -16,7 +16,7 @@ from dataset.concepts import nouns, read_reports, sentences
 
 # -----------------------------------------------------------------------------
 reports = "data/mimic_cxr/annotation.json"  # R2Gen annotation.json, IU reports json, or .txt (one report per line)
-report_split = "test"           # R2Gen split to read: train | val | test | all (the release used MIMIC test)
+report_split: "train | val | test | all" = "test"  # R2Gen split to read (the release used MIMIC test)
 name = "mimic_nouns"            # concept set name: writes {out_dir}/{name}.txt
 out_dir = "dataset/concept_set"
 use_bundled_tagger = True       # fall back to the tagger shipped in dataset/nltk_data when NLTK has none

@@ -20,7 +20,7 @@ from sklearn.metrics import roc_curve
 from pipeline.cache import claim, holds_claims, save_csv, save_png
 from pipeline.cli import configure, main, print_config
 from dataset.boxes import disease_colour
-from dataset.nih import class_names, load_probe_set
+from dataset.nih import class_names, load_probe_set, split_source
 from pipeline.evaluation import auroc_auprc, best_thresholds, forward_logits, stage2_logits
 from models import pick_device
 from models.target import default_checkpoint, load_target, require_file
@@ -30,9 +30,9 @@ from pipeline.outputs import eval_dir
 # The target, its checkpoint, preprocessing, image folder and save_root are example_selection.py's.
 val_split_file = ""             # val split file; default: {data_root}/../val_official.txt, else NIH's
 test_split_file = ""            # test split file; default: {data_root}/../test_official.txt, else NIH's
-batch_size = 64
-num_workers = 2                 # data-loading processes
-device = "auto"                 # auto = CUDA when present
+batch_size: ">= 1" = 64
+num_workers: ">= 0" = 2         # data-loading processes
+device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))
 
@@ -49,6 +49,7 @@ def run():
     out = {}
     for split, override in (("val", val_split_file), ("test", test_split_file)):
         t0 = time.time()
+        print(split_source(split, config["data_root"], override, f"--{split}_split_file"))
         names, labels, paths, data_key = load_probe_set(split, config["data_root"], override, config["skip_missing"])
         found = stage2_logits(config, split, override, ckpt, data_key)
         if found is not None:

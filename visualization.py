@@ -42,11 +42,11 @@ from pipeline.outputs import eval_dir, matching_dir, read_examples, visualizatio
 # preprocessing are those that produced the concepts (stored with them).
 concepts = ""                   # the penultimate layer's concepts.json; default: the one steps 2-3 wrote for these constants
 thresholds = ""                 # Threshold.csv; default: target_model_perform.py's in the eval folder
-num_top_neuron = 1              # neurons shown per (image, predicted class)
-neuron_percentile = 70.0        # each shown neuron's map is zeroed below this percentile
-overall_percentile = 90.0       # ... and below this one inside the overall map
-batch_size = 16
-device = "auto"                 # auto = CUDA when present
+num_top_neuron: ">= 1" = 1      # neurons shown per (image, predicted class)
+neuron_percentile: "[0, 100]" = 70.0  # each shown neuron's map is zeroed below this percentile
+overall_percentile: "[0, 100]" = 90.0  # ... and below this one inside the overall map
+batch_size: ">= 1" = 16
+device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("bbox_img.py", "concept_matching.py", "example_selection.py"))
 LAYER = "penultimate"           # Taylor scores are taken where the head reads its input

@@ -37,6 +37,16 @@ def split_file(split: str, data_root: str | Path, override: str = "") -> Path:
     return own if own.is_file() else HERE / "nih14" / f"{split}_official.txt"
 
 
+def split_source(split: str, data_root: str | Path, override: str, option: str) -> str:
+    """The split file a split reads, for the log; a fall-back to NIH's own split says so, since a
+    probing set without its split file would otherwise be read against NIH's image list unnoticed."""
+    path = split_file(split, data_root, override)
+    own = Path(data_root).parent / f"{split}_official.txt"
+    if override or path == own:
+        return f"{split}: split file {path}"
+    return f"{split}: split file {path} (NIH's official {split} split, as there is no {own}; pass {option} for another)"
+
+
 def read_split(path: str | Path) -> tuple[list[str], np.ndarray]:
     """Image names and their [N, 14] 0/1 labels."""
     path = Path(path)

@@ -20,6 +20,7 @@ from PIL import Image
 from transformers import BertConfig, BertModel, SwinConfig, SwinModel
 
 from pipeline.cli import PipelineError
+from models import load_failure
 from models.vlm import DEFAULT_WEIGHTS, VLM
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -97,7 +98,7 @@ class MedCLIP(VLM):
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise PipelineError(f"{path} did not load ({str(e).splitlines()[0][:150]}); {GET_WEIGHTS}") from None
+            raise PipelineError(f"{path} did not load ({load_failure(e)}); {GET_WEIGHTS}") from None
         model = cls(swin, bert, _tokenizer(folder))
         model._load_strict(sd, path)
         return model.eval()

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipeline.cli import PipelineError
+from models import load_failure
 from models.vlm import VLM
 
 WEIGHTS, CONFIG = "phantom_clip.pt", "phantom_clip.json"
@@ -137,5 +138,5 @@ class PhantomCLIP(VLM):
         except PipelineError:
             raise
         except Exception as e:
-            raise PipelineError(f"{folder / WEIGHTS} did not load ({type(e).__name__}: {str(e).splitlines()[0][:120]}): {fix}") from None
+            raise PipelineError(f"{folder / WEIGHTS} did not load ({load_failure(e)}): {fix}") from None
         return model.eval()

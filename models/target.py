@@ -9,6 +9,7 @@ only another head and MoCo's key encoder and queue are ignored.
 """
 from __future__ import annotations
 
+import difflib
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from models import load_failure
 from pipeline.cli import PipelineError
 
 ARCHS = ("densenet121", "resnet50")
@@ -66,13 +68,16 @@ def require_file(path: str | Path, arch: str) -> Path:
     return path
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, arch: str) -> bool:
-    """Load weights strictly into the backbone. Returns whether the 14-way head was loaded too."""
+def load_checkpoint(model: nn.Module, path: str | Path, arch: str) -> str | None:
+    """Load weights strictly into the backbone, and the head when it fits. Returns None when the
+    head was loaded too, else what the checkpoint has instead of it."""
     path = require_file(path, arch)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise PipelineError(f"{path}: cannot read as a PyTorch checkpoint ({type(e).__name__}); re-download it") from None
+        why = load_failure(e)
+        fix = "" if why.startswith("a pickle") else "; re-download it"
+        raise PipelineError(f"{path}: cannot read as a PyTorch checkpoint ({why}){fix}") from None
     sd = _state_dict_of(obj, path)
     own = model.state_dict()
     head = head_name(model) + "."
@@ -97,19 +102,25 @@ def load_checkpoint(model: nn.Module, path: str | Path, arch: str) -> bool:
     head_ok = all(k in sd and sd[k].shape == own[k].shape for k in head_keys)
     load = {k: sd[k] for k in backbone + (head_keys if head_ok else []) if k in sd}
     model.load_state_dict(load, strict=False)
-    return head_ok
+    if head_ok:
+        return None
+    weight, classes = head + "weight", own[head + "weight"].shape[0]
+    if weight in sd and sd[weight].dim() == 2:
+        return (f"a {sd[weight].shape[0]}-way classifier ({weight} {list(sd[weight].shape)}) that does not fit "
+                f"the {classes} classes of dataset/nih14/nih_labels.txt")
+    return f"no {classes}-way classifier (a pretraining checkpoint?)"
 
 
 def load_target(arch: str, checkpoint: str | Path, need_head: bool, num_classes: int = 14) -> tuple[nn.Module, bool]:
     model = build_target(arch, num_classes)
-    head_ok = load_checkpoint(model, checkpoint, arch)
-    if not head_ok:
+    head = load_checkpoint(model, checkpoint, arch)
+    if head is not None:
         if need_head:
-            raise PipelineError(f"{checkpoint} has no {num_classes}-way classifier (a pretraining checkpoint?): "
-                                f"the fc layer and the model's outputs need the fine-tuned NIH checkpoint")
-        print(f"note: {checkpoint} has no {num_classes}-way classifier (pretraining checkpoint): "
-              f"backbone layers are probed, the model's outputs are not reported")
-    return model.eval(), head_ok
+            raise PipelineError(f"{checkpoint} has {head}: the fc layer and the model's outputs need a checkpoint "
+                                f"fine-tuned on those {num_classes} classes (the medical_mae NIH one); "
+                                f"the backbone can still be probed with --layer penultimate")
+        print(f"note: {checkpoint} has {head}: backbone layers are probed, the model's outputs are not reported")
+    return model.eval(), head is None
 
 
 def _spatial_mean(x: torch.Tensor) -> torch.Tensor:
@@ -130,8 +141,13 @@ def tap(model: nn.Module, layer: str):
     else:
         name = head_name(model) if layer == "fc" else layer
         if name not in modules or not name:
-            some = [n for n in modules if n.count(".") == 0 and n]
-            raise PipelineError(f"--layer {layer!r} is not a module of this model; try fc, penultimate or one of {some}")
+            names = [n for n in modules if n]
+            ends = [n for n in names if n.endswith("." + layer)]  # the right name without its parents
+            near = list(dict.fromkeys(ends + difflib.get_close_matches(layer, names, n=5, cutoff=0.5)))[:5]
+            hint = (f"closest: {', '.join(near)}" if near else
+                    f"top-level modules: {', '.join(n for n in names if '.' not in n)}")
+            raise PipelineError(f"--layer {layer!r} is not a module of this model; use fc, penultimate or a module "
+                                f"name ({hint})")
         hook = modules[name].register_forward_hook(lambda m, inp, out: store.__setitem__("a", _spatial_mean(out)))
     try:
         yield store

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from models import load_failure
 from pipeline.cli import PipelineError
 
 
@@ -101,8 +102,11 @@ class OpenCLIP(VLM):
             self.model, _, self._transform = open_clip.create_model_and_transforms(name, pretrained=pretrained)
             self._tokenizer = open_clip.get_tokenizer(name)
         except Exception as e:
-            raise PipelineError(f"open_clip model {name!r} with weights {weights!r} did not load: "
-                                f"{str(e).splitlines()[0][:200]} (offline? pass a local checkpoint as --clip_weights)") from None
+            why = load_failure(e)
+            if why.startswith("a pickle"):  # torch refused the checkpoint: downloading again would not help
+                raise PipelineError(f"--clip_weights {weights}: {why}") from None
+            raise PipelineError(f"open_clip model {name!r} with weights {weights!r} did not load: {why} "
+                                f"(offline? pass a local checkpoint as --clip_weights)") from None
         self.name = f"open_clip:{name}"
         self.model.eval()
 

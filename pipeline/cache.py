@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository: code_version names
 LOCK_TIMEOUT = 60.0     # seconds a step waits for another run writing the same folder, then refuses
 STALE_AGE = 24 * 3600   # a temp file older than this is stale even if its writer cannot be checked
 _digests: dict[tuple, str] = {}
+WRITTEN: list[Path] = []  # every output this process completed, for the one line a Ctrl-C ends with
 # Temp files are .NAME.HOST-PID.RANDOM.tmp: HOST is a digest of the host name, so a pid is only
 # judged alive or dead on the machine that wrote it (a save_root may be shared between machines).
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
@@ -121,6 +122,7 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # what open() would give; mkstemp makes it 0600
         os.replace(tmp, path)
+        WRITTEN.append(path)
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)

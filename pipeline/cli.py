@@ -10,15 +10,28 @@ the same file and takes the constants it knows, so a threshold is changed in one
 value` (or `--name=value`) overrides after the files. A step that builds on another one names it in
 `reads=`: it then also takes that step's constants (their defaults live in that step alone), to find
 the upstream output; `check_stored` refuses a given constant that contradicts what the upstream
-output stored. `--help` prints the constants with their comments.
+output stored. `--help` prints the constants with their allowed values and comments.
+
+A constant declares its valid values once, as a string annotation on its own line, in a tiny
+language that `configure` checks every resolved value against (exit 2, one line naming the option):
+
+    topk: ">= 1" = 20                       # also > x, <= x, < x
+    alpha: "[0, 100)" = 95.0                # an interval; a bound may name another constant: "[1, resize]"
+    selection: "adaptive | topk" = "adaptive"   # choices; N stands for digits, NAME for any text
+    device: "auto | cpu | cuda | cuda:N" = "auto"
+
+NaN and infinity are refused for every number.
 
 Bad input anywhere raises `PipelineError`, which `main` turns into one line on stderr and exit
-status 2, never a traceback and never a half-written cache.
+status 2, never a traceback and never a half-written cache. Ctrl-C ends with one line too (exit
+status 130), naming the outputs completed before it.
 """
 from __future__ import annotations
 
 import ast
 import io
+import math
+import re
 import sys
 import tokenize
 from functools import lru_cache
@@ -84,6 +97,15 @@ def _coerce(name: str, value: Any, default: Any, where: str) -> Any:
     return value
 
 
+def _assigned(node: ast.stmt) -> str | None:
+    """The name a top-level `name = value` or `name: "spec" = value` assigns, else None."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        return node.targets[0].id
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+        return node.target.id
+    return None
+
+
 @lru_cache(maxsize=None)
 def _header(script: str) -> str:
     path = ROOT / script
@@ -98,10 +120,19 @@ def constant_names(script: str) -> tuple[str, ...]:
     """The names of a step's constants, read from its source (nothing is run)."""
     names = []
     for node in ast.parse(_header(script)).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            if node.targets[0].id.islower() and not node.targets[0].id.startswith("_"):
-                names.append(node.targets[0].id)
+        name = _assigned(node)
+        if name and name.islower() and not name.startswith("_"):
+            names.append(name)
     return tuple(names)
+
+
+@lru_cache(maxsize=None)
+def specs_of(script: str) -> dict[str, str]:
+    """The valid values each constant of a step declares (its string annotation), read from its
+    source, so an upstream step's are known without running it."""
+    return {node.target.id: node.annotation.value for node in ast.parse(_header(script)).body
+            if _assigned(node) and isinstance(node, ast.AnnAssign)
+            and isinstance(node.annotation, ast.Constant) and isinstance(node.annotation.value, str)}
 
 
 @lru_cache(maxsize=None)
@@ -113,13 +144,86 @@ def constants_of(script: str) -> dict[str, Any]:
     return {k: scope[k] for k in constant_names(script) if _is_constant(k, scope.get(k))}
 
 
+_PLACEHOLDERS = {"N": r"\d+", "NAME": r".+"}
+_BOUND = r"[\w.+-]+"
+
+
+@lru_cache(maxsize=None)
+def _rule(spec: str) -> tuple:
+    """A declared spec, parsed once: ("choices", patterns), or ("range", low, low_closed, high,
+    high_closed) where a bound is a number, the name of another constant, or None."""
+    text = spec.strip()
+    if "|" in text:
+        return ("choices", tuple(re.compile("".join(_PLACEHOLDERS.get(part, re.escape(part))
+                                                    for part in re.split(r"\b(N|NAME)\b", alt.strip())))
+                                 for alt in text.split("|")))
+    m = re.fullmatch(rf"([\[(])\s*({_BOUND})\s*,\s*({_BOUND})\s*([\])])", text)
+    if m:
+        return ("range", _bound(m[2], spec), m[1] == "[", _bound(m[3], spec), m[4] == "]")
+    m = re.fullmatch(rf"(>=|>|<=|<)\s*({_BOUND})", text)
+    if m:
+        b = _bound(m[2], spec)
+        return ("range", b, m[1] == ">=", None, False) if m[1][0] == ">" else ("range", None, False, b, m[1] == "<=")
+    raise ValueError(f"cannot parse the declared values {spec!r}: use 'a | b', '>= x', '(x, y]' ...")
+
+
+def _bound(text: str, spec: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        if text.isidentifier():
+            return text
+        raise ValueError(f"bad bound {text!r} in the declared values {spec!r}") from None
+
+
+def _described(spec: str) -> str:
+    """A spec in words: 'in (0, 100)', '>= 1' or 'adaptive | topk'."""
+    return f"in {spec}" if spec.strip()[0] in "[(" else spec
+
+
+def _unmet(spec: str, value: Any, config: dict) -> str | None:
+    """What `value` must be under `spec`, in words, when it is not; None when it is allowed."""
+    rule = _rule(spec)
+    if rule[0] == "choices":
+        return None if isinstance(value, str) and any(p.fullmatch(value) for p in rule[1]) else f"one of {spec}"
+    _, low, low_closed, high, high_closed = rule
+    named = [b for b in (low, high) if isinstance(b, str)]
+    low, high = (config[b] if isinstance(b, str) else b for b in (low, high))
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low is None or value > low or (low_closed and value == low))
+    ok = ok and (high is None or value < high or (high_closed and value == high))
+    if ok:
+        return None
+    return _described(spec) + (f" ({', '.join(f'{b} = {config[b]!r}' for b in named)})" if named else "")
+
+
+def _check(config: dict, specs: dict[str, str], origin: dict[str, str]) -> None:
+    """Refuse a resolved value outside its declared range or choices, or a number that is NaN or
+    infinite, naming where it was set."""
+    for k, v in config.items():
+        unmet = _unmet(specs[k], v, config) if k in specs else None
+        if unmet is None and isinstance(v, float) and not math.isfinite(v):
+            unmet = "a finite number"
+        if unmet:
+            where = origin.get(k, "")
+            shown = f"--{k} {where[2:]}" if where.startswith("--") else f"{where or 'the default'}: {k} = {v!r}"
+            raise PipelineError(f"{shown}: {k} must be {unmet}")
+
+
+def _own_specs(scope: dict) -> dict[str, str]:
+    file = scope.get("__file__")
+    if file and Path(file).is_file() and _HEADER_END in Path(file).read_text():
+        return specs_of(str(file))
+    return {k: v for k, v in scope.get("__annotations__", {}).items() if isinstance(v, str)}
+
+
 def _comments(script_path: Path) -> dict[str, str]:
     """The comment on each constant's line (what --help prints)."""
     out, line_of = {}, {}
     source = script_path.read_text().split(_HEADER_END)[0]
     for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            line_of[node.lineno] = node.targets[0].id
+        if _assigned(node):
+            line_of[node.lineno] = _assigned(node)
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT and tok.start[0] in line_of:
             out[line_of[tok.start[0]]] = tok.string.lstrip("# ")
@@ -167,19 +271,24 @@ def configure(scope: dict, argv: list[str] | None = None, reads: tuple[str, ...]
 def _configure(scope: dict, argv: list[str] | None, reads: tuple[str, ...]) -> Config:
     own = [k for k, v in scope.items() if _is_constant(k, v)]
     defaults = {k: scope[k] for k in own}
+    specs = _own_specs(scope)
     for script in reads:  # a step's own constant shadows an upstream one of the same name
         for k, v in constants_of(script).items():
             defaults.setdefault(k, v)
+        for k, spec in specs_of(script).items():
+            specs.setdefault(k, spec)
     args = list(sys.argv[1:] if argv is None else argv)
     if "--help" in args or "-h" in args:
-        _print_help(scope, reads, defaults)
+        _print_help(scope, reads, defaults, specs)
         sys.exit(0)
     files = [a for a in args if not a.startswith("--") and a.endswith(".py")]
     given: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # where each given value was set: an experiment file, or "--VALUE" as typed
     for f in files:
         for k, v in read_experiment(f).items():
             if k in defaults:
                 given[k] = _coerce(k, v, defaults[k], f)
+                origin[k] = f
     rest = [a for a in args if a not in files]
     while rest:
         arg = rest.pop(0)
@@ -194,14 +303,16 @@ def _configure(scope: dict, argv: list[str] | None, reads: tuple[str, ...]) -> C
                 raise PipelineError(f"--{key} needs a value")
             value = rest.pop(0)
         given[key] = _parse(key, value, defaults[key])
+        origin[key] = "--" + value
     config = Config({k: given.get(k, v) for k, v in defaults.items()})
+    _check(config, specs, origin)
     config.given, config.own = given, own
     for k in own:
         scope[k] = config[k]
     return config
 
 
-def _print_help(scope: dict, reads: tuple[str, ...], defaults: dict) -> None:
+def _print_help(scope: dict, reads: tuple[str, ...], defaults: dict, specs: dict[str, str]) -> None:
     script = Path(scope.get("__file__", "step.py"))
     rel = script.resolve().relative_to(ROOT) if script.resolve().is_relative_to(ROOT) else script
     how = script.name if rel.parent == Path(".") else "-m " + ".".join(rel.with_suffix("").parts)
@@ -219,7 +330,8 @@ def _print_help(scope: dict, reads: tuple[str, ...], defaults: dict) -> None:
             print(title)
         for k in names:
             shown.add(k)
-            print(f"  --{k:<20} {defaults[k]!r:<24} {comments.get(k, '')}")
+            text = ": ".join(t for t in (_described(specs[k]) if k in specs else "", comments.get(k, "")) if t)
+            print(f"  --{k:<20} {defaults[k]!r:<24} {text}")
 
 
 def check_stored(config: Config, stored: dict, names, path: str | Path) -> None:
@@ -243,13 +355,54 @@ def print_config(title: str, config: dict) -> None:
         print(f"  {k:<{width}} = {v!r}")
 
 
+_depth = 0  # main() calls in progress: a step the demo runs is nested in the demo's
+
+
 def main(fn: Callable[[], Any]) -> None:
-    """Run a script's body; a PipelineError becomes one line and exit status 2."""
+    """Run a script's body; a PipelineError becomes one line and exit status 2, Ctrl-C one line
+    and exit status 130."""
+    global _depth
+    before = len(_written())
+    _depth += 1
     try:
         fn()
     except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {own_message(e)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        if _depth > 1:  # the outermost script says it once, with everything it kept
+            raise
+        print("interrupted; " + _kept(_written()[before:]), file=sys.stderr)
+        sys.exit(130)
+    finally:
+        _depth -= 1
+
+
+def _written() -> list:
+    """The outputs this process completed (pipeline.cache records them; not imported: none)."""
+    cache = sys.modules.get("pipeline.cache")
+    return getattr(cache, "WRITTEN", [])
+
+
+def _kept(paths: list) -> str:
+    if not paths:
+        return "nothing was written"
+    paths = list(dict.fromkeys(str(p) for p in paths))
+    more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+    return (f"kept the {len(paths)} complete output(s) written before it: {', '.join(paths[:3])}{more}; "
+            f"nothing half-written")
+
+
+def own_message(e: BaseException) -> str:
+    r"""An error's own message. A DataLoader worker's error comes back re-raised with the worker's
+    whole traceback as its message ('Caught X in DataLoader worker process 0.\nOriginal Traceback
+    ...\nmodule.X: message'): keep the message, so the error reads as it does without workers."""
+    text = str(e)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        cls = type(e)
+        name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+        text = text.rsplit(f"\n{name}: ", 1)[-1].strip()
+    return text
 
 
 def run_script(script: str, *args: str) -> int:

@@ -1,0 +1,294 @@
+"""Bad options, worker errors, Ctrl-C and misleading messages (issue 8, defects 4, 5, 12 and 14):
+each ends in one line on stderr and the documented exit status, never a traceback."""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, make_probe_set, run_script, save_random_target
+from pipeline import cli
+from pipeline.cli import PipelineError
+
+SMALL = ["--resize", "64", "--crop", "64", "--num_workers", "0"]
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without tqdm's progress bars (each drawn after a carriage return)."""
+    return [line for line in stderr.split("\n") if line.strip() and not line.startswith("\r")]
+
+
+def refused(proc, *words, code=2) -> str:
+    """The one line a refused run prints; it must name each of words."""
+    out = proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == code, out
+    assert "Traceback" not in proc.stdout + proc.stderr, out
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1, lines
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def interrupted_run(script, *args):
+    """run_script, where a KeyboardInterrupt escaping the step fails the test instead of pytest."""
+    try:
+        return run_script(script, *args)
+    except KeyboardInterrupt:
+        pytest.fail(f"KeyboardInterrupt escaped {script}")
+
+
+@pytest.fixture()
+def small_set(tmp_path):
+    return make_probe_set(tmp_path / "probe", n=8, size=32)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return save_random_target(tmp_path_factory.mktemp("ckpt") / "d.pth", "densenet121")
+
+
+# ---- 5: every constant's range or choices, checked before any work
+
+BAD = [
+    ("example_selection.py", "--topk", "0", ">= 1"),
+    ("example_selection.py", "--topk", "-1", ">= 1"),
+    ("example_selection.py", "--selection", "foo", "adaptive | topk"),
+    ("example_selection.py", "--batch_size", "0", ">= 1"),
+    ("example_selection.py", "--num_workers", "-1", ">= 0"),
+    ("example_selection.py", "--resize", "0", ">= 1"),
+    ("example_selection.py", "--crop", "0", "[1, resize]"),
+    ("example_selection.py", "--crop", "300", "[1, resize]"),  # CenterCrop beyond the resized image pads it
+    ("example_selection.py", "--adaptive_percent", "0", "(0, 100)"),
+    ("example_selection.py", "--adaptive_percent", "100", "(0, 100)"),  # threshold = max: no examples
+    ("example_selection.py", "--adaptive_percent", "150", "(0, 100)"),
+    ("example_selection.py", "--adaptive_percent", "-5", "(0, 100)"),
+    ("example_selection.py", "--adaptive_percent", "nan", "(0, 100)"),
+    ("example_selection.py", "--adaptive_percent", "inf", "(0, 100)"),
+    ("example_selection.py", "--device", "bogus", "auto | cpu | cuda"),
+    ("example_selection.py", "--model", "vgg16", "densenet121 | resnet50"),
+    ("concept_matching.py", "--alpha", "-50", "[0, 100)"),
+    ("concept_matching.py", "--alpha", "150", "[0, 100)"),
+    ("concept_matching.py", "--alpha", "nan", "[0, 100)"),
+    ("concept_matching.py", "--template_ver", "foo", "base | no"),
+    ("concept_matching.py", "--model_clip", "clip", "open_clip:NAME | phantom"),
+    ("concept_matching.py", "--topk", "0", ">= 1"),  # an upstream constant is checked downstream too
+    ("target_model_perform.py", "--num_workers", "-1", ">= 0"),
+    ("bbox_img.py", "--box_source", "foo", "nih | chestx_det"),
+    ("bbox_img.py", "--max_images", "-1", ">= 0"),
+    ("visualization.py", "--num_top_neuron", "0", ">= 1"),
+    ("visualization.py", "--neuron_percentile", "101", "[0, 100]"),
+    ("prepare_mimic_nouns.py", "--report_split", "foo", "train | val | test | all"),
+]
+
+
+@pytest.mark.parametrize("script,option,value,allowed", BAD, ids=[f"{s[:-3]}{o}={v}" for s, o, v, _ in BAD])
+def test_out_of_range_option_is_refused_naming_it(tmp_path, script, option, value, allowed):
+    # Where a bad value went unnoticed, the run would stop at the missing inputs instead.
+    elsewhere = [a for k in ("data_root", "reports") if k in cli.accepted_names(script)
+                 for a in (f"--{k}", str(tmp_path / "nowhere"))]
+    save = ["--save_root", str(tmp_path)] if "save_root" in cli.accepted_names(script) else ["--out_dir", str(tmp_path)]
+    proc = run_script(script, option, value, *elsewhere, *save)
+    refused(proc, f"{option} {value}", allowed)
+    assert not any(tmp_path.iterdir())
+
+
+def test_experiment_file_value_is_checked_and_named(tmp_path):
+    exp = tmp_path / "exp.py"
+    exp.write_text("adaptive_percent = 100.0\n")
+    refused(run_script("example_selection.py", str(exp), "--save_root", str(tmp_path)), str(exp),
+            "adaptive_percent = 100.0", "(0, 100)")
+
+
+SCRIPTS = cli.STEPS[:-1] + ("demo.py", "benchmark.py", "phantom/train.py")
+
+
+def reads_of(script):
+    return {"concept_matching.py": ("example_selection.py",), "target_model_perform.py": ("example_selection.py",),
+            "bbox_img.py": ("example_selection.py",),
+            "visualization.py": ("bbox_img.py", "concept_matching.py", "example_selection.py"),
+            "demo.py": ("example_selection.py", "concept_matching.py", "bbox_img.py")}.get(script, ())
+
+
+def configure_only(script, *args):
+    """The configure step of a script, without running it (demo, benchmark and training would)."""
+    scope = {**cli.constants_of(script), "__file__": str(REPO / script)}
+    return cli.configure(scope, list(args), reads_of(script))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_default_is_in_its_declared_range(script):
+    config = configure_only(script)
+    specs = cli.specs_of(script)
+    assert specs, f"{script} declares no range or choices"
+    for name in ("batch_size", "num_workers", "device", "resize", "crop", "topk", "alpha", "n_val", "threads"):
+        if name in cli.constant_names(script):
+            assert name in specs, f"{script}: {name} has no declared range"
+    assert config
+
+
+@pytest.mark.parametrize("script,option,value", [("demo.py", "--n_probe", "0"), ("demo.py", "--lift_min", "nan"),
+                                                 ("benchmark.py", "--n_images", "0"),
+                                                 ("phantom/train.py", "--threads", "0"),
+                                                 ("phantom/train.py", "--target_lr", "-1"),
+                                                 ("phantom/train.py", "--world_seed", "-1")])
+def test_long_running_scripts_check_their_options(capsys, script, option, value):
+    with pytest.raises(SystemExit) as e:
+        configure_only(script, option, value)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(error_lines(err)) == 1 and f"{option} {value}" in err
+
+
+def test_help_shows_each_range(tmp_path):
+    proc = run_script("example_selection.py", "--help")
+    assert proc.returncode == 0
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  --")}
+    assert ">= 1: k when selection = topk" in lines["--topk"] and "adaptive | topk: " in lines["--selection"]
+    assert "in (0, 100): p of the adaptive threshold" in lines["--adaptive_percent"]
+    proc = run_script("concept_matching.py", "-h")
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  --")}
+    assert "in [0, 100): keep concepts" in lines["--alpha"] and ">= 1" in lines["--topk"]
+
+
+def test_device_that_is_not_there(tmp_path):
+    refused(run_script("example_selection.py", "--device", "cuda:99", "--save_root", str(tmp_path)), "--device cuda:99")
+    if not torch.cuda.is_available():
+        refused(run_script("example_selection.py", "--device", "cuda", "--save_root", str(tmp_path)), "--device cuda")
+
+
+# ---- 4: a loader worker's error is the same one line as without workers
+
+def test_unreadable_image_in_a_worker_is_one_line(small_set, ckpt, tmp_path):
+    bad = small_set / "00000003_000.png"
+    bad.write_bytes(b"these bytes are no PNG")
+    lines = []
+    for workers in ("0", "2"):
+        proc = run_script("example_selection.py", "--data_root", str(small_set), "--checkpoint", str(ckpt), *SMALL,
+                          "--num_workers", workers, "--batch_size", "2", "--save_root", str(tmp_path / "res"))
+        lines.append(refused(proc, str(bad), "cannot read the image"))
+    assert lines[0] == lines[1] == f"error: {bad}: cannot read the image (UnidentifiedImageError); replace or remove it"
+    assert not (tmp_path / "res").exists() or not list((tmp_path / "res").rglob("*.pt"))
+
+
+# ---- 12: Ctrl-C ends with one line and exit status 130
+
+def no_temp_files(root):
+    return not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_ctrl_c_in_the_forward_pass(small_set, ckpt, tmp_path, monkeypatch):
+    import dataset.nih
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(dataset.nih, "probe_crop", interrupt)
+    out = tmp_path / "res"
+    proc = interrupted_run("example_selection.py", "--data_root", str(small_set), "--checkpoint", str(ckpt), *SMALL,
+                           "--save_root", str(out))
+    assert refused(proc, code=130) == "interrupted; nothing was written"
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_ctrl_c_after_an_output_names_what_was_kept(small_set, ckpt, tmp_path, monkeypatch):
+    import method
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(method, "select_examples", interrupt)
+    out = tmp_path / "res"
+    proc = interrupted_run("example_selection.py", "--data_root", str(small_set), "--checkpoint", str(ckpt), *SMALL,
+                           "--save_root", str(out))
+    acts = out / "nih14_train" / "densenet121" / "fc" / "activations.pt"
+    line = refused(proc, str(acts), code=130)
+    assert line.startswith("interrupted;") and acts.is_file() and no_temp_files(out)
+    assert not list(out.rglob("examples.json"))
+
+
+def test_ctrl_c_in_a_step_the_demo_runs_is_said_once(capsys):
+    """demo.py runs each step through run_script: the step's main lets the interrupt through, the demo's says it."""
+    def step():
+        raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main(lambda: cli.main(step))
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main")
+    assert e.value.code == 130 and capsys.readouterr().err == "interrupted; nothing was written\n"
+
+
+def test_sigint_with_loader_workers(tmp_path, ckpt):
+    """A real Ctrl-C (SIGINT to the process group, workers included) during the forward pass."""
+    images = make_probe_set(tmp_path / "probe", n=64, size=384)
+    out = tmp_path / "res"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = ["--data_root", str(images), "--checkpoint", str(ckpt), "--resize", "256", "--crop", "224",
+            "--batch_size", "4", "--num_workers", "2", "--device", "cpu", "--save_root", str(out)]
+    proc = subprocess.Popen([sys.executable, "example_selection.py", *args], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # bytes: tqdm's \r kept as is
+    seen = b""
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and b"batch/s]" not in seen:  # the bar is up
+            seen += proc.stderr.read(1)
+        time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout.decode(), (seen + stderr).decode())
+    assert refused(result, code=130) == "interrupted; nothing was written"
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+# ---- 14: messages that say what is wrong
+
+def test_split_files_are_named(small_set, ckpt, tmp_path):
+    (small_set.parent / "test_official.txt").unlink()
+    proc = run_script("target_model_perform.py", "--data_root", str(small_set), "--checkpoint", str(ckpt), *SMALL,
+                      "--save_root", str(tmp_path / "res"))
+    assert proc.returncode == 2
+    assert f"val: split file {small_set.parent / 'val_official.txt'}" in proc.stdout
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("test: split file"))
+    assert "dataset/nih14/test_official.txt" in line and str(small_set.parent / "test_official.txt") in line
+    assert "--test_split_file" in line
+
+
+def test_head_of_another_size_is_named(small_set, tmp_path):
+    from models.target import build_target
+    ckpt = tmp_path / "d15.pth"
+    torch.save({"model": build_target("densenet121", 15).state_dict()}, ckpt)
+    proc = run_script("example_selection.py", "--data_root", str(small_set), "--checkpoint", str(ckpt), *SMALL,
+                      "--save_root", str(tmp_path / "res"))
+    line = refused(proc, str(ckpt), "15-way", "14 classes", "--layer penultimate")
+    assert "pretraining" not in line
+
+
+def test_blocked_pickle_is_not_invited_to_run(tmp_path, small_set):
+    from models.vlm import load_vlm
+    from test_pipeline import TINY_CLIP
+    config = tmp_path / "tiny-clip.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1)}, evil)
+    with pytest.raises(PipelineError) as e:
+        load_vlm(f"open_clip:{config}", str(evil))
+    msg = str(e.value)
+    assert "weights_only" not in msg and "can still be loaded" not in msg and "\x1b" not in msg
+    assert str(evil) in msg and "pickle" in msg and "state dict" in msg and "\n" not in msg
+    proc = run_script("example_selection.py", "--data_root", str(small_set), "--checkpoint", str(evil), *SMALL,
+                      "--save_root", str(tmp_path / "res"))
+    line = refused(proc, str(evil), "pickle", "state dict")
+    assert "re-download" not in line and "weights_only" not in line
+
+
+def test_layer_hint_names_nested_modules(small_set, ckpt, tmp_path):
+    proc = run_script("example_selection.py", "--data_root", str(small_set), "--checkpoint", str(ckpt), *SMALL,
+                      "--layer", "denseblock3", "--save_root", str(tmp_path / "res"))
+    refused(proc, "--layer 'denseblock3'", "features.denseblock3", "fc", "penultimate")
