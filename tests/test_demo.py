@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not (REPO / "pretrained" / "phantom_densenet121.
 
 def test_demo_on_a_reduced_world(tmp_path):
     out, world = tmp_path / "res", tmp_path / "world"
-    proc = run_script("demo.py", "--world_dir", str(world), "--n_probe", "400", "--n_val", "100", "--n_test", "150",
+    proc = run_script("demo.py", "--data_root", str(world / "images"), "--n_probe", "400", "--n_val", "100", "--n_test", "150",
                       "--vis_images", "4", "--num_workers", "0", "--save_root", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
