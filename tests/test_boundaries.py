@@ -51,6 +51,19 @@ def test_p_100_selects_nothing_and_p_0_all_but_the_minimum():
     assert n["threshold"] == -1.0 and n["examples"] == [1, 3, 4, 0]
 
 
+def test_defaults_are_the_releases():
+    # p = 93: the threshold of a 0..100 column is 93, so 93.5 is an example and 92.5 is not
+    acts = torch.tensor([[0.0], [100.0], [93.5], [92.5]])
+    (n,) = select_examples(acts)
+    assert n["examples"] == [1, 2]
+    (n,) = select_examples(torch.arange(30.0)[:, None], "topk")
+    assert n["examples"] == list(range(29, 9, -1))  # k = 20
+    # alpha = 95: 1.91 clears 0.95 * 2 = 1.9 (it would not clear 0.96 * 2)
+    assert select_concepts(torch.tensor([2.0, 1.91], dtype=torch.float64)) == [0, 1]
+    with pytest.raises(ValueError, match="adaptive or topk"):
+        select_examples(acts, "top-k")
+
+
 def test_dead_neuron_has_no_examples_in_either_mode():
     for sel in ("adaptive", "topk"):
         n = examples_of([0.7] * 6, selection=sel, topk=2)
@@ -65,6 +78,8 @@ def test_alpha_boundaries():
     assert select_concepts(S, 90.0) == [1, 3, 2]
     assert select_concepts(S, 0.0) == [1, 3, 2, 0]  # positive scores only
     assert select_concepts(torch.tensor([0.0, -3.0]), 50.0) == []
+    # many level scores (torch's unstable sort reorders ties from about 100 elements on)
+    assert select_concepts(torch.ones(300, dtype=torch.float64)) == list(range(300))
 
 
 def test_neuron_scores_are_sums_over_examples():

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import models.target
+from dataset.nih import ProbeSet
 from conftest import run_script
 from stubs import recording_vlm, write_vlm_weights  # noqa: F401 (recording_vlm is a fixture)
 
@@ -63,6 +64,11 @@ def test_exact_pixels_reach_the_target(tmp_path, densenet_ckpt, monkeypatch):
     # the whole crop holds only the two levels and the blends at the rectangle's four edges
     levels = torch.isclose(x[0, 0], torch.tensor(BACKGROUND), atol=1e-5) | torch.isclose(x[0, 0], torch.tensor(RECTANGLE), atol=1e-5)
     assert int((~levels).sum()) == 2 * (101 - 24 + 1) + 2 * (159 - 63 + 1) + 4  # rows 23/102, columns 62/160, corners
+    # the defaults are the release's 256/224; a 200 crop of the same resize starts at top 28, left
+    # round(47.5) = 48, i.e. 12 rows and 12 columns further in than the 224 crop
+    png = images / "00000001_000.png"
+    assert torch.equal(ProbeSet([png])[0], x[0])
+    assert torch.equal(ProbeSet([png], 256, 200)[0], x[0, :, 12:212, 12:212])
 
 
 # ------------------------------------------------------------------ MedCLIP preprocessing
@@ -83,11 +89,23 @@ def test_medclip_pixels_by_hand():
     vlm = MedCLIP.__new__(MedCLIP)  # preprocess needs no weights
     # 112 wide, 224 high, white: pasted at column (224 - 112) // 2 = 56 of a black 224 square, no resize
     x = vlm.preprocess(Image.new("RGB", (112, 224), (255, 255, 255)))
-    assert x.shape == (1, 224, 224)
+    assert x.shape == (1, 224, 224) and x.dtype == torch.float32
     black, white = -2.0975911, 1.4802150  # (0 - 0.5862786) / 0.2795009, (1 - 0.5862786) / 0.2795009
     assert x[0, :, :56].numpy() == pytest.approx(black, abs=1e-5)
     assert x[0, :, 56:168].numpy() == pytest.approx(white, abs=1e-5)
     assert x[0, :, 168:].numpy() == pytest.approx(black, abs=1e-5)
+    # smaller than 224 both ways (100 x 50): pasted at ((224 - 100) // 2, (224 - 50) // 2) = (62, 87), not enlarged
+    x = vlm.preprocess(Image.new("L", (100, 50), 255))[0].numpy()
+    inside = np.zeros((224, 224), bool)
+    inside[87:137, 62:162] = True
+    assert x[inside] == pytest.approx(white, abs=1e-5) and x[~inside] == pytest.approx(black, abs=1e-5)
+    # larger than 224 one way (448 x 224 and 224 x 448): a 448 square, halved; the content's edges
+    # at 56 and 168 blur over the bicubic filter's reach (4 pixels at this scale), the rest is exact
+    for size, axis in (((448, 224), 0), ((224, 448), 1)):
+        x = vlm.preprocess(Image.new("L", size, 255))[0].numpy()
+        x = x if axis == 0 else x.T  # rows across the band of content
+        assert x[:52] == pytest.approx(black, abs=1e-5) and x[172:] == pytest.approx(black, abs=1e-5)
+        assert x[60:164] == pytest.approx(white, abs=1e-5)
     # a 448 square is resized by PIL's bicubic filter, not bilinear (they differ on a checkerboard)
     board = Image.fromarray(((np.indices((448, 448)).sum(0) // 3) % 2 * 255).astype(np.uint8))
     x = vlm.preprocess(board)[0].numpy()
