@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import models.target
-from dataset.nih import ProbeSet
+from dataset.nih import ProbeSet, probe_crop, to_model_input
 from conftest import run_script
 from stubs import recording_vlm, write_vlm_weights  # noqa: F401 (recording_vlm is a fixture)
 
@@ -61,13 +61,15 @@ def test_exact_pixels_reach_the_target(tmp_path, densenet_ckpt, monkeypatch):
     assert torch.equal(x[0, 0], x[0, 1]) and torch.equal(x[0, 0], x[0, 2])  # grey copied to RGB
     got = {rc: float(x[0, 0][rc]) for rc in EXPECTED}
     assert got == pytest.approx(EXPECTED, abs=1e-5)
-    # the whole crop holds only the two levels and the blends at the rectangle's four edges
-    levels = torch.isclose(x[0, 0], torch.tensor(BACKGROUND), atol=1e-5) | torch.isclose(x[0, 0], torch.tensor(RECTANGLE), atol=1e-5)
-    assert int((~levels).sum()) == 2 * (101 - 24 + 1) + 2 * (159 - 63 + 1) + 4  # rows 23/102, columns 62/160, corners
+    # the whole crop holds only the two levels and the blends at the rectangle's edges: rows 23 and
+    # 102 across columns 62-160, columns 62 and 160 across rows 24-101
+    levels = (torch.isclose(x[0, 0], torch.tensor(BACKGROUND), atol=1e-5)
+              | torch.isclose(x[0, 0], torch.tensor(RECTANGLE), atol=1e-5))
+    assert int((~levels).sum()) == 2 * (160 - 62 + 1) + 2 * (101 - 24 + 1)
     # the defaults are the release's 256/224; a 200 crop of the same resize starts at top 28, left
     # round(47.5) = 48, i.e. 12 rows and 12 columns further in than the 224 crop
     png = images / "00000001_000.png"
-    assert torch.equal(ProbeSet([png])[0], x[0])
+    assert torch.equal(ProbeSet([png])[0], x[0]) and torch.equal(to_model_input(probe_crop(png)), x[0])
     assert torch.equal(ProbeSet([png], 256, 200)[0], x[0, :, 12:212, 12:212])
 
 
