@@ -1,5 +1,25 @@
-"""The demo end to end on a reduced phantom world with the committed weights: the quality bar
-(fc hit rate >= 12 of 14) and every output file."""
+"""The demo end to end on a reduced phantom world with the committed weights: quality bars that a
+broken pipeline falls under, and every output file.
+
+Measured on this reduced world (400 probing, 100 val, 150 test phantoms) over world seeds 1-4
+(the test runs seed 1, the demo's default):
+
+    world seed                      1       2       3       4
+    MAMMI hits / 14                 12      13      13      13
+    MAMMI precision, F1             .714 .762  .798 .833  .857 .881  .804 .838
+    no template precision, F1       .595 .655  .667 .702  .714 .762  .667 .702
+    top-k (k = 20) hits / 14        13      13      13      13
+    penultimate agreement           .757    .812    .820    .788   (of 967, 957, 960, 961 selective)
+    target AUROC mean               .965    .962    .980    .978
+    worst class AUROC               .848    .780    .936    .870   (pleural thickening or infiltration)
+
+MAMMI's F1 leads the no-template row by .107-.136. Broken variants, world seed 1:
+- prompts embedded without the template: MAMMI F1 .667, .012 above the no-template row (hits
+  still 12: the old bar alone passed it);
+- examples sorted ascending: top-k keeps the 20 least active images, top-k hits fall to 0 of 14;
+- target mean 0.5 instead of 0.5056: every number within .002 of the above (the demo cannot see it;
+  tests/test_pins.py pins the pixels instead).
+"""
 import json
 
 import pytest
@@ -10,19 +30,30 @@ pytestmark = pytest.mark.skipif(not (REPO / "pretrained" / "phantom_densenet121.
                                 reason="the demo weights are not in pretrained/")
 
 
+def check_quality(summary: dict, table: str) -> None:
+    """The bars, each with the range measured over seeds 1-4 (module docstring)."""
+    fc = summary["fc"]
+    mammi, no_template = fc["MAMMI (adaptive examples, template, adaptive score)"], fc["no template"]
+    assert round(mammi["hit_rate"]["mean"] * 14) >= 12, table                          # measured 12-13
+    assert mammi["f1"]["mean"] >= 0.70, table                                           # .762-.881
+    assert mammi["f1"]["mean"] - no_template["f1"]["mean"] >= 0.05, table              # .107-.136
+    assert round(fc["top-k examples (k = 20)"]["hit_rate"]["mean"] * 14) >= 11, table  # 13
+    pen = summary["penultimate"]
+    assert pen["selective"] > 900 and pen["share"] >= 0.70, table                      # .757-.820
+    auroc = summary["auroc"]
+    assert len(auroc) == 14 and min(auroc.values()) >= 0.70, auroc                     # worst .780
+    assert sum(auroc.values()) / 14 >= 0.93, auroc                                      # .962-.980
+
+
 def test_demo_on_a_reduced_world(tmp_path):
     out, world = tmp_path / "res", tmp_path / "world"
     proc = run_script("demo.py", "--data_root", str(world / "images"), "--n_probe", "400", "--n_val", "100", "--n_test", "150",
                       "--vis_images", "4", "--num_workers", "0", "--save_root", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    default = next(iter(summary["fc"].values()))
-    hits = round(default["hit_rate"]["mean"] * 14)
-    assert hits >= 12, proc.stdout[-4000:]
     assert set(summary["fc"]) == {"MAMMI (adaptive examples, template, adaptive score)", "not adaptive",
                                   "no template", "top-k examples (k = 20)"}
-    assert summary["penultimate"]["selective"] > 0
-    assert sum(v for v in summary["auroc"].values()) / 14 > 0.85
+    check_quality(summary, proc.stdout[proc.stdout.rfind("== Results"):])
     probe = out / "phantom_train" / "densenet121"
     for layer in ("fc", "penultimate"):
         assert (probe / layer / "activations.pt").is_file()

