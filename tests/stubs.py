@@ -51,13 +51,13 @@ class RecordingVLM(VLM):
 
 @pytest.fixture
 def recording_vlm(monkeypatch):
-    """Stage 3 with --model_clip recording loads a RecordingVLM from --clip_weights; the fixture's
+    """Stage 3 with --model_clip open_clip:recording loads a RecordingVLM from --clip_weights; the fixture's
     list holds every instance loaded, in order."""
     loaded: list[RecordingVLM] = []
     real = models.vlm.load_vlm
 
     def load_vlm(model_clip, weights="", device="cpu"):
-        if model_clip != "recording":
+        if model_clip != "open_clip:recording":  # a name the declared choices accept
             return real(model_clip, weights, device)
         loaded.append(RecordingVLM(weights))
         return loaded[-1]

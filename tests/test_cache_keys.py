@@ -172,14 +172,15 @@ def test_stage3_keys(world, tmp_path, monkeypatch, recording_vlm):
     weights = write_vlm_weights(tmp_path / "vlm.json", TEXTS, [1, 1, 2])
 
     def stage3(*extra):
-        return ok(run_script("concept_matching.py", "--model_clip", "recording", "--clip_weights", str(weights),
+        return ok(run_script("concept_matching.py", "--model_clip", "open_clip:recording", "--clip_weights", str(weights),
                              "--concept_set", str(concepts), "--metric_encoders", "", "--num_workers", "0",
                              "--save_root", str(out), *extra))
 
     stage3()
     match = next(out.rglob("words_base_adaptive_a95"))
-    outs = Outputs(images=out / "nih14_train" / "vlm_recording-vlm" / "image_features.pt",
-                   text=out / "vlm_recording-vlm" / "text_words_base.pt", metrics=match / "metrics.json")
+    tag = "vlm_openclip-recording-vlm"
+    outs = Outputs(images=out / "nih14_train" / tag / "image_features.pt",
+                   text=out / tag / "text_words_base.pt", metrics=match / "metrics.json")
     n_images = len(torch.load(outs.paths["images"], weights_only=True)["image_ids"])
     loads = len(recording_vlm)
 
@@ -191,10 +192,16 @@ def test_stage3_keys(world, tmp_path, monkeypatch, recording_vlm):
     assert recording_vlm[-1].text_calls[-1][2] == "A chest x-ray image of a effusion"
     assert torch.load(match / "similarity.pt", weights_only=True)["similarity"].shape[1] == 3
 
-    outs.check(stage3("--template", "A radiograph of a"), {"text", "metrics"}, "template changed")
+    # Another template gets caches of its own (the template is in their paths and keys); the
+    # default template's outputs are neither read nor rewritten, and are reused when it comes back.
+    log = stage3("--template", "A radiograph of a")
     assert recording_vlm[-1].text_calls[-1] == ["A radiograph of a mass", "A radiograph of a nodule",
                                                 "A radiograph of a effusion", "A radiograph of a"]
-    outs.check(stage3(), {"text", "metrics"}, "template changed back")
+    own = list((out / tag).glob("text_words_base-t*.pt"))
+    assert len(own) == 1 and stored_key(own[0]) != outs.stamps["text"][0] and f"reusing {own[0]}" not in log
+    for name in ("text", "metrics"):
+        assert (stored_key(outs.paths[name]), outs.paths[name].stat().st_mtime_ns) == outs.stamps[name]
+    outs.check(stage3(), set(), "template changed back")
     assert torch.equal(torch.load(outs.paths["text"], weights_only=True)["template"], torch.tensor([1.0, 0, 0]))
 
     rewrite(weights, json.dumps({"texts": TEXTS, "image": [2, 1, 1]}).encode())

@@ -142,7 +142,7 @@ def examples(tmp_path_factory, probe_set, densenet_ckpt):
 
 
 def stage3(out, weights, concept_file, *extra):
-    return run_script("concept_matching.py", "--model_clip", "recording", "--clip_weights", str(weights),
+    return run_script("concept_matching.py", "--model_clip", "open_clip:recording", "--clip_weights", str(weights),
                       "--concept_set", str(concept_file), "--metric_encoders", "", "--num_workers", "0",
                       "--save_root", str(out), *extra)
 
