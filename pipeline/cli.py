@@ -84,6 +84,15 @@ def _coerce(name: str, value: Any, default: Any, where: str) -> Any:
     return value
 
 
+def _assigned(node: ast.stmt) -> str | None:
+    """The name a top-level `name = value` or `name: "spec" = value` assigns, else None."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        return node.targets[0].id
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+        return node.target.id
+    return None
+
+
 @lru_cache(maxsize=None)
 def _header(script: str) -> str:
     path = ROOT / script
@@ -98,9 +107,9 @@ def constant_names(script: str) -> tuple[str, ...]:
     """The names of a step's constants, read from its source (nothing is run)."""
     names = []
     for node in ast.parse(_header(script)).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            if node.targets[0].id.islower() and not node.targets[0].id.startswith("_"):
-                names.append(node.targets[0].id)
+        name = _assigned(node)
+        if name and name.islower() and not name.startswith("_"):
+            names.append(name)
     return tuple(names)
 
 
@@ -118,8 +127,8 @@ def _comments(script_path: Path) -> dict[str, str]:
     out, line_of = {}, {}
     source = script_path.read_text().split(_HEADER_END)[0]
     for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            line_of[node.lineno] = node.targets[0].id
+        if _assigned(node):
+            line_of[node.lineno] = _assigned(node)
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT and tok.start[0] in line_of:
             out[line_of[tok.start[0]]] = tok.string.lstrip("# ")
