@@ -73,8 +73,8 @@ def run():
     names, paths = resolve_images(config["data_root"], list(boxes), skip_missing=True)
     print(f"{box_path}: {len(boxes)} images, {len(names)} found under {config['data_root']}, "
           f"{len(boxes) - len(names)} missing")
-    if config["max_images"]:
-        names, paths = names[:config["max_images"]], paths[:config["max_images"]]
+    if config["max_drawn"]:
+        names, paths = names[:config["max_drawn"]], paths[:config["max_drawn"]]
 
     dev = pick_device(device)
     net = load_target(model, ckpt, need_head=True)[0].to(dev)
