@@ -31,21 +31,21 @@ dataset = "nih14"               # name of the probing set (a tag for the output 
 split = "train"                 # split file to probe: train | val | test (the release probes train)
 data_root = "data/nih14/images" # image folder: flat, or Kaggle layout images_*/images/
 split_file = ""                 # explicit split file; default: {data_root}/../{split}_official.txt, else NIH's
-labels = ""                     # "" = NIH split files (split, split_file); none = every image under data_root, unlabeled; or a CSV: a path column and label columns
-uncertain: "zero | one | ignore" = "zero"  # CSV labels -1 and blank: zero: both 0; one: -1 is 1, blank 0; ignore: both without ground truth
-classes = ""                    # class names, one per line in output order; default: the model's (xrv), else the CSV's label columns or NIH's 14
+labels = ""                     # "" = NIH split files (split, split_file); none = all images under data_root; or a labelled CSV
+uncertain: "zero | one | ignore" = "zero"  # CSV -1 and blank: zero: both 0; one: -1 is 1, blank 0; ignore: no truth
+classes = ""                    # class names file, one per line in output order; default: the model's, the CSV's, NIH's
 max_images: ">= 0" = 0          # probe a random subset of this many images (0 = all of them)
 seed = 0                        # random seed of that subset
 skip_missing = False            # drop images of the split missing on disk (default: fail)
-model = "densenet121"           # densenet121 | resnet50 | torchvision:NAME | timm:NAME | xrv:NAME | path/file.py:function | path/model.pt (TorchScript)
-checkpoint = ""                 # target weights; default pretrained/{model}.pth (medical_mae), torchxrayvision's cache (xrv)
-num_classes: ">= 0" = 0         # outputs of a torchvision/timm head; 0 = as the checkpoint's head, else one per class name
-layer = "fc"                    # fc | penultimate | any module name | several, comma-separated (one pass) | list: print them all
-token_pool: "mean | cls" = "mean"  # transformer tokens [B, T, D]: mean over the patch tokens, or the class token
+model = "densenet121"           # densenet121 | resnet50 | torchvision:NAME | timm:NAME | xrv:NAME | file.py:function | model.pt
+checkpoint = ""                 # target weights; default pretrained/{model}.pth, or torchxrayvision's cache (xrv)
+num_classes: ">= 0" = 0         # outputs of the head; 0 = the checkpoint's (torchvision, timm), 14 (densenet121, resnet50)
+layer = "fc"                    # fc | penultimate | a module name | several, comma-separated (one pass) | list
+token_pool: "mean | cls" = "mean"  # tokens [B, T, D]: mean over the patch tokens, or the class token
 selection = "adaptive"          # adaptive (threshold per neuron) | topk
 adaptive_percent = 93.0         # p of the adaptive threshold; the release suggests 85-95
 topk = 20                       # k when selection = topk
-resize: ">= 0" = 0              # preprocessing: Resize(resize), CenterCrop(crop); 0 = the model family's (README, "Your own model and data")
+resize: ">= 0" = 0              # preprocessing: Resize(resize), CenterCrop(crop); 0 = the model family's
 crop: ">= 0" = 0                # 0 = the family's
 channels = 0                    # input channels 1 | 3; 0 = the family's (1 for xrv)
 mean = ""                       # normalisation mean, one value or one per channel; default: the family's
@@ -154,7 +154,7 @@ def check_outputs(logit, class_list, source):
     if class_list and logit.shape[1] != len(class_list):
         raise PipelineError(f"--model {model} has {logit.shape[1]} outputs but there are {len(class_list)} class "
                             f"names {source}; pass --classes FILE with {logit.shape[1]} names in output order"
-                            + (" or --num_classes" if parse_model(model).family in ("torchvision", "timm") else ""))
+                            + (" or --num_classes" if parse_model(model).family != "xrv" else ""))
 
 
 def select(c, act_path, act_key, acts, logits, names, paths, truth, class_list, stored_config):

@@ -10,7 +10,8 @@ Step 2's constant `labels` picks the kind:
   of these (Sex, Age, AP/PA) is metadata, not a label.
 
 Class names are the names of the model's outputs (fc neuron k is class k): a `--classes` file, else
-the model's own (torchxrayvision's), else the CSV's label columns or NIH's 14. Labels join the
+the model's own (torchxrayvision's, the medical_mae models' NIH 14), else the CSV's label columns or
+NIH's 14. Labels join the
 classes by name, ignoring case, spaces, '_' and '-'; a class without a label column has no ground
 truth (MISSING). `max_images` keeps a random subset of that size (`seed`), in listed order.
 """

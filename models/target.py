@@ -92,9 +92,8 @@ def _check_name(family: str, name: str) -> None:
         known = list(xrv.models.model_urls)
     if name not in known:
         near = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
-        raise PipelineError(f"--model {family}:{name}: {family} has no model {name!r}"
-                            + (f" (closest: {', '.join(near)})" if near else f" ({len(known)} known, e.g. {', '.join(known[:4])})")
-                            + "; the forms are " + FORMS)
+        hint = f"closest: {', '.join(near)}" if near else f"{len(known)} known, e.g. {', '.join(known[:4])}"
+        raise PipelineError(f"--model {family}:{name}: {family} has no model {name!r} ({hint}); the forms are {FORMS}")
 
 
 def model_tag(model: str) -> str:
@@ -108,8 +107,12 @@ def model_tag(model: str) -> str:
 
 
 def model_classes(model: str) -> list[str] | None:
-    """The output names a model carries itself (torchxrayvision's 18 pathologies, some ''), else None."""
+    """The output names a model carries itself: the medical_mae models' 14 NIH findings,
+    torchxrayvision's 18 pathologies (some ''); None for the other families."""
     spec = parse_model(model)
+    if spec.family == "medical_mae":
+        from dataset.nih import class_names
+        return class_names()
     if spec.family != "xrv":
         return None
     import torchxrayvision as xrv
@@ -150,6 +153,9 @@ def preprocessing(c: dict) -> dict:
     where c leaves it 0 or empty. mean and std come back as text ("0.485,0.456,0.406"), as stored."""
     d = default_preprocessing(c["model"])
     out = {k: c.get(k) or d[k] for k in ("resize", "crop", "channels")}
+    if out["crop"] > out["resize"]:
+        raise PipelineError(f"--crop {out['crop']} exceeds --resize {out['resize']}: CenterCrop would pad the image "
+                            f"with black; pass a crop no larger than the resize")
     if out["channels"] not in (1, 3):
         raise PipelineError(f"--channels is 1 or 3 (0 = the model family's), not {out['channels']}")
     for k in ("mean", "std"):
@@ -197,8 +203,8 @@ def checkpoint_of(model: str, checkpoint: str) -> Path | None:
     if spec.family in ("file", "torchscript"):
         source = Path(spec.name)
         if not source.is_file():
-            raise PipelineError(f"--model {model}: {source} not found; pass the path of your "
-                                + ("Python file and the function in it" if spec.family == "file" else "TorchScript file"))
+            what = "Python file and the function in it" if spec.family == "file" else "TorchScript file"
+            raise PipelineError(f"--model {model}: {source} not found; pass the path of your {what}")
         if spec.family == "torchscript" and checkpoint:
             raise PipelineError(f"--model {model} is a TorchScript file, which holds its weights; drop --checkpoint")
     elif spec.family == "xrv" and not checkpoint:
@@ -298,11 +304,13 @@ def _from_file(spec: Spec, model: str) -> nn.Module:
         raise
     except Exception as e:
         first = str(e).splitlines()[0][:200] if str(e) else ""
-        raise PipelineError(f"--model {model}: running {path} failed ({type(e).__name__}: {first}); fix the file") from None
+        raise PipelineError(f"--model {model}: running {path} failed ({type(e).__name__}: {first}); "
+                            f"fix the file") from None
     finally:
         sys.path.remove(str(path.resolve().parent))
     if not isinstance(net, nn.Module):
-        raise PipelineError(f"--model {model}: {spec.function}() returned a {type(net).__name__}, not a torch.nn.Module")
+        raise PipelineError(f"--model {model}: {spec.function}() returned a {type(net).__name__}, "
+                            f"not a torch.nn.Module")
     return net
 
 
@@ -342,7 +350,8 @@ def _read_checkpoint(path: Path):
         with torch.serialization.safe_globals(classes):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise PipelineError(f"{path}: cannot read as a PyTorch checkpoint ({type(e).__name__}); re-download it") from None
+        raise PipelineError(f"{path}: cannot read as a PyTorch checkpoint ({type(e).__name__}); "
+                            f"re-download it") from None
 
 
 def _state_dict_of(obj, path, own: dict) -> dict:
@@ -401,7 +410,8 @@ def load_checkpoint(model: nn.Module, sd: dict, path: str | Path, arch: str) -> 
 
 def _outputs(spec: Spec, sd: dict, path, channels: int, num_classes: int, n_classes: int) -> int:
     """How many outputs to build: --num_classes, which must agree with the checkpoint's head; else the
-    head's; else the number of class names; else the family's."""
+    head's; else the number of class names; else the family's. A medical_mae model keeps its 14-way
+    NIH head unless told otherwise: a checkpoint with another head is then named as not fitting it."""
     default = _DEFAULT_CLASSES.get(spec.family) or len(model_classes(f"xrv:{spec.name}"))
     with torch.device("meta"):  # the architecture's names and head, without allocating it
         shape = _build(spec, default, channels)
@@ -412,6 +422,8 @@ def _outputs(spec: Spec, sd: dict, path, channels: int, num_classes: int, n_clas
         raise PipelineError(f"--num_classes {num_classes} disagrees with the {found}-way head of {path} "
                             f"({head}.weight {list(weight.shape)}); drop --num_classes or pass the checkpoint of a "
                             f"{num_classes}-way model")
+    if spec.family == "medical_mae":
+        return num_classes or default
     return num_classes or found or n_classes or default
 
 

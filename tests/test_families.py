@@ -335,7 +335,7 @@ def snapshot(root):
     return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file() and p.name != ".lock"}
 
 
-def test_bad_inputs_are_one_line_and_leave_caches_alone(world, tmp_path):
+def test_bad_inputs_are_one_line_and_leave_caches_alone(world, tmp_path, monkeypatch):
     out = tmp_path / "res"
     tv = families(world)["torchvision"][0]
     ok(stage2(world, out, *tv, "--layer", "fc"))
@@ -356,6 +356,16 @@ def test_bad_inputs_are_one_line_and_leave_caches_alone(world, tmp_path):
     two.write_text("Effusion\nMass\n")
     refused(stage2(world, out, *tv[:4], "--classes", str(two), "--resize", "56", "--crop", "48"), "3 outputs",
             "2 class names", str(two))
+    refused(stage2(world, out, *tv, "--crop", "64"), "--crop 64 exceeds --resize 56")
+    refused(stage2(world, out, "--model", f"{world['root'] / 'mine.py'}:make"), "mine.py defines no function 'make'",
+            "build")
+    scripted = ["--model", str(world["root"] / "scripted.pt"), "--checkpoint", str(world["root"] / "vit.pth")]
+    refused(stage2(world, out, *scripted), "TorchScript", "drop --checkpoint")
+    # an xrv model whose weights are neither given nor in torchxrayvision's cache: what to download, and where
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    line = refused(stage2(world, out, "--model", "xrv:densenet121-res224-all"), "not in torchxrayvision's cache",
+                   "https://", str(tmp_path / "home" / ".torchxrayvision"))
+    assert "--checkpoint" in line
     # a DICOM without pixel data among the images (a structured report in the export)
     bad = tmp_path / "with_report"
     shutil.copytree(world["images"], bad)
