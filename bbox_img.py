@@ -24,7 +24,7 @@ from pipeline.outputs import bbox_dir
 # dataset, data_root (the ChestX-Det images for box_source chestx_det) and save_root are example_selection.py's.
 box_source: "nih | chestx_det" = "nih"  # nih (bbox.csv) | chestx_det (ChestX_Det_{train,test}.json)
 box_file = ""                   # annotation file; default dataset/nih14/bbox.csv or dataset/chestx_det/ChestX_Det_test.json
-max_images: ">= 0" = 0          # draw at most this many images (0 = all with boxes)
+max_drawn: ">= 0" = 0           # draw at most this many images (0 = all with boxes)
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))
 
@@ -41,8 +41,8 @@ def run():
     data_root = config["data_root"]
     names, paths = resolve_images(data_root, boxed, skip_missing=True)
     missing = len(boxed) - len(names)
-    if max_images:
-        names, paths = names[:max_images], paths[:max_images]
+    if max_drawn:
+        names, paths = names[:max_drawn], paths[:max_drawn]
 
     out = bbox_dir(config)
     drawn = Counter()

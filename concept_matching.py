@@ -17,16 +17,19 @@ import torch
 from tqdm import tqdm
 
 from dataset.concepts import read_concepts
-from dataset.nih import class_names, load_probe_set, probe_crop, resolve_images
+from dataset.nih import probe_crop, resolve_images
+from dataset.probe import load_probe, output_names
 from method import (TEMPLATE, fc_metrics, image_concept_scores, mean_se, neuron_concept_scores, prompts,
                     select_concepts)
 from models import pick_device
+from models.target import layer_names
 from models.vlm import DEFAULT_WEIGHTS, load_vlm, weights_identity
 from pipeline.cache import (cached, claim, code_version, holds_claims, load_json, locked, save_json, save_tensors,
                             writable)
 from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
 from pipeline.outputs import (examples_dir, image_features_key, image_features_path, matching_dir, matching_key,
-                              metrics_key, read_examples, text_features_key, text_features_path, vlm_identity)
+                              metrics_key, read_examples, stored_classes, text_features_key, text_features_path,
+                              vlm_identity)
 
 # -----------------------------------------------------------------------------
 examples = ""                   # step 2's examples.json; default: the one example_selection.py's constants name
@@ -145,7 +148,8 @@ def run():
         status = "dead" if n["dead"] else ("ok" if chosen else "none")
         named.append({"neuron": n["neuron"], "n_examples": len(n["examples"]), "status": status,
                       "concepts": [{"concept": concepts[c], "score": float(S_k[c])} for c in chosen]})
-    cfg = {**config, "concept_set_file": str(concept_path), "n_concepts": len(concepts), "examples": str(ex_json)}
+    cfg = {**config, "concept_set_file": str(concept_path), "n_concepts": len(concepts), "examples": str(ex_json),
+           "class_names": stored_classes(ex_cfg)}
     save_tensors(out_dir / "similarity.pt", {"key": result_key, "similarity": S, "concepts": concepts,
                                              "neurons": [n["neuron"] for n in neurons]})
     save_json(out_dir / "concepts.json", {"key": result_key, "examples_key": stored["key"], "config": cfg,
@@ -153,17 +157,23 @@ def run():
     counts = {st: sum(n["status"] == st for n in named) for st in ("ok", "none", "dead")}
     print(f"neurons named: {counts['ok']}; none above zero: {counts['none']}; dead: {counts['dead']}")
     written = [img_path, txt_path, out_dir / "similarity.pt", out_dir / "concepts.json"]
-    if config["layer"] == "fc":
+    classes = cfg["class_names"]
+    # fc neuron k is class k: scored where the classes are named, one name per neuron (xrv leaves some '').
+    scored = [(n, c) for n, c in zip(named, classes or []) if c] if len(classes or []) == len(named) else []
+    if config["layer"] == "fc" and not scored:
+        print(f"note: the {len(named)} fc neurons have no class names to score against "
+              f"(example_selection.py --classes FILE names them); no metrics.json")
+    elif config["layer"] == "fc":
         # The cosine metric loads up to four text encoders: reuse it while nothing behind it changed.
         m_key = metrics_key(result_key, metric_encoders, weights_identity("medclip", medclip_weights))
         metrics = cached(out_dir / "metrics.json", m_key, load_json)
         if metrics is None:
-            metrics = fc_metrics([[c["concept"] for c in n["concepts"]] for n in named], class_names())
-            metrics["cosine"] = cosine_metrics(named)
+            metrics = fc_metrics([[c["concept"] for c in n["concepts"]] for n, _ in scored], [c for _, c in scored])
+            metrics["cosine"] = cosine_metrics(scored)
             save_json(out_dir / "metrics.json", {"key": m_key, "config": cfg, **metrics})
         else:
             print(f"reusing {out_dir / 'metrics.json'}")
-        print_fc_table(named, metrics)
+        print_fc_table(named, output_names(classes, len(named)), metrics)
         written.append(out_dir / "metrics.json")
     print("outputs:")
     for p in written:
@@ -174,8 +184,7 @@ def check_probe_set(ex_json: Path, ex_cfg: dict) -> None:
     """The examples name images by file: if the probing set changed since step 2 (images replaced,
     re-encoded, another split file), they are no longer the images that activated each neuron."""
     try:
-        data_key = load_probe_set(ex_cfg["split"], ex_cfg["data_root"], ex_cfg.get("split_file", ""),
-                                  ex_cfg.get("skip_missing", False))[3]
+        data_key = load_probe(ex_cfg).data_key
     except PipelineError as e:
         raise PipelineError(f"cannot re-read the probing set {ex_json} was selected from ({e}); restore it, "
                             f"or re-run example_selection.py") from None
@@ -184,10 +193,10 @@ def check_probe_set(ex_json: Path, ex_cfg: dict) -> None:
                             f"selected from them; re-run example_selection.py (same experiment file), then this step")
 
 
-def cosine_metrics(named: list[dict]) -> dict:
+def cosine_metrics(scored: list[tuple[dict, str]]) -> dict:
     """Mean cosine between each fc neuron's concepts and its class name, under several text encoders.
     An encoder that cannot load (weights absent, offline) is listed with its reason."""
-    truth = [c.lower() for c in class_names()]
+    named, truth = [n for n, _ in scored], [c.lower() for _, c in scored]
     out = {}
     for enc in [e.strip() for e in metric_encoders.split(",") if e.strip()]:
         try:
@@ -225,9 +234,9 @@ def text_encoder(name: str):
     raise PipelineError(f"unknown metric encoder {name!r}")
 
 
-def print_fc_table(named, metrics):
+def print_fc_table(named, classes, metrics):
     print(f"{'class':<20} concepts")
-    for n, name in zip(named, class_names()):
+    for n, name in zip(named, classes):
         got = ", ".join(c["concept"] for c in n["concepts"]) or f"({n['status']})"
         print(f"{name:<20} {'*' if name.lower() in got.split(', ') else ' '} {got[:90]}")
     m = metrics
@@ -238,5 +247,17 @@ def print_fc_table(named, metrics):
         print(f"  cosine[{enc}]: " + (f"{v['mean']:.3f}±{v['se']:.3f}" if "mean" in v else f"unavailable ({v['error']})"))
 
 
+def run_layers():
+    """Each layer of --layer fc,penultimate in turn, as separate runs would (sharing the caches)."""
+    names = layer_names(config["layer"])
+    if len(names) > 1 and examples:
+        raise PipelineError("--examples names the examples of one layer; drop it, or pass a single --layer")
+    for name in names:
+        config["layer"] = name
+        if "layer" in config.given:
+            config.given["layer"] = name
+        run()
+
+
 if __name__ == "__main__":
-    main(run)
+    main(run_layers)

@@ -132,8 +132,8 @@ def run():
     times["stage 3"] = time.time() - t
     t = time.time()
     step("target_model_perform.py")
-    step("bbox_img.py", max_images=8)
-    step("visualization.py", max_images=vis_images)
+    step("bbox_img.py", max_drawn=8)
+    step("visualization.py", max_drawn=vis_images)
     times["evaluation"] = time.time() - t
     t = time.time()
     step("gallery.py")  # every run above, browsable offline

@@ -2,10 +2,11 @@
 
     python example_selection.py config/nih_densenet121.py --layer fc
 
-One batched forward pass over the probing set records the chosen layer's activations and the
+One batched forward pass over the probing set records the chosen layers' activations and the
 model's logits; then each neuron keeps the images above its adaptive threshold (or its top k).
-Writes activations.pt, examples.json, examples.csv (and the example crops when asked). Steps 3-6
-read these constants from here and what examples.json stored.
+Writes, per layer, activations.pt, examples.json, examples.csv (and the example crops when asked);
+`--layer list` prints every module with its output shape instead. Steps 3-7 read these constants
+from here and what examples.json stored: the class names, the preprocessing, the checkpoint.
 """
 import shutil
 import time
@@ -15,12 +16,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset.nih import ProbeSet, class_names, findings, load_probe_set, probe_crop, split_source
+from dataset.nih import ProbeSet, findings, model_input_args, probe_crop, split_source
+from dataset.probe import MISSING, align_labels, load_probe, output_names, resolve_classes
 from method import select_examples
 from models import pick_device
-from models.target import default_checkpoint, load_target, require_file, tap
+from models.target import (checkpoint_of, layer_names, layer_table, load_target, model_classes, parse_model,
+                           preprocessing, taps)
 from pipeline.cache import cached, claim, holds_claims, load_json, save_csv, save_json, save_tensors
-from pipeline.cli import configure, main, print_config
+from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.outputs import ACTIVATION_FIELDS, activations_key, examples_dir, examples_key, layer_dir
 
 # -----------------------------------------------------------------------------
@@ -28,15 +31,25 @@ dataset = "nih14"               # name of the probing set (a tag for the output 
 split = "train"                 # split file to probe: train | val | test (the release probes train)
 data_root = "data/nih14/images" # image folder: flat, or Kaggle layout images_*/images/
 split_file = ""                 # explicit split file; default: {data_root}/../{split}_official.txt, else NIH's
+labels = ""                     # "" = NIH split files (split, split_file); none = all images under data_root; or a labelled CSV
+uncertain: "zero | one | ignore" = "zero"  # CSV -1 and blank: zero: both 0; one: -1 is 1, blank 0; ignore: no truth
+classes = ""                    # class names file, one per line in output order; default: the model's, the CSV's, NIH's
+max_images: ">= 0" = 0          # probe a random subset of this many images (0 = all of them)
+seed = 0                        # random seed of that subset
 skip_missing = False            # drop images of the split missing on disk (default: fail)
-model: "densenet121 | resnet50" = "densenet121"  # the target classifier
-checkpoint = ""                 # target weights; default pretrained/{model}.pth
-layer = "fc"                    # fc | penultimate | layer1..layer4 | any module name (spatial mean)
+model = "densenet121"           # densenet121 | resnet50 | torchvision:NAME | timm:NAME | xrv:NAME | file.py:function | model.pt
+checkpoint = ""                 # target weights; default pretrained/{model}.pth, or torchxrayvision's cache (xrv)
+num_classes: ">= 0" = 0         # outputs of the head; 0 = the checkpoint's (torchvision, timm), 14 (densenet121, resnet50)
+layer = "fc"                    # fc | penultimate | a module name | several, comma-separated (one pass) | list
+token_pool: "mean | cls" = "mean"  # tokens [B, T, D]: mean over the patch tokens, or the class token
 selection: "adaptive | topk" = "adaptive"  # adaptive: a threshold per neuron; topk: its k largest
 adaptive_percent: "(0, 100)" = 93.0  # p of the adaptive threshold; the release suggests 85-95
 topk: ">= 1" = 20               # k when selection = topk
-resize: ">= 1" = 256            # preprocessing: Resize(resize), CenterCrop(crop), as the models were trained
-crop: "[1, resize]" = 224       # larger would pad the resized image with black
+resize: ">= 0" = 0              # preprocessing: Resize(resize), CenterCrop(crop); 0 = the model family's
+crop: "[0, resize]" = 0         # 0 = the family's; larger than resize would pad the image with black
+channels: "0 | 1 | 3" = 0       # input channels; 0 = the family's (1 for xrv)
+mean = ""                       # normalisation mean, one value or one per channel; default: the family's
+std = ""                        # normalisation std, likewise
 batch_size: ">= 1" = 64
 num_workers: ">= 0" = 2         # data-loading processes
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
@@ -49,41 +62,107 @@ config = configure(globals())
 @holds_claims
 def run():
     print_config("example_selection", config)
-    # Before the long pass: the folders must be writable, and no other run may write them meanwhile.
-    claim(layer_dir(config))
-    claim(examples_dir(config))
+    wanted = layer_names(layer)
+    parse_model(model)
+    if not labels:  # NIH split files: say which one is read, the probing set's own or NIH's
+        print(split_source(split, data_root, split_file, "--split_file"))
+    probe = load_probe(config)
+    names, paths = probe.names, probe.paths
+    class_list, source = resolve_classes(classes, model_classes(model), probe)
+    truth = align_labels(probe, class_list, source)
+    prep = preprocessing(config)
+    ckpt = checkpoint_of(model, checkpoint)
+    print(f"{len(names)} images from the {probe.what}; classes: "
+          + (f"{len(class_list)} {source}" if class_list else "none named (pass --classes FILE to name the outputs)"))
+    print(f"preprocessing: Resize {prep['resize']}, CenterCrop {prep['crop']}, {prep['channels']} channel(s), "
+          f"mean {prep['mean']}, std {prep['std']}")
     dev = pick_device(device)
-    ckpt = checkpoint or default_checkpoint(model)
-    print(split_source(split, data_root, split_file, "--split_file"))
-    names, labels, paths, data_key = load_probe_set(split, data_root, split_file, skip_missing)
-    act_path = layer_dir(config) / "activations.pt"
-    act_config = {k: config[k] for k in ACTIVATION_FIELDS}
-    act_key = activations_key(config, require_file(ckpt, model), data_key)
+    loader = lambda: torch.utils.data.DataLoader(
+        ProbeSet(paths, prep["resize"], prep["crop"], **model_input_args(prep)), batch_size=batch_size,
+        num_workers=num_workers, pin_memory=dev.type == "cuda")
+    load = lambda need_head: load_target(model, ckpt, need_head, num_classes, prep["channels"],
+                                         len(class_list or []))
+    if wanted == ["list"]:
+        net = load(False)[0].to(dev)
+        x = next(iter(torch.utils.data.DataLoader(ProbeSet(paths[:2], prep["resize"], prep["crop"],
+                                                           **model_input_args(prep)), batch_size=2)))
+        rows = forward_checked(lambda: layer_table(net, x.to(dev), token_pool), x)
+        width = max(len(r[0]) for r in rows)
+        print(f"{'layer':<{width}}  {'output shape (2 images)':<26} neurons")
+        for r in rows:
+            print(f"{r[0]:<{width}}  {r[1]:<26} {r[2]}")
+        return
 
+    per = {}  # layer -> its config, activations.pt, key
+    for name in wanted:
+        c = {**config, "layer": name}
+        per[name] = (c, layer_dir(c) / "activations.pt", activations_key(c, ckpt, probe.data_key))
+    # Before the long pass: the folders must be writable, and no other run may write them meanwhile.
+    for c, _, _ in per.values():
+        claim(layer_dir(c))
+        claim(examples_dir(c))
+    stored = {name: cached(path, key) for name, (c, path, key) in per.items()}
+    for name, s in stored.items():
+        if s is not None:
+            print(f"reusing {per[name][1]}")
+    todo = [name for name in wanted if stored[name] is None]
     t0 = time.time()
-    stored = cached(act_path, act_key)
-    if stored is not None:
-        print(f"reusing {act_path}")
-        acts, logits = stored["activations"], stored["logits"]
-    else:
-        net, head_ok = load_target(model, ckpt, need_head=(layer == "fc"))
+    if todo:
+        net, head_ok = load("fc" in todo)
         net = net.to(dev)
-        loader = torch.utils.data.DataLoader(ProbeSet(paths, resize, crop), batch_size=batch_size,
-                                             num_workers=num_workers, pin_memory=dev.type == "cuda")
-        a_out, l_out = [], []
-        with torch.inference_mode(), tap(net, layer) as store:
-            for x in tqdm(loader, desc=f"{model} {layer}", unit="batch"):
-                logit = net(x.to(dev, non_blocking=True))
-                a_out.append(store["a"].float().cpu())
+        out = {name: [] for name in todo}
+        l_out = []
+        # The bar is closed (its line ended) before an error on a batch is printed below it.
+        with torch.inference_mode(), taps(net, todo, token_pool) as store, \
+                tqdm(loader(), desc=f"{model} {','.join(todo)}", unit="batch") as bar:
+            for b, x in enumerate(bar):
+                logit = net(x.to(dev, non_blocking=True)) if b else forward_checked(lambda: net(x.to(dev)), x)
+                if b == 0:
+                    check_outputs(logit, class_list, source)
+                for name in todo:
+                    out[name].append(store[name].float().cpu())
                 l_out.append(logit.float().cpu())
-        acts = torch.cat(a_out)
         logits = torch.cat(l_out) if head_ok else None
-        save_tensors(act_path, {"key": act_key, "config": {**act_config, "checkpoint": ckpt},
-                                "activations": acts, "logits": logits, "image_ids": names})
-    print(f"activations {tuple(acts.shape)} in {time.time() - t0:.1f}s")
+        for name in todo:
+            c, path, key = per[name]
+            stored[name] = {"key": key, "config": {**{k: c[k] for k in ACTIVATION_FIELDS}, **prep,
+                                                   "checkpoint": str(ckpt or ""), "class_names": class_list},
+                            "activations": torch.cat(out[name]), "logits": logits, "image_ids": names}
+            save_tensors(path, stored[name])
+    shapes = ", ".join(f"{n} {tuple(stored[n]['activations'].shape)}" for n in wanted)
+    print(f"activations of {shapes} in {time.time() - t0:.1f}s")
+    for name in wanted:
+        c, act_path, act_key = per[name]
+        select(c, act_path, act_key, stored[name]["activations"], stored[name]["logits"], names, paths, truth,
+               class_list, {**c, **prep, "checkpoint": str(ckpt or ""), "data_key": probe.data_key,
+                            "class_names": class_list})
 
-    ex_dir = examples_dir(config)
-    ex_key = examples_key(act_key, config)
+
+def forward_checked(fn, x):
+    """The first forward pass, its failure on the input as one line: the preprocessing does not fit."""
+    try:
+        return fn()
+    except PipelineError:
+        raise
+    except RuntimeError as e:
+        raise PipelineError(f"--model {model} fails on the first batch, inputs of shape {list(x.shape)} "
+                            f"({str(e).splitlines()[0][:160]}); check --crop and --channels") from None
+
+
+def check_outputs(logit, class_list, source):
+    if not isinstance(logit, torch.Tensor) or logit.dim() != 2:
+        shape = list(logit.shape) if isinstance(logit, torch.Tensor) else type(logit).__name__
+        raise PipelineError(f"--model {model} returns {shape}, not logits [batch, classes]; return the logits")
+    if class_list and logit.shape[1] != len(class_list):
+        raise PipelineError(f"--model {model} has {logit.shape[1]} outputs but there are {len(class_list)} class "
+                            f"names {source}; pass --classes FILE with {logit.shape[1]} names in output order"
+                            + (" or --num_classes" if parse_model(model).family != "xrv" else ""))
+
+
+def select(c, act_path, act_key, acts, logits, names, paths, truth, class_list, stored_config):
+    """One layer's examples from its activations: examples.json, examples.csv, crops."""
+    ex_dir = examples_dir(c)
+    ex_key = examples_key(act_key, c)
     ex_json, ex_csv = ex_dir / "examples.json", ex_dir / "examples.csv"
     old = cached(ex_json, ex_key, load_json) if ex_csv.exists() else None
     if old is not None and (not save_crops or (ex_dir / "crops").is_dir()):
@@ -92,14 +171,14 @@ def run():
         neurons = select_examples(acts, selection, adaptive_percent, topk)
         dead = [n["neuron"] for n in neurons if n["dead"]]
         if dead:
-            print(f"note: {len(dead)} dead neuron(s) (constant over the probing set, no examples): {dead[:20]}")
+            print(f"note: {c['layer']}: {len(dead)} dead neuron(s) (constant over the probing set, no examples): "
+                  f"{dead[:20]}")
         for n in neurons:
             n["examples"] = [{"image_id": names[i], "activation": float(acts[i, n["neuron"]]), "index": i}
                              for i in n["examples"]]
         shutil.rmtree(ex_dir / "crops", ignore_errors=True)  # crops of an older selection must not survive
-        write_tables(neurons, names, labels, logits, ex_dir)
-        save_json(ex_json, {"key": ex_key, "activations_key": act_key,
-                            "config": {**config, "checkpoint": ckpt, "data_key": data_key},
+        write_tables(neurons, names, truth, logits, ex_dir, class_list)
+        save_json(ex_json, {"key": ex_key, "activations_key": act_key, "config": stored_config,
                             "neurons": [{**n, "examples": [{k: e[k] for k in ("image_id", "activation")}
                                                            for e in n["examples"]]} for n in neurons]})
         if save_crops:
@@ -107,9 +186,9 @@ def run():
                 for r, e in enumerate(n["examples"]):
                     out = ex_dir / "crops" / f"neuron_{n['neuron']:04d}" / crop_name(r, e["image_id"])
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    probe_crop(paths[e["index"]], resize, crop).save(out, quality=95)
+                    probe_crop(paths[e["index"]], stored_config["resize"], stored_config["crop"]).save(out, quality=95)
     sizes = [len(n["examples"]) for n in load_json(ex_json)["neurons"]]
-    print(f"examples per neuron: min {min(sizes)}, median {int(np.median(sizes))}, max {max(sizes)}")
+    print(f"{c['layer']}: examples per neuron: min {min(sizes)}, median {int(np.median(sizes))}, max {max(sizes)}")
     print("outputs:")
     for p in (act_path, ex_json, ex_csv) + ((ex_dir / "crops",) if save_crops else ()):
         print(f"  {p}")
@@ -121,18 +200,21 @@ def crop_name(rank: int, image_id: str) -> str:
     return Path(f"{rank:03d}_" + image_id.replace("\\", "_").replace("/", "_")).with_suffix(".jpg").name
 
 
-def write_tables(neurons, names, labels, logits, ex_dir):
-    """examples.csv: one row per neuron x example, with ground truth and the model's outputs
-    from the same forward pass (the release re-ran the model on each saved crop instead)."""
-    classes = class_names()
-    probs = torch.sigmoid(logits).numpy() if logits is not None else np.full((len(names), len(classes)), np.nan)
-    header = ["neuron", "rank", "image_id", "activation", "findings"] + classes + [f"prob_{c}" for c in classes]
+def write_tables(neurons, names, truth, logits, ex_dir, class_list):
+    """examples.csv: one row per neuron x example, with ground truth (blank where there is none) and
+    the model's outputs from the same forward pass (the release re-ran the model on each saved crop)."""
+    k = logits.shape[1] if logits is not None else len(class_list or [])
+    columns = output_names(class_list, k)
+    probs = torch.sigmoid(logits).numpy() if logits is not None else np.full((len(names), k), np.nan)
+    header = (["neuron", "rank", "image_id", "activation", "findings"] + (columns if truth is not None else [])
+              + [f"prob_{c}" for c in columns])
     rows = []
     for n in neurons:
         for r, e in enumerate(n["examples"]):
             i = e["index"]
-            rows.append([n["neuron"], r, e["image_id"], f"{e['activation']:.6g}", findings(labels[i], classes)]
-                        + labels[i].tolist() + [f"{p:.6g}" for p in probs[i]])
+            gt = [] if truth is None else ["" if v == MISSING else int(v) for v in truth[i]]
+            rows.append([n["neuron"], r, e["image_id"], f"{e['activation']:.6g}",
+                         "" if truth is None else findings(truth[i], columns)] + gt + [f"{p:.6g}" for p in probs[i]])
     save_csv(ex_dir / "examples.csv", header, rows)
 
 

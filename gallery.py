@@ -29,9 +29,11 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
-from dataset.nih import class_names, probe_crop, resolve_images
+from dataset.nih import probe_crop, resolve_images
+from dataset.probe import output_names
 from pipeline.cache import code_version, digest, file_digest, load_json, save_bytes
 from pipeline.cli import PipelineError, configure, main, print_config
+from pipeline.outputs import stored_classes
 
 # -----------------------------------------------------------------------------
 runs = ""                       # comma-separated concepts.json files of stage 3 (any layer, any describer); default: every concepts.json under save_root
@@ -155,11 +157,12 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     layer = str(cfg.get("layer") or ex_cfg.get("layer") or "?")
     folder = data_root or ex_cfg.get("data_root", "")
     resize, crop = int(ex_cfg.get("resize", 256)), int(ex_cfg.get("crop", 224))
-    is_fc = layer == "fc" and len(data["neurons"]) == len(class_names())
-    labels, probs = example_labels(ex_path.parent / "examples.csv", is_fc)
+    named = stored_classes(ex_cfg)  # the class names step 2 stored: fc neuron k is class k
+    is_fc = layer == "fc" and len(data["neurons"]) == len(named or [])
+    classes = output_names(named, len(named)) if is_fc else []
+    labels, probs = example_labels(ex_path.parent / "examples.csv", classes)
     hist = histograms(ex_path.parent.parent / "activations.pt", len(ex["neurons"]), path)
     bars, cuts, alpha = similarity_bars(path.parent / "similarity.pt", cfg, path)
-    classes = class_names() if is_fc else []
     r = len(page["runs"])
     p = ex_cfg.get("adaptive_percent")
     selection = (f"top {ex_cfg.get('topk')}" if ex_cfg.get("selection") == "topk"
@@ -208,19 +211,18 @@ def sig(v, digits: int = 4):
     return float(f"{float(v):.{digits}g}")
 
 
-def example_labels(path: Path, is_fc: bool) -> tuple[dict, dict]:
+def example_labels(path: Path, classes: list[str]) -> tuple[dict, dict]:
     """examples.csv: each image's findings, and each (neuron, rank)'s probability of the neuron's class
-    when the layer is fc. Absent file: no labels shown."""
+    when the layer is fc (classes: its column names, empty otherwise). Absent file: no labels shown."""
     labels, probs = {}, {}
     if not path.is_file():
         print(f"note: {path} not found; the thumbnails carry no labels")
         return labels, probs
-    classes = class_names()
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             labels[row["image_id"]] = row.get("findings", "")
             k = int(row["neuron"])
-            p = row.get(f"prob_{classes[k]}") if is_fc else None
+            p = row.get(f"prob_{classes[k]}") if classes else None
             if p not in (None, "", "nan"):
                 probs[(k, int(row["rank"]))] = float(p)
     return labels, probs

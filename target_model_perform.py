@@ -5,7 +5,10 @@
 Per class: AUROC and AUPRC of the sigmoid outputs on the test split, and the F1-maximising threshold
 on the val split (the visualisation predicts a class when its probability reaches that threshold).
 The logits come from stage 2's cache when example_selection.py already ran on that split with this
-checkpoint and preprocessing; otherwise from one batched pass per split.
+checkpoint and preprocessing; otherwise from one batched pass per split. The classes and labels are
+step 2's (its --classes, the model's names, the CSV's label columns or NIH's); a class without ground
+truth on a split gets no threshold or AUROC. A CSV probing set (--labels) is its own val and test
+set unless val_split_file and test_split_file name other CSVs.
 Writes Threshold.csv, TestEval.csv, {Val,Test}{Probs,Labels}.csv and roc_curves.png.
 """
 import time
@@ -18,18 +21,19 @@ import torch
 from sklearn.metrics import roc_curve
 
 from pipeline.cache import claim, holds_claims, save_csv, save_png
-from pipeline.cli import configure, main, print_config
+from pipeline.cli import PipelineError, configure, main, print_config
 from dataset.boxes import disease_colour
-from dataset.nih import class_names, load_probe_set, split_source
-from pipeline.evaluation import auroc_auprc, best_thresholds, forward_logits, stage2_logits
+from dataset.nih import model_input_args, split_source
+from dataset.probe import MISSING, align_labels, load_probe, output_names, resolve_classes
+from pipeline.evaluation import auroc_auprc, best_thresholds, forward_logits, known, stage2_logits
 from models import pick_device
-from models.target import default_checkpoint, load_target, require_file
+from models.target import checkpoint_of, load_target, model_classes, preprocessing
 from pipeline.outputs import eval_dir
 
 # -----------------------------------------------------------------------------
 # The target, its checkpoint, preprocessing, image folder and save_root are example_selection.py's.
-val_split_file = ""             # val split file; default: {data_root}/../val_official.txt, else NIH's
-test_split_file = ""            # test split file; default: {data_root}/../test_official.txt, else NIH's
+val_split_file = ""             # val split file; default: {data_root}/../val_official.txt, else NIH's (a CSV probing set: that CSV)
+test_split_file = ""            # test split file; default: {data_root}/../test_official.txt, else NIH's (a CSV probing set: that CSV)
 batch_size: ">= 1" = 64
 num_workers: ">= 0" = 2         # data-loading processes
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
@@ -41,29 +45,47 @@ config = configure(globals(), reads=("example_selection.py",))
 def run():
     print_config("target_model_perform", config)
     claim(eval_dir(config))
-    classes = class_names()
     model = config["model"]
-    ckpt = str(require_file(config["checkpoint"] or default_checkpoint(model), model))
+    if config["labels"] == "none":
+        raise PipelineError("target_model_perform.py scores the model against labels, and --labels none has none; "
+                            "pass --labels with a CSV, or NIH split files")
+    prep = preprocessing(config)
+    ckpt = checkpoint_of(model, config["checkpoint"])
     dev = pick_device(device)
-    net = None
+    net, classes = None, None
     out = {}
     for split, override in (("val", val_split_file), ("test", test_split_file)):
         t0 = time.time()
-        print(split_source(split, config["data_root"], override, f"--{split}_split_file"))
-        names, labels, paths, data_key = load_probe_set(split, config["data_root"], override, config["skip_missing"])
-        found = stage2_logits(config, split, override, ckpt, data_key)
+        if config["labels"]:  # a CSV probing set: the split's CSV, or the probing CSV itself
+            c = {**config, "labels": override or config["labels"]}
+            if not override:
+                print(f"note: {split}: no --{split}_split_file, so the probing CSV {config['labels']} serves")
+        else:
+            print(split_source(split, config["data_root"], override, f"--{split}_split_file"))
+            c = {**config, "split": split, "split_file": override}
+        probe = load_probe(c)
+        classes, source = resolve_classes(config["classes"], model_classes(model), probe)
+        labels = align_labels(probe, classes, source)
+        if labels is None:
+            raise PipelineError(f"the {probe.what} has no label columns to score the model against; "
+                                f"pass a CSV with label columns")
+        found = stage2_logits(config, split, override, ckpt, probe.data_key)
         if found is not None:
             logits, where = found
             print(f"{split}: reusing the logits of {where}")
         else:
             if net is None:
-                net = load_target(model, ckpt, need_head=True)[0].to(dev)
-            logits = forward_logits(net, paths, config["resize"], config["crop"], batch_size, num_workers, dev,
-                                    desc=f"{model} {split}")
+                net = load_target(model, ckpt, True, config["num_classes"], prep["channels"], len(classes))[0].to(dev)
+            logits = forward_logits(net, probe.paths, prep["resize"], prep["crop"], batch_size, num_workers, dev,
+                                    desc=f"{model} {split}", **model_input_args(prep))
+        if logits.shape[1] != len(classes):
+            raise PipelineError(f"--model {model} has {logits.shape[1]} outputs but there are {len(classes)} class "
+                                f"names {source}; pass --classes FILE with {logits.shape[1]} names in output order")
         probs = torch.sigmoid(logits).numpy().astype(np.float64)
-        out[split] = (names, labels, probs)
-        print(f"{split}: {len(names)} images in {time.time() - t0:.1f}s")
+        out[split] = (probe.names, labels, probs)
+        print(f"{split}: {len(probe.names)} images in {time.time() - t0:.1f}s")
 
+    classes = output_names(classes, len(classes))
     thr = best_thresholds(out["val"][1], out["val"][2])
     names, labels, probs = out["test"]
     auc, ap = auroc_auprc(labels, probs)
@@ -78,7 +100,8 @@ def run():
     for split, (n, y, p) in out.items():
         tag = split.capitalize()
         save_csv(d / f"{tag}Probs.csv", ["image_id"] + classes, [[i] + [f"{v:.9g}" for v in row] for i, row in zip(n, p)])
-        save_csv(d / f"{tag}Labels.csv", ["image_id"] + classes, [[i] + row.tolist() for i, row in zip(n, y)])
+        save_csv(d / f"{tag}Labels.csv", ["image_id"] + classes,
+                 [[i] + ["" if v == MISSING else int(v) for v in row] for i, row in zip(n, y)])
     save_png(d / "roc_curves.png", roc_figure(labels, probs, auc, classes))
 
     print(f"{'class':<20} {'AUROC':>7} {'AUPRC':>7} {'val thr':>8}")
@@ -93,14 +116,14 @@ def run():
 
 
 def roc_figure(labels, probs, auc, classes) -> plt.Figure:
-    """The 14 ROC curves on one axes, each in its disease's colour, AUROC in the legend."""
+    """The ROC curves on one axes, each in its disease's colour, AUROC in the legend."""
     fig, ax = plt.subplots(figsize=(8.5, 6), dpi=100)
     ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="chance")
     for j, c in enumerate(classes):
         if np.isnan(auc[j]):
             ax.plot([], [], lw=2.5, color=np.array(disease_colour(c)) / 255, label=f"{c} (n/a)")
             continue
-        fpr, tpr, _ = roc_curve(labels[:, j], probs[:, j])
+        fpr, tpr, _ = roc_curve(*known(labels, probs, j))
         ax.plot(fpr, tpr, lw=2.5, color=np.array(disease_colour(c)) / 255, label=f"{c} ({auc[j]:.3f})")
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.02), xlabel="false positive rate", ylabel="true positive rate",
            title=f"ROC on the test split: mean AUROC {np.nanmean(auc):.3f}, {len(labels)} images")

@@ -30,11 +30,12 @@ from pipeline.cache import claim, holds_claims, read_output, save_json, save_png
 from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
 from dataset.boxes import disease_colour, load_boxes, scale_to, to_probe_crop
 from dataset.files import read_image
-from dataset.nih import class_names, probe_crop, resolve_images, to_model_input
+from dataset.nih import model_input_args, probe_crop, resolve_images, to_model_input
+from dataset.probe import output_names
 from pipeline.evaluation import read_thresholds
 from models import pick_device
-from models.target import default_checkpoint, load_target, require_file
-from pipeline.outputs import eval_dir, matching_dir, read_examples, visualization_dir
+from models.target import checkpoint_of, load_target, preprocessing
+from pipeline.outputs import eval_dir, matching_dir, read_examples, stored_classes, visualization_dir
 
 # -----------------------------------------------------------------------------
 # The boxes and images to show are bbox_img.py's constants; the concepts.json to explain is named by
@@ -58,30 +59,33 @@ UPSTREAM = [k for k in constant_names("example_selection.py") + constant_names("
 
 @holds_claims
 def run():
-    named, concepts_path = neuron_concepts()
+    named, concepts_path, stored = neuron_concepts()
     print_config("visualization", config)
     out_dir = claim(visualization_dir(config))
-    model, resize, crop = config["model"], config["resize"], config["crop"]
-    classes = class_names()
+    prep = preprocessing(config)  # as stored with the concepts; the family's where an older output lacks it
+    model, resize, crop = config["model"], prep["resize"], prep["crop"]
+    classes = stored_classes(stored)
+    classes = output_names(classes, len(classes or []))
     thr_path = Path(thresholds) if thresholds else eval_dir(config) / "Threshold.csv"
     thr = read_thresholds(thr_path, classes)
     if np.isnan(thr).any():
         unset = ", ".join(c for c, t in zip(classes, thr) if np.isnan(t))
         print(f"note: {thr_path} has no threshold for {unset}: never predicted")
-    ckpt = str(require_file(config["checkpoint"] or default_checkpoint(model), model))
+    ckpt = checkpoint_of(model, config["checkpoint"])
     boxes, box_path = load_boxes(config["box_source"], config["box_file"])
     names, paths = resolve_images(config["data_root"], list(boxes), skip_missing=True)
     print(f"{box_path}: {len(boxes)} images, {len(names)} found under {config['data_root']}, "
           f"{len(boxes) - len(names)} missing")
-    if config["max_images"]:
-        names, paths = names[:config["max_images"]], paths[:config["max_images"]]
+    if config["max_drawn"]:
+        names, paths = names[:config["max_drawn"]], paths[:config["max_drawn"]]
 
     dev = pick_device(device)
-    net = load_target(model, ckpt, need_head=True)[0].to(dev)
+    norm = model_input_args(prep)
+    net = load_target(model, ckpt, True, config["num_classes"], norm["channels"], len(classes))[0].to(dev)
     results, t0 = [], time.time()
     for b in tqdm(range(0, len(names), batch_size), desc="images", unit="batch"):
         crops = [probe_crop(p, resize, crop) for p in paths[b:b + batch_size]]
-        logits, taylor, maps = taylor_scores(net, torch.stack([to_model_input(c) for c in crops]).to(dev))
+        logits, taylor, maps = taylor_scores(net, torch.stack([to_model_input(c, **norm) for c in crops]).to(dev))
         if maps.shape[1] != len(named):
             raise PipelineError(f"{concepts_path} names {len(named)} neurons but the {model} penultimate layer has "
                                 f"{maps.shape[1]}; run concept_matching.py --model {model} --layer penultimate")
@@ -93,7 +97,7 @@ def run():
 
     summary = pointing_summary(results, classes)
     save_json(out_dir / "total_results.json", {
-        "config": {**config, "layer": LAYER, "checkpoint": ckpt, "thresholds": str(thr_path),
+        "config": {**config, "layer": LAYER, "checkpoint": str(ckpt or ""), "thresholds": str(thr_path),
                    "concepts": str(concepts_path), "box_file": str(box_path)},
         "pointing_game": summary, "images": results})
     print_pointing(summary)
@@ -128,7 +132,7 @@ def neuron_concepts():
     for n in data["neurons"]:
         words = [c["concept"] for c in n["concepts"]]
         named[n["neuron"]] = words or [f"({n.get('status', 'none')})"]
-    return [named.get(k, ["(absent)"]) for k in range(max(named) + 1)], path
+    return [named.get(k, ["(absent)"]) for k in range(max(named) + 1)], path, stored
 
 
 def explain(name, anns, path, img, probs, taylor, maps, thr, named, classes, out_dir, resize, crop):

@@ -7,7 +7,10 @@ UTF-8, or a NUL byte (a binary or UTF-16 file), end the step with the file and l
 Images: whatever PIL opens, as 8-bit RGB. 16-bit greyscale (PNG modes I;16, I;16B, I) is scaled from
 its full range 0..65535 to 0..255, as torchxrayvision's loaders divide by 2**bits - 1; PIL's own
 convert("RGB") would clip it to near-white. An alpha channel is dropped (the colour channels are the
-picture), as PIL's convert does.
+picture), as PIL's convert does. DICOM (by its `DICM` preamble, whatever the file is called) goes
+through pydicom: the modality LUT (rescale slope and intercept), then the VOI LUT or window the file
+names, then MONOCHROME1 is inverted so that bone is bright as in every other format; the grey levels
+that result are stretched from their own minimum..maximum to 0..255.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.cli import PipelineError
 
 WIDE_MODES = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 16}
+# Where a DICOM file says what it is: 128 bytes of preamble, then these four.
+DICOM_MAGIC = (128, b"DICM")
 
 
 def read_text(path: str | Path) -> str:
@@ -39,8 +44,19 @@ def read_text(path: str | Path) -> str:
                             f"re-save the file as UTF-8") from None
 
 
+def is_dicom(path: str | Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(DICOM_MAGIC[0] + len(DICOM_MAGIC[1]))
+    except OSError:
+        return False
+    return head[DICOM_MAGIC[0]:] == DICOM_MAGIC[1]
+
+
 def read_image(path: str | Path) -> Image.Image:
     """The image as 8-bit RGB, its grey levels scaled from the full range of its bit depth."""
+    if is_dicom(path):
+        return _read_dicom(path)
     try:
         with Image.open(path) as im:
             im.load()
@@ -57,3 +73,33 @@ def read_image(path: str | Path) -> Image.Image:
             return im.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise PipelineError(f"{path}: cannot read the image ({type(e).__name__}); replace or remove it") from None
+
+
+def _read_dicom(path: str | Path) -> Image.Image:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as e:  # pydicom raises several kinds on a damaged file
+        raise PipelineError(f"{path}: cannot read as DICOM ({type(e).__name__}); replace or remove it") from None
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise PipelineError(f"{path}: a DICOM file without pixel data (a report or structured document?); "
+                            f"remove it from the probing set")
+    try:
+        a = ds.pixel_array
+    except Exception as e:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        raise PipelineError(f"{path}: cannot decode its pixel data ({getattr(syntax, 'name', syntax)}: "
+                            f"{type(e).__name__}); install the pydicom decoder it names or convert the file") from None
+    colour = int(ds.get("SamplesPerPixel", 1)) == 3
+    if a.ndim == (4 if colour else 3):  # several frames: a radiograph has one, take the first
+        a = a[0]
+    if colour:
+        a = a.astype(np.float64)
+    else:
+        a = apply_voi_lut(apply_modality_lut(a, ds), ds).astype(np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    a = (a - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        a = 255 - a  # its smallest value is white
+    return Image.fromarray(np.round(a).astype(np.uint8)).convert("RGB")

@@ -77,7 +77,7 @@ def read_split(path: str | Path) -> tuple[list[str], np.ndarray]:
 
 def findings(label_row: np.ndarray, names: list[str] | None = None) -> str:
     names = names or class_names()
-    found = [names[j] for j in np.flatnonzero(label_row)]
+    found = [names[j] for j in np.flatnonzero(np.asarray(label_row) == 1)]  # not 0, nor -1 (no ground truth)
     return "|".join(found) if found else "No Finding"
 
 
@@ -124,36 +124,55 @@ def probe_crop(path: str | Path, resize: int = 256, crop: int = 224) -> Image.Im
     return transforms.CenterCrop(crop)(transforms.Resize(resize)(im))
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """Pixels in [0, 1], [..., C, H, W] -> the target's input: every channel with MEAN and STD."""
-    return transforms.functional.normalize(x, [MEAN] * x.shape[-3], [STD] * x.shape[-3])
+def normalize(x: torch.Tensor, mean=(MEAN,), std=(STD,)) -> torch.Tensor:
+    """Pixels in [0, 1], [..., C, H, W] -> the target's input: each channel with its mean and std
+    (one value serves every channel)."""
+    c = x.shape[-3]
+    return transforms.functional.normalize(x, list(mean) * (c if len(mean) == 1 else 1),
+                                           list(std) * (c if len(std) == 1 else 1))
 
 
-def to_model_input(crop: Image.Image) -> torch.Tensor:
-    return normalize(transforms.functional.to_tensor(crop))
+def to_model_input(crop: Image.Image, channels: int = 3, mean=(MEAN,), std=(STD,)) -> torch.Tensor:
+    """The crop as the target sees it; one channel is the mean of R, G and B (torchxrayvision's
+    greyscale), which for a radiograph is its grey level."""
+    x = transforms.functional.to_tensor(crop)
+    return normalize(x.mean(0, keepdim=True) if channels == 1 else x, mean, std)
+
+
+def model_input_args(c: dict) -> dict:
+    """The channels, mean and std step 2 stored (resolved) in c, for to_model_input and ProbeSet;
+    outputs from before they were stored used the medical_mae statistics on three channels."""
+    floats = lambda v: tuple(float(t) for t in str(v).split(","))
+    return {"channels": int(c.get("channels") or 3), "mean": floats(c.get("mean") or MEAN),
+            "std": floats(c.get("std") or STD)}
 
 
 class ProbeSet(torch.utils.data.Dataset):
     """Normalised target-model inputs of a list of image paths."""
 
-    def __init__(self, paths: list[Path], resize: int = 256, crop: int = 224):
+    def __init__(self, paths: list[Path], resize: int = 256, crop: int = 224, channels: int = 3, mean=(MEAN,),
+                 std=(STD,)):
         self.paths, self.resize, self.crop = paths, resize, crop
+        self.norm = {"channels": channels, "mean": mean, "std": std}
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return to_model_input(probe_crop(self.paths[i], self.resize, self.crop))
+        return to_model_input(probe_crop(self.paths[i], self.resize, self.crop), **self.norm)
 
 
 def load_probe_set(split: str, data_root: str, split_override: str = "", skip_missing: bool = False):
     """Names, labels [N, 14], paths of a probing set, and a digest of what identifies its data
     (the split file's bytes and each image's name, size and modification time)."""
+    from dataset.probe import load_probe
+    p = load_probe({"split": split, "data_root": data_root, "split_file": split_override, "skip_missing": skip_missing})
+    return p.names, p.labels, p.paths, p.data_key
+
+
+def data_digest(listing: Path | None, names: list[str], paths: list[Path]) -> str:
+    """What identifies a probing set: the bytes of the file that lists it (none for a folder) and each
+    image's name, size and modification time."""
     from pipeline.cache import digest, file_digest
-    sf = split_file(split, data_root, split_override)
-    names, labels = read_split(sf)
-    row = {n: i for i, n in enumerate(names)}
-    kept, paths = resolve_images(data_root, names, skip_missing)
-    labels = labels[[row[n] for n in kept]]
-    stats = [(n, p.stat().st_size, p.stat().st_mtime_ns) for n, p in zip(kept, paths)]
-    return kept, labels, paths, digest({"split_file": file_digest(sf), "images": stats})
+    stats = [(n, p.stat().st_size, p.stat().st_mtime_ns) for n, p in zip(names, paths)]
+    return digest({"split_file": file_digest(listing) if listing else None, "images": stats})

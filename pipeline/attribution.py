@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.target import head_name, tap
+from pipeline.cli import PipelineError
 
 # Overlay colours of the 1st, 2nd, ... top neuron; red is kept for the overall map.
 NEURON_COLOURS = [(0, 229, 255), (118, 255, 3), (255, 234, 0), (213, 0, 249), (41, 121, 255), (255, 145, 0)]
@@ -31,7 +32,8 @@ def map_module(model: nn.Module) -> str:
         return "features"
     if "layer4" in names:
         return "layer4"
-    raise ValueError("no spatial layer to map: expected a `features` (DenseNet) or `layer4` (ResNet) module")
+    raise PipelineError("visualization.py maps the output of a `features` (DenseNet) or `layer4` (ResNet) module, "
+                        "and this model has neither; its panels are not available for this model family")
 
 
 @contextmanager

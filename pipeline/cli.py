@@ -405,14 +405,14 @@ def own_message(e: BaseException) -> str:
     return text
 
 
-def run_script(script: str, *args: str) -> int:
+def run_script(script: str, *args: str, cwd: str | Path | None = None) -> int:
     """Run `python script args...` in this process (same __main__ path, heavy imports paid once),
-    from the repo root; returns its exit status."""
+    from the repo root (or cwd, for commands written for the user's own folder); returns its exit status."""
     import os
     import runpy
-    argv, cwd = sys.argv, os.getcwd()
+    argv, back = sys.argv, os.getcwd()
     sys.argv = [script, *args]
-    os.chdir(ROOT)
+    os.chdir(cwd or ROOT)
     try:
         runpy.run_path(str(ROOT / script), run_name="__main__")
         return 0
@@ -420,4 +420,4 @@ def run_script(script: str, *args: str) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         sys.argv = argv
-        os.chdir(cwd)
+        os.chdir(back)

@@ -21,13 +21,21 @@ from pipeline.cli import PipelineError
 from pipeline.outputs import activations_key, layer_dir
 
 
+def known(labels: np.ndarray, probs: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class j's labels and probabilities on the images that have ground truth for it (label 0 or 1,
+    not MISSING)."""
+    has = labels[:, j] >= 0
+    return labels[has, j], probs[has, j]
+
+
 def auroc_auprc(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per class AUROC and AUPRC (average precision); NaN for a class with one outcome only."""
     auc, ap = np.full(labels.shape[1], np.nan), np.full(labels.shape[1], np.nan)
     for j in range(labels.shape[1]):
-        if 0 < labels[:, j].sum() < len(labels):
-            auc[j] = roc_auc_score(labels[:, j], probs[:, j])
-            ap[j] = average_precision_score(labels[:, j], probs[:, j])
+        y, p = known(labels, probs, j)
+        if 0 < y.sum() < len(y):
+            auc[j] = roc_auc_score(y, p)
+            ap[j] = average_precision_score(y, p)
     return auc, ap
 
 
@@ -36,9 +44,10 @@ def best_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     NaN for a class without positives (no F1 to maximise); ties go to the lowest threshold."""
     out = np.full(labels.shape[1], np.nan)
     for j in range(labels.shape[1]):
-        if labels[:, j].sum() == 0:
+        y, prob = known(labels, probs, j)
+        if y.sum() == 0:
             continue
-        p, r, t = precision_recall_curve(labels[:, j], probs[:, j])
+        p, r, t = precision_recall_curve(y, prob)
         # The curve's last point (p = 1, r = 0) has no threshold.
         p, r = p[:-1], r[:-1]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -64,9 +73,9 @@ def read_thresholds(path: str | Path, classes: list[str]) -> np.ndarray:
         raise PipelineError(f"{path}: thresholds must be numbers; rerun target_model_perform.py") from None
 
 
-def stage2_logits(config: dict, split: str, split_file: str, checkpoint: str | Path,
+def stage2_logits(config: dict, split: str, split_file: str, checkpoint: str | Path | None,
                   data_key: str) -> tuple[torch.Tensor, Path] | None:
-    """Logits stage 2 cached for this split, checkpoint and preprocessing (any layer's run holds
+    """Logits stage 2 cached for this split, target files and preprocessing (any layer's run holds
     them), or None. The fc run is tried first, as it is the smallest file."""
     c = {**config, "split": split, "split_file": split_file}
     runs = sorted(layer_dir({**c, "layer": "fc"}).parent.glob("*/activations.pt"),
@@ -84,8 +93,9 @@ def stage2_logits(config: dict, split: str, split_file: str, checkpoint: str | P
 
 
 def forward_logits(net: torch.nn.Module, paths: list[Path], resize: int, crop: int, batch_size: int,
-                   num_workers: int, device: torch.device, desc: str = "") -> torch.Tensor:
-    loader = torch.utils.data.DataLoader(ProbeSet(paths, resize, crop), batch_size=batch_size,
+                   num_workers: int, device: torch.device, desc: str = "", **norm) -> torch.Tensor:
+    """The model's outputs on the images; norm: channels, mean, std (dataset.nih.model_input_args)."""
+    loader = torch.utils.data.DataLoader(ProbeSet(paths, resize, crop, **norm), batch_size=batch_size,
                                          num_workers=num_workers, pin_memory=device.type == "cuda")
     out = []
     with torch.inference_mode():

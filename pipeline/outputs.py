@@ -22,11 +22,16 @@ import re
 from pathlib import Path
 
 from method import TEMPLATE
+from models.target import model_tag, target_identity
 from pipeline.cache import code_version, digest, file_digest, read_output
-from pipeline.cli import PipelineError
+from pipeline.cli import PipelineError, constants_of
 
-# The step-2 constants that decide its activations (the selection decides only examples.json).
-ACTIVATION_FIELDS = ("dataset", "split", "data_root", "split_file", "skip_missing", "model", "layer", "resize", "crop")
+# The step-2 constants that decide its activations (the selection decides only examples.json): the
+# probing set and its labels, the target, the layer and the preprocessing, each as given (0 and ""
+# stand for the model family's defaults, which the code and library versions in the key decide).
+ACTIVATION_FIELDS = ("dataset", "split", "data_root", "split_file", "skip_missing", "labels", "uncertain", "classes",
+                     "max_images", "seed", "model", "num_classes", "layer", "token_pool", "resize", "crop", "channels",
+                     "mean", "std")
 
 
 def _tag(text: str) -> str:
@@ -38,7 +43,7 @@ def probe_dir(c: dict) -> Path:
 
 
 def layer_dir(c: dict) -> Path:
-    return probe_dir(c) / c["model"] / _tag(c["layer"])
+    return probe_dir(c) / model_tag(c["model"]) / _tag(c["layer"])
 
 
 def selection_tag(c: dict) -> str:
@@ -116,7 +121,7 @@ def _examples_ok(ex: dict) -> bool:
 
 def eval_dir(c: dict) -> Path:
     # AUROC is reported on the test split (thresholds come from val), so the folder is the test one.
-    return probe_dir({**c, "split": "test"}) / c["model"] / "eval"
+    return probe_dir({**c, "split": "test"}) / model_tag(c["model"]) / "eval"
 
 
 def bbox_dir(c: dict) -> Path:
@@ -124,15 +129,28 @@ def bbox_dir(c: dict) -> Path:
 
 
 def visualization_dir(c: dict) -> Path:
-    return probe_dir({**c, "split": c["box_source"]}) / c["model"] / "visualization"
+    return probe_dir({**c, "split": c["box_source"]}) / model_tag(c["model"]) / "visualization"
 
 
 # ---- keys
 
-def activations_key(c: dict, checkpoint: str | Path, data_key: str) -> str:
-    """activations.pt: the constants of ACTIVATION_FIELDS, the checkpoint's bytes, the probing set."""
-    return digest({**{k: c[k] for k in ACTIVATION_FIELDS}, "checkpoint": file_digest(checkpoint), "data": data_key,
-                   "code": code_version("example_selection.py", "models/target.py", "dataset/nih.py")})
+def activations_key(c: dict, checkpoint: str | Path | None, data_key: str) -> str:
+    """activations.pt: the constants of ACTIVATION_FIELDS (step 2's default for one c lacks), the
+    target's files (checkpoint_of's checkpoint, a model's own file), the probing set, its classes file."""
+    c = {**constants_of("example_selection.py"), **c}
+    return digest({**{k: c[k] for k in ACTIVATION_FIELDS}, "target": target_identity(c["model"], checkpoint),
+                   "classes_file": file_digest(c["classes"]) if c["classes"] else None, "data": data_key,
+                   "code": code_version("example_selection.py", "models/target.py", "dataset/nih.py",
+                                        "dataset/probe.py", "dataset/files.py")})
+
+
+def stored_classes(stored: dict) -> list[str] | None:
+    """The class names step 2 stored with its outputs (None: nothing named them); outputs from before
+    it stored them were all NIH's 14."""
+    if "class_names" in stored:
+        return stored["class_names"]
+    from dataset.nih import class_names
+    return class_names()
 
 
 def examples_key(activations: str, c: dict) -> str:

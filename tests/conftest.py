@@ -47,16 +47,17 @@ def save_random_target(path: Path, arch: str, seed: int = 0, wrap: str = "model"
     return path
 
 
-def run_script(script: str, *args: str, subprocess_run: bool = False) -> subprocess.CompletedProcess:
-    """Run a script as `python script args...` would, from the repo root. In-process by default
-    (runpy, same __main__ path, the heavy imports paid once); a real subprocess when asked."""
+def run_script(script: str, *args: str, subprocess_run: bool = False, cwd=None) -> subprocess.CompletedProcess:
+    """Run a script as `python script args...` would, from the repo root (or cwd). In-process by
+    default (runpy, same __main__ path, the heavy imports paid once); a real subprocess when asked."""
     if subprocess_run:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        return subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True)
+        return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd or REPO, env=env,
+                              capture_output=True, text=True)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            code = cli.run_script(script, *args)
+            code = cli.run_script(script, *args, cwd=cwd)
         except Exception:
             traceback.print_exc()
             code = 1
