@@ -46,7 +46,7 @@ selection: "adaptive | topk" = "adaptive"  # adaptive: a threshold per neuron; t
 adaptive_percent: "(0, 100)" = 93.0  # p of the adaptive threshold; the release suggests 85-95
 topk: ">= 1" = 20               # k when selection = topk
 resize: ">= 0" = 0              # preprocessing: Resize(resize), CenterCrop(crop); 0 = the model family's
-crop: "[0, resize]" = 0         # 0 = the family's; larger than resize would pad the image with black
+crop: ">= 0" = 0                # 0 = the family's; never larger than the resize (it would pad with black)
 channels: "0 | 1 | 3" = 0       # input channels; 0 = the family's (1 for xrv)
 mean = ""                       # normalisation mean, one value or one per channel; default: the family's
 std = ""                        # normalisation std, likewise
@@ -62,6 +62,7 @@ config = configure(globals())
 @holds_claims
 def run():
     print_config("example_selection", config)
+    dev = pick_device(device)  # an absent GPU is refused before any work
     wanted = layer_names(layer)
     parse_model(model)
     if not labels:  # NIH split files: say which one is read, the probing set's own or NIH's
@@ -76,7 +77,6 @@ def run():
           + (f"{len(class_list)} {source}" if class_list else "none named (pass --classes FILE to name the outputs)"))
     print(f"preprocessing: Resize {prep['resize']}, CenterCrop {prep['crop']}, {prep['channels']} channel(s), "
           f"mean {prep['mean']}, std {prep['std']}")
-    dev = pick_device(device)
     loader = lambda: torch.utils.data.DataLoader(
         ProbeSet(paths, prep["resize"], prep["crop"], **model_input_args(prep)), batch_size=batch_size,
         num_workers=num_workers, pin_memory=dev.type == "cuda")

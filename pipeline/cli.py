@@ -185,7 +185,9 @@ def _unmet(spec: str, value: Any, config: dict) -> str | None:
     """What `value` must be under `spec`, in words, when it is not; None when it is allowed."""
     rule = _rule(spec)
     if rule[0] == "choices":
-        return None if isinstance(value, str) and any(p.fullmatch(value) for p in rule[1]) else f"one of {spec}"
+        # numbers too (channels: "0 | 1 | 3"), by their plain text
+        text = value if isinstance(value, str) else (str(value) if isinstance(value, int) and not isinstance(value, bool) else None)
+        return None if text is not None and any(p.fullmatch(text) for p in rule[1]) else f"one of {spec}"
     _, low, low_closed, high, high_closed = rule
     named = [b for b in (low, high) if isinstance(b, str)]
     low, high = (config[b] if isinstance(b, str) else b for b in (low, high))
