@@ -6,7 +6,7 @@
     {save_root}/vlm_{tag}/text_{concept_set}_{template_ver}.pt                   step 3, per VLM
     .../{adaptive93|top20}/vlm_{tag}/{concept_set}_{template_ver}_{adaptive|plain}_a{alpha}/
         similarity.pt, concepts.json, metrics.json                               step 3, matching
-        describers/{describer}/similarity.pt, concepts.json                      other describers, same inputs
+        describers/{describer}/scores.pt, concepts.json                          other describers, same inputs
         describers/describers.json, .csv, agreement.csv, *.png, sensitivity.*    their comparison
     {save_root}/{dataset}_{split}/{model}/maps_{module}.pt                      dissection's maps, per model
     {save_root}/{dataset}_test/{model}/eval/                                     step 4 (val + test)
@@ -143,7 +143,7 @@ def maps_key(stage2: dict, module: str, image_ids: list[str]) -> str:
 
 
 def describer_key(inputs: dict, constants: dict, code: str) -> str:
-    """A describer's similarity.pt and concepts.json: the keys of what it read (activations, features,
+    """A describer's scores.pt and concepts.json: the keys of what it read (activations, features,
     probing set, box file) and the constants of its formula."""
     return digest({"inputs": inputs, "constants": constants, "code": code})
 
