@@ -40,8 +40,8 @@ import torch
 from dataset.boxes import load_boxes
 from dataset.concepts import read_concepts
 from dataset.nih import class_names, read_split, resolve_images, split_file
-from describers import (NAMES, label_auc, lift_findings, name_neurons, same_name, soft_wpmi, top_images, topk_mean,
-                        truth_agreement)
+from describers import (NAMES, label_auc, lift_findings, name_neurons, pm, same_name, soft_wpmi, top_images,
+                        topk_mean, truth_agreement)
 from method import fc_metrics, image_concept_scores, neuron_concept_scores, select_concepts, select_examples
 from models import pick_device
 from models.target import load_target
@@ -317,9 +317,9 @@ def compare(path: Path, layer: str, records: dict, truth_of: dict, skipped: dict
                          "cosine": cosine_metrics(recs, config["metric_encoders"], config["medclip_weights"])}
         rows[name] = row
     pairwise = {a: {b: same_name(words(records[a]), words(records[b])) for b in records} for a in records}
-    return {"key": digest({"run": file_digest(path), "rivals": {n: file_digest(describers_dir(path) / n / "concepts.json")
-                                                                 for n in records if n != "mammi"},
-                           "truth": truth_of, "encoders": config["metric_encoders"], "code": CODE}),
+    rivals = {n: file_digest(describers_dir(path) / n / "concepts.json") for n in records if n != "mammi"}
+    return {"key": digest({"run": file_digest(path), "rivals": rivals, "truth": truth_of,
+                           "encoders": config["metric_encoders"], "code": CODE}),
             "run": str(path), "layer": layer, "truth": truth_of, "rows": rows, "pairwise": pairwise,
             "skipped": skipped, "config": dict(config)}
 
@@ -444,12 +444,11 @@ def print_table(table: dict) -> None:
             m = r["fc"]
             hits = round(m["hit_rate"]["mean"] * m["hit_rate"]["n"])
             cos = next((v for v in m["cosine"].values() if "mean" in v), None)
-            line += f" {hits:>3}/{m['hit_rate']['n']} ±{m['hit_rate']['se']:.3f}  " + \
-                    f"{m['precision']['mean']:.3f}±{m['precision']['se']:.3f} {m['f1']['mean']:.3f}±{m['f1']['se']:.3f}" + \
-                    (f" {cos['mean']:.3f}±{cos['se']:.3f}" if cos else f" {'n/a':>13}")
+            line += f" {hits:>3}/{m['hit_rate']['n']} ±{m['hit_rate']['se']:.3f}  {pm(m['precision'])} {pm(m['f1'])}" + \
+                    (f" {pm(cos)}" if cos else f" {'n/a':>11}")
         t = r["truth"]
         line += f" {round(t['any']['mean'] * t['any']['n']) if t['any']['n'] else 0:>5}/{t['any']['n']:<4}" \
-                f"{t['any']['mean']:.3f}±{t['any']['se']:.3f} {t['top1']['mean']:.3f}±{t['top1']['se']:.3f}"
+                f"{pm(t['any'])} {pm(t['top1'])}"
         print(line)
     for name, why in table["skipped"].items():
         print(f"{name:<13} skipped: {why}")

@@ -158,6 +158,11 @@ def same_name(a: list[list[str]], b: list[list[str]]) -> dict:
     return share([x[0] == y[0] for x, y in zip(a, b) if x and y])
 
 
+def pm(v: dict) -> str:
+    """A mean_se result as 'mean±se'."""
+    return f"{v['mean']:.3f}±{v['se']:.3f}"
+
+
 def share(hits: list[bool]) -> dict:
     """mean +- std/sqrt(n) of 0/1 outcomes; NaN with n = 0 when there are none."""
     return mean_se(hits) if hits else {"mean": math.nan, "se": math.nan, "n": 0}
