@@ -277,12 +277,12 @@ def dissection(stage2, ids, labels, boxes, box_path, acts, findings, dev):
 
 
 def describer_config(mammi: dict, path: Path, name: str, consts: dict) -> dict:
-    """The run's config less what the rival does not use, with its name and its constants."""
+    """The run's config less what the rival does not use (left out, not changed: a reader that checks
+    an experiment file against it finds no contradiction), with its name, vocabulary and constants."""
     drop = ("alpha", "adaptive") + (() if name in USES_VLM else VLM_FIELDS)
     cfg = {k: v for k, v in mammi["config"].items() if k not in drop}
-    if name not in USES_VLM:
-        cfg["concept_set"] = "findings"
-    return {**cfg, **consts, "describer": name, "mammi_run": str(path)}
+    vocabulary = "concept_set" if name in USES_VLM else "findings"
+    return {**cfg, **consts, "describer": name, "vocabulary": vocabulary, "mammi_run": str(path)}
 
 
 def neuron_truth(acts, labels, findings, dead, auc) -> dict:

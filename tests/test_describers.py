@@ -228,6 +228,7 @@ def test_every_describer_end_to_end_embeds_nothing_twice(probe_set, densenet_ckp
     assert cd["config"]["describer"] == "clip_dissect" and cd["config"]["top_k"] == 100
     assert all(len(n["top"]) == 5 for n in cd["neurons"])
     for f in files[3:]:  # label_auc and dissection name findings
+        assert json.loads(f.read_text())["config"]["vocabulary"] == "findings"
         named = {c["concept"] for n in json.loads(f.read_text())["neurons"] for c in n["concepts"]}
         assert named and named <= {c.lower() for c in class_names()}
     ok(run_script("gallery.py", "--save_root", str(out), "--runs", ",".join(map(str, files))))
