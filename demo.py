@@ -7,10 +7,11 @@ probed with the committed demo target (DenseNet-121) and named with the committe
 (PhantomCLIP); both were trained by `python -m phantom.train`. Every step runs as it would from the
 command line with the experiment file config/demo.py, the command printed, so each can be re-run
 by hand. Ends with the results table: classifier AUROC, the fc hit rate with its ablations, the
-penultimate agreement with the phantom labels, and the pointing game. Everything lands in the
-experiment's save_root.
+penultimate agreement with the phantom labels, MAMMI against the other describers, and the pointing
+game. Everything lands in the experiment's save_root.
 """
 import csv
+import math
 import shlex
 import sys
 import time
@@ -19,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from dataset.nih import class_names, read_split, split_file
+from describers import lift_findings, names_finding, pm
 from pipeline.cache import load_json, save_bytes, save_json
 from pipeline.cli import PipelineError, accepted_names, configure, main, print_config, read_experiment, run_script
-from pipeline.outputs import eval_dir, examples_dir, matching_dir, visualization_dir
+from pipeline.outputs import describers_dir, eval_dir, examples_dir, matching_dir, visualization_dir
 
 # -----------------------------------------------------------------------------
 # The target, VLM, folders and method constants come from config/demo.py (and may be overridden here).
@@ -31,12 +33,11 @@ n_test: ">= 1" = 600            # test split: AUROC
 world_size: ">= 1" = 256        # side of the phantom PNGs
 world_seed: ">= 0" = 1          # the demo models were trained on seed 0: this world is unseen
 vis_images: ">= 0" = 24         # images shown by visualization.py
-lift_min: "> 0" = 2.0           # penultimate: a neuron counts as finding-selective above this lift
 num_workers: ">= 0" = 2
 # -----------------------------------------------------------------------------
 EXPERIMENT = "config/demo.py"
 config = configure(globals(), argv=[EXPERIMENT, *sys.argv[1:]],
-                   reads=("example_selection.py", "concept_matching.py", "bbox_img.py"))
+                   reads=("example_selection.py", "concept_matching.py", "bbox_img.py", "compare_describers.py"))
 WORLD = Path(config["data_root"]).parent  # the world writes images/, its split files and bbox.csv here
 BOX_FILE = str(WORLD / "bbox.csv")
 CONCEPTS = str(Path(config["save_root"]) / "concept_set" / "demo_concepts.txt")
@@ -84,22 +85,17 @@ def penultimate_agreement(stage_cfg: dict) -> dict:
     the probing set's base rate) against its concepts. Agreement: the finding's name is a concept."""
     names, labels = read_split(split_file(stage_cfg["split"], stage_cfg["data_root"], stage_cfg["split_file"]))
     row = {n: i for i, n in enumerate(names)}
-    base = labels.mean(0)
     ex = load_json(examples_dir(stage_cfg) / "examples.json")["neurons"]
     named = {n["neuron"]: [c["concept"] for c in n["concepts"]]
              for n in load_json(matching_dir(stage_cfg) / "concepts.json")["neurons"]}
     classes = [c.lower() for c in class_names()]
     agree, selective, per_class = 0, 0, {c: [0, 0] for c in classes}
-    for n in ex:
-        if not n["examples"]:
-            continue
-        lab = labels[[row[e["image_id"]] for e in n["examples"]]]
-        lift = lab.mean(0) / np.maximum(base, 1e-9)
-        k = int(np.argmax(lift))
-        if lift[k] < lift_min:
+    top = lift_findings(labels, [[row[e["image_id"]] for e in n["examples"]] for n in ex], config["lift_min"])
+    for n, k in zip(ex, top):
+        if k is None:
             continue
         selective += 1
-        hit = classes[k] in named[n["neuron"]] or all(w in named[n["neuron"]] for w in classes[k].split())
+        hit = names_finding(named[n["neuron"]], classes[k])
         agree += hit
         per_class[classes[k]][0] += hit
         per_class[classes[k]][1] += 1
@@ -131,6 +127,10 @@ def run():
     step("concept_matching.py", layer="penultimate")
     times["stage 3"] = time.time() - t
     t = time.time()
+    for layer in ("fc", "penultimate"):  # the other ways to name a neuron, on the inputs of MAMMI's run
+        step("compare_describers.py", layer=layer)
+    times["describers"] = time.time() - t
+    t = time.time()
     step("target_model_perform.py")
     step("bbox_img.py", max_drawn=8)
     step("visualization.py", max_drawn=vis_images)
@@ -145,8 +145,10 @@ def run():
     with open(eval_dir(base) / "TestEval.csv", newline="") as f:
         auroc = {r["label"]: float(r["auc"]) for r in csv.DictReader(f)}
     pointing = load_json(visualization_dir(base) / "total_results.json")["pointing_game"]
-    summary = {"auroc": auroc, "fc": rows, "penultimate": pen, "pointing_game": pointing, "times_s": times,
-               "config": config}
+    rivals = {layer: load_json(describers_dir(matching_dir({**base, "layer": layer}) / "concepts.json")
+                               / "describers.json") for layer in ("fc", "penultimate")}
+    summary = {"auroc": auroc, "fc": rows, "penultimate": pen, "describers": rivals, "pointing_game": pointing,
+               "times_s": times, "config": config}
     report(summary)
     save_json(Path(config["save_root"]) / "summary.json", summary)
     print(f"\ndemo finished in {time.time() - t0:.0f}s; summary in {Path(config['save_root']) / 'summary.json'}")
@@ -164,12 +166,38 @@ def report(summary: dict) -> None:
         hits = round(m["hit_rate"]["mean"] * m["hit_rate"]["n"])
         print(f"{label:<52} {hits:>6}/14 {m['precision']['mean']:>10.3f} {m['f1']['mean']:>6.3f}")
     p = summary["penultimate"]
-    print(f"\npenultimate layer: {p['agree']} of {p['selective']} finding-selective neurons (lift >= {lift_min:g}; "
-          f"{p['neurons']} in all) have that finding among their concepts: {p['share']:.1%}")
+    print(f"\npenultimate layer: {p['agree']} of {p['selective']} finding-selective neurons (lift >= "
+          f"{config['lift_min']:g}; {p['neurons']} in all) have that finding among their concepts: {p['share']:.1%}")
+    describer_table(summary["describers"])
     g = summary["pointing_game"]["overall"]
     print(f"pointing game: the overall Taylor map peaks inside a box of the predicted class in {g['hits']} of "
           f"{g['n']} (image, class) pairs; mean share of map mass inside the boxes {g['mass_inside_mean']:.2f}")
     print("times: " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["times_s"].items()))
+
+
+def describer_table(rivals: dict) -> None:
+    """MAMMI and its rivals side by side: the fc metrics and the penultimate agreement with the truth."""
+    fc, pen = rivals["fc"], rivals["penultimate"]
+    print(f"\nMAMMI against other describers (mean ± standard error; fc: 14 neurons, so one neuron is 0.071; "
+          f"penultimate truth: {pen['truth']['rule']}, {pen['truth']['n']} neurons)")
+    print(f"{'describer':<13} {'fc hit rate':>16} {'precision':>13} {'F1':>13} {'cosine':>13} "
+          f"{'penultimate: named':>24} {'first concept':>14}")
+    none = {"mean": math.nan, "se": math.nan, "n": 0}
+    for name, r in fc["rows"].items():
+        m, p = r["fc"], pen["rows"].get(name, {}).get("truth", {"any": none, "top1": none})
+        cos = next((v for v in m["cosine"].values() if "mean" in v), none)
+        hits = round(m["hit_rate"]["mean"] * m["hit_rate"]["n"])
+        agree = round(p["any"]["mean"] * p["any"]["n"]) if p["any"]["n"] else 0
+        print(f"{name:<13} {hits:>4}/14 {pm(m['hit_rate'])} {pm(m['precision'])} {pm(m['f1'])} {pm(cos)} "
+              f"{agree:>5}/{p['any']['n']:<4} {pm(p['any'])} {pm(p['top1'])}")
+    for layer, t in rivals.items():
+        for name, why in t["skipped"].items():
+            print(f"{name} ({layer}) skipped: {why}")
+        s = t.get("sensitivity")
+        if s:
+            grid = np.array(s["hit_rate"] if s["hit_rate"] is not None else s["truth_any"])
+            print(f"sensitivity of MAMMI ({layer}: {s['metric']}) over adaptive_percent x alpha: "
+                  f"{np.nanmin(grid):.3f} to {np.nanmax(grid):.3f}; {s['figure']}")
 
 
 if __name__ == "__main__":

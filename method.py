@@ -17,6 +17,11 @@ def adaptive_threshold(a: torch.Tensor, percent: float) -> torch.Tensor:
     return hi - (hi - lo) * (1 - percent / 100)
 
 
+def ranked(acts: torch.Tensor) -> torch.Tensor:
+    """Image indices [N, K] of each neuron in descending activation, ties in probe order."""
+    return torch.sort(acts, dim=0, descending=True, stable=True).indices
+
+
 def select_examples(acts: torch.Tensor, selection: str = "adaptive", percent: float = 93.0,
                     topk: int = 20) -> list[dict]:
     """Per neuron: its threshold, whether it is dead (constant over the probing set) and its example
@@ -25,7 +30,7 @@ def select_examples(acts: torch.Tensor, selection: str = "adaptive", percent: fl
     acts = acts.double()
     thr = adaptive_threshold(acts, percent)
     dead = (acts.max(0).values == acts.min(0).values).tolist()
-    order = torch.sort(acts, dim=0, descending=True, stable=True).indices
+    order = ranked(acts)
     out = []
     for k in range(acts.shape[1]):
         if dead[k]:

@@ -7,6 +7,9 @@
     .../{adaptive93|top20}/vlm_{tag}/{concept_set}_{prompt}_{adaptive|plain}_a{alpha}/
         similarity.pt, concepts.json, metrics.json                               step 3, matching
     ({prompt} is template_ver, followed by -t and a digest of --template when it is not the default)
+        describers/{describer}/scores.pt, concepts.json                          other describers, same inputs
+        describers/describers.json, .csv, agreement.csv, *.png, sensitivity.*    their comparison
+    {save_root}/{dataset}_{split}/{model}/maps_{module}.pt                      dissection's maps, per model
     {save_root}/{dataset}_test/{model}/eval/                                     step 4 (val + test)
     {save_root}/{dataset}_{box_source}/bbox/                                     step 5
     {save_root}/{dataset}_{box_source}/{model}/visualization/                    step 6
@@ -119,6 +122,16 @@ def _examples_ok(ex: dict) -> bool:
         and all(isinstance(e["image_id"], str) for e in n["examples"]) for n in ex["neurons"])
 
 
+def describers_dir(run: str | Path) -> Path:
+    """The other describers of a stage-3 run (its concepts.json) and their comparison, inside its folder:
+    they read the same activations, VLM features and concept set."""
+    return Path(run).parent / "describers"
+
+
+def maps_path(c: dict, module: str) -> Path:
+    return probe_dir(c) / c["model"] / f"maps_{_tag(module)}.pt"
+
+
 def eval_dir(c: dict) -> Path:
     # AUROC is reported on the test split (thresholds come from val), so the folder is the test one.
     return probe_dir({**c, "split": "test"}) / model_tag(c["model"]) / "eval"
@@ -179,6 +192,19 @@ def matching_key(examples: str, images: str, text: str, c: dict, code: str) -> s
     """similarity.pt and concepts.json: the examples, both feature caches and the scoring rule."""
     return digest({"examples": examples, "images": images, "text": text, "adaptive": c["adaptive"],
                    "alpha": c["alpha"], "code": code})
+
+
+def maps_key(stage2: dict, module: str, image_ids: list[str]) -> str:
+    """maps_{module}.pt: the model and preprocessing of step 2 (its layer aside), the images, the module."""
+    return digest({**{k: stage2[k] for k in ACTIVATION_FIELDS if k != "layer"}, "module": module,
+                   "checkpoint": file_digest(stage2["checkpoint"]), "data": stage2["data_key"], "images": image_ids,
+                   "code": code_version("pipeline/dissection.py", "models/target.py", "dataset/nih.py")})
+
+
+def describer_key(inputs: dict, constants: dict, code: str) -> str:
+    """A describer's scores.pt and concepts.json: the keys of what it read (activations, features,
+    probing set, box file) and the constants of its formula."""
+    return digest({"inputs": inputs, "constants": constants, "code": code})
 
 
 def metrics_key(matching: str, encoders: str, medclip: str) -> str:

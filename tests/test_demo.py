@@ -21,6 +21,7 @@ MAMMI's F1 leads the no-template row by .107-.136. Broken variants, world seed 1
   tests/test_pins.py pins the pixels instead).
 """
 import json
+from pathlib import Path
 
 import pytest
 
@@ -47,8 +48,8 @@ def check_quality(summary: dict, table: str) -> None:
 
 def test_demo_on_a_reduced_world(tmp_path):
     out, world = tmp_path / "res", tmp_path / "world"
-    proc = run_script("demo.py", "--data_root", str(world / "images"), "--n_probe", "400", "--n_val", "100", "--n_test", "150",
-                      "--vis_images", "4", "--num_workers", "0", "--save_root", str(out))
+    proc = run_script("demo.py", "--data_root", str(world / "images"), "--n_probe", "400", "--n_val", "100",
+                      "--n_test", "150", "--vis_images", "4", "--num_workers", "0", "--save_root", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["fc"]) == {"MAMMI (adaptive examples, template, adaptive score)", "not adaptive",
@@ -72,5 +73,18 @@ def test_demo_on_a_reduced_world(tmp_path):
     vis = out / "phantom_nih" / "densenet121" / "visualization"
     assert (vis / "total_results.json").is_file() and list((vis / "figures").glob("*.png"))
     assert "== Results on the phantom world" in proc.stdout and "pointing game" in proc.stdout
+    # MAMMI against the other describers: every one with its numbers and standard errors, on both layers.
+    rivals = summary["describers"]
+    assert set(rivals) == {"fc", "penultimate"}
+    for layer, table in rivals.items():
+        assert list(table["rows"]) == ["mammi", "clip_dissect", "topk_mean", "label_auc", "dissection"], table["skipped"]
+        assert table["truth"]["kind"] == "lift" and table["truth"]["n"] > 0
+        for row in table["rows"].values():
+            assert row["truth"]["any"]["n"] == table["truth"]["n"] and row["truth"]["any"]["se"] >= 0
+        assert (Path(table["run"]).parent / "describers" / "sensitivity.png").is_file()
+    fc = rivals["fc"]["rows"]
+    assert fc["mammi"]["fc"]["hit_rate"] == default["hit_rate"]  # one scorer for MAMMI and its rivals
+    assert all({"hit_rate", "precision", "f1", "cosine"} <= set(r["fc"]) for r in fc.values())
+    assert "MAMMI against other describers" in proc.stdout and "sensitivity of MAMMI" in proc.stdout
     index = out / "gallery" / "index.html"
     assert index.is_file() and proc.stdout.rstrip().splitlines()[-1].startswith(f"neuron gallery: {index}")

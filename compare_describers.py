@@ -1,0 +1,468 @@
+"""MAMMI against the other ways to name a neuron, on the same inputs, in one table (README, "MAMMI
+against other describers").
+
+    python compare_describers.py config/nih_densenet121.py --layer fc
+
+Reads a stage-3 run (its concepts.json, given or derived from the constants of steps 2-3) and, from
+what it stored, the layer's activations.pt, the VLM, concept set and prompts. The rivals
+(describers.py) score every neuron against every concept from those same inputs:
+  clip_dissect  CLIP-Dissect's soft-WPMI over the VLM features of the whole probing set;
+  topk_mean     the mean cosine of a neuron's top images with each concept prompt;
+  label_auc     the class whose labels its activation separates best (AUROC; needs labels);
+  dissection    Network Dissection's IoU of its thresholded maps with each finding's boxes (needs boxes).
+The probing set's image features come from step 3's image_features.pt, grown by the images it lacks,
+and the prompts from its text cache: nothing is embedded twice and no describer but dissection runs
+the target again (its maps are not in step 2's cache: pipeline/dissection.py says why and how).
+Each writes describers/{name}/concepts.json in MAMMI's format (its best concept, plus its top_n under
+"top") and scores.pt (its score of every neuron and concept; not named similarity.pt, whose alpha cut
+readers would look for) beside the run.
+
+The table: fc hit rate, precision, F1 and cosine (fc layer), and on any layer the agreement with what
+the probing set says each neuron is (`truth`), each with its standard error; pairwise agreement of
+the describers; and the sensitivity of MAMMI's fc hit rate (fc) or agreement (other layers) to its two
+constants, from the cached tensors. Writes describers/describers.json, describers.csv, agreement.csv,
+describers.png, sensitivity.json, sensitivity.png.
+"""
+import csv
+import functools
+import io
+import math
+import shutil
+import time
+from pathlib import Path
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from dataset.boxes import load_boxes
+from dataset.concepts import read_concepts
+from dataset.nih import class_names, read_split, resolve_images, split_file
+from describers import (NAMES, label_auc, lift_findings, name_neurons, pm, same_name, soft_wpmi, top_images,
+                        topk_mean, truth_agreement)
+from method import fc_metrics, image_concept_scores, neuron_concept_scores, select_concepts, select_examples
+from models import pick_device
+from models.target import load_target
+from models.vlm import load_vlm
+from pipeline.cache import (cached, code_version, digest, file_digest, load_json, load_tensors, save_bytes, save_json,
+                            save_png, save_tensors)
+from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
+from pipeline.dissection import collect_maps, dissect, layer_maps, map_source
+from pipeline.features import image_features, text_features
+from pipeline.outputs import describer_key, describers_dir, maps_key, maps_path, matching_dir
+from pipeline.text_metrics import cosine_metrics
+
+# -----------------------------------------------------------------------------
+# The run to compare is named by the constants of steps 2-3 (or given); what produced it is taken
+# from its concepts.json. The box file is bbox_img.py's box_source and box_file.
+mammi_run = ""                  # MAMMI's concepts.json; default: the one steps 2-3 wrote for these constants
+describers = "clip_dissect,topk_mean,label_auc,dissection"  # the rivals to run beside MAMMI
+top_k = 100                     # images per neuron for clip_dissect (CLIP-Dissect's default) and topk_mean
+wpmi_a = 10.0                   # CLIP-Dissect: P = softmax(a * cos) over the concepts of each image
+wpmi_lambda = 1.0               # CLIP-Dissect: score = log P(c|k) - lambda * log P(c)
+wpmi_p_start = 0.998            # CLIP-Dissect: weight of a neuron's top image ...
+wpmi_p_end = 0.97               # ... falling linearly towards this one over its top_k images
+dissection_quantile = 0.995     # Network Dissection: T_k, the top 0.5% of a neuron's spatial activations
+top_n = 5                       # concepts listed per neuron under "top" in a rival's concepts.json
+truth = "label_auc"             # what the probing set says a neuron is: lift | label_auc (see README)
+truth_images = 20               # truth lift: the top images per neuron whose findings are counted
+lift_min = 2.0                  # truth lift: a neuron has a finding only at this lift over the base rate or above
+sensitivity_percents = "80,85,90,93,95,97"  # MAMMI's adaptive_percent values to try from the cache ('' = no study)
+sensitivity_alphas = "90,93,95,97,99"       # MAMMI's alpha values to try
+batch_size = 64
+num_workers = 2
+device = "auto"                 # auto = CUDA when present
+# -----------------------------------------------------------------------------
+config = configure(globals(), reads=("example_selection.py", "concept_matching.py", "bbox_img.py"))
+CODE = code_version("compare_describers.py", "describers.py", "method.py", "pipeline/dissection.py", "models")
+# What decided the run: refused when given here with another value than the one stored with it.
+UPSTREAM = [k for k in constant_names("example_selection.py") + constant_names("concept_matching.py")
+            if k not in ("data_root", "batch_size", "num_workers", "device", "save_crops", "save_root", "examples",
+                         "metric_encoders", "medclip_weights")]
+# The constants of each rival's formula: its key and its concepts.json record them.
+CONSTANTS = {"clip_dissect": ("top_k", "wpmi_a", "wpmi_lambda", "wpmi_p_start", "wpmi_p_end"),
+             "topk_mean": ("top_k",), "label_auc": (), "dissection": ("dissection_quantile", "box_source")}
+USES_VLM = ("clip_dissect", "topk_mean")  # the others name neurons with findings, not with the concept set
+VLM_FIELDS = ("model_clip", "clip_weights", "concept_set", "concept_set_file", "n_concepts", "template_ver", "template")
+
+
+def run():
+    wanted = [d.strip() for d in describers.split(",") if d.strip()]
+    unknown = [d for d in wanted if d not in NAMES[1:]]
+    if unknown:
+        raise PipelineError(f"--describers: unknown {', '.join(unknown)}; choose among {', '.join(NAMES[1:])}")
+    if truth not in ("lift", "label_auc"):
+        raise PipelineError(f"--truth is lift or label_auc, not {truth!r}")
+    percents, alphas = numbers("sensitivity_percents"), numbers("sensitivity_alphas")
+    path, mammi = read_run()
+    print_config("compare_describers", config)
+    t0 = time.time()
+    ex_json = Path(mammi["config"]["examples"])
+    ex = load_json(ex_json)
+    stage2, layer = ex["config"], ex["config"]["layer"]
+    act_path = ex_json.parent.parent / "activations.pt"
+    act = cached(act_path, ex["activations_key"])
+    if act is None:
+        raise PipelineError(f"{act_path} is missing or was rewritten after {ex_json}; re-run example_selection.py and "
+                            f"concept_matching.py with the same constants, then this step")
+    acts, ids = act["activations"], act["image_ids"]
+    if [n["neuron"] for n in mammi["neurons"]] != list(range(acts.shape[1])):
+        raise PipelineError(f"{path} does not name the {acts.shape[1]} neurons of {act_path} in order; "
+                            f"re-run concept_matching.py")
+    labels = probe_labels(stage2, ids)
+    findings = [c.lower() for c in class_names()]
+    dead = (acts.max(0).values == acts.min(0).values).tolist()
+    out = describers_dir(path)
+    dev = pick_device(device)
+    inputs = {"activations": ex["activations_key"], "data": stage2["data_key"]}
+
+    # What the VLM rivals and the sensitivity study share: every probing image's features (step 3's cache,
+    # grown by the images it lacks) and the concept prompts (its text cache).
+    feats = None
+    if set(wanted) & set(USES_VLM) or (percents and alphas):
+        t = time.time()
+        concept_path, concepts = read_concepts(config["concept_set"])
+        vlm = functools.cache(lambda: load_vlm(config["model_clip"], config["clip_weights"], dev))
+        img, img_key, new = image_features(config, stage2, ids, vlm, batch_size, num_workers)
+        text = text_features(config, concept_path, concepts, vlm)
+        sim = path.parent / "similarity.pt"
+        if sim.is_file() and load_tensors(sim)["concepts"] != concepts:
+            raise PipelineError(f"the concept set {concept_path} changed since {path} was written; re-run "
+                                f"concept_matching.py with it, then this step")
+        feats = {"images": img, "text": text, "concepts": concepts,
+                 "cos": image_concept_scores(img, text["features"], None)}  # [N, C]: cos(image, concept prompt)
+        inputs.update(images=img_key, text=text["key"])
+        print(f"features of the {len(ids)} probing images ({new} embedded now) and {len(concepts)} prompts "
+              f"in {time.time() - t:.1f}s")
+
+    records, scores, skipped = {"mammi": mammi["neurons"]}, {}, {}
+    for name in wanted:
+        t = time.time()
+        consts = {k: config[k] for k in CONSTANTS[name]}
+        got = rival(name, consts, {k: v for k, v in inputs.items() if name in USES_VLM or k in ("activations", "data")},
+                    out / name, acts, ids, labels, findings, feats, stage2, dev)
+        if isinstance(got, str):  # it does not apply to this probing set: say why, leave nothing stale
+            print(f"note: {name} skipped: {got}")
+            skipped[name] = got
+            shutil.rmtree(out / name, ignore_errors=True)
+            continue
+        S, names, used, key = got
+        scores[name] = S
+        records[name] = name_neurons(S.double(), names, dead, used, top_n, floor=0.0 if name == "dissection" else None)
+        save_json(out / name / "concepts.json", {"key": key, "config": describer_config(mammi, path, name, consts),
+                                                 "neurons": records[name]})
+        counts = {st: sum(n["status"] == st for n in records[name]) for st in ("ok", "none", "dead")}
+        print(f"{name}: {counts['ok']} neurons named, {counts['none']} none, {counts['dead']} dead, "
+              f"in {time.time() - t:.1f}s")
+
+    truth_of = neuron_truth(acts, labels, findings, dead, scores.get("label_auc"))
+    table = compare(path, layer, records, truth_of, skipped)
+    if percents and alphas:
+        t = time.time()
+        table["sensitivity"] = sensitivity(mammi, acts, feats, truth_of, percents, alphas, out)
+        print(f"sensitivity of MAMMI to adaptive_percent x alpha ({len(percents)} x {len(alphas)}) in "
+              f"{time.time() - t:.1f}s")
+    save_json(out / "describers.json", table)
+    write_tables(table, out)
+    save_png(out / "describers.png", figure(table))
+    print_table(table)
+    print(f"compared {len(records)} describers in {time.time() - t0:.1f}s")
+    print("outputs:")
+    for p in [out / n / "concepts.json" for n in records if n != "mammi"] + \
+             [out / f for f in ("describers.json", "describers.csv", "agreement.csv", "describers.png")] + \
+             ([out / "sensitivity.png"] if "sensitivity" in table else []):
+        print(f"  {p}")
+
+
+def rival(name, consts, inputs, where, acts, ids, labels, findings, feats, stage2, dev):
+    """One rival's scores [K, C] with its concept names, the number of images it used per neuron and
+    its key; from where/scores.pt when the key matches. Or why it cannot run here."""
+    if name == "dissection":
+        boxes, box_path = load_boxes(config["box_source"], config["box_file"])
+        inputs = {**inputs, "boxes": file_digest(box_path)}
+    key = describer_key(inputs, consts, CODE)
+    stored = cached(where / "scores.pt", key)
+    if stored is not None:
+        print(f"reusing {where / 'scores.pt'}")
+        return stored["scores"], stored["concepts"], stored["n_used"], key
+    if name == "clip_dissect":
+        S = soft_wpmi(feats["cos"], acts, top_k, wpmi_a, wpmi_lambda, wpmi_p_start, wpmi_p_end)
+        names, used = feats["concepts"], min(top_k, len(ids))
+    elif name == "topk_mean":
+        S, names, used = topk_mean(feats["cos"], acts, top_k), feats["concepts"], min(top_k, len(ids))
+    elif name == "label_auc":
+        S, names, used = label_auc(acts, labels), findings, len(ids)
+    else:
+        got = dissection(stage2, ids, labels, boxes, box_path, acts, findings, dev)
+        if isinstance(got, str):
+            return got
+        S, names, used = got
+    save_tensors(where / "scores.pt", {"key": key, "scores": S.float(), "concepts": names, "n_used": used,
+                                           "neurons": list(range(S.shape[0]))})
+    return S, names, used, key
+
+
+def numbers(name: str) -> list[float]:
+    try:
+        return [float(v) for v in config[name].split(",") if v.strip()]
+    except ValueError:
+        raise PipelineError(f"--{name} takes comma-separated numbers, got {config[name]!r}") from None
+
+
+def read_run() -> tuple[Path, dict]:
+    """MAMMI's concepts.json, and the constants that produced it taken into config."""
+    path = Path(mammi_run) if mammi_run else matching_dir(config) / "concepts.json"
+    if not path.is_file():
+        raise PipelineError(f"{path} not found; run example_selection.py and concept_matching.py with the same "
+                            f"experiment file and --layer (or pass --mammi_run PATH)")
+    data = load_json(path)
+    cfg = data.get("config") if isinstance(data, dict) else None
+    if not isinstance(cfg, dict) or "examples" not in cfg or not isinstance(data.get("neurons"), list):
+        raise PipelineError(f"{path} is not a concepts.json of concept_matching.py; re-run it")
+    if cfg.get("describer"):
+        raise PipelineError(f"{path} was written by the {cfg['describer']} describer; pass MAMMI's concepts.json "
+                            f"(concept_matching.py's) as --mammi_run")
+    check_stored(config, cfg, UPSTREAM, path)
+    config.update({k: cfg[k] for k in UPSTREAM if k in cfg})
+    return path, data
+
+
+def probe_labels(stage2: dict, ids: list[str]) -> np.ndarray:
+    """The 0/1 labels [N, 14] of the probing images, in step 2's order."""
+    names, labels = read_split(split_file(stage2["split"], stage2["data_root"], stage2["split_file"]))
+    row = {n: i for i, n in enumerate(names)}
+    missing = [i for i in ids if i not in row]
+    if missing:
+        raise PipelineError(f"the split file of {stage2['data_root']} no longer lists {missing[0]} (and "
+                            f"{len(missing) - 1} more); re-run example_selection.py")
+    return labels[[row[i] for i in ids]]
+
+
+def dissection(stage2, ids, labels, boxes, box_path, acts, findings, dev):
+    """Network Dissection over the probing images whose masks are known: IoU [K, C], its findings and
+    the number of images; or why it cannot run."""
+    def anns_of(name):
+        return boxes.get(name, boxes.get(Path(name).name))
+    rows = [r for r, i in enumerate(ids) if anns_of(i) is not None or not labels[r].any()]
+    if not any(anns_of(ids[r]) for r in rows):
+        return (f"no image of the probing set has a box in {box_path}; dissection needs a probing set with "
+                f"boxes or masks (NIH: its bbox.csv images, ChestX-Det: its json)")
+    extra = sorted({a["label"].lower() for r in rows for a in (anns_of(ids[r]) or [])} - set(findings))
+    names, layer = findings + extra, stage2["layer"]
+    net = load_target(stage2["model"], stage2["checkpoint"], need_head=(layer == "fc"))[0].to(dev).eval()
+    module = map_source(net, layer)
+    # The maps of the last block serve fc and penultimate alike: one pass per model and probing set.
+    path, key = maps_path(stage2, module), maps_key(stage2, module, [ids[r] for r in rows])
+    stored = cached(path, key)
+    if stored is None:
+        _, paths = resolve_images(stage2["data_root"], [ids[r] for r in rows])
+        raw, sizes = collect_maps(net, module, paths, stage2["resize"], stage2["crop"], batch_size, num_workers, dev)
+        save_tensors(path, {"key": key, "maps": raw, "sizes": sizes, "image_ids": [ids[r] for r in rows]})
+    else:
+        print(f"reusing {path}")
+        raw, sizes = stored["maps"], stored["sizes"]
+    maps = layer_maps(net.cpu(), layer, raw)
+    gap = float((maps.mean((2, 3)) - acts[rows]).abs().max())
+    if gap > 1e-3 * float(acts.abs().max()) + 1e-5:
+        raise PipelineError(f"the {layer} maps do not average to the activations of step 2 (gap {gap:.3g}): "
+                            f"{stage2['checkpoint']} changed since; re-run example_selection.py")
+    got = dissect(maps, sizes, [anns_of(ids[r]) or [] for r in rows], names, stage2["resize"], stage2["crop"],
+                  dissection_quantile, batch_size)
+    n_boxed = sum(bool(anns_of(ids[r])) for r in rows)
+    print(f"dissection: {len(rows)} images ({n_boxed} with boxes, the rest without findings), maps "
+          f"{maps.shape[2]}x{maps.shape[3]} upsampled to {stage2['crop']}x{stage2['crop']}")
+    return got["iou"], names, len(rows)
+
+
+def describer_config(mammi: dict, path: Path, name: str, consts: dict) -> dict:
+    """The run's config less what the rival does not use (left out, not changed: a reader that checks
+    an experiment file against it finds no contradiction), with its name, vocabulary and constants."""
+    drop = ("alpha", "adaptive") + (() if name in USES_VLM else VLM_FIELDS)
+    cfg = {k: v for k, v in mammi["config"].items() if k not in drop}
+    vocabulary = "concept_set" if name in USES_VLM else "findings"
+    return {**cfg, **consts, "describer": name, "vocabulary": vocabulary, "mammi_run": str(path)}
+
+
+def neuron_truth(acts, labels, findings, dead, auc) -> dict:
+    """What the probing set says each neuron is (`truth`), a finding name or None."""
+    if truth == "lift":
+        idx = lift_findings(labels, top_images(acts, truth_images).T.tolist(), lift_min)
+        rule = f"the finding of highest lift (>= {lift_min:g}) among the neuron's top {truth_images} images"
+    else:
+        auc = label_auc(acts, labels) if auc is None else auc
+        best = torch.where(torch.isnan(auc), -math.inf, auc).argmax(1).tolist()
+        idx = [None if torch.isnan(auc[k]).all() else best[k] for k in range(len(best))]
+        rule = "the class whose labels the neuron's activation separates best (highest AUROC)"
+    names = [None if dead[k] or i is None else findings[i] for k, i in enumerate(idx)]
+    return {"kind": truth, "rule": rule, "neurons": names, "n": sum(n is not None for n in names)}
+
+
+def words(records: list[dict]) -> list[list[str]]:
+    return [[c["concept"] for c in n["concepts"]] for n in records]
+
+
+def compare(path: Path, layer: str, records: dict, truth_of: dict, skipped: dict) -> dict:
+    """Per describer: how many neurons it names, the fc metrics (fc layer) and the agreement with the
+    truth, each mean +- std/sqrt(n); and the pairwise agreement of their first concepts."""
+    is_fc = layer == "fc" and len(records["mammi"]) == len(class_names())
+    rows = {}
+    for name, recs in records.items():
+        w = words(recs)
+        row = {"neurons": len(recs), "named": sum(n.get("status") == "ok" for n in recs),
+               "truth": truth_agreement(w, truth_of["neurons"])}
+        if is_fc:
+            row["fc"] = {**fc_metrics(w, class_names()),
+                         "cosine": cosine_metrics(recs, class_names(), config["metric_encoders"],
+                                                   config["medclip_weights"])}
+        rows[name] = row
+    pairwise = {a: {b: same_name(words(records[a]), words(records[b])) for b in records} for a in records}
+    rivals = {n: file_digest(describers_dir(path) / n / "concepts.json") for n in records if n != "mammi"}
+    return {"key": digest({"run": file_digest(path), "rivals": rivals, "truth": truth_of,
+                           "encoders": config["metric_encoders"], "code": CODE}),
+            "run": str(path), "layer": layer, "truth": truth_of, "rows": rows, "pairwise": pairwise,
+            "skipped": skipped, "config": dict(config)}
+
+
+def sensitivity(mammi, acts, feats, truth_of, percents, alphas, out) -> dict:
+    """MAMMI re-run from the cache over adaptive_percent x alpha (its template and adaptive score as the
+    run): the fc hit rate and F1 (fc layer), the agreement with the truth and the mean number of concepts
+    per neuron, on a grid. The figure: the headline metric, and beside it what a lower alpha pays for it."""
+    cfg = mammi["config"]
+    s = image_concept_scores(feats["images"], feats["text"]["features"],
+                             feats["text"]["template"] if cfg["adaptive"] else None)
+    concepts, is_fc = feats["concepts"], cfg["layer"] == "fc" and acts.shape[1] == len(class_names())
+    grids = {k: np.full((len(percents), len(alphas)), np.nan) for k in ("hit_rate", "f1", "truth_any", "n_concepts")}
+    for i, p in enumerate(percents):
+        ex = select_examples(acts, "adaptive", p)
+        S = neuron_concept_scores(s, [n["examples"] for n in ex]).float()  # float32, as step 3 selects from
+        for j, a in enumerate(alphas):
+            w = [[concepts[c] for c in select_concepts(S_k, a)] if n["examples"] else [] for n, S_k in zip(ex, S)]
+            grids["truth_any"][i, j] = truth_agreement(w, truth_of["neurons"])["any"]["mean"]
+            grids["n_concepts"][i, j] = np.mean([len(x) for x in w])
+            if is_fc:
+                m = fc_metrics(w, class_names())
+                grids["hit_rate"][i, j], grids["f1"][i, j] = m["hit_rate"]["mean"], m["f1"]["mean"]
+    own = (cfg["adaptive_percent"], cfg["alpha"]) if cfg["selection"] == "adaptive" else None
+    panels = ([("fc hit rate", "hit_rate"), ("fc F1 (precision pays for extra concepts)", "f1")] if is_fc else
+              [(f"agreement with the truth ({truth_of['kind']})", "truth_any"), ("concepts per neuron", "n_concepts")])
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (1.1 * len(alphas) + 2.2), 0.6 * len(percents) + 1.8), dpi=110)
+    for ax, (title, k) in zip(axes, panels):
+        grid = grids[k]
+        top = max(1.0, float(np.nanmax(grid)))
+        im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=top, aspect="auto")
+        for (r, c), v in np.ndenumerate(grid):
+            label = f"{round(v * acts.shape[1])}/{acts.shape[1]}" if k == "hit_rate" else f"{v:.3f}"
+            ax.text(c, r, label, ha="center", va="center", color="white" if v < 0.6 * top else "black", fontsize=9,
+                    fontweight="bold" if (percents[r], alphas[c]) == own else None)
+        ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+        ax.set_yticks(range(len(percents)), [f"{p:g}" for p in percents])
+        ax.set_xlabel("alpha (concepts above alpha% of the best score)")
+        ax.set_ylabel("adaptive_percent p")
+        ax.set_title(title, fontsize=10)
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.suptitle(f"MAMMI's two constants, {cfg['layer']} layer, from the cached tensors " +
+                 (f"(bold: the run's p = {own[0]:g}, alpha = {own[1]:g})" if own else "(the run selected its top k)"),
+                 fontsize=10)
+    fig.tight_layout()
+    save_png(out / "sensitivity.png", fig)
+    return {"percents": percents, "alphas": alphas, "metric": panels[0][0],
+            **{k: (g.tolist() if is_fc or k not in ("hit_rate", "f1") else None) for k, g in grids.items()},
+            "figure": str(out / "sensitivity.png")}
+
+
+def write_tables(table: dict, out: Path) -> None:
+    """describers.csv (one row per describer) and agreement.csv (the pairwise matrix)."""
+    header = ["describer", "layer", "neurons", "named", "truth", "truth_n", "truth_any", "truth_any_se",
+              "truth_top1", "truth_top1_se", "hit_rate", "hit_rate_se", "precision", "precision_se", "f1", "f1_se"]
+    enc = [e.strip() for e in config["metric_encoders"].split(",") if e.strip()]
+    header += [f"cosine_{e}{s}" for e in enc for s in ("", "_se")]
+    rows = []
+    for name, r in table["rows"].items():
+        t, fc = r["truth"], r.get("fc", {})
+        row = [name, table["layer"], r["neurons"], r["named"], table["truth"]["kind"], t["any"]["n"],
+               t["any"]["mean"], t["any"]["se"], t["top1"]["mean"], t["top1"]["se"]]
+        row += [fc.get(m, {}).get(k, "") for m in ("hit_rate", "precision", "f1") for k in ("mean", "se")]
+        row += [fc.get("cosine", {}).get(e, {}).get(k, "") for e in enc for k in ("mean", "se")]
+        rows.append(row)
+    save_rows(out / "describers.csv", header, rows)
+    names = list(table["pairwise"])
+    save_rows(out / "agreement.csv", ["describer"] + names,
+              [[a] + [table["pairwise"][a][b]["mean"] for b in names] for a in names])
+
+
+def save_rows(path: Path, header: list, rows: list) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows([[f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in rows])
+    save_bytes(path, buf.getvalue().encode())
+
+
+def figure(table: dict) -> plt.Figure:
+    """Left: each describer's headline numbers with standard errors; right: pairwise agreement."""
+    names = list(table["rows"])
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2), dpi=110, gridspec_kw={"width_ratios": [1.4, 1]})
+    metrics = ([("fc hit rate", lambda r: r["fc"]["hit_rate"]), ("fc F1", lambda r: r["fc"]["f1"])]
+               if "fc" in table["rows"]["mammi"] else [])
+    metrics += [(f"truth named ({table['truth']['kind']})", lambda r: r["truth"]["any"]),
+                ("truth = first concept", lambda r: r["truth"]["top1"])]
+    width = 0.8 / len(metrics)
+    for m, (label, get) in enumerate(metrics):
+        vals = [get(table["rows"][n]) for n in names]
+        ax.bar(np.arange(len(names)) + (m - (len(metrics) - 1) / 2) * width, [v["mean"] for v in vals], width,
+               yerr=[v["se"] for v in vals], capsize=3, label=label)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"{table['layer']} layer: {table['truth']['n']} neurons with a truth (bars: ± 1 standard error)",
+                 fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(metrics), frameon=False)
+    grid = np.array([[table["pairwise"][a][b]["mean"] for b in names] for a in names])
+    bx.imshow(grid, cmap="Blues", vmin=0, vmax=1)
+    for (r, c), v in np.ndenumerate(grid):
+        bx.text(c, r, "" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                color="white" if v > 0.6 else "black")
+    bx.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    bx.set_yticks(range(len(names)), names)
+    bx.set_title("same first concept (share of neurons both name)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def print_table(table: dict) -> None:
+    print(f"\n== Describers on the {table['layer']} layer (mean ± standard error)")
+    print(f"truth ({table['truth']['kind']}): {table['truth']['rule']}; {table['truth']['n']} neurons have one")
+    fc = "fc" in table["rows"]["mammi"]
+    head = f"{'describer':<13} {'named':>6}"
+    if fc:
+        head += f" {'hit rate':>15} {'precision':>13} {'F1':>13} {'cosine':>13}"
+    head += f" {'truth named':>19} {'truth = 1st':>13}"
+    print(head)
+    for name, r in table["rows"].items():
+        line = f"{name:<13} {r['named']:>6}"
+        if fc:
+            m = r["fc"]
+            hits = round(m["hit_rate"]["mean"] * m["hit_rate"]["n"])
+            cos = next((v for v in m["cosine"].values() if "mean" in v), None)
+            line += f" {hits:>3}/{m['hit_rate']['n']} ±{m['hit_rate']['se']:.3f}  {pm(m['precision'])} {pm(m['f1'])}" + \
+                    (f" {pm(cos)}" if cos else f" {'n/a':>11}")
+        t = r["truth"]
+        line += f" {round(t['any']['mean'] * t['any']['n']) if t['any']['n'] else 0:>5}/{t['any']['n']:<4}" \
+                f"{pm(t['any'])} {pm(t['top1'])}"
+        print(line)
+    for name, why in table["skipped"].items():
+        print(f"{name:<13} skipped: {why}")
+    names = list(table["pairwise"])
+    print("pairwise agreement (same first concept): " + "; ".join(
+        f"{a}~{b} {table['pairwise'][a][b]['mean']:.2f}" for i, a in enumerate(names) for b in names[i + 1:]))
+    if "sensitivity" in table:
+        s = table["sensitivity"]
+        grid = np.array(s["hit_rate"] if s["hit_rate"] is not None else s["truth_any"])
+        best = np.unravel_index(np.nanargmax(grid), grid.shape)
+        print(f"sensitivity ({s['metric']}): {np.nanmin(grid):.3f} to {np.nanmax(grid):.3f} over p x alpha; best at "
+              f"p = {s['percents'][best[0]]:g}, alpha = {s['alphas'][best[1]]:g}")
+
+
+if __name__ == "__main__":
+    main(run)

@@ -1,0 +1,168 @@
+"""The other ways to name a neuron on one screen (SPEC.md, "Other ways to name a neuron"), beside
+MAMMI's method.py, and the truths the probing set gives to score them all.
+
+Every describer scores each neuron k of a layer against each concept c from the same inputs as
+MAMMI: the activations A [N, K] of step 2 (a channel's spatial mean), the VLM's L2-normalised
+features of the probing images and of the concept prompts, the probing set's labels, or its boxes.
+A neuron's name is its best-scoring concept. Plain functions on tensors, so that the tests can
+check each against a loop written from SPEC.md.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import rankdata
+
+from method import mean_se, neuron_concept_scores, ranked
+
+# Describers in the order of every table: MAMMI first, then the mask-free rivals, then those that
+# need labels or boxes.
+NAMES = ("mammi", "clip_dissect", "topk_mean", "label_auc", "dissection")
+
+
+def top_images(acts: torch.Tensor, m: int) -> torch.Tensor:
+    """Each neuron's m most activating images [min(m, N), K], descending, ties in probe order."""
+    return ranked(acts)[:min(m, acts.shape[0])]
+
+
+def soft_wpmi(cos: torch.Tensor, acts: torch.Tensor, top_k: int, a: float, lam: float, p_start: float,
+              p_end: float, chunk: int = 32) -> torch.Tensor:
+    """CLIP-Dissect's soft-WPMI [K, C] from the image-concept cosines cos [N, C] and activations [N, K]:
+    P = softmax(a cos) over concepts; log P(c|k) = sum over k's top m images i of
+    log(1 + p_i (P[i, c] - 1) + 1e-7), p_i falling linearly from p_start; minus lam * log P(c), the
+    log of the mean of P(c|k) over the layer's neurons."""
+    P = torch.softmax(a * cos.double(), dim=1)
+    top = top_images(acts, top_k)
+    m, K = top.shape
+    p = p_start - torch.arange(m, dtype=torch.float64) / m * (p_start - p_end)
+    log_pck = torch.empty(K, P.shape[1], dtype=torch.float64)
+    for j in range(0, K, chunk):  # [m, chunk, C] at a time: NIH's 1,024 neurons x 100 x 1,361 would need 1 GB
+        log_pck[j:j + chunk] = torch.log(1 + p[:, None, None] * (P[top[:, j:j + chunk]] - 1) + 1e-7).sum(0)
+    log_pc = torch.logsumexp(log_pck, dim=0) - math.log(K)
+    return log_pck - lam * log_pc
+
+
+def topk_mean(cos: torch.Tensor, acts: torch.Tensor, k: int) -> torch.Tensor:
+    """The plain baseline [K, C]: mean over each neuron's top k images of cos(image, concept prompt)."""
+    top = top_images(acts, k)
+    return neuron_concept_scores(cos.double(), top.T.tolist()) / top.shape[0]
+
+
+def label_auc(acts: torch.Tensor, labels) -> torch.Tensor:
+    """AUROC [K, F] of each neuron's activation against each class's 0/1 labels [N, F] (INVERT's
+    label-based reference): the Mann-Whitney statistic with ties counted half, as roc_auc_score.
+    NaN for a class whose labels are all 0 or all 1."""
+    lab = torch.as_tensor(np.asarray(labels), dtype=torch.float64)
+    ranks = torch.from_numpy(rankdata(acts.double().numpy(), axis=0))  # average ranks for ties, from 1
+    n1 = lab.sum(0)
+    n0 = lab.shape[0] - n1
+    auc = (lab.T @ ranks - (n1 * (n1 + 1) / 2)[:, None]) / (n1 * n0)[:, None]
+    auc[(n1 == 0) | (n0 == 0)] = float("nan")
+    return auc.T
+
+
+def top_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """Network Dissection's T_k: the q quantile (linear interpolation) of each row of values [K, M],
+    every spatial activation of neuron k over the probing images."""
+    rows = max(1, (1 << 24) // max(1, values.shape[1]))  # torch.quantile takes at most 2**24 values at once
+    return torch.cat([torch.quantile(values[j:j + rows].double(), q, dim=1) for j in range(0, len(values), rows)])
+
+
+def dissection_counts(maps: torch.Tensor, T: torch.Tensor,
+                      masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For a batch of images: each neuron's map [B, K, h, w] upsampled (bilinear) to the masks' size and
+    thresholded at T_k, M_k(x); the finding masks L_c(x) [B, C, H, W]. Returns the sums over the batch
+    of |M_k(x) & L_c(x)| [K, C], |M_k(x)| [K] and |L_c(x)| [C], as float64 counts."""
+    B, K, C = masks.shape[0], maps.shape[1], masks.shape[1]
+    counts = torch.zeros(K, C + 1, dtype=torch.float64)
+    maps = maps.float()
+    # float32 x > T exactly when x > T rounded down to float32.
+    t = T.float()
+    t = torch.where(t.double() > T.double(), torch.nextafter(t, torch.tensor(-math.inf)), t)
+    # A row of ones below the masks: one product gives |M & L_c| and |M|.
+    L = torch.ones(B, C + 1, masks[0, 0].numel())
+    L[:, :C] = masks.flatten(2)
+    # A bilinear value is a convex combination of neighbouring cells, so a map with no cell above T_k
+    # has an empty M_k: only the others are upsampled (T_k is the top 0.5%: a few percent of them).
+    active = maps.flatten(2).amax(2) > t[None]
+    for b, ks in enumerate(active):
+        ks = ks.nonzero().flatten()
+        if len(ks):
+            up = F.interpolate(maps[b, ks][None], size=masks.shape[-2:], mode="bilinear", align_corners=False)[0]
+            M = (up > t[ks, None, None]).flatten(1).float()
+            counts[ks] += (M @ L[b].T).double()  # 0/1 products: exact in float32 below 2**24 pixels
+    return counts[:, :C], counts[:, C], L[:, :C].sum((0, 2)).double()
+
+
+def iou(inter: torch.Tensor, map_area: torch.Tensor, mask_area: torch.Tensor) -> torch.Tensor:
+    """IoU(k, c) = sum_x |M_k & L_c| / sum_x |M_k | L_c| from the summed counts; 0 where both are empty."""
+    union = map_area[:, None] + mask_area[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
+
+
+def name_neurons(scores: torch.Tensor, concepts: list[str], dead: list[bool], n_used, top_n: int,
+                 floor: float | None = None) -> list[dict]:
+    """concepts.json's neuron records for a describer: the best concept (first on ties), or none when
+    every score is NaN or not above `floor`; `top` lists the top_n concepts by score."""
+    out = []
+    for k, row in enumerate(scores.double()):
+        finite = ~torch.isnan(row)
+        order = torch.sort(torch.where(finite, row, -math.inf), descending=True, stable=True).indices
+        order = order[finite[order]][:top_n].tolist()
+        best = order[:1] if order and (floor is None or row[order[0]] > floor) else []
+        status = "dead" if dead[k] else ("ok" if best else "none")
+        out.append({"neuron": k, "n_examples": n_used[k] if isinstance(n_used, list) else int(n_used),
+                    "status": status,
+                    "concepts": [] if dead[k] else [{"concept": concepts[c], "score": float(row[c])} for c in best],
+                    "top": [{"concept": concepts[c], "score": float(row[c])} for c in order]})
+    return out
+
+
+# ---- what the probing set says a neuron is, and agreement
+
+def lift_findings(labels, rows: list[list[int]], lift_min: float) -> list[int | None]:
+    """Per neuron, the finding most over-represented among its images (rows of labels [N, F]): the one of
+    highest lift over the probing set's base rate, or None below lift_min or without images."""
+    labels = np.asarray(labels)
+    base = labels.mean(0)
+    out = []
+    for r in rows:
+        if not r:
+            out.append(None)
+            continue
+        lift = labels[r].mean(0) / np.maximum(base, 1e-9)
+        k = int(np.argmax(lift))
+        out.append(k if lift[k] >= lift_min else None)
+    return out
+
+
+def names_finding(words: list[str], finding: str) -> bool:
+    """A neuron's concepts name a finding: its name is one of them, or each of its words is
+    ('pleural thickening' from 'pleural' and 'thickening')."""
+    return finding in words or all(w in words for w in finding.split())
+
+
+def truth_agreement(named: list[list[str]], truth: list[str | None]) -> dict:
+    """Over the neurons with a truth: the share whose concepts name it (any of them) and whose first
+    concept does (top 1), each mean +- std/sqrt(n)."""
+    pairs = [(words, t) for words, t in zip(named, truth) if t is not None]
+    return {"any": share([names_finding(w, t) for w, t in pairs]),
+            "top1": share([names_finding(w[:1], t) for w, t in pairs])}
+
+
+def same_name(a: list[list[str]], b: list[list[str]]) -> dict:
+    """Pairwise agreement: over the neurons both describers name, the share with the same first concept."""
+    return share([x[0] == y[0] for x, y in zip(a, b) if x and y])
+
+
+def pm(v: dict) -> str:
+    """A mean_se result as 'mean±se'."""
+    return f"{v['mean']:.3f}±{v['se']:.3f}"
+
+
+def share(hits: list[bool]) -> dict:
+    """mean +- std/sqrt(n) of 0/1 outcomes; NaN with n = 0 when there are none."""
+    return mean_se(hits) if hits else {"mean": math.nan, "se": math.nan, "n": 0}

@@ -1,0 +1,93 @@
+"""VLM features of probing images and concept prompts, each embedded once and cached (README, "Caches").
+
+Used by concept_matching.py (the example images of one layer) and compare_describers.py (the whole
+probing set): both read and grow the same caches, so no image or prompt is embedded twice.
+
+    image_features.pt   per probing set and VLM: {key, features [U, D], image_ids}; grown with new ids
+    text_*.pt           per VLM, concept set and prompt: {key, features [C, D], template [D], concepts}
+
+The VLM is loaded only when something is missing: `vlm` is a function that returns it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from dataset.nih import probe_crop, resolve_images
+from method import prompts
+from models.vlm import VLM, weights_identity
+from pipeline.cache import cached, code_version, locked, save_tensors
+from pipeline.outputs import (image_features_key, image_features_path, text_features_key, text_features_path,
+                              vlm_identity)
+
+CODE = code_version("pipeline/features.py", "method.py", "models")  # what computes the embeddings
+
+
+class Crops(torch.utils.data.Dataset):
+    """The stage-2 crops, preprocessed by the VLM (in loader workers)."""
+
+    def __init__(self, paths, resize, crop, preprocess):
+        self.paths, self.resize, self.crop, self.preprocess = paths, resize, crop, preprocess
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return self.preprocess(probe_crop(self.paths[i], self.resize, self.crop))
+
+
+def vlm_id(c: dict) -> dict:
+    """What identifies the embeddings of the VLM that c's model_clip and clip_weights name."""
+    return vlm_identity(c, weights_identity(c["model_clip"], c["clip_weights"]), CODE)
+
+
+def image_features(c: dict, stage2: dict, ids: list[str], vlm: Callable[[], VLM], batch_size: int,
+                   num_workers: int) -> tuple[torch.Tensor, str, int]:
+    """Features [len(ids), D] of the named probing images, seen through stage 2's crop (stage2: the
+    config examples.json stored), from image_features.pt; the ids it lacks are embedded and added.
+    Returns the features, the cache's key and how many images were embedded now."""
+    path = image_features_path(c)
+    key = image_features_key(vlm_id(c), stage2)
+    store = cached(path, key) or {"key": key, "features": torch.zeros(0, 0), "image_ids": []}
+    have = {i: r for r, i in enumerate(store["image_ids"])}
+    todo = [i for i in dict.fromkeys(ids) if i not in have]
+    if todo:
+        model = vlm()
+        _, paths = resolve_images(stage2["data_root"], todo)
+        loader = torch.utils.data.DataLoader(Crops(paths, stage2["resize"], stage2["crop"], model.preprocess),
+                                             batch_size=batch_size, num_workers=num_workers)
+        new = torch.cat([model.encode_pixels(x) for x in tqdm(loader, desc="images", unit="batch")])
+        with locked(path.parent):  # another run may have grown the store meanwhile: add to what is there now
+            store = cached(path, key) or store
+            known = set(store["image_ids"])
+            keep = [r for r, i in enumerate(todo) if i not in known]
+            feats = torch.cat([store["features"], new[keep]]) if store["image_ids"] else new
+            store = {"key": key, "features": feats, "image_ids": store["image_ids"] + [todo[r] for r in keep]}
+            save_tensors(path, store)
+        have = {i: r for r, i in enumerate(store["image_ids"])}
+    elif store["image_ids"]:
+        print(f"reusing {path}")
+    else:
+        print("no neuron has an example: no image to embed")
+    return store["features"][[have[i] for i in ids]], key, len(todo)
+
+
+def text_features(c: dict, concept_path: str | Path, concepts: list[str], vlm: Callable[[], VLM]) -> dict:
+    """{key, features [C, D], template [D], concepts}: each concept as one prompt (c's template_ver and
+    template), and the template alone, from the text cache or embedded now."""
+    path = text_features_path(c)
+    key = text_features_key(vlm_id(c), concept_path, c)
+    text = cached(path, key)
+    if text is None:
+        template = c["template"]
+        emb = vlm().encode_texts(prompts(concepts, template if c["template_ver"] == "base" else None) + [template],
+                                 batch_size=256)
+        text = {"key": key, "features": emb[:-1], "template": emb[-1], "concepts": concepts}
+        with locked(path.parent):
+            save_tensors(path, text)
+    else:
+        print(f"reusing {path}")
+    return text
