@@ -64,14 +64,13 @@ def run():
     print_config("example_selection", config)
     dev = pick_device(device)  # an absent GPU is refused before any work
     wanted = layer_names(layer)
-    parse_model(model)
+    prep = preprocessing(config)  # before the probing set is read: a bad crop or mean is named without data
     if not labels:  # NIH split files: say which one is read, the probing set's own or NIH's
         print(split_source(split, data_root, split_file, "--split_file"))
     probe = load_probe(config)
     names, paths = probe.names, probe.paths
     class_list, source = resolve_classes(classes, model_classes(model), probe)
     truth = align_labels(probe, class_list, source)
-    prep = preprocessing(config)
     ckpt = checkpoint_of(model, checkpoint)
     print(f"{len(names)} images from the {probe.what}; classes: "
           + (f"{len(class_list)} {source}" if class_list else "none named (pass --classes FILE to name the outputs)"))

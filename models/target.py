@@ -77,7 +77,7 @@ def parse_model(model: str) -> Spec:
         return Spec("file", file, function)
     if model.endswith(SCRIPT_SUFFIXES):
         return Spec("torchscript", model)
-    raise PipelineError(f"unknown --model {model!r}; the forms are {FORMS}")
+    raise PipelineError(f"unknown --model {model}: the forms are {FORMS}")
 
 
 def _check_name(family: str, name: str) -> None:

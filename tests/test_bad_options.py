@@ -63,6 +63,12 @@ BAD = [
     ("example_selection.py", "--num_workers", "-1", ">= 0"),
     ("example_selection.py", "--resize", "-1", ">= 0"),  # 0 = the model family's
     ("example_selection.py", "--crop", "-1", ">= 0"),
+    ("example_selection.py", "--crop", "300", "exceeds --resize 256"),  # CenterCrop beyond the resized image pads it
+    ("example_selection.py", "--channels", "2", "0 | 1 | 3"),
+    ("example_selection.py", "--token_pool", "max", "mean | cls"),
+    ("example_selection.py", "--uncertain", "maybe", "zero | one | ignore"),
+    ("example_selection.py", "--max_images", "-1", ">= 0"),
+    ("example_selection.py", "--model", "vgg16", "torchvision:NAME | timm:NAME"),
     ("example_selection.py", "--adaptive_percent", "0", "(0, 100)"),
     ("example_selection.py", "--adaptive_percent", "100", "(0, 100)"),  # threshold = max: no examples
     ("example_selection.py", "--adaptive_percent", "150", "(0, 100)"),
@@ -78,7 +84,7 @@ BAD = [
     ("concept_matching.py", "--topk", "0", ">= 1"),  # an upstream constant is checked downstream too
     ("target_model_perform.py", "--num_workers", "-1", ">= 0"),
     ("bbox_img.py", "--box_source", "foo", "nih | chestx_det"),
-    ("bbox_img.py", "--max_images", "-1", ">= 0"),
+    ("bbox_img.py", "--max_drawn", "-1", ">= 0"),
     ("visualization.py", "--num_top_neuron", "0", ">= 1"),
     ("visualization.py", "--neuron_percentile", "101", "[0, 100]"),
     ("prepare_mimic_nouns.py", "--report_split", "foo", "train | val | test | all"),

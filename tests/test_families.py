@@ -347,7 +347,7 @@ def test_bad_inputs_are_one_line_and_leave_caches_alone(world, tmp_path, monkeyp
         assert snapshot(out) == before, line
         return line
 
-    refused(stage2(world, out, "--model", "efficientnet"), "unknown --model 'efficientnet'", "timm:NAME",
+    refused(stage2(world, out, "--model", "efficientnet"), "unknown --model efficientnet:", "timm:NAME",
             "path/file.py:function", "TorchScript")
     refused(stage2(world, out, "--model", "timm:resnet1t"), "timm:resnet1t", "resnet10t")
     refused(stage2(world, out, *tv, "--layer", "features.99"), "--layer 'features.99'", "not a module")
