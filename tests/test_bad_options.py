@@ -66,9 +66,6 @@ BAD = [
     ("example_selection.py", "--crop", "300", "exceeds --resize 256"),  # CenterCrop beyond the resized image pads it
     ("example_selection.py", "--channels", "2", "0 | 1 | 3"),
     ("example_selection.py", "--token_pool", "max", "mean | cls"),
-    ("example_selection.py", "--uncertain", "maybe", "zero | one | ignore"),
-    ("example_selection.py", "--max_images", "-1", ">= 0"),
-    ("example_selection.py", "--model", "vgg16", "torchvision:NAME | timm:NAME"),
     ("example_selection.py", "--adaptive_percent", "0", "(0, 100)"),
     ("example_selection.py", "--adaptive_percent", "100", "(0, 100)"),  # threshold = max: no examples
     ("example_selection.py", "--adaptive_percent", "150", "(0, 100)"),
@@ -76,6 +73,9 @@ BAD = [
     ("example_selection.py", "--adaptive_percent", "nan", "(0, 100)"),
     ("example_selection.py", "--adaptive_percent", "inf", "(0, 100)"),
     ("example_selection.py", "--device", "bogus", "auto | cpu | cuda"),
+    ("example_selection.py", "--uncertain", "maybe", "zero | one | ignore"),
+    ("example_selection.py", "--max_images", "-1", ">= 0"),
+    ("example_selection.py", "--model", "vgg16", "torchvision:NAME | timm:NAME"),
     ("concept_matching.py", "--alpha", "-50", "[0, 100)"),
     ("concept_matching.py", "--alpha", "150", "[0, 100)"),
     ("concept_matching.py", "--alpha", "nan", "[0, 100)"),
