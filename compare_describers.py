@@ -59,21 +59,21 @@ from pipeline.text_metrics import cosine_metrics
 # from its concepts.json. The box file is bbox_img.py's box_source and box_file.
 mammi_run = ""                  # MAMMI's concepts.json; default: the one steps 2-3 wrote for these constants
 describers = "clip_dissect,topk_mean,label_auc,dissection"  # the rivals to run beside MAMMI
-top_k = 100                     # images per neuron for clip_dissect (CLIP-Dissect's default) and topk_mean
-wpmi_a = 10.0                   # CLIP-Dissect: P = softmax(a * cos) over the concepts of each image
-wpmi_lambda = 1.0               # CLIP-Dissect: score = log P(c|k) - lambda * log P(c)
-wpmi_p_start = 0.998            # CLIP-Dissect: weight of a neuron's top image ...
-wpmi_p_end = 0.97               # ... falling linearly towards this one over its top_k images
-dissection_quantile = 0.995     # Network Dissection: T_k, the top 0.5% of a neuron's spatial activations
-top_n = 5                       # concepts listed per neuron under "top" in a rival's concepts.json
-truth = "label_auc"             # what the probing set says a neuron is: lift | label_auc (see README)
-truth_images = 20               # truth lift: the top images per neuron whose findings are counted
-lift_min = 2.0                  # truth lift: a neuron has a finding only at this lift over the base rate or above
+top_k: ">= 1" = 100             # images per neuron for clip_dissect (CLIP-Dissect's default) and topk_mean
+wpmi_a: "> 0" = 10.0            # CLIP-Dissect: P = softmax(a * cos) over the concepts of each image
+wpmi_lambda: ">= 0" = 1.0       # CLIP-Dissect: score = log P(c|k) - lambda * log P(c)
+wpmi_p_start: "(0, 1]" = 0.998  # CLIP-Dissect: weight of a neuron's top image ...
+wpmi_p_end: "(0, 1]" = 0.97     # ... falling linearly towards this one over its top_k images
+dissection_quantile: "(0, 1)" = 0.995  # Network Dissection: T_k, the top 0.5% of a neuron's spatial activations
+top_n: ">= 1" = 5               # concepts listed per neuron under "top" in a rival's concepts.json
+truth: "lift | label_auc" = "label_auc"  # what the probing set says a neuron is: lift | label_auc (see README)
+truth_images: ">= 1" = 20       # truth lift: the top images per neuron whose findings are counted
+lift_min: "> 0" = 2.0           # truth lift: a neuron has a finding only at this lift over the base rate or above
 sensitivity_percents = "80,85,90,93,95,97"  # MAMMI's adaptive_percent values to try from the cache ('' = no study)
 sensitivity_alphas = "90,93,95,97,99"       # MAMMI's alpha values to try
-batch_size = 64
-num_workers = 2
-device = "auto"                 # auto = CUDA when present
+batch_size: ">= 1" = 64
+num_workers: ">= 0" = 2
+device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py", "concept_matching.py", "bbox_img.py"))
 CODE = code_version("compare_describers.py", "describers.py", "method.py", "pipeline/dissection.py", "models")

@@ -40,11 +40,11 @@ runs = ""                       # comma-separated concepts.json files of stage 3
 visualization = ""              # comma-separated total_results.json of visualization.py whose panels to link; default: every one under save_root
 # save_root is example_selection.py's; its data_root, when given, replaces the image folder stored in
 # examples.json (for images that have moved since).
-top_concepts = 20               # concept scores in a neuron's bar chart
-hist_bins = 40                  # bins of a neuron's activation histogram over the probing set
-thumb_size = 112                # side of the example thumbnails in pixels (never upscaled past the crop)
-max_examples = 100              # example thumbnails kept per neuron (its example count is always the full one)
-card_thumbs = 4                 # thumbnails on a neuron's card in the list
+top_concepts: ">= 1" = 20       # concept scores in a neuron's bar chart
+hist_bins: ">= 1" = 40          # bins of a neuron's activation histogram over the probing set
+thumb_size: ">= 8" = 112        # side of the example thumbnails in pixels (never upscaled past the crop)
+max_examples: ">= 0" = 100      # example thumbnails kept per neuron (its example count is always the full one)
+card_thumbs: ">= 0" = 4         # thumbnails on a neuron's card in the list
 gallery_dir = ""                # gallery folder; default {save_root}/gallery
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))

@@ -23,7 +23,7 @@ from pipeline.cache import cached, code_version, locked, save_tensors
 from pipeline.outputs import (image_features_key, image_features_path, text_features_key, text_features_path,
                               vlm_identity)
 
-CODE = code_version("pipeline/features.py", "method.py", "models")  # what computes the embeddings
+CODE_FILES = ("pipeline/features.py", "method.py", "models")  # what computes the embeddings
 
 
 class Crops(torch.utils.data.Dataset):
@@ -41,7 +41,8 @@ class Crops(torch.utils.data.Dataset):
 
 def vlm_id(c: dict) -> dict:
     """What identifies the embeddings of the VLM that c's model_clip and clip_weights name."""
-    return vlm_identity(c, weights_identity(c["model_clip"], c["clip_weights"]), CODE)
+    # the code's digest is taken now, not at import: a process that runs several steps sees edits
+    return vlm_identity(c, weights_identity(c["model_clip"], c["clip_weights"]), code_version(*CODE_FILES))
 
 
 def image_features(c: dict, stage2: dict, ids: list[str], vlm: Callable[[], VLM], batch_size: int,

@@ -136,7 +136,7 @@ def test_every_default_is_in_its_declared_range(script):
     assert config
 
 
-@pytest.mark.parametrize("script,option,value", [("demo.py", "--n_probe", "0"), ("demo.py", "--lift_min", "nan"),
+@pytest.mark.parametrize("script,option,value", [("demo.py", "--n_probe", "0"), ("demo.py", "--vis_images", "-1"),
                                                  ("benchmark.py", "--n_images", "0"),
                                                  ("phantom/train.py", "--threads", "0"),
                                                  ("phantom/train.py", "--target_lr", "-1"),

@@ -83,6 +83,7 @@ def test_demo_on_a_reduced_world(tmp_path):
             assert row["truth"]["any"]["n"] == table["truth"]["n"] and row["truth"]["any"]["se"] >= 0
         assert (Path(table["run"]).parent / "describers" / "sensitivity.png").is_file()
     fc = rivals["fc"]["rows"]
+    default = next(iter(summary["fc"].values()))  # MAMMI's row of step 3
     assert fc["mammi"]["fc"]["hit_rate"] == default["hit_rate"]  # one scorer for MAMMI and its rivals
     assert all({"hit_rate", "precision", "f1", "cosine"} <= set(r["fc"]) for r in fc.values())
     assert "MAMMI against other describers" in proc.stdout and "sensitivity of MAMMI" in proc.stdout
