@@ -22,7 +22,7 @@ from method import select_examples
 from models import pick_device
 from models.target import (checkpoint_of, layer_names, layer_table, load_target, model_classes, parse_model,
                            preprocessing, taps)
-from pipeline.cache import cached, claim, holds_claims, load_json, save_csv, save_json, save_tensors
+from pipeline.cache import cached, claim, holds_claims, load_json, save_csv, save_jpeg, save_json, save_tensors
 from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.outputs import ACTIVATION_FIELDS, activations_key, examples_dir, examples_key, layer_dir
 
@@ -181,11 +181,11 @@ def select(c, act_path, act_key, acts, logits, names, paths, truth, class_list, 
                             "neurons": [{**n, "examples": [{k: e[k] for k in ("image_id", "activation")}
                                                            for e in n["examples"]]} for n in neurons]})
         if save_crops:
-            for n in tqdm(neurons, desc="crops"):
-                for r, e in enumerate(n["examples"]):
-                    out = ex_dir / "crops" / f"neuron_{n['neuron']:04d}" / crop_name(r, e["image_id"])
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    probe_crop(paths[e["index"]], stored_config["resize"], stored_config["crop"]).save(out, quality=95)
+            with tqdm(neurons, desc="crops") as bar:  # closed on an error, which then prints on its own line
+                for n in bar:
+                    for r, e in enumerate(n["examples"]):
+                        out = ex_dir / "crops" / f"neuron_{n['neuron']:04d}" / crop_name(r, e["image_id"])
+                        save_jpeg(out, probe_crop(paths[e["index"]], stored_config["resize"], stored_config["crop"]))
     sizes = [len(n["examples"]) for n in load_json(ex_json)["neurons"]]
     print(f"{c['layer']}: examples per neuron: min {min(sizes)}, median {int(np.median(sizes))}, max {max(sizes)}")
     print("outputs:")

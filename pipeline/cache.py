@@ -173,6 +173,11 @@ def save_png(path, image) -> None:
         _atomic(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
+def save_jpeg(path, image, quality: int = 95) -> None:
+    """A PIL image as a JPEG file, written like every other output (atomic, one line on a full disk)."""
+    _atomic(path, lambda tmp: image.save(tmp, format="JPEG", quality=quality))
+
+
 def load_tensors(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 

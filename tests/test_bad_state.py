@@ -158,6 +158,24 @@ def test_full_disk_is_one_line_and_leaves_nothing(probe_set, files, base, tmp_pa
     assert not (layer(out) / "adaptive80" / "examples.csv").exists() and not temps(out), err
 
 
+def test_full_disk_while_writing_crops(probe_set, files, base, tmp_path, monkeypatch):
+    """Defect 7 for the example crops too: they are outputs like any other (atomic, one line)."""
+    out = copy(base, tmp_path)
+    real = os.replace
+
+    def full(src, dst):
+        if str(dst).endswith(".jpg"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", full)
+    proc = stage2(probe_set, files["a"], out, "--adaptive_percent", "80", "--save_crops", "yes")
+    monkeypatch.undo()
+    last = proc.stderr.strip().splitlines()[-1]  # below the closed progress bar of the crops
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert last.startswith("error: cannot write ") and ".jpg" in last and "No space left on device" in last, last
+    assert not temps(out)
+
+
 def test_unreadable_upstream_outputs(files, probe_set, base, tmp_path):
     """Defect 8: a truncated or foreign upstream output is one line naming the step to re-run."""
     out = copy(base, tmp_path)
