@@ -145,7 +145,8 @@ def test_stage2_keys(world, tmp_path, monkeypatch):
             f.write("\n# edited\n")
         outs.check(stage2(world), {"activations", "examples"}, "models/target.py edited")
 
-        # Stored outputs under a wrong key, at the right paths, with contents that would show if used.
+        # Stored outputs under a wrong key, at the right paths, with contents that would show if used
+        # (still on the edited copy of the code, to spare a forward pass going back to the original).
         real = torch.load(outs.paths["activations"], weights_only=True)
         torch.save({**real, "key": "0" * 64, "activations": torch.zeros_like(real["activations"])},
                    outs.paths["activations"])
