@@ -6,6 +6,7 @@ Each test walks one probing set through a chain of changes (a fresh world per ch
 forward pass each). Recompute is read from the log ("reusing PATH" absent) and from the file
 (a new key, new content); reuse from the log and an unchanged file.
 """
+import argparse
 import json
 import os
 import shutil
@@ -144,7 +145,8 @@ def test_stage2_keys(world, tmp_path, monkeypatch):
             f.write("\n# edited\n")
         outs.check(stage2(world), {"activations", "examples"}, "models/target.py edited")
 
-        # Stored outputs under a wrong key, at the right paths, with contents that would show if used.
+        # Stored outputs under a wrong key, at the right paths, with contents that would show if used
+        # (still on the edited copy of the code, to spare a forward pass going back to the original).
         real = torch.load(outs.paths["activations"], weights_only=True)
         torch.save({**real, "key": "0" * 64, "activations": torch.zeros_like(real["activations"])},
                    outs.paths["activations"])
@@ -158,6 +160,14 @@ def test_stage2_keys(world, tmp_path, monkeypatch):
         outs.snap()
         outs.check(stage2(world), {"examples"}, "examples.json with a wrong key")
         assert json.loads(outs.paths["examples"].read_text())["neurons"] == ex["neurons"]
+
+        # The right key, but a pickled object that only a full unpickler builds: caches are read with
+        # weights_only=True, so such a file is not loaded (a cache file cannot run code) and is replaced.
+        real = torch.load(outs.paths["activations"], weights_only=True)
+        torch.save({**real, "note": argparse.Namespace(made_by="someone else")}, outs.paths["activations"])
+        log = stage2(world)
+        assert f"reusing {outs.paths['activations']}" not in log
+        assert "note" not in torch.load(outs.paths["activations"], weights_only=True)
 
 
 TEXTS = {"A chest x-ray image of a": [1, 0, 0], "A chest x-ray image of a mass": [0, 1, 0],
@@ -245,3 +255,30 @@ def test_stage3_keys(world, tmp_path, monkeypatch, recording_vlm):
     outs.check(stage3(), {"metrics"}, "metrics.json with a wrong key")
     assert json.loads(outs.paths["metrics"].read_text())["hit_rate"] == m["hit_rate"]
     assert n_images > 0
+
+
+def test_file_digest_reads_bytes_not_only_size_and_time(tmp_path):
+    """Two files of one size and one modification time, different bytes (a checkpoint swapped by a
+    copy that keeps times): their digests differ, within one process too."""
+    file_digest = _cache_module().file_digest
+    a, b = tmp_path / "a.pth", tmp_path / "b.pth"
+    a.write_bytes(b"weights one")
+    b.write_bytes(b"weights two")
+    os.utime(b, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns))
+    assert file_digest(a) != file_digest(b)
+
+
+def test_digest_ignores_dict_order():
+    digest = _cache_module().digest
+    assert digest({"layer": "fc", "crop": 224, "data": "x"}) == digest({"data": "x", "crop": 224, "layer": "fc"})
+    assert digest({"layer": "fc", "crop": 224}) != digest({"layer": "fc", "crop": 225})
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    """A write that fails half-way leaves neither the output nor its temporary file, and the error
+    is the writer's own."""
+    cache = _cache_module()
+    target = tmp_path / "out" / "concepts.json"
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        cache.save_json(target, {"key": "k", "neurons": [object()]})
+    assert list((tmp_path / "out").iterdir()) == []

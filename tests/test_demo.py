@@ -17,8 +17,8 @@ MAMMI's F1 leads the no-template row by .107-.136. Broken variants, world seed 1
 - prompts embedded without the template: MAMMI F1 .667, .012 above the no-template row (hits
   still 12: the old bar alone passed it);
 - examples sorted ascending: top-k keeps the 20 least active images, top-k hits fall to 0 of 14;
-- target mean 0.5 instead of 0.5056: every number within .002 of the above (the demo cannot see it;
-  tests/test_pins.py pins the pixels instead).
+- target mean 0.5 instead of 0.5056: the fc rows unchanged, penultimate share .756, AUROCs within
+  .005 (the demo cannot see it; tests/test_pins.py pins the pixels instead).
 """
 import json
 from pathlib import Path
