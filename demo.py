@@ -68,11 +68,8 @@ def world() -> None:
 def concept_set() -> None:
     """Phantom-report nouns (step 1) and the release's MIMIC nouns: real distractors compete."""
     out = Path(CONCEPTS).parent
-    print(f"\n$ python prepare_mimic_nouns.py --reports {WORLD}/annotation.json --report_split all "
-          f"--name phantom_nouns --out_dir {out}", flush=True)
-    if run_script("prepare_mimic_nouns.py", "--reports", f"{WORLD}/annotation.json", "--report_split", "all",
-                  "--name", "phantom_nouns", "--out_dir", str(out)) != 0:
-        raise PipelineError("prepare_mimic_nouns.py failed (its error is above); the demo stops here")
+    step("prepare_mimic_nouns.py", reports=f"{WORLD}/annotation.json", report_split="all", name="phantom_nouns",
+         out_dir=out)
     words = (out / "phantom_nouns.txt").read_text().splitlines()
     words += (Path("dataset/concept_set/mimic_nouns.txt")).read_text().splitlines()
     words = list(dict.fromkeys(w for w in words if w))
