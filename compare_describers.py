@@ -48,10 +48,10 @@ from models.target import load_target
 from models.vlm import load_vlm
 from pipeline.cache import (cached, code_version, digest, file_digest, load_json, load_tensors, save_bytes, save_json,
                             save_png, save_tensors)
-from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
+from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from pipeline.dissection import collect_maps, dissect, layer_maps, map_source
 from pipeline.features import image_features, text_features
-from pipeline.outputs import describer_key, describers_dir, maps_key, maps_path, matching_dir
+from pipeline.outputs import describer_key, describers_dir, maps_key, maps_path, matching_dir, upstream_constants
 from pipeline.text_metrics import cosine_metrics
 
 # -----------------------------------------------------------------------------
@@ -78,9 +78,7 @@ device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 config = configure(globals(), reads=("example_selection.py", "concept_matching.py", "bbox_img.py"))
 CODE = code_version("compare_describers.py", "describers.py", "method.py", "pipeline/dissection.py", "models")
 # What decided the run: refused when given here with another value than the one stored with it.
-UPSTREAM = [k for k in constant_names("example_selection.py") + constant_names("concept_matching.py")
-            if k not in ("data_root", "batch_size", "num_workers", "device", "save_crops", "save_root", "examples",
-                         "metric_encoders", "medclip_weights")]
+UPSTREAM = upstream_constants()
 # The constants of each rival's formula: its key and its concepts.json record them.
 CONSTANTS = {"clip_dissect": ("top_k", "wpmi_a", "wpmi_lambda", "wpmi_p_start", "wpmi_p_end"),
              "topk_mean": ("top_k",), "label_auc": (), "dissection": ("dissection_quantile", "box_source")}

@@ -20,10 +20,11 @@ from method import TEMPLATE, fc_metrics, image_concept_scores, neuron_concept_sc
 from models import pick_device
 from models.target import layer_names
 from models.vlm import load_vlm, weights_identity
+from pipeline import ranks
 from pipeline.cache import cached, claim, code_version, holds_claims, load_json, save_json, save_tensors, writable
 from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
 from pipeline.features import image_features, text_features
-from pipeline.outputs import (examples_dir, image_features_path, matching_dir, matching_key, metrics_key,
+from pipeline.outputs import (RUN_SETTINGS, examples_dir, image_features_path, matching_dir, matching_key, metrics_key,
                               read_examples, stored_classes, text_features_path)
 from pipeline.text_metrics import cosine_metrics
 
@@ -37,20 +38,20 @@ template = TEMPLATE             # T of the method: "A chest x-ray image of a"
 adaptive = True                 # subtract cos(image, template) from every score (needs template_ver base)
 alpha: "[0, 100)" = 95.0        # keep concepts with S > alpha% of the neuron's best S
 batch_size: ">= 1" = 64
-num_workers: ">= 0" = 2
-device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
+num_workers: ">= -1" = -1       # data-loading processes; -1 = one per core (shared by torchrun's ranks)
+device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present (torchrun: each rank its own GPU)
 metric_encoders = "medclip,clip-vit-b-16,all-mpnet-base-v2,all-minilm-l6-v2"  # text encoders for the fc cosine
 medclip_weights = ""            # MedCLIP folder for the fc cosine metric; default pretrained/medclip-vit
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))
 CODE = code_version("concept_matching.py", "method.py", "pipeline/features.py", "models")
-# Step-2 constants that decide its examples (the run settings batch_size, device, ... do not).
-STAGE2 = [k for k in constant_names("example_selection.py")
-          if k not in ("batch_size", "num_workers", "device", "save_crops", "save_root")]
+# Step-2 constants that decide its examples (its run settings do not).
+STAGE2 = [k for k in constant_names("example_selection.py") if k not in RUN_SETTINGS]
 
 
 @holds_claims
 def run():
+    dev = ranks.start(pick_device(device))  # under torchrun: join the others, rank 0 alone prints
     if adaptive and template_ver != "base":
         raise PipelineError("--adaptive yes subtracts the template's score and needs --template_ver base; "
                             "pass --adaptive no with --template_ver no")
@@ -66,18 +67,20 @@ def run():
     config.update({k: ex_cfg[k] for k in STAGE2 if k in ex_cfg})  # what produced the examples, not the defaults
     print_config("concept_matching", config)
     img_path, txt_path, out_dir = image_features_path(config), text_features_path(config), matching_dir(config, ex_json)
-    writable(img_path.parent)
-    writable(txt_path.parent)
-    claim(out_dir)
+    if ranks.is_main():  # under torchrun the other ranks only help embed the images; rank 0 writes
+        writable(img_path.parent)
+        writable(txt_path.parent)
+        claim(out_dir)
     check_probe_set(ex_json, ex_cfg)
     concept_path, concepts = read_concepts(concept_set)
-    dev = pick_device(device)
     vlm = functools.cache(lambda: load_vlm(model_clip, clip_weights, dev))
     t0 = time.time()
 
     # Image features: every distinct example image once, cached per probing set and VLM, grown as needed.
     ids = list(dict.fromkeys(e["image_id"] for n in neurons for e in n["examples"]))
     img_feats, img_key, new = image_features(config, ex_cfg, ids, vlm, batch_size, num_workers)
+    if not ranks.is_main():
+        return
     print(f"image features {tuple(img_feats.shape)} ({new} new) in {time.time() - t0:.1f}s")
 
     # Text features: each concept as one prompt, batched without changing any embedding.
@@ -171,4 +174,7 @@ def run_layers():
 
 
 if __name__ == "__main__":
-    main(run_layers)
+    try:
+        main(run_layers)
+    finally:
+        ranks.finish()

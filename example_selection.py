@@ -21,9 +21,11 @@ from dataset.probe import MISSING, align_labels, load_probe, output_names, resol
 from method import select_examples
 from models import pick_device
 from models.target import (checkpoint_of, layer_names, layer_table, load_target, model_classes, parse_model,
-                           preprocessing, taps)
+                           preprocessing)
+from pipeline import ranks
 from pipeline.cache import cached, claim, holds_claims, load_json, save_csv, save_jpeg, save_json, save_tensors
 from pipeline.cli import PipelineError, configure, main, print_config
+from pipeline.forward import probe_loader, record, use_channels_last
 from pipeline.outputs import ACTIVATION_FIELDS, activations_key, examples_dir, examples_key, layer_dir
 
 # -----------------------------------------------------------------------------
@@ -50,9 +52,11 @@ crop: ">= 0" = 0                # 0 = the family's; never larger than the resize
 channels: "0 | 1 | 3" = 0       # input channels; 0 = the family's (1 for xrv)
 mean = ""                       # normalisation mean, one value or one per channel; default: the family's
 std = ""                        # normalisation std, likewise
+precision: "fp32 | bf16" = "fp32"  # bf16: the forward pass under autocast (activations stored as float32)
 batch_size: ">= 1" = 64
-num_workers: ">= 0" = 2         # data-loading processes
-device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
+num_workers: ">= -1" = -1       # data-loading processes; -1 = one per core (shared by torchrun's ranks)
+device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present (torchrun: each rank its own GPU)
+channels_last: "auto | yes | no" = "auto"  # NHWC convolutions; auto = on a GPU (a layout: same results up to rounding)
 save_crops = False              # also write each neuron's example crops as JPEG files for browsing
 save_root = "results"           # all outputs go under here
 # -----------------------------------------------------------------------------
@@ -61,8 +65,8 @@ config = configure(globals())
 
 @holds_claims
 def run():
+    dev = ranks.start(pick_device(device))  # an absent GPU is refused before any work
     print_config("example_selection", config)
-    dev = pick_device(device)  # an absent GPU is refused before any work
     wanted = layer_names(layer)
     prep = preprocessing(config)  # before the probing set is read: a bad crop or mean is named without data
     if not labels:  # NIH split files: say which one is read, the probing set's own or NIH's
@@ -76,9 +80,6 @@ def run():
           + (f"{len(class_list)} {source}" if class_list else "none named (pass --classes FILE to name the outputs)"))
     print(f"preprocessing: Resize {prep['resize']}, CenterCrop {prep['crop']}, {prep['channels']} channel(s), "
           f"mean {prep['mean']}, std {prep['std']}")
-    loader = lambda: torch.utils.data.DataLoader(
-        ProbeSet(paths, prep["resize"], prep["crop"], **model_input_args(prep)), batch_size=batch_size,
-        num_workers=num_workers, pin_memory=dev.type == "cuda")
     load = lambda need_head: load_target(model, ckpt, need_head, num_classes, prep["channels"],
                                          len(class_list or []))
     if wanted == ["list"]:
@@ -96,38 +97,38 @@ def run():
     for name in wanted:
         c = {**config, "layer": name}
         per[name] = (c, layer_dir(c) / "activations.pt", activations_key(c, ckpt, probe.data_key))
-    # Before the long pass: the folders must be writable, and no other run may write them meanwhile.
-    for c, _, _ in per.values():
-        claim(layer_dir(c))
-        claim(examples_dir(c))
-    stored = {name: cached(path, key) for name, (c, path, key) in per.items()}
-    for name, s in stored.items():
-        if s is not None:
-            print(f"reusing {per[name][1]}")
-    todo = [name for name in wanted if stored[name] is None]
+    stored = {name: None for name in wanted}
+    if ranks.is_main():  # the one rank that writes claims the folders and decides what is left to do
+        # Before the long pass: the folders must be writable, and no other run may write them meanwhile.
+        for c, _, _ in per.values():
+            claim(layer_dir(c))
+            claim(examples_dir(c))
+        stored = {name: cached(path, key) for name, (c, path, key) in per.items()}
+        for name, s in stored.items():
+            if s is not None:
+                print(f"reusing {per[name][1]}")
+    todo = [name for name, left in zip(wanted, ranks.agree([stored[n] is None for n in wanted])) if left]
     t0 = time.time()
     if todo:
         net, head_ok = load("fc" in todo)
-        net = net.to(dev)
-        out = {name: [] for name in todo}
-        l_out = []
-        # The bar is closed (its line ended) before an error on a batch is printed below it.
-        with torch.inference_mode(), taps(net, todo, token_pool) as store, \
-                tqdm(loader(), desc=f"{model} {','.join(todo)}", unit="batch") as bar:
-            for b, x in enumerate(bar):
-                logit = net(x.to(dev, non_blocking=True)) if b else forward_checked(lambda: net(x.to(dev)), x)
-                if b == 0:
-                    check_outputs(logit, class_list, source)
-                for name in todo:
-                    out[name].append(store[name].float().cpu())
-                l_out.append(logit.float().cpu())
-        logits = torch.cat(l_out) if head_ok else None
+        mine = ranks.share(len(paths), batch_size)  # all of them, outside torchrun
+        # Rank 0 holds the whole probing set's rows from the start; the others only their share.
+        acts, logits = record(net.to(dev), probe_loader(paths[mine.start:mine.stop], prep, batch_size, num_workers, dev),
+                              todo, len(paths) if ranks.is_main() else len(mine), dev, token_pool, precision,
+                              use_channels_last(channels_last, dev), first=first_batch(class_list, source),
+                              desc=f"{model} {','.join(todo)}", show=ranks.is_main())
+        acts = {name: ranks.collect(a, len(paths), batch_size) for name, a in acts.items()}
+        logits = ranks.collect(logits, len(paths), batch_size) if logits is not None else None
+        if not ranks.is_main():
+            return
         for name in todo:
             c, path, key = per[name]
             stored[name] = {"key": key, "config": {**{k: c[k] for k in ACTIVATION_FIELDS}, **prep,
                                                    "checkpoint": str(ckpt or ""), "class_names": class_list},
-                            "activations": torch.cat(out[name]), "logits": logits, "image_ids": names}
+                            "activations": acts[name], "logits": logits if head_ok else None, "image_ids": names}
             save_tensors(path, stored[name])
+    if not ranks.is_main():
+        return
     shapes = ", ".join(f"{n} {tuple(stored[n]['activations'].shape)}" for n in wanted)
     print(f"activations of {shapes} in {time.time() - t0:.1f}s")
     for name in wanted:
@@ -135,6 +136,15 @@ def run():
         select(c, act_path, act_key, stored[name]["activations"], stored[name]["logits"], names, paths, truth,
                class_list, {**c, **prep, "checkpoint": str(ckpt or ""), "data_key": probe.data_key,
                             "class_names": class_list})
+
+
+def first_batch(class_list, source):
+    """The first forward pass, checked: it runs on the input, and its outputs are logits that fit the classes."""
+    def check(x, forward):
+        logit = forward_checked(forward, x)
+        check_outputs(logit, class_list, source)
+        return logit
+    return check
 
 
 def forward_checked(fn, x):
@@ -218,4 +228,7 @@ def write_tables(neurons, names, truth, logits, ex_dir, class_list):
 
 
 if __name__ == "__main__":
-    main(run)
+    try:
+        main(run)
+    finally:
+        ranks.finish()

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from pipeline.attribution import (NEURON_COLOURS, OVERALL_COLOUR, neuron_map, overall_map, overlay, pointing,
                          taylor_scores, top_neurons)
 from pipeline.cache import claim, holds_claims, read_output, save_json, save_png
-from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
+from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from dataset.boxes import disease_colour, load_boxes, scale_to, to_probe_crop
 from dataset.files import read_image
 from dataset.nih import model_input_args, probe_crop, resolve_images, to_model_input
@@ -35,7 +35,7 @@ from dataset.probe import output_names
 from pipeline.evaluation import read_thresholds
 from models import pick_device
 from models.target import checkpoint_of, load_target, preprocessing
-from pipeline.outputs import eval_dir, matching_dir, read_examples, stored_classes, visualization_dir
+from pipeline.outputs import eval_dir, matching_dir, read_examples, stored_classes, upstream_constants, visualization_dir
 
 # -----------------------------------------------------------------------------
 # The boxes and images to show are bbox_img.py's constants; the concepts.json to explain is named by
@@ -52,9 +52,7 @@ device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 config = configure(globals(), reads=("bbox_img.py", "concept_matching.py", "example_selection.py"))
 LAYER = "penultimate"           # Taylor scores are taken where the head reads its input
 # What decided the concepts: refused when given here with another value than the one stored with them.
-UPSTREAM = [k for k in constant_names("example_selection.py") + constant_names("concept_matching.py")
-            if k not in ("data_root", "batch_size", "num_workers", "device", "save_crops", "save_root", "examples",
-                         "metric_encoders", "medclip_weights")]
+UPSTREAM = upstream_constants()
 
 
 @holds_claims

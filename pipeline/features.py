@@ -19,7 +19,9 @@ from tqdm import tqdm
 from dataset.nih import probe_crop, resolve_images
 from method import prompts
 from models.vlm import VLM, weights_identity
+from pipeline import ranks
 from pipeline.cache import cached, code_version, locked, save_tensors
+from pipeline.forward import workers
 from pipeline.outputs import (image_features_key, image_features_path, text_features_key, text_features_path,
                               vlm_identity)
 
@@ -39,6 +41,15 @@ class Crops(torch.utils.data.Dataset):
         return self.preprocess(probe_crop(self.paths[i], self.resize, self.crop))
 
 
+def embed(model: VLM, paths: list[Path], resize: int, crop: int, batch_size: int, num_workers: int,
+          show: bool = True) -> torch.Tensor:
+    """VLM features [len(paths), D] of the probe crops, in order (loader workers decode and preprocess)."""
+    loader = torch.utils.data.DataLoader(Crops(paths, resize, crop, model.preprocess), batch_size=batch_size,
+                                         num_workers=workers(num_workers), pin_memory=model.device.type == "cuda")
+    out = [model.encode_pixels(x) for x in tqdm(loader, desc="images", unit="batch", disable=not show)]
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
 def vlm_id(c: dict) -> dict:
     """What identifies the embeddings of the VLM that c's model_clip and clip_weights name."""
     # the code's digest is taken now, not at import: a process that runs several steps sees edits
@@ -49,7 +60,8 @@ def image_features(c: dict, stage2: dict, ids: list[str], vlm: Callable[[], VLM]
                    num_workers: int) -> tuple[torch.Tensor, str, int]:
     """Features [len(ids), D] of the named probing images, seen through stage 2's crop (stage2: the
     config examples.json stored), from image_features.pt; the ids it lacks are embedded and added.
-    Returns the features, the cache's key and how many images were embedded now."""
+    Returns the features, the cache's key and how many images were embedded now. Under torchrun the
+    ranks share the embedding, and only rank 0 gets (and stores) features; the others get None."""
     path = image_features_path(c)
     key = image_features_key(vlm_id(c), stage2)
     store = cached(path, key) or {"key": key, "features": torch.zeros(0, 0), "image_ids": []}
@@ -58,9 +70,11 @@ def image_features(c: dict, stage2: dict, ids: list[str], vlm: Callable[[], VLM]
     if todo:
         model = vlm()
         _, paths = resolve_images(stage2["data_root"], todo)
-        loader = torch.utils.data.DataLoader(Crops(paths, stage2["resize"], stage2["crop"], model.preprocess),
-                                             batch_size=batch_size, num_workers=num_workers)
-        new = torch.cat([model.encode_pixels(x) for x in tqdm(loader, desc="images", unit="batch")])
+        mine = ranks.share(len(paths), batch_size)  # under torchrun, each rank embeds its share
+        new = ranks.collect(embed(model, paths[mine.start:mine.stop], stage2["resize"], stage2["crop"], batch_size,
+                                  num_workers, show=ranks.is_main()), len(paths), batch_size)
+        if not ranks.is_main():
+            return None, key, len(todo)
         with locked(path.parent):  # another run may have grown the store meanwhile: add to what is there now
             store = cached(path, key) or store
             known = set(store["image_ids"])

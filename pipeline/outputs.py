@@ -27,14 +27,24 @@ from pathlib import Path
 from method import TEMPLATE
 from models.target import model_tag, target_identity
 from pipeline.cache import code_version, digest, file_digest, read_output
-from pipeline.cli import PipelineError, constants_of
+from pipeline.cli import PipelineError, constant_names, constants_of
 
 # The step-2 constants that decide its activations (the selection decides only examples.json): the
 # probing set and its labels, the target, the layer and the preprocessing, each as given (0 and ""
 # stand for the model family's defaults, which the code and library versions in the key decide).
 ACTIVATION_FIELDS = ("dataset", "split", "data_root", "split_file", "skip_missing", "labels", "uncertain", "classes",
                      "max_images", "seed", "model", "num_classes", "layer", "token_pool", "resize", "crop", "channels",
-                     "mean", "std")
+                     "mean", "std", "precision")
+# Step-2 constants that say how to run, not what comes out: a later step never checks them against
+# what step 2 stored (channels_last is a memory layout, its results equal up to rounding).
+RUN_SETTINGS = ("batch_size", "num_workers", "device", "channels_last", "save_crops", "save_root")
+
+
+def upstream_constants() -> list[str]:
+    """What decided steps 2 and 3's outputs, for the steps after them: refused when given there with
+    another value than the one stored (the images may move: data_root is not among them)."""
+    return [k for k in constant_names("example_selection.py") + constant_names("concept_matching.py")
+            if k not in RUN_SETTINGS + ("data_root", "examples", "metric_encoders", "medclip_weights")]
 
 
 def _tag(text: str) -> str:

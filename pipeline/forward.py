@@ -1,0 +1,70 @@
+"""Stage 2's one forward pass over the probing set (README, "Scale"): the loader and the loop that
+records several layers and the logits. example_selection.py runs it; benchmark.py times it, and
+times its two parts alone (the loader without the model, the model on batches in memory).
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from typing import Callable, Iterable
+
+import torch
+from tqdm import tqdm
+
+from dataset.nih import ProbeSet, model_input_args
+from models.target import taps
+from pipeline.ranks import world
+
+
+def workers(num_workers: int) -> int:
+    """-1: one loader process per core this process may use, shared among torchrun's ranks."""
+    if num_workers >= 0:
+        return num_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // world()[1])
+
+
+def probe_loader(paths, prep: dict, batch_size: int, num_workers: int, dev: torch.device):
+    """Target inputs in probe order; pinned host memory lets a GPU copy overlap the next batch."""
+    n = workers(num_workers)
+    return torch.utils.data.DataLoader(
+        ProbeSet(paths, prep["resize"], prep["crop"], **model_input_args(prep)), batch_size=batch_size,
+        num_workers=n, pin_memory=dev.type == "cuda", prefetch_factor=4 if n else None)
+
+
+def use_channels_last(setting: str, dev: torch.device) -> bool:
+    """auto: on a GPU, where cuDNN's convolutions are fastest in NHWC; the CPU gains nothing measurable."""
+    return setting == "yes" or (setting == "auto" and dev.type == "cuda")
+
+
+def record(net: torch.nn.Module, batches: Iterable[torch.Tensor], layers: list[str], rows: int, dev: torch.device,
+           token_pool: str = "mean", precision: str = "fp32", channels_last: bool = False,
+           start: int = 0, first: Callable | None = None, desc: str = "", show: bool = True):
+    """Activations {layer: [rows, neurons] float32} and logits [rows, K] float32 of images given in
+    batches, written in place from row `start` on into arrays sized at the first batch (no list of
+    batches to concatenate: one copy of the result in memory; torchrun's rank 0 sizes them for every
+    rank's rows). first(x, forward) runs the first batch's forward pass, so a caller can check it;
+    bf16 runs the model under autocast, its outputs stored as float32."""
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    cast = torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    acts: dict[str, torch.Tensor] = {}
+    logits = None
+    at = start
+    # The bar is closed (its line ended) before an error on a batch is printed below it. Not inference_mode:
+    # its tensors could not take the rows the other ranks send.
+    with torch.no_grad(), cast, taps(net, layers, token_pool) as store, \
+            tqdm(batches, desc=desc, unit="batch", disable=not show) as bar:
+        for b, x in enumerate(bar):
+            x = x.to(dev, non_blocking=True)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = first(x, lambda: net(x)) if b == 0 and first else net(x)
+            if b == 0:
+                acts = {k: torch.empty(rows, store[k].shape[1]) for k in layers}
+                logits = torch.empty(rows, out.shape[1])
+            for k in layers:
+                acts[k][at:at + len(x)] = store[k].float()
+            logits[at:at + len(x)] = out.float()
+            at += len(x)
+    return acts, logits
