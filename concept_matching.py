@@ -2,6 +2,7 @@
 in one screen", 3).
 
     python concept_matching.py config/nih_densenet121.py --layer fc
+    torchrun --nproc_per_node 4 concept_matching.py config/nih_densenet121.py --layer fc  # ranks share the images
 
 Reads step 2's examples.json (given, or derived from example_selection.py's constants) and takes
 the selection that produced it from what it stored. Each distinct example image is embedded once

@@ -1,6 +1,7 @@
 """Step 2: each neuron's representative probing images (README, "The method in one screen", 2).
 
     python example_selection.py config/nih_densenet121.py --layer fc
+    torchrun --nproc_per_node 4 example_selection.py config/nih_densenet121.py --layer fc,penultimate
 
 One batched forward pass over the probing set records the chosen layers' activations and the
 model's logits; then each neuron keeps the images above its adaptive threshold (or its top k).

@@ -23,27 +23,29 @@ def ranked(acts: torch.Tensor) -> torch.Tensor:
 
 
 def select_examples(acts: torch.Tensor, selection: str = "adaptive", percent: float = 93.0,
-                    topk: int = 20) -> list[dict]:
+                    topk: int = 20, block: int = 64) -> list[dict]:
     """Per neuron: its threshold, whether it is dead (constant over the probing set) and its example
     indices in descending activation (ties by probe order). Adaptive keeps a_i > threshold; topk the k
-    largest. A dead neuron gets no examples."""
-    acts = acts.double()
-    thr = adaptive_threshold(acts, percent)
-    dead = (acts.max(0).values == acts.min(0).values).tolist()
-    order = ranked(acts)
+    largest. A dead neuron gets no examples. Neurons are taken `block` at a time: the float64 copy and
+    the sort of NIH train's 75,312 images x 1,024 neurons would otherwise take 1.8 GB at once."""
+    if selection not in ("adaptive", "topk"):
+        raise ValueError(f"selection must be adaptive or topk, not {selection!r}")
     out = []
-    for k in range(acts.shape[1]):
-        if dead[k]:
-            idx = []
-        elif selection == "adaptive":
-            col = order[:, k]
-            idx = col[acts[col, k] > thr[k]].tolist()
-        elif selection == "topk":
-            idx = order[:topk, k].tolist()
-            thr[k] = acts[idx[-1], k]
-        else:
-            raise ValueError(f"selection must be adaptive or topk, not {selection!r}")
-        out.append({"neuron": k, "threshold": float(thr[k]), "dead": bool(dead[k]), "examples": idx})
+    for lo in range(0, acts.shape[1], block):
+        a = acts[:, lo:lo + block].double()
+        thr = adaptive_threshold(a, percent)
+        dead = (a.max(0).values == a.min(0).values).tolist()
+        order = ranked(a)
+        for j in range(a.shape[1]):
+            if dead[j]:
+                idx = []
+            elif selection == "adaptive":
+                col = order[:, j]
+                idx = col[a[col, j] > thr[j]].tolist()
+            else:
+                idx = order[:topk, j].tolist()
+                thr[j] = a[idx[-1], j]
+            out.append({"neuron": lo + j, "threshold": float(thr[j]), "dead": bool(dead[j]), "examples": idx})
     return out
 
 

@@ -53,10 +53,12 @@ def is_dicom(path: str | Path) -> bool:
     return head[DICOM_MAGIC[0]:] == DICOM_MAGIC[1]
 
 
-def read_image(path: str | Path) -> Image.Image:
-    """The image as 8-bit RGB, its grey levels scaled from the full range of its bit depth."""
+def read_image(path: str | Path, keep_grey: bool = False) -> Image.Image:
+    """The image as 8-bit RGB, its grey levels scaled from the full range of its bit depth; with
+    keep_grey, a grey image stays 8-bit grey (L), so that a resize works on one channel, not three."""
+    rgb = (lambda im: im) if keep_grey else (lambda im: im.convert("RGB"))
     if is_dicom(path):
-        return _read_dicom(path)
+        return _read_dicom(path, rgb)
     try:
         with Image.open(path) as im:
             im.load()
@@ -66,16 +68,16 @@ def read_image(path: str | Path) -> Image.Image:
                 if a.min() < 0 or a.max() > top:
                     raise PipelineError(f"{path}: {im.mode} pixel values {a.min():.0f}..{a.max():.0f} exceed "
                                         f"the 16-bit range; save it as an 8- or 16-bit PNG")
-                return Image.fromarray(np.round(a * (255 / top)).astype(np.uint8)).convert("RGB")
+                return rgb(Image.fromarray(np.round(a * (255 / top)).astype(np.uint8)))
             if im.mode == "F":
                 raise PipelineError(f"{path}: a floating-point image has no fixed grey range; "
                                     f"save it as an 8- or 16-bit PNG")
-            return im.convert("RGB")
+            return im if keep_grey and im.mode == "L" else im.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise PipelineError(f"{path}: cannot read the image ({type(e).__name__}); replace or remove it") from None
 
 
-def _read_dicom(path: str | Path) -> Image.Image:
+def _read_dicom(path: str | Path, rgb) -> Image.Image:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
     try:
@@ -102,4 +104,4 @@ def _read_dicom(path: str | Path) -> Image.Image:
     a = (a - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(a)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         a = 255 - a  # its smallest value is white
-    return Image.fromarray(np.round(a).astype(np.uint8)).convert("RGB")
+    return rgb(Image.fromarray(np.round(a).astype(np.uint8)))

@@ -119,9 +119,11 @@ def resolve_images(root: str | Path, names: list[str], skip_missing: bool = Fals
 
 
 def probe_crop(path: str | Path, resize: int = 256, crop: int = 224) -> Image.Image:
-    """The un-normalised probe image: RGB, Resize(resize), CenterCrop(crop). Stage 3 embeds this."""
-    im = read_image(path)
-    return transforms.CenterCrop(crop)(transforms.Resize(resize)(im))
+    """The un-normalised probe image: RGB, Resize(resize), CenterCrop(crop). Stage 3 embeds this.
+    A grey image is resized on its one channel and made RGB after the crop: the same pixels (PIL
+    resamples each channel alike) for a third of the work, a third of the decode-and-resize time."""
+    im = read_image(path, keep_grey=True)
+    return transforms.CenterCrop(crop)(transforms.Resize(resize)(im)).convert("RGB")
 
 
 def normalize(x: torch.Tensor, mean=(MEAN,), std=(STD,)) -> torch.Tensor:

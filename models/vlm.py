@@ -65,21 +65,24 @@ class VLM(nn.Module):
                for i in range(0, len(images), batch_size)]
         return torch.cat(out) if out else torch.zeros(0, 0)
 
-    @torch.no_grad()
-    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+    def text_batches(self, texts: list[str], batch_size: int = 256) -> list[list[int]]:
+        """Indices of texts in batches that the encoder embeds exactly as it would each text alone: of
+        one token length each where padding changes an embedding (MedCLIP's BERT), else in order."""
         if not self.pads_change_text:
             groups = {0: list(range(len(texts)))}
         else:
             groups = defaultdict(list)
             for i, t in enumerate(texts):
                 groups[self.token_count(t)].append(i)
+        return [idx[j:j + batch_size] for idx in groups.values() for j in range(0, len(idx), batch_size)]
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         out: list[torch.Tensor | None] = [None] * len(texts)
-        for idx in groups.values():
-            for j in range(0, len(idx), batch_size):
-                chunk = idx[j:j + batch_size]
-                emb = F.normalize(self.embed_texts([texts[i] for i in chunk]).float(), dim=-1).cpu()
-                for i, e in zip(chunk, emb):
-                    out[i] = e
+        for chunk in self.text_batches(texts, batch_size):
+            emb = F.normalize(self.embed_texts([texts[i] for i in chunk]).float(), dim=-1).cpu()
+            for i, e in zip(chunk, emb):
+                out[i] = e
         return torch.stack(out) if out else torch.zeros(0, 0)
 
 

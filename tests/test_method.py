@@ -42,12 +42,14 @@ def plain_concepts(img, examples, text, template, alpha):
 
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("p", [85.0, 93.0, 99.0])
-def test_adaptive_selection_matches_plain(seed, p):
+@pytest.mark.parametrize("block", [5, 64])  # neurons are selected a block at a time: 12 = 5 + 5 + 2
+def test_adaptive_selection_matches_plain(seed, p, block):
     g = torch.Generator().manual_seed(seed)
     acts = torch.randn(200, 12, generator=g) ** 3
     acts[:, 3] = 1.5  # a dead neuron
-    got = select_examples(acts, "adaptive", p)
+    got = select_examples(acts, "adaptive", p, block=block)
     cols = acts.double().T.tolist()
+    assert [n["neuron"] for n in got] == list(range(12))
     for k, n in enumerate(got):
         assert n["examples"] == plain_adaptive(cols[k], p)
         assert n["dead"] == (k == 3)
@@ -58,7 +60,8 @@ def test_adaptive_selection_matches_plain(seed, p):
 def test_topk_selection_matches_plain(k):
     acts = torch.randn(100, 7, generator=torch.Generator().manual_seed(k))
     acts[:10, 2] = 7.0  # ties: kept in probe order
-    got = select_examples(acts, "topk", topk=k)
+    got = select_examples(acts, "topk", topk=k, block=3)
+    assert [n["neuron"] for n in got] == list(range(7))
     for j, n in enumerate(got):
         assert n["examples"] == plain_topk(acts.double()[:, j].tolist(), k)
 

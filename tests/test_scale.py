@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, make_probe_set, run_script, save_random_target
+from conftest import REPO, SHARED, make_probe_set, run_script, save_random_target
 from pipeline import ranks
 from pipeline.forward import record
 
@@ -131,3 +131,23 @@ def test_benchmark_quick_prints_every_ratio(tmp_path):
         ratio = float(r.split("x floor")[0].split()[-1])
         assert 0 < ratio < 100, r
     assert "peak" in log  # the memory of the selection at NIH train's size, scaled down in quick mode
+
+
+def test_grey_crops_resized_on_one_channel_equal_the_rgb_path(tmp_path):
+    """probe_crop resizes a grey image before making it RGB: the pixels must be those of resizing RGB."""
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms
+    from dataset.files import read_image
+    from dataset.nih import probe_crop
+    from test_probe_sets import REAL_DICOM, REAL_JPEG
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (300, 260), dtype=np.uint8)).save(tmp_path / "grey.png")
+    Image.fromarray(rng.integers(0, 65535, (300, 260)).astype(np.uint16)).save(tmp_path / "wide.png")
+    Image.fromarray(rng.integers(0, 255, (300, 260, 4), dtype=np.uint8), "RGBA").save(tmp_path / "rgba.png")
+    nih = SHARED / "data" / "real_cxr" / "00000001_000.png"  # a real NIH radiograph
+    for path in (nih, REAL_DICOM, REAL_JPEG, tmp_path / "grey.png", tmp_path / "wide.png", tmp_path / "rgba.png"):
+        for resize, crop in ((256, 224), (97, 64)):
+            rgb_first = transforms.CenterCrop(crop)(transforms.Resize(resize)(read_image(path)))
+            got = probe_crop(path, resize, crop)
+            assert got.mode == "RGB" and np.array_equal(np.asarray(got), np.asarray(rgb_first)), (path, resize)
