@@ -15,7 +15,6 @@ the prompt batches the stage makes. Last, the peak memory of example selection a
 """
 import multiprocessing
 import os
-import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -159,16 +158,43 @@ def stage3(paths, dev):
     report("stage3-text MedCLIP", len(texts), "prompts", t_stage, {"encoder": t_model}, dev)
 
 
+def decode_paths(paths: list[Path]) -> None:
+    """Milliseconds per image, one process, of the ways to read a PNG into the 256-px resize."""
+    from torchvision.io import decode_png, read_file
+    from torchvision.transforms import Resize
+    from dataset.nih import probe_crop
+
+    def each(fn):
+        t = time.perf_counter()
+        for p in paths:
+            fn(p)
+        return (time.perf_counter() - t) / len(paths) * 1e3
+
+    rgb = each(lambda p: Resize(256)(Image.open(p).convert("RGB")))
+    used = each(lambda p: probe_crop(p, 256, 224))
+    tv = each(lambda p: decode_png(read_file(str(p))))
+    print(f"decode 1024-px PNG to the 224 crop: PIL RGB then resize {rgb:.1f} ms; PIL grey resize then RGB (used) "
+          f"{used:.1f} ms; torchvision decode_png alone {tv:.1f} ms (its tensor resize would not give PIL's pixels)")
+
+
+def rss_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process in MB, from Linux's /proc; a fresh process's peak
+    starts at its own exec (getrusage's would carry the parent's over)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1e3
+    return float("nan")
+
+
 def selection_peak(n: int, k: int) -> tuple[float, float, float]:
-    """(seconds, MB of the activations, MB the process grew by at its peak) of select_examples on
-    n x k activations, in this (fresh) process."""
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """(seconds, MB of the activations, MB above them at the peak) of select_examples on n x k
+    activations, in this (fresh) process."""
     acts = torch.randn(n, k, generator=torch.Generator().manual_seed(0))
+    base = rss_mb("VmRSS")  # the activations included
     t = time.perf_counter()
     select_examples(acts, "adaptive", 93.0)
     t = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux
-    return t, acts.numel() * 4 / 1e6, (peak - base) / 1e3
+    return t, acts.numel() * 4 / 1e6, rss_mb("VmHWM") - base
 
 
 def scores(n_neurons=1024, n_concepts=1361, n_unique=4000):
@@ -190,16 +216,18 @@ def run():
     n = n_images or (8 if quick else 8192 if dev.type == "cuda" else 512)
     if quick:  # every row, on little work
         models, n_prompts, memory_images, memory_neurons = models.split(",")[0], 32, 4000, 64
+        config.update(models=models, n_prompts=n_prompts, memory_images=memory_images, memory_neurons=memory_neurons)
     print_config("benchmark", config)
     print(f"{n} images on {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{os.cpu_count()} cores'}), "
           f"batch {batch_size}, {workers(num_workers)} loader processes, {precision}")
     paths = inputs(n)
+    decode_paths(paths[:16])
     stage2(paths, dev)
     stage3(paths, dev)
     with multiprocessing.get_context("spawn").Pool(1) as pool:  # a fresh process: its peak is the selection's
         t, held, grew = pool.apply(selection_peak, (memory_images, memory_neurons))
     print(f"example selection {memory_images:,} x {memory_neurons:,}: {t:.1f}s; activations {held:,.0f} MB "
-          f"(float32); the process's peak grew by {grew:,.0f} MB")
+          f"(float32), peak memory {grew:,.0f} MB above them")
     if not quick:
         scores()
 
