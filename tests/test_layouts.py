@@ -1,13 +1,17 @@
 """What a layer's neurons are when a model keeps its feature maps channels-last (Swin in timm and
-torchvision: [B, H, W, C]), and that channels-first models (ConvNeXt) read as before (issue 9)."""
+torchvision: [B, H, W, C]), that channels-first ones (ConvNeXt) read as before, and what
+the cache key of a user's model file covers (issue 9)."""
+import sys
+
 import pytest
 import timm
 import torch
 import torchvision
 
 from conftest import make_probe_set, run_script
-from models.target import channels_last_modules, layer_table, taps
+from models.target import channels_last_modules, layer_table, load_target, target_identity, taps
 from pipeline.cli import PipelineError
+from pipeline.outputs import activations_key
 
 # A Swin small enough for a test: 64 px in, stages of 24, 48, 96 and 192 channels on 16, 8, 4 and 2 patches.
 SWIN = dict(pretrained=False, img_size=64, embed_dim=24, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), window_size=4,
@@ -136,3 +140,56 @@ def test_layer_list_shows_the_channels_of_a_swin_file(tmp_path):
     rows = {r.split()[0]: r.split()[-1] for r in proc.stdout.splitlines() if r.startswith(("layers.", "norm "))}
     assert [rows[f"layers.{i}"] for i in range(4)] == ["24", "48", "96", "192"] and rows["norm"] == "192"
     assert rows["layers.0.blocks.0.attn"] == "-"
+
+
+# ---- a user's model file: its cache key covers the modules it imports
+
+MODEL_FILE = '''import torch.nn as nn
+from helpers import WIDTH
+
+
+def build():
+    import blocks.stem  # imported when the model is built, not when the file is read
+    return nn.Sequential(blocks.stem.make(WIDTH), nn.Flatten(), nn.LazyLinear(3))
+'''
+
+
+def user_folder(root):
+    (root / "blocks").mkdir(parents=True)
+    (root / "mine.py").write_text(MODEL_FILE)
+    (root / "helpers.py").write_text("from consts import BASE\n\nWIDTH = BASE\n")
+    (root / "consts.py").write_text("BASE = 4\n")
+    (root / "blocks" / "__init__.py").write_text("")
+    (root / "blocks" / "stem.py").write_text("import torch.nn as nn\n\n\ndef make(w):\n"
+                                             "    return nn.Sequential(nn.Conv2d(3, w, 3), nn.AdaptiveAvgPool2d(1))\n")
+    (root / "unused.py").write_text("X = 1\n")
+    return f"{root / 'mine.py'}:build"
+
+
+def test_file_model_key_covers_the_modules_it_imports(tmp_path):
+    model = user_folder(tmp_path / "user")
+    elsewhere = tmp_path / "other" / "helpers.py"  # the same name, in another folder
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("WIDTH = 4\n")
+    key = lambda: activations_key({"model": model}, None, "data")
+    assert set(target_identity(model, None)["source"]) == {"mine.py", "helpers.py", "consts.py", "blocks/__init__.py",
+                                                           "blocks/stem.py"}
+    before = set(sys.modules)
+    try:
+        net, _ = load_target(model, None, need_head=False)  # the file runs and finds its neighbours
+    finally:  # this process's later tests must not find these modules under their plain names
+        for name in set(sys.modules) - before:
+            if str(getattr(sys.modules[name], "__file__", "")).startswith(str(tmp_path)):
+                del sys.modules[name]
+    assert net[0][0].out_channels == 4
+    first = key()
+    for path, text in ((tmp_path / "user" / "unused.py", "X = 2\n"), (elsewhere, "WIDTH = 8\n")):
+        path.write_text(text)
+        assert key() == first, path  # nothing the model runs changed
+    for path, text in ((tmp_path / "user" / "helpers.py", "from consts import BASE\n\nWIDTH = 2 * BASE\n"),
+                       (tmp_path / "user" / "consts.py", "BASE = 3\n"),  # imported by helpers.py
+                       (tmp_path / "user" / "blocks" / "stem.py", "import torch.nn as nn\n\n\ndef make(w):\n"
+                        "    return nn.Sequential(nn.Conv2d(3, w, 5), nn.AdaptiveAvgPool2d(1))\n")):
+        before = key()
+        path.write_text(text)
+        assert key() != before, path
