@@ -129,7 +129,7 @@ def describers_dir(run: str | Path) -> Path:
 
 
 def maps_path(c: dict, module: str) -> Path:
-    return probe_dir(c) / c["model"] / f"maps_{_tag(module)}.pt"
+    return probe_dir(c) / model_tag(c["model"]) / f"maps_{_tag(module)}.pt"
 
 
 def eval_dir(c: dict) -> Path:
@@ -197,7 +197,8 @@ def matching_key(examples: str, images: str, text: str, c: dict, code: str) -> s
 def maps_key(stage2: dict, module: str, image_ids: list[str]) -> str:
     """maps_{module}.pt: the model and preprocessing of step 2 (its layer aside), the images, the module."""
     return digest({**{k: stage2[k] for k in ACTIVATION_FIELDS if k != "layer"}, "module": module,
-                   "checkpoint": file_digest(stage2["checkpoint"]), "data": stage2["data_key"], "images": image_ids,
+                   "target": target_identity(stage2["model"], stage2["checkpoint"] or None), "data": stage2["data_key"],
+                   "images": image_ids,
                    "code": code_version("pipeline/dissection.py", "models/target.py", "dataset/nih.py")})
 
 
