@@ -39,19 +39,21 @@ import torch
 
 from dataset.boxes import load_boxes
 from dataset.concepts import read_concepts
-from dataset.nih import class_names, read_split, resolve_images, split_file
+from dataset.nih import MEAN, STD, model_input_args, resolve_images
+from dataset.probe import MISSING, align_labels, label_key, load_probe
 from describers import (NAMES, label_auc, lift_findings, name_neurons, pm, same_name, soft_wpmi, top_images,
                         topk_mean, truth_agreement)
 from method import fc_metrics, image_concept_scores, neuron_concept_scores, select_concepts, select_examples
 from models import pick_device
-from models.target import load_target
+from models.target import channels_last_modules, load_target
 from models.vlm import load_vlm
 from pipeline.cache import (cached, code_version, digest, file_digest, load_json, load_tensors, save_bytes, save_json,
                             save_png, save_tensors)
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from pipeline.dissection import collect_maps, dissect, layer_maps, map_source
 from pipeline.features import image_features, text_features
-from pipeline.outputs import describer_key, describers_dir, maps_key, maps_path, matching_dir, upstream_constants
+from pipeline.outputs import (describer_key, describers_dir, maps_key, maps_path, matching_dir, class_neurons,
+                              stored_classes, upstream_constants)
 from pipeline.text_metrics import cosine_metrics
 
 # -----------------------------------------------------------------------------
@@ -109,8 +111,8 @@ def run():
     if [n["neuron"] for n in mammi["neurons"]] != list(range(acts.shape[1])):
         raise PipelineError(f"{path} does not name the {acts.shape[1]} neurons of {act_path} in order; "
                             f"re-run concept_matching.py")
-    labels = probe_labels(stage2, ids)
-    findings = [c.lower() for c in class_names()]
+    classes = stored_classes(stage2)  # fc neuron k is class k
+    labels, findings = probe_labels(stage2, ids, classes)
     dead = (acts.max(0).values == acts.min(0).values).tolist()
     out = describers_dir(path)
     dev = pick_device(device)
@@ -156,10 +158,11 @@ def run():
               f"in {time.time() - t:.1f}s")
 
     truth_of = neuron_truth(acts, labels, findings, dead, scores.get("label_auc"))
-    table = compare(path, layer, records, truth_of, skipped)
+    scored = class_neurons(classes, acts.shape[1]) if layer == "fc" else []
+    table = compare(path, layer, records, truth_of, skipped, scored)
     if percents and alphas:
         t = time.time()
-        table["sensitivity"] = sensitivity(mammi, acts, feats, truth_of, percents, alphas, out)
+        table["sensitivity"] = sensitivity(mammi, acts, feats, truth_of, percents, alphas, out, scored)
         print(f"sensitivity of MAMMI to adaptive_percent x alpha ({len(percents)} x {len(alphas)}) in "
               f"{time.time() - t:.1f}s")
     save_json(out / "describers.json", table)
@@ -191,7 +194,9 @@ def rival(name, consts, inputs, where, acts, ids, labels, findings, feats, stage
     elif name == "topk_mean":
         S, names, used = topk_mean(feats["cos"], acts, top_k), feats["concepts"], min(top_k, len(ids))
     elif name == "label_auc":
-        S, names, used = label_auc(acts, labels), findings, len(ids)
+        if labels is None:
+            return "the probing set has no labels (--labels none): nothing to take the AUROC against"
+        S, names, used = known_label_auc(acts, labels), findings, len(ids)
     else:
         got = dissection(stage2, ids, labels, boxes, box_path, acts, findings, dev)
         if isinstance(got, str):
@@ -227,15 +232,35 @@ def read_run() -> tuple[Path, dict]:
     return path, data
 
 
-def probe_labels(stage2: dict, ids: list[str]) -> np.ndarray:
-    """The 0/1 labels [N, 14] of the probing images, in step 2's order."""
-    names, labels = read_split(split_file(stage2["split"], stage2["data_root"], stage2["split_file"]))
-    row = {n: i for i, n in enumerate(names)}
-    missing = [i for i in ids if i not in row]
-    if missing:
-        raise PipelineError(f"the split file of {stage2['data_root']} no longer lists {missing[0]} (and "
-                            f"{len(missing) - 1} more); re-run example_selection.py")
-    return labels[[row[i] for i in ids]]
+def probe_labels(stage2: dict, ids: list[str], classes: list[str] | None) -> tuple[np.ndarray | None, list[str]]:
+    """The probing images' labels [N, F] (1, 0 or MISSING) in step 2's order, re-read from the probing set
+    step 2 read and joined to the classes it stored, and the F findings they name (the lower-cased
+    classes that have a name and some ground truth). None and [] when the set has no labels."""
+    probe = load_probe(stage2)
+    if probe.data_key != stage2["data_key"]:
+        raise PipelineError(f"the images or labels under {stage2['data_root']} changed since step 2 read them; re-run "
+                            f"example_selection.py and concept_matching.py (same experiment file), then this step")
+    labels = align_labels(probe, classes, "stored by step 2")
+    if labels is None:
+        return None, []
+    row = {n: i for i, n in enumerate(probe.names)}
+    labels = labels[[row[i] for i in ids]]
+    keep = [j for j, c in enumerate(classes) if c and (labels[:, j] != MISSING).any()]
+    return labels[:, keep], [classes[j].lower() for j in keep]
+
+
+def known_label_auc(acts: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+    """label_auc [K, F], each class over the images that have ground truth for it (--uncertain ignore
+    leaves some MISSING)."""
+    known = labels != MISSING
+    full = known.all(0)
+    auc = torch.full((acts.shape[1], labels.shape[1]), math.nan, dtype=torch.float64)
+    if full.any():
+        auc[:, torch.from_numpy(full)] = label_auc(acts, labels[:, full])
+    for j in np.flatnonzero(~full):
+        has = torch.from_numpy(known[:, j])
+        auc[:, j] = label_auc(acts[has], labels[known[:, j]][:, [j]])[:, 0]
+    return auc
 
 
 def dissection(stage2, ids, labels, boxes, box_path, acts, findings, dev):
@@ -243,14 +268,29 @@ def dissection(stage2, ids, labels, boxes, box_path, acts, findings, dev):
     the number of images; or why it cannot run."""
     def anns_of(name):
         return boxes.get(name, boxes.get(Path(name).name))
-    rows = [r for r, i in enumerate(ids) if anns_of(i) is not None or not labels[r].any()]
+    # An image without boxes has empty masks only when its labels say it has none of the findings.
+    rows = [r for r, i in enumerate(ids) if anns_of(i) is not None or (labels is not None and (labels[r] == 0).all())]
     if not any(anns_of(ids[r]) for r in rows):
         return (f"no image of the probing set has a box in {box_path}; dissection needs a probing set with "
                 f"boxes or masks (NIH: its bbox.csv images, ChestX-Det: its json)")
-    extra = sorted({a["label"].lower() for r in rows for a in (anns_of(ids[r]) or [])} - set(findings))
-    names, layer = findings + extra, stage2["layer"]
-    net = load_target(stage2["model"], stage2["checkpoint"], need_head=(layer == "fc"))[0].to(dev).eval()
-    module = map_source(net, layer)
+    prep = model_input_args(stage2)
+    if prep != model_input_args({}):
+        return (f"its pass feeds the target the medical_mae input (3 channels, mean {MEAN}, std {STD}), and this "
+                f"model takes {prep['channels']} channel(s), mean {stage2['mean']}, std {stage2['std']} "
+                f"(pipeline/dissection.py does not apply a model's own normalisation)")
+    # A box joins the finding of its name as labels join classes (case, spaces, '_' and '-' aside).
+    finding_of = {label_key(f): f for f in findings}
+    anns = [[{**a, "label": finding_of.get(label_key(a["label"]), a["label"].lower())} for a in anns_of(ids[r]) or []]
+            for r in rows]
+    names, layer = findings + sorted({a["label"] for x in anns for a in x} - set(findings)), stage2["layer"]
+    net = load_target(stage2["model"], stage2["checkpoint"], layer == "fc", stage2.get("num_classes", 0),
+                      prep["channels"], len(stored_classes(stage2) or []))[0].to(dev).eval()
+    try:
+        module = map_source(net, layer)
+    except PipelineError as e:  # no block whose maps it could read: this rival does not apply to the model
+        return str(e)
+    if module in channels_last_modules(net):
+        return f"its maps would be the output of {module}, which is channels-last [B, H, W, C]; it reads [B, C, H, W]"
     # The maps of the last block serve fc and penultimate alike: one pass per model and probing set.
     path, key = maps_path(stage2, module), maps_key(stage2, module, [ids[r] for r in rows])
     stored = cached(path, key)
@@ -266,8 +306,7 @@ def dissection(stage2, ids, labels, boxes, box_path, acts, findings, dev):
     if gap > 1e-3 * float(acts.abs().max()) + 1e-5:
         raise PipelineError(f"the {layer} maps do not average to the activations of step 2 (gap {gap:.3g}): "
                             f"{stage2['checkpoint']} changed since; re-run example_selection.py")
-    got = dissect(maps, sizes, [anns_of(ids[r]) or [] for r in rows], names, stage2["resize"], stage2["crop"],
-                  dissection_quantile, batch_size)
+    got = dissect(maps, sizes, anns, names, stage2["resize"], stage2["crop"], dissection_quantile, batch_size)
     n_boxed = sum(bool(anns_of(ids[r])) for r in rows)
     print(f"dissection: {len(rows)} images ({n_boxed} with boxes, the rest without findings), maps "
           f"{maps.shape[2]}x{maps.shape[3]} upsampled to {stage2['crop']}x{stage2['crop']}")
@@ -284,12 +323,16 @@ def describer_config(mammi: dict, path: Path, name: str, consts: dict) -> dict:
 
 
 def neuron_truth(acts, labels, findings, dead, auc) -> dict:
-    """What the probing set says each neuron is (`truth`), a finding name or None."""
-    if truth == "lift":
-        idx = lift_findings(labels, top_images(acts, truth_images).T.tolist(), lift_min)
+    """What the probing set says each neuron is (`truth`), a finding name or None (all None without labels)."""
+    if labels is None:
+        idx, rule = [None] * acts.shape[1], "none: the probing set has no labels"
+    elif truth == "lift":
+        # A finding without ground truth on some images has no base rate: all zeros leave it out.
+        known = np.where((labels == MISSING).any(0), 0, labels)
+        idx = lift_findings(known, top_images(acts, truth_images).T.tolist(), lift_min)
         rule = f"the finding of highest lift (>= {lift_min:g}) among the neuron's top {truth_images} images"
     else:
-        auc = label_auc(acts, labels) if auc is None else auc
+        auc = known_label_auc(acts, labels) if auc is None else auc
         best = torch.where(torch.isnan(auc), -math.inf, auc).argmax(1).tolist()
         idx = [None if torch.isnan(auc[k]).all() else best[k] for k in range(len(best))]
         rule = "the class whose labels the neuron's activation separates best (highest AUROC)"
@@ -301,19 +344,20 @@ def words(records: list[dict]) -> list[list[str]]:
     return [[c["concept"] for c in n["concepts"]] for n in records]
 
 
-def compare(path: Path, layer: str, records: dict, truth_of: dict, skipped: dict) -> dict:
-    """Per describer: how many neurons it names, the fc metrics (fc layer) and the agreement with the
-    truth, each mean +- std/sqrt(n); and the pairwise agreement of their first concepts."""
-    is_fc = layer == "fc" and len(records["mammi"]) == len(class_names())
+def compare(path: Path, layer: str, records: dict, truth_of: dict, skipped: dict, scored: list) -> dict:
+    """Per describer: how many neurons it names, the fc metrics (the fc neurons of named classes: scored)
+    and the agreement with the truth, each mean +- std/sqrt(n); and the pairwise agreement of their first
+    concepts."""
+    classes = [c for _, c in scored]
     rows = {}
     for name, recs in records.items():
         w = words(recs)
         row = {"neurons": len(recs), "named": sum(n.get("status") == "ok" for n in recs),
                "truth": truth_agreement(w, truth_of["neurons"])}
-        if is_fc:
-            row["fc"] = {**fc_metrics(w, class_names()),
-                         "cosine": cosine_metrics(recs, class_names(), config["metric_encoders"],
-                                                   config["medclip_weights"])}
+        if scored:
+            row["fc"] = {**fc_metrics([w[j] for j, _ in scored], classes),
+                         "cosine": cosine_metrics([recs[j] for j, _ in scored], classes, config["metric_encoders"],
+                                                  config["medclip_weights"])}
         rows[name] = row
     pairwise = {a: {b: same_name(words(records[a]), words(records[b])) for b in records} for a in records}
     rivals = {n: file_digest(describers_dir(path) / n / "concepts.json") for n in records if n != "mammi"}
@@ -323,14 +367,14 @@ def compare(path: Path, layer: str, records: dict, truth_of: dict, skipped: dict
             "skipped": skipped, "config": dict(config)}
 
 
-def sensitivity(mammi, acts, feats, truth_of, percents, alphas, out) -> dict:
+def sensitivity(mammi, acts, feats, truth_of, percents, alphas, out, scored) -> dict:
     """MAMMI re-run from the cache over adaptive_percent x alpha (its template and adaptive score as the
     run): the fc hit rate and F1 (fc layer), the agreement with the truth and the mean number of concepts
     per neuron, on a grid. The figure: the headline metric, and beside it what a lower alpha pays for it."""
     cfg = mammi["config"]
     s = image_concept_scores(feats["images"], feats["text"]["features"],
                              feats["text"]["template"] if cfg["adaptive"] else None)
-    concepts, is_fc = feats["concepts"], cfg["layer"] == "fc" and acts.shape[1] == len(class_names())
+    concepts, is_fc = feats["concepts"], bool(scored)
     grids = {k: np.full((len(percents), len(alphas)), np.nan) for k in ("hit_rate", "f1", "truth_any", "n_concepts")}
     for i, p in enumerate(percents):
         ex = select_examples(acts, "adaptive", p)
@@ -340,7 +384,7 @@ def sensitivity(mammi, acts, feats, truth_of, percents, alphas, out) -> dict:
             grids["truth_any"][i, j] = truth_agreement(w, truth_of["neurons"])["any"]["mean"]
             grids["n_concepts"][i, j] = np.mean([len(x) for x in w])
             if is_fc:
-                m = fc_metrics(w, class_names())
+                m = fc_metrics([w[k] for k, _ in scored], [c for _, c in scored])
                 grids["hit_rate"][i, j], grids["f1"][i, j] = m["hit_rate"]["mean"], m["f1"]["mean"]
     own = (cfg["adaptive_percent"], cfg["alpha"]) if cfg["selection"] == "adaptive" else None
     panels = ([("fc hit rate", "hit_rate"), ("fc F1 (precision pays for extra concepts)", "f1")] if is_fc else
@@ -351,7 +395,7 @@ def sensitivity(mammi, acts, feats, truth_of, percents, alphas, out) -> dict:
         top = max(1.0, float(np.nanmax(grid)))
         im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=top, aspect="auto")
         for (r, c), v in np.ndenumerate(grid):
-            label = f"{round(v * acts.shape[1])}/{acts.shape[1]}" if k == "hit_rate" else f"{v:.3f}"
+            label = f"{round(v * len(scored))}/{len(scored)}" if k == "hit_rate" else f"{v:.3f}"
             ax.text(c, r, label, ha="center", va="center", color="white" if v < 0.6 * top else "black", fontsize=9,
                     fontweight="bold" if (percents[r], alphas[c]) == own else None)
         ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])

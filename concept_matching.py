@@ -25,8 +25,8 @@ from pipeline import ranks
 from pipeline.cache import cached, claim, code_version, holds_claims, load_json, save_json, save_tensors, writable
 from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
 from pipeline.features import image_features, text_features
-from pipeline.outputs import (RUN_SETTINGS, examples_dir, image_features_path, matching_dir, matching_key, metrics_key,
-                              read_examples, stored_classes, text_features_path)
+from pipeline.outputs import (RUN_SETTINGS, class_neurons, examples_dir, image_features_path, matching_dir,
+                              matching_key, metrics_key, read_examples, stored_classes, text_features_path)
 from pipeline.text_metrics import cosine_metrics
 
 # -----------------------------------------------------------------------------
@@ -113,8 +113,7 @@ def run():
     print(f"neurons named: {counts['ok']}; none above zero: {counts['none']}; dead: {counts['dead']}")
     written = [img_path, txt_path, out_dir / "similarity.pt", out_dir / "concepts.json"]
     classes = cfg["class_names"]
-    # fc neuron k is class k: scored where the classes are named, one name per neuron (xrv leaves some '').
-    scored = [(n, c) for n, c in zip(named, classes or []) if c] if len(classes or []) == len(named) else []
+    scored = [(named[j], c) for j, c in class_neurons(classes, len(named))]
     if config["layer"] == "fc" and not scored:
         print(f"note: the {len(named)} fc neurons have no class names to score against "
               f"(example_selection.py --classes FILE names them); no metrics.json")

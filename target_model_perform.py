@@ -5,10 +5,10 @@
 Per class: AUROC and AUPRC of the sigmoid outputs on the test split, and the F1-maximising threshold
 on the val split (the visualisation predicts a class when its probability reaches that threshold).
 The logits come from stage 2's cache when example_selection.py already ran on that split with this
-checkpoint and preprocessing; otherwise from one batched pass per split. The classes and labels are
-step 2's (its --classes, the model's names, the CSV's label columns or NIH's); a class without ground
-truth on a split gets no threshold or AUROC. A CSV probing set (--labels) is its own val and test
-set unless val_split_file and test_split_file name other CSVs.
+checkpoint and preprocessing; otherwise from one batched pass per split. The classes are step 2's
+(its --classes, the model's names, the probing CSV's label columns or NIH's), and each split's labels
+join them by name; a class without ground truth on a split gets no threshold or AUROC. A CSV probing
+set (--labels) is its own val and test set unless val_split_file and test_split_file name other CSVs.
 Writes Threshold.csv, TestEval.csv, {Val,Test}{Probs,Labels}.csv and roc_curves.png.
 """
 import time
@@ -53,6 +53,9 @@ def run():
     ckpt = checkpoint_of(model, config["checkpoint"])
     dev = pick_device(device)
     net, classes = None, None
+    # A CSV probing set names the classes step 2 named (its label columns, unless --classes or the model
+    # name them); each split's labels join those, whatever columns, in whatever order, its own CSV has.
+    probed = load_probe(config) if config["labels"] else None
     out = {}
     for split, override in (("val", val_split_file), ("test", test_split_file)):
         t0 = time.time()
@@ -63,13 +66,15 @@ def run():
         else:
             print(split_source(split, config["data_root"], override, f"--{split}_split_file"))
             c = {**config, "split": split, "split_file": override}
-        probe = load_probe(c)
-        classes, source = resolve_classes(config["classes"], model_classes(model), probe)
+        probe = probed if probed is not None and not override else load_probe(c)
+        if classes is None:
+            classes, source = resolve_classes(config["classes"], model_classes(model), probed or probe)
         labels = align_labels(probe, classes, source)
         if labels is None:
             raise PipelineError(f"the {probe.what} has no label columns to score the model against; "
                                 f"pass a CSV with label columns")
-        found = stage2_logits(config, split, override, ckpt, probe.data_key)
+        # a CSV serving as val or test is looked for under the split step 2 probed it as
+        found = stage2_logits(c, c["split"], c["split_file"], ckpt, probe.data_key)
         if found is not None:
             logits, where = found
             print(f"{split}: reusing the logits of {where}")

@@ -31,7 +31,7 @@ from pipeline.cli import PipelineError, check_stored, configure, main, print_con
 from dataset.boxes import disease_colour, load_boxes, scale_to, to_probe_crop
 from dataset.files import read_image
 from dataset.nih import model_input_args, probe_crop, resolve_images, to_model_input
-from dataset.probe import output_names
+from dataset.probe import label_key, output_names
 from pipeline.evaluation import read_thresholds
 from models import pick_device
 from models.target import checkpoint_of, load_target, preprocessing
@@ -144,7 +144,7 @@ def explain(name, anns, path, img, probs, taylor, maps, thr, named, classes, out
         scores = taylor[j, top]
         shown = [neuron_map(maps[k], neuron_percentile, crop) for k in top]
         overall = overall_map(maps[top], scores, overall_percentile, crop)
-        cls_boxes = [g["box"] for g in gt if g["label"] == classes[j]]
+        cls_boxes = [g["box"] for g in gt if label_key(g["label"]) == label_key(classes[j])]  # as labels join classes
         pg = pointing(overall, cls_boxes) if cls_boxes else None
         fig_path = out_dir / "figures" / f"{Path(name).stem}_{classes[j].replace(' ', '_')}.png"
         neurons = [{"neuron": k, "taylor": float(s), "concepts": named[k]} for k, s in zip(top, scores.tolist())]

@@ -161,7 +161,8 @@ def resolve_classes(classes_file: str, model_classes: list[str] | None, probe: P
     return None, ""
 
 
-def _key(name: str) -> str:
+def label_key(name: str) -> str:
+    """A class or label name as names are joined: case, spaces, '_' and '-' ignored."""
     return re.sub(r"[\s_-]+", " ", name.strip().lower())
 
 
@@ -170,8 +171,8 @@ def align_labels(probe: Probe, classes: list[str] | None, source: str) -> np.nda
     (MISSING where there is none); refused when no class has a column."""
     if probe.labels is None or classes is None:
         return None
-    where = {_key(n): j for j, n in enumerate(probe.label_names)}
-    cols = [where.get(_key(c)) if c else None for c in classes]
+    where = {label_key(n): j for j, n in enumerate(probe.label_names)}
+    cols = [where.get(label_key(c)) if c else None for c in classes]
     if all(j is None for j in cols):
         raise PipelineError(f"the labels of the {probe.what} ({', '.join(probe.label_names[:6])}) match none of the "
                             f"{len(classes)} classes {source} ({', '.join(c for c in classes[:6] if c)}); "

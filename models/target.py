@@ -20,6 +20,7 @@ torchxrayvision's own.
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import importlib.util
@@ -34,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torchvision
+from torchvision.ops.misc import Permute
 
 from dataset.nih import MEAN, STD
 from models import load_failure
@@ -53,6 +55,9 @@ _DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12]
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # torchxrayvision scales [0, 1] pixels to [-1024, 1024] (xrv.datasets.normalize): (x - 0.5) / (1 / 2048).
 XRV_NORM = ((0.5,), (1 / 2048,))
+# Modules that compute over dim 1, so their 4-D outputs are [B, C, H, W] inside a channels-last model too.
+CHANNELS_FIRST = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.AvgPool2d,
+                  nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 # Outputs of each family before a checkpoint or --num_classes says otherwise.
 _DEFAULT_CLASSES = {"medical_mae": 14, "torchvision": 1000, "timm": 1000}
 
@@ -224,9 +229,48 @@ def checkpoint_of(model: str, checkpoint: str) -> Path | None:
     return Path(checkpoint) if checkpoint else None
 
 
+def local_sources(path: str | Path) -> list[Path]:
+    """A user's model file and the modules beside it that it imports, directly or through them, found by
+    reading their import statements (those inside functions too). The file runs with its folder first on
+    sys.path (_from_file), so `import helpers`, `from helpers import x` and `import pkg.sub` reach the
+    files there before any installed module: these are the user's code the model can run. Read, not
+    imported: a cache key is computed before the model is built and must not run the file. A module
+    imported by a computed name (importlib) is not seen."""
+    root = Path(path).resolve().parent
+    found: list[Path] = []
+    todo = [Path(path).resolve()]
+    while todo:
+        file = todo.pop()
+        if file in found:
+            continue
+        found.append(file)
+        try:
+            tree = ast.parse(file.read_bytes(), str(file))
+        except (SyntaxError, ValueError):  # the import itself will say what is wrong with it
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [(root, a.name) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                # relative (level 1: the file's own package folder) or from the model file's folder
+                base = file.parents[min(node.level, len(file.parents)) - 1] if node.level else root
+                head = node.module or ""
+                names = [(base, f"{head}.{a.name}".strip(".")) for a in node.names]
+            else:
+                continue
+            for base, dotted in names:
+                parts = dotted.split(".")
+                for i in range(1, len(parts) + 1):  # pkg/__init__.py, pkg/sub.py, ... as far as they exist
+                    stem = base.joinpath(*parts[:i])
+                    todo += [f for f in (stem.with_suffix(".py"), stem / "__init__.py")
+                             if f.is_file() and f.is_relative_to(root)]
+    return sorted(found)
+
+
 def target_identity(model: str, checkpoint: str | Path | None) -> dict:
-    """What decides a target's outputs, for cache keys: the bytes of its weights and of its code file,
-    and the version of the library that defines its architecture."""
+    """What decides a target's outputs, for cache keys: the bytes of its weights, of its code file and
+    the modules beside it that the file imports (local_sources), and the version of the library that
+    defines its architecture."""
     from pipeline.cache import file_digest
     spec = parse_model(model)
     library = torchvision.__version__ if spec.family in ("medical_mae", "torchvision") else None
@@ -236,8 +280,12 @@ def target_identity(model: str, checkpoint: str | Path | None) -> dict:
     if spec.family == "xrv":
         import torchxrayvision as xrv
         library = xrv.__version__
+    source = file_digest(spec.name) if spec.family == "torchscript" else None
+    if spec.family == "file":
+        root = Path(spec.name).resolve().parent
+        source = {f.relative_to(root).as_posix(): file_digest(f) for f in local_sources(spec.name)}
     return {"model": model, "checkpoint": file_digest(checkpoint) if checkpoint else None,
-            "source": file_digest(spec.name) if spec.family in ("file", "torchscript") else None, "library": library}
+            "source": source, "library": library}
 
 
 # ---- building and loading
@@ -485,13 +533,16 @@ def token_layout(model: nn.Module) -> tuple[int, int | None]:
     return 0, None
 
 
-def reduce_output(out, layout: tuple[int, int | None], token_pool: str) -> torch.Tensor:
-    """One value per neuron and image: [B, D] as is; [B, C, H, W] (conv) by the spatial mean;
-    [B, T, D] (transformer tokens) by the mean over patch tokens, or the class token (token_pool)."""
+def reduce_output(out, layout: tuple[int, int | None], token_pool: str, channels_last: bool = False) -> torch.Tensor:
+    """One value per neuron and image: [B, D] as is; [B, C, H, W] (conv) by the spatial mean, or
+    [B, H, W, C] when channels_last; [B, T, D] (transformer tokens) by the mean over patch tokens, or
+    the class token (token_pool)."""
     if isinstance(out, (tuple, list)):  # attention blocks return (output, weights)
         out = next(o for o in out if isinstance(o, torch.Tensor))
-    if out.dim() != 3:
-        return out.flatten(2).mean(2) if out.dim() > 2 else out
+    if out.dim() > 3:
+        return out.flatten(1, -2).mean(1) if channels_last else out.flatten(2).mean(2)
+    if out.dim() < 3:
+        return out
     prefix, patches = layout
     if patches is not None and out.shape[1] == patches:
         prefix = 0  # a sequence of patches alone (the patch embedding's output)
@@ -503,18 +554,68 @@ def reduce_output(out, layout: tuple[int, int | None], token_pool: str) -> torch
     return out[:, prefix:].mean(1)
 
 
-def _register(model: nn.Module, layer: str, put, token_pool: str):
-    """Hook `layer` so that each forward pass calls put(its reduced output)."""
+def _declared_last(module: nn.Module) -> bool | None:
+    """Whether a module says its output is channels-last: torchvision's Permute by its dims, timm's
+    output_fmt (a str enum: 'NHWC' or 'NCHW'); None when it says nothing."""
+    if isinstance(module, Permute):
+        return {(0, 2, 3, 1): True, (0, 3, 1, 2): False}.get(tuple(module.dims))
+    fmt = getattr(module, "output_fmt", None)
+    return fmt == "NHWC" if isinstance(fmt, str) else None
+
+
+def channels_last_modules(model: nn.Module) -> set[str]:
+    """The modules whose 4-D output is [B, H, W, C], as the model declares it. timm permutes in plain code
+    and says so in output_fmt: a model of output_fmt 'NHWC' (Swin, SwinV2, Sequencer, MambaOut) keeps its
+    feature maps channels-last, and so does a patch embedding that says it. torchvision permutes with
+    Permute modules (Swin once after its stem and back before pooling, ConvNeXt inside each block):
+    each one sets the layout of what follows it, its modules taken in order (nn.Sequential's order is
+    the order they run in). A module of CHANNELS_FIRST computes over dim 1 and so outputs channels-first
+    wherever it sits; a block outputs the layout its last module leaves."""
+    last: set[str] = set()
+
+    def walk(name: str, module: nn.Module, state: bool) -> bool:
+        """The layout of module's output, given the layout that reaches it (state)."""
+        if isinstance(module, CHANNELS_FIRST):
+            return state  # its own output is channels-first; what follows it is permuted back, if at all
+        said = _declared_last(module)  # what a module says holds for its own modules too (timm's patch norm)
+        state = state if said is None else said
+        for child_name, child in module.named_children():
+            state = walk(f"{name}.{child_name}" if name else child_name, child, state)
+        if state and name:
+            last.add(name)
+        return state
+
+    walk("", model, False)  # the input is an image batch, [B, C, H, W]
+    return last
+
+
+def _reader(model: nn.Module, token_pool: str):
+    """reduce_output by layer name (fc, penultimate or a module), each output with the layout the model
+    declares for it (the head's input is [B, D], or [B, C, H, W] for a Conv2d head)."""
+    layout = token_layout(model)
+    last = channels_last_modules(model) - {"fc", "penultimate"}
+    return lambda name, out: reduce_output(out, layout, token_pool, name in last)
+
+
+def _register(model: nn.Module, layer: str, put, read, batch: dict):
+    """Hook `layer` so that each forward pass calls put(its reduced output); refused when that output
+    has another number of rows than the pass has images (batch['n']): a block that works on windows
+    (Swin's attention) holds no value per image."""
+    def checked(name, out):
+        v = read(name, out)
+        if v.shape[0] != batch["n"]:
+            raise PipelineError(f"--layer {layer}: its output has {v.shape[0]} rows for {batch['n']} images (it "
+                                f"works on windows or patches of them); name the block or stage that holds it "
+                                f"(--layer list shows the neurons of each)")
+        put(v)
     modules = dict(model.named_modules())
-    layout = token_layout(model.script if isinstance(model, ScriptedTarget) else model)
     if layer == "fc":
-        return model.register_forward_hook(lambda m, inp, out: put(reduce_output(out, layout, token_pool)))
+        return model.register_forward_hook(lambda m, inp, out: checked("fc", out))
     if isinstance(model, ScriptedTarget):
         raise PipelineError(f"--layer {layer}: a TorchScript model accepts no hooks, so only its outputs (fc) can "
                             f"be read; pass the model as file.py:function to probe its layers")
     if layer == "penultimate":
-        return modules[head_name(model)].register_forward_pre_hook(
-            lambda m, inp: put(reduce_output(inp[0], layout, token_pool)))
+        return modules[head_name(model)].register_forward_pre_hook(lambda m, inp: checked("penultimate", inp[0]))
     name = layer
     if name not in modules or not name:
         names = [n for n in modules if n]
@@ -525,45 +626,46 @@ def _register(model: nn.Module, layer: str, put, token_pool: str):
         raise PipelineError(f"--layer {layer!r} is not a module of this model; use fc, penultimate, a module "
                             f"name ({hint}) or --layer list")
     # Reduced inside the hook: DenseNet applies its last ReLU in place on the features output afterwards.
-    return modules[name].register_forward_hook(lambda m, inp, out: put(reduce_output(out, layout, token_pool)))
+    return modules[name].register_forward_hook(lambda m, inp, out: checked(name, out))
 
 
 @contextmanager
-def taps(model: nn.Module, layers: list[str], token_pool: str = "mean"):
-    """Record several layers' activations (one value per neuron) in one forward pass, by layer name.
-
-    `fc` are the model's outputs (the logits); `penultimate` the input of its head; anything else a
-    module name (`layer4`, `features.denseblock3`, `blocks.9`), reduced by reduce_output.
-    """
+def _hooked(model: nn.Module, layers: list[str], token_pool: str, key):
     if token_pool not in ("mean", "cls"):
         raise PipelineError(f"--token_pool is mean or cls, not {token_pool!r}")
     store: dict[str, torch.Tensor] = {}
-    hooks = []
+    batch: dict[str, int] = {}
+    read = _reader(model.script if isinstance(model, ScriptedTarget) else model, token_pool)
+    hooks = [model.register_forward_pre_hook(lambda m, args: batch.__setitem__("n", len(args[0])))]
     try:
         for layer in layers:
-            hooks.append(_register(model, layer, lambda v, k=layer: store.__setitem__(k, v), token_pool))
+            hooks.append(_register(model, layer, lambda v, k=key(layer): store.__setitem__(k, v), read, batch))
         yield store
     finally:
         for h in hooks:
             h.remove()
 
 
-@contextmanager
+def taps(model: nn.Module, layers: list[str], token_pool: str = "mean"):
+    """Record several layers' activations (one value per neuron) in one forward pass, by layer name.
+
+    `fc` are the model's outputs (the logits); `penultimate` the input of its head; anything else a
+    module name (`layer4`, `features.denseblock3`, `blocks.9`), reduced by reduce_output.
+    """
+    return _hooked(model, layers, token_pool, lambda layer: layer)
+
+
 def tap(model: nn.Module, layer: str, token_pool: str = "mean"):
     """One layer's activations, under store["a"]."""
-    store: dict[str, torch.Tensor] = {}
-    hook = _register(model, layer, lambda v: store.__setitem__("a", v), token_pool)
-    try:
-        yield store
-    finally:
-        hook.remove()
+    return _hooked(model, [layer], token_pool, lambda layer: "a")
 
 
 def layer_table(model: nn.Module, x: torch.Tensor, token_pool: str = "mean") -> list[tuple[str, str, str]]:
-    """(name, output shape, neurons) of fc, penultimate and every module, from one forward pass on x."""
+    """(name, output shape, neurons) of fc, penultimate and every module, from one forward pass on x;
+    neurons '-' where an output holds no one value per image and neuron."""
     shapes: dict[str, tuple[str, str]] = {}
     inner = model.script if isinstance(model, ScriptedTarget) else model
-    layout = token_layout(inner)
+    read = _reader(inner, token_pool)
 
     def record(name, out):
         t = next((o for o in out if isinstance(o, torch.Tensor)), None) if isinstance(out, (tuple, list)) else out
@@ -571,7 +673,8 @@ def layer_table(model: nn.Module, x: torch.Tensor, token_pool: str = "mean") -> 
             shapes[name] = (type(out).__name__, "-")
             return
         try:
-            neurons = str(reduce_output(t, layout, token_pool).shape[1]) if t.dim() > 1 else "-"
+            v = read(name, t)
+            neurons = str(v.shape[1]) if t.dim() > 1 and len(v) == len(x) else "-"
         except PipelineError:
             neurons = "-"
         shapes[name] = (str(list(t.shape)), neurons)

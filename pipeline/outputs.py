@@ -139,7 +139,7 @@ def describers_dir(run: str | Path) -> Path:
 
 
 def maps_path(c: dict, module: str) -> Path:
-    return probe_dir(c) / c["model"] / f"maps_{_tag(module)}.pt"
+    return probe_dir(c) / model_tag(c["model"]) / f"maps_{_tag(module)}.pt"
 
 
 def eval_dir(c: dict) -> Path:
@@ -176,6 +176,12 @@ def stored_classes(stored: dict) -> list[str] | None:
     return class_names()
 
 
+def class_neurons(classes: list[str] | None, k: int) -> list[tuple[int, str]]:
+    """The fc neurons scored against their class: neuron j is class j, where every one of the k
+    outputs has a class and the class has a name (torchxrayvision leaves some '')."""
+    return [(j, c) for j, c in enumerate(classes) if c] if classes and len(classes) == k else []
+
+
 def examples_key(activations: str, c: dict) -> str:
     """examples.json: the activations it selects from and the selection rule."""
     rule = {"adaptive_percent": c["adaptive_percent"]} if c["selection"] == "adaptive" else {"topk": c["topk"]}
@@ -207,7 +213,8 @@ def matching_key(examples: str, images: str, text: str, c: dict, code: str) -> s
 def maps_key(stage2: dict, module: str, image_ids: list[str]) -> str:
     """maps_{module}.pt: the model and preprocessing of step 2 (its layer aside), the images, the module."""
     return digest({**{k: stage2[k] for k in ACTIVATION_FIELDS if k != "layer"}, "module": module,
-                   "checkpoint": file_digest(stage2["checkpoint"]), "data": stage2["data_key"], "images": image_ids,
+                   "target": target_identity(stage2["model"], stage2["checkpoint"] or None), "data": stage2["data_key"],
+                   "images": image_ids,
                    "code": code_version("pipeline/dissection.py", "models/target.py", "dataset/nih.py")})
 
 
