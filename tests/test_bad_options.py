@@ -60,7 +60,7 @@ BAD = [
     ("example_selection.py", "--topk", "-1", ">= 1"),
     ("example_selection.py", "--selection", "foo", "adaptive | topk"),
     ("example_selection.py", "--batch_size", "0", ">= 1"),
-    ("example_selection.py", "--num_workers", "-1", ">= 0"),
+    ("example_selection.py", "--num_workers", "-2", ">= -1"),
     ("example_selection.py", "--resize", "-1", ">= 0"),  # 0 = the model family's
     ("example_selection.py", "--crop", "-1", ">= 0"),
     ("example_selection.py", "--crop", "300", "exceeds --resize 256"),  # CenterCrop beyond the resized image pads it
@@ -137,7 +137,7 @@ def test_every_default_is_in_its_declared_range(script):
 
 
 @pytest.mark.parametrize("script,option,value", [("demo.py", "--n_probe", "0"), ("demo.py", "--vis_images", "-1"),
-                                                 ("benchmark.py", "--n_images", "0"),
+                                                 ("benchmark.py", "--n_images", "-1"),
                                                  ("phantom/train.py", "--threads", "0"),
                                                  ("phantom/train.py", "--target_lr", "-1"),
                                                  ("phantom/train.py", "--world_seed", "-1")])
