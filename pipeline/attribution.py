@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.target import head_name, tap
+from models.target import channels_last_modules, head_name, tap
 from pipeline.cli import PipelineError
 
 # Overlay colours of the 1st, 2nd, ... top neuron; red is kept for the overall map.
@@ -28,12 +28,14 @@ OVERALL_COLOUR = (255, 0, 0)
 def map_module(model: nn.Module) -> str:
     """DenseNet: `features` (its last module is norm5, so the output is pre-ReLU); ResNet: `layer4`."""
     names = dict(model.named_children())
-    if "features" in names:
-        return "features"
-    if "layer4" in names:
-        return "layer4"
-    raise PipelineError("visualization.py maps the output of a `features` (DenseNet) or `layer4` (ResNet) module, "
-                        "and this model has neither; its panels are not available for this model family")
+    found = next((n for n in ("features", "layer4") if n in names), None)
+    if found is None:
+        raise PipelineError("heatmaps are taken at the output of a `features` (DenseNet) or `layer4` (ResNet) "
+                            "module, and this model has neither; they are not available for this model family")
+    if found in channels_last_modules(model):  # torchvision's Swin: its features are [B, H, W, C]
+        raise PipelineError(f"heatmaps need [B, C, H, W] maps, and this model's `{found}` gives them channels-last; "
+                            f"they are not available for this model family")
+    return found
 
 
 @contextmanager

@@ -98,6 +98,14 @@ def test_torchvision_swin_reads_channels_last():
     assert torch.allclose(got["penultimate"], got["norm"], atol=1e-5)
 
 
+def test_heatmaps_refuse_channels_last_features():
+    from pipeline.attribution import map_module
+    from pipeline.cli import PipelineError
+    with pytest.raises(PipelineError, match="channels-last"):
+        map_module(torchvision.models.swin_t(num_classes=3))
+    assert map_module(torchvision.models.densenet121(num_classes=3)) == "features"
+
+
 @pytest.mark.parametrize("family", ["timm", "torchvision"])
 def test_convnext_reads_channels_first_as_before(family):
     torch.manual_seed(0)
