@@ -45,7 +45,7 @@ from describers import (NAMES, label_auc, lift_findings, name_neurons, pm, same_
                         topk_mean, truth_agreement)
 from method import fc_metrics, image_concept_scores, neuron_concept_scores, select_concepts, select_examples
 from models import pick_device
-from models.target import channels_last_modules, load_target
+from models.target import load_target
 from models.vlm import load_vlm
 from pipeline.cache import (cached, code_version, digest, file_digest, load_json, load_tensors, save_bytes, save_json,
                             save_png, save_tensors)
@@ -289,8 +289,6 @@ def dissection(stage2, ids, labels, boxes, box_path, acts, findings, dev):
         module = map_source(net, layer)
     except PipelineError as e:  # no block whose maps it could read: this rival does not apply to the model
         return str(e)
-    if module in channels_last_modules(net):
-        return f"its maps would be the output of {module}, which is channels-last [B, H, W, C]; it reads [B, C, H, W]"
     # The maps of the last block serve fc and penultimate alike: one pass per model and probing set.
     path, key = maps_path(stage2, module), maps_key(stage2, module, [ids[r] for r in rows])
     stored = cached(path, key)

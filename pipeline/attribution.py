@@ -32,10 +32,15 @@ def map_module(model: nn.Module) -> str:
     if found is None:
         raise PipelineError("heatmaps are taken at the output of a `features` (DenseNet) or `layer4` (ResNet) "
                             "module, and this model has neither; they are not available for this model family")
-    if found in channels_last_modules(model):  # torchvision's Swin: its features are [B, H, W, C]
-        raise PipelineError(f"heatmaps need [B, C, H, W] maps, and this model's `{found}` gives them channels-last; "
-                            f"they are not available for this model family")
-    return found
+    return channels_first(model, found)
+
+
+def channels_first(model: nn.Module, name: str) -> str:
+    """name, if its maps are [B, C, H, W]; torchvision's Swin, say, gives [B, H, W, C] (refused)."""
+    if name in channels_last_modules(model):
+        raise PipelineError(f"the maps of `{name}` are channels-last [B, H, W, C] in this model, and heatmaps and "
+                            f"dissection read [B, C, H, W]; they are not available for this model family")
+    return name
 
 
 @contextmanager

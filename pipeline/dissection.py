@@ -25,7 +25,7 @@ from dataset.boxes import scale_to, to_probe_crop
 from dataset.nih import probe_crop, to_model_input
 from describers import dissection_counts, iou, top_quantile
 from models.target import head_name
-from pipeline.attribution import box_mask, map_module, record_output
+from pipeline.attribution import box_mask, channels_first, map_module, record_output
 from pipeline.cli import PipelineError
 
 
@@ -50,7 +50,7 @@ def map_source(model: torch.nn.Module, layer: str) -> str:
     name = map_module(model) if layer in ("fc", "penultimate") else layer
     if name not in dict(model.named_modules()) or not name:
         raise PipelineError(f"--layer {layer!r} is not a module of this model; try fc, penultimate or a block name")
-    return name
+    return channels_first(model, name)
 
 
 def module_maps(model: torch.nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:

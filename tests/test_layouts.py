@@ -101,9 +101,14 @@ def test_torchvision_swin_reads_channels_last():
 def test_heatmaps_refuse_channels_last_features():
     from pipeline.attribution import map_module
     from pipeline.cli import PipelineError
+    from pipeline.dissection import map_source
+    swin = torchvision.models.swin_t(num_classes=3)
     with pytest.raises(PipelineError, match="channels-last"):
-        map_module(torchvision.models.swin_t(num_classes=3))
+        map_module(swin)
+    with pytest.raises(PipelineError, match="channels-last"):  # a stage named by --layer, for dissection
+        map_source(swin, "features.3")
     assert map_module(torchvision.models.densenet121(num_classes=3)) == "features"
+    assert map_source(torchvision.models.densenet121(num_classes=3), "features.denseblock2") == "features.denseblock2"
 
 
 @pytest.mark.parametrize("family", ["timm", "torchvision"])

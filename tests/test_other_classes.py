@@ -196,7 +196,7 @@ def test_steps_2_to_7_name_the_stored_classes(world):
     plain = [a for a in step2 if a not in ("--mean", "--std", "0.5056", "0.252")]
     for model, why in ((["--model", "timm:resnet10t"], "its pass feeds the target the medical_mae input"),
                        (["--model", f"{root / 'swin.py'}:build", "--checkpoint", ""],
-                        "its maps would be the output of features, which is channels-last")):
+                        "the maps of `features` are channels-last")):
         other = [*plain, *model, "--save_root", str(root / "res_other")]
         ok(run_script("example_selection.py", *other))
         ok(run_script("concept_matching.py", *other, *step3))
