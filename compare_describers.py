@@ -39,7 +39,7 @@ import torch
 
 from dataset.boxes import load_boxes
 from dataset.concepts import read_concepts
-from dataset.nih import MEAN, STD, model_input_args, resolve_images
+from dataset.nih import model_input_args, resolve_images
 from dataset.probe import MISSING, align_labels, label_key, load_probe
 from describers import (NAMES, label_auc, lift_findings, name_neurons, pm, same_name, soft_wpmi, top_images,
                         topk_mean, truth_agreement)
@@ -274,10 +274,6 @@ def dissection(stage2, ids, labels, boxes, box_path, acts, findings, dev):
         return (f"no image of the probing set has a box in {box_path}; dissection needs a probing set with "
                 f"boxes or masks (NIH: its bbox.csv images, ChestX-Det: its json)")
     prep = model_input_args(stage2)
-    if prep != model_input_args({}):
-        return (f"its pass feeds the target the medical_mae input (3 channels, mean {MEAN}, std {STD}), and this "
-                f"model takes {prep['channels']} channel(s), mean {stage2['mean']}, std {stage2['std']} "
-                f"(pipeline/dissection.py does not apply a model's own normalisation)")
     # A box joins the finding of its name as labels join classes (case, spaces, '_' and '-' aside).
     finding_of = {label_key(f): f for f in findings}
     anns = [[{**a, "label": finding_of.get(label_key(a["label"]), a["label"].lower())} for a in anns_of(ids[r]) or []]
@@ -294,7 +290,8 @@ def dissection(stage2, ids, labels, boxes, box_path, acts, findings, dev):
     stored = cached(path, key)
     if stored is None:
         _, paths = resolve_images(stage2["data_root"], [ids[r] for r in rows])
-        raw, sizes = collect_maps(net, module, paths, stage2["resize"], stage2["crop"], batch_size, num_workers, dev)
+        raw, sizes = collect_maps(net, module, paths, stage2["resize"], stage2["crop"], batch_size, num_workers, dev,
+                                   **prep)
         save_tensors(path, {"key": key, "maps": raw, "sizes": sizes, "image_ids": [ids[r] for r in rows]})
     else:
         print(f"reusing {path}")

@@ -122,7 +122,11 @@ def probe_crop(path: str | Path, resize: int = 256, crop: int = 224) -> Image.Im
     """The un-normalised probe image: RGB, Resize(resize), CenterCrop(crop). Stage 3 embeds this.
     A grey image is resized on its one channel and made RGB after the crop: the same pixels (PIL
     resamples each channel alike) for a third of the work, a third of the decode-and-resize time."""
-    im = read_image(path, keep_grey=True)
+    return crop_of(read_image(path, keep_grey=True), resize, crop)
+
+
+def crop_of(im: Image.Image, resize: int = 256, crop: int = 224) -> Image.Image:
+    """probe_crop of an image already read (read_image's, grey kept)."""
     return transforms.CenterCrop(crop)(transforms.Resize(resize)(im)).convert("RGB")
 
 
