@@ -175,6 +175,6 @@ def run_layers():
 
 if __name__ == "__main__":
     try:
-        main(run_layers)
+        main(run_layers, torchrun=True)
     finally:
         ranks.finish()

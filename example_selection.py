@@ -230,6 +230,6 @@ def write_tables(neurons, names, truth, logits, ex_dir, class_list):
 
 if __name__ == "__main__":
     try:
-        main(run)
+        main(run, torchrun=True)
     finally:
         ranks.finish()

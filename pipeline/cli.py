@@ -31,6 +31,7 @@ from __future__ import annotations
 import ast
 import io
 import math
+import os
 import re
 import sys
 import tokenize
@@ -360,13 +361,17 @@ def print_config(title: str, config: dict) -> None:
 _depth = 0  # main() calls in progress: a step the demo runs is nested in the demo's
 
 
-def main(fn: Callable[[], Any]) -> None:
+def main(fn: Callable[[], Any], torchrun: bool = False) -> None:
     """Run a script's body; a PipelineError becomes one line and exit status 2, Ctrl-C one line
-    and exit status 130."""
+    and exit status 130. A script that does not share its work among torchrun's processes
+    (torchrun=False) refuses to run as several, which would each do all of it and write the same files."""
     global _depth
     before = len(_written())
     _depth += 1
     try:
+        if not torchrun and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            raise PipelineError(f"{Path(sys.argv[0]).name} runs as one process; under torchrun only "
+                                f"example_selection.py and concept_matching.py share their work: run it with python")
         fn()
     except PipelineError as e:
         print(f"error: {own_message(e)}", file=sys.stderr)

@@ -151,3 +151,13 @@ def test_grey_crops_resized_on_one_channel_equal_the_rgb_path(tmp_path):
             rgb_first = transforms.CenterCrop(crop)(transforms.Resize(resize)(read_image(path)))
             got = probe_crop(path, resize, crop)
             assert got.mode == "RGB" and np.array_equal(np.asarray(got), np.asarray(rgb_first)), (path, resize)
+
+
+def test_steps_that_do_not_share_their_work_refuse_torchrun(tmp_path):
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1"}  # as torchrun sets them
+    proc = subprocess.run([sys.executable, str(REPO / "gallery.py"), "--save_root", str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: gallery.py runs as one process; under torchrun only example_selection.py and concept_matching.py "
+        "share their work: run it with python"], proc.stderr
+    assert not any(tmp_path.iterdir())
