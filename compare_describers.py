@@ -322,9 +322,7 @@ def neuron_truth(acts, labels, findings, dead, auc) -> dict:
     if labels is None:
         idx, rule = [None] * acts.shape[1], "none: the probing set has no labels"
     elif truth == "lift":
-        # A finding without ground truth on some images has no base rate: all zeros leave it out.
-        known = np.where((labels == MISSING).any(0), 0, labels)
-        idx = lift_findings(known, top_images(acts, truth_images).T.tolist(), lift_min)
+        idx = lift_findings(labels, top_images(acts, truth_images).T.tolist(), lift_min, MISSING)
         rule = f"the finding of highest lift (>= {lift_min:g}) among the neuron's top {truth_images} images"
     else:
         auc = known_label_auc(acts, labels) if auc is None else auc

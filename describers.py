@@ -123,17 +123,21 @@ def name_neurons(scores: torch.Tensor, concepts: list[str], dead: list[bool], n_
 
 # ---- what the probing set says a neuron is, and agreement
 
-def lift_findings(labels, rows: list[list[int]], lift_min: float) -> list[int | None]:
+def lift_findings(labels, rows: list[list[int]], lift_min: float, missing: int = -1) -> list[int | None]:
     """Per neuron, the finding most over-represented among its images (rows of labels [N, F]): the one of
-    highest lift over the probing set's base rate, or None below lift_min or without images."""
-    labels = np.asarray(labels)
-    base = labels.mean(0)
+    highest lift over the probing set's base rate, or None below lift_min or without images. A label
+    `missing` (no ground truth) counts in neither rate: each rate is over the images labelled for it."""
+    labels = np.asarray(labels, dtype=np.float64)
+    known = labels != missing
+    ones = np.where(known, labels, 0.0)
+    base = ones.sum(0) / np.maximum(known.sum(0), 1)
     out = []
     for r in rows:
-        if not r:
+        n = known[r].sum(0)
+        if not r or not n.any():
             out.append(None)
             continue
-        lift = labels[r].mean(0) / np.maximum(base, 1e-9)
+        lift = np.where(n > 0, ones[r].sum(0) / np.maximum(n, 1) / np.maximum(base, 1e-9), -np.inf)
         k = int(np.argmax(lift))
         out.append(k if lift[k] >= lift_min else None)
     return out

@@ -133,6 +133,10 @@ def test_naming_truth_and_agreement_rules():
     assert recs[3]["concepts"] == [] and recs[0]["n_examples"] == 7
     labels = np.array([[1, 0], [1, 0], [0, 1], [0, 0]])
     assert lift_findings(labels, [[0, 1], [2], [3], []], 2.0) == [0, 1, None, None]
+    # -1: no ground truth. Finding 1's base rate is 2/3 (rows 1, 2, 4); rows [2, 3] have it known only in row 2.
+    labels = np.array([[1, -1], [1, 0], [0, 1], [0, -1], [0, 1]])
+    assert lift_findings(labels, [[0, 1], [2, 3], [3], [2, 4]], 1.4) == [0, 1, None, 1]
+    assert lift_findings(labels, [[0, 1], [2, 3], [3], [2, 4]], 2.0) == [0, None, None, None]
     t = truth_agreement([["mass"], ["pleural", "thickening"], ["x", "mass"], []], ["mass", "pleural thickening", "mass", None])
     assert t["any"]["n"] == 3 and t["any"]["mean"] == 1.0 and abs(t["top1"]["mean"] - 1 / 3) < 1e-12
     assert same_name([["a"], ["b"], []], [["a", "z"], ["c"], ["d"]])["mean"] == 0.5
