@@ -219,7 +219,8 @@ def run():
         models, n_prompts, memory_images, memory_neurons = models.split(",")[0], 32, 4000, 64
         config.update(models=models, n_prompts=n_prompts, memory_images=memory_images, memory_neurons=memory_neurons)
     print_config("benchmark", config)
-    print(f"{n} images on {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{os.cpu_count()} cores'}), "
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{os.cpu_count()} cores"
+    print(f"{n} images on {dev} ({where}), "
           f"batch {batch_size}, {workers(num_workers)} loader processes, {precision}")
     paths = inputs(n)
     decode_paths(paths[:16])

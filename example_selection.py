@@ -114,9 +114,9 @@ def run():
         net, head_ok = load("fc" in todo)
         mine = ranks.share(len(paths), batch_size)  # all of them, outside torchrun
         # Rank 0 holds the whole probing set's rows from the start; the others only their share.
-        acts, logits = record(net.to(dev), probe_loader(paths[mine.start:mine.stop], prep, batch_size, num_workers, dev),
-                              todo, len(paths) if ranks.is_main() else len(mine), dev, token_pool, precision,
-                              use_channels_last(channels_last, dev), first=first_batch(class_list, source),
+        batches = probe_loader(paths[mine.start:mine.stop], prep, batch_size, num_workers, dev)
+        acts, logits = record(net.to(dev), batches, todo, len(paths) if ranks.is_main() else len(mine), dev, token_pool,
+                              precision, use_channels_last(channels_last, dev), first=first_batch(class_list, source),
                               desc=f"{model} {','.join(todo)}", show=ranks.is_main())
         acts = {name: ranks.collect(a, len(paths), batch_size) for name, a in acts.items()}
         logits = ranks.collect(logits, len(paths), batch_size) if logits is not None else None
