@@ -66,7 +66,9 @@ def image_features(c: dict, stage2: dict, ids: list[str], vlm: Callable[[], VLM]
     key = image_features_key(vlm_id(c), stage2)
     store = cached(path, key) or {"key": key, "features": torch.zeros(0, 0), "image_ids": []}
     have = {i: r for r, i in enumerate(store["image_ids"])}
-    todo = [i for i in dict.fromkeys(ids) if i not in have]
+    unique = list(dict.fromkeys(ids))
+    # Under torchrun rank 0, which writes, decides what is missing: another run may grow the file meanwhile.
+    todo = [i for i, missing in zip(unique, ranks.agree([i not in have for i in unique])) if missing]
     if todo:
         model = vlm()
         _, paths = resolve_images(stage2["data_root"], todo)

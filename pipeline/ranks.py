@@ -55,7 +55,7 @@ def share(n: int, batch_size: int, rank: int | None = None) -> range:
 
 def agree(flags: list[bool]) -> list[bool]:
     """Rank 0's flags on every rank (what is left to compute is decided by the one who writes)."""
-    if world()[1] == 1:
+    if world()[1] == 1 or not flags:  # (every rank has as many flags: they come from the same inputs)
         return flags
     t = torch.tensor(flags, dtype=torch.uint8, device=_comm_device())
     dist.broadcast(t, 0)
