@@ -112,7 +112,7 @@ def stage2(paths, dev):
     wanted = layers.split(",")
     nhwc = use_channels_last(channels_last, dev)
     for arch in models.split(","):
-        prep = preprocessing({"model": arch, "resize": 0, "crop": 0, "channels": 0, "mean": "", "std": ""})
+        prep = preprocessing({"model": arch})  # the family's own
         net = build_target(arch).to(dev).eval()
         loader = lambda: probe_loader(paths, prep, batch_size, num_workers, dev)
         go = lambda batches: record(net, batches, wanted, len(paths), dev, precision=precision, channels_last=nhwc,
@@ -138,7 +138,7 @@ def medclip_sized(dev):
 
 def stage3(paths, dev):
     vlm = medclip_sized(dev)
-    prep = preprocessing({"model": "densenet121", "resize": 0, "crop": 0, "channels": 0, "mean": "", "std": ""})
+    prep = preprocessing({"model": "densenet121"})  # the crop step 3 embeds
     loader = lambda: torch.utils.data.DataLoader(Crops(paths, prep["resize"], prep["crop"], vlm.preprocess),
                                                  batch_size=batch_size, num_workers=workers(num_workers))
     mem = in_memory(loader(), len(paths), dev)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset.nih import ProbeSet, findings, model_input_args, probe_crop, split_source
+from dataset.nih import findings, probe_crop, split_source
 from dataset.probe import MISSING, align_labels, load_probe, output_names, resolve_classes
 from method import select_examples
 from models import pick_device
@@ -85,8 +85,7 @@ def run():
                                          len(class_list or []))
     if wanted == ["list"]:
         net = load(False)[0].to(dev)
-        x = next(iter(torch.utils.data.DataLoader(ProbeSet(paths[:2], prep["resize"], prep["crop"],
-                                                           **model_input_args(prep)), batch_size=2)))
+        x = next(iter(probe_loader(paths[:2], prep, 2, 0, dev)))
         rows = forward_checked(lambda: layer_table(net, x.to(dev), token_pool), x)
         width = max(len(r[0]) for r in rows)
         print(f"{'layer':<{width}}  {'output shape (2 images)':<26} neurons")

@@ -39,18 +39,18 @@ def use_channels_last(setting: str, dev: torch.device) -> bool:
 
 def record(net: torch.nn.Module, batches: Iterable[torch.Tensor], layers: list[str], rows: int, dev: torch.device,
            token_pool: str = "mean", precision: str = "fp32", channels_last: bool = False,
-           start: int = 0, first: Callable | None = None, desc: str = "", show: bool = True):
+           first: Callable | None = None, desc: str = "", show: bool = True):
     """Activations {layer: [rows, neurons] float32} and logits [rows, K] float32 of images given in
-    batches, written in place from row `start` on into arrays sized at the first batch (no list of
-    batches to concatenate: one copy of the result in memory; torchrun's rank 0 sizes them for every
-    rank's rows). first(x, forward) runs the first batch's forward pass, so a caller can check it;
+    batches, written in place into arrays of `rows` rows sized at the first batch (no list of batches
+    to concatenate: one copy of the result in memory; torchrun's rank 0 sizes them for every rank's
+    rows, its own share first). first(x, forward) runs the first batch's forward pass, so a caller can check it;
     bf16 runs the model under autocast, its outputs stored as float32."""
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     cast = torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     acts: dict[str, torch.Tensor] = {}
     logits = None
-    at = start
+    at = 0
     # The bar is closed (its line ended) before an error on a batch is printed below it. Not inference_mode:
     # its tensors could not take the rows the other ranks send.
     with torch.no_grad(), cast, taps(net, layers, token_pool) as store, \
