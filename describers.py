@@ -1,11 +1,11 @@
-"""The other ways to name a neuron on one screen (SPEC.md, "Other ways to name a neuron"), beside
+"""The other ways to name a neuron on one screen (docs/describers.md states each formula), beside
 MAMMI's method.py, and the truths the probing set gives to score them all.
 
 Every describer scores each neuron k of a layer against each concept c from the same inputs as
 MAMMI: the activations A [N, K] of step 2 (a channel's spatial mean), the VLM's L2-normalised
 features of the probing images and of the concept prompts, the probing set's labels, or its boxes.
 A neuron's name is its best-scoring concept. Plain functions on tensors, so that the tests can
-check each against a loop written from SPEC.md.
+check each against a loop written from docs/describers.md.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Network Dissection's pass (SPEC.md, "Other ways to name a neuron"): each neuron's spatial maps over
+"""Network Dissection's pass (docs/describers.md): each neuron's spatial maps over
 the probing images whose findings have boxes or masks, and its IoU with each finding.
 
 Step 2 keeps one number per neuron and image (the spatial mean), so the maps need a forward pass of

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("NLTK_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "nltk_data"))
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+os.environ.setdefault("NLTK_DATA", str(REPO / "dataset" / "nltk_data"))  # the tagger ships in the repo
+REAL = REPO / "tests" / "data"  # real radiographs in every format the readers take (tests/data/README.md)
 sys.path.insert(0, str(REPO))
 from pipeline import cli  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Hostile and careless data (issue 8): image ids outside the data root, 16-bit and RGBA images,
+"""Hostile and careless data : image ids outside the data root, 16-bit and RGBA images,
 encodings, duplicates and malformed reports. Each ends in a correct result or one line, exit 2."""
 import json
 import shutil

@@ -1,4 +1,4 @@
-"""Bad state on disk (issue 8): stale, mixed, unreadable or unwritable outputs, killed runs, caches
+"""Bad state on disk: stale, mixed, unreadable or unwritable outputs, killed runs, caches
 that must not collide. Each case ends in exit 0 with a correct result or exit 2 with one line."""
 import errno
 import json
@@ -87,7 +87,7 @@ def copy(base, tmp_path):
 
 
 def test_outputs_get_the_permissions_of_open(base):
-    """Defect 11: mkstemp made every output 0600 whatever the umask."""
+    """Outputs get the mode any file the user opens gets (the umask's), not a temp file's 0600."""
     outputs = [p for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")]
     names = {p.name for p in outputs}
     assert {"activations.pt", "examples.json", "examples.csv", "image_features.pt", "similarity.pt", "concepts.json",
@@ -97,7 +97,8 @@ def test_outputs_get_the_permissions_of_open(base):
 
 
 def test_examples_of_another_run_are_refused(files, probe_set, base, tmp_path):
-    """Defect 3: A at 80, then B at 93, then stage 3 at 80 used A's examples without a word."""
+    """Examples selected from activations a later step-2 run replaced (checkpoint A at 80, then B at 93)
+    are refused by step 3 at 80, naming both checkpoints, instead of being matched as if they were B's."""
     out = copy(base, tmp_path)
     ok(stage2(probe_set, files["a"], out, "--adaptive_percent", "80"))
     ok(stage2(probe_set, files["b"], out))
@@ -113,7 +114,7 @@ def test_examples_of_another_run_are_refused(files, probe_set, base, tmp_path):
 
 
 def test_visualization_refuses_concepts_of_other_examples(base, tmp_path):
-    """Defect 3, one step on: concepts.json records the examples it was built from."""
+    """concepts.json records the examples it was built from; built from others than today's, it is refused."""
     concepts = json.loads(next(base.rglob("concepts.json")).read_text())
     concepts["config"]["layer"] = "penultimate"  # the layer visualization.py explains
     concepts["examples_key"] = "the key of an older selection"
@@ -124,7 +125,7 @@ def test_visualization_refuses_concepts_of_other_examples(base, tmp_path):
 
 
 def test_no_example_and_no_feature_cache(files, probe_set, tmp_path):
-    """Defect 6: every neuron dead (classifier weights zero): no crash, no 'reusing' of a missing file."""
+    """Every neuron dead (classifier weights zero): no crash, and no 'reusing' of a feature cache never written."""
     obj = torch.load(files["a"], weights_only=True)
     obj["model"]["classifier.weight"].zero_()
     torch.save(obj, tmp_path / "dead.pth")
@@ -138,7 +139,7 @@ def test_no_example_and_no_feature_cache(files, probe_set, tmp_path):
 
 
 def test_unwritable_save_root_fails_before_the_forward_pass(probe_set, files, tmp_path):
-    """Defect 7: a save_root that cannot be written failed after the whole pass, with a traceback."""
+    """A save_root that cannot be written is refused in one line before the forward pass, not after it."""
     (tmp_path / "a_file").write_text("not a folder")
     proc = stage2(probe_set, files["a"], tmp_path / "a_file" / "sub")
     refused(proc, tmp_path / "a_file" / "sub", "--save_root")
@@ -146,7 +147,7 @@ def test_unwritable_save_root_fails_before_the_forward_pass(probe_set, files, tm
 
 
 def test_full_disk_is_one_line_and_leaves_nothing(probe_set, files, base, tmp_path, monkeypatch):
-    """Defect 7: an OSError while writing (disk full) is one line naming the file, no temp file left."""
+    """An OSError while writing (disk full) is one line naming the file, and no temp file is left."""
     out = copy(base, tmp_path)
 
     def full(src, dst):
@@ -159,7 +160,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(probe_set, files, base, tmp_pa
 
 
 def test_full_disk_while_writing_crops(probe_set, files, base, tmp_path, monkeypatch):
-    """Defect 7 for the example crops too: they are outputs like any other (atomic, one line)."""
+    """Example crops are outputs like any other: written atomically, a failed write is one line."""
     out = copy(base, tmp_path)
     real = os.replace
 
@@ -177,7 +178,7 @@ def test_full_disk_while_writing_crops(probe_set, files, base, tmp_path, monkeyp
 
 
 def test_unreadable_upstream_outputs(files, probe_set, base, tmp_path):
-    """Defect 8: a truncated or foreign upstream output is one line naming the step to re-run."""
+    """A truncated or foreign upstream output is one line naming the step to re-run."""
     out = copy(base, tmp_path)
     ex = layer(out) / "adaptive93" / "examples.json"
     good = ex.read_bytes()
@@ -205,7 +206,7 @@ def test_unreadable_upstream_outputs(files, probe_set, base, tmp_path):
 
 
 def test_second_run_on_a_locked_folder_waits_then_refuses(probe_set, files, tmp_path, monkeypatch):
-    """Defect 10: two stage-2 runs on one folder mixed their outputs; the second now waits for the lock."""
+    """A second stage-2 run on a folder another run holds waits for its lock, then refuses: never mixed outputs."""
     out = tmp_path / "res"
     layer(out).mkdir(parents=True)
     monkeypatch.setattr(cache, "LOCK_TIMEOUT", 0.3, raising=False)
@@ -217,7 +218,7 @@ def test_second_run_on_a_locked_folder_waits_then_refuses(probe_set, files, tmp_
 
 
 def test_temp_files_of_a_killed_run_are_removed(probe_set, files, base, tmp_path):
-    """Defect 12: a SIGKILL mid-write left hidden .NAME.*.tmp files that no run removed."""
+    """The hidden .NAME.*.tmp files of a run killed mid-write (SIGKILL) are removed by the next run."""
     out = copy(base, tmp_path)
     ex_dir = layer(out) / "adaptive93"
     kill = ("import os, signal, sys; sys.path.insert(0, sys.argv[3]); from pipeline.cache import _atomic\n"
@@ -236,7 +237,7 @@ def test_temp_files_of_a_killed_run_are_removed(probe_set, files, base, tmp_path
 
 
 def test_template_is_part_of_the_output_paths(files, base, tmp_path):
-    """Defect 15a: two templates overwrote each other's text cache and concepts.json."""
+    """Two templates get their own text cache and concepts.json: neither overwrites the other's."""
     out = copy(base, tmp_path)
     default = layer(out) / "adaptive93" / VLM / "concepts_base_adaptive_a95" / "concepts.json"
     before = default.read_bytes()
@@ -248,7 +249,7 @@ def test_template_is_part_of_the_output_paths(files, base, tmp_path):
 
 
 def test_changed_images_are_refused(files, tmp_path):
-    """Defect 15b: stage 3 trusted stage 2's data key though an image had been replaced since."""
+    """Stage 3 refuses examples whose probing set changed since step 2 (an image replaced)."""
     images = make_probe_set(tmp_path / "probe", n=12)
     out = tmp_path / "res"
     ok(stage2(images, files["a"], out))
@@ -258,7 +259,7 @@ def test_changed_images_are_refused(files, tmp_path):
 
 
 def test_identical_runs_write_identical_bytes(files, base):
-    """Defect 15c: similarity.pt differed between identical runs (torch named its archive after the temp file)."""
+    """Identical runs write identical similarity.pt bytes (torch would name its archive after the temp file)."""
     match = layer(base) / "adaptive93" / VLM / "concepts_base_adaptive_a95"
     before = {f: (match / f).read_bytes() for f in ("similarity.pt", "concepts.json")}
     ok(stage3(files, base))
@@ -266,7 +267,7 @@ def test_identical_runs_write_identical_bytes(files, base):
 
 
 def test_checkpoint_with_unknown_tensors_is_refused(tmp_path, capsys):
-    """Defect 15d: extra checkpoint tensors were ignored; only another head and MoCo's extras are."""
+    """A checkpoint with extra tensors is refused; only another head and MoCo's extras are ignored."""
     torch.manual_seed(0)
     sd = build_target("densenet121").state_dict()
     torch.save({"model": {**sd, "features.extra.weight": torch.zeros(3), "optimizer_step": torch.tensor(5)}},

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REPO, run_script
 
-IU = REPO / "dataset" / "reports" / "iu_xray_reports.json"  # a copy of ../shared/data/reports/
+IU = REPO / "dataset" / "reports" / "iu_xray_reports.json"  # all 3,955 IU X-ray reports, shipped in the repo
 
 
 @pytest.fixture(scope="module")

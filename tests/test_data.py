@@ -5,11 +5,9 @@ import numpy as np
 import pytest
 
 from pipeline.cli import PipelineError
-from conftest import SHARED, make_probe_set, run_script
+from conftest import REAL, make_probe_set, run_script
 from dataset.nih import class_names, load_probe_set, probe_crop, read_split, resolve_images, split_file, to_model_input
 
-REAL = SHARED / "data" / "real_cxr"
-needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="real radiographs live in ../shared/data (workplace only)")
 
 
 def test_real_split_files():
@@ -21,7 +19,6 @@ def test_real_split_files():
     assert class_names()[1] == "Cardiomegaly" and len(class_names()) == 14
 
 
-@needs_real
 def test_real_nih_images_through_the_loader(tmp_path):
     (tmp_path / "images").mkdir()
     for name in ("00000001_000.png", "00027426_000.png"):

@@ -20,7 +20,7 @@ WPMI = constants_of("compare_describers.py")
 
 
 def plain_soft_wpmi(cos, acts, top_k, a, lam, p_start, p_end):
-    """SPEC.md's soft-WPMI, literally, with loops over neurons, images and concepts."""
+    """CLIP-Dissect's soft-WPMI as docs/describers.md states it, literally, with loops over neurons, images and concepts."""
     N, C = len(cos), len(cos[0])
     K = len(acts[0])
     P = []

@@ -1,4 +1,4 @@
-"""Any classifier on any collection (issue 9): each target family through steps 2 and 3 with random
+"""Any classifier on any collection: each target family through steps 2 and 3 with random
 weights built here, `--layer list`, a ViT's tokens, several layers in one pass equal to separate
 passes, the README's three worked commands as written, and each bad input as one line, exit 2, with
 the caches untouched."""
@@ -16,7 +16,7 @@ import torchvision
 import torchxrayvision as xrv
 from PIL import Image
 
-from conftest import REPO, SHARED, make_probe_set, run_script
+from conftest import REPO, make_probe_set, run_script
 from models.target import reduce_output, taps, token_layout
 from pipeline.cache import load_tensors
 from test_pipeline import TINY_CLIP

@@ -318,13 +318,14 @@ def visible_keys(drv) -> list[str]:
 
 
 def all_keys(drv) -> list[str]:
-    """The cards of the whole filtered list: scrolled to its end until every chunk is rendered."""
-    for _ in range(100):
-        if drv.execute_script("return document.getElementById('more').textContent === '' "
-                              "|| document.getElementById('more').textContent === 'no neuron matches'"):
-            break
+    """The cards of the whole filtered list: scrolled to its end until every chunk is rendered. Each scroll
+    waits for the cards it adds (or the end), however slowly a loaded machine renders them."""
+    from selenium.webdriver.support.ui import WebDriverWait
+    done = "const m = document.getElementById('more').textContent; return m === '' || m === 'no neuron matches'"
+    while not drv.execute_script(done):
+        before = len(visible_keys(drv))
         drv.execute_script("window.scrollTo(0, document.body.scrollHeight)")
-        time.sleep(0.05)
+        WebDriverWait(drv, 30).until(lambda d: d.execute_script(done) or len(visible_keys(d)) > before)
     return visible_keys(drv)
 
 
@@ -397,6 +398,7 @@ def test_browser_real_gallery(browser, real_gallery, real_run):
 
 def test_browser_2048_neurons(browser, synthetic):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
     drv = browser
     index = synthetic[0] / "gallery" / "index.html"
     data = page_data(index)[2]
@@ -435,6 +437,5 @@ def test_browser_2048_neurons(browser, synthetic):
     # Scrolling renders more cards.
     before = len(visible_keys(drv))
     drv.execute_script("window.scrollTo(0, document.body.scrollHeight)")
-    time.sleep(0.3)
-    assert len(visible_keys(drv)) > before
+    WebDriverWait(drv, 30).until(lambda d: len(visible_keys(d)) > before)
     no_errors(drv)

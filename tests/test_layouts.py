@@ -1,6 +1,6 @@
 """What a layer's neurons are when a model keeps its feature maps channels-last (Swin in timm and
 torchvision: [B, H, W, C]), that channels-first ones (ConvNeXt) read as before, and what
-the cache key of a user's model file covers (issue 9)."""
+the cache key of a user's model file covers."""
 import sys
 
 import pytest

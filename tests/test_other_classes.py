@@ -1,4 +1,4 @@
-"""Steps 2 to 7 and the describers on a probing set whose classes are not NIH's (issue 9): a CSV with
+"""Steps 2 to 7 and the describers on a probing set whose classes are not NIH's: a CSV with
 four findings, of which ChestX-Det boxes Cardiomegaly, Nodule (as "nodule") and Pleural-Thickening (as
 "Pleural Thickening": joined as labels join classes, case, spaces, '_' and '-' aside) and never Zebra
 Sign, with -1 and blank labels left without ground truth (--uncertain ignore). Every output names the

@@ -1,4 +1,4 @@
-"""Probing sets beyond NIH's split files (issue 9): every image format through the one reader, an
+"""Probing sets beyond NIH's split files: every image format through the one reader, an
 unlabeled folder, a CheXpert-style CSV under each policy for -1 and blank, class names and their
 labels, and a random subset."""
 import shutil
@@ -10,13 +10,12 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from conftest import SHARED
+from conftest import REAL
 from dataset.files import read_image
 from dataset.probe import (MISSING, Probe, align_labels, list_images, load_probe, output_names, read_classes,
                            read_label_csv, resolve_classes)
 from pipeline.cli import PipelineError
 
-REAL = SHARED / "data" / "real_cxr"
 REAL_DICOM = REAL / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 REAL_JPEG = REAL / "16747_3_1.jpg"
 

@@ -1,4 +1,4 @@
-"""Scale (issue 12): torchrun's ranks give exactly one process's outputs, the bf16 path runs under
+"""Scale: torchrun's ranks give exactly one process's outputs, the bf16 path runs under
 CPU autocast, the recording loop writes rows in place, and benchmark.py's quick mode prints every
 ratio. Speed itself is measured by benchmark.py, never asserted here."""
 import json
@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, SHARED, make_probe_set, run_script, save_random_target
+from conftest import REAL, REPO, make_probe_set, run_script, save_random_target
 from pipeline import ranks
 from pipeline.forward import record
 
@@ -145,7 +145,7 @@ def test_grey_crops_resized_on_one_channel_equal_the_rgb_path(tmp_path):
     Image.fromarray(rng.integers(0, 255, (300, 260), dtype=np.uint8)).save(tmp_path / "grey.png")
     Image.fromarray(rng.integers(0, 65535, (300, 260)).astype(np.uint16)).save(tmp_path / "wide.png")
     Image.fromarray(rng.integers(0, 255, (300, 260, 4), dtype=np.uint8), "RGBA").save(tmp_path / "rgba.png")
-    nih = SHARED / "data" / "real_cxr" / "00000001_000.png"  # a real NIH radiograph
+    nih = REAL / "00000001_000.png"  # a real NIH radiograph
     for path in (nih, REAL_DICOM, REAL_JPEG, tmp_path / "grey.png", tmp_path / "wide.png", tmp_path / "rgba.png"):
         for resize, crop in ((256, 224), (97, 64)):
             rgb_first = transforms.CenterCrop(crop)(transforms.Resize(resize)(read_image(path)))
