@@ -34,6 +34,7 @@ import math
 import os
 import re
 import sys
+import threading
 import tokenize
 from functools import lru_cache
 from pathlib import Path
@@ -368,6 +369,7 @@ def main(fn: Callable[[], Any], torchrun: bool = False) -> None:
     global _depth
     before = len(_written())
     _depth += 1
+    threading.excepthook = _quiet_dropped_peers
     try:
         if not torchrun and int(os.environ.get("WORLD_SIZE", 1)) > 1:
             raise PipelineError(f"{Path(sys.argv[0]).name} runs as one process; under torchrun only "
@@ -383,6 +385,21 @@ def main(fn: Callable[[], Any], torchrun: bool = False) -> None:
         sys.exit(130)
     finally:
         _depth -= 1
+
+
+def _quiet_dropped_peers(args) -> None:
+    """A loader worker that Ctrl-C ends can drop its connection to multiprocessing's resource sharer (the
+    thread that passes tensors' file descriptors) mid-handshake; that thread would print the reset as a
+    traceback above the one line the step ends with. Any other thread's error is printed as usual."""
+    frames = []
+    tb = args.exc_traceback
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    if issubclass(args.exc_type, (ConnectionError, EOFError)) and \
+            any(Path(f).parts[-2:] == ("multiprocessing", "resource_sharer.py") for f in frames):
+        return
+    threading.__excepthook__(args)
 
 
 def _written() -> list:

@@ -2,11 +2,14 @@
 and the documented exit status, never a traceback."""
 import argparse
 import json
+import multiprocessing
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -224,6 +227,27 @@ def test_ctrl_c_in_a_step_the_demo_runs_is_said_once(capsys):
     except KeyboardInterrupt:
         pytest.fail("KeyboardInterrupt escaped main")
     assert e.value.code == 130 and capsys.readouterr().err == "interrupted; nothing was written\n"
+
+
+def test_a_worker_dropping_the_resource_sharer_prints_no_traceback(capsys):
+    """Ctrl-C can end a loader worker mid-handshake with multiprocessing's resource sharer, whose thread then
+    raises ConnectionResetError in the step's process: under main that is silent, any other thread's error not."""
+    sharer = str(Path(multiprocessing.__file__).parent / "resource_sharer.py")
+    scope = {}
+    exec(compile("def _serve():\n    raise ConnectionResetError(104, 'Connection reset by peer')\n", sharer, "exec"), scope)
+
+    def elsewhere():
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    def body():
+        for target in (scope["_serve"], elsewhere):
+            t = threading.Thread(target=target)
+            t.start()
+            t.join()
+
+    cli.main(body)
+    err = capsys.readouterr().err
+    assert err.count("Traceback") == 1 and "in elsewhere" in err and "_serve" not in err, err
 
 
 def test_sigint_with_loader_workers(tmp_path, ckpt):
