@@ -37,6 +37,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from core.digests import code_digest, digest, file_digest
 from dataset.boxes import load_boxes
 from dataset.concepts import read_concepts
 from dataset.nih import model_input_args, resolve_images
@@ -47,8 +48,7 @@ from method import fc_metrics, image_concept_scores, neuron_concept_scores, sele
 from models import pick_device
 from models.target import load_target
 from models.vlm import load_vlm
-from pipeline.cache import (cached, code_version, digest, file_digest, load_json, load_tensors, save_bytes, save_json,
-                            save_png, save_tensors)
+from pipeline.cache import cached, load_json, load_tensors, save_bytes, save_json, save_png, save_tensors
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from pipeline.dissection import collect_maps, dissect, layer_maps, map_source
 from pipeline.features import image_features, text_features
@@ -78,7 +78,7 @@ num_workers: ">= 0" = 2
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py", "concept_matching.py", "bbox_img.py"))
-CODE = code_version("compare_describers.py", "describers.py", "method.py", "pipeline/dissection.py", "models")
+CODE = code_digest("compare_describers.py")
 # What decided the run: refused when given here with another value than the one stored with it.
 UPSTREAM = upstream_constants()
 # The constants of each rival's formula: its key and its concepts.json record them.

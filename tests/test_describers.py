@@ -114,14 +114,14 @@ def test_maps_average_to_the_cached_activations():
     """The dissection pass's maps are the maps of step 2's activations: their spatial mean is the logit (fc),
     the pooled feature (penultimate) or the module's channel mean."""
     from models.target import build_target, tap
-    from pipeline.dissection import forward_maps
+    from pipeline.dissection import layer_maps, map_source, module_maps
     torch.manual_seed(0)
     net = build_target("densenet121").eval()
     x = torch.randn(2, 3, 64, 64)
     for layer in ("fc", "penultimate", "features.denseblock3"):
         with torch.inference_mode(), tap(net, layer) as store:
             net(x)
-        maps = forward_maps(net, layer, x)
+        maps = layer_maps(net, layer, module_maps(net, map_source(net, layer), x))
         assert maps.dim() == 4 and torch.allclose(maps.mean((2, 3)), store["a"], atol=1e-5)
 
 
