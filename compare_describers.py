@@ -84,6 +84,11 @@ UPSTREAM = upstream_constants()
 # The constants of each rival's formula: its key and its concepts.json record them.
 CONSTANTS = {"clip_dissect": ("top_k", "wpmi_a", "wpmi_lambda", "wpmi_p_start", "wpmi_p_end"),
              "topk_mean": ("top_k",), "label_auc": (), "dissection": ("dissection_quantile", "box_source")}
+# The constants that decide only the comparison, which every run rewrites (describers.json, its tables and
+# figures, sensitivity.*, the "top" lists of a rival's concepts.json), or which run and rivals to compare:
+# no cached output depends on them.
+COMPARISON_ONLY = ("mammi_run", "describers", "top_n", "truth", "truth_images", "lift_min", "sensitivity_percents",
+                   "sensitivity_alphas")
 USES_VLM = ("clip_dissect", "topk_mean")  # the others name neurons with findings, not with the concept set
 VLM_FIELDS = ("model_clip", "clip_weights", "concept_set", "concept_set_file", "n_concepts", "template_ver", "template")
 
@@ -93,8 +98,6 @@ def run():
     unknown = [d for d in wanted if d not in NAMES[1:]]
     if unknown:
         raise PipelineError(f"--describers: unknown {', '.join(unknown)}; choose among {', '.join(NAMES[1:])}")
-    if truth not in ("lift", "label_auc"):
-        raise PipelineError(f"--truth is lift or label_auc, not {truth!r}")
     percents, alphas = numbers("sensitivity_percents"), numbers("sensitivity_alphas")
     path, mammi = read_run()
     print_config("compare_describers", config)

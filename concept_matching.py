@@ -57,8 +57,6 @@ def run():
     if adaptive and template_ver != "base":
         raise PipelineError("--adaptive yes subtracts the template's score and needs --template_ver base; "
                             "pass --adaptive no with --template_ver no")
-    if template_ver not in ("base", "no"):
-        raise PipelineError(f"--template_ver is base or no, not {template_ver!r}")
     ex_json = Path(examples) if examples else examples_dir(config) / "examples.json"
     if not ex_json.is_file():
         raise PipelineError(f"{ex_json} not found; run example_selection.py with the same experiment file and "
