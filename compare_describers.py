@@ -37,6 +37,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from core.digests import code_digest, digest, file_digest
 from dataset.boxes import load_boxes
 from dataset.concepts import read_concepts
 from dataset.nih import model_input_args, resolve_images
@@ -47,8 +48,7 @@ from method import fc_metrics, image_concept_scores, neuron_concept_scores, sele
 from models import pick_device
 from models.target import load_target
 from models.vlm import load_vlm
-from pipeline.cache import (cached, code_version, digest, file_digest, load_json, load_tensors, save_bytes, save_json,
-                            save_png, save_tensors)
+from pipeline.cache import cached, load_json, load_tensors, save_bytes, save_json, save_png, save_tensors
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from pipeline.dissection import collect_maps, dissect, layer_maps, map_source
 from pipeline.features import image_features, text_features
@@ -78,12 +78,17 @@ num_workers: ">= 0" = 2
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py", "concept_matching.py", "bbox_img.py"))
-CODE = code_version("compare_describers.py", "describers.py", "method.py", "pipeline/dissection.py", "models")
+CODE = code_digest("compare_describers.py")
 # What decided the run: refused when given here with another value than the one stored with it.
 UPSTREAM = upstream_constants()
 # The constants of each rival's formula: its key and its concepts.json record them.
 CONSTANTS = {"clip_dissect": ("top_k", "wpmi_a", "wpmi_lambda", "wpmi_p_start", "wpmi_p_end"),
              "topk_mean": ("top_k",), "label_auc": (), "dissection": ("dissection_quantile", "box_source")}
+# The constants that decide only the comparison, which every run rewrites (describers.json, its tables and
+# figures, sensitivity.*, the "top" lists of a rival's concepts.json), or which run and rivals to compare:
+# no cached output depends on them.
+COMPARISON_ONLY = ("mammi_run", "describers", "top_n", "truth", "truth_images", "lift_min", "sensitivity_percents",
+                   "sensitivity_alphas")
 USES_VLM = ("clip_dissect", "topk_mean")  # the others name neurons with findings, not with the concept set
 VLM_FIELDS = ("model_clip", "clip_weights", "concept_set", "concept_set_file", "n_concepts", "template_ver", "template")
 
@@ -93,8 +98,6 @@ def run():
     unknown = [d for d in wanted if d not in NAMES[1:]]
     if unknown:
         raise PipelineError(f"--describers: unknown {', '.join(unknown)}; choose among {', '.join(NAMES[1:])}")
-    if truth not in ("lift", "label_auc"):
-        raise PipelineError(f"--truth is lift or label_auc, not {truth!r}")
     percents, alphas = numbers("sensitivity_percents"), numbers("sensitivity_alphas")
     path, mammi = read_run()
     print_config("compare_describers", config)

@@ -15,6 +15,7 @@ import functools
 import time
 from pathlib import Path
 
+from core.digests import code_digest
 from dataset.concepts import read_concepts
 from dataset.probe import load_probe, output_names
 from method import TEMPLATE, fc_metrics, image_concept_scores, neuron_concept_scores, select_concepts
@@ -22,7 +23,7 @@ from models import pick_device
 from models.target import layer_names
 from models.vlm import load_vlm, weights_identity
 from pipeline import ranks
-from pipeline.cache import cached, claim, code_version, holds_claims, load_json, save_json, save_tensors, writable
+from pipeline.cache import cached, claim, holds_claims, load_json, save_json, save_tensors, writable
 from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
 from pipeline.features import image_features, text_features
 from pipeline.outputs import (RUN_SETTINGS, class_neurons, examples_dir, image_features_path, matching_dir,
@@ -45,7 +46,7 @@ metric_encoders = "medclip,clip-vit-b-16,all-mpnet-base-v2,all-minilm-l6-v2"  # 
 medclip_weights = ""            # MedCLIP folder for the fc cosine metric; default pretrained/medclip-vit
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))
-CODE = code_version("concept_matching.py", "method.py", "pipeline/features.py", "models")
+CODE = code_digest("concept_matching.py")
 # Step-2 constants that decide its examples (its run settings do not).
 STAGE2 = [k for k in constant_names("example_selection.py") if k not in RUN_SETTINGS]
 
@@ -56,8 +57,6 @@ def run():
     if adaptive and template_ver != "base":
         raise PipelineError("--adaptive yes subtracts the template's score and needs --template_ver base; "
                             "pass --adaptive no with --template_ver no")
-    if template_ver not in ("base", "no"):
-        raise PipelineError(f"--template_ver is base or no, not {template_ver!r}")
     ex_json = Path(examples) if examples else examples_dir(config) / "examples.json"
     if not ex_json.is_file():
         raise PipelineError(f"{ex_json} not found; run example_selection.py with the same experiment file and "

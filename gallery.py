@@ -29,9 +29,10 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
+from core.digests import code_digest, digest, file_digest
 from dataset.nih import probe_crop, resolve_images
 from dataset.probe import output_names
-from pipeline.cache import code_version, digest, file_digest, load_json, save_bytes
+from pipeline.cache import load_json, save_bytes
 from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.outputs import stored_classes
 
@@ -50,7 +51,7 @@ gallery_dir = ""                # gallery folder; default {save_root}/gallery
 config = configure(globals(), reads=("example_selection.py",))
 save_root = config["save_root"]
 data_root = config.given.get("data_root", "")
-CODE = code_version("gallery.py")
+CODE = code_digest("gallery.py")
 
 
 def run():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-TEMPLATE = "A chest x-ray image of a"  # T: a concept c is embedded as g(T + " " + c), the template alone as g(T)
+from dataset.concepts import TEMPLATE  # T, with the concept sets (the steps' output paths need it too)
 
 
 def adaptive_threshold(a: torch.Tensor, percent: float) -> torch.Tensor:

@@ -18,7 +18,7 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.cli import PipelineError
+from core.errors import PipelineError
 from dataset.files import read_text
 from dataset.nih import HERE, class_names
 

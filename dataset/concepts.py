@@ -8,9 +8,10 @@ import json
 import re
 from pathlib import Path
 
+from core.errors import PipelineError
 from dataset.files import read_text
-from pipeline.cli import PipelineError
 
+TEMPLATE = "A chest x-ray image of a"  # T: a concept c is embedded as g(T + " " + c), the template alone as g(T)
 HERE = Path(__file__).resolve().parent
 BUNDLED_NLTK = HERE / "nltk_data"  # NLTK's English tagger, shipped so stage 1 runs offline
 

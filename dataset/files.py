@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.cli import PipelineError
+from core.errors import PipelineError
 
 WIDE_MODES = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 16}
 # Where a DICOM file says what it is: 128 bytes of preamble, then these four.

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from core.digests import digest, file_digest
+from core.errors import PipelineError
 from dataset.files import read_image, read_text
-from pipeline.cli import PipelineError
 
 HERE = Path(__file__).resolve().parent
 LABELS_FILE = HERE / "nih14" / "nih_labels.txt"
@@ -168,17 +169,8 @@ class ProbeSet(torch.utils.data.Dataset):
         return to_model_input(probe_crop(self.paths[i], self.resize, self.crop), **self.norm)
 
 
-def load_probe_set(split: str, data_root: str, split_override: str = "", skip_missing: bool = False):
-    """Names, labels [N, 14], paths of a probing set, and a digest of what identifies its data
-    (the split file's bytes and each image's name, size and modification time)."""
-    from dataset.probe import load_probe
-    p = load_probe({"split": split, "data_root": data_root, "split_file": split_override, "skip_missing": skip_missing})
-    return p.names, p.labels, p.paths, p.data_key
-
-
 def data_digest(listing: Path | None, names: list[str], paths: list[Path]) -> str:
     """What identifies a probing set: the bytes of the file that lists it (none for a folder) and each
     image's name, size and modification time."""
-    from pipeline.cache import digest, file_digest
     stats = [(n, p.stat().st_size, p.stat().st_mtime_ns) for n, p in zip(names, paths)]
     return digest({"split_file": file_digest(listing) if listing else None, "images": stats})

@@ -27,7 +27,7 @@ import numpy as np
 
 from dataset.files import is_dicom, read_text
 from dataset.nih import OUTSIDE, class_names, data_digest, outside_root, read_split, resolve_images, split_file
-from pipeline.cli import PipelineError
+from core.errors import PipelineError
 
 MISSING = -1  # a label without ground truth: a class the set has no column for, or one the policy ignores
 # What -1 (uncertain) and a blank (not mentioned) become under each `uncertain` policy.

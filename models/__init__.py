@@ -4,7 +4,7 @@ import pickle
 
 import torch
 
-from pipeline.cli import PipelineError
+from core.errors import PipelineError
 
 
 def pick_device(name: str) -> torch.device:

@@ -19,9 +19,9 @@ import torch.nn as nn
 from PIL import Image
 from transformers import BertConfig, BertModel, SwinConfig, SwinModel
 
-from pipeline.cli import PipelineError
+from core.errors import PipelineError
 from models import load_failure
-from models.vlm import DEFAULT_WEIGHTS, VLM
+from models.vlm_base import DEFAULT_WEIGHTS, VLM
 
 CONFIGS = Path(__file__).parent / "configs"
 SIZE = 224

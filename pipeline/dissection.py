@@ -27,7 +27,7 @@ from dataset.nih import crop_of, to_model_input
 from describers import dissection_counts, iou, top_quantile
 from models.target import head_name
 from pipeline.attribution import box_mask, channels_first, map_module, record_output
-from pipeline.cli import PipelineError
+from core.errors import PipelineError
 
 
 class MapImages(torch.utils.data.Dataset):
@@ -77,11 +77,6 @@ def layer_maps(model: torch.nn.Module, layer: str, maps: torch.Tensor) -> torch.
         with torch.no_grad():
             maps = torch.einsum("ck,bkhw->bchw", head.weight.float(), maps) + head.bias.float()[None, :, None, None]
     return maps
-
-
-def forward_maps(model: torch.nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
-    """A layer's maps [B, K, h, w] for a batch."""
-    return layer_maps(model, layer, module_maps(model, map_source(model, layer), x))
 
 
 def collect_maps(model: torch.nn.Module, name: str, paths: list[Path], resize: int, crop: int, batch_size: int,

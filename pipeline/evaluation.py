@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from dataset.nih import ProbeSet
 from pipeline.cache import load_tensors, read_output
-from pipeline.cli import PipelineError
+from core.errors import PipelineError
 from pipeline.outputs import activations_key, layer_dir
 
 

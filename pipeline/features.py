@@ -16,16 +16,15 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from core.digests import code_digest
 from dataset.nih import probe_crop, resolve_images
 from method import prompts
 from models.vlm import VLM, weights_identity
 from pipeline import ranks
-from pipeline.cache import cached, code_version, locked, save_tensors
+from pipeline.cache import cached, locked, save_tensors
 from pipeline.forward import workers
 from pipeline.outputs import (image_features_key, image_features_path, text_features_key, text_features_path,
                               vlm_identity)
-
-CODE_FILES = ("pipeline/features.py", "method.py", "models")  # what computes the embeddings
 
 
 class Crops(torch.utils.data.Dataset):
@@ -53,7 +52,7 @@ def embed(model: VLM, paths: list[Path], resize: int, crop: int, batch_size: int
 def vlm_id(c: dict) -> dict:
     """What identifies the embeddings of the VLM that c's model_clip and clip_weights name."""
     # the code's digest is taken now, not at import: a process that runs several steps sees edits
-    return vlm_identity(c, weights_identity(c["model_clip"], c["clip_weights"]), code_version(*CODE_FILES))
+    return vlm_identity(c, weights_identity(c["model_clip"], c["clip_weights"]), code_digest("pipeline/features.py"))
 
 
 def image_features(c: dict, stage2: dict, ids: list[str], vlm: Callable[[], VLM], batch_size: int,

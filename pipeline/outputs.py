@@ -16,17 +16,19 @@
 
 A key is a digest of everything that produced an output: the constants that decide it, the bytes
 of the checkpoint, probing set, concept set and VLM weights, the key of the output it was built
-from, and the source of the code that computed it. A step reuses an output only when its key
-equals the key it would produce now.
+from, and the source of the code that computed it: the modules that compute it and every module of
+ours they import, found by reading their imports (core/digests.py), never listed by hand. A step
+reuses an output only when its key equals the key it would produce now.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from method import TEMPLATE
+from core.digests import code_digest, digest, file_digest
+from dataset.concepts import TEMPLATE
 from models.target import model_tag, target_identity
-from pipeline.cache import code_version, digest, file_digest, read_output
+from pipeline.cache import read_output
 from pipeline.cli import PipelineError, constant_names, constants_of
 
 # The step-2 constants that decide its activations (the selection decides only examples.json): the
@@ -38,6 +40,9 @@ ACTIVATION_FIELDS = ("dataset", "split", "data_root", "split_file", "skip_missin
 # Step-2 constants that say how to run, not what comes out: a later step never checks them against
 # what step 2 stored (channels_last is a memory layout, its results equal up to rounding).
 RUN_SETTINGS = ("batch_size", "num_workers", "device", "channels_last", "save_crops", "save_root")
+# The code of activations.pt: the forward loop, the target and the probing set's reader, and what they
+# import (the selection's code, method.py included, decides only examples.json).
+ACTIVATIONS_CODE = ("pipeline/forward.py", "models/target.py", "dataset/probe.py")
 
 
 def upstream_constants() -> list[str]:
@@ -163,8 +168,7 @@ def activations_key(c: dict, checkpoint: str | Path | None, data_key: str) -> st
     c = {**constants_of("example_selection.py"), **c}
     return digest({**{k: c[k] for k in ACTIVATION_FIELDS}, "target": target_identity(c["model"], checkpoint),
                    "classes_file": file_digest(c["classes"]) if c["classes"] else None, "data": data_key,
-                   "code": code_version("example_selection.py", "models/target.py", "dataset/nih.py",
-                                        "dataset/probe.py", "dataset/files.py")})
+                   "code": code_digest(*ACTIVATIONS_CODE)})
 
 
 def stored_classes(stored: dict) -> list[str] | None:
@@ -186,7 +190,7 @@ def examples_key(activations: str, c: dict) -> str:
     """examples.json: the activations it selects from and the selection rule."""
     rule = {"adaptive_percent": c["adaptive_percent"]} if c["selection"] == "adaptive" else {"topk": c["topk"]}
     return digest({"activations": activations, "selection": c["selection"], **rule,
-                   "code": code_version("example_selection.py", "method.py")})
+                   "code": code_digest("example_selection.py")})
 
 
 def vlm_identity(c: dict, weights: str, code: str) -> dict:
@@ -215,7 +219,7 @@ def maps_key(stage2: dict, module: str, image_ids: list[str]) -> str:
     return digest({**{k: stage2[k] for k in ACTIVATION_FIELDS if k != "layer"}, "module": module,
                    "target": target_identity(stage2["model"], stage2["checkpoint"] or None), "data": stage2["data_key"],
                    "images": image_ids,
-                   "code": code_version("pipeline/dissection.py", "models/target.py", "dataset/nih.py")})
+                   "code": code_digest("pipeline/dissection.py")})
 
 
 def describer_key(inputs: dict, constants: dict, code: str) -> str:

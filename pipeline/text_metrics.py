@@ -10,7 +10,7 @@ from functools import lru_cache
 
 from method import mean_se
 from models.vlm import DEFAULT_WEIGHTS, load_vlm
-from pipeline.cli import PipelineError
+from core.errors import PipelineError
 
 
 def cosine_metrics(named: list[dict], classes: list[str], encoders: str, medclip_weights: str = "") -> dict:

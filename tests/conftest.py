@@ -39,6 +39,14 @@ def make_probe_set(root: Path, n: int = 64, size: int = 72, seed: int = 0) -> Pa
     return images
 
 
+def load_probe_set(split: str, data_root, split_override: str = "", skip_missing: bool = False):
+    """Names, labels [N, 14], paths and data key of an NIH-style probing set, as step 2 reads it."""
+    from dataset.probe import load_probe
+    p = load_probe({"split": split, "data_root": str(data_root), "split_file": split_override,
+                    "skip_missing": skip_missing})
+    return p.names, p.labels, p.paths, p.data_key
+
+
 def save_random_target(path: Path, arch: str, seed: int = 0, wrap: str = "model") -> Path:
     from models.target import build_target
     torch.manual_seed(seed)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_probe_set, run_script
+from conftest import load_probe_set, make_probe_set, run_script
 from dataset.concepts import read_concepts
-from dataset.nih import load_probe_set, probe_crop, resolve_images
+from dataset.nih import probe_crop, resolve_images
 from pipeline.cache import load_tensors
 from pipeline.cli import PipelineError
 

@@ -15,19 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, make_probe_set, run_script, save_random_target
+import core.digests as digests
+from core.digests import digest, file_digest
+from pipeline.cache import save_json
+
+from conftest import REPO, make_probe_set, run_script
 from stubs import recording_vlm, write_vlm_weights  # noqa: F401 (recording_vlm is a fixture)
 
 SIZE = 32
-
-
-def _cache_module():
-    """The module that computes code digests (cache.py, or pipeline/cache.py once the repo moves)."""
-    try:
-        import pipeline.cache as cache
-    except ImportError:
-        import cache
-    return cache
 
 
 def stored_key(path: Path) -> str:
@@ -133,10 +128,9 @@ def test_stage2_keys(world, tmp_path, monkeypatch):
     # top-k's k does not enter the adaptive selection's key: changing it reuses
     outs.check(stage2(world, "--topk", "7"), set(), "topk changed under adaptive selection")
 
-    cache = _cache_module()
     src = copy_sources(tmp_path / "src")
     with monkeypatch.context() as m:
-        m.setattr(cache, "ROOT", src)
+        m.setattr(digests, "ROOT", src)
         outs.check(stage2(world), set(), "an identical copy of the code")
         with open(src / "method.py", "a") as f:
             f.write("\n# edited\n")
@@ -144,6 +138,9 @@ def test_stage2_keys(world, tmp_path, monkeypatch):
         with open(src / "models" / "target.py", "a") as f:
             f.write("\n# edited\n")
         outs.check(stage2(world), {"activations", "examples"}, "models/target.py edited")
+        with open(src / "pipeline" / "forward.py", "a") as f:  # the loop that records the activations
+            f.write("\n# edited\n")
+        outs.check(stage2(world), {"activations", "examples"}, "pipeline/forward.py edited")
 
         # Stored outputs under a wrong key, at the right paths, with contents that would show if used
         # (still on the edited copy of the code, to spare a forward pass going back to the original).
@@ -231,14 +228,16 @@ def test_stage3_keys(world, tmp_path, monkeypatch, recording_vlm):
     n_now = len(torch.load(outs.paths["images"], weights_only=True)["image_ids"])
     assert f"({n_now} new)" in log  # every example image embedded again, not only new names
 
-    cache = _cache_module()
     src = copy_sources(tmp_path / "src")
     with monkeypatch.context() as m:
-        m.setattr(cache, "ROOT", src)
+        m.setattr(digests, "ROOT", src)
         outs.check(stage3(), set(), "an identical copy of the code")
         with open(src / "models" / "vlm.py", "a") as f:
             f.write("\n# edited\n")
         outs.check(stage3(), {"images", "text", "metrics"}, "models/vlm.py edited")
+        with open(src / "dataset" / "nih.py", "a") as f:  # the crop the VLM sees
+            f.write("\n# edited\n")
+        outs.check(stage3(), {"images", "text", "metrics"}, "dataset/nih.py edited")
     outs.check(stage3(), {"images", "text", "metrics"}, "the code as it is")
 
     # Stored outputs under a wrong key, at the right paths, with contents that would show if used.
@@ -260,7 +259,6 @@ def test_stage3_keys(world, tmp_path, monkeypatch, recording_vlm):
 def test_file_digest_reads_bytes_not_only_size_and_time(tmp_path):
     """Two files of one size and one modification time, different bytes (a checkpoint swapped by a
     copy that keeps times): their digests differ, within one process too."""
-    file_digest = _cache_module().file_digest
     a, b = tmp_path / "a.pth", tmp_path / "b.pth"
     a.write_bytes(b"weights one")
     b.write_bytes(b"weights two")
@@ -269,7 +267,6 @@ def test_file_digest_reads_bytes_not_only_size_and_time(tmp_path):
 
 
 def test_digest_ignores_dict_order():
-    digest = _cache_module().digest
     assert digest({"layer": "fc", "crop": 224, "data": "x"}) == digest({"data": "x", "crop": 224, "layer": "fc"})
     assert digest({"layer": "fc", "crop": 224}) != digest({"layer": "fc", "crop": 225})
 
@@ -277,8 +274,7 @@ def test_digest_ignores_dict_order():
 def test_failed_write_leaves_nothing_behind(tmp_path):
     """A write that fails half-way leaves neither the output nor its temporary file, and the error
     is the writer's own."""
-    cache = _cache_module()
     target = tmp_path / "out" / "concepts.json"
     with pytest.raises(TypeError, match="not JSON serializable"):
-        cache.save_json(target, {"key": "k", "neurons": [object()]})
+        save_json(target, {"key": "k", "neurons": [object()]})
     assert list((tmp_path / "out").iterdir()) == []

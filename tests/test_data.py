@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from pipeline.cli import PipelineError
-from conftest import REAL, make_probe_set, run_script
-from dataset.nih import class_names, load_probe_set, probe_crop, read_split, resolve_images, split_file, to_model_input
+from conftest import REAL, load_probe_set, make_probe_set, run_script
+from dataset.nih import class_names, probe_crop, read_split, resolve_images, split_file, to_model_input
 
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from conftest import run_script
+from conftest import REPO, run_script
 from dataset.nih import class_names
 from describers import (dissection_counts, iou, label_auc, lift_findings, name_neurons, same_name, soft_wpmi,
                         top_quantile, topk_mean, truth_agreement)
@@ -114,14 +114,14 @@ def test_maps_average_to_the_cached_activations():
     """The dissection pass's maps are the maps of step 2's activations: their spatial mean is the logit (fc),
     the pooled feature (penultimate) or the module's channel mean."""
     from models.target import build_target, tap
-    from pipeline.dissection import forward_maps
+    from pipeline.dissection import layer_maps, map_source, module_maps
     torch.manual_seed(0)
     net = build_target("densenet121").eval()
     x = torch.randn(2, 3, 64, 64)
     for layer in ("fc", "penultimate", "features.denseblock3"):
         with torch.inference_mode(), tap(net, layer) as store:
             net(x)
-        maps = forward_maps(net, layer, x)
+        maps = layer_maps(net, layer, module_maps(net, map_source(net, layer), x))
         assert maps.dim() == 4 and torch.allclose(maps.mean((2, 3)), store["a"], atol=1e-5)
 
 
@@ -262,3 +262,26 @@ def test_bad_requests_are_one_line(probe_set, densenet_ckpt, tiny_clip, tmp_path
     assert proc.returncode == 2 and "concept_matching.py" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     proc = compare(out, tiny_clip, "--describers", "clip_dissect,netdissect")
     assert proc.returncode == 2 and "netdissect" in proc.stderr
+
+
+def test_lift_truth_at_the_step_s_default_threshold(monkeypatch):
+    """compare_describers.py --truth lift, its threshold left at its default: a neuron has a finding when
+    the finding's rate among its top 20 images is at least twice its rate over the probing set (the
+    README's lift >= 2). Worked out by hand on 40 images: finding a in images 0-9 (base rate 1/4),
+    b in images 10-29 (1/2).
+      neuron 0, top images 4-23:        a 6/20 (lift 1.2), b 14/20 (lift 1.4): below 2, no finding
+      neuron 1, top images 0-9, 30-39:  a 10/20 (lift 2.0): a, at the threshold itself
+      neuron 2, top images 20-39:       b 10/20 (lift 1.0): no finding"""
+    import runpy
+    import sys
+    monkeypatch.setattr(sys, "argv", ["compare_describers.py", "--truth", "lift"])
+    step = runpy.run_path(str(REPO / "compare_describers.py"), run_name="constants_only")
+    labels = np.zeros((40, 2), dtype=np.int64)
+    labels[0:10, 0] = 1
+    labels[10:30, 1] = 1
+    tops = [range(4, 24), list(range(0, 10)) + list(range(30, 40)), range(20, 40)]
+    acts = torch.tensor([[(10.0 if i in top else 0.0) + 0.01 * i for top in tops] for i in range(40)])
+    got = step["neuron_truth"](acts, labels, ["a", "b"], [False, False, False], None)
+    assert got["kind"] == "lift" and got["neurons"] == [None, "a", None]
+    # the same images under a threshold of 1 would name all three: the default is what decides
+    assert lift_findings(labels, [list(t) for t in tops], 1.0) == [1, 0, 1]

@@ -10,9 +10,9 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from pipeline.cli import PipelineError
-from conftest import REPO, make_probe_set, save_random_target
+from conftest import REPO, load_probe_set, make_probe_set, save_random_target
 from dataset.boxes import disease_colour
-from dataset.nih import class_names, load_probe_set
+from dataset.nih import class_names
 from pipeline.evaluation import auroc_auprc, best_thresholds, forward_logits, read_thresholds, stage2_logits
 from models.target import load_target
 

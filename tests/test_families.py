@@ -156,7 +156,7 @@ def test_family_through_steps_2_and_3(world, tmp_path, family):
     log = ok(stage2(world, out, *args, "--layer", "list"))
     table = {line.split()[0]: line.split()[1:] for line in log.splitlines()[log.splitlines().index(
         next(x for x in log.splitlines() if x.startswith("layer "))) + 1:]}
-    assert table["fc"] == [f"[2,", f"{k}]", str(k)]
+    assert table["fc"] == ["[2,", f"{k}]", str(k)]
     if second:
         assert second in table and "penultimate" in table
     assert sorted(out.rglob("*")) == before
