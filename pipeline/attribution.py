@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.target import channels_last_modules, head_name, tap
+from models.layers import channels_last_modules, tap
+from models.target import head_name
 from pipeline.cli import PipelineError
 
 # Overlay colours of the 1st, 2nd, ... top neuron; red is kept for the overall map.

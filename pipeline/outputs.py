@@ -163,8 +163,8 @@ def activations_key(c: dict, checkpoint: str | Path | None, data_key: str) -> st
     c = {**constants_of("example_selection.py"), **c}
     return digest({**{k: c[k] for k in ACTIVATION_FIELDS}, "target": target_identity(c["model"], checkpoint),
                    "classes_file": file_digest(c["classes"]) if c["classes"] else None, "data": data_key,
-                   "code": code_version("example_selection.py", "models/target.py", "dataset/nih.py",
-                                        "dataset/probe.py", "dataset/files.py")})
+                   "code": code_version("example_selection.py", "models/target.py", "models/layers.py",
+                                        "dataset/nih.py", "dataset/probe.py", "dataset/files.py")})
 
 
 def stored_classes(stored: dict) -> list[str] | None:
@@ -215,7 +215,8 @@ def maps_key(stage2: dict, module: str, image_ids: list[str]) -> str:
     return digest({**{k: stage2[k] for k in ACTIVATION_FIELDS if k != "layer"}, "module": module,
                    "target": target_identity(stage2["model"], stage2["checkpoint"] or None), "data": stage2["data_key"],
                    "images": image_ids,
-                   "code": code_version("pipeline/dissection.py", "models/target.py", "dataset/nih.py")})
+                   "code": code_version("pipeline/dissection.py", "models/target.py", "models/layers.py",
+                                        "dataset/nih.py")})
 
 
 def describer_key(inputs: dict, constants: dict, code: str) -> str:

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.cli import PipelineError
-from models.target import build_target, load_target, tap
+from models.layers import tap
+from models.target import build_target, load_target
 
 
 @pytest.fixture(scope="module")
