@@ -20,7 +20,7 @@ from dataset.concepts import read_concepts
 from dataset.probe import load_probe, output_names
 from method import TEMPLATE, fc_metrics, image_concept_scores, neuron_concept_scores, select_concepts
 from models import pick_device
-from models.target import layer_names
+from models.layers import layer_names
 from models.vlm import load_vlm, weights_identity
 from pipeline import ranks
 from pipeline.cache import cached, claim, holds_claims, load_json, save_json, save_tensors, writable

@@ -21,8 +21,8 @@ from dataset.nih import findings, probe_crop, split_source
 from dataset.probe import MISSING, align_labels, load_probe, output_names, resolve_classes
 from method import select_examples
 from models import pick_device
-from models.target import (checkpoint_of, layer_names, layer_table, load_target, model_classes, parse_model,
-                           preprocessing)
+from models.layers import layer_names, layer_table
+from models.target import checkpoint_of, load_target, model_classes, parse_model, preprocessing
 from pipeline import ranks
 from pipeline.cache import cached, claim, holds_claims, load_json, save_csv, save_jpeg, save_json, save_tensors
 from pipeline.cli import PipelineError, configure, main, print_config

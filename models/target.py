@@ -17,6 +17,9 @@ training state): only another head and MoCo's key encoder and queue are ignored.
 every family's --checkpoint. torchxrayvision ships whole pickled DenseNets; such a file is read with
 weights_only=True too, the classes its pickle names allowed only when they are torch.nn layers or
 torchxrayvision's own.
+
+Each family is one entry of FAMILIES (at the end): how it is built, fed, loaded and named. Reading a
+layer of the built model is models/layers.py.
 """
 from __future__ import annotations
 
@@ -27,14 +30,13 @@ import os
 import re
 import sys
 import warnings
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torchvision
-from torchvision.ops.misc import Permute
 
 from core.digests import file_digest, imported_files
 from core.errors import PipelineError
@@ -55,11 +57,6 @@ _DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12]
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # torchxrayvision scales [0, 1] pixels to [-1024, 1024] (xrv.datasets.normalize): (x - 0.5) / (1 / 2048).
 XRV_NORM = ((0.5,), (1 / 2048,))
-# Modules that compute over dim 1, so their 4-D outputs are [B, C, H, W] inside a channels-last model too.
-CHANNELS_FIRST = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.AvgPool2d,
-                  nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-# Outputs of each family before a checkpoint or --num_classes says otherwise.
-_DEFAULT_CLASSES = {"medical_mae": 14, "torchvision": 1000, "timm": 1000}
 
 
 @dataclass(frozen=True)
@@ -69,12 +66,28 @@ class Spec:
     function: str = ""  # file.py:function
 
 
+@dataclass(frozen=True)
+class Family:
+    """How the models of one family (an entry of FAMILIES) are built, fed, loaded and named: plain
+    functions of the Spec (and the --model text, for messages)."""
+    build: Callable[[Spec, str, int, int], nn.Module]      # (spec, model, outputs, channels): the untrained network
+    checkpoint: Callable[[Spec, str, str], Path | None]    # (spec, model, --checkpoint): the weights file, checked
+    preprocessing: Callable[[Spec], dict]                  # its own input: resize, crop, channels, mean, std
+    library: Callable[[], str | None]                      # the version of the library that defines it
+    outputs: Callable[[Spec], int] | None = None           # outputs before a checkpoint or --num_classes says; None: its file decides
+    head_sizes: bool = True                                # a checkpoint's head sets the outputs (not medical_mae's 14)
+    names: Callable[[str], list[str]] | None = None        # the NAMEs of family:NAME it knows (with the one asked, if known)
+    classes: Callable[[Spec], list[str]] | None = None     # the output names it carries itself
+    source: Callable[[Spec], object] | None = None         # the digest of its own code
+    tag: Callable[[Spec], str] | None = None               # its folder name, when not the --model text
+
+
 def parse_model(model: str) -> Spec:
     """The family and name a --model value names; an unknown one lists the forms."""
     if model in ARCHS:
         return Spec("medical_mae", model)
     family, sep, name = model.partition(":")
-    if sep and family in ("torchvision", "timm", "xrv"):
+    if sep and family in FAMILIES and FAMILIES[family].names:
         _check_name(family, name)
         return Spec(family, name)
     file, sep, function = model.rpartition(":")
@@ -86,16 +99,7 @@ def parse_model(model: str) -> Spec:
 
 
 def _check_name(family: str, name: str) -> None:
-    if family == "torchvision":
-        known = torchvision.models.list_models(module=torchvision.models)
-    elif family == "timm":
-        import timm
-        known = timm.list_models()
-        if timm.is_model(name):
-            return
-    else:
-        import torchxrayvision as xrv
-        known = list(xrv.models.model_urls)
+    known = FAMILIES[family].names(name)
     if name not in known:
         near = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
         hint = f"closest: {', '.join(near)}" if near else f"{len(known)} known, e.g. {', '.join(known[:4])}"
@@ -105,24 +109,16 @@ def _check_name(family: str, name: str) -> None:
 def model_tag(model: str) -> str:
     """A folder name for a --model value: a file's stem (and function), not its whole path."""
     spec = parse_model(model)
-    if spec.family == "file":
-        return f"{Path(spec.name).stem}-{spec.function}"
-    if spec.family == "torchscript":
-        return Path(spec.name).stem
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", model).strip("-")
+    tag = FAMILIES[spec.family].tag
+    return tag(spec) if tag else re.sub(r"[^A-Za-z0-9_.-]+", "-", model).strip("-")
 
 
 def model_classes(model: str) -> list[str] | None:
     """The output names a model carries itself: the medical_mae models' 14 NIH findings,
     torchxrayvision's 18 pathologies (some ''); None for the other families."""
     spec = parse_model(model)
-    if spec.family == "medical_mae":
-        from dataset.nih import class_names
-        return class_names()
-    if spec.family != "xrv":
-        return None
-    import torchxrayvision as xrv
-    return list(xrv.models.model_urls[spec.name]["labels"])
+    classes = FAMILIES[spec.family].classes
+    return classes(spec) if classes else None
 
 
 # ---- preprocessing
@@ -131,27 +127,7 @@ def default_preprocessing(model: str) -> dict:
     """The family's own input: Resize, CenterCrop, channels, mean and std (README, "Your own model
     and data"). Interpolation is bilinear for all."""
     spec = parse_model(model)
-    if spec.family == "torchvision":
-        try:
-            t = torchvision.models.get_model_weights(spec.name).DEFAULT.transforms()
-            return {"resize": t.resize_size[0], "crop": t.crop_size[0], "channels": 3, "mean": tuple(t.mean),
-                    "std": tuple(t.std)}
-        except (ValueError, AttributeError, KeyError):  # a model without released weights: ImageNet's
-            return {"resize": 256, "crop": 224, "channels": 3, "mean": IMAGENET[0], "std": IMAGENET[1]}
-    if spec.family == "timm":
-        import timm
-        cfg = timm.get_pretrained_cfg(spec.name)
-        if cfg is None:
-            return {"resize": 256, "crop": 224, "channels": 3, "mean": IMAGENET[0], "std": IMAGENET[1]}
-        size = cfg.input_size[-1]
-        return {"resize": int(size / (cfg.crop_pct or 1.0)), "crop": size, "channels": cfg.input_size[0],
-                "mean": tuple(cfg.mean), "std": tuple(cfg.std)}
-    if spec.family == "xrv":
-        import torchxrayvision as xrv
-        res = xrv.models.model_urls[spec.name].get("input_resolution", 224)
-        return {"resize": res, "crop": res, "channels": 1, "mean": XRV_NORM[0], "std": XRV_NORM[1]}
-    # medical_mae, and a user's own model until told otherwise: the release's NIH statistics
-    return {"resize": 256, "crop": 224, "channels": 3, "mean": (MEAN,), "std": (STD,)}
+    return FAMILIES[spec.family].preprocessing(spec)
 
 
 def preprocessing(c: dict) -> dict:
@@ -204,26 +180,10 @@ def checkpoint_of(model: str, checkpoint: str) -> Path | None:
     """The weights file a target loads (None: a user's model or TorchScript file holds its own), checked
     to exist; nothing is downloaded."""
     spec = parse_model(model)
-    if spec.family == "medical_mae":
-        return require_file(checkpoint or default_checkpoint(spec.name), spec.name)
-    if spec.family in ("file", "torchscript"):
-        source = Path(spec.name)
-        if not source.is_file():
-            what = "Python file and the function in it" if spec.family == "file" else "TorchScript file"
-            raise PipelineError(f"--model {model}: {source} not found; pass the path of your {what}")
-        if spec.family == "torchscript" and checkpoint:
-            raise PipelineError(f"--model {model} is a TorchScript file, which holds its weights; drop --checkpoint")
-    elif spec.family == "xrv" and not checkpoint:
-        import torchxrayvision as xrv
-        cached = _xrv_cache(spec.name)
-        if not cached.is_file():
-            raise PipelineError(f"--model {model}: its weights are not in torchxrayvision's cache; download "
-                                f"{xrv.models.model_urls[spec.name]['weights_url']} to {cached} "
-                                f"(or pass --checkpoint FILE)")
-        return cached
-    elif not checkpoint and spec.family in ("torchvision", "timm"):
-        raise PipelineError(f"--model {model} needs --checkpoint FILE: the weights of your fine-tuned {spec.name} "
-                            f"(a state dict; its head sets the number of outputs)")
+    return FAMILIES[spec.family].checkpoint(spec, model, checkpoint)
+
+
+def _given(model: str, checkpoint: str) -> Path | None:
     if checkpoint and not Path(checkpoint).is_file():
         raise PipelineError(f"checkpoint {checkpoint} not found; pass --checkpoint with the weights of --model {model}")
     return Path(checkpoint) if checkpoint else None
@@ -237,19 +197,9 @@ def target_identity(model: str, checkpoint: str | Path | None) -> dict:
     user's code the model can run. They are read, not imported: a key is computed before the model
     is built and must not run the file."""
     spec = parse_model(model)
-    library = torchvision.__version__ if spec.family in ("medical_mae", "torchvision") else None
-    if spec.family == "timm":
-        import timm
-        library = timm.__version__
-    if spec.family == "xrv":
-        import torchxrayvision as xrv
-        library = xrv.__version__
-    source = file_digest(spec.name) if spec.family == "torchscript" else None
-    if spec.family == "file":
-        root = Path(spec.name).resolve().parent
-        source = {f.relative_to(root).as_posix(): file_digest(f) for f in imported_files([spec.name], root)}
+    family = FAMILIES[spec.family]
     return {"model": model, "checkpoint": file_digest(checkpoint) if checkpoint else None,
-            "source": source, "library": library}
+            "source": family.source(spec) if family.source else None, "library": family.library()}
 
 
 # ---- building and loading
@@ -273,34 +223,8 @@ def build_target(arch: str, num_classes: int = 14) -> nn.Module:
     raise PipelineError(f"unknown --model {arch!r}; choose one of {', '.join(ARCHS)}")
 
 
-def _build(spec: Spec, num_classes: int, channels: int) -> nn.Module:
-    if spec.family == "medical_mae":
-        return build_target(spec.name, num_classes)
-    if spec.family == "torchvision":
-        return torchvision.models.get_model(spec.name, weights=None, num_classes=num_classes)
-    if spec.family == "timm":
-        import timm
-        return timm.create_model(spec.name, pretrained=False, num_classes=num_classes, in_chans=channels)
-    import torchxrayvision as xrv
-    if spec.name.startswith("resnet"):
-        # xrv.models.ResNet downloads its weights when built; its network is torchvision's ResNet with a
-        # one-channel stem, and its weight files hold that network's state dict: built here directly.
-        net = getattr(torchvision.models, spec.name.split("-")[0])(weights=None, num_classes=num_classes)
-        net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        return net
-    return xrv.models.DenseNet(weights=None, num_classes=num_classes, **xrv.models.get_densenet_params(spec.name))
-
-
 def _from_file(spec: Spec, model: str) -> nn.Module:
     path = Path(spec.name)
-    if spec.family == "torchscript":
-        try:
-            with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's to fix
-                warnings.simplefilter("ignore", FutureWarning)
-                return ScriptedTarget(torch.jit.load(str(path), map_location="cpu"))
-        except Exception as e:
-            raise PipelineError(f"--model {model}: not a TorchScript file ({type(e).__name__}); save the model with "
-                                f"torch.jit.save, or pass a state dict as --checkpoint with its architecture") from None
     where = importlib.util.spec_from_file_location(f"mammi_target_{path.stem}", path)
     module = importlib.util.module_from_spec(where)
     sys.modules[where.name] = module  # as an import would: dataclasses and pickling look it up there
@@ -429,13 +353,14 @@ def load_checkpoint(model: nn.Module, sd: dict, path: str | Path, arch: str) -> 
     return f"no {classes}-way classifier (a pretraining checkpoint?)"
 
 
-def _outputs(spec: Spec, sd: dict, path, channels: int, num_classes: int, n_classes: int) -> int:
+def _outputs(spec: Spec, model: str, sd: dict, path, channels: int, num_classes: int, n_classes: int) -> int:
     """How many outputs to build: --num_classes, which must agree with the checkpoint's head; else the
     head's; else the number of class names; else the family's. A medical_mae model keeps its 14-way
     NIH head unless told otherwise: a checkpoint with another head is then named as not fitting it."""
-    default = _DEFAULT_CLASSES.get(spec.family) or len(model_classes(f"xrv:{spec.name}"))
+    family = FAMILIES[spec.family]
+    default = family.outputs(spec)
     with torch.device("meta"):  # the architecture's names and head, without allocating it
-        shape = _build(spec, default, channels)
+        shape = family.build(spec, model, default, channels)
     head = head_name(shape)
     weight = _state_dict_of(sd, path, shape.state_dict()).get(head + ".weight") if sd is not None else None
     found = weight.shape[0] if weight is not None and weight.dim() in (2, 4) else 0
@@ -443,7 +368,7 @@ def _outputs(spec: Spec, sd: dict, path, channels: int, num_classes: int, n_clas
         raise PipelineError(f"--num_classes {num_classes} disagrees with the {found}-way head of {path} "
                             f"({head}.weight {list(weight.shape)}); drop --num_classes or pass the checkpoint of a "
                             f"{num_classes}-way model")
-    if spec.family == "medical_mae":
+    if not family.head_sizes:
         return num_classes or default
     return num_classes or found or n_classes or default
 
@@ -454,16 +379,17 @@ def load_target(model: str, checkpoint: str | Path | None, need_head: bool, num_
     (empty: the family's default, checkpoint_of); n_classes is the number of class names, which sizes
     a head that neither --num_classes nor the checkpoint sizes."""
     spec = parse_model(model)
+    family = FAMILIES[spec.family]
     checkpoint = checkpoint_of(model, str(checkpoint or ""))
     obj = _read_checkpoint(checkpoint) if checkpoint else None
-    if spec.family in ("file", "torchscript"):
-        net = _from_file(spec, model)
+    if family.outputs is None:  # the model's own file builds it, outputs and all
+        net = family.build(spec, model, 0, channels)
         head = None
         if obj is not None:
             head = load_checkpoint(net, _state_dict_of(obj, checkpoint, net.state_dict()), checkpoint, model)
     else:
-        k = _outputs(spec, obj, checkpoint, channels, num_classes, n_classes)
-        net = _build(spec, k, channels)
+        k = _outputs(spec, model, obj, checkpoint, channels, num_classes, n_classes)
+        net = family.build(spec, model, k, channels)
         head = load_checkpoint(net, _state_dict_of(obj, checkpoint, net.state_dict()), checkpoint, model)
         num_classes = k
     if head is not None:
@@ -475,191 +401,168 @@ def load_target(model: str, checkpoint: str | Path | None, need_head: bool, num_
     return net.eval(), head is None
 
 
-# ---- reading layers
+# ---- the families: for each, how to build it, feed it, find its weights and name it (FAMILIES)
 
-def layer_names(text: str) -> list[str]:
-    """The layers a --layer value names, each once, in order."""
-    names = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    if not names or ("list" in names and len(names) > 1):
-        raise PipelineError(f"--layer {text!r}: name fc, penultimate or modules, comma-separated, or list alone")
-    return names
+def _nih_input(spec: Spec) -> dict:
+    # medical_mae, and a user's own model until told otherwise: the release's NIH statistics
+    return {"resize": 256, "crop": 224, "channels": 3, "mean": (MEAN,), "std": (STD,)}
 
 
-def token_layout(model: nn.Module) -> tuple[int, int | None]:
-    """How many prefix tokens (class, distillation, register) lead a transformer's token sequence,
-    and how many patch tokens follow: timm says num_prefix_tokens and patch_embed.num_patches;
-    torchvision's ViT has one class_token and seq_length tokens in all. Other models: (0, None)."""
-    if hasattr(model, "num_prefix_tokens"):
-        patches = getattr(getattr(model, "patch_embed", None), "num_patches", None)
-        return int(model.num_prefix_tokens), patches
-    if isinstance(getattr(model, "class_token", None), torch.Tensor) and hasattr(model, "seq_length"):
-        return 1, int(model.seq_length) - 1
-    return 0, None
+def _imagenet_input() -> dict:
+    return {"resize": 256, "crop": 224, "channels": 3, "mean": IMAGENET[0], "std": IMAGENET[1]}
 
 
-def reduce_output(out, layout: tuple[int, int | None], token_pool: str, channels_last: bool = False) -> torch.Tensor:
-    """One value per neuron and image: [B, D] as is; [B, C, H, W] (conv) by the spatial mean, or
-    [B, H, W, C] when channels_last; [B, T, D] (transformer tokens) by the mean over patch tokens, or
-    the class token (token_pool)."""
-    if isinstance(out, (tuple, list)):  # attention blocks return (output, weights)
-        out = next(o for o in out if isinstance(o, torch.Tensor))
-    if out.dim() > 3:
-        return out.flatten(1, -2).mean(1) if channels_last else out.flatten(2).mean(2)
-    if out.dim() < 3:
-        return out
-    prefix, patches = layout
-    if patches is not None and out.shape[1] == patches:
-        prefix = 0  # a sequence of patches alone (the patch embedding's output)
-    if token_pool == "cls":
-        if prefix < 1:
-            raise PipelineError(f"--token_pool cls: this layer's {out.shape[1]} tokens have no class token "
-                                f"(the model declares none before its patches); use --token_pool mean")
-        return out[:, 0]
-    return out[:, prefix:].mean(1)
+def _torchvision_version() -> str:
+    return torchvision.__version__
 
 
-def _declared_last(module: nn.Module) -> bool | None:
-    """Whether a module says its output is channels-last: torchvision's Permute by its dims, timm's
-    output_fmt (a str enum: 'NHWC' or 'NCHW'); None when it says nothing."""
-    if isinstance(module, Permute):
-        return {(0, 2, 3, 1): True, (0, 3, 1, 2): False}.get(tuple(module.dims))
-    fmt = getattr(module, "output_fmt", None)
-    return fmt == "NHWC" if isinstance(fmt, str) else None
+def _nih_classes(spec: Spec) -> list[str]:
+    from dataset.nih import class_names
+    return class_names()
 
 
-def channels_last_modules(model: nn.Module) -> set[str]:
-    """The modules whose 4-D output is [B, H, W, C], as the model declares it. timm permutes in plain code
-    and says so in output_fmt: a model of output_fmt 'NHWC' (Swin, SwinV2, Sequencer, MambaOut) keeps its
-    feature maps channels-last, and so does a patch embedding that says it. torchvision permutes with
-    Permute modules (Swin once after its stem and back before pooling, ConvNeXt inside each block):
-    each one sets the layout of what follows it, its modules taken in order (nn.Sequential's order is
-    the order they run in). A module of CHANNELS_FIRST computes over dim 1 and so outputs channels-first
-    wherever it sits; a block outputs the layout its last module leaves."""
-    last: set[str] = set()
-
-    def walk(name: str, module: nn.Module, state: bool) -> bool:
-        """The layout of module's output, given the layout that reaches it (state)."""
-        if isinstance(module, CHANNELS_FIRST):
-            return state  # its own output is channels-first; what follows it is permuted back, if at all
-        said = _declared_last(module)  # what a module says holds for its own modules too (timm's patch norm)
-        state = state if said is None else said
-        for child_name, child in module.named_children():
-            state = walk(f"{name}.{child_name}" if name else child_name, child, state)
-        if state and name:
-            last.add(name)
-        return state
-
-    walk("", model, False)  # the input is an image batch, [B, C, H, W]
-    return last
+def _fine_tuned(spec: Spec, model: str, checkpoint: str) -> Path | None:
+    """torchvision and timm: the weights of the user's fine-tuned model, which only they have."""
+    if not checkpoint:
+        raise PipelineError(f"--model {model} needs --checkpoint FILE: the weights of your fine-tuned {spec.name} "
+                            f"(a state dict; its head sets the number of outputs)")
+    return _given(model, checkpoint)
 
 
-def _reader(model: nn.Module, token_pool: str):
-    """reduce_output by layer name (fc, penultimate or a module), each output with the layout the model
-    declares for it (the head's input is [B, D], or [B, C, H, W] for a Conv2d head)."""
-    layout = token_layout(model)
-    last = channels_last_modules(model) - {"fc", "penultimate"}
-    return lambda name, out: reduce_output(out, layout, token_pool, name in last)
-
-
-def _register(model: nn.Module, layer: str, put, read, batch: dict):
-    """Hook `layer` so that each forward pass calls put(its reduced output); refused when that output
-    has another number of rows than the pass has images (batch['n']): a block that works on windows
-    (Swin's attention) holds no value per image."""
-    def checked(name, out):
-        v = read(name, out)
-        if v.shape[0] != batch["n"]:
-            raise PipelineError(f"--layer {layer}: its output has {v.shape[0]} rows for {batch['n']} images (it "
-                                f"works on windows or patches of them); name the block or stage that holds it "
-                                f"(--layer list shows the neurons of each)")
-        put(v)
-    modules = dict(model.named_modules())
-    if layer == "fc":
-        return model.register_forward_hook(lambda m, inp, out: checked("fc", out))
-    if isinstance(model, ScriptedTarget):
-        raise PipelineError(f"--layer {layer}: a TorchScript model accepts no hooks, so only its outputs (fc) can "
-                            f"be read; pass the model as file.py:function to probe its layers")
-    if layer == "penultimate":
-        return modules[head_name(model)].register_forward_pre_hook(lambda m, inp: checked("penultimate", inp[0]))
-    name = layer
-    if name not in modules or not name:
-        names = [n for n in modules if n]
-        ends = [n for n in names if n.endswith("." + layer)]  # the right name without its parents
-        near = list(dict.fromkeys(ends + difflib.get_close_matches(layer, names, n=5, cutoff=0.5)))[:5]
-        hint = (f"closest: {', '.join(near)}" if near else
-                f"top-level modules: {', '.join(n for n in names if '.' not in n)}")
-        raise PipelineError(f"--layer {layer!r} is not a module of this model; use fc, penultimate, a module "
-                            f"name ({hint}) or --layer list")
-    # Reduced inside the hook: DenseNet applies its last ReLU in place on the features output afterwards.
-    return modules[name].register_forward_hook(lambda m, inp, out: checked(name, out))
-
-
-@contextmanager
-def _hooked(model: nn.Module, layers: list[str], token_pool: str, key):
-    if token_pool not in ("mean", "cls"):
-        raise PipelineError(f"--token_pool is mean or cls, not {token_pool!r}")
-    store: dict[str, torch.Tensor] = {}
-    batch: dict[str, int] = {}
-    read = _reader(model.script if isinstance(model, ScriptedTarget) else model, token_pool)
-    hooks = [model.register_forward_pre_hook(lambda m, args: batch.__setitem__("n", len(args[0])))]
+def _torchvision_input(spec: Spec) -> dict:
     try:
-        for layer in layers:
-            hooks.append(_register(model, layer, lambda v, k=key(layer): store.__setitem__(k, v), read, batch))
-        yield store
-    finally:
-        for h in hooks:
-            h.remove()
+        t = torchvision.models.get_model_weights(spec.name).DEFAULT.transforms()
+        return {"resize": t.resize_size[0], "crop": t.crop_size[0], "channels": 3, "mean": tuple(t.mean),
+                "std": tuple(t.std)}
+    except (ValueError, AttributeError, KeyError):  # a model without released weights: ImageNet's
+        return _imagenet_input()
 
 
-def taps(model: nn.Module, layers: list[str], token_pool: str = "mean"):
-    """Record several layers' activations (one value per neuron) in one forward pass, by layer name.
-
-    `fc` are the model's outputs (the logits); `penultimate` the input of its head; anything else a
-    module name (`layer4`, `features.denseblock3`, `blocks.9`), reduced by reduce_output.
-    """
-    return _hooked(model, layers, token_pool, lambda layer: layer)
+def _timm_names(name: str) -> list[str]:
+    import timm
+    return [name] if timm.is_model(name) else timm.list_models()  # timm knows tagged names it does not list
 
 
-def tap(model: nn.Module, layer: str, token_pool: str = "mean"):
-    """One layer's activations, under store["a"]."""
-    return _hooked(model, [layer], token_pool, lambda layer: "a")
+def _timm_build(spec: Spec, model: str, outputs: int, channels: int) -> nn.Module:
+    import timm
+    return timm.create_model(spec.name, pretrained=False, num_classes=outputs, in_chans=channels)
 
 
-def layer_table(model: nn.Module, x: torch.Tensor, token_pool: str = "mean") -> list[tuple[str, str, str]]:
-    """(name, output shape, neurons) of fc, penultimate and every module, from one forward pass on x;
-    neurons '-' where an output holds no one value per image and neuron."""
-    shapes: dict[str, tuple[str, str]] = {}
-    inner = model.script if isinstance(model, ScriptedTarget) else model
-    read = _reader(inner, token_pool)
+def _timm_input(spec: Spec) -> dict:
+    import timm
+    cfg = timm.get_pretrained_cfg(spec.name)
+    if cfg is None:
+        return _imagenet_input()
+    size = cfg.input_size[-1]
+    return {"resize": int(size / (cfg.crop_pct or 1.0)), "crop": size, "channels": cfg.input_size[0],
+            "mean": tuple(cfg.mean), "std": tuple(cfg.std)}
 
-    def record(name, out):
-        t = next((o for o in out if isinstance(o, torch.Tensor)), None) if isinstance(out, (tuple, list)) else out
-        if not isinstance(t, torch.Tensor):
-            shapes[name] = (type(out).__name__, "-")
-            return
-        try:
-            v = read(name, t)
-            neurons = str(v.shape[1]) if t.dim() > 1 and len(v) == len(x) else "-"
-        except PipelineError:
-            neurons = "-"
-        shapes[name] = (str(list(t.shape)), neurons)
 
-    hooks = [model.register_forward_hook(lambda m, i, o: record("fc", o))]
-    if not isinstance(model, ScriptedTarget):
-        try:
-            hooks.append(model.get_submodule(head_name(model)).register_forward_pre_hook(
-                lambda m, i: record("penultimate", i[0])))
-        except PipelineError:
-            pass
-        hooks += [m.register_forward_hook(lambda m, i, o, n=n: record(n, o)) for n, m in model.named_modules() if n]
+def _timm_version() -> str:
+    import timm
+    return timm.__version__
+
+
+def _xrv_names(name: str) -> list[str]:
+    import torchxrayvision as xrv
+    return list(xrv.models.model_urls)
+
+
+def _xrv_build(spec: Spec, model: str, outputs: int, channels: int) -> nn.Module:
+    import torchxrayvision as xrv
+    if spec.name.startswith("resnet"):
+        # xrv.models.ResNet downloads its weights when built; its network is torchvision's ResNet with a
+        # one-channel stem, and its weight files hold that network's state dict: built here directly.
+        net = getattr(torchvision.models, spec.name.split("-")[0])(weights=None, num_classes=outputs)
+        net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        return net
+    return xrv.models.DenseNet(weights=None, num_classes=outputs, **xrv.models.get_densenet_params(spec.name))
+
+
+def _xrv_checkpoint(spec: Spec, model: str, checkpoint: str) -> Path | None:
+    """--checkpoint, else the file torchxrayvision downloaded into its cache."""
+    if checkpoint:
+        return _given(model, checkpoint)
+    import torchxrayvision as xrv
+    cached = _xrv_cache(spec.name)
+    if not cached.is_file():
+        raise PipelineError(f"--model {model}: its weights are not in torchxrayvision's cache; download "
+                            f"{xrv.models.model_urls[spec.name]['weights_url']} to {cached} "
+                            f"(or pass --checkpoint FILE)")
+    return cached
+
+
+def _xrv_input(spec: Spec) -> dict:
+    import torchxrayvision as xrv
+    res = xrv.models.model_urls[spec.name].get("input_resolution", 224)
+    return {"resize": res, "crop": res, "channels": 1, "mean": XRV_NORM[0], "std": XRV_NORM[1]}
+
+
+def _xrv_classes(spec: Spec) -> list[str]:
+    import torchxrayvision as xrv
+    return list(xrv.models.model_urls[spec.name]["labels"])
+
+
+def _xrv_version() -> str:
+    import torchxrayvision as xrv
+    return xrv.__version__
+
+
+def _source_file(spec: Spec, model: str, what: str) -> None:
+    source = Path(spec.name)
+    if not source.is_file():
+        raise PipelineError(f"--model {model}: {source} not found; pass the path of your {what}")
+
+
+def _file_checkpoint(spec: Spec, model: str, checkpoint: str) -> Path | None:
+    _source_file(spec, model, "Python file and the function in it")
+    return _given(model, checkpoint)
+
+
+def _file_sources(spec: Spec) -> dict:
+    root = Path(spec.name).resolve().parent
+    return {f.relative_to(root).as_posix(): file_digest(f) for f in imported_files([spec.name], root)}
+
+
+def _torchscript_build(spec: Spec, model: str, outputs: int, channels: int) -> nn.Module:
     try:
-        with torch.inference_mode():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    rows = [(n, *shapes[n]) for n in ("fc", "penultimate") if n in shapes]
-    if isinstance(model, ScriptedTarget):
-        rows += [(n, "(TorchScript: no hooks)", "-") for n, _ in inner.named_modules() if n]
-    else:
-        rows += [(n, *shapes.get(n, ("(not called)", "-"))) for n, _ in model.named_modules() if n]
-    return rows
+        with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's to fix
+            warnings.simplefilter("ignore", FutureWarning)
+            return ScriptedTarget(torch.jit.load(str(Path(spec.name)), map_location="cpu"))
+    except Exception as e:
+        raise PipelineError(f"--model {model}: not a TorchScript file ({type(e).__name__}); save the model with "
+                            f"torch.jit.save, or pass a state dict as --checkpoint with its architecture") from None
+
+
+def _torchscript_checkpoint(spec: Spec, model: str, checkpoint: str) -> None:
+    _source_file(spec, model, "TorchScript file")
+    if checkpoint:
+        raise PipelineError(f"--model {model} is a TorchScript file, which holds its weights; drop --checkpoint")
+
+
+def _torchscript_source(spec: Spec) -> str:
+    return file_digest(spec.name)
+
+
+FAMILIES = {
+    "medical_mae": Family(  # densenet121, resnet50: the medical_mae release, fine-tuned on NIH's 14 findings
+        build=lambda spec, model, outputs, channels: build_target(spec.name, outputs),
+        checkpoint=lambda spec, model, checkpoint: require_file(checkpoint or default_checkpoint(spec.name), spec.name),
+        preprocessing=_nih_input, library=_torchvision_version, outputs=lambda spec: 14, head_sizes=False,
+        classes=_nih_classes),
+    "torchvision": Family(
+        build=lambda spec, model, outputs, channels: torchvision.models.get_model(spec.name, weights=None,
+                                                                                 num_classes=outputs),
+        checkpoint=_fine_tuned, preprocessing=_torchvision_input, library=_torchvision_version,
+        outputs=lambda spec: 1000, names=lambda name: torchvision.models.list_models(module=torchvision.models)),
+    "timm": Family(build=_timm_build, checkpoint=_fine_tuned, preprocessing=_timm_input, library=_timm_version,
+                   outputs=lambda spec: 1000, names=_timm_names),
+    "xrv": Family(build=_xrv_build, checkpoint=_xrv_checkpoint, preprocessing=_xrv_input, library=_xrv_version,
+                  outputs=lambda spec: len(_xrv_classes(spec)), names=_xrv_names, classes=_xrv_classes),
+    "file": Family(  # path/file.py:function, the user's code
+        build=lambda spec, model, outputs, channels: _from_file(spec, model), checkpoint=_file_checkpoint,
+        preprocessing=_nih_input, library=lambda: None, source=_file_sources,
+        tag=lambda spec: f"{Path(spec.name).stem}-{spec.function}"),
+    "torchscript": Family(build=_torchscript_build, checkpoint=_torchscript_checkpoint, preprocessing=_nih_input,
+                          library=lambda: None, source=_torchscript_source, tag=lambda spec: Path(spec.name).stem),
+}

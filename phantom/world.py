@@ -25,7 +25,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -111,107 +114,15 @@ def _box(x0, y0, x1, y1) -> list[float]:
 
 
 def sample_finding(rng: np.random.Generator, a: dict, label: str) -> dict:
+    """A finding of `label` on anatomy a: its severity and side, then what its entry in FINDINGS draws
+    (its geometry, box and location)."""
+    if label not in FINDINGS:
+        raise ValueError(label)
     sev = SEVERITIES[int(rng.integers(3))]
     s = SEV_SCALE[sev]
     side = int(rng.choice([-1, 1]))
     f: dict = dict(label=label, severity=sev, side=side)
-    if label == "Atelectasis":
-        x, y = _zone_point(rng, a, side, "lower", 0.07)
-        f.update(x=x, y=y, length=_u(rng, 0.10, 0.15) * s, thick=_u(rng, 0.014, 0.02) * s,
-                 angle=_u(rng, -0.35, 0.35), density=0.30 * s, location=f"{_side_word(side)} lower zone")
-        r = f["length"] / 2 + 0.03
-        f["box"] = _box(x - r, y - r * 0.6, x + r, y + r * 0.6)
-    elif label == "Cardiomegaly":
-        f.update(ctr={"mild": _u(rng, 0.55, 0.58), "moderate": _u(rng, 0.58, 0.62), "severe": _u(rng, 0.62, 0.67)}[sev],
-                 side=0, location="cardiac silhouette")
-    elif label == "Effusion":
-        g = lung_geometry(a, side)
-        f.update(height=_u(rng, 0.06, 0.10) * s * s, location=f"{_side_word(side)} costophrenic angle")
-        f["box"] = _box(g["x0"] - 0.01, g["base"] - f["height"] - 0.035, g["x1"] + 0.01, g["base"] + 0.02)
-    elif label == "Infiltration":
-        zone = str(rng.choice(["mid", "lower", "upper"]))
-        x, y = _zone_point(rng, a, side, zone, 0.07)
-        n = int(rng.integers(5, 9))
-        blobs = [[x + _u(rng, -0.06, 0.06), y + _u(rng, -0.06, 0.06), _u(rng, 0.012, 0.022)] for _ in range(n)]
-        f.update(blobs=blobs, density=0.16 * s, location=f"{_side_word(side)} {zone} zone")
-        f["box"] = _box(min(b[0] for b in blobs) - 0.04, min(b[1] for b in blobs) - 0.04,
-                        max(b[0] for b in blobs) + 0.04, max(b[1] for b in blobs) + 0.04)
-    elif label in ("Mass", "Nodule"):
-        zone = str(rng.choice(["upper", "mid", "lower"]))
-        r = _u(rng, 0.055, 0.075) * s if label == "Mass" else _u(rng, 0.02, 0.027)  # a nodule stays visible at 96 px
-        x, y = _zone_point(rng, a, side, zone, r + 0.01)
-        f.update(x=x, y=y, r=r, lobes=_u(rng, 0.0, 0.12) if label == "Mass" else 0.0, phase=_u(rng, 0, 6.3),
-                 density=(0.34 if label == "Mass" else 0.42) * s, location=f"{_side_word(side)} {zone} zone",
-                 mm=int(round(r * 2 * 350)))  # a 35 cm wide film
-        f["box"] = _box(x - r * 1.2, y - r * 1.2, x + r * 1.2, y + r * 1.2)
-    elif label == "Pneumonia":
-        zone = str(rng.choice(["lower", "mid"]))
-        x, y = _zone_point(rng, a, side, zone, 0.07)
-        blobs = [[x + _u(rng, -0.035, 0.035), y + _u(rng, -0.035, 0.035), _u(rng, 0.03, 0.045)] for _ in range(4)]
-        f.update(blobs=blobs, density=0.30 * s, location=f"{_side_word(side)} {zone} zone")
-        f["box"] = _box(x - 0.1, y - 0.1, x + 0.1, y + 0.1)
-    elif label == "Consolidation":
-        zone = str(rng.choice(["upper", "lower"]))
-        g = lung_geometry(a, side)
-        h = g["base"] - g["top"]
-        fissure = g["top"] + h * _u(rng, 0.42, 0.55)
-        y0, y1 = (g["top"] + 0.03, fissure) if zone == "upper" else (fissure, g["base"] - 0.02)
-        if side > 0 and zone == "lower":
-            y1 = min(y1, a["dia"] - a["heart_up"] - a["heart_h"] * 0.6)
-            y1 = max(y1, y0 + 0.08)
-        xc = g["lcx"] + side * g["lhw"] * _u(rng, 0.0, 0.25)
-        hw = g["lhw"] * _u(rng, 0.5, 0.7) * s
-        f.update(zone=zone, x=xc, hw=hw, y0=y0, y1=y1, density=0.36 * s, seedb=int(rng.integers(2**31)),
-                 location=f"{_side_word(side)} {zone} lobe")
-        f["box"] = _box(xc - hw - 0.01, y0 - 0.01, xc + hw + 0.01, y1 + 0.01)
-    elif label == "Pneumothorax":
-        g = lung_geometry(a, side)
-        f.update(rim=_u(rng, 0.035, 0.05) * s * s, location=f"{_side_word(side)} apex")
-        h = g["base"] - g["top"]
-        f["box"] = _box(g["x0"] - 0.01, g["top"] - 0.01, g["x1"] + 0.01, g["top"] + h * 0.7)
-    elif label == "Edema":
-        gl, gr = lung_geometry(a, -1), lung_geometry(a, 1)
-        f.update(side=0, density=0.22 * s, lines=int(rng.integers(4, 7)), location="bilateral perihilar",
-                 seedb=int(rng.integers(2**31)))
-        f["box"] = _box(gl["x0"], a["top"] + 0.15, gr["x1"], a["dia"])
-    elif label == "Emphysema":
-        gl, gr = lung_geometry(a, -1), lung_geometry(a, 1)
-        bullae = []
-        for _ in range(int(rng.integers(1, 4))):
-            sd = int(rng.choice([-1, 1]))
-            bx, by = _zone_point(rng, a, sd, "upper", 0.05)
-            bullae.append([bx, by, _u(rng, 0.025, 0.04)])
-        f.update(side=0, drop=_u(rng, 0.035, 0.055) * s, lucency=0.22 * s, bullae=bullae, location="both lungs")
-        f["box"] = _box(gl["x0"] - 0.01, a["top"] - 0.01, gr["x1"] + 0.01, a["dia"] + f["drop"] + 0.02)
-    elif label == "Fibrosis":
-        bilateral = bool(rng.random() < 0.5)
-        f.update(side=0 if bilateral else side, density=0.17 * s, seedb=int(rng.integers(2**31)),
-                 location="bilateral lower zones" if bilateral else f"{_side_word(side)} lower zone")
-        gl, gr = lung_geometry(a, -1), lung_geometry(a, 1)
-        x0 = gl["x0"] if (bilateral or side < 0) else gr["x0"]
-        x1 = gr["x1"] if (bilateral or side > 0) else gl["x1"]
-        f["box"] = _box(x0 - 0.01, a["top"] + (a["dia"] - a["top"]) * 0.45, x1 + 0.01, a["dia"])
-    elif label == "Pleural thickening":
-        g = lung_geometry(a, side)
-        apical = bool(rng.random() < 0.4)
-        f.update(apical=apical, thick=_u(rng, 0.02, 0.03) * s, density=0.36 * s,
-                 location=f"{_side_word(side)} apex" if apical else f"{_side_word(side)} lateral chest wall")
-        h = g["base"] - g["top"]
-        if apical:
-            f["box"] = _box(g["x0"] - 0.01, g["top"] - 0.02, g["x1"] + 0.01, g["top"] + h * 0.3)
-        else:
-            f.update(y0=g["top"] + h * _u(rng, 0.25, 0.35), y1=g["top"] + h * _u(rng, 0.7, 0.85))
-            xl = g["lcx"] + side * g["lhw"]
-            f["box"] = _box(min(xl, g["lcx"] + side * g["lhw"] * 0.45) - 0.02, f["y0"] - 0.02,
-                            max(xl, g["lcx"] + side * g["lhw"] * 0.45) + 0.02, f["y1"] + 0.02)
-    elif label == "Hernia":
-        r = _u(rng, 0.045, 0.06) * s
-        x = a["cx"] + _u(rng, -0.01, 0.03)
-        y = a["dia"] - a["heart_up"] + _u(rng, -0.02, 0.01)
-        f.update(side=0, x=x, y=y, r=r, level=_u(rng, -0.25, 0.15), location="retrocardiac region")
-        f["box"] = _box(x - r * 1.2, y - r * 1.2, x + r * 1.2, y + r * 1.2)
-    else:
-        raise ValueError(label)
+    FINDINGS[label].sample(rng, a, f, s, side)
     return f
 
 
@@ -238,10 +149,6 @@ def sample_case(rng: np.random.Generator) -> dict:
                     p[i] *= 3
             labels.append(CLASSES[int(rng.choice(len(CLASSES), p=p / p.sum()))])
     findings = [sample_finding(rng, a, l) for l in sorted(labels, key=CLASSES.index)]
-    for f in findings:
-        if f["label"] == "Cardiomegaly":
-            h = _heart(a, findings)
-            f["box"] = _box(h["cx"] - h["hw"] - 0.01, h["cy"] - h["hh"] - 0.01, h["cx"] + h["hw"] + 0.01, h["cy"] + h["hh"] + 0.01)
     return dict(anatomy=a, findings=findings)
 
 
@@ -319,105 +226,14 @@ def render(case: dict, size: int) -> np.ndarray:
         gx, gy = a["cx"] + 0.17, a["dia"] + drop + 0.045
         D -= 0.18 * _soft(1 - ((X - gx) / 0.05) ** 2 - ((Y - gy) / 0.028) ** 2, 0.1)
 
-    # findings
+    # findings: each drawn by its entry in FINDINGS, into D and mark_mult in place
+    canvas = SimpleNamespace(X=X, Y=Y, px=px, size=size, a=a, lungs=lungs, lung=lung, qs=qs, geos=geos, air=air,
+                             D=D, mark_mult=mark_mult)
     for j, f in enumerate(fs):
-        L, s = f["label"], f.get("side", 0)
-        frng = np.random.default_rng([a["seed"], j + 1])  # a finding's texture leaves the image's noise alone
-        if L == "Atelectasis":
-            ca, sa = math.cos(f["angle"]), math.sin(f["angle"])
-            along = (X - f["x"]) * ca + (Y - f["y"]) * sa
-            across = -(X - f["x"]) * sa + (Y - f["y"]) * ca
-            band = _soft(f["length"] / 2 - np.abs(along), 2 * px) * _soft(f["thick"] / 2 - np.abs(across), px)
-            haze = np.exp(-(along ** 2 / (f["length"] / 2) ** 2 + (across - 0.02) ** 2 / 0.025 ** 2))
-            D += (f["density"] * band + 0.08 * haze) * lungs[s]
-        elif L == "Effusion":
-            g = geos[s]
-            t = np.clip(s * (X - g["lcx"]) / g["lhw"], -1, 1)  # -1 medial .. 1 lateral
-            level = g["base"] - f["height"] * (0.55 + 0.45 * (t + 1) / 2) ** 1.5 * 1.4
-            fluid = _soft(Y - level, 0.008) * _soft(1.15 - qs[s], 0.05) * _soft(g["base"] + 0.02 - Y, 0.01)
-            D += (air * 0.95 + 0.04) * fluid * np.maximum(lungs[s], _soft(Y - level, 0.01) * 0.7)
-            mark_mult *= 1 - fluid
-        elif L in ("Infiltration", "Pneumonia"):
-            cloud = np.zeros_like(X)
-            for bx, by, r in f["blobs"]:
-                cloud += np.exp(-((X - bx) ** 2 + (Y - by) ** 2) / (2 * r * r))
-            if L == "Infiltration":
-                tex = gaussian_filter(frng.standard_normal((size, size)).astype(np.float32), 1.2 * size / 256)
-                tex = 0.55 + 0.45 * np.clip(tex / (tex.std() + 1e-6), -1, 1)
-                D += f["density"] * np.clip(cloud, 0, 1.3) * tex * lung
-            else:
-                tex = gaussian_filter(frng.standard_normal((size, size)).astype(np.float32), 2.5 * size / 256)
-                tex = 0.8 + 0.2 * np.clip(tex / (tex.std() + 1e-6), -1, 1)
-                D += f["density"] * (1 - np.exp(-2.0 * cloud)) * tex * lung
-        elif L in ("Mass", "Nodule"):
-            ang = np.arctan2(Y - f["y"], X - f["x"])
-            r = f["r"] * (1 + f["lobes"] * np.sin(3 * ang + f["phase"]))
-            dist = np.sqrt((X - f["x"]) ** 2 + (Y - f["y"]) ** 2)
-            dome_ = np.sqrt(np.clip(1 - (dist / r) ** 2, 0, 1))
-            D += f["density"] * _soft(r - dist, px) * (0.6 + 0.4 * dome_)
-        elif L == "Consolidation":
-            sharp = (_soft(Y - f["y0"], px) if f["zone"] == "lower" else _soft(f["y1"] - Y, px))  # the fissure
-            other = (_soft(f["y1"] - Y, 0.02) if f["zone"] == "lower" else _soft(Y - f["y0"], 0.02))
-            region = sharp * other * _soft(f["hw"] - np.abs(X - f["x"]), 0.015) * lungs[s]
-            # air bronchograms: dark branching tubes inside the opacity
-            rb = np.random.default_rng(f["seedb"])
-            bron = np.zeros_like(X)
-            hx, hy = a["cx"] + s * 0.07, (f["y0"] + f["y1"]) / 2
-            for _ in range(4):
-                ang = rb.uniform(-0.7, 0.7) + (0 if s > 0 else math.pi)
-                ca, sa = math.cos(ang), math.sin(ang)
-                along = (X - hx) * ca + (Y - hy) * sa
-                across = -(X - hx) * sa + (Y - hy) * ca
-                bron = np.maximum(bron, _soft(0.005 - np.abs(across), px) * _soft(along, px))
-            D += f["density"] * region * (1 - 0.45 * bron)
-            mark_mult *= 1 - region
-        elif L == "Pneumothorax":
-            g = geos[s]
-            inner = (1 - f["rim"] / g["lhw"]) ** 2.5
-            rim = _soft(qs[s] - inner, 0.01) * lungs[s] * _soft(g["top"] + g["h"] * 0.7 - Y, 0.03)
-            pleura = np.exp(-((qs[s] - inner) / 0.03) ** 2) * lungs[s] * _soft(g["top"] + g["h"] * 0.68 - Y, 0.03)
-            D += -0.08 * rim + 0.10 * pleura * (1 - rim)
-            mark_mult *= 1 - rim
-        elif L == "Edema":
-            bat = sum(np.exp(-((X - (a["cx"] + sd * 0.11)) ** 2 / (2 * 0.06 ** 2) + (Y - 0.5) ** 2 / (2 * 0.1 ** 2))) for sd in (-1, 1))
-            kerley = np.zeros_like(X)
-            rb = np.random.default_rng(f["seedb"])
-            for sd in (-1, 1):
-                g = geos[sd]
-                for _ in range(f["lines"]):
-                    ky = g["base"] - rb.uniform(0.04, 0.14)
-                    kx = g["lcx"] + sd * g["lhw"] * rb.uniform(0.55, 0.8)
-                    kerley += _soft(0.004 - np.abs(Y - ky), px) * _soft(0.03 - np.abs(X - kx), px)
-            D += (f["density"] * bat + 0.12 * np.clip(kerley, 0, 1)) * lung
-        elif L == "Emphysema":
-            for bx, by, r in f["bullae"]:
-                dist = np.sqrt((X - bx) ** 2 + (Y - by) ** 2)
-                D += (-0.08 * _soft(r - dist, px) + 0.06 * np.exp(-((dist - r) / (1.5 * px)) ** 2)) * lung
-                mark_mult *= 1 - _soft(r - dist, px)
-        elif L == "Fibrosis":
-            rb = np.random.default_rng(f["seedb"])
-            nz = rb.standard_normal((size, size)).astype(np.float32)
-            bp = gaussian_filter(nz, 1.5 * size / 256) - gaussian_filter(nz, 4.0 * size / 256)
-            net = np.exp(-(bp / (0.3 * bp.std() + 1e-6)) ** 2)  # zero crossings: a reticular network
-            lower = _soft(Y - (a["top"] + (a["dia"] - a["top"]) * 0.5), 0.04)
-            where = lung if s == 0 else lungs[s]
-            D += f["density"] * net * lower * where + 0.04 * lower * where
-        elif L == "Pleural thickening":
-            g = geos[s]
-            inner = (1 - f["thick"] / g["lhw"]) ** 2.5
-            band = _soft(qs[s] - inner, 0.02) * lungs[s]
-            if f["apical"]:
-                band *= _soft(g["top"] + g["h"] * 0.22 - Y, 0.01)
-            else:
-                band *= _soft(Y - f["y0"], 0.01) * _soft(f["y1"] - Y, 0.01) * _soft(s * (X - g["lcx"]), 0.01)
-            D += f["density"] * band
-            mark_mult *= 1 - band
-        elif L == "Hernia":
-            dist = np.sqrt((X - f["x"]) ** 2 + (Y - f["y"]) ** 2)
-            inside = _soft(f["r"] - dist, px)
-            gas = inside * _soft(f["y"] + f["level"] * f["r"] - Y, px)
-            wall = np.exp(-((dist - f["r"]) / (1.5 * px)) ** 2)
-            D += 0.08 * inside - 0.30 * gas + 0.10 * wall
+        draw = FINDINGS[f["label"]].draw
+        if draw:
+            frng = np.random.default_rng([a["seed"], j + 1])  # a finding's texture leaves the image's noise alone
+            draw(f, f.get("side", 0), canvas, frng)
 
     D += mark_amp * mark * lung * mark_mult * (1 - heartm)
     # exposure and detector: contrast, brightness, gamma, noise
@@ -425,6 +241,306 @@ def render(case: dict, size: int) -> np.ndarray:
     D = np.clip(D, 0, 1) ** a["gamma"]
     D += a["noise"] * rng.standard_normal((size, size)).astype(np.float32)
     return (np.clip(D, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# the findings: for each, how it is sampled (sample: geometry, box and location into f, from the case's
+# stream) and how it is drawn (draw: densities added to canvas.D, lung markings removed through
+# canvas.mark_mult, its textures from its own stream frng). s is the severity's scale when sampled and
+# the finding's side (-1, 0 or 1) when drawn.
+
+def _sample_atelectasis(rng, a: dict, f: dict, s: float, side: int) -> None:
+    x, y = _zone_point(rng, a, side, "lower", 0.07)
+    f.update(x=x, y=y, length=_u(rng, 0.10, 0.15) * s, thick=_u(rng, 0.014, 0.02) * s,
+             angle=_u(rng, -0.35, 0.35), density=0.30 * s, location=f"{_side_word(side)} lower zone")
+    r = f["length"] / 2 + 0.03
+    f["box"] = _box(x - r, y - r * 0.6, x + r, y + r * 0.6)
+
+
+def _draw_atelectasis(f: dict, s: int, c: SimpleNamespace, frng) -> None:
+    X, Y, px, D = c.X, c.Y, c.px, c.D
+    ca, sa = math.cos(f["angle"]), math.sin(f["angle"])
+    along = (X - f["x"]) * ca + (Y - f["y"]) * sa
+    across = -(X - f["x"]) * sa + (Y - f["y"]) * ca
+    band = _soft(f["length"] / 2 - np.abs(along), 2 * px) * _soft(f["thick"] / 2 - np.abs(across), px)
+    haze = np.exp(-(along ** 2 / (f["length"] / 2) ** 2 + (across - 0.02) ** 2 / 0.025 ** 2))
+    D += (f["density"] * band + 0.08 * haze) * c.lungs[s]
+
+
+def _sample_cardiomegaly(rng, a: dict, f: dict, s: float, side: int) -> None:
+    # drawn as the heart itself (_heart reads ctr), so it has no draw of its own
+    f.update(ctr={"mild": _u(rng, 0.55, 0.58), "moderate": _u(rng, 0.58, 0.62), "severe": _u(rng, 0.62, 0.67)}[f["severity"]],
+             side=0, location="cardiac silhouette")
+    h = _heart(a, [f])
+    f["box"] = _box(h["cx"] - h["hw"] - 0.01, h["cy"] - h["hh"] - 0.01, h["cx"] + h["hw"] + 0.01, h["cy"] + h["hh"] + 0.01)
+
+
+def _sample_effusion(rng, a: dict, f: dict, s: float, side: int) -> None:
+    g = lung_geometry(a, side)
+    f.update(height=_u(rng, 0.06, 0.10) * s * s, location=f"{_side_word(side)} costophrenic angle")
+    f["box"] = _box(g["x0"] - 0.01, g["base"] - f["height"] - 0.035, g["x1"] + 0.01, g["base"] + 0.02)
+
+
+def _draw_effusion(f: dict, s: int, c: SimpleNamespace, frng) -> None:
+    X, Y, D, mark_mult, qs = c.X, c.Y, c.D, c.mark_mult, c.qs
+    g = c.geos[s]
+    t = np.clip(s * (X - g["lcx"]) / g["lhw"], -1, 1)  # -1 medial .. 1 lateral
+    level = g["base"] - f["height"] * (0.55 + 0.45 * (t + 1) / 2) ** 1.5 * 1.4
+    fluid = _soft(Y - level, 0.008) * _soft(1.15 - qs[s], 0.05) * _soft(g["base"] + 0.02 - Y, 0.01)
+    D += (c.air * 0.95 + 0.04) * fluid * np.maximum(c.lungs[s], _soft(Y - level, 0.01) * 0.7)
+    mark_mult *= 1 - fluid
+
+
+def _sample_infiltration(rng, a: dict, f: dict, s: float, side: int) -> None:
+    zone = str(rng.choice(["mid", "lower", "upper"]))
+    x, y = _zone_point(rng, a, side, zone, 0.07)
+    n = int(rng.integers(5, 9))
+    blobs = [[x + _u(rng, -0.06, 0.06), y + _u(rng, -0.06, 0.06), _u(rng, 0.012, 0.022)] for _ in range(n)]
+    f.update(blobs=blobs, density=0.16 * s, location=f"{_side_word(side)} {zone} zone")
+    f["box"] = _box(min(b[0] for b in blobs) - 0.04, min(b[1] for b in blobs) - 0.04,
+                    max(b[0] for b in blobs) + 0.04, max(b[1] for b in blobs) + 0.04)
+
+
+def _cloud(f: dict, c: SimpleNamespace) -> np.ndarray:
+    """Infiltration and pneumonia: the sum of their gaussian blobs."""
+    X, Y = c.X, c.Y
+    cloud = np.zeros_like(X)
+    for bx, by, r in f["blobs"]:
+        cloud += np.exp(-((X - bx) ** 2 + (Y - by) ** 2) / (2 * r * r))
+    return cloud
+
+
+def _draw_infiltration(f: dict, s: int, c: SimpleNamespace, frng) -> None:
+    cloud, size, D = _cloud(f, c), c.size, c.D
+    tex = gaussian_filter(frng.standard_normal((size, size)).astype(np.float32), 1.2 * size / 256)
+    tex = 0.55 + 0.45 * np.clip(tex / (tex.std() + 1e-6), -1, 1)
+    D += f["density"] * np.clip(cloud, 0, 1.3) * tex * c.lung
+
+
+def _sample_round(rng, a: dict, f: dict, side: int, radius: Callable, lobes: Callable, density: float) -> None:
+    """Mass and nodule: a round opacity of radius(rng) in a zone, lobulated by lobes(rng)."""
+    zone = str(rng.choice(["upper", "mid", "lower"]))
+    r = radius(rng)
+    x, y = _zone_point(rng, a, side, zone, r + 0.01)
+    f.update(x=x, y=y, r=r, lobes=lobes(rng), phase=_u(rng, 0, 6.3), density=density,
+             location=f"{_side_word(side)} {zone} zone", mm=int(round(r * 2 * 350)))  # a 35 cm wide film
+    f["box"] = _box(x - r * 1.2, y - r * 1.2, x + r * 1.2, y + r * 1.2)
+
+
+def _sample_mass(rng, a: dict, f: dict, s: float, side: int) -> None:
+    _sample_round(rng, a, f, side, lambda rng: _u(rng, 0.055, 0.075) * s, lambda rng: _u(rng, 0.0, 0.12), 0.34 * s)
+
+
+def _sample_nodule(rng, a: dict, f: dict, s: float, side: int) -> None:
+    # its size does not grow with severity: a nodule stays visible at 96 px
+    _sample_round(rng, a, f, side, lambda rng: _u(rng, 0.02, 0.027), lambda rng: 0.0, 0.42 * s)
+
+
+def _draw_round(f: dict, s: int, c: SimpleNamespace, frng) -> None:
+    X, Y, D = c.X, c.Y, c.D
+    ang = np.arctan2(Y - f["y"], X - f["x"])
+    r = f["r"] * (1 + f["lobes"] * np.sin(3 * ang + f["phase"]))
+    dist = np.sqrt((X - f["x"]) ** 2 + (Y - f["y"]) ** 2)
+    dome_ = np.sqrt(np.clip(1 - (dist / r) ** 2, 0, 1))
+    D += f["density"] * _soft(r - dist, c.px) * (0.6 + 0.4 * dome_)
+
+
+def _sample_pneumonia(rng, a: dict, f: dict, s: float, side: int) -> None:
+    zone = str(rng.choice(["lower", "mid"]))
+    x, y = _zone_point(rng, a, side, zone, 0.07)
+    blobs = [[x + _u(rng, -0.035, 0.035), y + _u(rng, -0.035, 0.035), _u(rng, 0.03, 0.045)] for _ in range(4)]
+    f.update(blobs=blobs, density=0.30 * s, location=f"{_side_word(side)} {zone} zone")
+    f["box"] = _box(x - 0.1, y - 0.1, x + 0.1, y + 0.1)
+
+
+def _draw_pneumonia(f: dict, s: int, c: SimpleNamespace, frng) -> None:
+    cloud, size, D = _cloud(f, c), c.size, c.D
+    tex = gaussian_filter(frng.standard_normal((size, size)).astype(np.float32), 2.5 * size / 256)
+    tex = 0.8 + 0.2 * np.clip(tex / (tex.std() + 1e-6), -1, 1)
+    D += f["density"] * (1 - np.exp(-2.0 * cloud)) * tex * c.lung
+
+
+def _sample_consolidation(rng, a: dict, f: dict, s: float, side: int) -> None:
+    zone = str(rng.choice(["upper", "lower"]))
+    g = lung_geometry(a, side)
+    h = g["base"] - g["top"]
+    fissure = g["top"] + h * _u(rng, 0.42, 0.55)
+    y0, y1 = (g["top"] + 0.03, fissure) if zone == "upper" else (fissure, g["base"] - 0.02)
+    if side > 0 and zone == "lower":
+        y1 = min(y1, a["dia"] - a["heart_up"] - a["heart_h"] * 0.6)
+        y1 = max(y1, y0 + 0.08)
+    xc = g["lcx"] + side * g["lhw"] * _u(rng, 0.0, 0.25)
+    hw = g["lhw"] * _u(rng, 0.5, 0.7) * s
+    f.update(zone=zone, x=xc, hw=hw, y0=y0, y1=y1, density=0.36 * s, seedb=int(rng.integers(2**31)),
+             location=f"{_side_word(side)} {zone} lobe")
+    f["box"] = _box(xc - hw - 0.01, y0 - 0.01, xc + hw + 0.01, y1 + 0.01)
+
+
+def _draw_consolidation(f: dict, s: int, c: SimpleNamespace, frng) -> None:
+    X, Y, px, a, D, mark_mult = c.X, c.Y, c.px, c.a, c.D, c.mark_mult
+    sharp = (_soft(Y - f["y0"], px) if f["zone"] == "lower" else _soft(f["y1"] - Y, px))  # the fissure
+    other = (_soft(f["y1"] - Y, 0.02) if f["zone"] == "lower" else _soft(Y - f["y0"], 0.02))
+    region = sharp * other * _soft(f["hw"] - np.abs(X - f["x"]), 0.015) * c.lungs[s]
+    # air bronchograms: dark branching tubes inside the opacity
+    rb = np.random.default_rng(f["seedb"])
+    bron = np.zeros_like(X)
+    hx, hy = a["cx"] + s * 0.07, (f["y0"] + f["y1"]) / 2
+    for _ in range(4):
+        ang = rb.uniform(-0.7, 0.7) + (0 if s > 0 else math.pi)
+        ca, sa = math.cos(ang), math.sin(ang)
+        along = (X - hx) * ca + (Y - hy) * sa
+        across = -(X - hx) * sa + (Y - hy) * ca
+        bron = np.maximum(bron, _soft(0.005 - np.abs(across), px) * _soft(along, px))
+    D += f["density"] * region * (1 - 0.45 * bron)
+    mark_mult *= 1 - region
+
+
+def _sample_pneumothorax(rng, a: dict, f: dict, s: float, side: int) -> None:
+    g = lung_geometry(a, side)
+    f.update(rim=_u(rng, 0.035, 0.05) * s * s, location=f"{_side_word(side)} apex")
+    h = g["base"] - g["top"]
+    f["box"] = _box(g["x0"] - 0.01, g["top"] - 0.01, g["x1"] + 0.01, g["top"] + h * 0.7)
+
+
+def _draw_pneumothorax(f: dict, s: int, c: SimpleNamespace, frng) -> None:
+    Y, D, mark_mult, qs, lungs = c.Y, c.D, c.mark_mult, c.qs, c.lungs
+    g = c.geos[s]
+    inner = (1 - f["rim"] / g["lhw"]) ** 2.5
+    rim = _soft(qs[s] - inner, 0.01) * lungs[s] * _soft(g["top"] + g["h"] * 0.7 - Y, 0.03)
+    pleura = np.exp(-((qs[s] - inner) / 0.03) ** 2) * lungs[s] * _soft(g["top"] + g["h"] * 0.68 - Y, 0.03)
+    D += -0.08 * rim + 0.10 * pleura * (1 - rim)
+    mark_mult *= 1 - rim
+
+
+def _sample_edema(rng, a: dict, f: dict, s: float, side: int) -> None:
+    gl, gr = lung_geometry(a, -1), lung_geometry(a, 1)
+    f.update(side=0, density=0.22 * s, lines=int(rng.integers(4, 7)), location="bilateral perihilar",
+             seedb=int(rng.integers(2**31)))
+    f["box"] = _box(gl["x0"], a["top"] + 0.15, gr["x1"], a["dia"])
+
+
+def _draw_edema(f: dict, s: int, c: SimpleNamespace, frng) -> None:
+    X, Y, px, a, D = c.X, c.Y, c.px, c.a, c.D
+    bat = sum(np.exp(-((X - (a["cx"] + sd * 0.11)) ** 2 / (2 * 0.06 ** 2) + (Y - 0.5) ** 2 / (2 * 0.1 ** 2))) for sd in (-1, 1))
+    kerley = np.zeros_like(X)
+    rb = np.random.default_rng(f["seedb"])
+    for sd in (-1, 1):
+        g = c.geos[sd]
+        for _ in range(f["lines"]):
+            ky = g["base"] - rb.uniform(0.04, 0.14)
+            kx = g["lcx"] + sd * g["lhw"] * rb.uniform(0.55, 0.8)
+            kerley += _soft(0.004 - np.abs(Y - ky), px) * _soft(0.03 - np.abs(X - kx), px)
+    D += (f["density"] * bat + 0.12 * np.clip(kerley, 0, 1)) * c.lung
+
+
+def _sample_emphysema(rng, a: dict, f: dict, s: float, side: int) -> None:
+    # besides its bullae, render() lowers and flattens the diaphragm (drop), darkens the lungs (lucency)
+    # and thins their markings
+    gl, gr = lung_geometry(a, -1), lung_geometry(a, 1)
+    bullae = []
+    for _ in range(int(rng.integers(1, 4))):
+        sd = int(rng.choice([-1, 1]))
+        bx, by = _zone_point(rng, a, sd, "upper", 0.05)
+        bullae.append([bx, by, _u(rng, 0.025, 0.04)])
+    f.update(side=0, drop=_u(rng, 0.035, 0.055) * s, lucency=0.22 * s, bullae=bullae, location="both lungs")
+    f["box"] = _box(gl["x0"] - 0.01, a["top"] - 0.01, gr["x1"] + 0.01, a["dia"] + f["drop"] + 0.02)
+
+
+def _draw_emphysema(f: dict, s: int, c: SimpleNamespace, frng) -> None:
+    X, Y, px, D, mark_mult, lung = c.X, c.Y, c.px, c.D, c.mark_mult, c.lung
+    for bx, by, r in f["bullae"]:
+        dist = np.sqrt((X - bx) ** 2 + (Y - by) ** 2)
+        D += (-0.08 * _soft(r - dist, px) + 0.06 * np.exp(-((dist - r) / (1.5 * px)) ** 2)) * lung
+        mark_mult *= 1 - _soft(r - dist, px)
+
+
+def _sample_fibrosis(rng, a: dict, f: dict, s: float, side: int) -> None:
+    bilateral = bool(rng.random() < 0.5)
+    f.update(side=0 if bilateral else side, density=0.17 * s, seedb=int(rng.integers(2**31)),
+             location="bilateral lower zones" if bilateral else f"{_side_word(side)} lower zone")
+    gl, gr = lung_geometry(a, -1), lung_geometry(a, 1)
+    x0 = gl["x0"] if (bilateral or side < 0) else gr["x0"]
+    x1 = gr["x1"] if (bilateral or side > 0) else gl["x1"]
+    f["box"] = _box(x0 - 0.01, a["top"] + (a["dia"] - a["top"]) * 0.45, x1 + 0.01, a["dia"])
+
+
+def _draw_fibrosis(f: dict, s: int, c: SimpleNamespace, frng) -> None:
+    Y, size, a, D = c.Y, c.size, c.a, c.D
+    rb = np.random.default_rng(f["seedb"])
+    nz = rb.standard_normal((size, size)).astype(np.float32)
+    bp = gaussian_filter(nz, 1.5 * size / 256) - gaussian_filter(nz, 4.0 * size / 256)
+    net = np.exp(-(bp / (0.3 * bp.std() + 1e-6)) ** 2)  # zero crossings: a reticular network
+    lower = _soft(Y - (a["top"] + (a["dia"] - a["top"]) * 0.5), 0.04)
+    where = c.lung if s == 0 else c.lungs[s]
+    D += f["density"] * net * lower * where + 0.04 * lower * where
+
+
+def _sample_pleural_thickening(rng, a: dict, f: dict, s: float, side: int) -> None:
+    g = lung_geometry(a, side)
+    apical = bool(rng.random() < 0.4)
+    f.update(apical=apical, thick=_u(rng, 0.02, 0.03) * s, density=0.36 * s,
+             location=f"{_side_word(side)} apex" if apical else f"{_side_word(side)} lateral chest wall")
+    h = g["base"] - g["top"]
+    if apical:
+        f["box"] = _box(g["x0"] - 0.01, g["top"] - 0.02, g["x1"] + 0.01, g["top"] + h * 0.3)
+    else:
+        f.update(y0=g["top"] + h * _u(rng, 0.25, 0.35), y1=g["top"] + h * _u(rng, 0.7, 0.85))
+        xl = g["lcx"] + side * g["lhw"]
+        f["box"] = _box(min(xl, g["lcx"] + side * g["lhw"] * 0.45) - 0.02, f["y0"] - 0.02,
+                        max(xl, g["lcx"] + side * g["lhw"] * 0.45) + 0.02, f["y1"] + 0.02)
+
+
+def _draw_pleural_thickening(f: dict, s: int, c: SimpleNamespace, frng) -> None:
+    X, Y, D, mark_mult, qs, lungs = c.X, c.Y, c.D, c.mark_mult, c.qs, c.lungs
+    g = c.geos[s]
+    inner = (1 - f["thick"] / g["lhw"]) ** 2.5
+    band = _soft(qs[s] - inner, 0.02) * lungs[s]
+    if f["apical"]:
+        band *= _soft(g["top"] + g["h"] * 0.22 - Y, 0.01)
+    else:
+        band *= _soft(Y - f["y0"], 0.01) * _soft(f["y1"] - Y, 0.01) * _soft(s * (X - g["lcx"]), 0.01)
+    D += f["density"] * band
+    mark_mult *= 1 - band
+
+
+def _sample_hernia(rng, a: dict, f: dict, s: float, side: int) -> None:
+    r = _u(rng, 0.045, 0.06) * s
+    x = a["cx"] + _u(rng, -0.01, 0.03)
+    y = a["dia"] - a["heart_up"] + _u(rng, -0.02, 0.01)
+    f.update(side=0, x=x, y=y, r=r, level=_u(rng, -0.25, 0.15), location="retrocardiac region")
+    f["box"] = _box(x - r * 1.2, y - r * 1.2, x + r * 1.2, y + r * 1.2)
+
+
+def _draw_hernia(f: dict, s: int, c: SimpleNamespace, frng) -> None:
+    X, Y, px, D = c.X, c.Y, c.px, c.D
+    dist = np.sqrt((X - f["x"]) ** 2 + (Y - f["y"]) ** 2)
+    inside = _soft(f["r"] - dist, px)
+    gas = inside * _soft(f["y"] + f["level"] * f["r"] - Y, px)
+    wall = np.exp(-((dist - f["r"]) / (1.5 * px)) ** 2)
+    D += 0.08 * inside - 0.30 * gas + 0.10 * wall
+
+
+class Finding(NamedTuple):
+    sample: Callable  # (rng, anatomy, f, severity scale, side): fills in f
+    draw: Callable | None  # (f, side, canvas, frng): adds to canvas.D and canvas.mark_mult in place
+
+
+FINDINGS = {
+    "Atelectasis": Finding(_sample_atelectasis, _draw_atelectasis),
+    "Cardiomegaly": Finding(_sample_cardiomegaly, None),
+    "Effusion": Finding(_sample_effusion, _draw_effusion),
+    "Infiltration": Finding(_sample_infiltration, _draw_infiltration),
+    "Mass": Finding(_sample_mass, _draw_round),
+    "Nodule": Finding(_sample_nodule, _draw_round),
+    "Pneumonia": Finding(_sample_pneumonia, _draw_pneumonia),
+    "Pneumothorax": Finding(_sample_pneumothorax, _draw_pneumothorax),
+    "Consolidation": Finding(_sample_consolidation, _draw_consolidation),
+    "Edema": Finding(_sample_edema, _draw_edema),
+    "Emphysema": Finding(_sample_emphysema, _draw_emphysema),
+    "Fibrosis": Finding(_sample_fibrosis, _draw_fibrosis),
+    "Pleural thickening": Finding(_sample_pleural_thickening, _draw_pleural_thickening),
+    "Hernia": Finding(_sample_hernia, _draw_hernia),
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -584,9 +700,6 @@ if __name__ == "__main__":
         a = sample_anatomy(rng)
         f = sample_finding(rng, a, label)
         case = dict(anatomy=a, findings=[f])
-        if label == "Cardiomegaly":
-            h = _heart(a, [f])
-            f["box"] = _box(h["cx"] - h["hw"], h["cy"] - h["hh"], h["cx"] + h["hw"], h["cy"] + h["hh"])
         im = Image.fromarray(render(case, size)).convert("RGB")
         from PIL import ImageDraw
         d = ImageDraw.Draw(im)

@@ -17,8 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.target import channels_last_modules, head_name, tap
 from core.errors import PipelineError
+from models.layers import channels_last_modules, tap
+from models.target import head_name
 
 # Overlay colours of the 1st, 2nd, ... top neuron; red is kept for the overall map.
 NEURON_COLOURS = [(0, 229, 255), (118, 255, 3), (255, 234, 0), (213, 0, 249), (41, 121, 255), (255, 145, 0)]

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from dataset.nih import ProbeSet, model_input_args
-from models.target import taps
+from models.layers import taps
 from pipeline.ranks import world
 
 

@@ -17,7 +17,7 @@ import torchxrayvision as xrv
 from PIL import Image
 
 from conftest import REPO, make_probe_set, run_script
-from models.target import reduce_output, taps, token_layout
+from models.layers import reduce_output, taps, token_layout
 from pipeline.cache import load_tensors
 from test_pipeline import TINY_CLIP
 from test_probe_sets import REAL_DICOM, REAL_JPEG, write_dicom

@@ -1,10 +1,14 @@
 """gallery.py: the page built from real stage 2-3 outputs (fc and penultimate, a tiny open_clip VLM) and
 from a synthetic 2,048-neuron run in the stages' formats; checked by parsing the HTML, then in a real
 browser (headless Chromium through selenium): search, filters, a neuron's view, load time."""
+import ast
 import csv
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,12 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_script
+from conftest import REPO, run_script
 from dataset.nih import class_names
 from method import select_concepts, select_examples
 from test_pipeline import TINY_CLIP, stage2, stage3
 
 HOSTILE = "<img src=x onerror=alert(1)>"
+PAGE_FILES = ("gallery.html", "gallery.css", "gallery.js")  # the page's source, beside gallery.py
 WORDS = ["effusion", "mass", "nodule", "pneumothorax", "edema", "heart", "lung", "rib", "spine", "clavicle",
          "diaphragm", "opacity", "catheter", "tube", "fracture", "hernia", "fibrosis", "emphysema", "line"]
 
@@ -223,6 +228,11 @@ def test_synthetic_2048_and_panels(synthetic):
     assert sum(len(n["p"]) for n in data["neurons"]) == 1
     assert "1 panels linked" in log
     assert (res / "gallery" / "index.html").stat().st_size < 4_000_000
+    # The stylesheet and the script are written into the page verbatim: one file, nothing to fetch.
+    text, page, _ = page_data(res / "gallery" / "index.html")
+    assert page.scripts["code"] == "\n" + (REPO / "gallery.js").read_text()
+    assert "<style>\n" + (REPO / "gallery.css").read_text() + "</style>" in text
+    assert [t for t, _ in page.tags if t == "link"] == [] and not re.search(r"__[A-Z]+__", text)  # no placeholder left
 
 
 def test_thumbnails_reused_and_renewed(tmp_path):
@@ -281,6 +291,47 @@ def test_bad_inputs_fail_with_one_line(tmp_path):
     concepts.write_text("{not json")
     proc = run_script("gallery.py", "--save_root", str(res))
     assert proc.returncode == 2 and str(concepts) in proc.stderr and "concept_matching.py" in proc.stderr
+
+
+# ---- the page's source -------------------------------------------------------------------------
+def test_the_page_is_static_files_not_python_strings():
+    """gallery.py holds no markup, style or script: the page is gallery.html, .css and .js, which editors
+    and linters read; and inlined, the style and the script cannot end their element early."""
+    tree = ast.parse((REPO / "gallery.py").read_text())
+    strings = [n.value.lower() for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    for tag in ("<html", "<head", "<body", "<style", "<script", "<div", "<svg"):
+        assert not [s for s in strings if tag in s], tag
+    css, js = ((REPO / name).read_text().lower() for name in PAGE_FILES[1:])
+    assert "</style" not in css and "</script" not in js and "<!--" not in js
+
+
+def test_a_changed_page_file_changes_the_page_key(tmp_path):
+    """The key index.html carries covers gallery.html, .css and .js, not only gallery.py: each of them
+    changes what the page is. Run from a copy of the repository in which each file gets one comment."""
+    res = write_synthetic(tmp_path / "in", n_neurons=8, n_images=12)
+    code = tmp_path / "code"
+    code.mkdir()
+    for p in REPO.iterdir():
+        if p.name in PAGE_FILES + ("gallery.py",):
+            shutil.copy(p, code / p.name)
+        elif p.name != ".git":
+            (code / p.name).symlink_to(p)
+
+    def build() -> tuple[str, str]:
+        proc = subprocess.run([sys.executable, str(code / "gallery.py"), "--save_root", str(res)], cwd=code,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, check=False)
+        ok(proc)
+        text, _, data = page_data(res / "gallery" / "index.html")
+        return text, data["key"]
+
+    keys = [build()[1]]
+    for name, comment in zip(PAGE_FILES, ("<!-- one more line -->", "/* one more line */", "// one more line")):
+        with open(code / name, "a") as f:
+            f.write(comment + "\n")
+        text, key = build()
+        assert comment in text  # the copy's page was the one written
+        assert key not in keys, f"{name} changed but the page key did not"
+        keys.append(key)
 
 
 # ---- a real browser ----------------------------------------------------------------------------

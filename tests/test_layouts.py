@@ -9,7 +9,8 @@ import torch
 import torchvision
 
 from conftest import make_probe_set, run_script
-from models.target import channels_last_modules, layer_table, load_target, target_identity, taps
+from models.layers import channels_last_modules, layer_table, taps
+from models.target import load_target, target_identity
 from pipeline.cli import PipelineError
 from pipeline.outputs import activations_key
 

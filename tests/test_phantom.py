@@ -80,9 +80,6 @@ def test_every_finding_changes_pixels_in_its_box():
         rng = np.random.default_rng([11, k])
         a = phantom.sample_anatomy(rng)
         f = phantom.sample_finding(rng, a, label)
-        if label == "Cardiomegaly":
-            h = phantom._heart(a, [f])
-            f["box"] = phantom._box(h["cx"] - h["hw"] - 0.01, h["cy"] - h["hh"] - 0.01, h["cx"] + h["hw"] + 0.01, h["cy"] + h["hh"] + 0.01)
         with_ = phantom.render(dict(anatomy=a, findings=[f]), size).astype(float)
         without = phantom.render(dict(anatomy=a, findings=[]), size).astype(float)
         d = np.abs(with_ - without)

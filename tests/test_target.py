@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.cli import PipelineError
-from models.target import build_target, load_target, tap
+from models.layers import tap
+from models.target import Spec, build_target, load_target, parse_model
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,29 @@ def test_pretraining_checkpoint_without_head(tmp_path, dense_sd, capsys):
     model, head = load_target("densenet121", tmp_path / "moco.pth", need_head=False)
     assert not head and "pretraining checkpoint" in capsys.readouterr().out
     assert torch.equal(model.features.conv0.weight, dense_sd["features.conv0.weight"])
+
+
+def test_medical_mae_keeps_its_14_outputs_where_torchvision_takes_the_checkpoints(tmp_path, dense_sd, capsys):
+    """The same DenseNet-121 weights with a 5-way head: as densenet121 (the medical_mae release) the
+    model keeps NIH's 14 outputs and names the head as not fitting; as torchvision:densenet121 the
+    checkpoint's head sets the outputs."""
+    five = {**dense_sd, "classifier.weight": torch.randn(5, 1024), "classifier.bias": torch.randn(5)}
+    torch.save(five, tmp_path / "five.pth")
+    with pytest.raises(PipelineError, match=r"a 5-way classifier .* does not fit the model's 14 outputs"):
+        load_target("densenet121", tmp_path / "five.pth", need_head=True)
+    model, head = load_target("densenet121", tmp_path / "five.pth", need_head=False)
+    assert not head and model.classifier.out_features == 14 and "5-way classifier" in capsys.readouterr().out
+    assert torch.equal(model.features.conv0.weight, dense_sd["features.conv0.weight"])
+    model, head = load_target("torchvision:densenet121", tmp_path / "five.pth", need_head=True)
+    assert head and model.classifier.out_features == 5
+    assert torch.equal(model.classifier.weight, five["classifier.weight"])
+
+
+def test_timm_names_with_a_pretrained_tag_are_models_too():
+    """timm.list_models() leaves out the tagged names (resnet18.a1_in1k) that timm.create_model takes."""
+    assert parse_model("timm:resnet18.a1_in1k") == Spec("timm", "resnet18.a1_in1k")
+    with pytest.raises(PipelineError, match="timm has no model 'resnet18x'"):
+        parse_model("timm:resnet18x")
 
 
 def test_layers_read_what_spec_says():

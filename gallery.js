@@ -1,0 +1,252 @@
+"use strict";
+const T0 = performance.now();
+const D = JSON.parse(document.getElementById("data").textContent);
+const CFG = JSON.parse(document.getElementById("settings").textContent);
+const CHUNK = 60;
+const $ = (id) => document.getElementById(id);
+const SVGNS = "http://www.w3.org/2000/svg";
+
+// Every node is built here; data only ever becomes text (textContent) or an attribute value.
+function el(tag, attrs, text, ns) {
+  const e = ns ? document.createElementNS(ns, tag) : document.createElement(tag);
+  for (const k in attrs || {}) e.setAttribute(k, attrs[k]);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  return e;
+}
+const sv = (tag, attrs, text) => el(tag, attrs, text, SVGNS);
+const fmt = (v) => (v === null || v === undefined) ? "–" : (Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(2) : +v.toPrecision(4) + "");
+const key = (n) => n.r + "-" + n.n;
+
+const N = D.neurons, RUNS = D.runs;
+const byKey = new Map();
+N.forEach((n, i) => {
+  n.i = i;
+  n.q = n.c.map((c) => c[0].toLowerCase());
+  n.top = n.b.length ? n.b[0][1] : (n.c.length ? n.c[0][1] : -Infinity);
+  if (n.s === "dead") n.top = -Infinity;
+  byKey.set(key(n), n);
+});
+
+$("title").textContent = D.title;
+document.title = D.title;
+const layers = [...new Set(RUNS.map((r) => r.layer))];
+layers.forEach((l) => $("layer").appendChild(el("option", {value: l}, l)));
+RUNS.forEach((r, i) => $("run").appendChild(el("option", {value: String(i)}, r.label || r.folder)));
+if (RUNS.length < 2) $("runbox").style.display = "none";
+if (!RUNS.some((r) => r.fc)) $("hitbox").style.display = "none";
+
+let shown = [], rendered = 0;
+const list = $("list");
+const more = el("div", {id: "more"});
+const observer = new IntersectionObserver((es) => { if (es.some((e) => e.isIntersecting)) fill(); }, {rootMargin: "800px"});
+
+function apply() {
+  const q = $("q").value.trim().toLowerCase(), st = $("status").value, ly = $("layer").value,
+        run = $("run").value, hs = $("hitsel").value, sort = $("sort").value;
+  const idq = /^#\d+$/.test(q) ? +q.slice(1) : null;
+  shown = N.filter((n) => (!st || n.s === st) && (!ly || RUNS[n.r].layer === ly) && (!run || n.r === +run)
+    && (!hs || (n.cls !== undefined && (hs === "hit") === n.hit))
+    && (!q || (idq !== null ? n.n === idq : n.q.some((c) => c.includes(q)))));
+  const by = {id: (a, b) => a.r - b.r || a.n - b.n, ex: (a, b) => b.e - a.e || a.i - b.i,
+              exa: (a, b) => a.e - b.e || a.i - b.i, top: (a, b) => b.top - a.top || a.i - b.i}[sort];
+  shown.sort(by);
+  list.textContent = "";
+  rendered = 0;
+  list.appendChild(more);
+  fill();
+  const c = {ok: 0, none: 0, dead: 0};
+  shown.forEach((n) => c[n.s]++);
+  $("count").textContent = `${shown.length} of ${N.length} neurons shown · ${c.ok} ok · ${c.none} none · ${c.dead} dead`;
+}
+
+function fill() {
+  // Render one chunk, and more while the list's end is still within reach of the viewport.
+  do {
+    const frag = document.createDocumentFragment();
+    const end = Math.min(rendered + CHUNK, shown.length);
+    for (; rendered < end; rendered++) frag.appendChild(card(shown[rendered]));
+    list.insertBefore(frag, more);
+  } while (rendered < shown.length && more.getBoundingClientRect().top < innerHeight + 800);
+  more.textContent = rendered < shown.length ? `showing ${rendered} of ${shown.length}; scroll for more` :
+    (shown.length ? "" : "no neuron matches");
+  observer.disconnect();
+  if (rendered < shown.length) observer.observe(more);
+}
+
+function statusBadge(s) { return el("span", {class: "badge s-" + s}, s); }
+
+function card(n) {
+  const run = RUNS[n.r];
+  const c = el("div", {class: "card", tabindex: "0", "data-key": key(n), "data-neuron": String(n.n)});
+  const h = el("div", {class: "head"});
+  h.append(el("span", {class: "nid"}, "neuron " + n.n), el("span", {class: "layer"}, run.layer), statusBadge(n.s));
+  if (n.cls !== undefined) h.append(el("span", {class: "layer"}, n.cls), el("span", {class: "badge " + (n.hit ? "hit" : "miss")}, n.hit ? "hit" : "miss"));
+  c.appendChild(h);
+  if (RUNS.length > 1) c.appendChild(el("div", {class: "meta"}, run.label));
+  c.appendChild(el("div", {class: "meta"}, `${n.e} example${n.e === 1 ? "" : "s"} · top score ${fmt(n.top === -Infinity ? null : n.top)}`));
+  const chips = el("div", {class: "chips"});
+  if (!n.c.length) chips.appendChild(el("span", {class: "meta"}, n.s === "dead" ? "dead: constant over the probing set" : "no concept above the cut"));
+  n.c.slice(0, 8).forEach(([w, s]) => { const ch = el("span", {class: "chip"}, w); ch.appendChild(el("small", {}, fmt(s))); chips.appendChild(ch); });
+  if (n.c.length > 8) chips.appendChild(el("span", {class: "meta"}, `+${n.c.length - 8} more`));
+  c.appendChild(chips);
+  const mini = el("div", {class: "mini"});
+  n.x.slice(0, CFG.cardThumbs).forEach(([im]) => { const img = D.images[im]; if (img[1]) mini.appendChild(el("img", {src: img[1], loading: "lazy", alt: img[0], title: img[0]})); });
+  if (mini.childNodes.length) c.appendChild(mini);
+  return c;
+}
+
+list.addEventListener("click", (ev) => { const c = ev.target.closest(".card"); if (c) location.hash = "n" + c.dataset.key; });
+list.addEventListener("keydown", (ev) => { const c = ev.target.closest(".card"); if (c && ev.key === "Enter") location.hash = "n" + c.dataset.key; });
+["q", "status", "layer", "run", "hitsel", "sort"].forEach((id) => $(id).addEventListener(id === "q" ? "input" : "change", apply));
+
+// ---- a neuron's view --------------------------------------------------------------------------
+function neighbours(n) {
+  let seq = shown.includes(n) ? shown : N.filter((m) => m.r === n.r);
+  const i = seq.indexOf(n);
+  return [seq[i - 1], seq[i + 1]];
+}
+
+function histogram(n) {
+  const W = 480, H = 210, L = 44, R = 12, Tp = 24, B = 34, pw = W - L - R, ph = H - Tp - B;
+  const s = sv("svg", {width: W, height: H, viewBox: `0 0 ${W} ${H}`, class: "hist", role: "img"});
+  const lo = n.lo, hi = n.hi, span = hi > lo ? hi - lo : 1, nb = n.h.length;
+  const maxc = Math.max(...n.h, 1), ly = (c) => Math.log1p(c) / Math.log1p(maxc);
+  const X = (v) => L + (v - lo) / span * pw;
+  n.h.forEach((c, j) => {
+    if (!c) return;
+    const x0 = L + j / nb * pw, x1 = L + (j + 1) / nb * pw, y = ly(c) * ph;
+    const above = n.t !== null && lo + (j + 1) / nb * span > n.t;
+    const r = sv("rect", {x: x0 + 0.5, y: Tp + ph - y, width: Math.max(x1 - x0 - 1, 1), height: y, fill: above ? "#2f6db5" : "#aab4bf"});
+    r.appendChild(sv("title", {}, `${c} image${c === 1 ? "" : "s"} in [${fmt(lo + j / nb * span)}, ${fmt(lo + (j + 1) / nb * span)}]`));
+    s.appendChild(r);
+  });
+  s.appendChild(sv("line", {x1: L, x2: L + pw, y1: Tp + ph, y2: Tp + ph, stroke: "#555"}));
+  s.appendChild(sv("text", {x: L, y: H - 18, "text-anchor": "start"}, fmt(lo)));
+  s.appendChild(sv("text", {x: L + pw, y: H - 18, "text-anchor": "end"}, fmt(hi)));
+  s.appendChild(sv("text", {x: L + pw / 2, y: H - 4, "text-anchor": "middle"}, "activation"));
+  s.appendChild(sv("text", {x: 12, y: Tp + ph / 2, transform: `rotate(-90 12 ${Tp + ph / 2})`, "text-anchor": "middle"}, "images (log scale)"));
+  s.appendChild(sv("text", {x: L - 4, y: Tp + 4, "text-anchor": "end"}, String(maxc)));
+  if (n.t !== null && hi > lo) {
+    const x = X(Math.min(Math.max(n.t, lo), hi));
+    s.appendChild(sv("line", {x1: x, x2: x, y1: Tp - 6, y2: Tp + ph, stroke: "#c0392b", "stroke-width": 2, "stroke-dasharray": "5 3"}));
+    s.appendChild(sv("text", {x: x, y: Tp - 9, "text-anchor": x > L + pw * 0.7 ? "end" : "start", fill: "#c0392b"}, "threshold " + fmt(n.t)));
+  }
+  return s;
+}
+
+function bars(n) {
+  const rows = n.b, W = 520, L = 170, R = 60, Tp = 26, rh = 17, H = Tp + rows.length * rh + 22, pw = W - L - R;
+  const s = sv("svg", {width: W, height: H, viewBox: `0 0 ${W} ${H}`, class: "bars", role: "img"});
+  const vals = rows.map((r) => r[1]).concat([0], n.cut === undefined ? [] : [n.cut]);
+  const lo = Math.min(...vals), hi = Math.max(...vals), span = hi > lo ? hi - lo : 1, X = (v) => L + (v - lo) / span * pw;
+  const chosen = new Set(n.c.map((c) => c[0]));
+  rows.forEach(([ci, v], j) => {
+    const y = Tp + j * rh, name = D.vocab[ci], x0 = X(Math.min(0, v)), x1 = X(Math.max(0, v));
+    const label = sv("text", {x: L - 6, y: y + 12, "text-anchor": "end"}, name.length > 26 ? name.slice(0, 25) + "…" : name);
+    label.appendChild(sv("title", {}, name));
+    s.appendChild(label);
+    s.appendChild(sv("rect", {x: x0, y: y + 2, width: Math.max(x1 - x0, 1), height: rh - 5, fill: chosen.has(name) ? "#2f6db5" : "#b9c2cc"}));
+    s.appendChild(sv("text", {x: Math.max(x1, X(0)) + 4, y: y + 12}, fmt(v)));
+  });
+  s.appendChild(sv("line", {x1: X(0), x2: X(0), y1: Tp - 2, y2: Tp + rows.length * rh, stroke: "#555"}));
+  if (n.cut !== undefined) {
+    const x = X(n.cut), a = RUNS[n.r].alpha;
+    s.appendChild(sv("line", {x1: x, x2: x, y1: Tp - 8, y2: Tp + rows.length * rh + 4, stroke: "#c0392b", "stroke-width": 2, "stroke-dasharray": "5 3"}));
+    s.appendChild(sv("text", {x: x, y: Tp - 11, "text-anchor": x > L + pw * 0.6 ? "end" : "start", fill: "#c0392b"}, `alpha cut ${fmt(n.cut)} (${a}% of max)`));
+  }
+  s.appendChild(sv("text", {x: L + pw / 2, y: H - 4, "text-anchor": "middle"}, "S(k, c): summed score over the examples"));
+  return s;
+}
+
+function openView(n) {
+  const run = RUNS[n.r], p = $("panel");
+  p.textContent = "";
+  const [prev, next] = neighbours(n);
+  const nav = el("div", {class: "nav"});
+  const link = (m, text, id) => m ? el("a", {href: "#n" + key(m), id: id, title: "neuron " + m.n}, text) : el("a", {class: "off", id: id}, text);
+  nav.append(link(prev, "← previous", "prev"), link(next, "next →", "next"), el("button", {id: "close", type: "button"}, "close ✕"));
+  nav.lastChild.addEventListener("click", closeView);
+  p.appendChild(nav);
+  const h = el("div", {class: "head"});
+  h.append(el("h2", {id: "vtitle"}, "neuron " + n.n), el("span", {class: "layer"}, `${run.layer} · ${run.model}`), statusBadge(n.s));
+  if (n.cls !== undefined) h.append(el("span", {class: "layer"}, "class " + n.cls), el("span", {class: "badge " + (n.hit ? "hit" : "miss")}, n.hit ? "hit" : "miss"));
+  p.appendChild(h);
+  p.appendChild(el("div", {class: "meta"}, run.folder));
+  p.appendChild(el("div", {class: "meta"}, `${n.e} example${n.e === 1 ? "" : "s"} (${run.selection})` +
+    (run.n_images ? ` of ${run.n_images} probing images` : "") + ` · named by ${run.describer}` + (run.vlm ? ` with VLM ${run.vlm}` : "") +
+    (run.concept_set ? ` · concept set ${run.concept_set}` : "")));
+  const chips = el("div", {class: "chips"});
+  if (!n.c.length) chips.appendChild(el("span", {class: "meta"}, n.s === "dead" ? "dead: its activation is constant over the probing set, so it has no examples" : "none: no concept scored above zero"));
+  n.c.forEach(([w, v]) => { const ch = el("span", {class: "chip"}, w); ch.appendChild(el("small", {}, fmt(v))); chips.appendChild(ch); });
+  p.appendChild(chips);
+
+  const figs = el("div", {class: "figs"});
+  if (n.h) {
+    const f = el("div", {class: "fig"});
+    f.append(el("h3", {}, "activation over the probing set"), histogram(n),
+      el("p", {}, "Blue bins reach above the selection threshold (red): the examples. Counts on a log scale, so the few examples stay visible."));
+    figs.appendChild(f);
+  }
+  if (n.b.length) {
+    const f = el("div", {class: "fig"});
+    f.append(el("h3", {}, `top ${n.b.length} concept scores`), bars(n),
+      el("p", {}, n.cut !== undefined ? "Blue: the neuron's concepts, those above the alpha cut (red)." : "Scores as the describer reported them."));
+    figs.appendChild(f);
+  }
+  p.appendChild(figs);
+
+  p.appendChild(el("h3", {}, n.x.length < n.e ? `examples, in order (first ${n.x.length} of ${n.e})` : "examples, in order"));
+  const th = el("div", {class: "thumbs"});
+  n.x.forEach(([im, a, pr], r) => {
+    const img = D.images[im], fig = el("figure");
+    if (img[1]) fig.appendChild(el("img", {src: img[1], alt: img[0], title: img[0], width: "160", height: "160"}));
+    else fig.appendChild(el("div", {class: "meta"}, "(image not found)"));
+    const cap = el("figcaption");
+    cap.append(el("b", {}, `#${r + 1} ${fmt(a)}`), document.createTextNode(" " + img[0]), el("br"),
+               document.createTextNode((img[2] || "").split("|").join(", ")));
+    if (pr !== undefined) cap.append(el("br"), document.createTextNode(`p(${n.cls}) = ${fmt(pr)}`));
+    fig.appendChild(cap);
+    th.appendChild(fig);
+  });
+  if (!n.x.length) th.appendChild(el("div", {class: "meta"}, "no examples"));
+  p.appendChild(th);
+
+  if (n.p.length) {
+    p.appendChild(el("h3", {}, `visualization panels where it is the top neuron (${n.p.length})`));
+    const pl = el("div", {class: "panels"});
+    n.p.forEach((j) => {
+      const P = D.panels[j], fig = el("figure"), a = el("a", {href: P.f, target: "_blank"});
+      a.appendChild(el("img", {src: P.f, loading: "lazy", alt: P.i + " " + P.c}));
+      fig.append(a, el("figcaption", {}, `${P.i}: ${P.c}` + (P.pr !== null ? ` (p = ${fmt(P.pr)})` : "")));
+      pl.appendChild(fig);
+    });
+    p.appendChild(pl);
+  }
+  $("view").classList.add("open");
+  $("view").scrollTop = 0;
+  document.body.style.overflow = "hidden";
+}
+
+function closeView() {
+  if (location.hash) history.pushState("", document.title, location.pathname + location.search);
+  route();
+}
+
+function route() {
+  const m = /^#n(\d+-\d+)$/.exec(location.hash), n = m && byKey.get(m[1]);
+  if (n) openView(n);
+  else { $("view").classList.remove("open"); document.body.style.overflow = ""; }
+}
+
+$("view").addEventListener("click", (ev) => { if (ev.target.id === "view") closeView(); });
+document.addEventListener("keydown", (ev) => {
+  if (!$("view").classList.contains("open")) return;
+  if (ev.key === "Escape") closeView();
+  const a = ev.key === "ArrowLeft" ? $("prev") : ev.key === "ArrowRight" ? $("next") : null;
+  if (a && a.getAttribute("href")) location.hash = a.getAttribute("href");
+});
+window.addEventListener("hashchange", route);
+
+apply();
+route();
+window.galleryTiming = {script_ms: performance.now() - T0, first_cards_ms: performance.now()};

@@ -1,0 +1,206 @@
+"""Reading a target's layers: hooks that record one value per neuron and image, whatever the layer's
+output is ([B, D], [B, C, H, W] conv maps, channels-last maps, transformer tokens), and the table of
+every layer that `--layer list` prints."""
+from __future__ import annotations
+
+import difflib
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+from torchvision.ops.misc import Permute
+
+from models.target import ScriptedTarget, head_name
+from core.errors import PipelineError
+
+# Modules that compute over dim 1, so their 4-D outputs are [B, C, H, W] inside a channels-last model too.
+CHANNELS_FIRST = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.AvgPool2d,
+                  nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def layer_names(text: str) -> list[str]:
+    """The layers a --layer value names, each once, in order."""
+    names = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not names or ("list" in names and len(names) > 1):
+        raise PipelineError(f"--layer {text!r}: name fc, penultimate or modules, comma-separated, or list alone")
+    return names
+
+
+def token_layout(model: nn.Module) -> tuple[int, int | None]:
+    """How many prefix tokens (class, distillation, register) lead a transformer's token sequence,
+    and how many patch tokens follow: timm says num_prefix_tokens and patch_embed.num_patches;
+    torchvision's ViT has one class_token and seq_length tokens in all. Other models: (0, None)."""
+    if hasattr(model, "num_prefix_tokens"):
+        patches = getattr(getattr(model, "patch_embed", None), "num_patches", None)
+        return int(model.num_prefix_tokens), patches
+    if isinstance(getattr(model, "class_token", None), torch.Tensor) and hasattr(model, "seq_length"):
+        return 1, int(model.seq_length) - 1
+    return 0, None
+
+
+def reduce_output(out, layout: tuple[int, int | None], token_pool: str, channels_last: bool = False) -> torch.Tensor:
+    """One value per neuron and image: [B, D] as is; [B, C, H, W] (conv) by the spatial mean, or
+    [B, H, W, C] when channels_last; [B, T, D] (transformer tokens) by the mean over patch tokens, or
+    the class token (token_pool)."""
+    if isinstance(out, (tuple, list)):  # attention blocks return (output, weights)
+        out = next(o for o in out if isinstance(o, torch.Tensor))
+    if out.dim() > 3:
+        return out.flatten(1, -2).mean(1) if channels_last else out.flatten(2).mean(2)
+    if out.dim() < 3:
+        return out
+    prefix, patches = layout
+    if patches is not None and out.shape[1] == patches:
+        prefix = 0  # a sequence of patches alone (the patch embedding's output)
+    if token_pool == "cls":
+        if prefix < 1:
+            raise PipelineError(f"--token_pool cls: this layer's {out.shape[1]} tokens have no class token "
+                                f"(the model declares none before its patches); use --token_pool mean")
+        return out[:, 0]
+    return out[:, prefix:].mean(1)
+
+
+def _declared_last(module: nn.Module) -> bool | None:
+    """Whether a module says its output is channels-last: torchvision's Permute by its dims, timm's
+    output_fmt (a str enum: 'NHWC' or 'NCHW'); None when it says nothing."""
+    if isinstance(module, Permute):
+        return {(0, 2, 3, 1): True, (0, 3, 1, 2): False}.get(tuple(module.dims))
+    fmt = getattr(module, "output_fmt", None)
+    return fmt == "NHWC" if isinstance(fmt, str) else None
+
+
+def channels_last_modules(model: nn.Module) -> set[str]:
+    """The modules whose 4-D output is [B, H, W, C], as the model declares it. timm permutes in plain code
+    and says so in output_fmt: a model of output_fmt 'NHWC' (Swin, SwinV2, Sequencer, MambaOut) keeps its
+    feature maps channels-last, and so does a patch embedding that says it. torchvision permutes with
+    Permute modules (Swin once after its stem and back before pooling, ConvNeXt inside each block):
+    each one sets the layout of what follows it, its modules taken in order (nn.Sequential's order is
+    the order they run in). A module of CHANNELS_FIRST computes over dim 1 and so outputs channels-first
+    wherever it sits; a block outputs the layout its last module leaves."""
+    last: set[str] = set()
+
+    def walk(name: str, module: nn.Module, state: bool) -> bool:
+        """The layout of module's output, given the layout that reaches it (state)."""
+        if isinstance(module, CHANNELS_FIRST):
+            return state  # its own output is channels-first; what follows it is permuted back, if at all
+        said = _declared_last(module)  # what a module says holds for its own modules too (timm's patch norm)
+        state = state if said is None else said
+        for child_name, child in module.named_children():
+            state = walk(f"{name}.{child_name}" if name else child_name, child, state)
+        if state and name:
+            last.add(name)
+        return state
+
+    walk("", model, False)  # the input is an image batch, [B, C, H, W]
+    return last
+
+
+def _reader(model: nn.Module, token_pool: str):
+    """reduce_output by layer name (fc, penultimate or a module), each output with the layout the model
+    declares for it (the head's input is [B, D], or [B, C, H, W] for a Conv2d head)."""
+    layout = token_layout(model)
+    last = channels_last_modules(model) - {"fc", "penultimate"}
+    return lambda name, out: reduce_output(out, layout, token_pool, name in last)
+
+
+def _register(model: nn.Module, layer: str, put, read, batch: dict):
+    """Hook `layer` so that each forward pass calls put(its reduced output); refused when that output
+    has another number of rows than the pass has images (batch['n']): a block that works on windows
+    (Swin's attention) holds no value per image."""
+    def checked(name, out):
+        v = read(name, out)
+        if v.shape[0] != batch["n"]:
+            raise PipelineError(f"--layer {layer}: its output has {v.shape[0]} rows for {batch['n']} images (it "
+                                f"works on windows or patches of them); name the block or stage that holds it "
+                                f"(--layer list shows the neurons of each)")
+        put(v)
+    modules = dict(model.named_modules())
+    if layer == "fc":
+        return model.register_forward_hook(lambda m, inp, out: checked("fc", out))
+    if isinstance(model, ScriptedTarget):
+        raise PipelineError(f"--layer {layer}: a TorchScript model accepts no hooks, so only its outputs (fc) can "
+                            f"be read; pass the model as file.py:function to probe its layers")
+    if layer == "penultimate":
+        return modules[head_name(model)].register_forward_pre_hook(lambda m, inp: checked("penultimate", inp[0]))
+    name = layer
+    if name not in modules or not name:
+        names = [n for n in modules if n]
+        ends = [n for n in names if n.endswith("." + layer)]  # the right name without its parents
+        near = list(dict.fromkeys(ends + difflib.get_close_matches(layer, names, n=5, cutoff=0.5)))[:5]
+        hint = (f"closest: {', '.join(near)}" if near else
+                f"top-level modules: {', '.join(n for n in names if '.' not in n)}")
+        raise PipelineError(f"--layer {layer!r} is not a module of this model; use fc, penultimate, a module "
+                            f"name ({hint}) or --layer list")
+    # Reduced inside the hook: DenseNet applies its last ReLU in place on the features output afterwards.
+    return modules[name].register_forward_hook(lambda m, inp, out: checked(name, out))
+
+
+@contextmanager
+def _hooked(model: nn.Module, layers: list[str], token_pool: str, key):
+    if token_pool not in ("mean", "cls"):
+        raise PipelineError(f"--token_pool is mean or cls, not {token_pool!r}")
+    store: dict[str, torch.Tensor] = {}
+    batch: dict[str, int] = {}
+    read = _reader(model.script if isinstance(model, ScriptedTarget) else model, token_pool)
+    hooks = [model.register_forward_pre_hook(lambda m, args: batch.__setitem__("n", len(args[0])))]
+    try:
+        for layer in layers:
+            hooks.append(_register(model, layer, lambda v, k=key(layer): store.__setitem__(k, v), read, batch))
+        yield store
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def taps(model: nn.Module, layers: list[str], token_pool: str = "mean"):
+    """Record several layers' activations (one value per neuron) in one forward pass, by layer name.
+
+    `fc` are the model's outputs (the logits); `penultimate` the input of its head; anything else a
+    module name (`layer4`, `features.denseblock3`, `blocks.9`), reduced by reduce_output.
+    """
+    return _hooked(model, layers, token_pool, lambda layer: layer)
+
+
+def tap(model: nn.Module, layer: str, token_pool: str = "mean"):
+    """One layer's activations, under store["a"]."""
+    return _hooked(model, [layer], token_pool, lambda layer: "a")
+
+
+def layer_table(model: nn.Module, x: torch.Tensor, token_pool: str = "mean") -> list[tuple[str, str, str]]:
+    """(name, output shape, neurons) of fc, penultimate and every module, from one forward pass on x;
+    neurons '-' where an output holds no one value per image and neuron."""
+    shapes: dict[str, tuple[str, str]] = {}
+    inner = model.script if isinstance(model, ScriptedTarget) else model
+    read = _reader(inner, token_pool)
+
+    def record(name, out):
+        t = next((o for o in out if isinstance(o, torch.Tensor)), None) if isinstance(out, (tuple, list)) else out
+        if not isinstance(t, torch.Tensor):
+            shapes[name] = (type(out).__name__, "-")
+            return
+        try:
+            v = read(name, t)
+            neurons = str(v.shape[1]) if t.dim() > 1 and len(v) == len(x) else "-"
+        except PipelineError:
+            neurons = "-"
+        shapes[name] = (str(list(t.shape)), neurons)
+
+    hooks = [model.register_forward_hook(lambda m, i, o: record("fc", o))]
+    if not isinstance(model, ScriptedTarget):
+        try:
+            hooks.append(model.get_submodule(head_name(model)).register_forward_pre_hook(
+                lambda m, i: record("penultimate", i[0])))
+        except PipelineError:
+            pass
+        hooks += [m.register_forward_hook(lambda m, i, o, n=n: record(n, o)) for n, m in model.named_modules() if n]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = [(n, *shapes[n]) for n in ("fc", "penultimate") if n in shapes]
+    if isinstance(model, ScriptedTarget):
+        rows += [(n, "(TorchScript: no hooks)", "-") for n, _ in inner.named_modules() if n]
+    else:
+        rows += [(n, *shapes.get(n, ("(not called)", "-"))) for n, _ in model.named_modules() if n]
+    return rows
