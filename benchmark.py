@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from method import TEMPLATE, image_concept_scores, neuron_concept_scores, prompts, select_concepts, select_examples
+from method import TEMPLATE, mammi, prompts, select_examples
 from models import pick_device
 from models.target import build_target, preprocessing
 from pipeline.cli import configure, main, print_config
@@ -200,15 +200,12 @@ def selection_peak(n: int, k: int) -> tuple[float, float, float]:
 
 def scores(n_neurons=1024, n_concepts=1361, n_unique=4000):
     img, text, tmpl = torch.randn(n_unique, 512), torch.randn(n_concepts, 512), torch.randn(512)
-    members = [torch.randint(0, n_unique, (40,)).tolist() for _ in range(n_neurons)]
+    neurons = [{"neuron": k, "dead": False, "examples": torch.randint(0, n_unique, (40,)).tolist()}
+               for k in range(n_neurons)]
     t = time.perf_counter()
-    S = neuron_concept_scores(image_concept_scores(img, text, tmpl), members)
-    t_s = time.perf_counter() - t
-    t = time.perf_counter()
-    for row in S:
-        select_concepts(row)
-    print(f"concept scores S [{n_neurons} x {n_concepts}] from {n_unique} images: {t_s:.2f}s; "
-          f"alpha rule: {time.perf_counter() - t:.2f}s")
+    mammi(neurons, img, text, tmpl, [f"concept {c}" for c in range(n_concepts)])
+    print(f"concept scores S [{n_neurons} x {n_concepts}] from {n_unique} images and the alpha rule: "
+          f"{time.perf_counter() - t:.2f}s")
 
 
 def run():
