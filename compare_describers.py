@@ -47,13 +47,12 @@ from method import fc_metrics, image_concept_scores, mammi, name_neuron
 from models import pick_device
 from models.target import load_target
 from models.vlm import load_vlm
-from pipeline.cache import (cached, code_version, digest, file_digest, load_json, load_tensors, save_bytes, save_json,
-                            save_png, save_tensors)
+from pipeline.cache import cached, code_version, digest, file_digest, save_bytes, save_json, save_png, save_tensors
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from pipeline.dissection import collect_maps, dissect, layer_maps, map_source
 from pipeline.features import image_features, text_features
 from pipeline.outputs import (describer_key, describers_dir, maps_key, maps_path, matching_dir, class_neurons,
-                              stored_classes, upstream_constants)
+                              read_activations, read_matching, read_similarity, stored_classes, upstream_constants)
 from pipeline.text_metrics import cosine_metrics
 
 # -----------------------------------------------------------------------------
@@ -96,20 +95,14 @@ def run():
     if truth not in ("lift", "label_auc"):
         raise PipelineError(f"--truth is lift or label_auc, not {truth!r}")
     percents, alphas = numbers("sensitivity_percents"), numbers("sensitivity_alphas")
-    path, run_json = read_run()
+    path, run_json, ex_json, ex = read_run()
     print_config("compare_describers", config)
     t0 = time.time()
-    ex_json = Path(run_json["config"]["examples"])
-    ex = load_json(ex_json)
     stage2, layer = ex["config"], ex["config"]["layer"]
-    act_path = ex_json.parent.parent / "activations.pt"
-    act = cached(act_path, ex["activations_key"])
-    if act is None:
-        raise PipelineError(f"{act_path} is missing or was rewritten after {ex_json}; re-run example_selection.py and "
-                            f"concept_matching.py with the same constants, then this step")
+    act = read_activations(ex_json, ex)
     acts, ids = act["activations"], act["image_ids"]
     if [n["neuron"] for n in run_json["neurons"]] != list(range(acts.shape[1])):
-        raise PipelineError(f"{path} does not name the {acts.shape[1]} neurons of {act_path} in order; "
+        raise PipelineError(f"{path} does not name the {acts.shape[1]} neurons of {ex_json.parent.parent} in order; "
                             f"re-run concept_matching.py")
     classes = stored_classes(stage2)  # fc neuron k is class k
     labels, findings = probe_labels(stage2, ids, classes)
@@ -128,7 +121,7 @@ def run():
         img, img_key, new = image_features(config, stage2, ids, vlm, batch_size, num_workers)
         text = text_features(config, concept_path, concepts, vlm)
         sim = path.parent / "similarity.pt"
-        if sim.is_file() and load_tensors(sim)["concepts"] != concepts:
+        if sim.is_file() and read_similarity(sim, run_json)["concepts"] != concepts:
             raise PipelineError(f"the concept set {concept_path} changed since {path} was written; re-run "
                                 f"concept_matching.py with it, then this step")
         feats = {"images": img, "text": text, "concepts": concepts,
@@ -214,22 +207,21 @@ def numbers(name: str) -> list[float]:
         raise PipelineError(f"--{name} takes comma-separated numbers, got {config[name]!r}") from None
 
 
-def read_run() -> tuple[Path, dict]:
-    """MAMMI's concepts.json, and the constants that produced it taken into config."""
+def read_run() -> tuple[Path, dict, Path, dict]:
+    """MAMMI's concepts.json and its examples (read_matching), and the constants that produced them
+    taken into config."""
     path = Path(mammi_run) if mammi_run else matching_dir(config) / "concepts.json"
     if not path.is_file():
         raise PipelineError(f"{path} not found; run example_selection.py and concept_matching.py with the same "
                             f"experiment file and --layer (or pass --mammi_run PATH)")
-    data = load_json(path)
-    cfg = data.get("config") if isinstance(data, dict) else None
-    if not isinstance(cfg, dict) or "examples" not in cfg or not isinstance(data.get("neurons"), list):
-        raise PipelineError(f"{path} is not a concepts.json of concept_matching.py; re-run it")
+    data, ex_json, ex = read_matching(path)
+    cfg = data["config"]
     if cfg.get("describer"):
         raise PipelineError(f"{path} was written by the {cfg['describer']} describer; pass MAMMI's concepts.json "
                             f"(concept_matching.py's) as --mammi_run")
     check_stored(config, cfg, UPSTREAM, path)
     config.update({k: cfg[k] for k in UPSTREAM if k in cfg})
-    return path, data
+    return path, data, ex_json, ex
 
 
 def probe_labels(stage2: dict, ids: list[str], classes: list[str] | None) -> tuple[np.ndarray | None, list[str]]:
