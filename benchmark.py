@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dataset.nih import ProbeSet
 from method import TEMPLATE, mammi, prompts, select_examples
 from models import pick_device
 from models.target import build_target, preprocessing
 from pipeline.cli import configure, main, print_config
-from pipeline.features import Crops, embed
+from pipeline.features import embed
 from pipeline.forward import probe_loader, record, use_channels_last, workers
 
 # -----------------------------------------------------------------------------
@@ -139,8 +140,8 @@ def medclip_sized(dev):
 def stage3(paths, dev):
     vlm = medclip_sized(dev)
     prep = preprocessing({"model": "densenet121"})  # the crop step 3 embeds
-    loader = lambda: torch.utils.data.DataLoader(Crops(paths, prep["resize"], prep["crop"], vlm.preprocess),
-                                                 batch_size=batch_size, num_workers=workers(num_workers))
+    crops = ProbeSet(paths, prep["resize"], prep["crop"], preprocess=vlm.preprocess)
+    loader = lambda: torch.utils.data.DataLoader(crops, batch_size=batch_size, num_workers=workers(num_workers))
     mem = in_memory(loader(), len(paths), dev)
     vlm.encode_pixels(mem[0])  # warm-up at full size
     t_load = seconds(lambda: [None for _ in loader()], dev)
