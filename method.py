@@ -87,8 +87,8 @@ def select_concepts(S_k: torch.Tensor, alpha: float = 95.0) -> list[int]:
 
 def name_neuron(neuron: dict, S_k: torch.Tensor, concepts: list[str], alpha: float = 95.0) -> dict:
     """A neuron's record in concepts.json: its concepts (with S) and its status, ok, none (no score above
-    zero) or dead (constant over the probing set). A neuron without examples gets no concept."""
-    chosen = select_concepts(S_k, alpha) if neuron["examples"] else []
+    zero, as for a neuron without examples: its S is 0) or dead (constant over the probing set)."""
+    chosen = select_concepts(S_k, alpha)
     status = "dead" if neuron["dead"] else ("ok" if chosen else "none")
     return {"neuron": neuron["neuron"], "n_examples": len(neuron["examples"]), "status": status,
             "concepts": [{"concept": concepts[c], "score": float(S_k[c])} for c in chosen]}
