@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from method import TEMPLATE, image_concept_scores, neuron_concept_scores, prompts, select_concepts, select_examples
+from dataset.nih import ProbeSet
+from method import TEMPLATE, mammi, prompts, select_examples
 from models import pick_device
 from models.target import build_target, preprocessing
 from pipeline.cli import configure, main, print_config
-from pipeline.features import Crops, embed
+from pipeline.features import embed
 from pipeline.forward import probe_loader, record, use_channels_last, workers
 
 # -----------------------------------------------------------------------------
@@ -139,8 +140,8 @@ def medclip_sized(dev):
 def stage3(paths, dev):
     vlm = medclip_sized(dev)
     prep = preprocessing({"model": "densenet121"})  # the crop step 3 embeds
-    loader = lambda: torch.utils.data.DataLoader(Crops(paths, prep["resize"], prep["crop"], vlm.preprocess),
-                                                 batch_size=batch_size, num_workers=workers(num_workers))
+    crops = ProbeSet(paths, prep["resize"], prep["crop"], preprocess=vlm.preprocess)
+    loader = lambda: torch.utils.data.DataLoader(crops, batch_size=batch_size, num_workers=workers(num_workers))
     mem = in_memory(loader(), len(paths), dev)
     vlm.encode_pixels(mem[0])  # warm-up at full size
     t_load = seconds(lambda: [None for _ in loader()], dev)
@@ -200,15 +201,12 @@ def selection_peak(n: int, k: int) -> tuple[float, float, float]:
 
 def scores(n_neurons=1024, n_concepts=1361, n_unique=4000):
     img, text, tmpl = torch.randn(n_unique, 512), torch.randn(n_concepts, 512), torch.randn(512)
-    members = [torch.randint(0, n_unique, (40,)).tolist() for _ in range(n_neurons)]
+    neurons = [{"neuron": k, "dead": False, "examples": torch.randint(0, n_unique, (40,)).tolist()}
+               for k in range(n_neurons)]
     t = time.perf_counter()
-    S = neuron_concept_scores(image_concept_scores(img, text, tmpl), members)
-    t_s = time.perf_counter() - t
-    t = time.perf_counter()
-    for row in S:
-        select_concepts(row)
-    print(f"concept scores S [{n_neurons} x {n_concepts}] from {n_unique} images: {t_s:.2f}s; "
-          f"alpha rule: {time.perf_counter() - t:.2f}s")
+    mammi(neurons, img, text, tmpl, [f"concept {c}" for c in range(n_concepts)])
+    print(f"concept scores S [{n_neurons} x {n_concepts}] from {n_unique} images and the alpha rule: "
+          f"{time.perf_counter() - t:.2f}s")
 
 
 def run():

@@ -44,16 +44,16 @@ from dataset.nih import model_input_args, resolve_images
 from dataset.probe import MISSING, align_labels, label_key, load_probe
 from describers import (NAMES, label_auc, lift_findings, name_neurons, pm, same_name, soft_wpmi, top_images,
                         topk_mean, truth_agreement)
-from method import fc_metrics, image_concept_scores, neuron_concept_scores, select_concepts, select_examples
+from method import fc_metrics, image_concept_scores, mammi, name_neuron
 from models import pick_device
 from models.target import load_target
 from models.vlm import load_vlm
-from pipeline.cache import cached, load_json, load_tensors, save_bytes, save_json, save_png, save_tensors
+from pipeline.cache import cached, save_bytes, save_json, save_png, save_tensors
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from pipeline.dissection import collect_maps, dissect, layer_maps, map_source
 from pipeline.features import image_features, text_features
 from pipeline.outputs import (describer_key, describers_dir, maps_key, maps_path, matching_dir, class_neurons,
-                              stored_classes, upstream_constants)
+                              read_activations, read_matching, read_similarity, stored_classes, upstream_constants)
 from pipeline.text_metrics import cosine_metrics
 
 # -----------------------------------------------------------------------------
@@ -99,20 +99,14 @@ def run():
     if unknown:
         raise PipelineError(f"--describers: unknown {', '.join(unknown)}; choose among {', '.join(NAMES[1:])}")
     percents, alphas = numbers("sensitivity_percents"), numbers("sensitivity_alphas")
-    path, mammi = read_run()
+    path, run_json, ex_json, ex = read_run()
     print_config("compare_describers", config)
     t0 = time.time()
-    ex_json = Path(mammi["config"]["examples"])
-    ex = load_json(ex_json)
     stage2, layer = ex["config"], ex["config"]["layer"]
-    act_path = ex_json.parent.parent / "activations.pt"
-    act = cached(act_path, ex["activations_key"])
-    if act is None:
-        raise PipelineError(f"{act_path} is missing or was rewritten after {ex_json}; re-run example_selection.py and "
-                            f"concept_matching.py with the same constants, then this step")
+    act = read_activations(ex_json, ex)
     acts, ids = act["activations"], act["image_ids"]
-    if [n["neuron"] for n in mammi["neurons"]] != list(range(acts.shape[1])):
-        raise PipelineError(f"{path} does not name the {acts.shape[1]} neurons of {act_path} in order; "
+    if [n["neuron"] for n in run_json["neurons"]] != list(range(acts.shape[1])):
+        raise PipelineError(f"{path} does not name the {acts.shape[1]} neurons of {ex_json.parent.parent} in order; "
                             f"re-run concept_matching.py")
     classes = stored_classes(stage2)  # fc neuron k is class k
     labels, findings = probe_labels(stage2, ids, classes)
@@ -131,7 +125,7 @@ def run():
         img, img_key, new = image_features(config, stage2, ids, vlm, batch_size, num_workers)
         text = text_features(config, concept_path, concepts, vlm)
         sim = path.parent / "similarity.pt"
-        if sim.is_file() and load_tensors(sim)["concepts"] != concepts:
+        if sim.is_file() and read_similarity(sim, run_json)["concepts"] != concepts:
             raise PipelineError(f"the concept set {concept_path} changed since {path} was written; re-run "
                                 f"concept_matching.py with it, then this step")
         feats = {"images": img, "text": text, "concepts": concepts,
@@ -140,7 +134,7 @@ def run():
         print(f"features of the {len(ids)} probing images ({new} embedded now) and {len(concepts)} prompts "
               f"in {time.time() - t:.1f}s")
 
-    records, scores, skipped = {"mammi": mammi["neurons"]}, {}, {}
+    records, scores, skipped = {"mammi": run_json["neurons"]}, {}, {}
     for name in wanted:
         t = time.time()
         consts = {k: config[k] for k in CONSTANTS[name]}
@@ -154,7 +148,7 @@ def run():
         S, names, used, key = got
         scores[name] = S
         records[name] = name_neurons(S.double(), names, dead, used, top_n, floor=0.0 if name == "dissection" else None)
-        save_json(out / name / "concepts.json", {"key": key, "config": describer_config(mammi, path, name, consts),
+        save_json(out / name / "concepts.json", {"key": key, "config": describer_config(run_json, path, name, consts),
                                                  "neurons": records[name]})
         counts = {st: sum(n["status"] == st for n in records[name]) for st in ("ok", "none", "dead")}
         print(f"{name}: {counts['ok']} neurons named, {counts['none']} none, {counts['dead']} dead, "
@@ -165,7 +159,7 @@ def run():
     table = compare(path, layer, records, truth_of, skipped, scored)
     if percents and alphas:
         t = time.time()
-        table["sensitivity"] = sensitivity(mammi, acts, feats, truth_of, percents, alphas, out, scored)
+        table["sensitivity"] = sensitivity(run_json, acts, feats, truth_of, percents, alphas, out, scored)
         print(f"sensitivity of MAMMI to adaptive_percent x alpha ({len(percents)} x {len(alphas)}) in "
               f"{time.time() - t:.1f}s")
     save_json(out / "describers.json", table)
@@ -217,22 +211,21 @@ def numbers(name: str) -> list[float]:
         raise PipelineError(f"--{name} takes comma-separated numbers, got {config[name]!r}") from None
 
 
-def read_run() -> tuple[Path, dict]:
-    """MAMMI's concepts.json, and the constants that produced it taken into config."""
+def read_run() -> tuple[Path, dict, Path, dict]:
+    """MAMMI's concepts.json and its examples (read_matching), and the constants that produced them
+    taken into config."""
     path = Path(mammi_run) if mammi_run else matching_dir(config) / "concepts.json"
     if not path.is_file():
         raise PipelineError(f"{path} not found; run example_selection.py and concept_matching.py with the same "
                             f"experiment file and --layer (or pass --mammi_run PATH)")
-    data = load_json(path)
-    cfg = data.get("config") if isinstance(data, dict) else None
-    if not isinstance(cfg, dict) or "examples" not in cfg or not isinstance(data.get("neurons"), list):
-        raise PipelineError(f"{path} is not a concepts.json of concept_matching.py; re-run it")
+    data, ex_json, ex = read_matching(path)
+    cfg = data["config"]
     if cfg.get("describer"):
         raise PipelineError(f"{path} was written by the {cfg['describer']} describer; pass MAMMI's concepts.json "
                             f"(concept_matching.py's) as --mammi_run")
     check_stored(config, cfg, UPSTREAM, path)
     config.update({k: cfg[k] for k in UPSTREAM if k in cfg})
-    return path, data
+    return path, data, ex_json, ex
 
 
 def probe_labels(stage2: dict, ids: list[str], classes: list[str] | None) -> tuple[np.ndarray | None, list[str]]:
@@ -311,11 +304,11 @@ def dissection(stage2, ids, labels, boxes, box_path, acts, findings, dev):
     return got["iou"], names, len(rows)
 
 
-def describer_config(mammi: dict, path: Path, name: str, consts: dict) -> dict:
+def describer_config(run_json: dict, path: Path, name: str, consts: dict) -> dict:
     """The run's config less what the rival does not use (left out, not changed: a reader that checks
     an experiment file against it finds no contradiction), with its name, vocabulary and constants."""
     drop = ("alpha", "adaptive") + (() if name in USES_VLM else VLM_FIELDS)
-    cfg = {k: v for k, v in mammi["config"].items() if k not in drop}
+    cfg = {k: v for k, v in run_json["config"].items() if k not in drop}
     vocabulary = "concept_set" if name in USES_VLM else "findings"
     return {**cfg, **consts, "describer": name, "vocabulary": vocabulary, "mammi_run": str(path)}
 
@@ -363,20 +356,20 @@ def compare(path: Path, layer: str, records: dict, truth_of: dict, skipped: dict
             "skipped": skipped, "config": dict(config)}
 
 
-def sensitivity(mammi, acts, feats, truth_of, percents, alphas, out, scored) -> dict:
+def sensitivity(run_json, acts, feats, truth_of, percents, alphas, out, scored) -> dict:
     """MAMMI re-run from the cache over adaptive_percent x alpha (its template and adaptive score as the
     run): the fc hit rate and F1 (fc layer), the agreement with the truth and the mean number of concepts
     per neuron, on a grid. The figure: the headline metric, and beside it what a lower alpha pays for it."""
-    cfg = mammi["config"]
-    s = image_concept_scores(feats["images"], feats["text"]["features"],
-                             feats["text"]["template"] if cfg["adaptive"] else None)
+    cfg = run_json["config"]
+    template = feats["text"]["template"] if cfg["adaptive"] else None
     concepts, is_fc = feats["concepts"], bool(scored)
     grids = {k: np.full((len(percents), len(alphas)), np.nan) for k in ("hit_rate", "f1", "truth_any", "n_concepts")}
     for i, p in enumerate(percents):
-        ex = select_examples(acts, "adaptive", p)
-        S = neuron_concept_scores(s, [n["examples"] for n in ex]).float()  # float32, as step 3 selects from
-        for j, a in enumerate(alphas):
-            w = [[concepts[c] for c in select_concepts(S_k, a)] if n["examples"] else [] for n, S_k in zip(ex, S)]
+        got = mammi(acts, feats["images"], feats["text"]["features"], template, concepts, alphas[0], percent=p)
+        for j, a in enumerate(alphas):  # the examples and S of p serve every alpha
+            named = got["neurons"] if j == 0 else [name_neuron(n, S_k, concepts, a)
+                                                   for n, S_k in zip(got["examples"], got["S"])]
+            w = words(named)
             grids["truth_any"][i, j] = truth_agreement(w, truth_of["neurons"])["any"]["mean"]
             grids["n_concepts"][i, j] = np.mean([len(x) for x in w])
             if is_fc:

@@ -18,7 +18,7 @@ from pathlib import Path
 from core.digests import code_digest
 from dataset.concepts import read_concepts
 from dataset.probe import load_probe, output_names
-from method import TEMPLATE, fc_metrics, image_concept_scores, neuron_concept_scores, select_concepts
+from method import TEMPLATE, fc_metrics, mammi
 from models import pick_device
 from models.layers import layer_names
 from models.vlm import load_vlm, weights_identity
@@ -93,15 +93,10 @@ def run():
     if not ids:  # no neuron has an example: all scores are zero, each neuron is dead or has none
         img_feats = text["features"][:0]
     row = {i: r for r, i in enumerate(ids)}
-    s = image_concept_scores(img_feats, text["features"], text["template"] if adaptive else None)
-    S = neuron_concept_scores(s, [[row[e["image_id"]] for e in n["examples"]] for n in neurons]).float()
+    rows = [{**n, "examples": [row[e["image_id"]] for e in n["examples"]]} for n in neurons]
+    got = mammi(rows, img_feats, text["features"], text["template"] if adaptive else None, concepts, alpha)
+    S, named = got["S"], got["neurons"]
     result_key = matching_key(stored["key"], img_key, txt_key, config, CODE)
-    named = []
-    for n, S_k in zip(neurons, S):
-        chosen = select_concepts(S_k, alpha) if n["examples"] else []
-        status = "dead" if n["dead"] else ("ok" if chosen else "none")
-        named.append({"neuron": n["neuron"], "n_examples": len(n["examples"]), "status": status,
-                      "concepts": [{"concept": concepts[c], "score": float(S_k[c])} for c in chosen]})
     cfg = {**config, "concept_set_file": str(concept_path), "n_concepts": len(concepts), "examples": str(ex_json),
            "class_names": stored_classes(ex_cfg)}
     save_tensors(out_dir / "similarity.pt", {"key": result_key, "similarity": S, "concepts": concepts,

@@ -23,7 +23,7 @@ from dataset.nih import class_names, read_split, split_file
 from describers import lift_findings, names_finding, pm
 from pipeline.cache import load_json, save_bytes, save_json
 from pipeline.cli import PipelineError, accepted_names, configure, main, print_config, read_experiment, run_script
-from pipeline.outputs import describers_dir, eval_dir, examples_dir, matching_dir, visualization_dir
+from pipeline.outputs import describers_dir, eval_dir, matching_dir, read_comparison, read_matching, visualization_dir
 
 # -----------------------------------------------------------------------------
 # The target, VLM, folders and method constants come from config/demo.py (and may be overridden here).
@@ -82,9 +82,9 @@ def penultimate_agreement(stage_cfg: dict) -> dict:
     the probing set's base rate) against its concepts. Agreement: the finding's name is a concept."""
     names, labels = read_split(split_file(stage_cfg["split"], stage_cfg["data_root"], stage_cfg["split_file"]))
     row = {n: i for i, n in enumerate(names)}
-    ex = load_json(examples_dir(stage_cfg) / "examples.json")["neurons"]
-    named = {n["neuron"]: [c["concept"] for c in n["concepts"]]
-             for n in load_json(matching_dir(stage_cfg) / "concepts.json")["neurons"]}
+    run, _, ex = read_matching(matching_dir(stage_cfg) / "concepts.json")
+    ex = ex["neurons"]
+    named = {n["neuron"]: [c["concept"] for c in n["concepts"]] for n in run["neurons"]}
     classes = [c.lower() for c in class_names()]
     agree, selective, per_class = 0, 0, {c: [0, 0] for c in classes}
     top = lift_findings(labels, [[row[e["image_id"]] for e in n["examples"]] for n in ex], config["lift_min"])
@@ -142,8 +142,8 @@ def run():
     with open(eval_dir(base) / "TestEval.csv", newline="") as f:
         auroc = {r["label"]: float(r["auc"]) for r in csv.DictReader(f)}
     pointing = load_json(visualization_dir(base) / "total_results.json")["pointing_game"]
-    rivals = {layer: load_json(describers_dir(matching_dir({**base, "layer": layer}) / "concepts.json")
-                               / "describers.json") for layer in ("fc", "penultimate")}
+    rivals = {layer: read_comparison(describers_dir(matching_dir({**base, "layer": layer}) / "concepts.json")
+                                     / "describers.json") for layer in ("fc", "penultimate")}
     summary = {"auroc": auroc, "fc": rows, "penultimate": pen, "describers": rivals, "pointing_game": pointing,
                "times_s": times, "config": config}
     report(summary)

@@ -34,9 +34,10 @@ import torch
 from core.digests import code_digest, digest, file_digest
 from dataset.nih import probe_crop, resolve_images
 from dataset.probe import output_names
+from method import alpha_cut
 from pipeline.cache import load_json, save_bytes
 from pipeline.cli import PipelineError, configure, main, print_config
-from pipeline.outputs import stored_classes
+from pipeline.outputs import read_activations, read_matching, read_similarity, stored_classes
 
 # -----------------------------------------------------------------------------
 runs = ""                       # comma-separated concepts.json files of stage 3 (any layer, any describer); default: every concepts.json under save_root
@@ -125,40 +126,11 @@ def listed(value: str, root: Path, name: str, script: str) -> list[Path]:
     return list(seen.values())
 
 
-def read_json(path: Path, what: str) -> dict:
-    try:
-        data = load_json(path)
-    except (OSError, json.JSONDecodeError) as e:
-        raise PipelineError(f"{path}: cannot read it as JSON ({type(e).__name__}); rerun {what}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("neurons"), list):
-        raise PipelineError(f"{path}: no 'neurons' list; rerun {what}")
-    return data
-
-
-def locate_examples(path: Path, cfg: dict) -> Path:
-    """The examples.json a concepts.json was computed from: the stored path, else the nearest one above it
-    (the results folder was moved or the stage ran from another working directory)."""
-    stored = cfg.get("examples")
-    candidates = ([Path(stored)] if stored else []) + [p / "examples.json" for p in path.parents[:4]]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise PipelineError(f"{path}: its examples.json ({stored or 'not recorded'}) is not found; keep the results "
-                        f"folder whole or rerun example_selection.py and concept_matching.py with the same constants")
-
-
 def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     """Add one stage-3 run's neurons to the page; returns what identifies its inputs (for the page key)."""
-    data = read_json(path, "concept_matching.py")
-    cfg = data.get("config") or {}
-    ex_path = locate_examples(path, cfg)
-    ex = read_json(ex_path, "example_selection.py")
-    ex_cfg = ex.get("config") or {}
+    data, ex_path, ex = read_matching(path)  # refused unless its examples and their activations are still there
+    cfg, ex_cfg = data["config"], ex["config"]
     by_id = {n["neuron"]: n for n in ex["neurons"]}
-    missing = [n["neuron"] for n in data["neurons"] if n["neuron"] not in by_id]
-    if missing:
-        raise PipelineError(f"{path} names neurons {missing[:5]} that {ex_path} lacks; rerun concept_matching.py "
-                            f"after example_selection.py")
     layer = str(cfg.get("layer") or ex_cfg.get("layer") or "?")
     folder = data_root or ex_cfg.get("data_root", "")
     resize, crop = int(ex_cfg.get("resize", 256)), int(ex_cfg.get("crop", 224))
@@ -166,8 +138,8 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     is_fc = layer == "fc" and len(data["neurons"]) == len(named or [])
     classes = output_names(named, len(named)) if is_fc else []
     labels, probs = example_labels(ex_path.parent / "examples.csv", classes)
-    hist = histograms(ex_path.parent.parent / "activations.pt", len(ex["neurons"]), path)
-    bars, cuts, alpha = similarity_bars(path.parent / "similarity.pt", cfg, path)
+    hist = histograms(ex_path, ex)
+    bars, cuts, alpha = similarity_bars(path.parent / "similarity.pt", data)
     r = len(page["runs"])
     p = ex_cfg.get("adaptive_percent")
     selection = (f"top {ex_cfg.get('topk')}" if ex_cfg.get("selection") == "topk"
@@ -236,24 +208,18 @@ def example_labels(path: Path, classes: list[str]) -> tuple[dict, dict]:
 _histograms: dict = {}
 
 
-def histograms(path: Path, k_expected: int, run: Path) -> dict | None:
+def histograms(ex_path: Path, ex: dict) -> dict:
     """Per neuron: counts of its activation over the whole probing set in hist_bins equal bins
     between its min and max. Computed once per activations.pt (several describers share one layer)."""
-    memo = (str(path.resolve()), k_expected)
+    memo = (str(ex_path.parent.parent.resolve()), ex["activations_key"])
     if memo not in _histograms:
-        _histograms[memo] = _histograms_of(path, k_expected, run)
+        _histograms[memo] = _histograms_of(read_activations(ex_path, ex)["activations"], len(ex["neurons"]),
+                                           ex_path.parent.parent / "activations.pt")
     return _histograms[memo]
 
 
-def _histograms_of(path: Path, k_expected: int, run: Path) -> dict | None:
-    if not path.is_file():
-        print(f"note: {path} not found; no activation histograms for {run}")
-        return None
-    try:
-        acts = torch.load(path, map_location="cpu", weights_only=True)["activations"]
-    except Exception as e:
-        raise PipelineError(f"{path}: unreadable ({type(e).__name__}); rerun example_selection.py") from None
-    if acts.ndim != 2 or acts.shape[1] != k_expected:
+def _histograms_of(acts: torch.Tensor, k_expected: int, path: Path) -> dict:
+    if acts.shape[1] != k_expected:
         raise PipelineError(f"{path} holds activations of shape {tuple(acts.shape)}, not [N, {k_expected}]; "
                             f"rerun example_selection.py")
     lo_all, hi_all, counts = [], [], []
@@ -270,25 +236,20 @@ def _histograms_of(path: Path, k_expected: int, run: Path) -> dict | None:
     return {"n": int(acts.shape[0]), "counts": counts, "lo": [sig(v, 6) for v in lo_all], "hi": [sig(v, 6) for v in hi_all]}
 
 
-def similarity_bars(path: Path, cfg: dict, run: Path) -> tuple[dict, dict, float | None]:
-    """From similarity.pt: each neuron's top_concepts (concept, S) and its alpha cut (alpha/100 * max S)."""
-    alpha = cfg.get("alpha")
+def similarity_bars(path: Path, run: dict) -> tuple[dict, dict, float | None]:
+    """From similarity.pt: each neuron's top_concepts (concept, S) and its alpha cut, at the alpha
+    concepts.json stored (none without it: a describer's own scores)."""
+    alpha = run["config"].get("alpha")
     if not path.is_file():
         return {}, {}, alpha
-    try:
-        sim = torch.load(path, map_location="cpu", weights_only=True)
-        S, names, ids = sim["similarity"].double(), sim["concepts"], sim["neurons"]
-    except Exception as e:
-        raise PipelineError(f"{path}: unreadable ({type(e).__name__}); rerun concept_matching.py") from None
-    if S.shape != (len(ids), len(names)):
-        raise PipelineError(f"{path}: similarity {tuple(S.shape)} does not match its {len(ids)} neurons and "
-                            f"{len(names)} concepts; rerun concept_matching.py")
+    sim = read_similarity(path, run)
+    S, names, ids = sim["similarity"].double(), sim["concepts"], sim["neurons"]
     val, idx = torch.topk(S, min(top_concepts, S.shape[1]), dim=1)
     bars, cuts = {}, {}
-    for k, v, i in zip(ids, val.tolist(), idx.tolist()):
+    for k, row, v, i in zip(ids, S, val.tolist(), idx.tolist()):
         bars[k] = [(names[c], sig(s)) for c, s in zip(i, v)]
         if alpha is not None:
-            cuts[k] = sig(alpha / 100 * v[0])
+            cuts[k] = sig(alpha_cut(row, alpha))
     return bars, cuts, alpha
 
 

@@ -72,13 +72,38 @@ def neuron_concept_scores(s: torch.Tensor, examples: list[list[int]]) -> torch.T
     return members @ s
 
 
+def alpha_cut(S_k: torch.Tensor, alpha: float = 95.0) -> torch.Tensor:
+    """The score a concept of neuron k must exceed: (alpha/100) * max S."""
+    return alpha / 100 * S_k.max()
+
+
 def select_concepts(S_k: torch.Tensor, alpha: float = 95.0) -> list[int]:
-    """Concepts with S > (alpha/100) * max S, in descending S. None when max S <= 0."""
-    top = S_k.max()
-    if top <= 0:
+    """Concepts with S above the alpha cut, in descending S. None when max S <= 0."""
+    if S_k.max() <= 0:
         return []
-    idx = torch.nonzero(S_k > alpha / 100 * top).flatten()
+    idx = torch.nonzero(S_k > alpha_cut(S_k, alpha)).flatten()
     return idx[torch.sort(S_k[idx], descending=True, stable=True).indices].tolist()
+
+
+def name_neuron(neuron: dict, S_k: torch.Tensor, concepts: list[str], alpha: float = 95.0) -> dict:
+    """A neuron's record in concepts.json: its concepts (with S) and its status, ok, none (no score above
+    zero, as for a neuron without examples: its S is 0) or dead (constant over the probing set)."""
+    chosen = select_concepts(S_k, alpha)
+    status = "dead" if neuron["dead"] else ("ok" if chosen else "none")
+    return {"neuron": neuron["neuron"], "n_examples": len(neuron["examples"]), "status": status,
+            "concepts": [{"concept": concepts[c], "score": float(S_k[c])} for c in chosen]}
+
+
+def mammi(neurons: torch.Tensor | list[dict], img: torch.Tensor, text: torch.Tensor, template: torch.Tensor | None,
+          concepts: list[str], alpha: float = 95.0, selection: str = "adaptive", percent: float = 93.0,
+          topk: int = 20) -> dict:
+    """The method end to end. neurons: activations [N, K] over the images img [N, D], or select_examples'
+    records with examples as rows of img. Returns the examples, s(x, c) [N, C], S(k, c) [K, C] and each
+    neuron's record (name_neuron). S is float32, as similarity.pt stores it and concepts are selected from."""
+    ex = select_examples(neurons, selection, percent, topk) if isinstance(neurons, torch.Tensor) else neurons
+    s = image_concept_scores(img, text, template)
+    S = neuron_concept_scores(s, [n["examples"] for n in ex]).float()
+    return {"examples": ex, "s": s, "S": S, "neurons": [name_neuron(n, S_k, concepts, alpha) for n, S_k in zip(ex, S)]}
 
 
 def fc_metrics(concepts: list[list[str]], class_names: list[str]) -> dict:

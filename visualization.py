@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from pipeline.attribution import (NEURON_COLOURS, OVERALL_COLOUR, neuron_map, overall_map, overlay, pointing,
                          taylor_scores, top_neurons)
-from pipeline.cache import claim, holds_claims, read_output, save_json, save_png
+from pipeline.cache import claim, holds_claims, save_json, save_png
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from dataset.boxes import disease_colour, load_boxes, scale_to, to_probe_crop
 from dataset.files import read_image
@@ -35,7 +35,7 @@ from dataset.probe import label_key, output_names
 from pipeline.evaluation import read_thresholds
 from models import pick_device
 from models.target import checkpoint_of, load_target, preprocessing
-from pipeline.outputs import eval_dir, matching_dir, read_examples, stored_classes, upstream_constants, visualization_dir
+from pipeline.outputs import eval_dir, matching_dir, read_matching, stored_classes, upstream_constants, visualization_dir
 
 # -----------------------------------------------------------------------------
 # The boxes and images to show are bbox_img.py's constants; the concepts.json to explain is named by
@@ -111,19 +111,13 @@ def neuron_concepts():
     if not path.is_file():
         raise PipelineError(f"{path} not found; run example_selection.py and concept_matching.py with --layer {LAYER} "
                             f"and the same experiment file, or pass --concepts PATH")
-    data = read_output(path, "concept_matching.py", {"config": dict, "neurons": list}, check=lambda d: all(
-        isinstance(n["neuron"], int) and all(isinstance(c["concept"], str) for c in n["concepts"]) for n in d["neurons"]))
+    data = read_matching(path)[0]
     if not data["neurons"]:
         raise PipelineError(f"{path} lists no neurons; rerun concept_matching.py --layer {LAYER}")
     stored = data["config"]
     if stored.get("layer") != LAYER:
         raise PipelineError(f"{path} names the {stored.get('layer')} layer, not the {LAYER} one; "
                             f"pass the concepts.json of concept_matching.py --layer {LAYER}")
-    if "examples_key" in data:  # concept_matching.py's: its examples must still be those of step 2's activations
-        ex_json = stored.get("examples", "examples.json")
-        if read_examples(ex_json)["key"] != data["examples_key"]:
-            raise PipelineError(f"{path} was built from other examples than {ex_json} holds now (a later "
-                                f"example_selection.py run); re-run concept_matching.py --layer {LAYER}")
     check_stored(config, stored, UPSTREAM, path)
     config.update({k: stored[k] for k in UPSTREAM if k in stored})
     named = {}

@@ -7,6 +7,7 @@ its image folder's parent (`{split}_official.txt`); otherwise the official NIH s
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -155,18 +156,23 @@ def model_input_args(c: dict) -> dict:
 
 
 class ProbeSet(torch.utils.data.Dataset):
-    """Normalised target-model inputs of a list of image paths."""
+    """The probe crop of each image (probe_crop), as the target sees it (to_model_input with channels,
+    mean and std) or through `preprocess` instead (a VLM's); with sizes, each item also carries the
+    image's (width, height), to move its boxes onto the crop. Any format read_image reads."""
 
     def __init__(self, paths: list[Path], resize: int = 256, crop: int = 224, channels: int = 3, mean=(MEAN,),
-                 std=(STD,)):
-        self.paths, self.resize, self.crop = paths, resize, crop
-        self.norm = {"channels": channels, "mean": mean, "std": std}
+                 std=(STD,), preprocess=None, sizes: bool = False):
+        self.paths, self.resize, self.crop, self.sizes = paths, resize, crop, sizes
+        # a partial, not a lambda: loader workers receive the dataset pickled
+        self.preprocess = preprocess or functools.partial(to_model_input, channels=channels, mean=mean, std=std)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return to_model_input(probe_crop(self.paths[i], self.resize, self.crop), **self.norm)
+    def __getitem__(self, i: int):
+        im = read_image(self.paths[i], keep_grey=True)
+        x = self.preprocess(crop_of(im, self.resize, self.crop))
+        return (x, torch.tensor(im.size)) if self.sizes else x
 
 
 def data_digest(listing: Path | None, names: list[str], paths: list[Path]) -> str:

@@ -379,12 +379,11 @@ def method_check_fc(clip, acts: np.ndarray, fi: torch.Tensor, concepts: list[str
     percent = constants_of("example_selection.py")["adaptive_percent"]
     alpha = constants_of("concept_matching.py")["alpha"]
     text = clip.encode_texts(method.prompts(concepts) + [method.TEMPLATE])
-    s = method.image_concept_scores(fi, text[:-1], text[-1])
-    examples = [n["examples"] for n in method.select_examples(torch.from_numpy(acts), "adaptive", percent)]
-    S = method.neuron_concept_scores(s, examples)
+    got = method.mammi(torch.from_numpy(acts), fi, text[:-1], text[-1], concepts, alpha, percent=percent)
+    S, examples = got["S"], [n["examples"] for n in got["examples"]]
     out, hits = {}, 0
     for k, cls in enumerate(CLASSES):
-        words = [concepts[i] for i in method.select_concepts(S[k], alpha)] if examples[k] else []
+        words = [c["concept"] for c in got["neurons"][k]["concepts"]]
         hit = cls.lower() in words
         hits += hit
         rank = int((S[k] > S[k, concepts.index(cls.lower())]).sum()) + 1 if cls.lower() in concepts else None

@@ -22,27 +22,11 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from dataset.boxes import scale_to, to_probe_crop
-from dataset.files import read_image
-from dataset.nih import crop_of, to_model_input
+from dataset.nih import ProbeSet
 from describers import dissection_counts, iou, top_quantile
 from models.target import head_name
 from pipeline.attribution import box_mask, channels_first, map_module, record_output
 from core.errors import PipelineError
-
-
-class MapImages(torch.utils.data.Dataset):
-    """The target's input for each image (its channels, mean and std as step 2 stored them), and the
-    image's size (to move its boxes onto the crop)."""
-
-    def __init__(self, paths: list[Path], resize: int, crop: int, **norm):
-        self.paths, self.resize, self.crop, self.norm = paths, resize, crop, norm
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        im = read_image(self.paths[i], keep_grey=True)  # any format step 2 reads, DICOM included
-        return to_model_input(crop_of(im, self.resize, self.crop), **self.norm), torch.tensor(im.size)
 
 
 def map_source(model: torch.nn.Module, layer: str) -> str:
@@ -83,7 +67,7 @@ def collect_maps(model: torch.nn.Module, name: str, paths: list[Path], resize: i
                  num_workers: int, device: torch.device, **norm) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over the images: module `name`'s maps [N, K, h, w] and each image's size [N, 2]; norm:
     the model's input channels, mean and std (dataset.nih.model_input_args)."""
-    loader = torch.utils.data.DataLoader(MapImages(paths, resize, crop, **norm), batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(ProbeSet(paths, resize, crop, **norm, sizes=True), batch_size=batch_size,
                                          num_workers=num_workers)
     maps, sizes = [], []
     for x, size in tqdm(loader, desc=f"maps of {name}", unit="batch"):

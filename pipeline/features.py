@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from core.digests import code_digest
-from dataset.nih import probe_crop, resolve_images
+from dataset.nih import ProbeSet, resolve_images
 from method import prompts
 from models.vlm import VLM, weights_identity
 from pipeline import ranks
@@ -27,24 +27,12 @@ from pipeline.outputs import (image_features_key, image_features_path, text_feat
                               vlm_identity)
 
 
-class Crops(torch.utils.data.Dataset):
-    """The stage-2 crops, preprocessed by the VLM (in loader workers)."""
-
-    def __init__(self, paths, resize, crop, preprocess):
-        self.paths, self.resize, self.crop, self.preprocess = paths, resize, crop, preprocess
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        return self.preprocess(probe_crop(self.paths[i], self.resize, self.crop))
-
-
 def embed(model: VLM, paths: list[Path], resize: int, crop: int, batch_size: int, num_workers: int,
           show: bool = True) -> torch.Tensor:
     """VLM features [len(paths), D] of the probe crops, in order (loader workers decode and preprocess)."""
-    loader = torch.utils.data.DataLoader(Crops(paths, resize, crop, model.preprocess), batch_size=batch_size,
-                                         num_workers=workers(num_workers), pin_memory=model.device.type == "cuda")
+    loader = torch.utils.data.DataLoader(ProbeSet(paths, resize, crop, preprocess=model.preprocess),
+                                         batch_size=batch_size, num_workers=workers(num_workers),
+                                         pin_memory=model.device.type == "cuda")
     out = [model.encode_pixels(x) for x in tqdm(loader, desc="images", unit="batch", disable=not show)]
     return torch.cat(out) if out else torch.zeros(0, 0)
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
+
 from core.digests import code_digest, digest, file_digest
 from dataset.concepts import TEMPLATE
 from models.target import model_tag, target_identity
@@ -135,6 +137,76 @@ def _examples_ok(ex: dict) -> bool:
         and isinstance(c["topk"], int) and all(
         isinstance(n["neuron"], int) and isinstance(n["dead"], bool)
         and all(isinstance(e["image_id"], str) for e in n["examples"]) for n in ex["neurons"])
+
+
+def read_activations(ex_json: str | Path, ex: dict) -> dict:
+    """The activations.pt of the layer folder above examples.json (ex: read_examples'), checked to be
+    the one the examples were selected from."""
+    path = Path(ex_json).parent.parent / "activations.pt"
+    act = read_output(path, "example_selection.py", {"key": str, "activations": torch.Tensor, "image_ids": list},
+                      check=lambda a: a["activations"].ndim == 2 and len(a["image_ids"]) == a["activations"].shape[0])
+    if act["key"] != ex["activations_key"]:
+        raise PipelineError(f"{path} was rewritten after {ex_json} was selected from it; re-run example_selection.py "
+                            f"with the same constants, then the steps after it")
+    return act
+
+
+def locate_examples(run: Path, cfg: dict) -> Path:
+    """The examples.json a concepts.json was computed from: the stored path, else the nearest one above
+    it (the results folder was moved, or the step ran from another working directory)."""
+    stored = cfg.get("examples")
+    for c in ([Path(stored)] if stored else []) + [p / "examples.json" for p in run.parents[:4]]:
+        if c.is_file():
+            return c
+    raise PipelineError(f"{run}: its examples.json ({stored or 'not recorded'}) is not found; keep the results "
+                        f"folder whole or rerun example_selection.py and concept_matching.py with the same constants")
+
+
+def read_matching(path: str | Path) -> tuple[dict, Path, dict]:
+    """A stage-3 concepts.json (concept_matching.py's, or a describer's in its format), its examples.json
+    and their content (read_examples: still of the layer's activations). Checked: its records as this code
+    reads them, and that it was computed from those examples (MAMMI's: their key; a describer's, which
+    stores none: their neurons)."""
+    path = Path(path)
+    data = read_output(path, "concept_matching.py", {"config": dict, "neurons": list}, check=_matching_ok)
+    ex_json = locate_examples(path, data["config"])
+    ex = read_examples(ex_json)
+    if not data["config"].get("describer") and data.get("examples_key") != ex["key"]:
+        raise PipelineError(f"{path} was computed from other examples than {ex_json} holds now (a later "
+                            f"example_selection.py run); re-run concept_matching.py with the same constants")
+    known = {n["neuron"] for n in ex["neurons"]}
+    stray = [n["neuron"] for n in data["neurons"] if n["neuron"] not in known]
+    if stray:
+        raise PipelineError(f"{path} names neurons {stray[:5]} that {ex_json} lacks; re-run the step that wrote it "
+                            f"after example_selection.py")
+    return data, ex_json, ex
+
+
+def _matching_ok(data: dict) -> bool:
+    return all(isinstance(n["neuron"], int) and n.get("status", "ok") in ("ok", "none", "dead") and all(
+        isinstance(c["concept"], str) and isinstance(c["score"], (int, float)) for c in n["concepts"])
+        for n in data["neurons"])
+
+
+def read_similarity(path: str | Path, run: dict) -> dict:
+    """similarity.pt beside a concepts.json (run: read_matching's data), checked to be written with it."""
+    sim = read_output(path, "concept_matching.py", {"key": str, "similarity": torch.Tensor, "concepts": list,
+                                                    "neurons": list},
+                      check=lambda s: tuple(s["similarity"].shape) == (len(s["neurons"]), len(s["concepts"])))
+    if sim["key"] != run.get("key"):
+        raise PipelineError(f"{path} was not written with the concepts.json beside it; re-run concept_matching.py")
+    return sim
+
+
+def read_comparison(path: str | Path) -> dict:
+    """compare_describers.py's describers.json, checked to compare the run whose folder holds it."""
+    path = Path(path)
+    table = read_output(path, "compare_describers.py", {"key": str, "run": str, "layer": str, "truth": dict,
+                                                        "rows": dict, "pairwise": dict})
+    # by the folders' names: the results folder may have moved since
+    if Path(table["run"]).parent.parts[-3:] != path.parent.parent.absolute().parts[-3:]:
+        raise PipelineError(f"{path} compares {table['run']}, not the run beside it; re-run compare_describers.py")
+    return table
 
 
 def describers_dir(run: str | Path) -> Path:

@@ -70,15 +70,16 @@ def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed:
     acts = torch.from_numpy(rng.gamma(2.0, 1.0, (n_images, n_neurons))).float()
     acts[:, 5] = 0.25
     layer.mkdir(parents=True)
-    torch.save({"key": "synthetic", "config": {}, "activations": acts, "logits": None, "image_ids": names},
+    torch.save({"key": "synthetic-activations", "config": {}, "activations": acts, "logits": None, "image_ids": names},
                layer / "activations.pt")
     neurons = select_examples(acts, "adaptive", 93.0)
     ex_dir = layer / "adaptive93"
     ex_dir.mkdir()
     ex_json = ex_dir / "examples.json"
-    ex_json.write_text(json.dumps({"key": "synthetic", "config": {
+    ex_json.write_text(json.dumps({"key": "synthetic-examples", "activations_key": "synthetic-activations", "config": {
         "data_root": str(images), "resize": 48, "crop": 48, "model": "resnet50", "layer": "penultimate",
-        "dataset": "synth", "split": "train", "selection": "adaptive", "adaptive_percent": 93.0, "topk": 20},
+        "dataset": "synth", "split": "train", "selection": "adaptive", "adaptive_percent": 93.0, "topk": 20,
+        "checkpoint": "", "data_key": "synthetic-data"},
         "neurons": [{**n, "examples": [{"image_id": names[i], "activation": float(acts[i, n["neuron"]])}
                                        for i in n["examples"]]} for n in neurons]}))
     classes = class_names()
@@ -103,7 +104,7 @@ def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed:
                       "concepts": [{"concept": vocab[c], "score": float(row[c])} for c in chosen]})
     torch.save({"key": "synthetic", "similarity": S, "concepts": vocab, "neurons": list(range(n_neurons))},
                match / "similarity.pt")
-    (match / "concepts.json").write_text(json.dumps({"key": "synthetic", "config": {
+    (match / "concepts.json").write_text(json.dumps({"key": "synthetic", "examples_key": "synthetic-examples", "config": {
         "layer": "penultimate", "model": "resnet50", "alpha": 95.0, "examples": str(ex_json),
         "model_clip": "synthetic", "concept_set": "words"}, "neurons": named}))
     vis = res / "synth_nih" / "resnet50" / "visualization"
@@ -332,6 +333,41 @@ def test_a_changed_page_file_changes_the_page_key(tmp_path):
         assert comment in text  # the copy's page was the one written
         assert key not in keys, f"{name} changed but the page key did not"
         keys.append(key)
+
+
+def test_a_run_whose_examples_changed_is_refused(tmp_path):
+    """concepts.json computed from other examples than its examples.json now holds (step 2 re-ran), or its
+    similarity.pt written by another run: the gallery refuses it in one line rather than show another
+    run's examples, bars or alpha cut beside its concepts."""
+    res = write_synthetic(tmp_path, n_neurons=8, n_images=12)
+    ok(run_script("gallery.py", "--save_root", str(res)))
+    concepts = next(res.rglob("concepts.json"))
+    good = concepts.read_text()
+    concepts.write_text(good.replace('"examples_key": "synthetic-examples"', '"examples_key": "older-examples"'))
+    proc = run_script("gallery.py", "--save_root", str(res))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert str(concepts) in proc.stderr and "other examples" in proc.stderr and "concept_matching.py" in proc.stderr
+    concepts.write_text(good.replace('{"key": "synthetic"', '{"key": "another-run"'))
+    proc = run_script("gallery.py", "--save_root", str(res))
+    assert proc.returncode == 2 and "similarity.pt was not written with the concepts.json" in proc.stderr, proc.stderr
+    concepts.write_text(good)
+    act = next(res.rglob("activations.pt"))
+    torch.save({**torch.load(act, weights_only=True), "key": "a-later-step-2"}, act)
+    proc = run_script("gallery.py", "--save_root", str(res))
+    assert proc.returncode == 2 and "was not selected from the activations" in proc.stderr, proc.stderr
+
+
+def test_alpha_cut_is_the_stored_alpha_of_the_best_score(tmp_path):
+    """The red line of a neuron's bars: the alpha concepts.json stored, times the neuron's best S."""
+    res = write_synthetic(tmp_path, n_neurons=8, n_images=12)
+    concepts = next(res.rglob("concepts.json"))
+    concepts.write_text(concepts.read_text().replace('"alpha": 95.0', '"alpha": 40.0'))
+    ok(run_script("gallery.py", "--save_root", str(res)))
+    data = page_data(res / "gallery" / "index.html")[2]
+    S = torch.load(concepts.parent / "similarity.pt", weights_only=True)["similarity"].double()
+    assert data["runs"][0]["alpha"] == 40.0
+    for n in data["neurons"]:
+        assert n["cut"] == pytest.approx(0.4 * float(S[n["n"]].max()), rel=1e-3)
 
 
 # ---- a real browser ----------------------------------------------------------------------------

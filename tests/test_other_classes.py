@@ -225,12 +225,12 @@ def test_dissection_feeds_the_model_its_own_input(tmp_path):
     """The maps' pass normalises as step 2 did (channels, mean, std) and reads every format step 2 reads."""
     from PIL import Image
     from dataset.nih import probe_crop, to_model_input
-    from pipeline.dissection import MapImages
+    from dataset.nih import ProbeSet
     from test_probe_sets import REAL_DICOM
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70), dtype=np.uint8)).save(tmp_path / "a.png")
     norm = {"channels": 1, "mean": (0.4,), "std": (0.3,)}
-    x, size = MapImages([tmp_path / "a.png"], 40, 32, **norm)[0]
+    x, size = ProbeSet([tmp_path / "a.png"], 40, 32, **norm, sizes=True)[0]
     assert torch.equal(x, to_model_input(probe_crop(tmp_path / "a.png", 40, 32), **norm)) and x.shape == (1, 32, 32)
     assert size.tolist() == [70, 50]  # (width, height) of the image, for its boxes
-    x, size = MapImages([REAL_DICOM], 40, 32)[0]
+    x, size = ProbeSet([REAL_DICOM], 40, 32, sizes=True)[0]
     assert x.shape == (3, 32, 32) and min(size.tolist()) > 32

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms
 
 import models.target
-from dataset.nih import ProbeSet, probe_crop, to_model_input
+from dataset.nih import ProbeSet, normalize, probe_crop, to_model_input
 from conftest import run_script
 from stubs import recording_vlm, write_vlm_weights  # noqa: F401 (recording_vlm is a fixture)
 
@@ -71,6 +72,12 @@ def test_exact_pixels_reach_the_target(tmp_path, densenet_ckpt, monkeypatch):
     png = images / "00000001_000.png"
     assert torch.equal(ProbeSet([png])[0], x[0]) and torch.equal(to_model_input(probe_crop(png)), x[0])
     assert torch.equal(ProbeSet([png], 256, 200)[0], x[0, :, 12:212, 12:212])
+    # the VLM's crop is the same one through its own preprocessing (here none: the pixels in [0, 1])
+    raw = ProbeSet([png], preprocess=transforms.functional.to_tensor)[0]
+    assert raw.shape == (3, 224, 224) and torch.equal(normalize(raw), x[0])
+    # dissection's items carry the image's (width, height), to move its boxes onto the same crop
+    item, size = ProbeSet([png], sizes=True)[0]
+    assert torch.equal(item, x[0]) and size.tolist() == [300, 260]
 
 
 # ------------------------------------------------------------------ MedCLIP preprocessing

@@ -18,7 +18,7 @@ from conftest import REPO
 from dataset.boxes import disease_colour
 from dataset.nih import class_names
 from models.target import build_target
-from pipeline.outputs import eval_dir, matching_dir
+from pipeline.outputs import eval_dir, examples_dir, matching_dir
 
 SIZE, CELL, NEURON, CLASS = 56, 8, 5, 3     # 56-px input, 8-px cells (a 7x7 map), the built neuron and class
 SQUARE = [32, 8, 48, 24]                      # x1, y1, x2, y2 of the bright square: cells rows 1-2, cols 4-5
@@ -194,7 +194,16 @@ def test_script_end_to_end(densenet_ckpt, tmp_path, monkeypatch, capsys):
     (eval_dir(cfg) / "Threshold.csv").write_text("label,bestthr\n" + "".join(f"{c},{thr.get(c, '1.5')}\n" for c in classes))
     concepts = matching_dir(cfg) / "concepts.json"
     concepts.parent.mkdir(parents=True)
-    concepts.write_text(json.dumps({"config": {"model": "densenet121", "layer": "penultimate"}, "neurons": [
+    # the examples it names, of the activations beside them: the reader checks both keys
+    ex_json = examples_dir(cfg) / "examples.json"
+    torch.save({"key": "acts", "config": {}, "activations": torch.zeros(2, 1024), "image_ids": ["a.png", "b.png"]},
+               ex_json.parent.parent / "activations.pt")
+    ex_json.write_text(json.dumps({"key": "ex", "activations_key": "acts", "config": {
+        **cfg, "data_root": str(images), "checkpoint": str(densenet_ckpt), "resize": 72, "crop": 64, "data_key": "d"},
+        "neurons": [{"neuron": k, "dead": False, "examples": [{"image_id": "a.png", "activation": 1.0}]}
+                    for k in range(1024)]}))
+    concepts.write_text(json.dumps({"examples_key": "ex", "config": {
+        "model": "densenet121", "layer": "penultimate", "examples": str(ex_json)}, "neurons": [
         {"neuron": k, "n_examples": 3, "status": "ok", "concepts": [{"concept": f"c{k}", "score": 1.0}]}
         for k in range(1024)]}))
     args = ["--data_root", str(images), "--box_file", str(boxes), "--checkpoint", str(densenet_ckpt),
@@ -226,7 +235,8 @@ def test_script_end_to_end(densenet_ckpt, tmp_path, monkeypatch, capsys):
     assert "pointing game" in out and "overall" in out.split("pointing game")[1]
 
     # concepts.json of another layer size: one line naming the file and the fix.
-    concepts.write_text(json.dumps({"config": {"model": "densenet121", "layer": "penultimate"}, "neurons": [
+    concepts.write_text(json.dumps({"examples_key": "ex", "config": {
+        "model": "densenet121", "layer": "penultimate", "examples": str(ex_json)}, "neurons": [
         {"neuron": k, "n_examples": 1, "concepts": []} for k in range(14)]}))
     with pytest.raises(SystemExit) as e:
         runpy.run_path(str(REPO / "visualization.py"), run_name="__main__")
