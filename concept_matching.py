@@ -15,8 +15,11 @@ import functools
 import time
 from pathlib import Path
 
+from scipy.stats import false_discovery_control
+
 from dataset.concepts import read_concepts
 from dataset.probe import load_probe, output_names
+from evidence import pool_rows, significance
 from method import TEMPLATE, fc_metrics, image_concept_scores, neuron_concept_scores, select_concepts
 from models import pick_device
 from models.target import layer_names
@@ -43,9 +46,13 @@ num_workers: ">= -1" = -1       # data-loading processes; -1 = one per core (sha
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present (torchrun: each rank its own GPU)
 metric_encoders = "medclip,clip-vit-b-16,all-mpnet-base-v2,all-minilm-l6-v2"  # text encoders for the fc cosine
 medclip_weights = ""            # MedCLIP folder for the fc cosine metric; default pretrained/medclip-vit
+null_pool: ">= 1" = 2000        # significance: the probing images random example sets are drawn from (all when fewer)
+null_draws: ">= 100" = 1000     # random example sets per example count; the smallest p is 1/(null_draws + 1)
+fdr: "(0, 1)" = 0.05            # a neuron is significant when its Benjamini-Hochberg q <= fdr
+null_seed = 0                   # seed of the pool (when drawn) and of the random example sets
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))
-CODE = code_version("concept_matching.py", "method.py", "pipeline/features.py", "models")
+CODE = code_version("concept_matching.py", "method.py", "evidence.py", "pipeline/features.py", "models")
 # Step-2 constants that decide its examples (its run settings do not).
 STAGE2 = [k for k in constant_names("example_selection.py") if k not in RUN_SETTINGS]
 
@@ -72,9 +79,14 @@ def run():
         writable(img_path.parent)
         writable(txt_path.parent)
         claim(out_dir)
-    check_probe_set(ex_json, ex_cfg)
+    probe_names = check_probe_set(ex_json, ex_cfg)
     concept_path, concepts = read_concepts(concept_set)
     vlm = functools.cache(lambda: load_vlm(model_clip, clip_weights, dev))
+    # The significance test's pool (README, "How far to trust a name"), embedded once into the image cache.
+    t0 = time.time()
+    pool = [probe_names[r] for r in pool_rows(len(probe_names), null_pool, null_seed)]
+    pool_feats, _, new = image_features(config, ex_cfg, pool, vlm, batch_size, num_workers)
+    print(f"null pool: {len(pool)} probing images ({new} new) in {time.time() - t0:.1f}s")
     t0 = time.time()
 
     # Image features: every distinct example image once, cached per probing set and VLM, grown as needed.
@@ -103,6 +115,18 @@ def run():
         status = "dead" if n["dead"] else ("ok" if chosen else "none")
         named.append({"neuron": n["neuron"], "n_examples": len(n["examples"]), "status": status,
                       "concepts": [{"concept": concepts[c], "score": float(S_k[c])} for c in chosen]})
+    # Evidence for each name (README, "How far to trust a name"): would random images match as well?
+    t2, live = time.time(), [j for j, n in enumerate(neurons) if n["examples"]]
+    s_pool = image_concept_scores(pool_feats, text["features"], text["template"] if adaptive else None)
+    t, p = significance(neuron_concept_scores(s, [[row[e["image_id"]] for e in neurons[j]["examples"]] for j in live]),
+                        [len(neurons[j]["examples"]) for j in live], s_pool, null_draws, null_seed)
+    q = false_discovery_control(p.numpy(), method="bh") if live else []
+    for n in named:
+        n.update(z=None, p=None, q=None, significant=None)
+    for j, t_j, p_j, q_j in zip(live, t.tolist(), p.tolist(), q):
+        named[j].update(z=t_j, p=p_j, q=float(q_j), significant=bool(q_j <= fdr))
+    print(f"significant: {sum(n['significant'] is True for n in named)} of {len(live)} (q <= {fdr:g}); "
+          f"test in {time.time() - t2:.1f}s")
     cfg = {**config, "concept_set_file": str(concept_path), "n_concepts": len(concepts), "examples": str(ex_json),
            "class_names": stored_classes(ex_cfg)}
     save_tensors(out_dir / "similarity.pt", {"key": result_key, "similarity": S, "concepts": concepts,
@@ -135,17 +159,18 @@ def run():
         print(f"  {p}")
 
 
-def check_probe_set(ex_json: Path, ex_cfg: dict) -> None:
+def check_probe_set(ex_json: Path, ex_cfg: dict) -> list[str]:
     """The examples name images by file: if the probing set changed since step 2 (images replaced,
     re-encoded, another split file), they are no longer the images that activated each neuron."""
     try:
-        data_key = load_probe(ex_cfg).data_key
+        probe = load_probe(ex_cfg)
     except PipelineError as e:
         raise PipelineError(f"cannot re-read the probing set {ex_json} was selected from ({e}); restore it, "
                             f"or re-run example_selection.py") from None
-    if data_key != ex_cfg["data_key"]:
+    if probe.data_key != ex_cfg["data_key"]:
         raise PipelineError(f"the images or split file under {ex_cfg['data_root']} changed since {ex_json} was "
                             f"selected from them; re-run example_selection.py (same experiment file), then this step")
+    return probe.names
 
 
 def print_fc_table(named, classes, metrics):

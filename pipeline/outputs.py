@@ -205,14 +205,16 @@ def text_features_key(vlm: dict, concept_file: str | Path, c: dict) -> str:
 
 
 def matching_key(examples: str, images: str, text: str, c: dict, code: str) -> str:
-    """similarity.pt and concepts.json: the examples, both feature caches and the scoring rule."""
+    """similarity.pt and concepts.json: the examples, both feature caches, the scoring rule and the
+    significance test's constants (the pool's images are in the image cache's key)."""
     return digest({"examples": examples, "images": images, "text": text, "adaptive": c["adaptive"],
-                   "alpha": c["alpha"], "code": code})
+                   "alpha": c["alpha"], "significance": {k: c[k] for k in ("null_pool", "null_draws", "fdr", "null_seed")},
+                   "code": code})
 
 
 def maps_key(stage2: dict, module: str, image_ids: list[str]) -> str:
     """maps_{module}.pt: the model and preprocessing of step 2 (its layer aside), the images, the module."""
-    return digest({**{k: stage2[k] for k in ACTIVATION_FIELDS if k != "layer"}, "module": module,
+    return digest({**{k: stage2.get(k) for k in ACTIVATION_FIELDS if k != "layer"}, "module": module,
                    "target": target_identity(stage2["model"], stage2["checkpoint"] or None), "data": stage2["data_key"],
                    "images": image_ids,
                    "code": code_version("pipeline/dissection.py", "models/target.py", "dataset/nih.py")})
