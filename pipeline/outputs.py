@@ -34,7 +34,7 @@ from pipeline.cli import PipelineError, constant_names, constants_of
 # stand for the model family's defaults, which the code and library versions in the key decide).
 ACTIVATION_FIELDS = ("dataset", "split", "data_root", "split_file", "skip_missing", "labels", "uncertain", "classes",
                      "max_images", "seed", "model", "num_classes", "layer", "token_pool", "resize", "crop", "channels",
-                     "mean", "std", "precision")
+                     "mean", "std", "precision", "reinit_seed")
 # Step-2 constants that say how to run, not what comes out: a later step never checks them against
 # what step 2 stored (channels_last is a memory layout, its results equal up to rounding).
 RUN_SETTINGS = ("batch_size", "num_workers", "device", "channels_last", "save_crops", "save_root")
@@ -55,8 +55,14 @@ def probe_dir(c: dict) -> Path:
     return Path(c["save_root"]) / f"{c['dataset']}_{c['split']}"
 
 
+def model_dir(c: dict) -> Path:
+    """The target's folder; a re-initialised target (sanity_check.py) has its own beside the trained one's."""
+    seed = c.get("reinit_seed", -1)
+    return probe_dir(c) / (model_tag(c["model"]) + (f"-reinit{seed}" if seed >= 0 else ""))
+
+
 def layer_dir(c: dict) -> Path:
-    return probe_dir(c) / model_tag(c["model"]) / _tag(c["layer"])
+    return model_dir(c) / _tag(c["layer"])
 
 
 def selection_tag(c: dict) -> str:

@@ -3,6 +3,7 @@ neurons that are random by construction, Benjamini-Hochberg on what step 3 store
 import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,3 +153,71 @@ def test_bad_significance_options_are_refused(tmp_path, option, value, allowed):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{option} {value}" in lines[0] and allowed in lines[0], proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+# ---- the model-randomisation sanity check
+
+def test_reinitialise_changes_every_weight_and_is_seeded():
+    from models.target import build_target, reinitialise
+    net = build_target("densenet121")
+    with torch.no_grad():  # stand-ins for trained weights and batch-norm statistics
+        for p in net.parameters():
+            p.normal_()
+        for name, b in net.named_buffers():
+            if "running" in name:
+                b.fill_(3.0)
+    trained = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    assert reinitialise(net, 0) == []  # DenseNet: every parameter belongs to a module that resets itself
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's random stream is left as it was
+    first = {k: v.clone() for k, v in net.state_dict().items()}
+    params = [k for k, _ in net.named_parameters()]
+    assert all(not torch.equal(first[k], trained[k]) for k in params)
+    assert all(torch.equal(v, torch.zeros_like(v)) for k, v in first.items() if k.endswith("running_mean"))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_()
+    reinitialise(net, 0)
+    assert all(torch.equal(net.state_dict()[k], first[k]) for k in first)  # the same seed, the same weights
+    reinitialise(net, 1)
+    assert not torch.equal(net.state_dict()["features.conv0.weight"], first["features.conv0.weight"])
+
+
+def test_reinitialise_names_parameters_it_cannot_reset():
+    from models.target import reinitialise
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+            self.scale = torch.nn.Parameter(torch.full((2,), 5.0))
+
+    net = Scaled()
+    assert reinitialise(net, 0) == ["scale"] and torch.equal(net.scale, torch.full((2,), 5.0))
+
+
+def test_sanity_check_writes_both_targets_apart(probe_set, tmp_path):
+    clip = tmp_path / "tiny-clip.json"
+    clip.write_text(json.dumps(TINY_CLIP))
+    ckpt = save_random_target(tmp_path / "d.pth", "densenet121")
+    out = tmp_path / "res"
+    proc = run_script("sanity_check.py", "--data_root", str(probe_set), "--checkpoint", str(ckpt), "--resize", "64",
+                      "--crop", "64", "--num_workers", "0", "--save_root", str(out), "--model_clip", f"open_clip:{clip}",
+                      "--clip_weights", "random", "--metric_encoders", "", "--null_draws", "200", "--layer", "fc")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    probe = out / "nih14_train"
+    trained = torch.load(probe / "densenet121" / "fc" / "activations.pt", weights_only=True)
+    rand = torch.load(probe / "densenet121-reinit0" / "fc" / "activations.pt", weights_only=True)
+    assert rand["config"]["reinit_seed"] == 0 and trained["config"]["reinit_seed"] == -1
+    assert rand["key"] != trained["key"] and not torch.allclose(rand["activations"], trained["activations"])
+    report = json.loads((probe / "densenet121-reinit0" / "sanity.json").read_text())
+    assert (probe / "densenet121-reinit0" / "sanity.png").is_file()
+    for which, folder in (("trained", "densenet121"), ("randomised", "densenet121-reinit0")):
+        side = report["layers"]["fc"][which]
+        run = json.loads(Path(side["concepts_json"]).read_text())
+        assert Path(side["concepts_json"]).is_relative_to(probe / folder)
+        live = [n for n in run["neurons"] if n["status"] != "dead"]
+        assert side["live"] == len(live) and side["significant"] == sum(n["significant"] for n in live)
+    assert "fc: trained" in proc.stdout and "randomised" in proc.stdout
+    # one image folder and one text cache serve both targets: nothing embedded twice
+    assert len(list(out.rglob("image_features.pt"))) == 1 and len(list(out.rglob("text_*.pt"))) == 1
