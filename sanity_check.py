@@ -69,26 +69,31 @@ def side(path: Path, top: int) -> dict:
 
 
 def figure(layers: dict) -> plt.Figure:
-    fig, (ax, tab) = plt.subplots(1, 2, figsize=(11, 1.2 + 0.9 * len(layers)), width_ratios=[1, 1.6])
+    """Left: the significant share of each target per layer; right: their most frequent first concepts."""
     names = list(layers)
-    y = range(len(names))
+    fig, (ax, txt) = plt.subplots(1, 2, figsize=(11, 1.5 + 1.1 * len(names)), width_ratios=[1, 1.3])
     for off, which, color in ((-0.2, "trained", "tab:blue"), (0.2, "randomised", "tab:gray")):
-        ax.barh([i + off for i in y], [layers[n][which]["share"] for n in names], height=0.38, color=color,
-                label=which)
-    ax.set_yticks(list(y), names)
+        for i, n in enumerate(names):
+            r = layers[n][which]
+            ax.barh(i + off, r["share"], height=0.38, color=color, label=which if i == 0 else None)
+            ax.text(r["share"] + 0.01, i + off, f"{r['significant']}/{r['live']}", va="center", fontsize=8)
+    ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("share of live neurons significant")
+    ax.set_xlim(0, 1.15)
+    ax.set_xlabel("share of live neurons significant (q <= fdr)")
     ax.legend(loc="lower right", fontsize=8)
-    tab.axis("off")
-    rows = [[n] + [", ".join(f"{c} {k}" for c, k in layers[n][w]["first_concepts"][:3]) for w in ("trained", "randomised")]
-            for n in names]
-    t = tab.table(cellText=rows, colLabels=["layer", "trained: first concepts", "randomised: first concepts"],
-                  loc="center", cellLoc="left")
-    t.auto_set_font_size(False)
-    t.set_fontsize(7)
-    tab.set_title("most frequent first concepts (neurons)", fontsize=9)
-    fig.suptitle("Model-randomisation sanity check: significant names, trained vs re-initialised target", fontsize=10)
+    txt.axis("off")
+    lines = []
+    for n in names:
+        t, z = (layers[n][w]["first_concepts"] for w in ("trained", "randomised"))
+        lines += [f"{n}", f"  {'trained':<26}randomised"]
+        lines += [f"  {(f'{a[0]} {a[1]}' if a else ''):<26}{f'{b[0]} {b[1]}' if b else ''}"
+                  for a, b in zip(t + [None] * (len(z) - len(t)), z + [None] * (len(t) - len(z)))]
+        lines.append("")
+    txt.text(0, 1, "most frequent first concepts (neurons)\n\n" + "\n".join(lines), va="top", family="monospace",
+             fontsize=8, transform=txt.transAxes)
+    fig.suptitle("Model-randomisation sanity check: the trained target against the same one re-initialised",
+                 fontsize=10)
     return fig
 
 
