@@ -38,14 +38,18 @@ def max_z(S: torch.Tensor, n: torch.Tensor | int, mu: torch.Tensor, sigma: torch
 
 
 def null_order(pool_size: int, draws: int, length: int, seed: int) -> torch.Tensor:
-    """[draws, >= length] pool rows: row r's first n entries are draw r of size n. Each row is a random
-    permutation of the pool, so its first n <= pool_size entries are a random n-subset (without
-    replacement); a longer row continues with further permutations, each image at most ceil(n / P)
-    times. The first pool_size columns depend on the seed alone, not on the length asked for."""
+    """[draws, >= length] pool rows: row r's first n entries are draw r of size n. A row ranks the pool
+    by random keys, so its first n <= pool_size entries are a random n-subset (without replacement);
+    a longer row continues with further random rankings, each image at most ceil(n / P) times. The
+    first `length` columns depend on the seed alone, not on the length asked for."""
     g = torch.Generator().manual_seed(seed)
-    blocks = max(1, -(-length // pool_size))
-    return torch.cat([torch.rand(draws, pool_size, generator=g, dtype=torch.float64).argsort(1)
-                      for _ in range(blocks)], 1)
+    keys = torch.rand(draws, pool_size, generator=g, dtype=torch.float64)
+    if length <= pool_size:  # the `length` largest keys, largest first: the head of the full ranking
+        return keys.topk(length, 1).indices
+    more = -(-length // pool_size) - 1
+    return torch.cat([keys.argsort(1, descending=True)] + [
+        torch.rand(draws, pool_size, generator=g, dtype=torch.float64).argsort(1, descending=True)
+        for _ in range(more)], 1)
 
 
 def null_maxima(s_pool: torch.Tensor, sizes: list[int], draws: int, seed: int,
@@ -76,7 +80,7 @@ def null_maxima(s_pool: torch.Tensor, sizes: list[int], draws: int, seed: int,
             part[:, 0] += total
             total = part.cumsum_(1)[:, -1].clone()
             here = (at >= a) & (at < a + part.shape[1])
-            t[lo:lo + rows, here] = part[:, at[here] - a].amax(-1) / root[here]
+            t[lo:lo + rows, here] = part.amax(-1)[:, at[here] - a] / root[here]  # one reduction over all of them
     return {n: t[:, j] for j, n in enumerate(sizes)}
 
 
