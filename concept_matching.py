@@ -82,19 +82,18 @@ def run():
     probe_names = check_probe_set(ex_json, ex_cfg)
     concept_path, concepts = read_concepts(concept_set)
     vlm = functools.cache(lambda: load_vlm(model_clip, clip_weights, dev))
-    # The significance test's pool (README, "How far to trust a name"), embedded once into the image cache.
-    t0 = time.time()
-    pool = [probe_names[r] for r in pool_rows(len(probe_names), null_pool, null_seed)]
-    pool_feats, _, new = image_features(config, ex_cfg, pool, vlm, batch_size, num_workers)
-    print(f"null pool: {len(pool)} probing images ({new} new) in {time.time() - t0:.1f}s")
     t0 = time.time()
 
-    # Image features: every distinct example image once, cached per probing set and VLM, grown as needed.
+    # Image features: every distinct example image and the significance test's pool (README, "How far
+    # to trust a name") once, cached per probing set and VLM, grown as needed.
     ids = list(dict.fromkeys(e["image_id"] for n in neurons for e in n["examples"]))
-    img_feats, img_key, new = image_features(config, ex_cfg, ids, vlm, batch_size, num_workers)
+    pool = [probe_names[r] for r in pool_rows(len(probe_names), null_pool, null_seed)]
+    feats, img_key, new = image_features(config, ex_cfg, ids + pool, vlm, batch_size, num_workers)
     if not ranks.is_main():
         return
-    print(f"image features {tuple(img_feats.shape)} ({new} new) in {time.time() - t0:.1f}s")
+    img_feats, pool_feats = feats[:len(ids)], feats[len(ids):]
+    print(f"image features {tuple(img_feats.shape)} and the null pool's {len(pool)} ({new} new) in "
+          f"{time.time() - t0:.1f}s")
 
     # Text features: each concept as one prompt, batched without changing any embedding.
     t1 = time.time()

@@ -124,7 +124,7 @@ def test_step3_stores_z_p_q_and_significance(probe_set, tmp_path):
         return proc.stdout, json.loads(next(out.rglob("concepts.json")).read_text())
 
     log, c = stage3("--null_draws", "200", "--fdr", "0.5")
-    assert "null pool: 64 probing images (64 new)" in log
+    assert "and the null pool's 64 (64 new)" in log  # every probing image: the pool, the examples among them
     dead, live = c["neurons"][3], [n for n in c["neurons"] if n["status"] != "dead"]
     assert dead["status"] == "dead" and all(dead[k] is None for k in ("z", "p", "q", "significant"))
     assert len(live) == 13 and all(1 / 201 <= n["p"] <= 1 and n["n_examples"] > 0 for n in live)
@@ -137,7 +137,7 @@ def test_step3_stores_z_p_q_and_significance(probe_set, tmp_path):
     assert f"significant: {n_sig} of 13 (q <= 0.5)" in log
     # the significance constants are in the key; MAMMI's own names do not move with them
     log2, c2 = stage3()
-    assert "null pool: 64 probing images (0 new)" in log2 and c2["key"] != c["key"]
+    assert "and the null pool's 64 (0 new)" in log2 and c2["key"] != c["key"]
     strip = lambda ns: [{k: v for k, v in n.items() if k not in ("z", "p", "q", "significant")} for n in ns]
     assert strip(c2["neurons"]) == strip(c["neurons"])
     assert [n["z"] for n in c2["neurons"]] == [n["z"] for n in c["neurons"]]  # t does not depend on the draws
