@@ -41,7 +41,7 @@ def check_quality(summary: dict, table: str) -> None:
     assert round(fc["top-k examples (k = 20)"]["hit_rate"]["mean"] * 14) >= 11, table  # 13
     pen = summary["penultimate"]
     assert pen["selective"] > 900 and pen["share"] >= 0.70, table                      # .757-.820
-    sig = summary["significance"]["penultimate"]                                        # full world: .63 against .06
+    sig = summary["significance"]["penultimate"]                                        # measured .45 against .19 (full world .63 against .06)
     assert sig["randomised"]["share"] <= sig["trained"]["share"] / 2, summary["significance"]
     auroc = summary["auroc"]
     assert len(auroc) == 14 and min(auroc.values()) >= 0.70, auroc                     # worst .780
