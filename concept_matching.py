@@ -87,7 +87,7 @@ def run():
     # Image features: every distinct example image and the significance test's pool (README, "How far
     # to trust a name") once, cached per probing set and VLM, grown as needed.
     ids = list(dict.fromkeys(e["image_id"] for n in neurons for e in n["examples"]))
-    pool = [probe_names[r] for r in pool_rows(len(probe_names), null_pool, null_seed)]
+    pool = [probe_names[r] for r in pool_rows(len(probe_names), null_pool, null_seed)] if ids else []  # no live neuron: no test
     feats, img_key, new = image_features(config, ex_cfg, ids + pool, vlm, batch_size, num_workers)
     if not ranks.is_main():
         return
@@ -103,7 +103,7 @@ def run():
 
     # Scores and concepts.
     if not ids:  # no neuron has an example: all scores are zero, each neuron is dead or has none
-        img_feats = text["features"][:0]
+        img_feats = pool_feats = text["features"][:0]
     row = {i: r for r, i in enumerate(ids)}
     s = image_concept_scores(img_feats, text["features"], text["template"] if adaptive else None)
     S = neuron_concept_scores(s, [[row[e["image_id"]] for e in n["examples"]] for n in neurons]).float()
