@@ -15,10 +15,13 @@ import functools
 import time
 from pathlib import Path
 
+from scipy.stats import false_discovery_control
+
 from core.digests import code_digest
 from dataset.concepts import read_concepts
 from dataset.probe import load_probe, output_names
-from method import TEMPLATE, fc_metrics, mammi
+from evidence import pool_rows, significance
+from method import TEMPLATE, fc_metrics, image_concept_scores, mammi, neuron_concept_scores
 from models import pick_device
 from models.layers import layer_names
 from models.vlm import load_vlm, weights_identity
@@ -44,6 +47,10 @@ num_workers: ">= -1" = -1       # data-loading processes; -1 = one per core (sha
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present (torchrun: each rank its own GPU)
 metric_encoders = "medclip,clip-vit-b-16,all-mpnet-base-v2,all-minilm-l6-v2"  # text encoders for the fc cosine
 medclip_weights = ""            # MedCLIP folder for the fc cosine metric; default pretrained/medclip-vit
+null_pool: ">= 1" = 2000        # significance: the probing images random example sets are drawn from (all when fewer)
+null_draws: ">= 100" = 1000     # random example sets per example count; the smallest p is 1/(null_draws + 1)
+fdr: "(0, 1)" = 0.05            # a neuron is significant when its Benjamini-Hochberg q <= fdr
+null_seed = 0                   # seed of the pool (when drawn) and of the random example sets
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))
 CODE = code_digest("concept_matching.py")
@@ -71,17 +78,21 @@ def run():
         writable(img_path.parent)
         writable(txt_path.parent)
         claim(out_dir)
-    check_probe_set(ex_json, ex_cfg)
+    probe_names = check_probe_set(ex_json, ex_cfg)
     concept_path, concepts = read_concepts(concept_set)
     vlm = functools.cache(lambda: load_vlm(model_clip, clip_weights, dev))
     t0 = time.time()
 
-    # Image features: every distinct example image once, cached per probing set and VLM, grown as needed.
+    # Image features: every distinct example image and the significance test's pool (README, "How far
+    # to trust a name") once, cached per probing set and VLM, grown as needed.
     ids = list(dict.fromkeys(e["image_id"] for n in neurons for e in n["examples"]))
-    img_feats, img_key, new = image_features(config, ex_cfg, ids, vlm, batch_size, num_workers)
+    pool = [probe_names[r] for r in pool_rows(len(probe_names), null_pool, null_seed)] if ids else []  # no live neuron: no test
+    feats, img_key, new = image_features(config, ex_cfg, ids + pool, vlm, batch_size, num_workers)
     if not ranks.is_main():
         return
-    print(f"image features {tuple(img_feats.shape)} ({new} new) in {time.time() - t0:.1f}s")
+    img_feats, pool_feats = feats[:len(ids)], feats[len(ids):]
+    print(f"image features {tuple(img_feats.shape)} and the null pool's {len(pool)} ({new} new) in "
+          f"{time.time() - t0:.1f}s")
 
     # Text features: each concept as one prompt, batched without changing any embedding.
     t1 = time.time()
@@ -91,12 +102,24 @@ def run():
 
     # Scores and concepts.
     if not ids:  # no neuron has an example: all scores are zero, each neuron is dead or has none
-        img_feats = text["features"][:0]
+        img_feats = pool_feats = text["features"][:0]
     row = {i: r for r, i in enumerate(ids)}
     rows = [{**n, "examples": [row[e["image_id"]] for e in n["examples"]]} for n in neurons]
     got = mammi(rows, img_feats, text["features"], text["template"] if adaptive else None, concepts, alpha)
     S, named = got["S"], got["neurons"]
     result_key = matching_key(stored["key"], img_key, txt_key, config, CODE)
+    # Evidence for each name (README, "How far to trust a name"): would random images match as well?
+    t2, live = time.time(), [j for j, n in enumerate(rows) if n["examples"]]
+    s_pool = image_concept_scores(pool_feats, text["features"], text["template"] if adaptive else None)
+    t, p, null95 = significance(neuron_concept_scores(got["s"], [rows[j]["examples"] for j in live]),
+                                [len(rows[j]["examples"]) for j in live], s_pool, null_draws, null_seed)
+    q = false_discovery_control(p.numpy(), method="bh") if live else []
+    for n in named:
+        n.update(z=None, p=None, q=None, significant=None, null_p95=None)
+    for j, t_j, p_j, q_j, c_j in zip(live, t.tolist(), p.tolist(), q, null95.tolist()):
+        named[j].update(z=t_j, p=p_j, q=float(q_j), significant=bool(q_j <= fdr), null_p95=c_j)
+    print(f"significant: {sum(n['significant'] is True for n in named)} of {len(live)} (q <= {fdr:g}); "
+          f"test in {time.time() - t2:.1f}s")
     cfg = {**config, "concept_set_file": str(concept_path), "n_concepts": len(concepts), "examples": str(ex_json),
            "class_names": stored_classes(ex_cfg)}
     save_tensors(out_dir / "similarity.pt", {"key": result_key, "similarity": S, "concepts": concepts,
@@ -129,17 +152,18 @@ def run():
         print(f"  {p}")
 
 
-def check_probe_set(ex_json: Path, ex_cfg: dict) -> None:
+def check_probe_set(ex_json: Path, ex_cfg: dict) -> list[str]:
     """The examples name images by file: if the probing set changed since step 2 (images replaced,
     re-encoded, another split file), they are no longer the images that activated each neuron."""
     try:
-        data_key = load_probe(ex_cfg).data_key
+        probe = load_probe(ex_cfg)
     except PipelineError as e:
         raise PipelineError(f"cannot re-read the probing set {ex_json} was selected from ({e}); restore it, "
                             f"or re-run example_selection.py") from None
-    if data_key != ex_cfg["data_key"]:
+    if probe.data_key != ex_cfg["data_key"]:
         raise PipelineError(f"the images or split file under {ex_cfg['data_root']} changed since {ex_json} was "
                             f"selected from them; re-run example_selection.py (same experiment file), then this step")
+    return probe.names
 
 
 def print_fc_table(named, classes, metrics):

@@ -7,8 +7,8 @@ probed with the committed demo target (DenseNet-121) and named with the committe
 (PhantomCLIP); both were trained by `python -m phantom.train`. Every step runs as it would from the
 command line with the experiment file config/demo.py, the command printed, so each can be re-run
 by hand. Ends with the results table: classifier AUROC, the fc hit rate with its ablations, the
-penultimate agreement with the phantom labels, MAMMI against the other describers, and the pointing
-game. Everything lands in the experiment's save_root.
+penultimate agreement with the phantom labels, the share of significant names for the trained and a
+re-initialised target, MAMMI against the other describers, and the pointing game. Everything lands in the experiment's save_root.
 """
 import csv
 import math
@@ -23,7 +23,8 @@ from dataset.nih import class_names, read_split, split_file
 from describers import lift_findings, names_finding, pm
 from pipeline.cache import load_json, save_bytes, save_json
 from pipeline.cli import PipelineError, accepted_names, configure, main, print_config, read_experiment, run_script
-from pipeline.outputs import describers_dir, eval_dir, matching_dir, read_comparison, read_matching, visualization_dir
+from pipeline.outputs import (describers_dir, eval_dir, matching_dir, model_dir, read_comparison, read_matching,
+                              visualization_dir)
 
 # -----------------------------------------------------------------------------
 # The target, VLM, folders and method constants come from config/demo.py (and may be overridden here).
@@ -37,7 +38,8 @@ num_workers: ">= 0" = 2
 # -----------------------------------------------------------------------------
 EXPERIMENT = "config/demo.py"
 config = configure(globals(), argv=[EXPERIMENT, *sys.argv[1:]],
-                   reads=("example_selection.py", "concept_matching.py", "bbox_img.py", "compare_describers.py"))
+                   reads=("example_selection.py", "concept_matching.py", "bbox_img.py", "compare_describers.py",
+                          "sanity_check.py"))
 WORLD = Path(config["data_root"]).parent  # the world writes images/, its split files and bbox.csv here
 BOX_FILE = str(WORLD / "bbox.csv")
 CONCEPTS = str(Path(config["save_root"]) / "concept_set" / "demo_concepts.txt")
@@ -124,6 +126,9 @@ def run():
     step("concept_matching.py", layer="penultimate")
     times["stage 3"] = time.time() - t
     t = time.time()
+    step("sanity_check.py", layer="fc,penultimate")  # steps 2-3 again on a re-initialised target
+    times["sanity check"] = time.time() - t
+    t = time.time()
     for layer in ("fc", "penultimate"):  # the other ways to name a neuron, on the inputs of MAMMI's run
         step("compare_describers.py", layer=layer)
     times["describers"] = time.time() - t
@@ -144,8 +149,11 @@ def run():
     pointing = load_json(visualization_dir(base) / "total_results.json")["pointing_game"]
     rivals = {layer: read_comparison(describers_dir(matching_dir({**base, "layer": layer}) / "concepts.json")
                                      / "describers.json") for layer in ("fc", "penultimate")}
-    summary = {"auroc": auroc, "fc": rows, "penultimate": pen, "describers": rivals, "pointing_game": pointing,
-               "times_s": times, "config": config}
+    sanity = load_json(model_dir({**base, "reinit_seed": config["sanity_seed"]}) / "sanity.json")["layers"]
+    significance = {layer: {w: {k: r[w][k] for k in ("significant", "live", "share")} for w in ("trained", "randomised")}
+                    for layer, r in sanity.items()}
+    summary = {"auroc": auroc, "fc": rows, "penultimate": pen, "significance": significance, "describers": rivals,
+               "pointing_game": pointing, "times_s": times, "config": config}
     report(summary)
     save_json(Path(config["save_root"]) / "summary.json", summary)
     print(f"\ndemo finished in {time.time() - t0:.0f}s; summary in {Path(config['save_root']) / 'summary.json'}")
@@ -165,6 +173,11 @@ def report(summary: dict) -> None:
     p = summary["penultimate"]
     print(f"\npenultimate layer: {p['agree']} of {p['selective']} finding-selective neurons (lift >= "
           f"{config['lift_min']:g}; {p['neurons']} in all) have that finding among their concepts: {p['share']:.1%}")
+    print(f"\nsignificant names (q <= {config['fdr']:g}), trained target against the same DenseNet-121 re-initialised:")
+    for layer, r in summary["significance"].items():
+        t, z = r["trained"], r["randomised"]
+        print(f"  {layer:<12} trained {t['significant']:>4} of {t['live']:<4} ({t['share']:.0%})   "
+              f"randomised {z['significant']:>4} of {z['live']:<4} ({z['share']:.0%})")
     describer_table(summary["describers"])
     g = summary["pointing_game"]["overall"]
     print(f"pointing game: the overall Taylor map peaks inside a box of the predicted class in {g['hits']} of "

@@ -22,7 +22,7 @@ from dataset.probe import MISSING, align_labels, load_probe, output_names, resol
 from method import select_examples
 from models import pick_device
 from models.layers import layer_names, layer_table
-from models.target import checkpoint_of, load_target, model_classes, parse_model, preprocessing
+from models.target import checkpoint_of, load_target, model_classes, parse_model, preprocessing, reinitialise
 from pipeline import ranks
 from pipeline.cache import cached, claim, holds_claims, load_json, save_csv, save_jpeg, save_json, save_tensors
 from pipeline.cli import PipelineError, configure, main, print_config
@@ -54,6 +54,7 @@ channels: "0 | 1 | 3" = 0       # input channels; 0 = the family's (1 for xrv)
 mean = ""                       # normalisation mean, one value or one per channel; default: the family's
 std = ""                        # normalisation std, likewise
 precision: "fp32 | bf16" = "fp32"  # bf16: the forward pass under autocast (activations stored as float32)
+reinit_seed: ">= -1" = -1       # -1: the trained weights; else every module re-initialised with this seed (sanity_check.py)
 batch_size: ">= 1" = 64
 num_workers: ">= -1" = -1       # data-loading processes; -1 = one per core (shared by torchrun's ranks)
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present (torchrun: each rank its own GPU)
@@ -81,8 +82,14 @@ def run():
           + (f"{len(class_list)} {source}" if class_list else "none named (pass --classes FILE to name the outputs)"))
     print(f"preprocessing: Resize {prep['resize']}, CenterCrop {prep['crop']}, {prep['channels']} channel(s), "
           f"mean {prep['mean']}, std {prep['std']}")
-    load = lambda need_head: load_target(model, ckpt, need_head, num_classes, prep["channels"],
-                                         len(class_list or []))
+
+    def load(need_head):
+        net, head_ok = load_target(model, ckpt, need_head, num_classes, prep["channels"], len(class_list or []))
+        if reinit_seed >= 0:
+            kept = reinitialise(net, reinit_seed)
+            print(f"re-initialised with seed {reinit_seed}" + (f"; {len(kept)} parameter tensor(s) have no "
+                  f"reset_parameters() and keep their values: {', '.join(kept[:5])}" if kept else ""))
+        return net, head_ok
     if wanted == ["list"]:
         net = load(False)[0].to(dev)
         x = next(iter(probe_loader(paths[:2], prep, 2, 0, dev)))

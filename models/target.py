@@ -223,6 +223,24 @@ def build_target(arch: str, num_classes: int = 14) -> nn.Module:
     raise PipelineError(f"unknown --model {arch!r}; choose one of {', '.join(ARCHS)}")
 
 
+def reinitialise(net: nn.Module, seed: int) -> list[str]:
+    """The same architecture with fresh weights, for the model-randomisation sanity check: every module's
+    own reset_parameters(), in module order, from torch's generator seeded with `seed` (restored after).
+    Returns the parameters no module's reset_parameters() covers (they keep their values); refuses a
+    model none of whose modules can re-initialise itself (a TorchScript file)."""
+    covered, names = set(), {id(p): n for n, p in net.named_parameters()}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in net.modules():
+            if callable(getattr(m, "reset_parameters", None)):
+                m.reset_parameters()
+                covered |= {id(p) for p in m.parameters(recurse=False)}
+    if names and not covered:
+        raise PipelineError("no module of this model has reset_parameters(), so it cannot be re-initialised "
+                            "(a TorchScript file?); pass the model as file.py:function")
+    return [n for i, n in names.items() if i not in covered]
+
+
 def _from_file(spec: Spec, model: str) -> nn.Module:
     path = Path(spec.name)
     where = importlib.util.spec_from_file_location(f"mammi_target_{path.stem}", path)

@@ -38,7 +38,7 @@ from pipeline.cli import PipelineError, constant_names, constants_of
 # stand for the model family's defaults, which the code and library versions in the key decide).
 ACTIVATION_FIELDS = ("dataset", "split", "data_root", "split_file", "skip_missing", "labels", "uncertain", "classes",
                      "max_images", "seed", "model", "num_classes", "layer", "token_pool", "resize", "crop", "channels",
-                     "mean", "std", "precision")
+                     "mean", "std", "precision", "reinit_seed")
 # Step-2 constants that say how to run, not what comes out: a later step never checks them against
 # what step 2 stored (channels_last is a memory layout, its results equal up to rounding).
 RUN_SETTINGS = ("batch_size", "num_workers", "device", "channels_last", "save_crops", "save_root")
@@ -62,8 +62,14 @@ def probe_dir(c: dict) -> Path:
     return Path(c["save_root"]) / f"{c['dataset']}_{c['split']}"
 
 
+def model_dir(c: dict) -> Path:
+    """The target's folder; a re-initialised target (sanity_check.py) has its own beside the trained one's."""
+    seed = c.get("reinit_seed", -1)
+    return probe_dir(c) / (model_tag(c["model"]) + (f"-reinit{seed}" if seed >= 0 else ""))
+
+
 def layer_dir(c: dict) -> Path:
-    return probe_dir(c) / model_tag(c["model"]) / _tag(c["layer"])
+    return model_dir(c) / _tag(c["layer"])
 
 
 def selection_tag(c: dict) -> str:
@@ -281,14 +287,16 @@ def text_features_key(vlm: dict, concept_file: str | Path, c: dict) -> str:
 
 
 def matching_key(examples: str, images: str, text: str, c: dict, code: str) -> str:
-    """similarity.pt and concepts.json: the examples, both feature caches and the scoring rule."""
+    """similarity.pt and concepts.json: the examples, both feature caches, the scoring rule and the
+    significance test's constants (the pool's images are in the image cache's key)."""
     return digest({"examples": examples, "images": images, "text": text, "adaptive": c["adaptive"],
-                   "alpha": c["alpha"], "code": code})
+                   "alpha": c["alpha"], "significance": {k: c[k] for k in ("null_pool", "null_draws", "fdr", "null_seed")},
+                   "code": code})
 
 
 def maps_key(stage2: dict, module: str, image_ids: list[str]) -> str:
     """maps_{module}.pt: the model and preprocessing of step 2 (its layer aside), the images, the module."""
-    return digest({**{k: stage2[k] for k in ACTIVATION_FIELDS if k != "layer"}, "module": module,
+    return digest({**{k: stage2.get(k) for k in ACTIVATION_FIELDS if k != "layer"}, "module": module,
                    "target": target_identity(stage2["model"], stage2["checkpoint"] or None), "data": stage2["data_key"],
                    "images": image_ids,
                    "code": code_digest("pipeline/dissection.py")})
