@@ -34,6 +34,7 @@ layers.forEach((l) => $("layer").appendChild(el("option", {value: l}, l)));
 RUNS.forEach((r, i) => $("run").appendChild(el("option", {value: String(i)}, r.label || r.folder)));
 if (RUNS.length < 2) $("runbox").style.display = "none";
 if (!RUNS.some((r) => r.fc)) $("hitbox").style.display = "none";
+if (!N.some((n) => n.ev)) $("evbox").style.display = "none";
 
 let shown = [], rendered = 0;
 const list = $("list");
@@ -42,10 +43,11 @@ const observer = new IntersectionObserver((es) => { if (es.some((e) => e.isInter
 
 function apply() {
   const q = $("q").value.trim().toLowerCase(), st = $("status").value, ly = $("layer").value,
-        run = $("run").value, hs = $("hitsel").value, sort = $("sort").value;
+        run = $("run").value, hs = $("hitsel").value, ev = $("evsel").value, sort = $("sort").value;
   const idq = /^#\d+$/.test(q) ? +q.slice(1) : null;
   shown = N.filter((n) => (!st || n.s === st) && (!ly || RUNS[n.r].layer === ly) && (!run || n.r === +run)
     && (!hs || (n.cls !== undefined && (hs === "hit") === n.hit))
+    && (!ev || (n.ev !== undefined && (ev === "sig") === n.ev.sig))
     && (!q || (idq !== null ? n.n === idq : n.q.some((c) => c.includes(q)))));
   const by = {id: (a, b) => a.r - b.r || a.n - b.n, ex: (a, b) => b.e - a.e || a.i - b.i,
               exa: (a, b) => a.e - b.e || a.i - b.i, top: (a, b) => b.top - a.top || a.i - b.i}[sort];
@@ -56,7 +58,9 @@ function apply() {
   fill();
   const c = {ok: 0, none: 0, dead: 0};
   shown.forEach((n) => c[n.s]++);
-  $("count").textContent = `${shown.length} of ${N.length} neurons shown · ${c.ok} ok · ${c.none} none · ${c.dead} dead`;
+  const sig = shown.filter((n) => n.ev && n.ev.sig).length, tested = shown.filter((n) => n.ev).length;
+  $("count").textContent = `${shown.length} of ${N.length} neurons shown · ${c.ok} ok · ${c.none} none · ${c.dead} dead` +
+    (tested ? ` · ${sig} of ${tested} tested significant` : "");
 }
 
 function fill() {
@@ -75,11 +79,22 @@ function fill() {
 
 function statusBadge(s) { return el("span", {class: "badge s-" + s}, s); }
 
+// The permutation test's verdict on a name: significant at the run's false discovery rate, with its q.
+function evidenceBadge(n) {
+  const e = n.ev;
+  return el("span", {class: "badge " + (e.sig ? "sig" : "nsig"), title: `z ${fmt(e.z)} · p ${fmt(e.p)} · q ${fmt(e.q)}`},
+            (e.sig ? "significant" : "not significant") + ` q ${fmt(e.q)}`);
+}
+
+// A finding is this neuron's when one of its concepts is the finding, or each of the finding's words is.
+const namesFinding = (n, f) => n.q.includes(f) || f.split(" ").every((w) => n.q.includes(w));
+
 function card(n) {
   const run = RUNS[n.r];
   const c = el("div", {class: "card", tabindex: "0", "data-key": key(n), "data-neuron": String(n.n)});
   const h = el("div", {class: "head"});
   h.append(el("span", {class: "nid"}, "neuron " + n.n), el("span", {class: "layer"}, run.layer), statusBadge(n.s));
+  if (n.ev) h.append(evidenceBadge(n));
   if (n.cls !== undefined) h.append(el("span", {class: "layer"}, n.cls), el("span", {class: "badge " + (n.hit ? "hit" : "miss")}, n.hit ? "hit" : "miss"));
   c.appendChild(h);
   if (RUNS.length > 1) c.appendChild(el("div", {class: "meta"}, run.label));
@@ -97,7 +112,7 @@ function card(n) {
 
 list.addEventListener("click", (ev) => { const c = ev.target.closest(".card"); if (c) location.hash = "n" + c.dataset.key; });
 list.addEventListener("keydown", (ev) => { const c = ev.target.closest(".card"); if (c && ev.key === "Enter") location.hash = "n" + c.dataset.key; });
-["q", "status", "layer", "run", "hitsel", "sort"].forEach((id) => $(id).addEventListener(id === "q" ? "input" : "change", apply));
+["q", "status", "layer", "run", "hitsel", "evsel", "sort"].forEach((id) => $(id).addEventListener(id === "q" ? "input" : "change", apply));
 
 // ---- a neuron's view --------------------------------------------------------------------------
 function neighbours(n) {
@@ -169,6 +184,7 @@ function openView(n) {
   p.appendChild(nav);
   const h = el("div", {class: "head"});
   h.append(el("h2", {id: "vtitle"}, "neuron " + n.n), el("span", {class: "layer"}, `${run.layer} · ${run.model}`), statusBadge(n.s));
+  if (n.ev) h.append(evidenceBadge(n));
   if (n.cls !== undefined) h.append(el("span", {class: "layer"}, "class " + n.cls), el("span", {class: "badge " + (n.hit ? "hit" : "miss")}, n.hit ? "hit" : "miss"));
   p.appendChild(h);
   p.appendChild(el("div", {class: "meta"}, run.folder));
@@ -179,6 +195,7 @@ function openView(n) {
   if (!n.c.length) chips.appendChild(el("span", {class: "meta"}, n.s === "dead" ? "dead: its activation is constant over the probing set, so it has no examples" : "none: no concept scored above zero"));
   n.c.forEach(([w, v]) => { const ch = el("span", {class: "chip"}, w); ch.appendChild(el("small", {}, fmt(v))); chips.appendChild(ch); });
   p.appendChild(chips);
+  p.appendChild(evidence(n, run));
 
   const figs = el("div", {class: "figs"});
   if (n.h) {
@@ -222,9 +239,44 @@ function openView(n) {
     });
     p.appendChild(pl);
   }
+  if (run.ablation) p.appendChild(ablationTable(n, run));
   $("view").classList.add("open");
   $("view").scrollTop = 0;
   document.body.style.overflow = "hidden";
+}
+
+function evidence(n, run) {
+  const d = el("div", {class: "evidence", id: "evidence"});
+  const e = n.ev;
+  if (!e) {
+    d.textContent = n.s === "dead" ? "No significance test: a dead neuron has no examples." :
+      "No significance test for this name (no examples, or a describer that does not test its names).";
+    return d;
+  }
+  d.append(el("b", {}, e.sig ? `Significant at q ≤ ${run.fdr}.` : `Not significant at q ≤ ${run.fdr}.`),
+    document.createTextNode(` Its examples match their best concept with z = ${fmt(e.z)} (the largest over the concepts);` +
+      ` random sets of ${n.e} probing image${n.e === 1 ? "" : "s"} reach ${fmt(e.p95)} in 5% of draws (the null's 95th percentile).` +
+      ` p = ${fmt(e.p)}; q = ${fmt(e.q)} (Benjamini–Hochberg over the layer's live neurons).`));
+  if (n.e <= 2) d.append(document.createTextNode(" With one or two examples the test has little power."));
+  return d;
+}
+
+function ablationTable(n, run) {
+  const box = el("div", {class: "ablation", id: "ablation"});
+  box.appendChild(el("h3", {}, `ablation of the named neurons, ${run.layer} layer`));
+  box.appendChild(el("p", {class: "meta"}, "Each finding's named neurons zeroed: the drop of its logit on the held-out images " +
+    "positive for it (in SDs of that logit), against random sets of as many live neurons; z = (effect − random mean) / random SD. " +
+    "Rows in bold name this neuron."));
+  const t = el("table"), head = el("tr");
+  ["finding", "neurons", "effect", "random (mean ± SD)", "z", "other classes"].forEach((h) => head.appendChild(el("th", {}, h)));
+  t.appendChild(head);
+  run.ablation.forEach(([f, k, eff, rm, rs, z, oth]) => {
+    const tr = el("tr", namesFinding(n, f) ? {class: "mine"} : {});
+    [f, k, fmt(eff), rm === null ? "–" : `${fmt(rm)} ± ${fmt(rs)}`, fmt(z), fmt(oth)].forEach((v) => tr.appendChild(el("td", {}, v)));
+    t.appendChild(tr);
+  });
+  box.appendChild(t);
+  return box;
 }
 
 function closeView() {

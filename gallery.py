@@ -37,7 +37,7 @@ from dataset.probe import output_names
 from method import alpha_cut
 from pipeline.cache import load_json, save_bytes
 from pipeline.cli import PipelineError, configure, main, print_config
-from pipeline.outputs import read_activations, read_matching, read_similarity, stored_classes
+from pipeline.outputs import read_ablation, read_activations, read_matching, read_similarity, stored_classes
 
 # -----------------------------------------------------------------------------
 runs = ""                       # comma-separated concepts.json files of stage 3 (any layer, any describer); default: every concepts.json under save_root
@@ -147,7 +147,8 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     page["runs"].append({"path": str(path), "layer": layer, "model": str(cfg.get("model") or ex_cfg.get("model", "")),
                          "describer": str(cfg.get("describer") or "MAMMI"), "vlm": str(cfg.get("model_clip") or ""),
                          "concept_set": str(cfg.get("concept_set", "")), "selection": selection,
-                         "alpha": alpha, "n_images": hist["n"] if hist else None, "fc": is_fc})
+                         "alpha": alpha, "n_images": hist["n"] if hist else None, "fc": is_fc,
+                         "fdr": cfg.get("fdr"), "ablation": ablation_rows(path.parent / "ablation.json")})
     for n in data["neurons"]:
         k = n["neuron"]
         e = by_id[k]
@@ -162,6 +163,9 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
             shown.append([images[key], sig(x["activation"])] + ([sig(probs[(k, rank)])] if (k, rank) in probs else []))
         rec = {"r": r, "n": k, "s": status, "c": chosen, "e": int(n.get("n_examples", len(e["examples"]))),
                "x": shown, "t": sig(e.get("threshold")), "p": []}
+        if n.get("significant") is not None:  # step 3's permutation test (README, "How far to trust a name")
+            rec["ev"] = {"z": sig(n["z"]), "p": sig(n["p"]), "q": sig(n["q"]), "sig": bool(n["significant"]),
+                         "p95": sig(n.get("null_p95"))}
         if hist:
             rec.update(h=hist["counts"][k], lo=hist["lo"][k], hi=hist["hi"][k])
         row = bars.get(k)
@@ -178,7 +182,17 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     stat = lambda p: [str(p), p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else [str(p), None]
     return {"concepts": file_digest(path), "examples": file_digest(ex_path), "data_root": folder,
             "files": [stat(ex_path.parent / "examples.csv"), stat(ex_path.parent.parent / "activations.pt"),
-                      stat(path.parent / "similarity.pt")]}
+                      stat(path.parent / "similarity.pt"), stat(path.parent / "ablation.json")]}
+
+
+def ablation_rows(path: Path) -> list[list] | None:
+    """The layer's ablation table, when ablation.py ran for this concepts.json: per finding, the named
+    neurons, their effect against random sets of as many (mean, SD) and z, and the other classes' drop."""
+    if not path.is_file():
+        return None
+    return [[str(f["finding"]), int(f["n_neurons"])] + [sig(f[k]) for k in ("effect", "random_mean", "random_sd", "z",
+                                                                             "other_classes")]
+            for f in read_ablation(path)["findings"]]
 
 
 def sig(v, digits: int = 4):

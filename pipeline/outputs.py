@@ -215,6 +215,17 @@ def read_comparison(path: str | Path) -> dict:
     return table
 
 
+def read_ablation(path: str | Path) -> dict:
+    """ablation.py's ablation.json, checked to ablate the concepts.json beside it (by the folders' names:
+    the results folder may have moved since)."""
+    path = Path(path)
+    result = read_output(path, "ablation.py", {"key": str, "concepts": str, "layer": str, "findings": list},
+                         check=lambda r: all(isinstance(f, dict) and "finding" in f and "z" in f for f in r["findings"]))
+    if Path(result["concepts"]).parent.parts[-2:] != path.parent.absolute().parts[-2:]:
+        raise PipelineError(f"{path} ablates {result['concepts']}, not the concepts.json beside it; re-run ablation.py")
+    return result
+
+
 def describers_dir(run: str | Path) -> Path:
     """The other describers of a stage-3 run (its concepts.json) and their comparison, inside its folder:
     they read the same activations, VLM features and concept set."""

@@ -52,6 +52,13 @@ def real_run(probe_set, densenet_ckpt, tmp_path_factory):
     return out
 
 
+# ablation.py's rows for the synthetic layer: one finding named by neuron 3's hostile concept, one named by none
+ABLATION = [{"finding": HOSTILE, "n_neurons": 1, "effect": 1.5, "random_mean": 0.1, "random_sd": 0.2, "z": 7.0,
+             "other_classes": 0.05, "neurons": [3], "n_images": 12},
+            {"finding": "mass", "n_neurons": 0, "effect": None, "random_mean": None, "random_sd": None, "z": None,
+             "other_classes": None, "neurons": [], "n_images": 9}]
+
+
 def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed: int = 0) -> Path:
     """A penultimate layer of n_neurons in the stage-2/3 output formats, with a dead neuron (5), a neuron
     whose best score is negative (7: none), the hostile concept as neuron 3's name, and a visualization
@@ -99,14 +106,20 @@ def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed:
     named = []
     for n, row in zip(neurons, S):
         chosen = select_concepts(row, 95.0) if n["examples"] else []
+        live = bool(n["examples"])  # step 3's permutation test: every third live neuron significant here
         named.append({"neuron": n["neuron"], "n_examples": len(n["examples"]),
                       "status": "dead" if n["dead"] else ("ok" if chosen else "none"),
-                      "concepts": [{"concept": vocab[c], "score": float(row[c])} for c in chosen]})
+                      "concepts": [{"concept": vocab[c], "score": float(row[c])} for c in chosen],
+                      "z": 2.5 + n["neuron"] % 7 if live else None, "p": 0.001 * (1 + n["neuron"] % 50) if live else None,
+                      "q": (0.01 if n["neuron"] % 3 == 0 else 0.2) if live else None,
+                      "significant": n["neuron"] % 3 == 0 if live else None, "null_p95": 3.25 if live else None})
     torch.save({"key": "synthetic", "similarity": S, "concepts": vocab, "neurons": list(range(n_neurons))},
                match / "similarity.pt")
     (match / "concepts.json").write_text(json.dumps({"key": "synthetic", "examples_key": "synthetic-examples", "config": {
         "layer": "penultimate", "model": "resnet50", "alpha": 95.0, "examples": str(ex_json),
-        "model_clip": "synthetic", "concept_set": "words"}, "neurons": named}))
+        "model_clip": "synthetic", "concept_set": "words", "fdr": 0.05}, "neurons": named}))
+    (match / "ablation.json").write_text(json.dumps({"key": "synthetic-ablation", "concepts": str(match / "concepts.json"),
+                                                     "layer": "penultimate", "findings": ABLATION}))
     vis = res / "synth_nih" / "resnet50" / "visualization"
     (vis / "figures").mkdir(parents=True)
     Image.new("RGB", (90, 40), "white").save(vis / "figures" / "s00001_000_Mass.png")
@@ -234,6 +247,27 @@ def test_synthetic_2048_and_panels(synthetic):
     assert page.scripts["code"] == "\n" + (REPO / "gallery.js").read_text()
     assert "<style>\n" + (REPO / "gallery.css").read_text() + "</style>" in text
     assert [t for t, _ in page.tags if t == "link"] == [] and not re.search(r"__[A-Z]+__", text)  # no placeholder left
+
+
+def test_each_name_carries_its_evidence_and_the_layer_its_ablation(synthetic):
+    """The page holds, per neuron, the z, p, q, verdict and null percentile step 3 stored (none for the dead
+    neuron), and per run the ablation table ablation.py wrote beside its concepts.json, row for row."""
+    res, _ = synthetic
+    concepts = json.loads(next(res.rglob("concepts.json")).read_text())
+    data = page_data(res / "gallery" / "index.html")[2]
+    stored = {n["neuron"]: n for n in concepts["neurons"]}
+    assert "ev" not in next(n for n in data["neurons"] if n["n"] == 5)  # dead: no test
+    tested = [n for n in data["neurons"] if "ev" in n]
+    assert len(tested) == sum(n["significant"] is not None for n in concepts["neurons"]) > 100
+    for n in tested:
+        want = stored[n["n"]]
+        assert n["ev"]["sig"] is want["significant"]
+        assert [n["ev"][k] for k in ("z", "p", "q", "p95")] == pytest.approx(
+            [want[k] for k in ("z", "p", "q", "null_p95")], rel=1e-3)
+    run = data["runs"][0]
+    assert run["fdr"] == 0.05
+    assert run["ablation"] == [[r["finding"], r["n_neurons"]] + [r[k] for k in ("effect", "random_mean", "random_sd", "z",
+                                                                                "other_classes")] for r in ABLATION]
 
 
 def test_thumbnails_reused_and_renewed(tmp_path):
@@ -502,6 +536,22 @@ def test_browser_2048_neurons(browser, synthetic):
     assert first < 1000, loads
     assert len(visible_keys(drv)) <= 120  # rendered lazily, not 2,048 cards at once
     assert drv.find_element(By.ID, "count").text.startswith("2048 of 2048")
+    # Evidence: the filter keeps exactly the significant names, each card says so; the view explains the test.
+    drv.find_element(By.CSS_SELECTOR, "#evsel option[value='sig']").click()
+    want = {f"{n['r']}-{n['n']}" for n in data["neurons"] if n.get("ev", {}).get("sig")}
+    assert sorted(all_keys(drv)) == sorted(want) and len(want) > 100
+    assert f"{len(want)} of {len(want)} tested significant" in drv.find_element(By.ID, "count").text
+    drv.execute_script("window.scrollTo(0, 0)")
+    assert drv.find_element(By.CSS_SELECTOR, '.card[data-key="0-3"] .badge.sig').text == "significant q 0.01"
+    open_view_and_check(drv, "0-3", len(data["neurons"][3]["x"]))
+    text = drv.find_element(By.ID, "evidence").text
+    assert text.startswith("Significant at q ≤ 0.05.") and "z = 5.5" in text and "reach 3.25 in 5% of draws" in text
+    rows = drv.find_elements(By.CSS_SELECTOR, "#ablation tr")
+    cells = [[td.text for td in r.find_elements(By.TAG_NAME, "td")] for r in rows[1:]]
+    assert cells == [[HOSTILE, "1", "1.5", "0.1 ± 0.2", "7", "0.05"], ["mass", "0", "–", "–", "–", "–"]]
+    assert drv.find_elements(By.CSS_SELECTOR, "#ablation tr.mine") == [rows[1]]  # neuron 3 is named for it
+    drv.find_element(By.ID, "close").click()
+    drv.find_element(By.CSS_SELECTOR, "#evsel option[value='']").click()
     # The hostile concept: found by search, shown as text, never run.
     type_query(drv, "onerror")
     want = {f"{n['r']}-{n['n']}" for n in data["neurons"] if any("onerror" in w for w, _ in n["c"])}
