@@ -42,7 +42,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 # The steps in order; an experiment file may set any constant of any of them.
 STEPS = ("prepare_mimic_nouns.py", "example_selection.py", "concept_matching.py", "target_model_perform.py",
-         "bbox_img.py", "visualization.py", "gallery.py", "compare_describers.py")
+         "bbox_img.py", "visualization.py", "gallery.py", "compare_describers.py", "ablation.py")
 _SCALAR = (bool, int, float, str, type(None))
 _HEADER_END = "\nconfig = configure("
 
