@@ -18,7 +18,7 @@ from pathlib import Path
 
 from models import pick_device
 from pipeline.ablation import ablate, held_out, read_concepts_run
-from pipeline.cache import claim, code_version, holds_claims
+from pipeline.cache import claim, holds_claims
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from pipeline.outputs import matching_dir, upstream_constants
 
@@ -33,7 +33,6 @@ num_workers: ">= 0" = 2         # data-loading processes
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py", "concept_matching.py", "target_model_perform.py"))
-CODE = code_version("ablation.py", "pipeline/ablation.py", "pipeline/forward.py", "models/target.py")
 UPSTREAM = upstream_constants()
 
 
@@ -49,8 +48,8 @@ def run():
     claim(path.parent)
     t0 = time.time()
     split_file = config[f"{ablation_split}_split_file"]
-    got = held_out(stage2, ablation_split, split_file, batch_size, num_workers, pick_device(device))
-    result = ablate(path, data["neurons"], got, ablation_draws, ablation_seed, CODE)
+    got = held_out(stage2, config.given, ablation_split, split_file, batch_size, num_workers, pick_device(device))
+    result = ablate(path, data["neurons"], got, ablation_draws, ablation_seed)
     print_result(result)
     print(f"ablation in {time.time() - t0:.1f}s")
     print("outputs:")

@@ -26,13 +26,22 @@ import torch
 from torch import nn
 
 from dataset.probe import align_labels, label_key, load_probe
-from models.target import channels_last_modules, head_name, load_target
-from pipeline.cache import cached, file_digest, load_json, read_output, save_csv, save_json, save_png
-from pipeline.cli import PipelineError
+from models.target import channels_last_modules, head_name, load_target, preprocessing
+from pipeline.cache import cached, code_version, file_digest, load_json, read_output, save_csv, save_json, save_png
+from pipeline.cli import PipelineError, constants_of
 from pipeline.forward import probe_loader, record
 from pipeline.outputs import ablation_key, activations_key, layer_dir, read_examples, stored_classes
 
 FIELDS = ("finding", "n_neurons", "effect", "random_mean", "random_sd", "z", "other_classes")
+
+
+class NoLabels(PipelineError):
+    """The held-out split has no labels: no image is known to be positive for a finding."""
+
+
+def code() -> str:
+    """The code part of ablation.json's key, the same from ablation.py and compare_describers.py."""
+    return code_version("ablation.py", "pipeline/ablation.py", "pipeline/forward.py", "models/target.py")
 
 
 # ---- the statistic
@@ -153,16 +162,19 @@ def finding_stats(effects: torch.Tensor, f: int, others: list[int]) -> dict:
 
 # ---- the held-out split and one concepts.json
 
-def held_out(stage2: dict, split: str, split_file: str, batch_size: int, num_workers: int,
+def held_out(stage2: dict, given: dict, split: str, split_file: str, batch_size: int, num_workers: int,
              dev: torch.device) -> dict:
     """What ablation needs of the split step 4 evaluates on (val or test): the labels of the classes
     step 2 stored, the findings (classes with a name and a positive image), the logits and, where a
     linear map leads from the layer to the logits, the layer's activations and that map. Step 2's
-    activations.pt of the split is reused when its key matches; else one forward pass here."""
+    activations.pt of the split is reused when its key matches; else one forward pass here. Step 2 keys
+    it by its constants as given (0 and "" for the family's preprocessing) and stores them resolved, so
+    the key is asked with the preprocessing this run was given (`given`: an experiment file's and the
+    command line's values, Config.given), where it resolves as step 2's."""
     if stage2["labels"] == "none":
-        raise PipelineError(f"the probing set under {stage2['data_root']} has no labels (--labels none), so no "
-                            f"image is known to be positive for a finding; ablation needs labelled images: probe "
-                            f"a labelled set (--labels FILE.csv or NIH split files)")
+        raise NoLabels(f"the probing set under {stage2['data_root']} has no labels (--labels none), so no "
+                       f"image is known to be positive for a finding; ablation needs labelled images: probe "
+                       f"a labelled set (--labels FILE.csv or NIH split files)")
     if stage2["labels"]:  # a CSV probing set: the split's own CSV, or the probing CSV itself
         c = {**stage2, "labels": split_file or stage2["labels"]}
         if not split_file:
@@ -173,10 +185,17 @@ def held_out(stage2: dict, split: str, split_file: str, batch_size: int, num_wor
     classes = stored_classes(stage2)
     labels = align_labels(probe, classes, "stored by step 2")
     if labels is None:
-        raise PipelineError(f"the {probe.what} has no labels for the {split} split; pass --{split}_split_file with "
-                            f"a labelled split, or --ablation_split with one that has labels")
+        raise NoLabels(f"the {probe.what} has no labels for the {split} split; pass --{split}_split_file with "
+                       f"a labelled split, or --ablation_split with one that has labels")
     layer, ckpt = stage2["layer"], stage2["checkpoint"] or None
     path, key = layer_dir(c) / "activations.pt", activations_key(c, ckpt, probe.data_key)
+    prep = ("resize", "crop", "channels", "mean", "std")
+    as_given = {**c, **{k: given.get(k, constants_of("example_selection.py")[k]) for k in prep}}
+    try:
+        step2_key = activations_key(as_given, ckpt, probe.data_key) \
+            if preprocessing(as_given) == {k: stage2[k] for k in prep} else None
+    except PipelineError:  # this run's preprocessing constants do not even resolve: not step 2's
+        step2_key = None
     keep = [j for j, name in enumerate(classes or []) if name and (labels[:, j] == 1).any()]
     missing = [classes[j] for j, name in enumerate(classes or []) if name and j not in keep]
     if missing:
@@ -187,7 +206,7 @@ def held_out(stage2: dict, split: str, split_file: str, batch_size: int, num_wor
         """The network, logits, activations and linear map: only when an ablation is not reused."""
         net = load_target(stage2["model"], ckpt, True, stage2.get("num_classes", 0),
                           int(stage2.get("channels") or 3), len(classes or []))[0].to(dev).eval()
-        stored = cached(path, key)
+        stored = cached(path, step2_key) if step2_key else None
         if stored is not None and stored.get("logits") is not None and stored["image_ids"] == probe.names:
             print(f"reusing {path}")
             acts, logits = stored["activations"], stored["logits"]
@@ -222,11 +241,11 @@ def linear_map(net: nn.Module, layer: str, acts: torch.Tensor, logits: torch.Ten
     return w if gap <= 1e-4 * (1 + logits.abs().max()) else None
 
 
-def ablate(concepts_path: Path, records: list[dict], data: dict, draws: int, seed: int, code: str) -> dict:
+def ablate(concepts_path: Path, records: list[dict], data: dict, draws: int, seed: int) -> dict:
     """Each finding's ablation row for the neurons a concepts.json names, written beside it as
     ablation.json, ablation.csv and ablation.png (reused when its key matches)."""
     out = Path(concepts_path).parent
-    key = ablation_key(file_digest(concepts_path), data["activations_key"], data["split"], draws, seed, code)
+    key = ablation_key(file_digest(concepts_path), data["activations_key"], data["split"], draws, seed, code())
     stored = cached(out / "ablation.json", key, loader=load_json)
     if stored is not None:
         print(f"reusing {out / 'ablation.json'}")

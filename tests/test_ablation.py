@@ -233,6 +233,29 @@ def test_ablation_writes_its_table_and_reuses_it(run, tmp_path):
     assert json.loads((path.parent / "ablation.json").read_text())["seed"] == 1
 
 
+def test_step_2_activations_of_the_split_are_reused(run, probe_set, densenet_ckpt, tmp_path):
+    """Step 2 run on the held-out split with the same constants: its activations and logits serve, no
+    pass of ablation's own; the same numbers as that pass."""
+    ex = run
+    out = ex.parents[4]
+    first = concepts_file(tmp_path / "a", ex, {3: ["effusion"], 7: ["mass"]})
+    proc = ablation("--concepts", str(first))
+    assert proc.returncode == 0 and "one pass" in proc.stdout, proc.stderr[-2000:]
+    proc = run_script("example_selection.py", "--data_root", str(probe_set), "--checkpoint", str(densenet_ckpt),
+                      "--resize", "64", "--crop", "64", "--num_workers", "0", "--layer", "penultimate",
+                      "--split", "test", "--save_root", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    second = concepts_file(tmp_path / "b", ex, {3: ["effusion"], 7: ["mass"]})
+    proc = ablation("--concepts", str(second), "--resize", "64", "--crop", "64")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    split_acts = out / "nih14_test" / "densenet121" / "penultimate" / "activations.pt"
+    assert f"reusing {split_acts}" in proc.stdout and "one pass" not in proc.stdout, proc.stdout[-2000:]
+    a, b = (json.loads((p.parent / "ablation.json").read_text())["findings"] for p in (first, second))
+    assert [r["finding"] for r in a if r["z"] is not None] == [r["finding"] for r in b if r["z"] is not None] \
+        == ["effusion", "mass"]
+    assert [r["z"] for r in a if r["z"]] == pytest.approx([r["z"] for r in b if r["z"]], rel=1e-5)
+
+
 def test_a_layer_without_named_neurons_is_a_note(run, tmp_path):
     ex = run
     path = concepts_file(tmp_path / "none", ex, {})
