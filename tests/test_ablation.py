@@ -283,6 +283,13 @@ def test_no_labels_for_the_split_is_one_line(probe_set, densenet_ckpt, tmp_path)
     assert "Traceback" not in proc.stderr
     assert (path.parent / "ablation.json").read_text() == "{}"
     assert not (path.parent / "ablation.csv").exists() and not (path.parent / "ablation.png").exists()
+    # the describer table leaves the faithfulness column out, saying why
+    proc = run_script("compare_describers.py", "--mammi_run", str(path), "--describers", "label_auc",
+                      "--sensitivity_percents", "", "--metric_encoders", "", "--num_workers", "0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "faithfulness skipped: the probing set under" in proc.stdout
+    table = json.loads((path.parent / "describers" / "describers.json").read_text())
+    assert "has no labels" in table["faithfulness_skipped"] and "faithfulness" not in table["rows"]["mammi"]
 
 
 def test_default_constants():
