@@ -2,7 +2,7 @@
 carry the model's evidence for it?
 
     python ablation.py config/nih_densenet121.py --layer penultimate
-    python ablation.py config/demo.py --concepts results/demo/.../describers/label_auc/concepts.json
+    python ablation.py config/demo.py --ablation_concepts results/demo/.../describers/label_auc/concepts.json
 
 For each finding f (a class with positive images on the held-out split) and the layer of a
 concepts.json (MAMMI's, or a rival's from compare_describers.py): N_f, the live neurons one of whose
@@ -24,7 +24,7 @@ from pipeline.outputs import matching_dir, upstream_constants
 
 # -----------------------------------------------------------------------------
 # The held-out split is target_model_perform.py's (its val_split_file / test_split_file).
-concepts = ""                   # concepts.json whose named neurons are zeroed (MAMMI's or describers/NAME/'s); default: MAMMI's for these constants
+ablation_concepts = ""          # concepts.json whose named neurons are zeroed (MAMMI's or describers/NAME/'s); default: MAMMI's for these constants
 ablation_split: "val | test" = "test"  # held-out split the neurons are zeroed on (step 4 scores the model on test)
 ablation_draws: ">= 10" = 200   # random neuron sets per finding, each of the size of N_f
 ablation_seed = 0               # seed of those random sets
@@ -38,10 +38,10 @@ UPSTREAM = upstream_constants()
 
 @holds_claims
 def run():
-    path = Path(concepts) if concepts else matching_dir(config) / "concepts.json"
+    path = Path(ablation_concepts) if ablation_concepts else matching_dir(config) / "concepts.json"
     if not path.is_file():
         raise PipelineError(f"{path} not found; run example_selection.py and concept_matching.py with the same "
-                            f"experiment file and --layer (or pass --concepts PATH)")
+                            f"experiment file and --layer (or pass --ablation_concepts PATH)")
     path, data, stage2 = read_concepts_run(path)
     check_stored(config, data["config"], UPSTREAM, path)
     print_config("ablation", config)

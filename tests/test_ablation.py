@@ -208,7 +208,7 @@ def ablation(*args):
 def test_ablation_writes_its_table_and_reuses_it(run, tmp_path):
     ex = run
     path = concepts_file(tmp_path / "run", ex, {3: ["effusion"], 7: ["Effusion", "mass"], 9: ["pleural"]})
-    proc = ablation("--concepts", str(path))
+    proc = ablation("--ablation_concepts", str(path))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     got = json.loads((path.parent / "ablation.json").read_text())
     assert got["method"] == "linear" and got["split"] == "test" and got["draws"] == 20
@@ -223,12 +223,12 @@ def test_ablation_writes_its_table_and_reuses_it(run, tmp_path):
     assert (path.parent / "ablation.png").stat().st_size > 1000
     assert "z" in proc.stdout and "effusion" in proc.stdout
     # the held-out split had no step-2 activations: one pass; the second run reuses the table
-    again = ablation("--concepts", str(path))
+    again = ablation("--ablation_concepts", str(path))
     assert again.returncode == 0 and f"reusing {path.parent / 'ablation.json'}" in again.stdout
     assert "one pass" not in again.stdout
     assert json.loads((path.parent / "ablation.json").read_text()) == got
     # another seed is another key
-    other = ablation("--concepts", str(path), "--ablation_seed", "1")
+    other = ablation("--ablation_concepts", str(path), "--ablation_seed", "1")
     assert other.returncode == 0 and "reusing" not in other.stdout
     assert json.loads((path.parent / "ablation.json").read_text())["seed"] == 1
 
@@ -239,14 +239,14 @@ def test_step_2_activations_of_the_split_are_reused(run, probe_set, densenet_ckp
     ex = run
     out = ex.parents[4]
     first = concepts_file(tmp_path / "a", ex, {3: ["effusion"], 7: ["mass"]})
-    proc = ablation("--concepts", str(first))
+    proc = ablation("--ablation_concepts", str(first))
     assert proc.returncode == 0 and "one pass" in proc.stdout, proc.stderr[-2000:]
     proc = run_script("example_selection.py", "--data_root", str(probe_set), "--checkpoint", str(densenet_ckpt),
                       "--resize", "64", "--crop", "64", "--num_workers", "0", "--layer", "penultimate",
                       "--split", "test", "--save_root", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     second = concepts_file(tmp_path / "b", ex, {3: ["effusion"], 7: ["mass"]})
-    proc = ablation("--concepts", str(second), "--resize", "64", "--crop", "64")
+    proc = ablation("--ablation_concepts", str(second), "--resize", "64", "--crop", "64")
     assert proc.returncode == 0, proc.stderr[-2000:]
     split_acts = out / "nih14_test" / "densenet121" / "penultimate" / "activations.pt"
     assert f"reusing {split_acts}" in proc.stdout and "one pass" not in proc.stdout, proc.stdout[-2000:]
@@ -259,7 +259,7 @@ def test_step_2_activations_of_the_split_are_reused(run, probe_set, densenet_ckp
 def test_a_layer_without_named_neurons_is_a_note(run, tmp_path):
     ex = run
     path = concepts_file(tmp_path / "none", ex, {})
-    proc = ablation("--concepts", str(path))
+    proc = ablation("--ablation_concepts", str(path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "note: no live neuron of the penultimate layer is named for any of the" in proc.stdout
     assert all(r["n_neurons"] == 0 for r in json.loads((path.parent / "ablation.json").read_text())["findings"])
@@ -277,7 +277,7 @@ def test_no_labels_for_the_split_is_one_line(probe_set, densenet_ckpt, tmp_path)
     data["neurons"] = data["neurons"][:14]
     path.write_text(json.dumps(data))
     (path.parent / "ablation.json").write_text("{}")  # an earlier output: left as it is
-    proc = ablation("--concepts", str(path))
+    proc = ablation("--ablation_concepts", str(path))
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "has no labels (--labels none)" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -302,7 +302,7 @@ def test_bad_constants_are_one_line(run, tmp_path):
     path = concepts_file(tmp_path / "run", ex, {3: ["effusion"]})
     for args, words in ((["--ablation_split", "train"], "ablation_split must be one of val | test"),
                         (["--ablation_draws", "5"], "ablation_draws must be >= 10"),
-                        (["--concepts", str(tmp_path / "missing.json")], "not found")):
-        proc = ablation("--concepts", str(path), *args)
+                        (["--ablation_concepts", str(tmp_path / "missing.json")], "not found")):
+        proc = ablation("--ablation_concepts", str(path), *args)
         assert proc.returncode == 2 and words in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert not (path.parent / "ablation.json").exists()
