@@ -20,8 +20,10 @@ readers would look for) beside the run.
 The table: fc hit rate, precision, F1 and cosine (fc layer), and on any layer the agreement with what
 the probing set says each neuron is (`truth`), each with its standard error; pairwise agreement of
 the describers; and the sensitivity of MAMMI's fc hit rate (fc) or agreement (other layers) to its two
-constants, from the cached tensors. Writes describers/describers.json, describers.csv, agreement.csv,
-describers.png, sensitivity.json, sensitivity.png.
+constants, from the cached tensors; and each describer's faithfulness, the median over the findings of
+the ablation z of the neurons it names (ablation.py, on the held-out split). Writes
+describers/describers.json, describers.csv, agreement.csv, describers.png, sensitivity.json,
+sensitivity.png, and ablation.json, .csv, .png beside each describer's concepts.json.
 """
 import csv
 import functools
@@ -48,6 +50,7 @@ from method import fc_metrics, image_concept_scores, mammi, name_neuron
 from models import pick_device
 from models.target import load_target
 from models.vlm import load_vlm
+from pipeline.ablation import NoLabels, ablate, held_out, median_z
 from pipeline.cache import cached, save_bytes, save_json, save_png, save_tensors
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from pipeline.dissection import collect_maps, dissect, layer_maps, map_source
@@ -77,7 +80,8 @@ batch_size: ">= 1" = 64
 num_workers: ">= 0" = 2
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 # -----------------------------------------------------------------------------
-config = configure(globals(), reads=("example_selection.py", "concept_matching.py", "bbox_img.py"))
+config = configure(globals(), reads=("example_selection.py", "concept_matching.py", "bbox_img.py", "ablation.py",
+                                       "target_model_perform.py"))
 CODE = code_digest("compare_describers.py")
 # What decided the run: refused when given here with another value than the one stored with it.
 UPSTREAM = upstream_constants()
@@ -157,6 +161,7 @@ def run():
     truth_of = neuron_truth(acts, labels, findings, dead, scores.get("label_auc"))
     scored = class_neurons(classes, acts.shape[1]) if layer == "fc" else []
     table = compare(path, layer, records, truth_of, skipped, scored)
+    faithfulness(table, path, records, stage2, dev)
     if percents and alphas:
         t = time.time()
         table["sensitivity"] = sensitivity(run_json, acts, feats, truth_of, percents, alphas, out, scored)
@@ -202,6 +207,24 @@ def rival(name, consts, inputs, where, acts, ids, labels, findings, feats, stage
     save_tensors(where / "scores.pt", {"key": key, "scores": S.float(), "concepts": names, "n_used": used,
                                            "neurons": list(range(S.shape[0]))})
     return S, names, used, key
+
+
+def faithfulness(table: dict, path: Path, records: dict, stage2: dict, dev) -> None:
+    """Each describer's median ablation z over the findings (pipeline/ablation.py) into its row, the
+    ablation keys into the table's; skipped, with the reason, where the held-out split has no labels."""
+    try:
+        data = held_out(stage2, config.given, config["ablation_split"], config[f"{config['ablation_split']}_split_file"],
+                        batch_size, num_workers, dev)
+    except NoLabels as e:
+        print(f"note: faithfulness skipped: {e}")
+        table["faithfulness_skipped"] = str(e)
+        return
+    keys = {}
+    for name, recs in records.items():
+        concepts = path if name == "mammi" else describers_dir(path) / name / "concepts.json"
+        result = ablate(concepts, recs, data, config["ablation_draws"], config["ablation_seed"])
+        table["rows"][name]["faithfulness"], keys[name] = median_z(result), result["key"]
+    table["key"] = digest({"describers": table["key"], "ablation": keys})
 
 
 def numbers(name: str) -> list[float]:
@@ -408,7 +431,7 @@ def write_tables(table: dict, out: Path) -> None:
     header = ["describer", "layer", "neurons", "named", "truth", "truth_n", "truth_any", "truth_any_se",
               "truth_top1", "truth_top1_se", "hit_rate", "hit_rate_se", "precision", "precision_se", "f1", "f1_se"]
     enc = [e.strip() for e in config["metric_encoders"].split(",") if e.strip()]
-    header += [f"cosine_{e}{s}" for e in enc for s in ("", "_se")]
+    header += [f"cosine_{e}{s}" for e in enc for s in ("", "_se")] + ["faithfulness_median_z", "faithfulness_findings"]
     rows = []
     for name, r in table["rows"].items():
         t, fc = r["truth"], r.get("fc", {})
@@ -416,6 +439,8 @@ def write_tables(table: dict, out: Path) -> None:
                t["any"]["mean"], t["any"]["se"], t["top1"]["mean"], t["top1"]["se"]]
         row += [fc.get(m, {}).get(k, "") for m in ("hit_rate", "precision", "f1") for k in ("mean", "se")]
         row += [fc.get("cosine", {}).get(e, {}).get(k, "") for e in enc for k in ("mean", "se")]
+        f = r.get("faithfulness") or {}
+        row += [f.get("median_z", ""), f.get("findings", "")]
         rows.append(row)
     save_rows(out / "describers.csv", header, rows)
     names = list(table["pairwise"])
@@ -468,7 +493,7 @@ def print_table(table: dict) -> None:
     head = f"{'describer':<13} {'named':>6}"
     if fc:
         head += f" {'hit rate':>15} {'precision':>13} {'F1':>13} {'cosine':>13}"
-    head += f" {'truth named':>19} {'truth = 1st':>13}"
+    head += f" {'truth named':>19} {'truth = 1st':>13} {'faithfulness: median z':>23}"
     print(head)
     for name, r in table["rows"].items():
         line = f"{name:<13} {r['named']:>6}"
@@ -480,10 +505,12 @@ def print_table(table: dict) -> None:
                     (f" {pm(cos)}" if cos else f" {'n/a':>11}")
         t = r["truth"]
         line += f" {round(t['any']['mean'] * t['any']['n']) if t['any']['n'] else 0:>5}/{t['any']['n']:<4}" \
-                f"{pm(t['any'])} {pm(t['top1'])}"
+                f"{pm(t['any'])} {pm(t['top1'])} {faithful(r.get('faithfulness')):>23}"
         print(line)
     for name, why in table["skipped"].items():
         print(f"{name:<13} skipped: {why}")
+    if "faithfulness_skipped" in table:
+        print(f"faithfulness skipped: {table['faithfulness_skipped']}")
     names = list(table["pairwise"])
     print("pairwise agreement (same first concept): " + "; ".join(
         f"{a}~{b} {table['pairwise'][a][b]['mean']:.2f}" for i, a in enumerate(names) for b in names[i + 1:]))
@@ -493,6 +520,14 @@ def print_table(table: dict) -> None:
         best = np.unravel_index(np.nanargmax(grid), grid.shape)
         print(f"sensitivity ({s['metric']}): {np.nanmin(grid):.3f} to {np.nanmax(grid):.3f} over p x alpha; best at "
               f"p = {s['percents'][best[0]]:g}, alpha = {s['alphas'][best[1]]:g}")
+
+
+def faithful(f: dict | None) -> str:
+    """A describer's faithfulness: median z (findings with named neurons / findings)."""
+    if not f:
+        return "-"
+    z = "n/a" if f["median_z"] is None else f"{f['median_z']:.1f}"
+    return f"{z} ({f['findings']}/{f['of']})"
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ probed with the committed demo target (DenseNet-121) and named with the committe
 command line with the experiment file config/demo.py, the command printed, so each can be re-run
 by hand. Ends with the results table: classifier AUROC, the fc hit rate with its ablations, the
 penultimate agreement with the phantom labels, the share of significant names for the trained and a
-re-initialised target, MAMMI against the other describers, and the pointing game. Everything lands in the experiment's save_root.
+re-initialised target, MAMMI against the other describers, the ablation of the neurons each finding
+names (z per finding), and the pointing game. Everything lands in the experiment's save_root.
 """
 import csv
 import math
@@ -23,8 +24,8 @@ from dataset.nih import class_names, read_split, split_file
 from describers import lift_findings, names_finding, pm
 from pipeline.cache import load_json, save_bytes, save_json
 from pipeline.cli import PipelineError, accepted_names, configure, main, print_config, read_experiment, run_script
-from pipeline.outputs import (describers_dir, eval_dir, matching_dir, model_dir, read_comparison, read_matching,
-                              visualization_dir)
+from pipeline.outputs import (describers_dir, eval_dir, matching_dir, model_dir, read_ablation,
+                              read_comparison, read_matching, visualization_dir)
 
 # -----------------------------------------------------------------------------
 # The target, VLM, folders and method constants come from config/demo.py (and may be overridden here).
@@ -114,6 +115,8 @@ def run():
     step("example_selection.py", layer="fc")
     step("example_selection.py", layer="fc", selection="topk")
     step("example_selection.py", layer="penultimate")
+    # the held-out split that step 4 scores and ablation zeroes neurons on: one pass for both
+    step("example_selection.py", layer="fc,penultimate", split="test")
     times["stage 2"] = time.time() - t
     t = time.time()
     variants = {"MAMMI (adaptive examples, template, adaptive score)": dict(),
@@ -132,6 +135,12 @@ def run():
     for layer in ("fc", "penultimate"):  # the other ways to name a neuron, on the inputs of MAMMI's run
         step("compare_describers.py", layer=layer)
     times["describers"] = time.time() - t
+    pen_run = matching_dir({**config, "layer": "penultimate", "concept_set": CONCEPTS}) / "concepts.json"
+    skipped = load_json(describers_dir(pen_run) / "describers.json").get("faithfulness_skipped")
+    if skipped:
+        print(f"\nablation skipped: {skipped}")
+    else:
+        step("ablation.py", layer="penultimate")  # compare_describers.py wrote it: read back, and printed
     t = time.time()
     step("target_model_perform.py")
     step("bbox_img.py", max_drawn=8)
@@ -152,7 +161,9 @@ def run():
     sanity = load_json(model_dir({**base, "reinit_seed": config["sanity_seed"]}) / "sanity.json")["layers"]
     significance = {layer: {w: {k: r[w][k] for k in ("significant", "live", "share")} for w in ("trained", "randomised")}
                     for layer, r in sanity.items()}
+    ablation = pen_run.parent / "ablation.json"
     summary = {"auroc": auroc, "fc": rows, "penultimate": pen, "significance": significance, "describers": rivals,
+               "ablation": {"penultimate": read_ablation(ablation) if ablation.is_file() and not skipped else None},
                "pointing_game": pointing, "times_s": times, "config": config}
     report(summary)
     save_json(Path(config["save_root"]) / "summary.json", summary)
@@ -179,6 +190,7 @@ def report(summary: dict) -> None:
         print(f"  {layer:<12} trained {t['significant']:>4} of {t['live']:<4} ({t['share']:.0%})   "
               f"randomised {z['significant']:>4} of {z['live']:<4} ({z['share']:.0%})")
     describer_table(summary["describers"])
+    ablation_lines(summary["ablation"]["penultimate"])
     g = summary["pointing_game"]["overall"]
     print(f"pointing game: the overall Taylor map peaks inside a box of the predicted class in {g['hits']} of "
           f"{g['n']} (image, class) pairs; mean share of map mass inside the boxes {g['mass_inside_mean']:.2f}")
@@ -191,15 +203,17 @@ def describer_table(rivals: dict) -> None:
     print(f"\nMAMMI against other describers (mean ± standard error; fc: 14 neurons, so one neuron is 0.071; "
           f"penultimate truth: {pen['truth']['rule']}, {pen['truth']['n']} neurons)")
     print(f"{'describer':<13} {'fc hit rate':>16} {'precision':>13} {'F1':>13} {'cosine':>13} "
-          f"{'penultimate: named':>24} {'first concept':>14}")
+          f"{'penultimate: named':>24} {'first concept':>14} {'faithfulness (median z)':>24}")
     none = {"mean": math.nan, "se": math.nan, "n": 0}
     for name, r in fc["rows"].items():
         m, p = r["fc"], pen["rows"].get(name, {}).get("truth", {"any": none, "top1": none})
         cos = next((v for v in m["cosine"].values() if "mean" in v), none)
         hits = round(m["hit_rate"]["mean"] * m["hit_rate"]["n"])
         agree = round(p["any"]["mean"] * p["any"]["n"]) if p["any"]["n"] else 0
+        f = pen["rows"].get(name, {}).get("faithfulness")
+        faithful = "-" if not f or f["median_z"] is None else f"{f['median_z']:.1f} ({f['findings']}/{f['of']})"
         print(f"{name:<13} {hits:>4}/14 {pm(m['hit_rate'])} {pm(m['precision'])} {pm(m['f1'])} {pm(cos)} "
-              f"{agree:>5}/{p['any']['n']:<4} {pm(p['any'])} {pm(p['top1'])}")
+              f"{agree:>5}/{p['any']['n']:<4} {pm(p['any'])} {pm(p['top1'])} {faithful:>24}")
     for layer, t in rivals.items():
         for name, why in t["skipped"].items():
             print(f"{name} ({layer}) skipped: {why}")
@@ -208,6 +222,19 @@ def describer_table(rivals: dict) -> None:
             grid = np.array(s["hit_rate"] if s["hit_rate"] is not None else s["truth_any"])
             print(f"sensitivity of MAMMI ({layer}: {s['metric']}) over adaptive_percent x alpha: "
                   f"{np.nanmin(grid):.3f} to {np.nanmax(grid):.3f}; {s['figure']}")
+
+
+def ablation_lines(result: dict | None) -> None:
+    """MAMMI's penultimate neurons of each finding zeroed on the test split, against random sets."""
+    if result is None:
+        return
+    z = {r["finding"]: r["z"] for r in result["findings"] if r["z"] is not None}
+    print(f"\nablation of MAMMI's penultimate neurons per finding ({result['split']} split, {result['draws']} random "
+          f"sets of as many neurons): z " + ", ".join(f"{f} {v:.1f}" for f, v in z.items()))
+    others = [r["other_classes"] for r in result["findings"] if r["other_classes"] is not None]
+    if z:
+        print(f"z >= 2 in {sum(v >= 2 for v in z.values())} of {len(z)} findings with named neurons; the other "
+              f"classes' logits drop by {min(others):.2f} to {max(others):.2f} SD")
 
 
 if __name__ == "__main__":

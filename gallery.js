@@ -86,8 +86,6 @@ function evidenceBadge(n) {
             (e.sig ? "significant" : "not significant") + ` q ${fmt(e.q)}`);
 }
 
-// A finding is this neuron's when one of its concepts is the finding, or each of the finding's words is.
-const namesFinding = (n, f) => n.q.includes(f) || f.split(" ").every((w) => n.q.includes(w));
 
 function card(n) {
   const run = RUNS[n.r];
@@ -266,12 +264,12 @@ function ablationTable(n, run) {
   box.appendChild(el("h3", {}, `ablation of the named neurons, ${run.layer} layer`));
   box.appendChild(el("p", {class: "meta"}, "Each finding's named neurons zeroed: the drop of its logit on the held-out images " +
     "positive for it (in SDs of that logit), against random sets of as many live neurons; z = (effect − random mean) / random SD. " +
-    "Rows in bold name this neuron."));
+    "Rows in bold are the findings this neuron is zeroed for."));
   const t = el("table"), head = el("tr");
   ["finding", "neurons", "effect", "random (mean ± SD)", "z", "other classes"].forEach((h) => head.appendChild(el("th", {}, h)));
   t.appendChild(head);
-  run.ablation.forEach(([f, k, eff, rm, rs, z, oth]) => {
-    const tr = el("tr", namesFinding(n, f) ? {class: "mine"} : {});
+  run.ablation.forEach(([f, k, eff, rm, rs, z, oth, named]) => {
+    const tr = el("tr", named.includes(n.n) ? {class: "mine"} : {});
     [f, k, fmt(eff), rm === null ? "–" : `${fmt(rm)} ± ${fmt(rs)}`, fmt(z), fmt(oth)].forEach((v) => tr.appendChild(el("td", {}, v)));
     t.appendChild(tr);
   });

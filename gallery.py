@@ -186,13 +186,14 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
 
 
 def ablation_rows(path: Path) -> list[list] | None:
-    """The layer's ablation table, when ablation.py ran for this concepts.json: per finding, the named
-    neurons, their effect against random sets of as many (mean, SD) and z, and the other classes' drop."""
+    """The layer's ablation table, when ablation.py ran for this concepts.json: per finding, how many
+    neurons it names, their effect against random sets of as many (mean, SD), z, the other classes' drop
+    and the named neurons themselves."""
     if not path.is_file():
         return None
     return [[str(f["finding"]), int(f["n_neurons"])] + [sig(f[k]) for k in ("effect", "random_mean", "random_sd", "z",
                                                                              "other_classes")]
-            for f in read_ablation(path)["findings"]]
+            + [[int(k) for k in f.get("neurons", [])]] for f in read_ablation(path)["findings"]]
 
 
 def sig(v, digits: int = 4):

@@ -25,7 +25,7 @@ from pipeline.outputs import matching_dir, model_dir
 
 # -----------------------------------------------------------------------------
 sanity_seed: ">= 0" = 0         # seed of the re-initialisation (the randomised target's --reinit_seed)
-top_concepts: ">= 1" = 5        # most frequent first concepts shown per layer and target
+frequent_concepts: ">= 1" = 5   # most frequent first concepts shown per layer and target
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py", "concept_matching.py"))
 
@@ -108,7 +108,7 @@ def run():
         step("concept_matching.py", layer=",".join(names), reinit_seed=seed)
     layers = {}
     for name in names:
-        both = {w: side(matching_dir({**c, "layer": name}) / "concepts.json", top_concepts)
+        both = {w: side(matching_dir({**c, "layer": name}) / "concepts.json", frequent_concepts)
                 for w, c in (("trained", {**config, "reinit_seed": -1}), ("randomised", rand))}
         shared = {c for c, _ in both["trained"]["first_concepts"]} & {c for c, _ in both["randomised"]["first_concepts"]}
         layers[name] = {**both, "shared_first_concepts": sorted(shared)}

@@ -45,7 +45,7 @@ from core.errors import PipelineError  # here too, for the steps that import it 
 ROOT = Path(__file__).resolve().parents[1]
 # The steps in order; an experiment file may set any constant of any of them.
 STEPS = ("prepare_mimic_nouns.py", "example_selection.py", "concept_matching.py", "target_model_perform.py",
-         "bbox_img.py", "visualization.py", "gallery.py", "sanity_check.py", "compare_describers.py")
+         "bbox_img.py", "visualization.py", "gallery.py", "sanity_check.py", "ablation.py", "compare_describers.py")
 _SCALAR = (bool, int, float, str, type(None))
 _HEADER_END = "\nconfig = configure("
 

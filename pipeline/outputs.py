@@ -9,6 +9,7 @@
     ({prompt} is template_ver, followed by -t and a digest of --template when it is not the default)
         describers/{describer}/scores.pt, concepts.json                          other describers, same inputs
         describers/describers.json, .csv, agreement.csv, *.png, sensitivity.*    their comparison
+        ablation.json, .csv, .png (beside any concepts.json, MAMMI's or a rival's)  ablation.py
     {save_root}/{dataset}_{split}/{model}/maps_{module}.pt                      dissection's maps, per model
     {save_root}/{dataset}_test/{model}/eval/                                     step 4 (val + test)
     {save_root}/{dataset}_{box_source}/bbox/                                     step 5
@@ -322,3 +323,10 @@ def describer_key(inputs: dict, constants: dict, code: str) -> str:
 def metrics_key(matching: str, encoders: str, medclip: str) -> str:
     """metrics.json: the concepts it scores and the text encoders that score them."""
     return digest({"result": matching, "encoders": encoders, "medclip": medclip})
+
+
+def ablation_key(concepts: str, split_activations: str, split: str, draws: int, seed: int, code: str) -> str:
+    """ablation.json: the concepts.json's bytes, the held-out split's images, labels and activations (the
+    key step 2 gives them: the target and preprocessing too), the random sets and the code."""
+    return digest({"concepts": concepts, "split": split, "activations": split_activations, "draws": draws,
+                   "seed": seed, "code": code})

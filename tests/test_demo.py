@@ -93,5 +93,11 @@ def test_demo_on_a_reduced_world(tmp_path):
     assert fc["mammi"]["fc"]["hit_rate"] == default["hit_rate"]  # one scorer for MAMMI and its rivals
     assert all({"hit_rate", "precision", "f1", "cosine"} <= set(r["fc"]) for r in fc.values())
     assert "MAMMI against other describers" in proc.stdout and "sensitivity of MAMMI" in proc.stdout
+    # ablation of MAMMI's penultimate neurons on the test split, and each describer's faithfulness
+    ablation = summary["ablation"]["penultimate"]
+    assert ablation["split"] == "test" and ablation["method"] == "linear" and 0 < len(ablation["findings"]) <= 14
+    assert any(r["z"] is not None for r in ablation["findings"])
+    assert all("faithfulness" in r for r in rivals["penultimate"]["rows"].values())
+    assert "ablation of MAMMI's penultimate neurons per finding" in proc.stdout
     index = out / "gallery" / "index.html"
     assert index.is_file() and proc.stdout.rstrip().splitlines()[-1].startswith(f"neuron gallery: {index}")

@@ -267,7 +267,8 @@ def test_each_name_carries_its_evidence_and_the_layer_its_ablation(synthetic):
     run = data["runs"][0]
     assert run["fdr"] == 0.05
     assert run["ablation"] == [[r["finding"], r["n_neurons"]] + [r[k] for k in ("effect", "random_mean", "random_sd", "z",
-                                                                                "other_classes")] for r in ABLATION]
+                                                                                "other_classes")] + [r["neurons"]]
+                               for r in ABLATION]
 
 
 def test_thumbnails_reused_and_renewed(tmp_path):

@@ -1,0 +1,311 @@
+"""Ablation of the named neurons (pipeline/ablation.py, ablation.py): which neurons a finding names, the
+statistic against hand-computed numbers and a literal loop, the forward hook against the exact linear
+shortcut, and the step from the command line with its bad inputs."""
+import json
+from pathlib import Path
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import run_script
+from models.layers import tap
+from pipeline.ablation import (finding_stats, finding_words, hook_drops, linear_drops, linear_map, named_neurons,
+                               positives, random_sets)
+from pipeline.cli import constants_of
+
+MISSING = -1
+
+
+def rec(k, concepts, status="ok"):
+    return {"neuron": k, "status": status, "concepts": [{"concept": c, "score": 1.0} for c in concepts]}
+
+
+def test_a_finding_is_named_by_itself_or_one_of_its_words():
+    """N_f: a concept equal to the finding or to one of its words (case, '_' and '-' aside), live neurons only."""
+    records = [rec(0, ["effusion"]), rec(1, ["pleural"]), rec(2, ["thickening", "mass"]),
+               rec(3, ["pleural thickening"]), rec(4, ["Pleural_Thickening"]), rec(5, ["pleural effusion"]),
+               rec(6, ["mass"], status="dead"), rec(7, ["masses"]), rec(8, ["thick"]), rec(9, []),
+               rec(10, ["Effusion "], status="ok")]
+    assert finding_words("Pleural_Thickening") == ["pleural", "thickening"]
+    assert finding_words("pleural-thickening") == ["pleural", "thickening"]
+    assert finding_words("Effusion") == ["effusion"]
+    assert named_neurons(records, "Effusion") == [0, 10]
+    assert named_neurons(records, "Pleural_Thickening") == [1, 2, 3, 4]
+    assert named_neurons(records, "pleural thickening") == [1, 2, 3, 4]
+    assert named_neurons(records, "Mass") == [2]
+    assert named_neurons(records, "Hernia") == []
+
+
+# A tiny case computed by hand: 4 images, 3 neurons, 2 classes, logits = A @ W.T (no bias).
+A = torch.tensor([[1., 0., 2.], [0., 1., 1.], [2., 1., 0.], [1., 1., 1.]])
+W = torch.tensor([[1., 2., 0.], [0., 1., -1.]])
+LABELS = np.array([[1, 0], [0, 1], [1, 1], [0, MISSING]])
+
+
+def test_statistic_by_hand():
+    """Finding 0, N_f = {0, 1}, random sets {0, 2}, {1, 2}, {0, 1}: each number worked out on paper."""
+    # class 0 logits 1, 2, 4, 3: SD (n - 1) sqrt(5/3); class 1 logits -2, 0, 1, 0: SD sqrt(19/12).
+    # class 0 positives: images 0 and 2, mean contribution of neurons 0, 1, 2 to its logit: 1.5, 1, 0;
+    # class 1 positives: images 1 and 2, of neurons 0, 1, 2: 0, 1, -0.5.
+    sets = [[0, 1], [0, 2], [1, 2], [0, 1]]
+    drops = linear_drops(A, W, positives(LABELS), sets)
+    assert drops.tolist() == [[2.5, 1.0], [1.5, -0.5], [1.0, 0.5], [2.5, 1.0]]
+    logits = A.double() @ W.double().T
+    sd = logits.std(0, correction=1)
+    assert torch.allclose(sd, torch.tensor([math.sqrt(5 / 3), math.sqrt(19 / 12)], dtype=torch.float64))
+    got = finding_stats(drops / sd, 0, [1])
+    s0 = math.sqrt(5 / 3)
+    assert got["effect"] == pytest.approx(2.5 / s0, rel=1e-12)
+    assert got["random_mean"] == pytest.approx((5 / 3) / s0, rel=1e-12)        # (1.5 + 1 + 2.5) / 3
+    assert got["random_sd"] == pytest.approx(math.sqrt(7 / 12) / s0, rel=1e-12)  # deviations -1/6, -2/3, 5/6
+    assert got["z"] == pytest.approx((5 / 6) / math.sqrt(7 / 12), rel=1e-12)    # 1.0911
+    assert got["other_classes"] == pytest.approx(1 / math.sqrt(19 / 12), rel=1e-12)
+    # the same drops by forward passes of a network whose head reads A
+    net = nn.Sequential(nn.Identity(), nn.Linear(3, 2, bias=False)).double().eval()
+    net[1].weight.data = W.double()
+    hooked = hook_drops(net, "penultimate", [A.double()[:3], A.double()[3:]], positives(LABELS), sets,
+                        torch.device("cpu"))
+    assert torch.allclose(hooked, drops, rtol=0, atol=1e-12)
+
+
+def test_a_constant_random_band_has_no_z():
+    effects = torch.tensor([[2.0, 0.0], [1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    got = finding_stats(effects, 0, [])
+    assert got["z"] is None and got["random_sd"] == 0.0 and got["other_classes"] is None
+
+
+def literal(acts, weight, labels, sets, f):
+    """The statistic with loops: drops image by image, SDs and means by their formulas."""
+    N, K = len(acts), len(acts[0])
+    C = len(weight)
+    logits = [[sum(acts[x][k] * weight[c][k] for k in range(K)) for c in range(C)] for x in range(N)]
+
+    def sd(c):
+        m = sum(logits[x][c] for x in range(N)) / N
+        return math.sqrt(sum((logits[x][c] - m) ** 2 for x in range(N)) / (N - 1))
+
+    def effect(s, c):
+        pos = [x for x in range(N) if labels[x][c] == 1]
+        # the drop when the channels of s are zeroed: the logit as it is minus the logit without them
+        drop = [logits[x][c] - sum(acts[x][k] * weight[c][k] for k in range(K) if k not in s) for x in pos]
+        return sum(drop) / len(drop) / sd(c)
+
+    named, rand = sets[0], sets[1:]
+    e = effect(named, f)
+    r = [effect(s, f) for s in rand]
+    mean = sum(r) / len(r)
+    rsd = math.sqrt(sum((v - mean) ** 2 for v in r) / (len(r) - 1))
+    others = [c for c in range(C) if c != f]
+    return {"effect": e, "random_mean": mean, "random_sd": rsd, "z": (e - mean) / rsd,
+            "other_classes": sum(effect(named, c) for c in others) / len(others)}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_statistic_matches_a_literal_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    N, K, C = 40, 12, 4
+    acts = torch.rand(N, K, generator=g, dtype=torch.float64) * 3
+    weight = torch.randn(C, K, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 2, (N, C), generator=g).numpy()
+    labels[:5, 2] = MISSING
+    sets = [[1, 4, 7]] + random_sets(list(range(K)), 3, 30, seed).tolist()
+    logits = acts @ weight.T
+    got = finding_stats(linear_drops(acts, weight, positives(labels), sets) / logits.std(0, correction=1), 1,
+                        [0, 2, 3])
+    want = literal(acts.tolist(), weight.tolist(), labels.tolist(), sets, 1)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+
+
+def test_random_sets_are_seeded_subsets_of_the_live_neurons():
+    live = [0, 2, 3, 5, 8, 9, 11]
+    sets = random_sets(live, 3, 500, 7)
+    assert sets.shape == (500, 3)
+    assert all(len(set(s)) == 3 and set(s) <= set(live) for s in sets.tolist())
+    assert torch.equal(sets, random_sets(live, 3, 500, 7))
+    assert not torch.equal(sets, random_sets(live, 3, 500, 8))
+    # one seeded order per draw: a smaller set is the start of the larger one, whatever the finding
+    assert torch.equal(random_sets(live, 2, 500, 7), sets[:, :2])
+    # uniform: each live neuron in about 3/7 of the sets
+    share = torch.tensor([(sets == k).any(1).double().mean() for k in live])
+    assert (share - 3 / 7).abs().max() < 0.08, share
+
+
+class Small(nn.Module):
+    """A conv block, global pooling and a linear head, as the penultimate layer of the real targets."""
+    def __init__(self, scale=1.0):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+        self.classifier = nn.Linear(8, 5)
+        self.scale = scale
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean((2, 3))) * self.scale
+
+
+@pytest.mark.parametrize("layer", ["penultimate", "features", "features.0", "fc"])
+def test_hook_ablation_equals_the_linear_shortcut(layer):
+    """Zeroing channels by a hook gives the drops of the exact shortcut: at the head's input, at the conv
+    block's output and its conv's (ReLU and the mean keep a zero channel zero), and at the logits (W = I)."""
+    torch.manual_seed(0)
+    net = Small().eval()
+    x = torch.randn(24, 3, 12, 12)
+    labels = torch.randint(0, 2, (24, 5)).numpy()
+    labels[0] = 1  # every class has positives
+    with torch.no_grad(), tap(net, "fc" if layer == "fc" else "penultimate") as store:
+        logits = net(x)
+        acts = store["a"]
+    weight = linear_map(net, "fc" if layer == "fc" else "penultimate", acts, logits)
+    assert weight is not None
+    K = acts.shape[1]
+    sets = [[1, 3], [0], list(range(K))] + random_sets(list(range(K)), 2, 6, 0).tolist()
+    want = linear_drops(acts, weight, positives(labels), sets)
+    got = hook_drops(net, layer, [x[:10], x[10:]], positives(labels), sets, torch.device("cpu"))
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (got - want).abs().max()
+    assert want.abs().max() > 0.01
+
+
+def test_no_shortcut_where_the_logits_are_not_the_heads_output():
+    """A model that rescales its head's output is ablated by hooks, not by the head's weight."""
+    torch.manual_seed(0)
+    net = Small(scale=2.0).eval()
+    x = torch.randn(8, 3, 12, 12)
+    with torch.no_grad(), tap(net, "penultimate") as store:
+        logits = net(x)
+    assert linear_map(net, "penultimate", store["a"], logits) is None
+    assert linear_map(net, "features", store["a"], logits) is None
+
+
+# ---- the step from the command line
+
+@pytest.fixture(scope="module")
+def run(probe_set, densenet_ckpt, tmp_path_factory):
+    """Step 2 of a random DenseNet-121 (penultimate) on the generated set, and a concepts.json naming a
+    few neurons for findings by hand (the format every describer writes)."""
+    out = tmp_path_factory.mktemp("abl") / "res"
+    proc = run_script("example_selection.py", "--data_root", str(probe_set), "--checkpoint", str(densenet_ckpt),
+                      "--resize", "64", "--crop", "64", "--num_workers", "0", "--layer", "penultimate",
+                      "--save_root", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ex = out / "nih14_train" / "densenet121" / "penultimate" / "adaptive93" / "examples.json"
+    return ex
+
+
+def concepts_file(folder, ex, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "concepts.json"
+    neurons = [rec(k, names.get(k, ["rib"])) for k in range(1024)]
+    examples_key = json.loads(Path(ex).read_text())["key"]  # a concepts.json of these very examples
+    path.write_text(json.dumps({"key": "hand-made", "examples_key": examples_key, "config": {"examples": str(ex)},
+                                "neurons": neurons}))
+    return path
+
+
+def ablation(*args):
+    return run_script("ablation.py", "--num_workers", "0", "--ablation_draws", "20", *args)
+
+
+def test_ablation_writes_its_table_and_reuses_it(run, tmp_path):
+    ex = run
+    path = concepts_file(tmp_path / "run", ex, {3: ["effusion"], 7: ["Effusion", "mass"], 9: ["pleural"]})
+    proc = ablation("--ablation_concepts", str(path))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    got = json.loads((path.parent / "ablation.json").read_text())
+    assert got["method"] == "linear" and got["split"] == "test" and got["draws"] == 20
+    rows = {r["finding"]: r for r in got["findings"]}
+    assert rows["effusion"]["neurons"] == [3, 7] and rows["mass"]["neurons"] == [7]
+    assert rows["pleural thickening"]["neurons"] == [9] and rows["hernia"]["n_neurons"] == 0
+    assert rows["hernia"]["z"] is None and rows["hernia"]["effect"] is None
+    for r in (rows["effusion"], rows["mass"]):
+        assert all(isinstance(r[k], float) for k in ("effect", "random_mean", "random_sd", "z", "other_classes"))
+    csv = (path.parent / "ablation.csv").read_text().splitlines()
+    assert csv[0] == "finding,n_neurons,effect,random_mean,random_sd,z,other_classes,n_images" and len(csv) == 15
+    assert (path.parent / "ablation.png").stat().st_size > 1000
+    assert "z" in proc.stdout and "effusion" in proc.stdout
+    # the held-out split had no step-2 activations: one pass; the second run reuses the table
+    again = ablation("--ablation_concepts", str(path))
+    assert again.returncode == 0 and f"reusing {path.parent / 'ablation.json'}" in again.stdout
+    assert "one pass" not in again.stdout
+    assert json.loads((path.parent / "ablation.json").read_text()) == got
+    # another seed is another key
+    other = ablation("--ablation_concepts", str(path), "--ablation_seed", "1")
+    assert other.returncode == 0 and "reusing" not in other.stdout
+    assert json.loads((path.parent / "ablation.json").read_text())["seed"] == 1
+
+
+def test_step_2_activations_of_the_split_are_reused(run, probe_set, densenet_ckpt, tmp_path):
+    """Step 2 run on the held-out split with the same constants: its activations and logits serve, no
+    pass of ablation's own; the same numbers as that pass."""
+    ex = run
+    out = ex.parents[4]
+    first = concepts_file(tmp_path / "a", ex, {3: ["effusion"], 7: ["mass"]})
+    proc = ablation("--ablation_concepts", str(first))
+    assert proc.returncode == 0 and "one pass" in proc.stdout, proc.stderr[-2000:]
+    proc = run_script("example_selection.py", "--data_root", str(probe_set), "--checkpoint", str(densenet_ckpt),
+                      "--resize", "64", "--crop", "64", "--num_workers", "0", "--layer", "penultimate",
+                      "--split", "test", "--save_root", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    second = concepts_file(tmp_path / "b", ex, {3: ["effusion"], 7: ["mass"]})
+    proc = ablation("--ablation_concepts", str(second), "--resize", "64", "--crop", "64")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    split_acts = out / "nih14_test" / "densenet121" / "penultimate" / "activations.pt"
+    assert f"reusing {split_acts}" in proc.stdout and "one pass" not in proc.stdout, proc.stdout[-2000:]
+    a, b = (json.loads((p.parent / "ablation.json").read_text())["findings"] for p in (first, second))
+    assert [r["finding"] for r in a if r["z"] is not None] == [r["finding"] for r in b if r["z"] is not None] \
+        == ["effusion", "mass"]
+    assert [r["z"] for r in a if r["z"]] == pytest.approx([r["z"] for r in b if r["z"]], rel=1e-5)
+
+
+def test_a_layer_without_named_neurons_is_a_note(run, tmp_path):
+    ex = run
+    path = concepts_file(tmp_path / "none", ex, {})
+    proc = ablation("--ablation_concepts", str(path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "note: no live neuron of the penultimate layer is named for any of the" in proc.stdout
+    assert all(r["n_neurons"] == 0 for r in json.loads((path.parent / "ablation.json").read_text())["findings"])
+
+
+def test_no_labels_for_the_split_is_one_line(probe_set, densenet_ckpt, tmp_path):
+    out = tmp_path / "res"
+    proc = run_script("example_selection.py", "--data_root", str(probe_set), "--labels", "none",
+                      "--checkpoint", str(densenet_ckpt), "--resize", "64", "--crop", "64", "--num_workers", "0",
+                      "--layer", "fc", "--save_root", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ex = next(out.rglob("fc/adaptive93/examples.json"))
+    path = concepts_file(tmp_path / "run", ex, {})
+    data = json.loads(path.read_text())
+    data["neurons"] = data["neurons"][:14]
+    path.write_text(json.dumps(data))
+    (path.parent / "ablation.json").write_text("{}")  # an earlier output: left as it is
+    proc = ablation("--ablation_concepts", str(path))
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "has no labels (--labels none)" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (path.parent / "ablation.json").read_text() == "{}"
+    assert not (path.parent / "ablation.csv").exists() and not (path.parent / "ablation.png").exists()
+    # the describer table leaves the faithfulness column out, saying why
+    proc = run_script("compare_describers.py", "--mammi_run", str(path), "--describers", "label_auc",
+                      "--sensitivity_percents", "", "--metric_encoders", "", "--num_workers", "0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "faithfulness skipped: the probing set under" in proc.stdout
+    table = json.loads((path.parent / "describers" / "describers.json").read_text())
+    assert "has no labels" in table["faithfulness_skipped"] and "faithfulness" not in table["rows"]["mammi"]
+
+
+def test_default_constants():
+    c = constants_of("ablation.py")
+    assert (c["ablation_split"], c["ablation_draws"], c["ablation_seed"]) == ("test", 200, 0)
+
+
+def test_bad_constants_are_one_line(run, tmp_path):
+    ex = run
+    path = concepts_file(tmp_path / "run", ex, {3: ["effusion"]})
+    for args, words in ((["--ablation_split", "train"], "ablation_split must be one of val | test"),
+                        (["--ablation_draws", "5"], "ablation_draws must be >= 10"),
+                        (["--ablation_concepts", str(tmp_path / "missing.json")], "not found")):
+        proc = ablation("--ablation_concepts", str(path), *args)
+        assert proc.returncode == 2 and words in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (path.parent / "ablation.json").exists()
