@@ -14,13 +14,12 @@ head (and fc) takes the exact linear shortcut; any other layer forward passes wi
 Writes ablation.json, ablation.csv and ablation.png beside the concepts.json.
 """
 import time
-from pathlib import Path
 
 from models import pick_device
 from pipeline.ablation import ablate, held_out
 from pipeline.cache import claim, holds_claims
-from pipeline.cli import PipelineError, check_stored, configure, main, print_config
-from pipeline.outputs import matching_dir, read_matching, upstream_constants
+from pipeline.cli import check_stored, configure, main, print_config
+from pipeline.outputs import find_matching, upstream_constants
 
 # -----------------------------------------------------------------------------
 # The held-out split is target_model_perform.py's (its val_split_file / test_split_file).
@@ -38,11 +37,7 @@ UPSTREAM = upstream_constants()
 
 @holds_claims
 def run():
-    path = Path(ablation_concepts) if ablation_concepts else matching_dir(config) / "concepts.json"
-    if not path.is_file():
-        raise PipelineError(f"{path} not found; run example_selection.py and concept_matching.py with the same "
-                            f"experiment file and --layer (or pass --ablation_concepts PATH)")
-    data, _, ex = read_matching(path)
+    path, data, _, ex = find_matching(ablation_concepts, config, "ablation_concepts")
     stage2 = ex["config"]
     check_stored(config, data["config"], UPSTREAM, path)
     print_config("ablation", config)

@@ -55,8 +55,8 @@ from pipeline.cache import cached, save_bytes, save_json, save_png, save_tensors
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from pipeline.dissection import collect_maps, dissect, layer_maps, map_source
 from pipeline.features import image_features, text_features
-from pipeline.outputs import (describer_key, describers_dir, maps_key, maps_path, matching_dir, class_neurons,
-                              read_activations, read_matching, read_similarity, stored_classes, upstream_constants)
+from pipeline.outputs import (describer_key, describers_dir, find_matching, maps_key, maps_path, class_neurons,
+                              read_activations, read_similarity, stored_classes, upstream_constants)
 from pipeline.text_metrics import cosine_metrics
 
 # -----------------------------------------------------------------------------
@@ -237,11 +237,7 @@ def numbers(name: str) -> list[float]:
 def read_run() -> tuple[Path, dict, Path, dict]:
     """MAMMI's concepts.json and its examples (read_matching), and the constants that produced them
     taken into config."""
-    path = Path(mammi_run) if mammi_run else matching_dir(config) / "concepts.json"
-    if not path.is_file():
-        raise PipelineError(f"{path} not found; run example_selection.py and concept_matching.py with the same "
-                            f"experiment file and --layer (or pass --mammi_run PATH)")
-    data, ex_json, ex = read_matching(path)
+    path, data, ex_json, ex = find_matching(mammi_run, config, "mammi_run")
     cfg = data["config"]
     if cfg.get("describer"):
         raise PipelineError(f"{path} was written by the {cfg['describer']} describer; pass MAMMI's concepts.json "

@@ -169,6 +169,16 @@ def locate_examples(run: Path, cfg: dict) -> Path:
                         f"folder whole or rerun example_selection.py and concept_matching.py with the same constants")
 
 
+def find_matching(given: str, c: dict, option: str) -> tuple[Path, dict, Path, dict]:
+    """The concepts.json a later step is given as --option, else step 3's for the constants c, read
+    (read_matching): its path, content, examples.json and their content."""
+    path = Path(given) if given else matching_dir(c) / "concepts.json"
+    if not path.is_file():
+        raise PipelineError(f"{path} not found; run example_selection.py and concept_matching.py with the same "
+                            f"experiment file and --layer (or pass --{option} PATH)")
+    return (path, *read_matching(path))
+
+
 def read_matching(path: str | Path) -> tuple[dict, Path, dict]:
     """A stage-3 concepts.json (concept_matching.py's, or a describer's in its format), its examples.json
     and their content (read_examples: still of the layer's activations). Checked: its records as this code
