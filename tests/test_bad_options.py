@@ -193,7 +193,7 @@ def test_ctrl_c_in_the_forward_pass(small_set, ckpt, tmp_path, monkeypatch):
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(dataset.nih, "probe_crop", interrupt)
+    monkeypatch.setattr(dataset.nih, "crop_of", interrupt)  # the loader crops each image it reads
     out = tmp_path / "res"
     proc = interrupted_run("example_selection.py", "--data_root", str(small_set), "--checkpoint", str(ckpt), *SMALL,
                            "--save_root", str(out))
