@@ -136,7 +136,7 @@ def run():
         step("compare_describers.py", layer=layer)
     times["describers"] = time.time() - t
     pen_run = matching_dir({**config, "layer": "penultimate", "concept_set": CONCEPTS}) / "concepts.json"
-    skipped = load_json(describers_dir(pen_run) / "describers.json").get("faithfulness_skipped")
+    skipped = read_comparison(describers_dir(pen_run) / "describers.json").get("faithfulness_skipped")
     if skipped:
         print(f"\nablation skipped: {skipped}")
     else:

@@ -59,6 +59,25 @@ def reduce_output(out, layout: tuple[int, int | None], token_pool: str, channels
     return out[:, prefix:].mean(1)
 
 
+def channel_axis(t: torch.Tensor, channels_last: bool) -> int:
+    """Where a layer output's neurons are, as reduce_output reads them: [B, D] and [B, C, H, W] on dim 1,
+    tokens [B, T, D] and channels-last maps on the last dim."""
+    return -1 if t.dim() == 3 or (t.dim() > 3 and channels_last) else 1
+
+
+def hook_layer(model: nn.Module, layer: str, fn):
+    """Call fn(output) on each forward pass at `layer`: the model's outputs (fc), its head's input
+    (penultimate) or a module's output. fn may return a tensor that replaces what flows on (None: as is)."""
+    if layer == "fc":
+        return model.register_forward_hook(lambda m, inp, out: fn(out))
+    if layer == "penultimate":
+        def before_head(m, inp):
+            new = fn(inp[0])
+            return None if new is None else (new, *inp[1:])
+        return model.get_submodule(head_name(model)).register_forward_pre_hook(before_head)
+    return model.get_submodule(layer).register_forward_hook(lambda m, inp, out: fn(out))
+
+
 def _declared_last(module: nn.Module) -> bool | None:
     """Whether a module says its output is channels-last: torchvision's Permute by its dims, timm's
     output_fmt (a str enum: 'NHWC' or 'NCHW'); None when it says nothing."""
@@ -106,8 +125,8 @@ def _register(model: nn.Module, layer: str, put, read, batch: dict):
     """Hook `layer` so that each forward pass calls put(its reduced output); refused when that output
     has another number of rows than the pass has images (batch['n']): a block that works on windows
     (Swin's attention) holds no value per image."""
-    def checked(name, out):
-        v = read(name, out)
+    def checked(out):
+        v = read(layer, out)
         if v.shape[0] != batch["n"]:
             raise PipelineError(f"--layer {layer}: its output has {v.shape[0]} rows for {batch['n']} images (it "
                                 f"works on windows or patches of them); name the block or stage that holds it "
@@ -115,14 +134,11 @@ def _register(model: nn.Module, layer: str, put, read, batch: dict):
         put(v)
     modules = dict(model.named_modules())
     if layer == "fc":
-        return model.register_forward_hook(lambda m, inp, out: checked("fc", out))
+        return hook_layer(model, layer, checked)
     if isinstance(model, ScriptedTarget):
         raise PipelineError(f"--layer {layer}: a TorchScript model accepts no hooks, so only its outputs (fc) can "
                             f"be read; pass the model as file.py:function to probe its layers")
-    if layer == "penultimate":
-        return modules[head_name(model)].register_forward_pre_hook(lambda m, inp: checked("penultimate", inp[0]))
-    name = layer
-    if name not in modules or not name:
+    if layer not in modules and layer != "penultimate" or not layer:
         names = [n for n in modules if n]
         ends = [n for n in names if n.endswith("." + layer)]  # the right name without its parents
         near = list(dict.fromkeys(ends + difflib.get_close_matches(layer, names, n=5, cutoff=0.5)))[:5]
@@ -131,7 +147,7 @@ def _register(model: nn.Module, layer: str, put, read, batch: dict):
         raise PipelineError(f"--layer {layer!r} is not a module of this model; use fc, penultimate, a module "
                             f"name ({hint}) or --layer list")
     # Reduced inside the hook: DenseNet applies its last ReLU in place on the features output afterwards.
-    return modules[name].register_forward_hook(lambda m, inp, out: checked(name, out))
+    return hook_layer(model, layer, checked)
 
 
 @contextmanager

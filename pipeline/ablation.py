@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from dataset.probe import align_labels, label_key, load_probe
-from models.layers import channels_last_modules
+from models.layers import channel_axis, channels_last_modules, hook_layer
 from models.target import head_name, load_target, preprocessing
 from core.digests import code_digest, file_digest
 from pipeline.cache import cached, load_json, save_csv, save_json, save_png
@@ -95,18 +95,11 @@ def linear_drops(acts: torch.Tensor, weight: torch.Tensor, pos: torch.Tensor, se
     return member @ (weight.double() * mean_act).T
 
 
-def channel_axis(t: torch.Tensor, channels_last: bool) -> int:
-    """Where a layer's neurons are, as models.target.reduce_output reads them: [B, D] and [B, C, H, W]
-    on dim 1, tokens [B, T, D] and channels-last maps on the last dim."""
-    return -1 if t.dim() == 3 or (t.dim() > 3 and channels_last) else 1
-
-
 @contextmanager
 def zeroing(net: nn.Module, layer: str):
     """A forward hook on the layer (fc: the outputs; penultimate: the head's input; else a module's
     output) that zeroes the channels in the returned list; empty: the network as it is."""
     channels: list[int] = []
-    modules = dict(net.named_modules())
     last = layer not in ("fc", "penultimate") and layer in channels_last_modules(net)
 
     def zero(t):
@@ -115,18 +108,13 @@ def zeroing(net: nn.Module, layer: str):
         idx = torch.as_tensor(channels, dtype=torch.long, device=t.device)
         return t.index_fill(channel_axis(t, last), idx, 0)
 
-    def on_output(m, inp, out):
+    def on_output(out):
         if isinstance(out, (tuple, list)):  # attention blocks return (output, weights): the first tensor
             i = next(j for j, o in enumerate(out) if isinstance(o, torch.Tensor))
             return type(out)([zero(o) if j == i else o for j, o in enumerate(out)])
         return zero(out)
 
-    if layer == "fc":
-        hook = net.register_forward_hook(on_output)
-    elif layer == "penultimate":
-        hook = modules[head_name(net)].register_forward_pre_hook(lambda m, inp: (zero(inp[0]), *inp[1:]))
-    else:
-        hook = modules[layer].register_forward_hook(on_output)
+    hook = hook_layer(net, layer, on_output)
     try:
         yield channels
     finally:
