@@ -48,8 +48,8 @@ token_pool: "mean | cls" = "mean"  # tokens [B, T, D]: mean over the patch token
 selection: "adaptive | topk" = "adaptive"  # adaptive: a threshold per neuron; topk: its k largest
 adaptive_percent: "(0, 100)" = 93.0  # p of the adaptive threshold; the release suggests 85-95
 topk: ">= 1" = 20               # k when selection = topk
-resize: ">= 0" = 0              # preprocessing: Resize(resize), CenterCrop(crop); 0 = the model family's
-crop: ">= 0" = 0                # 0 = the family's; never larger than the resize (it would pad with black)
+resize: "[0, 4096]" = 0        # preprocessing: Resize(resize), CenterCrop(crop); 0 = the model family's
+crop: "[0, 4096]" = 0          # 0 = the family's; never larger than the resize (it would pad with black)
 channels: "0 | 1 | 3" = 0       # input channels; 0 = the family's (1 for xrv)
 mean = ""                       # normalisation mean, one value or one per channel; default: the family's
 std = ""                        # normalisation std, likewise

@@ -11,6 +11,12 @@ picture), as PIL's convert does. DICOM (by its `DICM` preamble, whatever the fil
 through pydicom: the modality LUT (rescale slope and intercept), then the VOI LUT or window the file
 names, then MONOCHROME1 is inverted so that bone is bright as in every other format; the grey levels
 that result are stretched from their own minimum..maximum to 0..255.
+
+An image whose header claims more than MAX_PIXELS pixels (a PNG of 30000 x 30000, or 682 bytes
+that say 60000 x 60000) is refused from the header, before anything is decoded. A DICOM file's
+pixel data that is shorter than its Rows, Columns and bit depth need is named as damaged; a
+missing decoder is named only where the transfer syntax needs one that is not installed.
+
 """
 from __future__ import annotations
 
@@ -24,6 +30,11 @@ from core.errors import PipelineError
 WIDE_MODES = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 16}
 # Where a DICOM file says what it is: 128 bytes of preamble, then these four.
 DICOM_MAGIC = (128, b"DICM")
+# The most pixels an image may claim: PIL's own default bound (2**30 / 12, about 89.5 M: 9459 x 9459).
+# A radiograph's full detector resolution (4300 x 4300, 18.5 M) fits; a claim beyond it is more
+# likely a decompression bomb, or a scan to downscale, than a picture to probe at 224 px.
+MAX_PIXELS = 2 ** 30 // 12
+Image.MAX_IMAGE_PIXELS = None  # read_image checks the header's size itself, naming the file; PIL's check has no name
 
 
 def read_text(path: str | Path) -> str:
@@ -60,7 +71,8 @@ def read_image(path: str | Path, keep_grey: bool = False) -> Image.Image:
     if is_dicom(path):
         return _read_dicom(path, rgb)
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only
+            check_size(path, *im.size)
             im.load()
             if im.mode in WIDE_MODES:
                 a = np.asarray(im).astype(np.float64)
@@ -77,25 +89,48 @@ def read_image(path: str | Path, keep_grey: bool = False) -> Image.Image:
         raise PipelineError(f"{path}: cannot read the image ({type(e).__name__}); replace or remove it") from None
 
 
+def check_size(path: str | Path, width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise PipelineError(f"{path}: its header claims {width} x {height} pixels ({width * height / 1e6:,.0f} M), "
+                            f"more than the {MAX_PIXELS / 1e6:.1f} M an image may have (a guard against "
+                            f"decompression bombs); downscale it (4096 px on its longer side is plenty) or remove it")
+
+
 def _read_dicom(path: str | Path, rgb) -> Image.Image:
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
+    from pydicom.pixels.utils import get_expected_length
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, defer_size="1 MB")  # large values (the pixels) read after the size is checked
     except Exception as e:  # pydicom raises several kinds on a damaged file
         raise PipelineError(f"{path}: cannot read as DICOM ({type(e).__name__}); replace or remove it") from None
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise PipelineError(f"{path}: a DICOM file without pixel data (a report or structured document?); "
                             f"remove it from the probing set")
+    check_size(path, int(ds.get("Columns") or 0), int(ds.get("Rows") or 0))
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
-        a = ds.pixel_array
+        decoder = get_decoder(syntax) if syntax else None
+    except NotImplementedError:  # a syntax pydicom has no decoder for at all
+        decoder = None
+    if syntax and (decoder is None or not decoder.is_available):
+        raise PipelineError(f"{path}: no installed pydicom decoder reads its pixel data ({syntax.name}); install "
+                            f"one it names ({'; '.join(getattr(decoder, 'missing_dependencies', []))}) or convert the file")
+    try:
+        if syntax and not syntax.is_encapsulated and "PixelData" in ds:
+            # uncompressed: its length follows from Rows, Columns, samples, bits and frames
+            want, got = get_expected_length(ds, "bytes"), len(ds.PixelData)
+            if got < want:
+                raise PipelineError(f"{path}: its pixel data is damaged or truncated: {got} bytes where its "
+                                    f"{ds.Rows} x {ds.Columns} pixels need {want}; replace or re-export the file")
+        a = pixel_array(ds, index=0)  # a radiograph has one frame; only the first is decoded
+    except PipelineError:
+        raise
     except Exception as e:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        raise PipelineError(f"{path}: cannot decode its pixel data ({getattr(syntax, 'name', syntax)}: "
-                            f"{type(e).__name__}); install the pydicom decoder it names or convert the file") from None
+        raise PipelineError(f"{path}: its pixel data ({getattr(syntax, 'name', 'no transfer syntax')}) cannot be "
+                            f"decoded ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                            f"the file looks damaged: replace or re-export it") from None
     colour = int(ds.get("SamplesPerPixel", 1)) == 3
-    if a.ndim == (4 if colour else 3):  # several frames: a radiograph has one, take the first
-        a = a[0]
     if colour:
         a = a.astype(np.float64)
     else:
@@ -105,3 +140,4 @@ def _read_dicom(path: str | Path, rgb) -> Image.Image:
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         a = 255 - a  # its smallest value is white
     return rgb(Image.fromarray(np.round(a).astype(np.uint8)))
+
