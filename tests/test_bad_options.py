@@ -65,7 +65,7 @@ BAD = [
     ("example_selection.py", "--batch_size", "0", ">= 1"),
     ("example_selection.py", "--num_workers", "-2", ">= -1"),
     ("example_selection.py", "--resize", "-1", "[0, 4096]"),  # 0 = the model family's
-    ("example_selection.py", "--crop", "-1", ">= 0"),
+    ("example_selection.py", "--crop", "-1", "[0, 4096]"),
     ("example_selection.py", "--crop", "300", "exceeds --resize 256"),  # CenterCrop beyond the resized image pads it
     ("example_selection.py", "--channels", "2", "0 | 1 | 3"),
     ("example_selection.py", "--token_pool", "max", "mean | cls"),
