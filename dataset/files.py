@@ -17,9 +17,17 @@ that say 60000 x 60000) is refused from the header, before anything is decoded. 
 pixel data that is shorter than its Rows, Columns and bit depth need is named as damaged; a
 missing decoder is named only where the transfer syntax needs one that is not installed.
 
+Folders (`image_files`): searched recursively, hidden names skipped; symbolic links are followed,
+to files and to folders alike, except a link to a folder inside the root (its images are listed
+under their own path), above it (a loop), or reached already (a second name for the same images):
+each such link is skipped and counted.
+Names are os.listdir's: bytes that are not UTF-8 (a Latin-1 name) come as surrogate escapes, the
+same str Python uses to open the file again.
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +43,9 @@ DICOM_MAGIC = (128, b"DICM")
 # likely a decompression bomb, or a scan to downscale, than a picture to probe at 224 px.
 MAX_PIXELS = 2 ** 30 // 12
 Image.MAX_IMAGE_PIXELS = None  # read_image checks the header's size itself, naming the file; PIL's check has no name
+# Suffixes of image files in a folder probed without labels; a file without a suffix counts when
+# it starts like a DICOM file, as hospital exports name them.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
 
 def read_text(path: str | Path) -> str:
@@ -141,3 +152,28 @@ def _read_dicom(path: str | Path, rgb) -> Image.Image:
         a = 255 - a  # its smallest value is white
     return rgb(Image.fromarray(np.round(a).astype(np.uint8)))
 
+
+def image_files(root: str | Path, skipped: list[str] | None = None) -> Iterator[str]:
+    """Each image under root as a path relative to it ('a/b.png'), in no particular order; the
+    links to folders left out (already searched, or above root) are appended to skipped."""
+    top = os.path.realpath(root)
+    seen = {top}
+
+    def keep(folder: str, d: str) -> bool:
+        real = os.path.realpath(os.path.join(folder, d))
+        around = real == top or real.startswith(top + os.sep) or top.startswith(real + os.sep)
+        if real in seen or (around and os.path.islink(os.path.join(folder, d))):
+            if skipped is not None:
+                skipped.append(os.path.relpath(os.path.join(folder, d), root))
+            return False
+        seen.add(real)
+        return True
+
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        # sorted, so that of two links to one folder the same one is followed on every run
+        dirs[:] = [d for d in sorted(dirs) if not d.startswith(".") and keep(folder, d)]
+        for f in files:
+            p = os.path.join(folder, f)
+            suffix = Path(f).suffix.lower()
+            if not f.startswith(".") and os.path.isfile(p) and (suffix in IMAGE_SUFFIXES or not suffix and is_dicom(p)):
+                yield Path(os.path.relpath(p, root)).as_posix()

@@ -17,7 +17,7 @@ from torchvision import transforms
 
 from core.digests import digest, file_digest
 from core.errors import PipelineError
-from dataset.files import read_image, read_text
+from dataset.files import image_files, read_image, read_text
 
 HERE = Path(__file__).resolve().parent
 LABELS_FILE = HERE / "nih14" / "nih_labels.txt"
@@ -90,9 +90,12 @@ def outside_root(name: str) -> bool:
     return p.is_absolute() or bool(p.drive) or ".." in p.parts
 
 
-def resolve_images(root: str | Path, names: list[str], skip_missing: bool = False) -> tuple[list[str], list[Path]]:
+def resolve_images(root: str | Path, names: list[str], skip_missing: bool = False,
+                   listed_in: str = "") -> tuple[list[str], list[Path]]:
     """Paths of the named images under root (flat or Kaggle layout). Missing ones fail loudly
-    (or are dropped with a note when skip_missing). Returns the names kept and their paths."""
+    (or are dropped with a note when skip_missing). Returns the names kept and their paths.
+    listed_in names the file that lists them (step 2's split file or CSV): when none of its images
+    is there but the folder holds others, the message says to probe the folder with --labels none."""
     root = Path(root)
     if not root.is_dir():
         raise PipelineError(f"image folder {root} not found; pass --data_root with the NIH images "
@@ -110,13 +113,21 @@ def resolve_images(root: str | Path, names: list[str], skip_missing: bool = Fals
         else:
             kept.append(name)
             paths.append(p)
+    if not kept and listed_in and (other := next(image_files(root), None)) is not None:
+        fix = "--labels FILE.csv" if listed_in.startswith("CSV") else "--split_file FILE"
+        raise PipelineError(f"none of the {len(names)} images the {listed_in} lists is under {root}, which holds "
+                            f"other images ({other}, …); to probe that folder without labels pass --labels none, "
+                            f"or pass the file that lists its images ({fix})")
     if missing:
         msg = f"{len(missing)} of {len(names)} images missing under {root} (first: {', '.join(missing[:3])})"
         if not skip_missing:
-            raise PipelineError(msg + "; fix --data_root or set --skip_missing yes")
+            # with none found, skipping the missing ones would leave nothing to probe
+            fix = "fix --data_root or set --skip_missing yes" if kept else "fix --data_root"
+            raise PipelineError(f"{msg}; {fix}" + (" (or, for a folder of images without a split file, pass "
+                                                    "--labels none)" if listed_in else ""))
         print(f"note: {msg}; skipped")
     if not kept:
-        raise PipelineError(f"no images of the split found under {root}")
+        raise PipelineError(f"no images of the split found under {root}; fix --data_root")
     return kept, paths
 
 

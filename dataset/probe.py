@@ -3,7 +3,8 @@
 Step 2's constant `labels` picks the kind:
 - "" (default): NIH split files as the release reads them (dataset/nih.py);
 - "none": every image under --data_root, searched recursively (PNG, JPEG, DICOM; a file without a
-  suffix counts when it starts like a DICOM file, as hospital exports often do), no labels;
+  suffix counts when it starts like a DICOM file, as hospital exports often do; links followed as
+  dataset.files.image_files says), no labels;
 - a CSV: one row per image, a path column (PATH_COLUMNS, relative to --data_root) and label
   columns in CheXpert / MIMIC-CXR style: 1 positive, 0 negative, -1 uncertain, blank not mentioned.
   Step 2's `uncertain` says what -1 and blank become (UNCERTAIN). A column whose values are not all
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.files import is_dicom, read_text
+from dataset.files import image_files, read_text
 from dataset.nih import OUTSIDE, class_names, data_digest, outside_root, read_split, resolve_images, split_file
 from core.errors import PipelineError
 
@@ -35,7 +36,6 @@ UNCERTAIN = {"zero": (0, 0), "one": (1, 0), "ignore": (MISSING, MISSING)}
 LABEL_VALUES = {"1": 1, "1.0": 1, "0": 0, "0.0": 0, "-1": -1, "-1.0": -1, "": None}
 # Header names (case ignored) of the column that holds image paths: CheXpert says Path, NIH Image Index.
 PATH_COLUMNS = ("path", "image", "image_path", "image_id", "image index", "filename", "file_name", "file")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
 
 @dataclass
@@ -64,7 +64,7 @@ def load_probe(c: dict) -> Probe:
             listing = split_file(c["split"], root, c.get("split_file", ""))
             (names, labels), label_names, what = read_split(listing), class_names(), f"split file {listing}"
         row = {n: i for i, n in enumerate(names)}
-        names, paths = resolve_images(root, names, c.get("skip_missing", False))
+        names, paths = resolve_images(root, names, c.get("skip_missing", False), listed_in=what)
         labels = None if labels is None else labels[[row[n] for n in names]]
     n = c.get("max_images", 0)
     if n and len(names) > n:
@@ -79,13 +79,13 @@ def list_images(root: str | Path) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         raise PipelineError(f"image folder {root} not found; pass --data_root with the folder of images")
-    names = []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
-            continue
-        if p.suffix.lower() in IMAGE_SUFFIXES or (not p.suffix and is_dicom(p)):
-            names.append(rel.as_posix())
+    skipped = []
+    names = sorted(image_files(root, skipped), key=lambda n: n.split("/"))  # the order of their paths
+    if skipped:
+        shown = ", ".join(skipped[:3]).encode("utf-8", "backslashreplace").decode()  # a Latin-1 name prints too
+        print(f"note: {root}: {len(skipped)} link(s) to folders not followed, as they lead inside the folder "
+              f"(its images are listed under their own path), above it (a loop) or to a folder reached "
+              f"already: {shown}{', …' if len(skipped) > 3 else ''}")
     if not names:
         raise PipelineError(f"no images (PNG, JPEG or DICOM) under {root}, searched recursively; "
                             f"pass --data_root with the folder that holds them")
