@@ -122,11 +122,12 @@ def _read_dicom(path: str | Path, rgb) -> Image.Image:
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         decoder = get_decoder(syntax) if syntax else None
-    except NotImplementedError:  # a syntax pydicom has no decoder for at all
+    except (NotImplementedError, ValueError):  # a syntax pydicom has no decoder for at all
         decoder = None
     if syntax and (decoder is None or not decoder.is_available):
-        raise PipelineError(f"{path}: no installed pydicom decoder reads its pixel data ({syntax.name}); install "
-                            f"one it names ({'; '.join(getattr(decoder, 'missing_dependencies', []))}) or convert the file")
+        need = f"install one of: {'; '.join(decoder.missing_dependencies)}" if decoder else "pydicom has none for it"
+        raise PipelineError(f"{path}: no installed pydicom decoder reads its pixel data ({syntax.name}); {need}; "
+                            f"or convert the file")
     try:
         if syntax and not syntax.is_encapsulated and "PixelData" in ds:
             # uncompressed: its length follows from Rows, Columns, samples, bits and frames
@@ -164,7 +165,7 @@ def image_files(root: str | Path, skipped: list[str] | None = None) -> Iterator[
         around = real == top or real.startswith(top + os.sep) or top.startswith(real + os.sep)
         if real in seen or (around and os.path.islink(os.path.join(folder, d))):
             if skipped is not None:
-                skipped.append(os.path.relpath(os.path.join(folder, d), root))
+                skipped.append(Path(os.path.relpath(os.path.join(folder, d), root)).as_posix())
             return False
         seen.add(real)
         return True

@@ -188,3 +188,8 @@ def test_compressed_dicom_with_a_decoder_but_bad_data_is_damaged(dicom_64):
         pytest.skip("no JPEG 2000 decoder installed here")
     msg = refusal(compressed(dicom_64, JPEG2000Lossless))
     assert "cannot be decoded" in msg and "damaged" in msg and "install" not in msg
+
+
+def test_a_transfer_syntax_pydicom_has_no_decoder_for_says_so(dicom_64):
+    msg = refusal(compressed(dicom_64, pydicom.uid.UID("1.2.3.4.5")))
+    assert "no installed pydicom decoder" in msg and "(1.2.3.4.5)" in msg and "pydicom has none for it" in msg
