@@ -25,7 +25,7 @@ import torch
 from core.errors import PipelineError
 from dataset.nih import ProbeSet, model_input_args, resolve_images
 from models.layers import channel_axis, channels_last_modules, hook_layer, token_layout
-from models.target import load_target, reinitialise
+from models.target import head_name, load_target, reinitialise
 from pipeline.cache import cached, save_tensors
 from pipeline.dissection import layer_maps, map_source, module_maps
 from pipeline.forward import workers
@@ -42,7 +42,13 @@ def layer_kind(model: torch.nn.Module, layer: str, x: torch.Tensor) -> tuple[str
     """The module to hook for a layer's maps and the kind of map (a key of KINDS), from one forward pass
     on x when the layer is a module; refused, with the reason, for a layer with no spatial extent."""
     if layer in ("fc", "penultimate"):
-        return map_source(model, layer), layer
+        module = map_source(model, layer)
+        width, channels = model.get_submodule(head_name(model)).weight.shape[1], module_maps(model, module, x).shape[1]
+        if width != channels:  # a head of several layers (MobileNet's): the block is not what it pools
+            raise PipelineError(f"--layer {layer}: the head reads {width} values, not the {channels} channels of "
+                                f"`{module}`; fc and penultimate maps are drawn where the head weighs that block's "
+                                f"pooled channels directly (DenseNet, ResNet)")
+        return module, layer
     out = _module_output(model, layer, x)
     if out.dim() == 4:
         return layer, "spatial"
@@ -163,5 +169,5 @@ def _check(got: dict, ex: dict, examples: list, c: dict, limit: int, ex_json: Pa
     rel = 2e-2 if c.get("precision") == "bf16" else 1e-3
     if gap > rel * float(stored.abs().max()) + 1e-5:
         raise PipelineError(f"the {c['layer']} maps do not average to the activations {ex_json} holds (gap "
-                            f"{gap:.3g}): {c.get('checkpoint') or 'the model'} changed since step 2; re-run "
-                            f"example_selection.py")
+                            f"{gap:.3g}): {c.get('checkpoint') or 'the model'} changed since step 2 (re-run "
+                            f"example_selection.py), or the model's outputs are not its head on the pooled maps")

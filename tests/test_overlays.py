@@ -108,6 +108,26 @@ def test_a_layer_without_spatial_extent_is_refused_with_the_reason(dense):
     assert not overlays_path(dense["classifier"]).exists()
 
 
+class Pooled(torch.nn.Module):
+    """features, then a head: one Linear over its pooled channels, or two (a hidden layer between)."""
+
+    def __init__(self, hidden: int = 0):
+        super().__init__()
+        self.features = torch.nn.Conv2d(3, 4, 3)
+        self.classifier = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 3)) \
+            if hidden else torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).relu().mean((2, 3)))
+
+
+def test_fc_maps_only_where_the_head_weighs_the_blocks_channels():
+    x = torch.zeros(1, 3, 8, 8)
+    assert overlays.layer_kind(Pooled(), "fc", x) == ("features", "fc")
+    with pytest.raises(PipelineError, match="the head reads 6 values, not the 4 channels of `features`"):
+        overlays.layer_kind(Pooled(hidden=6), "penultimate", x)
+
+
 def test_maps_of_another_target_than_step_2s_are_refused(dense):
     """Stored activations doubled stand for a checkpoint that changed since step 2: the maps no longer
     average to them, and nothing is cached."""
