@@ -134,6 +134,8 @@ def example_overlays(ex_json: Path, ex: dict, data_root: str, limit: int, batch_
     c = ex["config"]
     examples = [(n["neuron"], [e["image_id"] for e in n["examples"][:limit]]) for n in ex["neurons"]]
     examples = [(k, xs) for k, xs in examples if xs]
+    if not examples:
+        raise PipelineError(f"{ex_json} has no example images to draw maps on (every neuron dead, or none shown)")
     path = overlays_path(ex_json)
     # The module is in the key through the layer and step 2's key: the same model gives the same one.
     key = overlays_key(ex["activations_key"], c["layer"], examples)

@@ -106,6 +106,8 @@ def test_a_layer_without_spatial_extent_is_refused_with_the_reason(dense):
     with pytest.raises(PipelineError, match=r"classifier: its output \[1, 14\] has no spatial extent"):
         overlays.example_overlays(dense["classifier"], read_examples(dense["classifier"]), "", 3, 16, 0, CPU)
     assert not overlays_path(dense["classifier"]).exists()
+    with pytest.raises(PipelineError, match="no example images to draw maps on"):  # the gallery shows none
+        overlays.example_overlays(dense["fc"], read_examples(dense["fc"]), "", 0, 16, 0, CPU)
 
 
 class Pooled(torch.nn.Module):
