@@ -225,6 +225,7 @@ function openView(n) {
   });
   if (!n.x.length) th.appendChild(el("div", {class: "meta"}, "no examples"));
   p.appendChild(th);
+  drawMaps(n, th);
 
   if (n.p.length) {
     p.appendChild(el("h3", {}, `visualization panels where it is the top neuron (${n.p.length})`));
@@ -296,6 +297,59 @@ document.addEventListener("keydown", (ev) => {
   if (a && a.getAttribute("href")) location.hash = a.getAttribute("href");
 });
 window.addEventListener("hashchange", route);
+
+// ---- activation maps over a neuron's examples -------------------------------------------------
+// Each example's map (D.maps: h x w cells in 256 levels over the neuron's range on its shown examples),
+// upsampled bilinearly to the thumbnail (pixel centres aligned, as torch's interpolate) and drawn over
+// it on a canvas: transparent and blue at the low end, opaque red at the top. The toggle is remembered.
+let mapsShown = true;
+const MAP_SIDE = 160, MAP_ALPHA = 0.6;
+
+function jet(t) {
+  const c = (v) => Math.round(255 * Math.min(1, Math.max(0, v)));
+  return [c(1.5 - Math.abs(4 * t - 3)), c(1.5 - Math.abs(4 * t - 2)), c(1.5 - Math.abs(4 * t - 1))];
+}
+
+function paintMap(canvas, cells, h, w) {
+  const ctx = canvas.getContext("2d"), im = ctx.createImageData(MAP_SIDE, MAP_SIDE);
+  const at = (y, x) => cells[Math.min(h - 1, Math.max(0, y)) * w + Math.min(w - 1, Math.max(0, x))] / 255;
+  for (let py = 0; py < MAP_SIDE; py++) {
+    const sy = Math.max(0, (py + 0.5) * h / MAP_SIDE - 0.5), y0 = Math.floor(sy), fy = sy - y0;
+    for (let px = 0; px < MAP_SIDE; px++) {
+      const sx = Math.max(0, (px + 0.5) * w / MAP_SIDE - 0.5), x0 = Math.floor(sx), fx = sx - x0;
+      const t = (at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx) * (1 - fy) + (at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx) * fy;
+      const [r, g, b] = jet(t), i = 4 * (py * MAP_SIDE + px);
+      im.data[i] = r; im.data[i + 1] = g; im.data[i + 2] = b; im.data[i + 3] = Math.round(255 * MAP_ALPHA * t);
+    }
+  }
+  ctx.putImageData(im, 0, 0);
+}
+
+function drawMaps(n, th) {
+  const run = RUNS[n.r], g = run.maps === undefined ? null : D.maps[run.maps], m = g && g.m[n.n];
+  if (!n.x.length) return;
+  if (!m) {
+    th.before(el("p", {class: "meta", id: "mapnote"}, "No activation maps over the examples: " +
+      (run.maps_note || "none stored for this neuron") + "."));
+    return;
+  }
+  const [lo, hi, b64] = m, bytes = Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0)), size = g.h * g.w;
+  const box = el("label", {class: "maptoggle"}), cb = el("input", {type: "checkbox", id: "maps"});
+  cb.checked = mapsShown;
+  th.classList.toggle("nomaps", !mapsShown);
+  cb.addEventListener("change", () => { mapsShown = cb.checked; th.classList.toggle("nomaps", !mapsShown); });
+  box.append(cb, document.createTextNode(` activation maps: each example's ${g.kind} (${g.h}×${g.w}, upsampled to the crop),` +
+    ` blue and clear at ${fmt(lo)} to red at ${fmt(hi)}, the neuron's range over these examples`));
+  th.before(box);
+  [...th.children].forEach((fig, r) => {
+    const img = fig.querySelector("img");
+    if (!img || (r + 1) * size > bytes.length) return;
+    const wrap = el("div", {class: "mapbox"}), canvas = el("canvas", {class: "map", width: MAP_SIDE, height: MAP_SIDE});
+    paintMap(canvas, bytes.subarray(r * size, (r + 1) * size), g.h, g.w);
+    img.replaceWith(wrap);
+    wrap.append(img, canvas);
+  });
+}
 
 apply();
 route();

@@ -18,6 +18,7 @@ Every string from a file reaches the page through JSON.parse and textContent, ne
 The page itself is gallery.html, gallery.css and gallery.js beside this file; the style and the script
 are written into index.html, which so stays one file.
 """
+import base64
 import csv
 import html
 import io
@@ -35,8 +36,10 @@ from core.digests import code_digest, digest, file_digest
 from dataset.nih import probe_crop, resolve_images
 from dataset.probe import output_names
 from method import alpha_cut
+from models import pick_device
 from pipeline.cache import load_json, save_bytes
 from pipeline.cli import PipelineError, configure, main, print_config
+from pipeline.overlays import KINDS, example_overlays
 from pipeline.outputs import read_ablation, read_activations, read_matching, read_similarity, stored_classes
 
 # -----------------------------------------------------------------------------
@@ -49,6 +52,7 @@ hist_bins: ">= 1" = 40          # bins of a neuron's activation histogram over t
 thumb_size: ">= 8" = 112        # side of the example thumbnails in pixels (never upscaled past the crop)
 max_examples: ">= 0" = 100      # example thumbnails kept per neuron (its example count is always the full one)
 card_thumbs: ">= 0" = 4         # thumbnails on a neuron's card in the list
+overlays = True                 # each example's activation map over its thumbnail in a neuron's view (runs the target once per selection; cached)
 gallery_dir = ""                # gallery folder; default {save_root}/gallery
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))
@@ -78,6 +82,7 @@ def run():
                                 f"rerun example_selection.py and concept_matching.py") from None
     label_runs(page["runs"], root)
     keys += link_panels(page, listed(visualization, root, "total_results.json", "visualization.py"), gdir)
+    keys += attach_maps(page)
 
     # Thumbnails: one per distinct image over all runs (runs of one probing set share them).
     thumbs = gdir / "thumbs"
@@ -389,6 +394,52 @@ def page_template() -> str:
     text = {name: (HERE / name).read_text(encoding="utf-8") for name in PAGE_FILES}
     return (text["gallery.html"].replace("__CSS__\n", text["gallery.css"])
                                 .replace("__JS__\n", text["gallery.js"]))
+
+
+# ---- activation maps over a neuron's examples (pipeline/overlays.py) -------------------------------------
+def attach_maps(page: dict) -> list:
+    """Each run's maps of its neurons' shown examples: one set per selection (examples.json), shared by
+    the runs that name its neurons (MAMMI and the rival describers), as page["maps"][g] = {"h", "w",
+    "kind", "m": {neuron: [lo, hi, base64 of its examples' h x w maps in 8 bits over lo..hi]}}; a run
+    without maps says why (run["maps_note"]). Returns the caches' keys (for the page key)."""
+    page["maps"] = []
+    groups, keys = {}, []
+    dev = pick_device(config["device"]) if overlays else None
+    for run_rec in page["runs"]:
+        if not overlays:
+            run_rec["maps_note"] = "not drawn (gallery.py --overlays False)"
+            continue
+        _, ex_json, ex = read_matching(Path(run_rec["path"]))
+        g = groups.get(ex_json.resolve())
+        if g is None:
+            try:
+                got = example_overlays(ex_json, ex, data_root, max_examples, config["batch_size"],
+                                       config["num_workers"], dev)
+                g = len(page["maps"])
+                page["maps"].append(encode_maps(got))
+                keys.append({"maps": got["key"]})
+            except PipelineError as e:  # no map for this layer or target: the view says why
+                g = str(e)
+                print(f"note: no activation maps for {ex_json}: {e}")
+            groups[ex_json.resolve()] = g
+        if isinstance(g, int):
+            run_rec["maps"] = g
+        else:
+            run_rec["maps_note"] = g
+    return keys
+
+
+def encode_maps(got: dict) -> dict:
+    """overlays.pt's maps for the page: per neuron its range and its maps quantised to 256 levels over it."""
+    maps, h, w = got["maps"], got["maps"].shape[1], got["maps"].shape[2]
+    m, at = {}, 0
+    for k, count in zip(got["neurons"], got["counts"]):
+        mine = maps[at:at + count].double()
+        at += count
+        lo, hi = float(mine.min()), float(mine.max())
+        q = ((mine - lo) / (hi - lo) * 255).round() if hi > lo else torch.zeros_like(mine)
+        m[str(k)] = [sig(lo), sig(hi), base64.b64encode(q.to(torch.uint8).numpy().tobytes()).decode()]
+    return {"h": h, "w": w, "kind": KINDS[got["kind"]], "m": m}
 
 
 if __name__ == "__main__":

@@ -340,3 +340,15 @@ def ablation_key(concepts: str, split_activations: str, split: str, draws: int, 
     key step 2 gives them: the target and preprocessing too), the random sets and the code."""
     return digest({"concepts": concepts, "split": split, "activations": split_activations, "draws": draws,
                    "seed": seed, "code": code})
+
+
+def overlays_path(ex_json: str | Path) -> Path:
+    """The gallery's activation maps of a selection's examples (pipeline/overlays.py), beside examples.json."""
+    return Path(ex_json).parent / "overlays.pt"
+
+
+def overlays_key(activations: str, layer: str, examples: list) -> str:
+    """overlays.pt: step 2's key (target, checkpoint, preprocessing, layer, probing set), the layer whose maps
+    (and so the module hooked), each neuron's example image ids in order, and the code that draws them."""
+    return digest({"activations": activations, "layer": layer, "examples": examples,
+                   "code": code_digest("pipeline/overlays.py")})
