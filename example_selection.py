@@ -22,7 +22,7 @@ from dataset.probe import MISSING, align_labels, load_probe, output_names, resol
 from method import select_examples
 from models import pick_device
 from models.layers import layer_names, layer_table
-from models.target import checkpoint_of, load_target, model_classes, parse_model, preprocessing, reinitialise
+from models.target import RANDOM, checkpoint_of, load_target, model_classes, parse_model, preprocessing, reinitialise
 from pipeline import ranks
 from pipeline.cache import cached, claim, holds_claims, load_json, save_csv, save_jpeg, save_json, save_tensors
 from pipeline.cli import PipelineError, configure, main, print_config
@@ -131,7 +131,8 @@ def run():
         for name in todo:
             c, path, key = per[name]
             stored[name] = {"key": key, "config": {**{k: c[k] for k in ACTIVATION_FIELDS}, **prep,
-                                                   "checkpoint": str(ckpt or ""), "class_names": class_list},
+                                                   "checkpoint": str(ckpt or ""), "untrained": ckpt == RANDOM,
+                                                   "class_names": class_list},
                             "activations": acts[name], "logits": logits if head_ok else None, "image_ids": names}
             save_tensors(path, stored[name])
     if not ranks.is_main():
@@ -141,7 +142,8 @@ def run():
     for name in wanted:
         c, act_path, act_key = per[name]
         select(c, act_path, act_key, stored[name]["activations"], stored[name]["logits"], names, paths, truth,
-               class_list, {**c, **prep, "checkpoint": str(ckpt or ""), "data_key": probe.data_key,
+               class_list, {**c, **prep, "checkpoint": str(ckpt or ""), "untrained": ckpt == RANDOM,
+                            "data_key": probe.data_key,
                             "class_names": class_list})
 
 
