@@ -329,12 +329,12 @@ def user_code(spec: Spec, model: str, what: str):
     except SystemExit as e:
         status = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
         said = [line.strip() for line in err.getvalue().splitlines() if line.strip()]
-        why = (f"argparse inside the model's code read the step's command line: {said[-1][:160]}"
-               if any(line.startswith("usage:") for line in said) else "sys.exit inside the model's code"
-               + (f": {str(e.code)[:160]}" if isinstance(e.code, str) else ""))
+        parser = any(line.startswith("usage:") for line in said)
+        why = (f"argparse inside the model's code read the step's command line: {said[-1][:160]}" if parser else
+               "sys.exit inside the model's code" + (f": {str(e.code)[:160]}" if isinstance(e.code, str) else ""))
+        fix = "keep the argument parsing" if parser else "remove the exit, or keep it"
         raise PipelineError(f"--model {model}: {who} exited with status {status}{when} ({why}); the model's code "
-                            f"must return, not exit: remove the exit (or keep it under "
-                            f"if __name__ == '__main__')") from None
+                            f"must return, not exit: {fix} under if __name__ == '__main__'") from None
     except Exception as e:
         sys.stderr.write(err.getvalue())
         root = Path(spec.name).resolve().parent
