@@ -41,7 +41,7 @@ max_images: ">= 0" = 0          # probe a random subset of this many images (0 =
 seed = 0                        # random seed of that subset
 skip_missing = False            # drop images of the split missing on disk (default: fail)
 model = "densenet121"           # densenet121 | resnet50 | torchvision:NAME | timm:NAME | xrv:NAME | file.py:function | model.pt
-checkpoint = ""                 # target weights; default pretrained/{model}.pth, or torchxrayvision's cache (xrv)
+checkpoint = ""                 # FILE | pretrained (the library's cached weights) | random (untrained); "" = default
 num_classes: ">= 0" = 0         # outputs of the head; 0 = the checkpoint's (torchvision, timm), 14 (densenet121, resnet50)
 layer = "fc"                    # fc | penultimate | a module name | several, comma-separated (one pass) | list
 token_pool: "mean | cls" = "mean"  # tokens [B, T, D]: mean over the patch tokens, or the class token

@@ -83,13 +83,13 @@ def hook_layer(model: nn.Module, layer: str, fn, only_last: bool = False) -> Lay
     """Call fn(output) on each forward pass at `layer`: the model's outputs (fc), its head's input
     (penultimate) or a module's output. fn may return a tensor that replaces what flows on (None: as is).
     A module that runs several times in a pass calls fn each time, and the last call is what is read (a
-    block's output, where its ReLU is shared). only_last: fn is called only on that last call, known from
-    the pass before (so not at all in the first pass, which counts them): ablation zeroes what was read."""
+    block's output, where its ReLU is shared). only_last: fn is called only on that last call, as counted
+    in the pass before (the first call in a first pass): ablation zeroes what was read."""
     hook = LayerHook()
 
     def on(out):
         hook.now += 1
-        return fn(out) if not only_last or hook.now == hook.calls else None
+        return fn(out) if not only_last or hook.now == (hook.calls or 1) else None
 
     def start(m, args):
         hook.now = 0
