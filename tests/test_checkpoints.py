@@ -195,7 +195,7 @@ def caches(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_pretrained_reads_each_librarys_cached_file(caches):
+def test_pretrained_reads_each_librarys_cached_file(images, caches):
     torch.manual_seed(1)
     tv = torchvision.models.mobilenet_v3_small()
     tv_file = caches / "torch" / "hub" / "checkpoints" / TV_FILE
@@ -211,6 +211,8 @@ def test_pretrained_reads_each_librarys_cached_file(caches):
     xrv_file = caches / "home" / ".torchxrayvision" / "models_data" / XRV_FILE
     xrv_file.parent.mkdir(parents=True)
     torch.save(dense, xrv_file)
+    proc = stage2(images, caches / "res", "torchvision:mobilenet_v3_small", "--checkpoint", "pretrained", "--layer", "list")
+    assert proc.returncode == 0 and "features.8" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     for model, file, net in (("torchvision:mobilenet_v3_small", tv_file, tv),
                              ("timm:test_vit", snapshot / "model.safetensors", vit), (XRV, xrv_file, dense)):
         assert checkpoint_of(model, "pretrained") == file, model
