@@ -22,7 +22,7 @@ from dataset.probe import MISSING, align_labels, load_probe, output_names, resol
 from method import select_examples
 from models import pick_device
 from models.layers import layer_names, layer_table
-from models.target import checkpoint_of, load_target, model_classes, parse_model, preprocessing, reinitialise
+from models.target import RANDOM, checkpoint_of, load_target, model_classes, parse_model, preprocessing, reinitialise
 from pipeline import ranks
 from pipeline.cache import cached, claim, holds_claims, load_json, save_csv, save_jpeg, save_json, save_tensors
 from pipeline.cli import PipelineError, configure, main, print_config
@@ -41,7 +41,7 @@ max_images: ">= 0" = 0          # probe a random subset of this many images (0 =
 seed = 0                        # random seed of that subset
 skip_missing = False            # drop images of the split missing on disk (default: fail)
 model = "densenet121"           # densenet121 | resnet50 | torchvision:NAME | timm:NAME | xrv:NAME | file.py:function | model.pt
-checkpoint = ""                 # target weights; default pretrained/{model}.pth, or torchxrayvision's cache (xrv)
+checkpoint = ""                 # FILE | pretrained (the library's cached weights) | random (untrained); "" = default
 num_classes: ">= 0" = 0         # outputs of the head; 0 = the checkpoint's (torchvision, timm), 14 (densenet121, resnet50)
 layer = "fc"                    # fc | penultimate | a module name | several, comma-separated (one pass) | list
 token_pool: "mean | cls" = "mean"  # tokens [B, T, D]: mean over the patch tokens, or the class token
@@ -131,7 +131,8 @@ def run():
         for name in todo:
             c, path, key = per[name]
             stored[name] = {"key": key, "config": {**{k: c[k] for k in ACTIVATION_FIELDS}, **prep,
-                                                   "checkpoint": str(ckpt or ""), "class_names": class_list},
+                                                   "checkpoint": str(ckpt or ""), "untrained": ckpt == RANDOM,
+                                                   "class_names": class_list},
                             "activations": acts[name], "logits": logits if head_ok else None, "image_ids": names}
             save_tensors(path, stored[name])
     if not ranks.is_main():
@@ -141,7 +142,8 @@ def run():
     for name in wanted:
         c, act_path, act_key = per[name]
         select(c, act_path, act_key, stored[name]["activations"], stored[name]["logits"], names, paths, truth,
-               class_list, {**c, **prep, "checkpoint": str(ckpt or ""), "data_key": probe.data_key,
+               class_list, {**c, **prep, "checkpoint": str(ckpt or ""), "untrained": ckpt == RANDOM,
+                            "data_key": probe.data_key,
                             "class_names": class_list})
 
 

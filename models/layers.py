@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 from torchvision.ops.misc import Permute
+from tqdm import tqdm
 
 from models.target import ScriptedTarget, head_name
 from core.errors import PipelineError
@@ -65,17 +66,49 @@ def channel_axis(t: torch.Tensor, channels_last: bool) -> int:
     return -1 if t.dim() == 3 or (t.dim() > 3 and channels_last) else 1
 
 
-def hook_layer(model: nn.Module, layer: str, fn):
+class LayerHook:
+    """The hooks hook_layer puts on a model; calls: how many times the layer ran in the last complete
+    forward pass (a module can run several times in one: a ReLU that a ResNet block applies after each
+    of its convolutions)."""
+
+    def __init__(self):
+        self.calls, self.now, self.handles = 0, 0, []
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def hook_layer(model: nn.Module, layer: str, fn, only_last: bool = False) -> LayerHook:
     """Call fn(output) on each forward pass at `layer`: the model's outputs (fc), its head's input
-    (penultimate) or a module's output. fn may return a tensor that replaces what flows on (None: as is)."""
+    (penultimate) or a module's output. fn may return a tensor that replaces what flows on (None: as is).
+    A module that runs several times in a pass calls fn each time, and the last call is what is read (a
+    block's output, where its ReLU is shared). only_last: fn is called only on that last call, as counted
+    in the pass before (the first call in a first pass): ablation zeroes what was read."""
+    hook = LayerHook()
+
+    def on(out):
+        hook.now += 1
+        return fn(out) if not only_last or hook.now == (hook.calls or 1) else None
+
+    def start(m, args):
+        hook.now = 0
+
+    def end(m, args, out):
+        hook.calls = hook.now
+
+    hook.handles.append(model.register_forward_pre_hook(start))
     if layer == "fc":
-        return model.register_forward_hook(lambda m, inp, out: fn(out))
-    if layer == "penultimate":
+        hook.handles.append(model.register_forward_hook(lambda m, inp, out: on(out)))
+    elif layer == "penultimate":
         def before_head(m, inp):
-            new = fn(inp[0])
+            new = on(inp[0])
             return None if new is None else (new, *inp[1:])
-        return model.get_submodule(head_name(model)).register_forward_pre_hook(before_head)
-    return model.get_submodule(layer).register_forward_hook(lambda m, inp, out: fn(out))
+        hook.handles.append(model.get_submodule(head_name(model)).register_forward_pre_hook(before_head))
+    else:
+        hook.handles.append(model.get_submodule(layer).register_forward_hook(lambda m, inp, out: on(out)))
+    hook.handles.append(model.register_forward_hook(end))  # after fc's own: counts the pass's calls
+    return hook
 
 
 def _declared_last(module: nn.Module) -> bool | None:
@@ -158,9 +191,21 @@ def _hooked(model: nn.Module, layers: list[str], token_pool: str, key):
     batch: dict[str, int] = {}
     read = _reader(model.script if isinstance(model, ScriptedTarget) else model, token_pool)
     hooks = [model.register_forward_pre_hook(lambda m, args: batch.__setitem__("n", len(args[0])))]
+    layer_hooks: dict[str, LayerHook] = {}
+    noted: set[str] = set()
+
+    def note(m, args, out):
+        """Once per layer: a module that runs several times per pass is read at its last call."""
+        for layer, h in layer_hooks.items():
+            if h.calls > 1 and layer not in noted:
+                noted.add(layer)
+                tqdm.write(f"note: --layer {layer}: the module runs {h.calls} times in each forward pass; its last "
+                           f"call (the block's output) is read, the {h.calls - 1} before it are left out")
     try:
         for layer in layers:
-            hooks.append(_register(model, layer, lambda v, k=key(layer): store.__setitem__(k, v), read, batch))
+            layer_hooks[layer] = _register(model, layer, lambda v, k=key(layer): store.__setitem__(k, v), read, batch)
+            hooks.append(layer_hooks[layer])
+        hooks.append(model.register_forward_hook(note))  # after the layers' hooks have counted the pass
         yield store
     finally:
         for h in hooks:
@@ -183,12 +228,15 @@ def tap(model: nn.Module, layer: str, token_pool: str = "mean"):
 
 def layer_table(model: nn.Module, x: torch.Tensor, token_pool: str = "mean") -> list[tuple[str, str, str]]:
     """(name, output shape, neurons) of fc, penultimate and every module, from one forward pass on x;
-    neurons '-' where an output holds no one value per image and neuron."""
+    neurons '-' where an output holds no one value per image and neuron. A module that runs several
+    times in the pass says how many after its shape (its last call's, the one a probe reads)."""
     shapes: dict[str, tuple[str, str]] = {}
+    calls: dict[str, int] = {}
     inner = model.script if isinstance(model, ScriptedTarget) else model
     read = _reader(inner, token_pool)
 
     def record(name, out):
+        calls[name] = calls.get(name, 0) + 1  # the last call's shape stays: the call that is read
         t = next((o for o in out if isinstance(o, torch.Tensor)), None) if isinstance(out, (tuple, list)) else out
         if not isinstance(t, torch.Tensor):
             shapes[name] = (type(out).__name__, "-")
@@ -214,9 +262,35 @@ def layer_table(model: nn.Module, x: torch.Tensor, token_pool: str = "mean") -> 
     finally:
         for h in hooks:
             h.remove()
+    for n, k in calls.items():
+        if k > 1:
+            shapes[n] = (f"{shapes[n][0]} ({k} calls: the last read)", shapes[n][1])
     rows = [(n, *shapes[n]) for n in ("fc", "penultimate") if n in shapes]
     if isinstance(model, ScriptedTarget):
         rows += [(n, "(TorchScript: no hooks)", "-") for n, _ in inner.named_modules() if n]
     else:
         rows += [(n, *shapes.get(n, ("(not called)", "-"))) for n, _ in model.named_modules() if n]
     return rows
+
+
+def first_nonfinite(model: nn.Module, x: torch.Tensor) -> str | None:
+    """The module whose output is the first, in the order they finish, to hold NaN or infinity when the
+    model runs on x (a module finishes after the modules inside it, so this is where they first appear);
+    'fc' for the outputs alone (a TorchScript model's modules cannot be hooked), None when all are finite."""
+    found: list[str] = []
+
+    def check(name, out):
+        t = next((o for o in out if isinstance(o, torch.Tensor)), None) if isinstance(out, (tuple, list)) else out
+        if not found and isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+            found.append(name)
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: check(n, o)) for n, m in model.named_modules() if n
+             and not isinstance(model, ScriptedTarget)]
+    hooks.append(model.register_forward_hook(lambda m, i, o: check("fc", o)))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return found[0] if found else None
+

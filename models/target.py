@@ -9,6 +9,14 @@ The forms of `--model` (FORMS):
     path/file.py:function     the nn.Module function() returns: the file's code runs, as an import would
     path/model.pt             a TorchScript file (torch.jit.save); it also runs the code it holds
 
+--checkpoint random builds the architecture untrained (seeded, so the same weights each time; said in
+a warning and stored as `untrained`), --checkpoint pretrained reads the library's own weights from its
+local cache (torchvision's and timm's URL files under torch.hub.get_dir(), timm's Hugging Face files,
+torchxrayvision's ~/.torchxrayvision): nothing is downloaded, a missing file is named with its URL.
+Every loaded model's weights must be finite. A user's file runs inside one guard (user_code): its
+exceptions and exits while imported, built or run become one line naming the file, and its forward
+must return logits [batch, classes].
+
 The medical_mae checkpoints come as {'model': sd}, {'state_dict': sd} or a bare sd, with `module.`
 (DataParallel) or `module.encoder_q.` (MoCo pretraining) key prefixes. The authors' loader used
 strict=False and so could run a random network without a word; here every backbone tensor must be
@@ -29,9 +37,13 @@ import importlib.util
 import os
 import re
 import sys
+import traceback
+import types
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 
 import torch
@@ -54,6 +66,9 @@ _MOCO_EXTRAS = ("encoder_k.", "queue", "queue_ptr")
 _XRV_EXTRAS = ("op_threshs",)
 # Old torchvision DenseNet names ('norm.1') as in some released checkpoints.
 _DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+# --checkpoint words: the architecture untrained, or the library's own weights from its local cache.
+RANDOM, PRETRAINED = "random", "pretrained"
+RANDOM_SEED = 0  # torch's seed for --checkpoint random: the same untrained weights in every step
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # torchxrayvision scales [0, 1] pixels to [-1024, 1024] (xrv.datasets.normalize): (x - 0.5) / (1 / 2048).
 XRV_NORM = ((0.5,), (1 / 2048,))
@@ -80,6 +95,7 @@ class Family:
     classes: Callable[[Spec], list[str]] | None = None     # the output names it carries itself
     source: Callable[[Spec], object] | None = None         # the digest of its own code
     tag: Callable[[Spec], str] | None = None               # its folder name, when not the --model text
+    pretrained: Callable[[Spec, str], Path] | None = None  # (spec, model): its library's weights file, cached here
 
 
 def parse_model(model: str) -> Spec:
@@ -176,11 +192,33 @@ def _xrv_cache(name: str) -> Path:
     return Path(os.path.expanduser(xrv.utils.get_cache_dir())) / os.path.basename(url)
 
 
-def checkpoint_of(model: str, checkpoint: str) -> Path | None:
+def checkpoint_of(model: str, checkpoint: str) -> Path | str | None:
     """The weights file a target loads (None: a user's model or TorchScript file holds its own), checked
-    to exist; nothing is downloaded."""
+    to exist; nothing is downloaded. RANDOM for --checkpoint random; --checkpoint pretrained is the
+    library's file in its local cache (and so keyed by its bytes, as any file)."""
     spec = parse_model(model)
-    return FAMILIES[spec.family].checkpoint(spec, model, checkpoint)
+    family = FAMILIES[spec.family]
+    if checkpoint in (RANDOM, PRETRAINED) and not Path(checkpoint).is_file():
+        if family.outputs is None:  # a user's file or TorchScript: the weights are whatever it builds or holds
+            raise PipelineError(f"--checkpoint {checkpoint}: --model {model} builds or holds its own weights; drop "
+                                f"--checkpoint, or pass the weights file for it")
+        if checkpoint == RANDOM:
+            return RANDOM
+        return family.pretrained(spec, model)
+    return family.checkpoint(spec, model, checkpoint)
+
+
+def _cached(path: Path, url: str, model: str, library: str) -> Path:
+    """A library's weights file where its own loader would have saved it; nothing is downloaded."""
+    if not path.is_file():
+        raise PipelineError(f"--model {model} --checkpoint pretrained: {path} is not in {library}'s cache and nothing is "
+                            f"downloaded here; download {url} to {path} (or pass --checkpoint FILE)")
+    return path
+
+
+def _hub_file(url: str, model: str, library: str) -> Path:
+    # torch.hub.get_dir() reads TORCH_HOME (or XDG_CACHE_HOME) when called: torchvision's and timm's URL weights
+    return _cached(Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url), url, model, library)
 
 
 def _given(model: str, checkpoint: str) -> Path | None:
@@ -198,7 +236,8 @@ def target_identity(model: str, checkpoint: str | Path | None) -> dict:
     is built and must not run the file."""
     spec = parse_model(model)
     family = FAMILIES[spec.family]
-    return {"model": model, "checkpoint": file_digest(checkpoint) if checkpoint else None,
+    weights = f"{RANDOM}:{RANDOM_SEED}" if checkpoint == RANDOM else file_digest(checkpoint) if checkpoint else None
+    return {"model": model, "checkpoint": weights,
             "source": family.source(spec) if family.source else None, "library": family.library()}
 
 
@@ -207,12 +246,13 @@ def target_identity(model: str, checkpoint: str | Path | None) -> dict:
 class ScriptedTarget(nn.Module):
     """A TorchScript model. TorchScript modules accept no hooks, so only its outputs (fc) can be read."""
 
-    def __init__(self, script):
+    def __init__(self, script, name: str = "model.pt"):
         super().__init__()
         self.script = script
+        self.name = name
 
     def forward(self, x):
-        return self.script(x)
+        return check_logits(self.script(x), x, self.name)
 
 
 def build_target(arch: str, num_classes: int = 14) -> nn.Module:
@@ -248,25 +288,85 @@ def _from_file(spec: Spec, model: str) -> nn.Module:
     sys.modules[where.name] = module  # as an import would: dataclasses and pickling look it up there
     sys.path.insert(0, str(path.resolve().parent))  # the file may import its neighbours
     try:
-        where.loader.exec_module(module)
+        with user_code(spec, model, "import"):
+            where.loader.exec_module(module)
         build = getattr(module, spec.function, None)
         if not callable(build):
             names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
             raise PipelineError(f"--model {model}: {path} defines no function {spec.function!r} "
                                 f"(it has {', '.join(names[:6]) or 'none'})")
-        net = build()
-    except PipelineError:
-        raise
-    except Exception as e:
-        first = str(e).splitlines()[0][:200] if str(e) else ""
-        raise PipelineError(f"--model {model}: running {path} failed ({type(e).__name__}: {first}); "
-                            f"fix the file") from None
+        with user_code(spec, model, "build"):
+            net = build()
     finally:
         sys.path.remove(str(path.resolve().parent))
     if not isinstance(net, nn.Module):
         raise PipelineError(f"--model {model}: {spec.function}() returned a {type(net).__name__}, "
                             f"not a torch.nn.Module")
+
+    def forward(self, *args, **kwargs):  # the class's own forward, guarded; bound to each copy of the model
+        with user_code(spec, model, "forward"):
+            out = type(self).forward(self, *args, **kwargs)
+        return check_logits(out, args[0] if args else None, model)
+    net.forward = types.MethodType(forward, net)
     return net
+
+
+@contextmanager
+def user_code(spec: Spec, model: str, what: str):
+    """Run the code of a user's model file (what: its import, the build function, the model's forward):
+    an exception or an exit inside it (sys.exit, or argparse reading the step's own command line) becomes
+    one line naming the file, the function and what happened, never the step's exit status or a usage
+    that reads as the step's. What the code writes on stderr is held back and passed on after it."""
+    who = Path(spec.name).name + ("" if what == "import" else f":{spec.function}")
+    when = {"import": " while imported", "build": "", "forward": " in the model's forward"}[what]
+    err = StringIO()
+    try:
+        with redirect_stderr(err):
+            yield
+    except (PipelineError, KeyboardInterrupt):  # ours (a hook's check), or the user's Ctrl-C
+        sys.stderr.write(err.getvalue())
+        raise
+    except SystemExit as e:
+        status = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+        said = [line.strip() for line in err.getvalue().splitlines() if line.strip()]
+        parser = any(line.startswith("usage:") for line in said)
+        why = (f"argparse inside the model's code read the step's command line: {said[-1][:160]}" if parser else
+               "sys.exit inside the model's code" + (f": {str(e.code)[:160]}" if isinstance(e.code, str) else ""))
+        fix = "keep the argument parsing" if parser else "remove the exit, or keep it"
+        raise PipelineError(f"--model {model}: {who} exited with status {status}{when} ({why}); the model's code "
+                            f"must return, not exit: {fix} under if __name__ == '__main__'") from None
+    except Exception as e:
+        sys.stderr.write(err.getvalue())
+        root = Path(spec.name).resolve().parent
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve().is_relative_to(root)]
+        at = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+        if isinstance(e, SyntaxError) and e.filename:  # raised while compiling: no frame of the file yet
+            at = f" at {Path(e.filename).name}:{e.lineno}"
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise PipelineError(f"--model {model}: {who} raised {type(e).__name__}{when}{at} ({first}); fix the file"
+                            + ("" if what != "forward" else ", or --crop and --channels if its input is not what "
+                               "it takes")) from None
+    sys.stderr.write(err.getvalue())
+
+
+def check_logits(out, x, model: str):
+    """A user's model's outputs as the steps read them: logits, a float tensor [batch, classes]. A dict
+    (even with a 'logits' key), a tuple or a tensor of another shape is refused: its own code says which
+    of its outputs are the logits, in one line of the file."""
+    n = len(x) if isinstance(x, torch.Tensor) else None
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.is_floating_point() and n in (None, out.shape[0]):
+        return out
+    if isinstance(out, torch.Tensor):
+        what = f"a tensor of shape {list(out.shape)}" + ("" if out.is_floating_point() else f" and dtype {out.dtype}")
+    elif isinstance(out, dict):
+        what = f"a dict (keys {', '.join(repr(k) for k in list(out)[:5])})"
+    elif isinstance(out, (tuple, list)):
+        what = f"a {type(out).__name__} of {len(out)} items"
+    else:
+        what = f"a {type(out).__name__}"
+    raise PipelineError(f"--model {model}: its forward returned {what}, not logits: a float tensor [batch, classes] "
+                        f"([{n if n is not None else 'batch'}, K] here); return the classifier's outputs as one tensor "
+                        f"(e.g. out['logits'] of a dict, or a tuple's first item)")
 
 
 def head_name(model: nn.Module) -> str:
@@ -302,6 +402,9 @@ def _read_checkpoint(path: Path):
             mod, _, attr = n.rpartition(".")
             classes.append(getattr(importlib.import_module(mod), attr))
     try:
+        if Path(path).suffix == ".safetensors":  # timm's Hugging Face weights: tensors alone, no pickle
+            from safetensors.torch import load_file
+            return load_file(path, device="cpu")
         with torch.serialization.safe_globals(classes):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -399,17 +502,27 @@ def load_target(model: str, checkpoint: str | Path | None, need_head: bool, num_
     spec = parse_model(model)
     family = FAMILIES[spec.family]
     checkpoint = checkpoint_of(model, str(checkpoint or ""))
-    obj = _read_checkpoint(checkpoint) if checkpoint else None
+    untrained = checkpoint == RANDOM
+    obj = _read_checkpoint(checkpoint) if checkpoint and not untrained else None
     if family.outputs is None:  # the model's own file builds it, outputs and all
         net = family.build(spec, model, 0, channels)
         head = None
         if obj is not None:
             head = load_checkpoint(net, _state_dict_of(obj, checkpoint, net.state_dict()), checkpoint, model)
+    elif untrained:
+        num_classes = _outputs(spec, model, None, checkpoint, channels, num_classes, n_classes)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            net = family.build(spec, model, num_classes, channels)
+        head = None
+        print(f"warning: --checkpoint random: {model} is untrained (its library's initialisation, seed {RANDOM_SEED}): "
+              f"its neurons and outputs mean nothing learned; the outputs are marked untrained")
     else:
         k = _outputs(spec, model, obj, checkpoint, channels, num_classes, n_classes)
         net = family.build(spec, model, k, channels)
         head = load_checkpoint(net, _state_dict_of(obj, checkpoint, net.state_dict()), checkpoint, model)
         num_classes = k
+    check_finite(net, checkpoint or f"--model {model}")
     if head is not None:
         if need_head:
             raise PipelineError(f"{checkpoint} has {head}: the fc layer and the model's outputs need a checkpoint "
@@ -417,6 +530,18 @@ def load_target(model: str, checkpoint: str | Path | None, need_head: bool, num_
                                 f"the backbone can still be probed with --layer penultimate")
         print(f"note: {checkpoint} has {head}: backbone layers are probed, the model's outputs are not reported")
     return net.eval(), head is None
+
+
+def check_finite(net: nn.Module, source) -> None:
+    """Every weight and buffer finite: NaN weights would give every neuron a NaN threshold and no example,
+    and every concept the same score, without an error anywhere downstream."""
+    tensors = {k: v for k, v in net.state_dict().items()  # a lazy module's are made at its first forward pass
+               if not nn.parameter.is_lazy(v) and (v.is_floating_point() or v.is_complex())}
+    bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise PipelineError(f"{source}: {len(bad)} of {len(tensors)} weight tensors hold NaN or infinite values (e.g. "
+                            f"{', '.join(bad[:3])}); the weights are broken (a diverged training run?): pass a "
+                            f"checkpoint whose weights are all finite")
 
 
 # ---- the families: for each, how to build it, feed it, find its weights and name it (FAMILIES)
@@ -443,7 +568,8 @@ def _fine_tuned(spec: Spec, model: str, checkpoint: str) -> Path | None:
     """torchvision and timm: the weights of the user's fine-tuned model, which only they have."""
     if not checkpoint:
         raise PipelineError(f"--model {model} needs --checkpoint FILE: the weights of your fine-tuned {spec.name} "
-                            f"(a state dict; its head sets the number of outputs)")
+                            f"(a state dict; its head sets the number of outputs), or --checkpoint pretrained (the "
+                            f"library's own weights, from its local cache) or random (untrained)")
     return _given(model, checkpoint)
 
 
@@ -456,6 +582,16 @@ def _torchvision_input(spec: Spec) -> dict:
         return _imagenet_input()
 
 
+def _torchvision_pretrained(spec: Spec, model: str) -> Path:
+    """torchvision's DEFAULT weights, where torchvision.models.get_model(weights="DEFAULT") saves them."""
+    try:
+        url = torchvision.models.get_model_weights(spec.name).DEFAULT.url
+    except (ValueError, AttributeError, KeyError):
+        raise PipelineError(f"--model {model} --checkpoint pretrained: torchvision releases no weights for "
+                            f"{spec.name}; pass --checkpoint FILE or --checkpoint random") from None
+    return _hub_file(url, model, "torchvision")
+
+
 def _timm_names(name: str) -> list[str]:
     import timm
     return [name] if timm.is_model(name) else timm.list_models()  # timm knows tagged names it does not list
@@ -464,6 +600,38 @@ def _timm_names(name: str) -> list[str]:
 def _timm_build(spec: Spec, model: str, outputs: int, channels: int) -> nn.Module:
     import timm
     return timm.create_model(spec.name, pretrained=False, num_classes=outputs, in_chans=channels)
+
+
+def _hf_cache() -> Path:
+    """Hugging Face's hub cache as the environment names it now (huggingface_hub reads it once, on import)."""
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(os.path.expanduser(os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub")))
+
+
+def _timm_pretrained(spec: Spec, model: str) -> Path:
+    """timm's own weights as timm.create_model(pretrained=True) finds them: its Hugging Face repository's
+    model.safetensors (or pytorch_model.bin) in the hub cache, else its release URL's file in torch's."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+    cfg = timm.get_pretrained_cfg(spec.name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise PipelineError(f"--model {model} --checkpoint pretrained: timm releases no weights for {spec.name}; "
+                            f"pass --checkpoint FILE or --checkpoint random")
+    if not cfg.hf_hub_id:
+        return _hub_file(cfg.url, model, "timm")
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    for name in names:
+        found = try_to_load_from_cache(repo, name, cache_dir=_hf_cache(), revision=revision or None)
+        if isinstance(found, str):
+            return Path(found)
+    if cfg.url and (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)).is_file():
+        return _hub_file(cfg.url, model, "timm")
+    raise PipelineError(f"--model {model} --checkpoint pretrained: {repo} is not in the Hugging Face cache "
+                        f"{_hf_cache()} and nothing is downloaded here; download "
+                        f"https://huggingface.co/{repo}/resolve/{revision or 'main'}/{names[0]} into that cache once "
+                        f"(python -c \"import timm; timm.create_model('{spec.name}', pretrained=True)\") or pass "
+                        f"--checkpoint FILE")
 
 
 def _timm_input(spec: Spec) -> dict:
@@ -546,7 +714,7 @@ def _torchscript_build(spec: Spec, model: str, outputs: int, channels: int) -> n
     try:
         with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's to fix
             warnings.simplefilter("ignore", FutureWarning)
-            return ScriptedTarget(torch.jit.load(str(Path(spec.name)), map_location="cpu"))
+            return ScriptedTarget(torch.jit.load(str(Path(spec.name)), map_location="cpu"), model)
     except Exception as e:
         raise PipelineError(f"--model {model}: not a TorchScript file ({type(e).__name__}); save the model with "
                             f"torch.jit.save, or pass a state dict as --checkpoint with its architecture") from None
@@ -567,16 +735,18 @@ FAMILIES = {
         build=lambda spec, model, outputs, channels: build_target(spec.name, outputs),
         checkpoint=lambda spec, model, checkpoint: require_file(checkpoint or default_checkpoint(spec.name), spec.name),
         preprocessing=_nih_input, library=_torchvision_version, outputs=lambda spec: 14, head_sizes=False,
-        classes=_nih_classes),
+        classes=_nih_classes, pretrained=lambda spec, model: require_file(default_checkpoint(spec.name), spec.name)),
     "torchvision": Family(
         build=lambda spec, model, outputs, channels: torchvision.models.get_model(spec.name, weights=None,
                                                                                  num_classes=outputs),
         checkpoint=_fine_tuned, preprocessing=_torchvision_input, library=_torchvision_version,
-        outputs=lambda spec: 1000, names=lambda name: torchvision.models.list_models(module=torchvision.models)),
+        outputs=lambda spec: 1000, names=lambda name: torchvision.models.list_models(module=torchvision.models),
+        pretrained=_torchvision_pretrained),
     "timm": Family(build=_timm_build, checkpoint=_fine_tuned, preprocessing=_timm_input, library=_timm_version,
-                   outputs=lambda spec: 1000, names=_timm_names),
+                   outputs=lambda spec: 1000, names=_timm_names, pretrained=_timm_pretrained),
     "xrv": Family(build=_xrv_build, checkpoint=_xrv_checkpoint, preprocessing=_xrv_input, library=_xrv_version,
-                  outputs=lambda spec: len(_xrv_classes(spec)), names=_xrv_names, classes=_xrv_classes),
+                  outputs=lambda spec: len(_xrv_classes(spec)), names=_xrv_names, classes=_xrv_classes,
+                  pretrained=lambda spec, model: _xrv_checkpoint(spec, model, "")),
     "file": Family(  # path/file.py:function, the user's code
         build=lambda spec, model, outputs, channels: _from_file(spec, model), checkpoint=_file_checkpoint,
         preprocessing=_nih_input, library=lambda: None, source=_file_sources,

@@ -98,7 +98,9 @@ def linear_drops(acts: torch.Tensor, weight: torch.Tensor, pos: torch.Tensor, se
 @contextmanager
 def zeroing(net: nn.Module, layer: str):
     """A forward hook on the layer (fc: the outputs; penultimate: the head's input; else a module's
-    output) that zeroes the channels in the returned list; empty: the network as it is."""
+    output) that zeroes the channels in the returned list; empty: the network as it is. A module that runs
+    several times in a pass is zeroed at its last call only, the one a probe reads, as counted by a pass
+    before (hook_drops' first pass is the network as it is)."""
     channels: list[int] = []
     last = layer not in ("fc", "penultimate") and layer in channels_last_modules(net)
 
@@ -114,7 +116,7 @@ def zeroing(net: nn.Module, layer: str):
             return type(out)([zero(o) if j == i else o for j, o in enumerate(out)])
         return zero(out)
 
-    hook = hook_layer(net, layer, on_output)
+    hook = hook_layer(net, layer, on_output, only_last=True)
     try:
         yield channels
     finally:

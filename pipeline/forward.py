@@ -12,7 +12,8 @@ import torch
 from tqdm import tqdm
 
 from dataset.nih import ProbeSet, model_input_args
-from models.layers import taps
+from core.errors import PipelineError
+from models.layers import first_nonfinite, taps
 from pipeline.ranks import world
 
 
@@ -66,5 +67,22 @@ def record(net: torch.nn.Module, batches: Iterable[torch.Tensor], layers: list[s
             for k in layers:
                 acts[k][at:at + len(x)] = store[k].float()
             logits[at:at + len(x)] = out.float()
+            if not all(torch.isfinite(t[at:at + len(x)]).all() for t in (logits, *acts.values())):
+                nonfinite(net, x, at, precision)
             at += len(x)
     return acts, logits
+
+
+def nonfinite(net: torch.nn.Module, x: torch.Tensor, at: int, precision: str):
+    """Refuse a batch whose activations or outputs hold NaN or infinity (the weights were checked finite
+    when loaded): naming the module where they first appear, found by running the batch once more."""
+    if not torch.isfinite(x).all():
+        where = "in the input images themselves"
+    else:
+        module = first_nonfinite(net, x)
+        where = f"first in the output of module {module!r}, from finite inputs" if module else \
+            "(not again when the batch ran once more)"
+    raise PipelineError(f"the forward pass on images {at + 1}-{at + len(x)} of the probing set gives NaN or infinite "
+                        f"values, {where}; with finite weights this is the input's scale (--mean, --std) or the "
+                        f"model's own code" + ("; under --precision bf16, try fp32" if precision == "bf16" else ""))
+
