@@ -36,10 +36,10 @@ RUNS.forEach((run, r) => {
     while (lo < hi) { const m = (lo + hi) >> 1; if (tops[m] <= n.top) lo = m + 1; else hi = m; }
     n.pct = 100 * lo / tops.length;
   });
-  // A run's short name on its cards: describer, layer and model (the folder only in the neuron view).
-  run.short = [run.describer, run.layer, run.model].filter((x) => x).join(" · ");
+  // A run's short name on its cards: describer, layer, model and what tells it from runs of the same three
+  // (the folder only in the neuron view).
+  run.short = [run.describer, run.layer, run.model, run.variant].filter((x) => x).join(" · ");
 });
-RUNS.forEach((run, r) => { if (RUNS.some((o, j) => j !== r && o.short === run.short)) run.short += ` #${r + 1}`; });
 
 $("title").textContent = D.title;
 document.title = D.title;
@@ -93,14 +93,14 @@ function fill() {
 
 function statusBadge(s) { return el("span", {class: "badge s-" + s}, s); }
 
-const UNTRAINED = "the target's weights are random (--checkpoint random): its neurons' names say what untrained " +
-  "features respond to, not what a trained model learned";
+const UNTRAINED = "the target's weights are random (--checkpoint random, or sanity_check.py's re-initialised copy): " +
+  "its neurons' names say what untrained features respond to, not what a trained model learned";
 function untrainedBadge() { return el("span", {class: "badge untrained", title: UNTRAINED}, "untrained model"); }
 
 // Describer, layer and model of a neuron's run, each a label of its own.
 function runTags(run) {
   const t = el("div", {class: "tags"});
-  [["describer", run.describer], ["layer", run.layer], ["model", run.model]].forEach(([k, v]) => { if (v) t.appendChild(el("span", {class: "tag " + k, title: k}, v)); });
+  [["describer", run.describer], ["layer", run.layer], ["model", run.model], ["variant", run.variant]].forEach(([k, v]) => { if (v) t.appendChild(el("span", {class: "tag " + k, title: k}, v)); });
   if (run.untrained) t.appendChild(untrainedBadge());
   return t;
 }

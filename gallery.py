@@ -5,9 +5,12 @@ is one) and finds everything else through the paths the outputs store: concepts.
 examples.json; examples.json's folder holds examples.csv (each example's labels) and its parent, the
 layer folder, holds activations.pt (the histograms); examples.json's config names the image folder
 and the crop the model saw. visualization.py's total_results.json adds the panels in which a neuron
-is the top one. Writes {gallery_dir}/index.html and {gallery_dir}/thumbs/, one JPEG per distinct image,
-named by a digest of the image file (path, size, mtime), the crop and the thumbnail size, so each is
-made once and reused, and a changed image or crop gets a new one.
+is the top one. Runs are shown only while their keys chain (concepts.json stores the key of its
+examples.json) and thumbnails made only of the images step 2 read (the probing set re-read under the
+image folder must give the data key examples.json stored). An experiment file (or --dataset, --model)
+limits the default runs to its own. Writes {gallery_dir}/index.html and {gallery_dir}/thumbs/, one
+JPEG per distinct image, named by a digest of the image file (path, size, mtime), the crop and the
+thumbnail size, so each is made once and reused, and images moved elsewhere or another crop get new ones.
 
 The page embeds one compact JSON block and renders the list lazily (a chunk of cards at a time, the
 next when the list's end scrolls near): 2,048 neurons open as fast as 20. Figures are SVG drawn
@@ -37,8 +40,8 @@ from dataset.probe import load_probe, output_names
 from method import alpha_cut
 from pipeline.cache import load_json, save_bytes
 from pipeline.cli import PipelineError, configure, main, print_config
-from pipeline.outputs import (locate_examples, read_ablation, read_activations, read_matching, read_similarity,
-                              stored_classes)
+from pipeline.outputs import (concept_set_name, locate_examples, model_dir, read_ablation, read_activations,
+                              read_matching, read_similarity, stored_classes)
 
 # -----------------------------------------------------------------------------
 runs = ""                       # comma-separated concepts.json files of stage 3 (any layer, any describer) or folders holding them; default: every concepts.json under save_root (of the given dataset and model, when an experiment file or an option names them)
@@ -176,10 +179,16 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     p = ex_cfg.get("adaptive_percent")
     selection = (f"top {ex_cfg.get('topk')}" if ex_cfg.get("selection") == "topk"
                  else f"adaptive, p = {p:g}%" if isinstance(p, (int, float)) else "adaptive")
-    page["runs"].append({"path": str(path), "layer": layer, "model": str(cfg.get("model") or ex_cfg.get("model", "")),
+    # What tells runs of one describer, layer and model apart, each as it reads on a label.
+    settings = {"selection": selection, "scoring": {True: "adaptive scores", False: "plain scores"}.get(cfg.get("adaptive")),
+                "prompt": cfg.get("template_ver") and f"prompt {cfg['template_ver']}",
+                "alpha": cfg.get("alpha") is not None and f"alpha {cfg['alpha']:g}",
+                "concepts": cfg.get("concept_set") and concept_set_name(cfg), "vlm": cfg.get("model_clip")}
+    page["runs"].append({"path": str(path), "layer": layer, "model": model_dir({"save_root": "", **ex_cfg}).name,
                          "describer": str(cfg.get("describer") or "MAMMI"), "vlm": str(cfg.get("model_clip") or ""),
                          "selects": cfg.get("vocabulary") != "findings",  # a label-based describer uses no examples
-                         "untrained": bool(ex_cfg.get("untrained", False)),
+                         "untrained": bool(ex_cfg.get("untrained", False)) or ex_cfg.get("reinit_seed", -1) >= 0,
+                         "settings": {k: str(v) for k, v in settings.items() if v},
                          "concept_set": str(cfg.get("concept_set", "")), "selection": selection,
                          "alpha": alpha, "n_images": hist["n"] if hist else None, "fc": is_fc,
                          "fdr": cfg.get("fdr"), "ablation": ablation_rows(path.parent / "ablation.json")})
@@ -329,7 +338,17 @@ def similarity_bars(path: Path, run: dict) -> tuple[dict, dict, float | None]:
 
 def label_runs(runs: list[dict], root: Path) -> None:
     """Name each run by its folder under save_root, less the folders all runs share (the probing set,
-    the model, a single VLM): what is left tells the runs apart."""
+    the model, a single VLM): what is left tells the runs apart. And, for the cards, the settings in
+    which runs of the same describer, layer and model differ (variant: "top 20", "plain · prompt no")."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault((r["describer"], r["layer"], r["model"]), []).append(r)
+    for group in groups.values():
+        differ = [k for k in group[0]["settings"] if len({r["settings"].get(k) for r in group}) > 1]
+        for r in group:
+            r["variant"] = " · ".join(r["settings"][k] for k in differ if k in r["settings"])
+    for r in runs:
+        del r["settings"]
     parts = []
     for r in runs:
         d = Path(r["path"]).parent.resolve()

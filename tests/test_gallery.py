@@ -510,6 +510,36 @@ def test_an_experiment_file_shows_its_own_runs(tmp_path):
     assert "no concepts.json under" in err and "dataset nih14" in err
 
 
+def test_runs_of_one_describer_layer_and_model_are_told_apart_by_their_settings(tmp_path):
+    """Cards name a run by describer, layer and model; where several runs share the three, each also gets the
+    settings in which they differ (and only those), and a re-initialised target (sanity_check.py) is its
+    own model, flagged untrained like --checkpoint random."""
+    res = write_synthetic(tmp_path, n_neurons=8, n_images=12)
+    mine = next(res.rglob("concepts.json"))
+    plain = mine.parent.parent / "words_no_plain_a95"
+    shutil.copytree(mine.parent, plain)
+    (plain / "ablation.json").unlink()  # it ablates the first run's names
+    data = json.loads(mine.read_text())
+    data["config"].update(template_ver="no", adaptive=False)
+    (plain / "concepts.json").write_text(json.dumps(data))
+    (mine.parent / "concepts.json").write_text(json.dumps({**data, "config": {**data["config"], "template_ver": "base",
+                                                                             "adaptive": True}}))
+    layer = mine.parents[3]
+    reinit = layer.parent.parent / "resnet50-reinit0" / "penultimate"
+    shutil.copytree(layer, reinit)
+    ex_json = reinit / "adaptive93" / "examples.json"
+    ex_json.write_text(ex_json.read_text().replace('"dataset": "synth"', '"reinit_seed": 0, "dataset": "synth"'))
+    for f in reinit.rglob("concepts.json"):
+        f.write_text(f.read_text().replace(str(mine.parents[2]), str(reinit / "adaptive93")))
+    ok(run_script("gallery.py", "--save_root", str(res)))
+    runs = {(r["model"], Path(r["path"]).parent.name): r for r in page_data(res / "gallery" / "index.html")[2]["runs"]}
+    assert {k: (r["variant"], r["untrained"]) for k, r in runs.items()} == {
+        ("resnet50", "words_base_adaptive_a95"): ("adaptive scores · prompt base", False),
+        ("resnet50", "words_no_plain_a95"): ("plain scores · prompt no", False),
+        ("resnet50-reinit0", "words_base_adaptive_a95"): ("adaptive scores · prompt base", True),
+        ("resnet50-reinit0", "words_no_plain_a95"): ("plain scores · prompt no", True)}
+
+
 # ---- a real browser ----------------------------------------------------------------------------
 def find_browser():
     chrome = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
