@@ -339,7 +339,7 @@ def similarity_bars(path: Path, run: dict) -> tuple[dict, dict, float | None]:
 def label_runs(runs: list[dict], root: Path) -> None:
     """Name each run by its folder under save_root, less the folders all runs share (the probing set,
     the model, a single VLM): what is left tells the runs apart. And, for the cards, the settings in
-    which runs of the same describer, layer and model differ (variant: "top 20", "plain · prompt no")."""
+    which runs of the same describer, layer and model differ (variant: "top 20", "plain scores · prompt no")."""
     groups: dict = {}
     for r in runs:
         groups.setdefault((r["describer"], r["layer"], r["model"]), []).append(r)
