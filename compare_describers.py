@@ -151,7 +151,8 @@ def run():
         S, names, used, key = got
         scores[name] = S
         records[name] = name_neurons(S.double(), names, dead, used, top_n, floor=0.0 if name == "dissection" else None)
-        save_json(out / name / "concepts.json", {"key": key, "config": describer_config(run_json, path, name, consts),
+        save_json(out / name / "concepts.json", {"key": key, "examples_key": ex["key"],
+                                                 "config": describer_config(run_json, path, name, consts),
                                                  "neurons": records[name]})
         counts = {st: sum(n["status"] == st for n in records[name]) for st in ("ok", "none", "dead")}
         print(f"{name}: {counts['ok']} neurons named, {counts['none']} none, {counts['dead']} dead, "

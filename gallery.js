@@ -26,12 +26,26 @@ N.forEach((n, i) => {
   if (n.s === "dead") n.top = -Infinity;
   byKey.set(key(n), n);
 });
+// Scores of different describers are on different scales (MAMMI's sums, CLIP-Dissect's, AUROC): a neuron's
+// top score is compared across runs by its rank within its own run, the share of the run's neurons whose
+// top score is at most its own (100: the run's best).
+RUNS.forEach((run, r) => {
+  const mine = N.filter((n) => n.r === r), tops = mine.map((n) => n.top).sort((a, b) => a - b);
+  mine.forEach((n) => {
+    let lo = 0, hi = tops.length;
+    while (lo < hi) { const m = (lo + hi) >> 1; if (tops[m] <= n.top) lo = m + 1; else hi = m; }
+    n.pct = 100 * lo / tops.length;
+  });
+  // A run's short name on its cards: describer, layer, model and what tells it from runs of the same three
+  // (the folder only in the neuron view).
+  run.short = [run.describer, run.layer, run.model, run.variant].filter((x) => x).join(" · ");
+});
 
 $("title").textContent = D.title;
 document.title = D.title;
 const layers = [...new Set(RUNS.map((r) => r.layer))];
 layers.forEach((l) => $("layer").appendChild(el("option", {value: l}, l)));
-RUNS.forEach((r, i) => $("run").appendChild(el("option", {value: String(i)}, r.label || r.folder)));
+RUNS.forEach((r, i) => $("run").appendChild(el("option", {value: String(i), title: r.folder}, r.short + (r.label ? ` (${r.label})` : ""))));
 if (RUNS.length < 2) $("runbox").style.display = "none";
 if (!RUNS.some((r) => r.fc)) $("hitbox").style.display = "none";
 if (!N.some((n) => n.ev)) $("evbox").style.display = "none";
@@ -50,7 +64,7 @@ function apply() {
     && (!ev || (n.ev !== undefined && (ev === "sig") === n.ev.sig))
     && (!q || (idq !== null ? n.n === idq : n.q.some((c) => c.includes(q)))));
   const by = {id: (a, b) => a.r - b.r || a.n - b.n, ex: (a, b) => b.e - a.e || a.i - b.i,
-              exa: (a, b) => a.e - b.e || a.i - b.i, top: (a, b) => b.top - a.top || a.i - b.i}[sort];
+              exa: (a, b) => a.e - b.e || a.i - b.i, top: (a, b) => b.pct - a.pct || b.top - a.top || a.i - b.i}[sort];
   shown.sort(by);
   list.textContent = "";
   rendered = 0;
@@ -79,6 +93,18 @@ function fill() {
 
 function statusBadge(s) { return el("span", {class: "badge s-" + s}, s); }
 
+const UNTRAINED = "the target's weights are random (--checkpoint random, or sanity_check.py's re-initialised copy): " +
+  "its neurons' names say what untrained features respond to, not what a trained model learned";
+function untrainedBadge() { return el("span", {class: "badge untrained", title: UNTRAINED}, "untrained model"); }
+
+// Describer, layer and model of a neuron's run, each a label of its own.
+function runTags(run) {
+  const t = el("div", {class: "tags"});
+  [["describer", run.describer], ["layer", run.layer], ["model", run.model], ["variant", run.variant]].forEach(([k, v]) => { if (v) t.appendChild(el("span", {class: "tag " + k, title: k}, v)); });
+  if (run.untrained) t.appendChild(untrainedBadge());
+  return t;
+}
+
 // The permutation test's verdict on a name: significant at the run's false discovery rate, with its q.
 function evidenceBadge(n) {
   const e = n.ev;
@@ -91,12 +117,13 @@ function card(n) {
   const run = RUNS[n.r];
   const c = el("div", {class: "card", tabindex: "0", "data-key": key(n), "data-neuron": String(n.n)});
   const h = el("div", {class: "head"});
-  h.append(el("span", {class: "nid"}, "neuron " + n.n), el("span", {class: "layer"}, run.layer), statusBadge(n.s));
+  h.append(el("span", {class: "nid"}, "neuron " + n.n), statusBadge(n.s));
   if (n.ev) h.append(evidenceBadge(n));
   if (n.cls !== undefined) h.append(el("span", {class: "layer"}, n.cls), el("span", {class: "badge " + (n.hit ? "hit" : "miss")}, n.hit ? "hit" : "miss"));
   c.appendChild(h);
-  if (RUNS.length > 1) c.appendChild(el("div", {class: "meta"}, run.label));
-  c.appendChild(el("div", {class: "meta"}, `${n.e} example${n.e === 1 ? "" : "s"} · top score ${fmt(n.top === -Infinity ? null : n.top)}`));
+  c.appendChild(runTags(run));
+  const score = n.top === -Infinity ? "top score –" : `top score ${fmt(n.top)} · rank ${Math.round(n.pct)}% in its run`;
+  c.appendChild(el("div", {class: "meta score"}, (run.selects ? `${n.e} example${n.e === 1 ? "" : "s"} · ` : "") + score));
   const chips = el("div", {class: "chips"});
   if (!n.c.length) chips.appendChild(el("span", {class: "meta"}, n.s === "dead" ? "dead: constant over the probing set" : "no concept above the cut"));
   n.c.slice(0, 8).forEach(([w, s]) => { const ch = el("span", {class: "chip"}, w); ch.appendChild(el("small", {}, fmt(s))); chips.appendChild(ch); });
@@ -110,6 +137,7 @@ function card(n) {
 
 list.addEventListener("click", (ev) => { const c = ev.target.closest(".card"); if (c) location.hash = "n" + c.dataset.key; });
 list.addEventListener("keydown", (ev) => { const c = ev.target.closest(".card"); if (c && ev.key === "Enter") location.hash = "n" + c.dataset.key; });
+$("summarybtn").addEventListener("click", () => { location.hash = "summary"; });
 ["q", "status", "layer", "run", "hitsel", "evsel", "sort"].forEach((id) => $(id).addEventListener(id === "q" ? "input" : "change", apply));
 
 // ---- a neuron's view --------------------------------------------------------------------------
@@ -181,13 +209,15 @@ function openView(n) {
   nav.lastChild.addEventListener("click", closeView);
   p.appendChild(nav);
   const h = el("div", {class: "head"});
-  h.append(el("h2", {id: "vtitle"}, "neuron " + n.n), el("span", {class: "layer"}, `${run.layer} · ${run.model}`), statusBadge(n.s));
+  h.append(el("h2", {id: "vtitle"}, "neuron " + n.n), statusBadge(n.s));
   if (n.ev) h.append(evidenceBadge(n));
   if (n.cls !== undefined) h.append(el("span", {class: "layer"}, "class " + n.cls), el("span", {class: "badge " + (n.hit ? "hit" : "miss")}, n.hit ? "hit" : "miss"));
   p.appendChild(h);
-  p.appendChild(el("div", {class: "meta"}, run.folder));
-  p.appendChild(el("div", {class: "meta"}, `${n.e} example${n.e === 1 ? "" : "s"} (${run.selection})` +
-    (run.n_images ? ` of ${run.n_images} probing images` : "") + ` · named by ${run.describer}` + (run.vlm ? ` with VLM ${run.vlm}` : "") +
+  p.appendChild(runTags(run));
+  if (run.untrained) p.appendChild(el("div", {class: "warning", id: "untrained"}, "Untrained model: " + UNTRAINED + "."));
+  p.appendChild(el("div", {class: "meta", id: "runpath"}, run.folder));
+  p.appendChild(el("div", {class: "meta"}, (run.selects ? `${n.e} example${n.e === 1 ? "" : "s"} (${run.selection})` +
+    (run.n_images ? ` of ${run.n_images} probing images` : "") + " · " : "named from the probing set's findings, not from examples (those below are step 2's) · ") + `named by ${run.describer}` + (run.vlm ? ` with VLM ${run.vlm}` : "") +
     (run.concept_set ? ` · concept set ${run.concept_set}` : "")));
   const chips = el("div", {class: "chips"});
   if (!n.c.length) chips.appendChild(el("span", {class: "meta"}, n.s === "dead" ? "dead: its activation is constant over the probing set, so it has no examples" : "none: no concept scored above zero"));
@@ -278,6 +308,58 @@ function ablationTable(n, run) {
   return box;
 }
 
+// ---- the layer summary: per run (a layer, as one describer named it), how many neurons carry each concept ----
+const SUMMARY_TOP = 25;  // concepts drawn per run; the rest are counted in a line below the chart
+
+function conceptCounts(r) {
+  const counts = new Map();
+  N.forEach((n) => { if (n.r === r) new Set(n.c.map((c) => c[0])).forEach((w) => counts.set(w, (counts.get(w) || 0) + 1)); });
+  return [...counts].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
+}
+
+function countBars(rows, total) {
+  const W = 560, L = 190, R = 70, Tp = 8, rh = 17, H = Tp + rows.length * rh + 22, pw = W - L - R;
+  const s = sv("svg", {width: W, height: H, viewBox: `0 0 ${W} ${H}`, class: "counts", role: "img"});
+  const hi = Math.max(1, ...rows.map((r) => r[1]));
+  rows.forEach(([name, k], j) => {
+    const y = Tp + j * rh, label = sv("text", {x: L - 6, y: y + 12, "text-anchor": "end", class: "concept"}, name.length > 28 ? name.slice(0, 27) + "…" : name);
+    label.appendChild(sv("title", {}, name));
+    s.appendChild(label);
+    const bar = sv("rect", {x: L, y: y + 2, width: Math.max(k / hi * pw, 1), height: rh - 5, fill: "#2f6db5"});
+    bar.appendChild(sv("title", {}, `${k} of ${total} neurons`));
+    s.appendChild(bar);
+    s.appendChild(sv("text", {x: L + k / hi * pw + 4, y: y + 12, class: "count"}, String(k)));
+  });
+  s.appendChild(sv("line", {x1: L, x2: L, y1: Tp - 2, y2: Tp + rows.length * rh, stroke: "#555"}));
+  s.appendChild(sv("text", {x: L + pw / 2, y: H - 4, "text-anchor": "middle"}, "neurons carrying the concept"));
+  return s;
+}
+
+function openSummary() {
+  const p = $("panel");
+  p.textContent = "";
+  const nav = el("div", {class: "nav"});
+  nav.appendChild(el("button", {id: "close", type: "button"}, "close ✕"));
+  nav.lastChild.addEventListener("click", closeView);
+  p.append(nav, el("h2", {id: "vtitle"}, "layer summary"));
+  p.appendChild(el("p", {class: "meta"}, "Per layer and describer: how many of its neurons carry each concept among their names " +
+    "(a neuron with several concepts counts for each)."));
+  RUNS.forEach((run, r) => {
+    const rows = conceptCounts(r), total = N.filter((n) => n.r === r).length;
+    const named = N.filter((n) => n.r === r && n.c.length).length;
+    const box = el("div", {class: "summary", "data-run": String(r)});
+    box.append(el("h3", {}, run.short), runTags(run),
+      el("div", {class: "meta"}, `${named} of ${total} neurons named, with ${rows.length} distinct concept${rows.length === 1 ? "" : "s"}`));
+    if (rows.length) box.appendChild(countBars(rows.slice(0, SUMMARY_TOP), total));
+    if (rows.length > SUMMARY_TOP) box.appendChild(el("div", {class: "meta"}, `${rows.length - SUMMARY_TOP} more concept${rows.length - SUMMARY_TOP === 1 ? "" : "s"} not drawn, ` +
+      `each carried by ${rows[SUMMARY_TOP][1]} neuron${rows[SUMMARY_TOP][1] === 1 ? "" : "s"} or fewer`));
+    p.appendChild(box);
+  });
+  $("view").classList.add("open");
+  $("view").scrollTop = 0;
+  document.body.style.overflow = "hidden";
+}
+
 function closeView() {
   if (location.hash) history.pushState("", document.title, location.pathname + location.search);
   route();
@@ -286,6 +368,7 @@ function closeView() {
 function route() {
   const m = /^#n(\d+-\d+)$/.exec(location.hash), n = m && byKey.get(m[1]);
   if (n) openView(n);
+  else if (location.hash === "#summary") openSummary();
   else { $("view").classList.remove("open"); document.body.style.overflow = ""; }
 }
 

@@ -5,9 +5,12 @@ is one) and finds everything else through the paths the outputs store: concepts.
 examples.json; examples.json's folder holds examples.csv (each example's labels) and its parent, the
 layer folder, holds activations.pt (the histograms); examples.json's config names the image folder
 and the crop the model saw. visualization.py's total_results.json adds the panels in which a neuron
-is the top one. Writes {gallery_dir}/index.html and {gallery_dir}/thumbs/, one JPEG per distinct image,
-named by a digest of the image file (path, size, mtime), the crop and the thumbnail size, so each is
-made once and reused, and a changed image or crop gets a new one.
+is the top one. Runs are shown only while their keys chain (concepts.json stores the key of its
+examples.json) and thumbnails made only of the images step 2 read (the probing set re-read under the
+image folder must give the data key examples.json stored). An experiment file (or --dataset, --model)
+limits the default runs to its own. Writes {gallery_dir}/index.html and {gallery_dir}/thumbs/, one
+JPEG per distinct image, named by a digest of the image file (path, size, mtime), the crop and the
+thumbnail size, so each is made once and reused, and images moved elsewhere or another crop get new ones.
 
 The page embeds one compact JSON block and renders the list lazily (a chunk of cards at a time, the
 next when the list's end scrolls near): 2,048 neurons open as fast as 20. Figures are SVG drawn
@@ -34,17 +37,18 @@ import torch
 
 from core.digests import code_digest, digest, file_digest
 from dataset.nih import probe_crop, resolve_images
-from dataset.probe import output_names
+from dataset.probe import load_probe, output_names
 from method import alpha_cut
 from models import pick_device
 from pipeline.cache import load_json, save_bytes
 from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.overlays import KINDS, example_overlays
-from pipeline.outputs import read_ablation, read_activations, read_matching, read_similarity, stored_classes
+from pipeline.outputs import (concept_set_name, locate_examples, model_dir, read_ablation, read_activations,
+                              read_matching, read_similarity, stored_classes)
 
 # -----------------------------------------------------------------------------
-runs = ""                       # comma-separated concepts.json files of stage 3 (any layer, any describer); default: every concepts.json under save_root
-visualization = ""              # comma-separated total_results.json of visualization.py whose panels to link; default: every one under save_root
+runs = ""                       # comma-separated concepts.json files of stage 3 (any layer, any describer) or folders holding them; default: every concepts.json under save_root (of the given dataset and model, when an experiment file or an option names them)
+visualization = ""              # comma-separated total_results.json of visualization.py (or folders holding them) whose panels to link; default: every one under save_root
 # save_root is example_selection.py's; its data_root, when given, replaces the image folder stored in
 # examples.json (for images that have moved since).
 top_concepts: ">= 1" = 20       # concept scores in a neuron's bar chart
@@ -61,6 +65,11 @@ data_root = config.given.get("data_root", "")
 CODE = code_digest("gallery.py")
 HERE = Path(__file__).resolve().parent
 PAGE_FILES = ("gallery.html", "gallery.css", "gallery.js")  # the page: the markup, with the style and the script it inlines
+# The step-2 constants that say which images the probing set is (load_probe's), re-read to check the images
+# the thumbnails are made of against the data key step 2 stored.
+PROBE_FIELDS = ("labels", "split", "split_file", "skip_missing", "uncertain", "max_images", "seed")
+# What an experiment file (or an option) names that picks its runs out of everything under save_root.
+EXPERIMENT_FIELDS = ("dataset", "model")
 
 
 def run():
@@ -68,10 +77,16 @@ def run():
     t0 = time.time()
     root = Path(save_root)
     gdir = Path(gallery_dir) if gallery_dir else root / "gallery"
-    files = listed(runs, root, "concepts.json", "concept_matching.py")
+    files = listed(runs, root, "concepts.json", "concept_matching.py", "runs")
     if not files:
         raise PipelineError(f"no concepts.json under {root}; run concept_matching.py first, "
                             f"or pass --runs PATH[,PATH...] (or --save_root where the outputs are)")
+    picked = {k: config[k] for k in EXPERIMENT_FIELDS if k in config.given}
+    if picked and not runs:
+        files = [f for f in files if of_experiment(f, picked)]
+        if not files:
+            raise PipelineError(f"no concepts.json under {root} of {', '.join(f'{k} {v}' for k, v in picked.items())}; "
+                                f"run concept_matching.py with that experiment file first, or pass --runs PATH[,PATH...]")
     page = {"title": f"Neuron gallery: {root}", "runs": [], "neurons": [], "images": [], "vocab": [], "panels": []}
     images, vocab, keys = {}, {}, []
     for path in files:
@@ -81,7 +96,7 @@ def run():
             raise PipelineError(f"{path} or the examples it names has unexpected content ({type(e).__name__}: {e}); "
                                 f"rerun example_selection.py and concept_matching.py") from None
     label_runs(page["runs"], root)
-    keys += link_panels(page, listed(visualization, root, "total_results.json", "visualization.py"), gdir)
+    keys += link_panels(page, listed(visualization, root, "total_results.json", "visualization.py", "visualization"), gdir)
     keys += attach_maps(page)
 
     # Thumbnails: one per distinct image over all runs (runs of one probing set share them).
@@ -115,14 +130,20 @@ def run():
     return index
 
 
-def listed(value: str, root: Path, name: str, script: str) -> list[Path]:
-    """The files given as a comma-separated list (each must exist), else every `name` under root."""
+def listed(value: str, root: Path, name: str, script: str, option: str) -> list[Path]:
+    """The files given as a comma-separated list (each a `name`, or a folder holding some), else every
+    `name` under root. Another output given by mistake (an examples.json for a concepts.json) is
+    refused: read as a run, it would show every neuron as named by nothing."""
     if value:
         out = []
         for item in filter(None, (v.strip() for v in value.split(","))):
-            if not Path(item).is_file():
-                raise PipelineError(f"{item} not found; pass the {name} written by {script}")
-            out.append(Path(item))
+            p = Path(item)
+            found = sorted(p.rglob(name)) if p.is_dir() else [p] if p.is_file() and p.name == name else []
+            if not found:
+                what = "not found" if not p.exists() else (f"holds no {name}" if p.is_dir() else f"is not a {name}")
+                raise PipelineError(f"--{option} {item} {what}; pass the {name} written by {script} "
+                                    f"(or a folder holding one)")
+            out += found
     else:
         out = sorted(root.rglob(name)) if root.is_dir() else []
     seen = {}
@@ -131,13 +152,27 @@ def listed(value: str, root: Path, name: str, script: str) -> list[Path]:
     return list(seen.values())
 
 
+def of_experiment(path: Path, picked: dict) -> bool:
+    """Whether a concepts.json names the neurons of the dataset and model given (picked), by what its
+    examples.json stored; one that cannot be read is kept, for load_run to say what is wrong with it."""
+    try:
+        stored = load_json(locate_examples(path, load_json(path)["config"]))["config"]
+    except (PipelineError, OSError, ValueError, KeyError, TypeError):
+        return True
+    return all(stored.get(k) == v for k, v in picked.items())
+
+
 def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     """Add one stage-3 run's neurons to the page; returns what identifies its inputs (for the page key)."""
     data, ex_path, ex = read_matching(path)  # refused unless its examples and their activations are still there
     cfg, ex_cfg = data["config"], ex["config"]
+    if cfg.get("describer") and "examples_key" not in data:  # read_matching checks the key where there is one
+        raise PipelineError(f"{path} does not say which examples it was computed from (an older compare_describers.py "
+                            f"wrote it), so it may be stale; re-run compare_describers.py")
     by_id = {n["neuron"]: n for n in ex["neurons"]}
     layer = str(cfg.get("layer") or ex_cfg.get("layer") or "?")
     folder = data_root or ex_cfg.get("data_root", "")
+    check_images(folder, ex_path, ex_cfg)
     resize, crop = int(ex_cfg.get("resize", 256)), int(ex_cfg.get("crop", 224))
     named = stored_classes(ex_cfg)  # the class names step 2 stored: fc neuron k is class k
     is_fc = layer == "fc" and len(data["neurons"]) == len(named or [])
@@ -149,8 +184,16 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     p = ex_cfg.get("adaptive_percent")
     selection = (f"top {ex_cfg.get('topk')}" if ex_cfg.get("selection") == "topk"
                  else f"adaptive, p = {p:g}%" if isinstance(p, (int, float)) else "adaptive")
-    page["runs"].append({"path": str(path), "layer": layer, "model": str(cfg.get("model") or ex_cfg.get("model", "")),
+    # What tells runs of one describer, layer and model apart, each as it reads on a label.
+    settings = {"selection": selection, "scoring": {True: "adaptive scores", False: "plain scores"}.get(cfg.get("adaptive")),
+                "prompt": cfg.get("template_ver") and f"prompt {cfg['template_ver']}",
+                "alpha": cfg.get("alpha") is not None and f"alpha {cfg['alpha']:g}",
+                "concepts": cfg.get("concept_set") and concept_set_name(cfg), "vlm": cfg.get("model_clip")}
+    page["runs"].append({"path": str(path), "layer": layer, "model": model_dir({"save_root": "", **ex_cfg}).name,
                          "describer": str(cfg.get("describer") or "MAMMI"), "vlm": str(cfg.get("model_clip") or ""),
+                         "selects": cfg.get("vocabulary") != "findings",  # a label-based describer uses no examples
+                         "untrained": bool(ex_cfg.get("untrained", False)) or ex_cfg.get("reinit_seed", -1) >= 0,
+                         "settings": {k: str(v) for k, v in settings.items() if v},
                          "concept_set": str(cfg.get("concept_set", "")), "selection": selection,
                          "alpha": alpha, "n_images": hist["n"] if hist else None, "fc": is_fc,
                          "fdr": cfg.get("fdr"), "ablation": ablation_rows(path.parent / "ablation.json")})
@@ -166,7 +209,8 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
                 images[key] = len(page["images"])
                 page["images"].append([x["image_id"], None, labels.get(x["image_id"], "")])
             shown.append([images[key], sig(x["activation"])] + ([sig(probs[(k, rank)])] if (k, rank) in probs else []))
-        rec = {"r": r, "n": k, "s": status, "c": chosen, "e": int(n.get("n_examples", len(e["examples"]))),
+        count = n.get("n_examples", len(e["examples"])) if page["runs"][r]["selects"] else len(e["examples"])
+        rec = {"r": r, "n": k, "s": status, "c": chosen, "e": int(count),  # a label-based describer's: step 2's
                "x": shown, "t": sig(e.get("threshold")), "p": []}
         if n.get("significant") is not None:  # step 3's permutation test (README, "How far to trust a name")
             rec["ev"] = {"z": sig(n["z"]), "p": sig(n["p"]), "q": sig(n["q"]), "sig": bool(n["significant"]),
@@ -188,6 +232,30 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     return {"concepts": file_digest(path), "examples": file_digest(ex_path), "data_root": folder,
             "files": [stat(ex_path.parent / "examples.csv"), stat(ex_path.parent.parent / "activations.pt"),
                       stat(path.parent / "similarity.pt"), stat(path.parent / "ablation.json")]}
+
+
+_probed: dict = {}
+
+
+def check_images(folder: str, ex_path: Path, ex_cfg: dict) -> None:
+    """The images under folder are the probing set step 2 read (examples.json's data key: each image's
+    name, size and modification time): another folder holding other images under the same names would
+    put wrong pictures beside the neurons. Checked once per folder and probing set."""
+    probe = {**{k: ex_cfg.get(k) for k in PROBE_FIELDS}, "data_root": folder}
+    memo = digest(probe)
+    if memo not in _probed:
+        if not folder or not Path(folder).is_dir():
+            raise PipelineError(f"image folder {folder or '(none recorded)'} of {ex_path} is not found; run gallery.py "
+                                f"from the folder the stages ran in, or pass --data_root FOLDER")
+        try:
+            _probed[memo] = load_probe(probe).data_key
+        except PipelineError as e:
+            raise PipelineError(f"cannot re-read the probing set of {ex_path} under {folder} ({e}); pass --data_root "
+                                f"with the images step 2 read") from None
+    if _probed[memo] != ex_cfg.get("data_key"):
+        raise PipelineError(f"the images under {folder} are not those {ex_path} was selected from (names, sizes or "
+                            f"modification times differ from what step 2 stored); pass --data_root with the images "
+                            f"step 2 read, or re-run example_selection.py and the steps after it")
 
 
 def ablation_rows(path: Path) -> list[list] | None:
@@ -275,7 +343,17 @@ def similarity_bars(path: Path, run: dict) -> tuple[dict, dict, float | None]:
 
 def label_runs(runs: list[dict], root: Path) -> None:
     """Name each run by its folder under save_root, less the folders all runs share (the probing set,
-    the model, a single VLM): what is left tells the runs apart."""
+    the model, a single VLM): what is left tells the runs apart. And, for the cards, the settings in
+    which runs of the same describer, layer and model differ (variant: "top 20", "plain scores · prompt no")."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault((r["describer"], r["layer"], r["model"]), []).append(r)
+    for group in groups.values():
+        differ = [k for k in group[0]["settings"] if len({r["settings"].get(k) for r in group}) > 1]
+        for r in group:
+            r["variant"] = " · ".join(r["settings"][k] for k in differ if k in r["settings"])
+    for r in runs:
+        del r["settings"]
     parts = []
     for r in runs:
         d = Path(r["path"]).parent.resolve()
@@ -344,9 +422,7 @@ def group_images(images: dict) -> dict:
 
 
 def find_images(folder: str, names: list[str]):
-    if not folder or not Path(folder).is_dir():
-        raise PipelineError(f"image folder {folder or '(none recorded)'} of the examples is not found; run gallery.py "
-                            f"from the folder the stages ran in, or pass --data_root FOLDER")
+    """The example images' paths (the folder is the probing set's: check_images)."""
     try:
         return resolve_images(folder, names, skip_missing=True)
     except PipelineError as e:
@@ -384,16 +460,13 @@ def render(page: dict) -> str:
     the script element or open a tag; the code reads it with JSON.parse and writes only text nodes."""
     data = json.dumps(page, separators=(",", ":"), allow_nan=False)
     data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    settings = json.dumps({"cardThumbs": card_thumbs})
-    return (page_template().replace("__TITLE__", html.escape(page["title"]))
-                .replace("__SETTINGS__", settings).replace("__DATA__", data))
-
-
-def page_template() -> str:
-    """gallery.html with gallery.css and gallery.js written into it: one file that opens without a server."""
     text = {name: (HERE / name).read_text(encoding="utf-8") for name in PAGE_FILES}
-    return (text["gallery.html"].replace("__CSS__\n", text["gallery.css"])
-                                .replace("__JS__\n", text["gallery.js"]))
+    # gallery.html with gallery.css and gallery.js written into it (one file that opens without a server),
+    # and the data: every placeholder replaced in one pass over the template, so no inserted text (a
+    # save_root holding "__DATA__") is ever searched for another placeholder.
+    fill = {"__CSS__\n": text["gallery.css"], "__JS__\n": text["gallery.js"], "__TITLE__": html.escape(page["title"]),
+            "__SETTINGS__": json.dumps({"cardThumbs": card_thumbs}), "__DATA__": data}
+    return re.sub("|".join(map(re.escape, fill)), lambda m: fill[m.group(0)], text["gallery.html"])
 
 
 # ---- activation maps over a neuron's examples (pipeline/overlays.py) -------------------------------------

@@ -182,15 +182,16 @@ def find_matching(given: str, c: dict, option: str) -> tuple[Path, dict, Path, d
 def read_matching(path: str | Path) -> tuple[dict, Path, dict]:
     """A stage-3 concepts.json (concept_matching.py's, or a describer's in its format), its examples.json
     and their content (read_examples: still of the layer's activations). Checked: its records as this code
-    reads them, and that it was computed from those examples (MAMMI's: their key; a describer's, which
-    stores none: their neurons)."""
+    reads them, and that it was computed from those examples (their key; a describer's written before it
+    stored one: their neurons)."""
     path = Path(path)
     data = read_output(path, "concept_matching.py", {"config": dict, "neurons": list}, check=_matching_ok)
     ex_json = locate_examples(path, data["config"])
     ex = read_examples(ex_json)
-    if not data["config"].get("describer") and data.get("examples_key") != ex["key"]:
+    if (not data["config"].get("describer") or "examples_key" in data) and data.get("examples_key") != ex["key"]:
+        step = "compare_describers.py" if data["config"].get("describer") else "concept_matching.py"
         raise PipelineError(f"{path} was computed from other examples than {ex_json} holds now (a later "
-                            f"example_selection.py run); re-run concept_matching.py with the same constants")
+                            f"example_selection.py run); re-run {step} with the same constants")
     known = {n["neuron"] for n in ex["neurons"]}
     stray = [n["neuron"] for n in data["neurons"] if n["neuron"] not in known]
     if stray:

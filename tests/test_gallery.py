@@ -3,13 +3,13 @@ from a synthetic 2,048-neuron run in the stages' formats; checked by parsing the
 browser (headless Chromium through selenium): search, filters, a neuron's view, load time."""
 import ast
 import csv
+import html
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -21,6 +21,7 @@ from PIL import Image
 
 from conftest import REPO, run_script
 from dataset.nih import class_names
+from dataset.probe import load_probe
 from method import select_concepts, select_examples
 from test_pipeline import TINY_CLIP, stage2, stage3
 
@@ -86,7 +87,7 @@ def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed:
     ex_json.write_text(json.dumps({"key": "synthetic-examples", "activations_key": "synthetic-activations", "config": {
         "data_root": str(images), "resize": 48, "crop": 48, "model": "resnet50", "layer": "penultimate",
         "dataset": "synth", "split": "train", "selection": "adaptive", "adaptive_percent": 93.0, "topk": 20,
-        "checkpoint": "", "data_key": "synthetic-data"},
+        "checkpoint": "", "labels": "none", "data_key": load_probe({"labels": "none", "data_root": str(images)}).data_key},
         "neurons": [{**n, "examples": [{"image_id": names[i], "activation": float(acts[i, n["neuron"]])}
                                        for i in n["examples"]]} for n in neurons]}))
     classes = class_names()
@@ -280,16 +281,12 @@ def test_thumbnails_reused_and_renewed(tmp_path):
     log = ok(run_script("gallery.py", "--save_root", str(res)))
     assert "(0 new)" in log
     assert {p.name: p.stat().st_mtime_ns for p in (res / "gallery" / "thumbs").glob("*.jpg")} == stamp
-    # A changed image file gets a new thumbnail; the stale one goes.
-    data = page_data(res / "gallery" / "index.html")[2]
-    name = data["images"][0][0]
-    img = tmp_path / "world" / "images" / name
-    Image.new("L", (48, 48), 255).save(img)
-    os.utime(img, ns=(time.time_ns(), time.time_ns() + 10**9))
-    log = ok(run_script("gallery.py", "--save_root", str(res)))
-    assert "(1 new)" in log
+    # Images moved elsewhere (--data_root): new thumbnails, named by the files they are made of; the old ones go.
+    shutil.move(tmp_path / "world", tmp_path / "moved")
+    log = ok(run_script("gallery.py", "--save_root", str(res), "--data_root", str(tmp_path / "moved" / "images")))
+    assert f"({len(stamp)} new)" in log
     now = {p.name for p in (res / "gallery" / "thumbs").glob("*.jpg")}
-    assert len(now) == len(stamp) and now != set(stamp)
+    assert len(now) == len(stamp) and not now & set(stamp)
 
 
 def test_a_describer_without_similarity_or_status(tmp_path):
@@ -300,7 +297,8 @@ def test_a_describer_without_similarity_or_status(tmp_path):
     ex_json = json.loads(mammi.read_text())["config"]["examples"]
     other = mammi.parent.parent.parent / "clip_dissect" / "concepts.json"
     other.parent.mkdir()
-    other.write_text(json.dumps({"config": {"layer": "penultimate", "examples": ex_json, "describer": "clip-dissect"},
+    other.write_text(json.dumps({"examples_key": "synthetic-examples",
+                                 "config": {"layer": "penultimate", "examples": ex_json, "describer": "clip-dissect"},
                                  "neurons": [{"neuron": k, "concepts": [{"concept": "lung", "score": 0.5 + k}]}
                                              for k in range(16) if k != 5]}))
     ok(run_script("gallery.py", "--save_root", str(res)))
@@ -403,6 +401,143 @@ def test_alpha_cut_is_the_stored_alpha_of_the_best_score(tmp_path):
     assert data["runs"][0]["alpha"] == 40.0
     for n in data["neurons"]:
         assert n["cut"] == pytest.approx(0.4 * float(S[n["n"]].max()), rel=1e-3)
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stdout[-2000:] + proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stderr
+
+
+def test_runs_takes_a_concepts_json_or_a_folder_holding_one(tmp_path):
+    """--runs given an examples.json (which would show every neuron as named by nothing) or a folder without
+    a concepts.json is refused in one line naming it and what to pass; a folder holding runs gives them."""
+    res = write_synthetic(tmp_path, n_neurons=8, n_images=12)
+    concepts = next(res.rglob("concepts.json"))
+    ex_json = next(res.rglob("examples.json"))
+    err = one_line_error(run_script("gallery.py", "--save_root", str(res), "--runs", str(ex_json)))
+    assert f"--runs {ex_json} is not a concepts.json" in err and "concept_matching.py" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = one_line_error(run_script("gallery.py", "--save_root", str(res), "--runs", str(empty)))
+    assert f"--runs {empty} holds no concepts.json" in err
+    assert not (res / "gallery").exists()  # nothing written by a refused run
+    ok(run_script("gallery.py", "--save_root", str(res), "--runs", str(res / "synth_train")))
+    data = page_data(res / "gallery" / "index.html")[2]
+    assert [Path(r["path"]) for r in data["runs"]] == [concepts]
+
+
+def test_images_other_than_those_step_2_read_are_refused(tmp_path):
+    """--data_root pointing at a folder with other images under the same names: refused in one line (the
+    data key step 2 stored: names, sizes, modification times), the page left as it was; an exact copy of
+    the probing set (times kept) is accepted."""
+    res = write_synthetic(tmp_path, n_neurons=8, n_images=12)
+    ok(run_script("gallery.py", "--save_root", str(res)))
+    index = res / "gallery" / "index.html"
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "world" / "images", copy)  # copy2: sizes and modification times kept
+    ok(run_script("gallery.py", "--save_root", str(res), "--data_root", str(copy)))
+    other = tmp_path / "other"
+    shutil.copytree(copy, other)
+    name = sorted(other.iterdir())[0]
+    stat = name.stat()
+    Image.fromarray(np.full((48, 48), 7, dtype=np.uint8)).save(name)  # another picture under the same name
+    os.utime(name, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old modification time
+    assert name.stat().st_size != stat.st_size
+    ok(run_script("gallery.py", "--save_root", str(res), "--data_root", str(copy)))
+    before = index.read_bytes()
+    err = one_line_error(run_script("gallery.py", "--save_root", str(res), "--data_root", str(other)))
+    assert f"the images under {other} are not those" in err and "--data_root" in err
+    assert index.read_bytes() == before
+
+
+def test_a_describer_whose_examples_changed_is_refused(tmp_path):
+    """A describer's concepts.json carries the key of the examples it was computed from: one computed from
+    other examples than examples.json holds now, or one that does not say, is refused in one line naming
+    compare_describers.py, not shown as ok."""
+    res = write_synthetic(tmp_path, n_neurons=8, n_images=12)
+    mammi = next(res.rglob("concepts.json"))
+    other = mammi.parent.parent.parent / "describers" / "topk_mean" / "concepts.json"
+    other.parent.mkdir(parents=True)
+    run = {"examples_key": "synthetic-examples", "config": {"layer": "penultimate", "describer": "topk_mean",
+                                                            "examples": json.loads(mammi.read_text())["config"]["examples"]},
+           "neurons": [{"neuron": k, "status": "ok", "concepts": [{"concept": "lung", "score": 0.2}]} for k in range(8)]}
+    other.write_text(json.dumps(run))
+    ok(run_script("gallery.py", "--save_root", str(res)))
+    other.write_text(json.dumps({**run, "examples_key": "examples-of-an-earlier-step-2"}))
+    err = one_line_error(run_script("gallery.py", "--save_root", str(res)))
+    assert str(other) in err and "other examples" in err and "re-run compare_describers.py" in err
+    other.write_text(json.dumps({k: v for k, v in run.items() if k != "examples_key"}))
+    err = one_line_error(run_script("gallery.py", "--save_root", str(res)))
+    assert str(other) in err and "re-run compare_describers.py" in err
+
+
+def test_placeholders_in_a_save_root_stay_text(tmp_path):
+    """The page is filled in one pass: a save_root whose name holds the template's placeholders shows as
+    that name in the title, and the data, the style and the script are each written once, where they belong."""
+    odd = tmp_path / "__DATA__ & __TITLE__ __JS__ __SETTINGS__ <b>"
+    res = write_synthetic(odd, n_neurons=8, n_images=12)
+    ok(run_script("gallery.py", "--save_root", str(res)))
+    text, page, data = page_data(res / "gallery" / "index.html")
+    title = re.search(r"<title>(.*)</title>", text).group(1)
+    assert html.unescape(title) == f"Neuron gallery: {res}" == data["title"]
+    assert page.scripts["code"] == "\n" + (REPO / "gallery.js").read_text()
+    assert json.loads(page.scripts["settings"]) == {"cardThumbs": 4}
+    assert text.count((REPO / "gallery.css").read_text()) == 1 and len(data["neurons"]) == 8
+
+
+def test_an_experiment_file_shows_its_own_runs(tmp_path):
+    """gallery.py config/X.py: the runs under save_root of X's dataset and model (by what their examples.json
+    stored), not every run there (the demo's under results/); --runs still shows what it names."""
+    res = write_synthetic(tmp_path / "a", n_neurons=8, n_images=12)
+    theirs = write_synthetic(tmp_path / "b", n_neurons=9, n_images=12)
+    moved = res / "synth_train" / "densenet121"
+    shutil.move(theirs / "synth_train" / "resnet50", moved)  # another model's run under the same save_root
+    ex_json = moved / "penultimate" / "adaptive93" / "examples.json"
+    ex_json.write_text(ex_json.read_text().replace('"model": "resnet50"', '"model": "densenet121"'))
+    mine = next((res / "synth_train" / "resnet50").rglob("concepts.json"))
+    exp = tmp_path / "exp.py"
+    exp.write_text(f"dataset = 'synth'\nmodel = 'resnet50'\nalpha = 95.0\nsave_root = {str(res)!r}\n")
+
+    def runs(*args):
+        ok(run_script("gallery.py", *args))
+        return sorted(Path(r["path"]) for r in page_data(res / "gallery" / "index.html")[2]["runs"])
+
+    assert runs(str(exp)) == [mine]
+    assert runs("--save_root", str(res)) == sorted([mine, next(moved.rglob("concepts.json"))])
+    assert runs(str(exp), "--model", "densenet121") == [next(moved.rglob("concepts.json"))]
+    err = one_line_error(run_script("gallery.py", str(exp), "--dataset", "nih14"))
+    assert "no concepts.json under" in err and "dataset nih14" in err
+
+
+def test_runs_of_one_describer_layer_and_model_are_told_apart_by_their_settings(tmp_path):
+    """Cards name a run by describer, layer and model; where several runs share the three, each also gets the
+    settings in which they differ (and only those), and a re-initialised target (sanity_check.py) is its
+    own model, flagged untrained like --checkpoint random."""
+    res = write_synthetic(tmp_path, n_neurons=8, n_images=12)
+    mine = next(res.rglob("concepts.json"))
+    plain = mine.parent.parent / "words_no_plain_a95"
+    shutil.copytree(mine.parent, plain)
+    (plain / "ablation.json").unlink()  # it ablates the first run's names
+    data = json.loads(mine.read_text())
+    data["config"].update(template_ver="no", adaptive=False)
+    (plain / "concepts.json").write_text(json.dumps(data))
+    (mine.parent / "concepts.json").write_text(json.dumps({**data, "config": {**data["config"], "template_ver": "base",
+                                                                             "adaptive": True}}))
+    layer = mine.parents[3]
+    reinit = layer.parent.parent / "resnet50-reinit0" / "penultimate"
+    shutil.copytree(layer, reinit)
+    ex_json = reinit / "adaptive93" / "examples.json"
+    ex_json.write_text(ex_json.read_text().replace('"dataset": "synth"', '"reinit_seed": 0, "dataset": "synth"'))
+    for f in reinit.rglob("concepts.json"):
+        f.write_text(f.read_text().replace(str(mine.parents[2]), str(reinit / "adaptive93")))
+    ok(run_script("gallery.py", "--save_root", str(res)))
+    runs = {(r["model"], Path(r["path"]).parent.name): r for r in page_data(res / "gallery" / "index.html")[2]["runs"]}
+    assert {k: (r["variant"], r["untrained"]) for k, r in runs.items()} == {
+        ("resnet50", "words_base_adaptive_a95"): ("adaptive scores · prompt base", False),
+        ("resnet50", "words_no_plain_a95"): ("plain scores · prompt no", False),
+        ("resnet50-reinit0", "words_base_adaptive_a95"): ("adaptive scores · prompt base", True),
+        ("resnet50-reinit0", "words_no_plain_a95"): ("plain scores · prompt no", True)}
 
 
 # ---- a real browser ----------------------------------------------------------------------------
@@ -576,4 +711,145 @@ def test_browser_2048_neurons(browser, synthetic):
     before = len(visible_keys(drv))
     drv.execute_script("window.scrollTo(0, document.body.scrollHeight)")
     WebDriverWait(drv, 30).until(lambda d: len(visible_keys(d)) > before)
+    no_errors(drv)
+
+
+# ---- a run of each kind: MAMMI and a label-based describer, of an untrained target ------------------
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """The synthetic layer (40 neurons) probed with an untrained target, named by MAMMI (scores of a few
+    units) and by label_auc (AUROCs below 1, from the findings: it selects no examples)."""
+    res = write_synthetic(tmp_path_factory.mktemp("gallery_mixed"), n_neurons=40, n_images=30, seed=1)
+    ex_json = next(res.rglob("examples.json"))
+    ex = json.loads(ex_json.read_text())
+    ex["config"]["untrained"] = True
+    ex_json.write_text(json.dumps(ex))
+    mammi = next(res.rglob("concepts.json"))
+    rng = np.random.default_rng(2)
+    findings = class_names()
+    neurons = []
+    for k in range(40):
+        picked = rng.choice(14, 1 + k % 2, replace=False)
+        neurons.append({"neuron": k, "n_examples": 30, "status": "dead" if k == 5 else "ok", "concepts": [] if k == 5 else
+                        [{"concept": findings[j], "score": float(rng.uniform(0.5, 0.99))} for j in picked]})
+    auc = mammi.parent / "describers" / "label_auc" / "concepts.json"
+    auc.parent.mkdir(parents=True)
+    auc.write_text(json.dumps({"key": "synthetic-auc", "examples_key": "synthetic-examples", "config": {
+        "layer": "penultimate", "model": "resnet50", "examples": str(ex_json), "describer": "label_auc",
+        "vocabulary": "findings"}, "neurons": neurons}))
+    ok(run_script("gallery.py", "--save_root", str(res)))
+    return res, {str(mammi): json.loads(mammi.read_text()), str(auc): json.loads(auc.read_text())}
+
+
+def top_score(n) -> float:
+    """The score a card shows: the neuron's best bar (its run's best concept), -inf for a dead neuron."""
+    if n["s"] == "dead" or not (n["b"] or n["c"]):
+        return -np.inf
+    return (n["b"] or n["c"])[0][1]
+
+
+def test_browser_cards_short_labels_rank_sort_and_untrained(browser, mixed):
+    """Cards carry describer, layer and model as labels of their own, never the run's folder (the neuron view
+    does); no example count for a label-based describer; sorting by top score ranks within each run, so
+    MAMMI's sums and AUROCs interleave by rank; an untrained target is flagged on every card and in the view;
+    an address #n{run}-{neuron} opens that neuron."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    drv = browser
+    res, stored = mixed
+    index = res / "gallery" / "index.html"
+    data = page_data(index)[2]
+    runs = data["runs"]
+    auc = next(i for i, r in enumerate(runs) if r["describer"] == "label_auc")
+    drv.get(index.resolve().as_uri())
+    all_keys(drv)
+    cards = drv.execute_script("return [...document.querySelectorAll('#list .card')].map(c => [c.dataset.key,"
+                               " [...c.querySelectorAll('.tag')].map(t => t.textContent), c.querySelector('.score').textContent,"
+                               " c.textContent, c.querySelectorAll('.badge.untrained').length])")
+    assert len(cards) == 80
+    for key, tags, score, text, untrained in cards:
+        r = int(key.split("-")[0])
+        assert tags == [runs[r]["describer"], "penultimate", "resnet50"], tags
+        assert runs[r]["folder"] not in text and "synth_train" not in text and "vlm_synth" not in text
+        assert ("example" in score) == (r != auc), score
+        assert untrained == 1
+    # Sort by top score: across runs by the share of its run at or below it, then the score.
+    drv.execute_script("window.scrollTo(0, 0)")
+    drv.find_element(By.CSS_SELECTOR, "#sort option[value='top']").click()
+    rank = {}
+    for r in range(len(runs)):
+        tops = [top_score(n) for n in data["neurons"] if n["r"] == r]
+        for n in data["neurons"]:
+            if n["r"] == r:
+                rank[(r, n["n"])] = 100 * sum(t <= top_score(n) for t in tops) / len(tops)
+    order = sorted(range(len(data["neurons"])), key=lambda i: (-rank[(data["neurons"][i]["r"], data["neurons"][i]["n"])],
+                                                                -top_score(data["neurons"][i]), i))
+    want = [f"{data['neurons'][i]['r']}-{data['neurons'][i]['n']}" for i in order]
+    by_score = [f"{n['r']}-{n['n']}" for n in sorted(data["neurons"], key=lambda n: -top_score(n))]
+    assert want[:40] != by_score[:40]  # raw scores would put one run's neurons first
+    assert all_keys(drv) == want
+    # Within one run: by its own score.
+    drv.execute_script("window.scrollTo(0, 0)")
+    drv.find_element(By.CSS_SELECTOR, f"#run option[value='{auc}']").click()
+    mine = [n for n in data["neurons"] if n["r"] == auc]
+    assert all_keys(drv) == [f"{auc}-{n['n']}" for n in sorted(mine, key=lambda n: (-top_score(n), n["n"]))]
+    # The view: the run's folder, the warning, and for label_auc no example count.
+    drv.get(index.resolve().as_uri() + f"#n{auc}-3")
+    WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "view").is_displayed())
+    assert drv.find_element(By.ID, "vtitle").text == "neuron 3"
+    assert drv.find_element(By.ID, "runpath").text == runs[auc]["folder"]
+    assert drv.find_element(By.ID, "untrained").is_displayed()
+    assert "not from examples" in drv.find_element(By.ID, "panel").text
+    assert "examples (adaptive" not in drv.find_element(By.ID, "panel").text
+    mammi = 1 - auc
+    k, count = next((n["n"], n["e"]) for n in data["neurons"] if n["r"] == mammi and n["e"] > 1)
+    drv.get(index.resolve().as_uri() + f"#n{mammi}-{k}")
+    WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "vtitle").text == f"neuron {k}")
+    assert f"{count} examples (adaptive" in drv.find_element(By.ID, "panel").text
+    no_errors(drv)
+
+
+def test_browser_layer_summary_counts_neurons_per_concept(browser, mixed):
+    """The layer summary, opened from the bar: per run, a bar per concept with the number of neurons whose
+    names hold it, the most carried first (ties by name), as counted from the concepts.json files."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    drv = browser
+    res, stored = mixed
+    index = res / "gallery" / "index.html"
+    runs = page_data(index)[2]["runs"]
+    drv.get(index.resolve().as_uri())
+    drv.find_element(By.ID, "summarybtn").click()
+    WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "view").is_displayed())
+    assert drv.find_element(By.ID, "vtitle").text == "layer summary"
+    for r, run in enumerate(runs):
+        counts = {}
+        for n in stored[run["path"]]["neurons"]:
+            for w in {c["concept"] for c in n["concepts"]}:
+                counts[w] = counts.get(w, 0) + 1
+        want = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        sel = f'.summary[data-run="{r}"]'
+        names = drv.execute_script(f"return [...document.querySelectorAll('{sel} svg text.concept title')].map(t => t.textContent)")
+        got = drv.execute_script(f"return [...document.querySelectorAll('{sel} svg text.count')].map(t => +t.textContent)")
+        assert list(zip(names, got)) == want[:25]
+        more = drv.find_element(By.CSS_SELECTOR, sel).text
+        assert (f"{len(want) - 25} more concepts not drawn" in more) == (len(want) > 25)
+    drv.find_element(By.ID, "close").click()
+    assert not drv.find_element(By.ID, "view").is_displayed()
+    no_errors(drv)
+
+
+def test_browser_the_readme_bookmark_opens_its_neuron(browser, synthetic):
+    """The address the README gives as a bookmark opens that neuron's view on a page that holds it; a trained
+    target's page shows no untrained warning."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    drv = browser
+    index = synthetic[0] / "gallery" / "index.html"
+    m = re.search(r"`index\.html#(n(\d+)-(\d+))`", (REPO / "README.md").read_text())
+    assert m, "the README gives no bookmark"
+    drv.get(index.resolve().as_uri() + "#" + m.group(1))
+    WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "view").is_displayed())
+    assert drv.find_element(By.ID, "vtitle").text == f"neuron {m.group(3)}"
+    assert drv.find_elements(By.CSS_SELECTOR, ".untrained, #untrained") == []
     no_errors(drv)
