@@ -162,11 +162,17 @@ def same_name(a: list[list[str]], b: list[list[str]]) -> dict:
     return share([x[0] == y[0] for x, y in zip(a, b) if x and y])
 
 
+def concept_overlap(a: list[list[str]], b: list[list[str]]) -> dict:
+    """Over the neurons either names: the mean Jaccard overlap |A & B| / |A | B| of their concept sets
+    (what needs no labels: how far two namings of a layer agree in every concept, not the first alone)."""
+    return share([len(set(x) & set(y)) / len(set(x) | set(y)) for x, y in zip(a, b) if x or y])
+
+
 def pm(v: dict) -> str:
     """A mean_se result as 'mean±se'."""
     return f"{v['mean']:.3f}±{v['se']:.3f}"
 
 
 def share(hits: list[bool]) -> dict:
-    """mean +- std/sqrt(n) of 0/1 outcomes; NaN with n = 0 when there are none."""
+    """mean +- std/sqrt(n) of per-neuron outcomes (0/1, or shares); NaN with n = 0 when there are none."""
     return mean_se(hits) if hits else {"mean": math.nan, "se": math.nan, "n": 0}
