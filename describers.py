@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
+from tqdm import tqdm
 
 from method import mean_se, neuron_concept_scores, ranked
 
@@ -39,7 +40,8 @@ def soft_wpmi(cos: torch.Tensor, acts: torch.Tensor, top_k: int, a: float, lam: 
     m, K = top.shape
     p = p_start - torch.arange(m, dtype=torch.float64) / m * (p_start - p_end)
     log_pck = torch.empty(K, P.shape[1], dtype=torch.float64)
-    for j in range(0, K, chunk):  # [m, chunk, C] at a time: NIH's 1,024 neurons x 100 x 1,361 would need 1 GB
+    chunks = range(0, K, chunk)  # [m, chunk, C] at a time: NIH's 1,024 neurons x 100 x 1,361 would need 1 GB
+    for j in tqdm(chunks, desc="soft-WPMI", unit="chunk", disable=len(chunks) <= 1):
         log_pck[j:j + chunk] = torch.log(1 + p[:, None, None] * (P[top[:, j:j + chunk]] - 1) + 1e-7).sum(0)
     log_pc = torch.logsumexp(log_pck, dim=0) - math.log(K)
     return log_pck - lam * log_pc
