@@ -538,6 +538,7 @@ def figure(table: dict) -> plt.Figure | None:
             if part == "truth" and by_construction(table, n):
                 ax.text(i, 0.5, "the truth's own\nnames: 1 by\nconstruction", ha="center", va="center", fontsize=7)
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+        ax.set_xlim(-0.5, len(names) - 0.5)  # a describer without bars keeps its place
         ax.set_ylim(0, 1.05)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("describer")
