@@ -38,13 +38,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from core.digests import code_digest, digest, file_digest
 from dataset.boxes import load_boxes
 from dataset.concepts import read_concepts
 from dataset.nih import model_input_args, resolve_images
 from dataset.probe import MISSING, align_labels, label_key, load_probe
-from describers import (NAMES, label_auc, lift_findings, name_neurons, pm, same_name, soft_wpmi, top_images,
+from describers import (NAMES, concept_overlap, label_auc, lift_findings, name_neurons, pm, same_name, soft_wpmi, top_images,
                         topk_mean, truth_agreement)
 from method import fc_metrics, image_concept_scores, mammi, name_neuron
 from models import pick_device
@@ -93,6 +94,9 @@ CONSTANTS = {"clip_dissect": ("top_k", "wpmi_a", "wpmi_lambda", "wpmi_p_start", 
 COMPARISON_ONLY = ("mammi_run", "describers", "top_n", "truth", "truth_images", "lift_min", "sensitivity_percents",
                    "sensitivity_alphas")
 USES_VLM = ("clip_dissect", "topk_mean")  # the others name neurons with findings, not with the concept set
+# Those that need to know which images hold which finding (an image without a box is an empty mask only
+# when its labels say it has no finding): left out, as the truth and faithfulness are, without labels.
+LABELLED = ("label_auc", "dissection")
 VLM_FIELDS = ("model_clip", "clip_weights", "concept_set", "concept_set_file", "n_concepts", "template_ver", "template")
 
 
@@ -113,6 +117,7 @@ def run():
                             f"re-run concept_matching.py")
     classes = stored_classes(stage2)  # fc neuron k is class k
     labels, findings = probe_labels(stage2, ids, classes)
+    unlabeled = None if labels is not None else f"the probing set under {stage2['data_root']} has no labels (--labels none)"
     dead = (acts.max(0).values == acts.min(0).values).tolist()
     out = describers_dir(path)
     dev = pick_device(device)
@@ -138,6 +143,12 @@ def run():
               f"in {time.time() - t:.1f}s")
 
     records, scores, skipped = {"mammi": run_json["neurons"]}, {}, {}
+    if unlabeled:  # what is still possible: MAMMI and the VLM rivals, their fc metrics, agreement, sensitivity
+        left = [d for d in wanted if d in LABELLED]
+        skipped.update({d: unlabeled for d in left})
+        wanted = [d for d in wanted if d not in LABELLED]
+        print(f"note: {unlabeled}, so no image is known to hold or lack a finding: "
+              f"{', '.join(left + ['the agreement with the truth', 'faithfulness'])} left out")
     for name in wanted:
         t = time.time()
         consts = {k: config[k] for k in CONSTANTS[name]}
@@ -161,7 +172,10 @@ def run():
     truth_of = neuron_truth(acts, labels, findings, dead, scores.get("label_auc"))
     scored = class_neurons(classes, acts.shape[1]) if layer == "fc" else []
     table = compare(path, layer, records, truth_of, skipped, scored)
-    faithfulness(table, path, records, stage2, dev)
+    if unlabeled:
+        table["faithfulness_skipped"] = unlabeled
+    else:
+        faithfulness(table, path, records, stage2, dev)
     if percents and alphas:
         t = time.time()
         table["sensitivity"] = sensitivity(run_json, acts, feats, truth_of, percents, alphas, out, scored)
@@ -169,13 +183,18 @@ def run():
               f"{time.time() - t:.1f}s")
     save_json(out / "describers.json", table)
     write_tables(table, out)
-    save_png(out / "describers.png", figure(table))
+    fig = figure(table)
+    if fig is None:  # nothing to draw (MAMMI alone, without truth or fc metrics): no empty figure, none stale
+        (out / "describers.png").unlink(missing_ok=True)
+    else:
+        save_png(out / "describers.png", fig)
     print_table(table)
     print(f"compared {len(records)} describers in {time.time() - t0:.1f}s")
     print("outputs:")
     for p in [out / n / "concepts.json" for n in records if n != "mammi"] + \
-             [out / f for f in ("describers.json", "describers.csv", "agreement.csv", "describers.png")] + \
-             ([out / "sensitivity.png"] if "sensitivity" in table else []):
+             [out / f for f in ("describers.json", "describers.csv", "agreement.csv")] + \
+             ([out / "describers.png"] if fig is not None else []) + \
+             ([out / "sensitivity.png"] if table.get("sensitivity", {}).get("figure") else []):
         print(f"  {p}")
 
 
@@ -333,10 +352,12 @@ def describer_config(run_json: dict, path: Path, name: str, consts: dict) -> dic
 
 
 def neuron_truth(acts, labels, findings, dead, auc) -> dict:
-    """What the probing set says each neuron is (`truth`), a finding name or None (all None without labels)."""
+    """What the probing set says each neuron is (`truth`), a finding name or None; kind "none" without
+    labels. `own`: the describer whose names the truth is (label_auc's agreement is 1 by construction)."""
     if labels is None:
-        idx, rule = [None] * acts.shape[1], "none: the probing set has no labels"
-    elif truth == "lift":
+        return {"kind": "none", "rule": "none: the probing set has no labels", "neurons": [None] * acts.shape[1],
+                "n": 0, "own": None}
+    if truth == "lift":
         idx = lift_findings(labels, top_images(acts, truth_images).T.tolist(), lift_min, MISSING)
         rule = f"the finding of highest lift (>= {lift_min:g}) among the neuron's top {truth_images} images"
     else:
@@ -345,7 +366,8 @@ def neuron_truth(acts, labels, findings, dead, auc) -> dict:
         idx = [None if torch.isnan(auc[k]).all() else best[k] for k in range(len(best))]
         rule = "the class whose labels the neuron's activation separates best (highest AUROC)"
     names = [None if dead[k] or i is None else findings[i] for k, i in enumerate(idx)]
-    return {"kind": truth, "rule": rule, "neurons": names, "n": sum(n is not None for n in names)}
+    return {"kind": truth, "rule": rule, "neurons": names, "n": sum(n is not None for n in names),
+            "own": "label_auc" if truth == "label_auc" else None}
 
 
 def words(records: list[dict]) -> list[list[str]]:
@@ -360,8 +382,9 @@ def compare(path: Path, layer: str, records: dict, truth_of: dict, skipped: dict
     rows = {}
     for name, recs in records.items():
         w = words(recs)
-        row = {"neurons": len(recs), "named": sum(n.get("status") == "ok" for n in recs),
-               "truth": truth_agreement(w, truth_of["neurons"])}
+        row = {"neurons": len(recs), "named": sum(n.get("status") == "ok" for n in recs)}
+        if truth_of["kind"] != "none" and name != truth_of["own"]:  # the truth's own describer is not scored by it
+            row["truth"] = truth_agreement(w, truth_of["neurons"])
         if scored:
             row["fc"] = {**fc_metrics([w[j] for j, _ in scored], classes),
                          "cosine": cosine_metrics([recs[j] for j, _ in scored], classes, config["metric_encoders"],
@@ -377,49 +400,68 @@ def compare(path: Path, layer: str, records: dict, truth_of: dict, skipped: dict
 
 def sensitivity(run_json, acts, feats, truth_of, percents, alphas, out, scored) -> dict:
     """MAMMI re-run from the cache over adaptive_percent x alpha (its template and adaptive score as the
-    run): the fc hit rate and F1 (fc layer), the agreement with the truth and the mean number of concepts
-    per neuron, on a grid. The figure: the headline metric, and beside it what a lower alpha pays for it."""
+    run): the fc hit rate and F1 (fc layer), the agreement with the truth, the overlap with the run's own
+    concepts and the mean number of concepts per neuron, on a grid. The figure: the headline metric (fc
+    hit rate; else the agreement with the truth; without one, the overlap with the run), and beside it
+    what a lower alpha pays for it."""
     cfg = run_json["config"]
     template = feats["text"]["template"] if cfg["adaptive"] else None
-    concepts, is_fc = feats["concepts"], bool(scored)
-    grids = {k: np.full((len(percents), len(alphas)), np.nan) for k in ("hit_rate", "f1", "truth_any", "n_concepts")}
-    for i, p in enumerate(percents):
+    concepts, is_fc, has_truth = feats["concepts"], bool(scored), truth_of["n"] > 0
+    keys = ("hit_rate", "f1", "truth_any", "overlap", "n_concepts")
+    grids = {k: np.full((len(percents), len(alphas)), np.nan) for k in keys}
+    own_words = words(run_json["neurons"])
+    for i, p in enumerate(tqdm(percents, desc="sensitivity", unit="p")):
         got = mammi(acts, feats["images"], feats["text"]["features"], template, concepts, alphas[0], percent=p)
         for j, a in enumerate(alphas):  # the examples and S of p serve every alpha
             named = got["neurons"] if j == 0 else [name_neuron(n, S_k, concepts, a)
                                                    for n, S_k in zip(got["examples"], got["S"])]
             w = words(named)
-            grids["truth_any"][i, j] = truth_agreement(w, truth_of["neurons"])["any"]["mean"]
+            if has_truth:
+                grids["truth_any"][i, j] = truth_agreement(w, truth_of["neurons"])["any"]["mean"]
+            grids["overlap"][i, j] = concept_overlap(w, own_words)["mean"]
             grids["n_concepts"][i, j] = np.mean([len(x) for x in w])
             if is_fc:
                 m = fc_metrics([w[k] for k, _ in scored], [c for _, c in scored])
                 grids["hit_rate"][i, j], grids["f1"][i, j] = m["hit_rate"]["mean"], m["f1"]["mean"]
     own = (cfg["adaptive_percent"], cfg["alpha"]) if cfg["selection"] == "adaptive" else None
-    panels = ([("fc hit rate", "hit_rate"), ("fc F1 (precision pays for extra concepts)", "f1")] if is_fc else
-              [(f"agreement with the truth ({truth_of['kind']})", "truth_any"), ("concepts per neuron", "n_concepts")])
-    fig, axes = plt.subplots(1, 2, figsize=(2 * (1.1 * len(alphas) + 2.2), 0.6 * len(percents) + 1.8), dpi=110)
-    for ax, (title, k) in zip(axes, panels):
+    headline = "hit_rate" if is_fc else "truth_any" if has_truth else "overlap"
+    title = {"hit_rate": "fc hit rate", "truth_any": f"agreement with the truth ({truth_of['kind']})",
+             "overlap": "overlap with the run's concepts (Jaccard)"}[headline]
+    panels = [(title, headline), ("fc F1 (precision pays for extra concepts)", "f1") if is_fc else
+              ("concepts per neuron", "n_concepts")]
+    panels = [(t, k) for t, k in panels if np.isfinite(grids[k]).any()]  # never an empty panel
+    result = {"percents": percents, "alphas": alphas, "metric": title, "headline": headline,
+              **{k: (g.tolist() if np.isfinite(g).any() else None) for k, g in grids.items()}, "figure": None}
+    if not panels:
+        (out / "sensitivity.png").unlink(missing_ok=True)
+        return result
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * (1.1 * len(alphas) + 2.2), 0.6 * len(percents) + 1.8),
+                             dpi=110, squeeze=False)
+    for ax, (label, k) in zip(axes[0], panels):
         grid = grids[k]
-        top = max(1.0, float(np.nanmax(grid)))
-        im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=top, aspect="auto")
+        # The colours span the values shown, so that 0.69 and 0.88 differ; the values are written in the cells.
+        lo, hi = float(np.nanmin(grid)), float(np.nanmax(grid))
+        same = hi - lo < 1e-12  # one colour and no scale: a scale would invent a range
+        if same:
+            lo, hi = lo - 1, hi + 1
+        im = ax.imshow(grid, cmap="viridis", vmin=lo, vmax=hi, aspect="auto")
         for (r, c), v in np.ndenumerate(grid):
-            label = f"{round(v * len(scored))}/{len(scored)}" if k == "hit_rate" else f"{v:.3f}"
-            ax.text(c, r, label, ha="center", va="center", color="white" if v < 0.6 * top else "black", fontsize=9,
-                    fontweight="bold" if (percents[r], alphas[c]) == own else None)
+            text = f"{round(v * len(scored))}/{len(scored)}" if k == "hit_rate" else f"{v:.3f}"
+            ax.text(c, r, text, ha="center", va="center", color="white" if v < (lo + hi) / 2 else "black",
+                    fontsize=9, fontweight="bold" if (percents[r], alphas[c]) == own else None)
         ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
         ax.set_yticks(range(len(percents)), [f"{p:g}" for p in percents])
         ax.set_xlabel("alpha (concepts above alpha% of the best score)")
         ax.set_ylabel("adaptive_percent p")
-        ax.set_title(title, fontsize=10)
-        fig.colorbar(im, ax=ax, fraction=0.05)
+        ax.set_title(label + (": the same in every cell" if same else ""), fontsize=10)
+        if not same:
+            fig.colorbar(im, ax=ax, fraction=0.05).set_label(label.split(" (")[0], fontsize=8)
     fig.suptitle(f"MAMMI's two constants, {cfg['layer']} layer, from the cached tensors " +
                  (f"(bold: the run's p = {own[0]:g}, alpha = {own[1]:g})" if own else "(the run selected its top k)"),
                  fontsize=10)
     fig.tight_layout()
     save_png(out / "sensitivity.png", fig)
-    return {"percents": percents, "alphas": alphas, "metric": panels[0][0],
-            **{k: (g.tolist() if is_fc or k not in ("hit_rate", "f1") else None) for k, g in grids.items()},
-            "figure": str(out / "sensitivity.png")}
+    return {**result, "figure": str(out / "sensitivity.png")}
 
 
 def write_tables(table: dict, out: Path) -> None:
@@ -430,9 +472,13 @@ def write_tables(table: dict, out: Path) -> None:
     header += [f"cosine_{e}{s}" for e in enc for s in ("", "_se")] + ["faithfulness_median_z", "faithfulness_findings"]
     rows = []
     for name, r in table["rows"].items():
-        t, fc = r["truth"], r.get("fc", {})
-        row = [name, table["layer"], r["neurons"], r["named"], table["truth"]["kind"], t["any"]["n"],
-               t["any"]["mean"], t["any"]["se"], t["top1"]["mean"], t["top1"]["se"]]
+        fc, kind = r.get("fc", {}), table["truth"]["kind"]
+        if "truth" in r:
+            t = r["truth"]
+            row = [name, table["layer"], r["neurons"], r["named"], kind, t["any"]["n"], t["any"]["mean"], t["any"]["se"],
+                   t["top1"]["mean"], t["top1"]["se"]]
+        else:  # no labels, or the describer the truth is made of: no score
+            row = [name, table["layer"], r["neurons"], r["named"], by_construction(table, name) or kind] + [""] * 5
         row += [fc.get(m, {}).get(k, "") for m in ("hit_rate", "precision", "f1") for k in ("mean", "se")]
         row += [fc.get("cosine", {}).get(e, {}).get(k, "") for e in enc for k in ("mean", "se")]
         f = r.get("faithfulness") or {}
@@ -452,44 +498,81 @@ def save_rows(path: Path, header: list, rows: list) -> None:
     save_bytes(path, buf.getvalue().encode())
 
 
-def figure(table: dict) -> plt.Figure:
-    """Left: each describer's headline numbers with standard errors; right: pairwise agreement."""
-    names = list(table["rows"])
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2), dpi=110, gridspec_kw={"width_ratios": [1.4, 1]})
-    metrics = ([("fc hit rate", lambda r: r["fc"]["hit_rate"]), ("fc F1", lambda r: r["fc"]["f1"])]
-               if "fc" in table["rows"]["mammi"] else [])
-    metrics += [(f"truth named ({table['truth']['kind']})", lambda r: r["truth"]["any"]),
-                ("truth = first concept", lambda r: r["truth"]["top1"])]
-    width = 0.8 / len(metrics)
-    for m, (label, get) in enumerate(metrics):
-        vals = [get(table["rows"][n]) for n in names]
-        ax.bar(np.arange(len(names)) + (m - (len(metrics) - 1) / 2) * width, [v["mean"] for v in vals], width,
-               yerr=[v["se"] for v in vals], capsize=3, label=label)
-    ax.set_xticks(range(len(names)), names)
-    ax.set_ylim(0, 1.05)
-    ax.set_title(f"{table['layer']} layer: {table['truth']['n']} neurons with a truth (bars: ± 1 standard error)",
-                 fontsize=10)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(metrics), frameon=False)
+def by_construction(table: dict, name: str) -> str:
+    """What a describer's truth columns say when it is the truth's own: it agrees by construction."""
+    return f"{table['truth']['kind']}: by construction" if name == table["truth"].get("own") else ""
+
+
+def figure(table: dict) -> plt.Figure | None:
+    """One panel per truth, each with its standard errors: the fc metrics (against each fc neuron's class
+    name), the agreement with the probing set's truth (its own describer marked, not scored); and the
+    pairwise agreement. Panels with nothing to show are left out; None when none is left."""
+    names, layer = list(table["rows"]), table["layer"]
+    bars = []
+    if "fc" in table["rows"]["mammi"]:
+        n = table["rows"]["mammi"]["fc"]["hit_rate"]["n"]
+        bars.append((f"fc layer: each neuron against its class name ({n} neurons)",
+                     f"mean over the {n} fc neurons",
+                     [("hit rate", lambda r: r["fc"]["hit_rate"]), ("F1", lambda r: r["fc"]["f1"])], "fc"))
+    t = table["truth"]
+    if t["kind"] != "none" and any("truth" in r and r["truth"]["any"]["n"] for r in table["rows"].values()):
+        bars.append((f"{layer} layer: against the truth ({t['kind']}, {t['n']} neurons have one)",
+                     f"share of the {t['n']} neurons with a truth",
+                     [("truth among its concepts", lambda r: r["truth"]["any"]),
+                      ("truth = first concept", lambda r: r["truth"]["top1"])], "truth"))
     grid = np.array([[table["pairwise"][a][b]["mean"] for b in names] for a in names])
-    bx.imshow(grid, cmap="Blues", vmin=0, vmax=1)
-    for (r, c), v in np.ndenumerate(grid):
-        bx.text(c, r, "" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
-                color="white" if v > 0.6 else "black")
-    bx.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    bx.set_yticks(range(len(names)), names)
-    bx.set_title("same first concept (share of neurons both name)", fontsize=10)
+    heat = len(names) > 1 and np.isfinite(grid).any()
+    if not bars and not heat:
+        return None
+    widths = [1.2] * len(bars) + ([1.0] if heat else [])
+    fig, axes = plt.subplots(1, len(widths), figsize=(5 * len(widths), 4.4), dpi=110, squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    for ax, (title, ylabel, metrics, part) in zip(axes[0], bars):
+        width = 0.8 / len(metrics)
+        for m, (label, get) in enumerate(metrics):
+            vals = [get(table["rows"][n]) if part in table["rows"][n] else None for n in names]
+            x = np.arange(len(names)) + (m - (len(metrics) - 1) / 2) * width
+            got = ax.bar(x, [math.nan if v is None else v["mean"] for v in vals], width, capsize=3, label=label,
+                         yerr=[math.nan if v is None else v["se"] for v in vals])
+            ax.bar_label(got, labels=["" if v is None else f"{v['mean']:.2f}" for v in vals], fontsize=7, padding=2)
+        for i, n in enumerate(names):
+            if part == "truth" and by_construction(table, n):
+                ax.text(i, 0.5, "the truth's own\nnames: 1 by\nconstruction", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+        ax.set_xlim(-0.5, len(names) - 0.5)  # a describer without bars keeps its place
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel("describer")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=8, loc="upper right", frameon=False)
+    if heat:
+        bx = axes[0][-1]
+        im = bx.imshow(grid, cmap="Blues", vmin=0, vmax=1)
+        for (r, c), v in np.ndenumerate(grid):
+            bx.text(c, r, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if v > 0.6 else "black")
+        bx.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        bx.set_yticks(range(len(names)), names)
+        bx.set_xlabel("describer")
+        bx.set_ylabel("describer")
+        bx.set_title("same first concept (share of the neurons both name)", fontsize=9)
+        fig.colorbar(im, ax=bx, fraction=0.046).set_label("share of neurons", fontsize=8)
+    fig.suptitle(f"Describers of the {layer} layer (bars: ± 1 standard error)", fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def print_table(table: dict) -> None:
     print(f"\n== Describers on the {table['layer']} layer (mean ± standard error)")
-    print(f"truth ({table['truth']['kind']}): {table['truth']['rule']}; {table['truth']['n']} neurons have one")
+    kind, labelled = table["truth"]["kind"], table["truth"]["kind"] != "none"
+    if labelled:
+        print(f"truth ({kind}): {table['truth']['rule']}; {table['truth']['n']} neurons have one")
     fc = "fc" in table["rows"]["mammi"]
     head = f"{'describer':<13} {'named':>6}"
     if fc:
         head += f" {'hit rate':>15} {'precision':>13} {'F1':>13} {'cosine':>13}"
-    head += f" {'truth named':>19} {'truth = 1st':>13} {'faithfulness: median z':>23}"
+    if labelled:
+        head += f" {'truth named':>19} {'truth = 1st':>13} {'faithfulness: median z':>23}"
     print(head)
     for name, r in table["rows"].items():
         line = f"{name:<13} {r['named']:>6}"
@@ -499,20 +582,24 @@ def print_table(table: dict) -> None:
             cos = next((v for v in m["cosine"].values() if "mean" in v), None)
             line += f" {hits:>3}/{m['hit_rate']['n']} ±{m['hit_rate']['se']:.3f}  {pm(m['precision'])} {pm(m['f1'])}" + \
                     (f" {pm(cos)}" if cos else f" {'n/a':>11}")
-        t = r["truth"]
-        line += f" {round(t['any']['mean'] * t['any']['n']) if t['any']['n'] else 0:>5}/{t['any']['n']:<4}" \
-                f"{pm(t['any'])} {pm(t['top1'])} {faithful(r.get('faithfulness')):>23}"
+        if labelled and "truth" in r:
+            t = r["truth"]
+            line += f" {round(t['any']['mean'] * t['any']['n']) if t['any']['n'] else 0:>5}/{t['any']['n']:<4}" \
+                    f"{pm(t['any'])} {pm(t['top1'])}"
+        elif labelled:
+            line += f" {by_construction(table, name):>33}"
+        if labelled:
+            line += f" {faithful(r.get('faithfulness')):>23}"
         print(line)
-    for name, why in table["skipped"].items():
-        print(f"{name:<13} skipped: {why}")
-    if "faithfulness_skipped" in table:
-        print(f"faithfulness skipped: {table['faithfulness_skipped']}")
+    why = {**table["skipped"], **({"faithfulness": table["faithfulness_skipped"]} if "faithfulness_skipped" in table else {})}
+    for reason in dict.fromkeys(why.values()):  # one line per reason
+        print(f"{', '.join(n for n in why if why[n] == reason)} skipped: {reason}")
     names = list(table["pairwise"])
     print("pairwise agreement (same first concept): " + "; ".join(
         f"{a}~{b} {table['pairwise'][a][b]['mean']:.2f}" for i, a in enumerate(names) for b in names[i + 1:]))
-    if "sensitivity" in table:
-        s = table["sensitivity"]
-        grid = np.array(s["hit_rate"] if s["hit_rate"] is not None else s["truth_any"])
+    s = table.get("sensitivity")
+    if s and s[s["headline"]] is not None:
+        grid = np.array(s[s["headline"]])
         best = np.unravel_index(np.nanargmax(grid), grid.shape)
         print(f"sensitivity ({s['metric']}): {np.nanmin(grid):.3f} to {np.nanmax(grid):.3f} over p x alpha; best at "
               f"p = {s['percents'][best[0]]:g}, alpha = {s['alphas'][best[1]]:g}")

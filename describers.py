@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
+from tqdm import tqdm
 
 from method import mean_se, neuron_concept_scores, ranked
 
@@ -39,7 +40,8 @@ def soft_wpmi(cos: torch.Tensor, acts: torch.Tensor, top_k: int, a: float, lam: 
     m, K = top.shape
     p = p_start - torch.arange(m, dtype=torch.float64) / m * (p_start - p_end)
     log_pck = torch.empty(K, P.shape[1], dtype=torch.float64)
-    for j in range(0, K, chunk):  # [m, chunk, C] at a time: NIH's 1,024 neurons x 100 x 1,361 would need 1 GB
+    chunks = range(0, K, chunk)  # [m, chunk, C] at a time: NIH's 1,024 neurons x 100 x 1,361 would need 1 GB
+    for j in tqdm(chunks, desc="soft-WPMI", unit="chunk", disable=len(chunks) <= 1):
         log_pck[j:j + chunk] = torch.log(1 + p[:, None, None] * (P[top[:, j:j + chunk]] - 1) + 1e-7).sum(0)
     log_pc = torch.logsumexp(log_pck, dim=0) - math.log(K)
     return log_pck - lam * log_pc
@@ -162,11 +164,17 @@ def same_name(a: list[list[str]], b: list[list[str]]) -> dict:
     return share([x[0] == y[0] for x, y in zip(a, b) if x and y])
 
 
+def concept_overlap(a: list[list[str]], b: list[list[str]]) -> dict:
+    """Over the neurons either names: the mean Jaccard overlap |A & B| / |A | B| of their concept sets
+    (what needs no labels: how far two namings of a layer agree in every concept, not the first alone)."""
+    return share([len(set(x) & set(y)) / len(set(x) | set(y)) for x, y in zip(a, b) if x or y])
+
+
 def pm(v: dict) -> str:
     """A mean_se result as 'mean±se'."""
     return f"{v['mean']:.3f}±{v['se']:.3f}"
 
 
 def share(hits: list[bool]) -> dict:
-    """mean +- std/sqrt(n) of 0/1 outcomes; NaN with n = 0 when there are none."""
+    """mean +- std/sqrt(n) of per-neuron outcomes (0/1, or shares); NaN with n = 0 when there are none."""
     return mean_se(hits) if hits else {"mean": math.nan, "se": math.nan, "n": 0}

@@ -10,6 +10,7 @@ Its null: `draws` random n-subsets of P, each with its own max_c z; p = (1 + #{t
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
 # t_r >= t_k up to rounding, TIE * (1 + |t_k|): the same images summed in another order must count
 # as a tie (scipy.stats.permutation_test allows for rounding likewise); a difference that small means nothing.
@@ -72,7 +73,8 @@ def null_maxima(s_pool: torch.Tensor, sizes: list[int], draws: int, seed: int,
     rows = max(1, min(draws, budget // (L * C)))
     width = max(1, min(L, budget // (rows * C)))
     t = torch.empty(draws, len(sizes), dtype=s_pool.dtype)
-    for lo in range(0, draws, rows):
+    chunks = range(0, draws, rows)  # a large concept set takes minutes: a bar when there is more than one
+    for lo in tqdm(chunks, desc="null draws", unit="chunk", disable=len(chunks) <= 1):
         idx = order[lo:lo + rows]
         total = torch.zeros(len(idx), C, dtype=s_pool.dtype)
         for a in range(0, L, width):  # running sums over the next `width` images of each draw

@@ -81,6 +81,7 @@ def figure(layers: dict) -> plt.Figure:
     ax.invert_yaxis()
     ax.set_xlim(0, 1.15)
     ax.set_xlabel("share of live neurons significant (q <= fdr)")
+    ax.set_ylabel("layer")
     ax.legend(loc="lower right", fontsize=8)
     txt.axis("off")
     lines = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -59,6 +60,15 @@ def disease_colour(label: str) -> tuple[int, int, int]:
     return pal[i % len(pal)]
 
 
+def finite(path: Path, where: str, values: list[float]) -> list[float]:
+    """The coordinates of one box or polygon, refused unless every one is a finite number: a NaN box
+    masks nothing and an infinite one would be drawn and masked over an unbounded area."""
+    if not all(math.isfinite(v) for v in values):
+        raise PipelineError(f"{path}, {where}: box coordinates must be finite numbers, got "
+                            f"{', '.join(f'{v:g}' for v in values)}; fix or remove that box")
+    return values
+
+
 def read_nih(path: str | Path) -> dict[str, list[dict]]:
     path = Path(path)
     out: dict[str, list[dict]] = {}
@@ -72,6 +82,7 @@ def read_nih(path: str | Path) -> dict[str, list[dict]]:
             x, y, w, h = (float(row[k]) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
         except (TypeError, ValueError):
             raise PipelineError(f"{path}, line {i}: box x, y, w, h must be numbers") from None
+        finite(path, f"line {i}", [x, y, w, h])
         out.setdefault(row["image_name"], []).append(
             {"label": canonical(row["label"]), "box": [x, y, x + w, y + h], "polygon": None})
     return out
@@ -85,13 +96,14 @@ def read_chestx_det(path: str | Path) -> dict[str, list[dict]]:
     except json.JSONDecodeError:
         raise PipelineError(f"{path}: not a json file; pass the ChestX_Det_{{train,test}}.json") from None
     out: dict[str, list[dict]] = {}
-    for item in items:
+    for n, item in enumerate(items):
         if not isinstance(item, dict) or not {"file_name", "syms", "boxes"} <= set(item):
             raise PipelineError(f"{path}: expected a list of {{file_name, syms, boxes, polygons}} (ChestX-Det); "
                                 f"pass --box_source nih for bbox.csv")
         polys = item.get("polygons") or [None] * len(item["boxes"])
-        out[item["file_name"]] = [{"label": canonical(s), "box": [float(v) for v in b],
-                                   "polygon": [[float(x), float(y)] for x, y in p] if p else None}
+        where = f"item {n} ({item['file_name']})"
+        out[item["file_name"]] = [{"label": canonical(s), "box": finite(path, where, [float(v) for v in b]),
+                                   "polygon": [finite(path, where, [float(x), float(y)]) for x, y in p] if p else None}
                                   for s, b, p in zip(item["syms"], item["boxes"], polys)]
     return out
 

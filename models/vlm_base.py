@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+from tqdm import tqdm
 
 
 # Where each VLM's weights are looked for when --clip_weights is not given (see pretrained/README.md).
@@ -71,7 +72,9 @@ class VLM(nn.Module):
     @torch.no_grad()
     def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         out: list[torch.Tensor | None] = [None] * len(texts)
-        for chunk in self.text_batches(texts, batch_size):
+        batches = self.text_batches(texts, batch_size)
+        # a concept set of 50,000 takes minutes: a bar, except for the one-batch calls (the fc metrics)
+        for chunk in tqdm(batches, desc="texts", unit="batch", disable=len(batches) <= 1):
             emb = F.normalize(self.embed_texts([texts[i] for i in chunk]).float(), dim=-1).cpu()
             for i, e in zip(chunk, emb):
                 out[i] = e

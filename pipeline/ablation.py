@@ -306,6 +306,7 @@ def figure(result: dict, bands: dict) -> plt.Figure:
     ax.set_yticks(range(len(rows)), [r["finding"] for r in rows])
     ax.invert_yaxis()
     ax.set_xlabel("mean drop of the finding's logit on its positive images (logit SDs)")
+    ax.set_ylabel("finding")
     ax.set_title(f"{result['layer']}: named neurons (red, their number in brackets) against {result['draws']} random "
                  f"sets (grey; bar: mean ± 2 SD)", fontsize=9)
     fig.tight_layout()

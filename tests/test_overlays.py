@@ -202,7 +202,8 @@ def hand_run(ex_json: Path) -> Path:
     ex = json.loads(ex_json.read_text())
     path = ex_json.parent / "hand" / "concepts.json"
     path.parent.mkdir()
-    path.write_text(json.dumps({"config": {"layer": ex["config"]["layer"], "examples": str(ex_json), "describer": "hand"},
+    path.write_text(json.dumps({"examples_key": ex["key"],
+                                "config": {"layer": ex["config"]["layer"], "examples": str(ex_json), "describer": "hand"},
                                 "neurons": [{"neuron": n["neuron"], "n_examples": len(n["examples"]), "concepts":
                                              [{"concept": "spot", "score": 1.0}] if n["examples"] else []}
                                             for n in ex["neurons"]]}))
