@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from core.text import at_most
 from dataset.nih import findings, probe_crop, split_source
 from dataset.probe import MISSING, align_labels, load_probe, output_names, resolve_classes
 from method import select_examples
@@ -88,7 +89,7 @@ def run():
         if reinit_seed >= 0:
             kept = reinitialise(net, reinit_seed)
             print(f"re-initialised with seed {reinit_seed}" + (f"; {len(kept)} parameter tensor(s) have no "
-                  f"reset_parameters() and keep their values: {', '.join(kept[:5])}" if kept else ""))
+                  f"reset_parameters() and keep their values: {at_most(kept, 5)}" if kept else ""))
         return net, head_ok
     if wanted == ["list"]:
         net = load(False)[0].to(dev)
@@ -188,7 +189,7 @@ def select(c, act_path, act_key, acts, logits, names, paths, truth, class_list, 
         dead = [n["neuron"] for n in neurons if n["dead"]]
         if dead:
             print(f"note: {c['layer']}: {len(dead)} dead neuron(s) (constant over the probing set, no examples): "
-                  f"{dead[:20]}")
+                  f"{at_most(dead, 20)}")
         for n in neurons:
             n["examples"] = [{"image_id": names[i], "activation": float(acts[i, n["neuron"]]), "index": i}
                              for i in n["examples"]]

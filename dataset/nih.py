@@ -17,6 +17,7 @@ from torchvision import transforms
 
 from core.digests import digest, file_digest
 from core.errors import PipelineError
+from core.text import at_most
 from dataset.files import read_image, read_text
 
 HERE = Path(__file__).resolve().parent
@@ -111,7 +112,7 @@ def resolve_images(root: str | Path, names: list[str], skip_missing: bool = Fals
             kept.append(name)
             paths.append(p)
     if missing:
-        msg = f"{len(missing)} of {len(names)} images missing under {root} (first: {', '.join(missing[:3])})"
+        msg = f"{len(missing)} of {len(names)} images missing under {root} (first: {at_most(missing, 3)})"
         if not skip_missing:
             raise PipelineError(msg + "; fix --data_root or set --skip_missing yes")
         print(f"note: {msg}; skipped")

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from core.digests import code_digest, digest, file_digest
+from core.text import at_most
 from dataset.concepts import TEMPLATE
 from models.target import model_tag, target_identity
 from pipeline.cache import read_output
@@ -194,8 +195,8 @@ def read_matching(path: str | Path) -> tuple[dict, Path, dict]:
     known = {n["neuron"] for n in ex["neurons"]}
     stray = [n["neuron"] for n in data["neurons"] if n["neuron"] not in known]
     if stray:
-        raise PipelineError(f"{path} names neurons {stray[:5]} that {ex_json} lacks; re-run the step that wrote it "
-                            f"after example_selection.py")
+        raise PipelineError(f"{path} names neurons {at_most(stray, 5)} that {ex_json} lacks; re-run the step that "
+                            f"wrote it after example_selection.py")
     return data, ex_json, ex
 
 
