@@ -52,8 +52,8 @@ topk: ">= 1" = 20               # k when selection = topk
 resize: ">= 0" = 0              # preprocessing: Resize(resize), CenterCrop(crop); 0 = the model family's
 crop: ">= 0" = 0                # 0 = the family's; never larger than the resize (it would pad with black)
 channels: "0 | 1 | 3" = 0       # input channels; 0 = the family's (1 for xrv)
-mean = ""                       # normalisation mean, one value or one per channel; default: the family's
-std = ""                        # normalisation std, likewise
+mean: "numbers" = ""            # normalisation mean, one value or one per channel; default: the family's
+std: "numbers > 0" = ""        # normalisation std, likewise
 precision: "fp32 | bf16" = "fp32"  # bf16: the forward pass under autocast (activations stored as float32)
 reinit_seed: ">= -1" = -1       # -1: the trained weights; else every module re-initialised with this seed (sanity_check.py)
 batch_size: ">= 1" = 64

@@ -42,8 +42,9 @@ ACTIVATION_FIELDS = ("dataset", "split", "data_root", "split_file", "skip_missin
                      "max_images", "seed", "model", "num_classes", "layer", "token_pool", "resize", "crop", "channels",
                      "mean", "std", "precision", "reinit_seed")
 # Step-2 constants that say how to run, not what comes out: a later step never checks them against
-# what step 2 stored (channels_last is a memory layout, its results equal up to rounding).
-RUN_SETTINGS = ("batch_size", "num_workers", "device", "channels_last", "save_crops", "save_root")
+# what step 2 stored (channels_last is a memory layout, its results equal up to rounding); and verbose,
+# which every step takes (pipeline/cli.py's EVERY_STEP).
+RUN_SETTINGS = ("batch_size", "num_workers", "device", "channels_last", "save_crops", "save_root", "verbose")
 # The code of activations.pt: the forward loop, the target and the probing set's reader, and what they
 # import (the selection's code, method.py included, decides only examples.json).
 ACTIVATIONS_CODE = ("pipeline/forward.py", "models/target.py", "dataset/probe.py")
