@@ -10,7 +10,8 @@ the same file and takes the constants it knows, so a threshold is changed in one
 value` (or `--name=value`) overrides after the files. A step that builds on another one names it in
 `reads=`: it then also takes that step's constants (their defaults live in that step alone), to find
 the upstream output; `check_stored` refuses a given constant that contradicts what the upstream
-output stored. `--help` prints the constants with their allowed values and comments.
+output stored. `--help` prints the examples of the step's docstring (its indented `python ...`
+lines), then the constants with their allowed values and comments.
 
 A constant declares its valid values once, as a string annotation on its own line, in a tiny
 language that `configure` checks every resolved value against (exit 2, one line naming the option):
@@ -19,13 +20,12 @@ language that `configure` checks every resolved value against (exit 2, one line 
     alpha: "[0, 100)" = 95.0                # an interval; a bound may name another constant: "[1, resize]"
     selection: "adaptive | topk" = "adaptive"   # choices; N stands for digits, NAME for any text
     device: "auto | cpu | cuda | cuda:N" = "auto"
-
-    mean: "numbers" = ""                    # comma-separated numbers; "numbers > 0": each > 0
+    mean: "numbers" = ""                    # comma-separated numbers ("" too); "numbers > 0": each > 0
 
 NaN and infinity are refused for every number, in a list too.
 
 A step prints the constants that differ from their defaults and where each was set; `--verbose yes`
-(taken by every step, like the constants in EVERY_STEP) prints all of them.
+(taken by every step, as every constant in EVERY_STEP is) prints all of them.
 
 Bad input anywhere raises `PipelineError`, which `main` turns into one line on stderr and exit
 status 2, never a traceback and never a half-written cache. Ctrl-C ends with one line too (exit
