@@ -189,7 +189,7 @@ def select(c, act_path, act_key, acts, logits, names, paths, truth, class_list, 
         dead = [n["neuron"] for n in neurons if n["dead"]]
         if dead:
             print(f"note: {c['layer']}: {len(dead)} dead neuron(s) (constant over the probing set, no examples): "
-                  f"{at_most(dead, 20)}")
+                  f"[{at_most(dead, 20)}]")
         for n in neurons:
             n["examples"] = [{"image_id": names[i], "activation": float(acts[i, n["neuron"]]), "index": i}
                              for i in n["examples"]]

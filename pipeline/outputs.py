@@ -196,7 +196,7 @@ def read_matching(path: str | Path) -> tuple[dict, Path, dict]:
     known = {n["neuron"] for n in ex["neurons"]}
     stray = [n["neuron"] for n in data["neurons"] if n["neuron"] not in known]
     if stray:
-        raise PipelineError(f"{path} names neurons {at_most(stray, 5)} that {ex_json} lacks; re-run the step that "
+        raise PipelineError(f"{path} names neurons [{at_most(stray, 5)}] that {ex_json} lacks; re-run the step that "
                             f"wrote it after example_selection.py")
     return data, ex_json, ex
 
