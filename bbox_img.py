@@ -1,6 +1,7 @@
 """Step 5: ground-truth boxes drawn on their images.
 
-    python bbox_img.py config/nih_densenet121.py [--box_source chestx_det --data_root FOLDER]
+    python bbox_img.py config/nih_densenet121.py --max_drawn 20
+    python bbox_img.py config/nih_densenet121.py --box_source chestx_det --data_root data/chestx_det/images
 
 Two annotation sources: NIH bbox.csv (x, y, w, h) and ChestX-Det json (syms, boxes [x1, y1, x2, y2],
 polygons); both are in 1024-pixel coordinates and are scaled to each image's real size. Each disease

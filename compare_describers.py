@@ -2,6 +2,7 @@
 against other describers").
 
     python compare_describers.py config/nih_densenet121.py --layer fc
+    python compare_describers.py config/demo.py --layer penultimate --describers clip_dissect,label_auc
 
 Reads a stage-3 run (its concepts.json, given or derived from the constants of steps 2-3) and, from
 what it stored, the layer's activations.pt, the VLM, concept set and prompts. The rivals
@@ -75,8 +76,8 @@ top_n: ">= 1" = 5               # concepts listed per neuron under "top" in a ri
 truth: "lift | label_auc" = "label_auc"  # what the probing set says a neuron is: lift | label_auc (see README)
 truth_images: ">= 1" = 20       # truth lift: the top images per neuron whose findings are counted
 lift_min: "> 0" = 2.0           # truth lift: a neuron has a finding only at this lift over the base rate or above
-sensitivity_percents = "80,85,90,93,95,97"  # MAMMI's adaptive_percent values to try from the cache ('' = no study)
-sensitivity_alphas = "90,93,95,97,99"       # MAMMI's alpha values to try
+sensitivity_percents: "numbers in (0, 100)" = "80,85,90,93,95,97"  # MAMMI's adaptive_percent values to try from the cache ('' = no study)
+sensitivity_alphas: "numbers in [0, 100)" = "90,93,95,97,99"  # MAMMI's alpha values to try
 batch_size: ">= 1" = 64
 num_workers: ">= 0" = 2
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present

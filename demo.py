@@ -5,13 +5,16 @@
 A fresh world of synthetic radiographs (phantom/world.py, a seed the demo models never saw) is
 probed with the committed demo target (DenseNet-121) and named with the committed demo VLM
 (PhantomCLIP); both were trained by `python -m phantom.train`. Every step runs as it would from the
-command line with the experiment file config/demo.py, the command printed, so each can be re-run
-by hand. Ends with the results table: classifier AUROC, the fc hit rate with its ablations, the
-penultimate agreement with the phantom labels, the share of significant names for the trained and a
-re-initialised target, MAMMI against the other describers, the ablation of the neurons each finding
-names (z per finding), and the pointing game. Everything lands in the experiment's save_root.
+command line with the experiment file config/demo.py: the command is printed, so each can be re-run
+by hand, and what the step prints goes to its own log ({save_root}/logs/). Ends with the results
+table: classifier AUROC, the fc hit rate with its ablations, the penultimate agreement with the
+phantom labels, the share of significant names for the trained and a re-initialised target, MAMMI
+against the other describers, the ablation of the neurons each finding names (z per finding), and
+the pointing game. Everything lands in the experiment's save_root.
 """
+import contextlib
 import csv
+import itertools
 import math
 import shlex
 import sys
@@ -49,14 +52,22 @@ CONCEPTS = str(Path(config["save_root"]) / "concept_set" / "demo_concepts.txt")
 _EXP = read_experiment(EXPERIMENT)
 FORWARD = {**{k: v for k, v in config.given.items() if k not in config.own and _EXP.get(k, _EXP) != v},
            "num_workers": num_workers, "box_file": BOX_FILE, "concept_set": CONCEPTS}
+LOGS = Path(config["save_root"]) / "logs"  # what each step printed, one file per step in order
+_order = itertools.count(1)
 
 
 def step(script: str, **args) -> None:
     known = accepted_names(script)
     argv = [EXPERIMENT] + [str(a) for k, v in {**FORWARD, **args}.items() if k in known for a in (f"--{k}", v)]
-    print(f"\n$ python {script} {shlex.join(argv)}", flush=True)
-    if run_script(script, *argv) != 0:
-        raise PipelineError(f"{script} failed (its error is above); the demo stops here")
+    print(f"$ python {script} {shlex.join(argv)}", flush=True)
+    log = (LOGS / f"{next(_order):02d}_{Path(script).stem}.log").resolve()  # (run_script runs it from the repo root)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        status = run_script(script, *argv)
+    if status != 0:
+        said = log.read_text().splitlines()
+        print("\n".join([line for line in said if line.startswith("error:")] or said[-5:]), file=sys.stderr)
+        raise PipelineError(f"{script} failed (its error is above, all it printed in {log}); the demo stops here")
 
 
 def world() -> None:
@@ -105,6 +116,7 @@ def penultimate_agreement(stage_cfg: dict) -> dict:
 
 def run():
     print_config("demo", config)
+    print(f"each step's output: {LOGS}/")
     t0 = time.time()
     times = {}
     world()
@@ -165,11 +177,11 @@ def run():
     summary = {"auroc": auroc, "fc": rows, "penultimate": pen, "significance": significance, "describers": rivals,
                "ablation": {"penultimate": read_ablation(ablation) if ablation.is_file() and not skipped else None},
                "pointing_game": pointing, "times_s": times, "config": config}
-    report(summary)
     save_json(Path(config["save_root"]) / "summary.json", summary)
     print(f"\ndemo finished in {time.time() - t0:.0f}s; summary in {Path(config['save_root']) / 'summary.json'}")
     index = Path(config["save_root"]) / "gallery" / "index.html"
     print(f"neuron gallery: {index} (open it in a browser: {index.resolve().as_uri()})")
+    report(summary)
 
 
 def report(summary: dict) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from core.text import at_most
 from dataset.nih import findings, probe_crop, split_source
 from dataset.probe import MISSING, align_labels, load_probe, output_names, resolve_classes
 from method import select_examples
@@ -51,8 +52,8 @@ topk: ">= 1" = 20               # k when selection = topk
 resize: "[0, 4096]" = 0        # preprocessing: Resize(resize), CenterCrop(crop); 0 = the model family's
 crop: "[0, 4096]" = 0          # 0 = the family's; never larger than the resize (it would pad with black)
 channels: "0 | 1 | 3" = 0       # input channels; 0 = the family's (1 for xrv)
-mean = ""                       # normalisation mean, one value or one per channel; default: the family's
-std = ""                        # normalisation std, likewise
+mean: "numbers" = ""            # normalisation mean, one value or one per channel; default: the family's
+std: "numbers > 0" = ""        # normalisation std, likewise
 precision: "fp32 | bf16" = "fp32"  # bf16: the forward pass under autocast (activations stored as float32)
 reinit_seed: ">= -1" = -1       # -1: the trained weights; else every module re-initialised with this seed (sanity_check.py)
 batch_size: ">= 1" = 64
@@ -88,7 +89,7 @@ def run():
         if reinit_seed >= 0:
             kept = reinitialise(net, reinit_seed)
             print(f"re-initialised with seed {reinit_seed}" + (f"; {len(kept)} parameter tensor(s) have no "
-                  f"reset_parameters() and keep their values: {', '.join(kept[:5])}" if kept else ""))
+                  f"reset_parameters() and keep their values: {at_most(kept, 5)}" if kept else ""))
         return net, head_ok
     if wanted == ["list"]:
         net = load(False)[0].to(dev)
@@ -190,7 +191,7 @@ def select(c, act_path, act_key, acts, logits, names, paths, truth, class_list, 
         dead = [n["neuron"] for n in neurons if n["dead"]]
         if dead:
             print(f"note: {c['layer']}: {len(dead)} dead neuron(s) (constant over the probing set, no examples): "
-                  f"{dead[:20]}")
+                  f"[{at_most(dead, 20)}]")
         for n in neurons:
             n["examples"] = [{"image_id": names[i], "activation": float(acts[i, n["neuron"]]), "index": i}
                              for i in n["examples"]]

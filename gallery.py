@@ -1,5 +1,8 @@
 """Step 7: a gallery of every named neuron, one web page that works offline from a plain file.
 
+    python gallery.py config/nih_densenet121.py
+    python gallery.py config/demo.py --max_examples 12
+
 Reads stage-3 runs (concepts.json of any layer or describer, with similarity.pt beside it when there
 is one) and finds everything else through the paths the outputs store: concepts.json names its
 examples.json; examples.json's folder holds examples.csv (each example's labels) and its parent, the

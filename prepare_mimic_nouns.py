@@ -2,6 +2,7 @@
 screen", 1).
 
     python prepare_mimic_nouns.py --reports data/mimic_cxr/annotation.json
+    python prepare_mimic_nouns.py --reports dataset/reports/iu_xray_reports.json --name iu_nouns
 
 Reads R2Gen's annotation.json (MIMIC-CXR or IU X-ray), IU X-ray reports as parsed from the NLM XML
 (dataset/reports/iu_xray_reports.json), or a text file with one report per line. Each unique

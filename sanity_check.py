@@ -2,6 +2,7 @@
 architecture with every module re-initialised, beside the trained target's own runs.
 
     python sanity_check.py config/demo.py --layer fc,penultimate
+    python sanity_check.py config/nih_densenet121.py --layer penultimate --sanity_seed 1
 
 A way of naming neurons whose names survive the destruction of the weights describes the probing
 images, not the model (Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018). Runs (or

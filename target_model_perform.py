@@ -1,6 +1,7 @@
 """Step 4: how well the target classifier does (README, "Where this differs", evaluation).
 
     python target_model_perform.py config/nih_densenet121.py
+    python target_model_perform.py config/demo.py --device cpu
 
 Per class: AUROC and AUPRC of the sigmoid outputs on the test split, and the F1-maximising threshold
 on the val split (the visualisation predicts a class when its probability reaches that threshold).

@@ -1,6 +1,7 @@
 """Step 6: which named neurons drive each prediction, and where they look.
 
     python visualization.py config/nih_densenet121.py
+    python visualization.py config/demo.py --max_drawn 24 --num_top_neuron 3
 
 For each image of the box file found under data_root and each class predicted at or above its
 threshold (Threshold.csv of target_model_perform.py), the penultimate neurons are ranked by their

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from core.errors import PipelineError
+from core.text import at_most
 from dataset.files import read_text
 
 TEMPLATE = "A chest x-ray image of a"  # T: a concept c is embedded as g(T + " " + c), the template alone as g(T)
@@ -128,7 +129,7 @@ def read_concepts(name: str) -> tuple[Path, list[str]]:
             words.append(w)
     if folded:
         print(f"note: {path}: {len(folded)} concept(s) differ from an earlier one only in case "
-              f"({', '.join(folded[:5])}); folded into their lower-case form")
+              f"({at_most(folded, 5)}); folded into their lower-case form")
     if not words:
         raise PipelineError(f"concept set {path} is empty; regenerate it with prepare_mimic_nouns.py")
     return path, words

@@ -17,6 +17,7 @@ from torchvision import transforms
 
 from core.digests import digest, file_digest
 from core.errors import PipelineError
+from core.text import at_most
 from dataset.files import image_files, read_image, read_text
 
 HERE = Path(__file__).resolve().parent
@@ -119,7 +120,7 @@ def resolve_images(root: str | Path, names: list[str], skip_missing: bool = Fals
                             f"other images ({other}, …); to probe that folder without labels pass --labels none, "
                             f"or pass the file that lists its images ({fix})")
     if missing:
-        msg = f"{len(missing)} of {len(names)} images missing under {root} (first: {', '.join(missing[:3])})"
+        msg = f"{len(missing)} of {len(names)} images missing under {root} (first: {at_most(missing, 3)})"
         if not skip_missing:
             # with none found, skipping the missing ones would leave nothing to probe
             fix = "fix --data_root or set --skip_missing yes" if kept else "fix --data_root"

@@ -29,6 +29,7 @@ import numpy as np
 from dataset.files import image_files, read_text
 from dataset.nih import OUTSIDE, class_names, data_digest, outside_root, read_split, resolve_images, split_file
 from core.errors import PipelineError
+from core.text import at_most
 
 MISSING = -1  # a label without ground truth: a class the set has no column for, or one the policy ignores
 # What -1 (uncertain) and a blank (not mentioned) become under each `uncertain` policy.
@@ -106,7 +107,7 @@ def read_label_csv(path: Path, uncertain: str) -> tuple[list[str], list[str] | N
     header = [h.strip() for h in rows[0]]
     col = next((j for j, h in enumerate(header) if h.lower() in PATH_COLUMNS), None)
     if col is None:
-        raise PipelineError(f"{path}: no path column among {', '.join(header[:8])}; name the column of image "
+        raise PipelineError(f"{path}: no path column among {at_most(header, 8)}; name the column of image "
                             f"paths one of {', '.join(PATH_COLUMNS)} (CheXpert's is Path)")
     body = rows[1:]
     for i, r in enumerate(body, 2):
@@ -127,7 +128,7 @@ def read_label_csv(path: Path, uncertain: str) -> tuple[list[str], list[str] | N
     cols = [j for j in range(len(header)) if j != col and all(r[j].strip() in LABEL_VALUES for r in body)]
     other = [header[j] for j in range(len(header)) if j != col and j not in cols]
     if other:
-        print(f"note: {path}: columns {', '.join(other[:8])} are not labels (values other than 1, 0, -1, blank)")
+        print(f"note: {path}: columns {at_most(other, 8)} are not labels (values other than 1, 0, -1, blank)")
     if not cols:
         return names, None, None
     neg1, blank = UNCERTAIN[uncertain]
@@ -146,7 +147,7 @@ def read_classes(path: str | Path) -> list[str]:
         raise PipelineError(f"classes file {path} names no class; write one name per line, in output order")
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise PipelineError(f"classes file {path} names {', '.join(twice[:3])} twice; each output has one name")
+        raise PipelineError(f"classes file {path} names {at_most(twice, 3)} twice; each output has one name")
     return names
 
 

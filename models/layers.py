@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from models.target import ScriptedTarget, head_name
 from core.errors import PipelineError
+from core.text import at_most
 
 # Modules that compute over dim 1, so their 4-D outputs are [B, C, H, W] inside a channels-last model too.
 CHANNELS_FIRST = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.AvgPool2d,
@@ -174,8 +175,8 @@ def _register(model: nn.Module, layer: str, put, read, batch: dict):
     if layer not in modules and layer != "penultimate" or not layer:
         names = [n for n in modules if n]
         ends = [n for n in names if n.endswith("." + layer)]  # the right name without its parents
-        near = list(dict.fromkeys(ends + difflib.get_close_matches(layer, names, n=5, cutoff=0.5)))[:5]
-        hint = (f"closest: {', '.join(near)}" if near else
+        near = list(dict.fromkeys(ends + difflib.get_close_matches(layer, names, n=5, cutoff=0.5)))
+        hint = (f"closest: {at_most(near, 5)}" if near else
                 f"top-level modules: {', '.join(n for n in names if '.' not in n)}")
         raise PipelineError(f"--layer {layer!r} is not a module of this model; use fc, penultimate, a module "
                             f"name ({hint}) or --layer list")

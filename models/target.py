@@ -52,6 +52,7 @@ import torchvision
 
 from core.digests import file_digest, imported_files
 from core.errors import PipelineError
+from core.text import at_most
 from dataset.nih import MEAN, STD
 from models import load_failure
 
@@ -448,16 +449,15 @@ def load_checkpoint(model: nn.Module, sd: dict, path: str | Path, arch: str) -> 
     missing = [k for k in backbone if k not in sd]
     misfit = [k for k in backbone if k in sd and sd[k].shape != own[k].shape]
     if missing or misfit:
-        eg = (missing + misfit)[:3]
         raise PipelineError(
             f"{path} does not fit --model {arch}: {len(missing)} of {len(backbone)} backbone tensors missing, "
-            f"{len(misfit)} mis-shaped (e.g. {', '.join(eg)}); pass the checkpoint made for {arch}")
+            f"{len(misfit)} mis-shaped (e.g. {at_most(missing + misfit, 3)}); pass the checkpoint made for {arch}")
     extra = [k for k in sd if k not in own and not k.startswith(head) and k not in _XRV_EXTRAS]
     moco = [k for k in extra if k.startswith(_MOCO_EXTRAS)]
     unknown = [k for k in extra if k not in moco]
     if unknown:
         raise PipelineError(f"{path} holds {len(unknown)} tensors that --model {arch} does not have (e.g. "
-                            f"{', '.join(unknown[:3])}); pass a checkpoint of {arch} alone, not another model or "
+                            f"{at_most(unknown, 3)}); pass a checkpoint of {arch} alone, not another model or "
                             f"a training state")
     if moco:
         print(f"note: {path}: ignoring MoCo's key encoder and queue ({len(moco)} tensors)")

@@ -10,7 +10,8 @@ the same file and takes the constants it knows, so a threshold is changed in one
 value` (or `--name=value`) overrides after the files. A step that builds on another one names it in
 `reads=`: it then also takes that step's constants (their defaults live in that step alone), to find
 the upstream output; `check_stored` refuses a given constant that contradicts what the upstream
-output stored. `--help` prints the constants with their allowed values and comments.
+output stored. `--help` prints the examples of the step's docstring (its indented `python ...`
+lines), then the constants with their allowed values and comments.
 
 A constant declares its valid values once, as a string annotation on its own line, in a tiny
 language that `configure` checks every resolved value against (exit 2, one line naming the option):
@@ -19,8 +20,12 @@ language that `configure` checks every resolved value against (exit 2, one line 
     alpha: "[0, 100)" = 95.0                # an interval; a bound may name another constant: "[1, resize]"
     selection: "adaptive | topk" = "adaptive"   # choices; N stands for digits, NAME for any text
     device: "auto | cpu | cuda | cuda:N" = "auto"
+    mean: "numbers" = ""                    # comma-separated numbers ("" too); "numbers > 0": each > 0
 
-NaN and infinity are refused for every number.
+NaN and infinity are refused for every number, in a list too.
+
+A step prints the constants that differ from their defaults and where each was set; `--verbose yes`
+(taken by every step, as every constant in EVERY_STEP is) prints all of them.
 
 Bad input anywhere raises `PipelineError`, which `main` turns into one line on stderr and exit
 status 2, never a traceback and never a half-written cache. Ctrl-C ends with one line too (exit
@@ -29,6 +34,8 @@ status 130), naming the outputs completed before it.
 from __future__ import annotations
 
 import ast
+import contextlib
+import difflib
 import io
 import math
 import os
@@ -41,6 +48,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.errors import PipelineError  # here too, for the steps that import it with configure
+from core.text import at_most
 
 ROOT = Path(__file__).resolve().parents[1]
 # The steps in order; an experiment file may set any constant of any of them.
@@ -48,12 +56,18 @@ STEPS = ("prepare_mimic_nouns.py", "example_selection.py", "concept_matching.py"
          "bbox_img.py", "visualization.py", "gallery.py", "sanity_check.py", "ablation.py", "compare_describers.py")
 _SCALAR = (bool, int, float, str, type(None))
 _HEADER_END = "\nconfig = configure("
+# Constants every step takes besides its own, with their comments. They decide what is printed, never
+# what is computed (pipeline/outputs.py lists them among the run settings, outside every key).
+EVERY_STEP = {"verbose": (False, "print every constant as resolved; default: those not at their defaults")}
 
 
 class Config(dict):
     """The resolved constants of a step; `given` holds those set by an experiment file or the command line,
+    `origin` where each was set (the file, or "the command line"), `defaults` every constant's default,
     `own` names the step's own constants (the rest are read from upstream steps)."""
     given: dict[str, Any]
+    origin: dict[str, str]
+    defaults: dict[str, Any]
     own: list[str]
 
 
@@ -153,6 +167,12 @@ def _rule(spec: str) -> tuple:
     """A declared spec, parsed once: ("choices", patterns), or ("range", low, low_closed, high,
     high_closed) where a bound is a number, the name of another constant, or None."""
     text = spec.strip()
+    if text.startswith("numbers"):  # comma-separated numbers, each within the range that may follow
+        inner = text[len("numbers"):].strip()
+        inner = inner[len("in "):].strip() if inner.startswith("in ") else inner
+        if inner:
+            _rule(inner)  # refuse a bad range when the spec is read
+        return ("numbers", inner or None)
     if "|" in text:
         return ("choices", tuple(re.compile("".join(_PLACEHOLDERS.get(part, re.escape(part))
                                                     for part in re.split(r"\b(N|NAME)\b", alt.strip())))
@@ -177,13 +197,29 @@ def _bound(text: str, spec: str) -> float | str:
 
 
 def _described(spec: str) -> str:
-    """A spec in words: 'in (0, 100)', '>= 1' or 'adaptive | topk'."""
-    return f"in {spec}" if spec.strip()[0] in "[(" else spec
+    """A spec in words: 'in (0, 100)', '>= 1', 'adaptive | topk' or 'comma-separated numbers, each > 0'."""
+    text = spec.strip()
+    if text.startswith("numbers"):
+        inner = _rule(text)[1]
+        return "comma-separated finite numbers" + (f", each {_described(inner)}" if inner else "")
+    return f"in {spec}" if text[0] in "[(" else spec
 
 
 def _unmet(spec: str, value: Any, config: dict) -> str | None:
     """What `value` must be under `spec`, in words, when it is not; None when it is allowed."""
     rule = _rule(spec)
+    if rule[0] == "numbers":  # "" leaves the default to the code that reads it
+        parts = value.split(",") if isinstance(value, str) and value.strip() else []
+        if not isinstance(value, str):
+            return _described(spec)
+        for part in parts:
+            try:
+                x = float(part)
+            except ValueError:
+                return _described(spec)
+            if not math.isfinite(x) or (rule[1] and _unmet(rule[1], x, config)):
+                return _described(spec)
+        return None
     if rule[0] == "choices":
         # numbers too (channels: "0 | 1 | 3"), by their plain text
         text = value if isinstance(value, str) else (str(value) if isinstance(value, int) and not isinstance(value, bool) else None)
@@ -238,7 +274,22 @@ def accepted_names(script: str) -> tuple[str, ...]:
     source = (ROOT / script).read_text()
     call = ast.parse(source[source.index(_HEADER_END) + 1:].split("\n")[0].strip())
     reads = [ast.literal_eval(k.value) for k in call.body[0].value.keywords if k.arg == "reads"]
-    return tuple(dict.fromkeys(constant_names(script) + sum((constant_names(r) for r in (reads or [()])[0]), ())))
+    return tuple(dict.fromkeys(constant_names(script) + sum((constant_names(r) for r in (reads or [()])[0]), ())
+                               + tuple(EVERY_STEP)))
+
+
+def _closest(name: str, known) -> str | None:
+    """The known name closest to a mistyped one, hyphens read as underscores (data-root is data_root)."""
+    folded = name.replace("-", "_").lower()
+    if folded in known:
+        return folded
+    near = difflib.get_close_matches(folded, sorted(known), n=1, cutoff=0.6)
+    return near[0] if near else None
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
 
 
 def read_experiment(path: str | Path) -> dict[str, Any]:
@@ -247,15 +298,31 @@ def read_experiment(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise PipelineError(f"experiment file {path} not found; pass a file such as config/nih_densenet121.py")
     scope: dict[str, Any] = {}
+    said = io.StringIO()  # what it prints goes on, unless it fails: then its last line is quoted in ours
     try:
-        exec(compile(path.read_text(), str(path), "exec"), scope)
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            exec(compile(path.read_text(), str(path), "exec"), scope)
+    except SystemExit as e:  # sys.exit(), or argparse refusing the step's own options
+        printed = _last_line(said.getvalue())
+        raise PipelineError(f"experiment file {path} exited (SystemExit({e.code!r})) while being read"
+                            + (f", printing {printed!r}" if printed else "")
+                            + "; an experiment file only assigns constants (topk = 20): remove its exit or "
+                              "argparse") from None
     except Exception as e:
-        raise PipelineError(f"{path} does not run as Python ({type(e).__name__}: {e})") from None
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise PipelineError(f"experiment file {path} failed while being read ({type(e).__name__}"
+                            + (f": {first}" if first else "") + "); fix it, it should only assign constants") from None
+    print(said.getvalue(), end="")
+    known = {n for s in STEPS if (ROOT / s).is_file() for n in constant_names(s)} | set(EVERY_STEP)
+    for k, v in scope.items():
+        if k in known and not isinstance(v, _SCALAR):
+            raise PipelineError(f"{path}: {k} = {v!r} is a {type(v).__name__}; a constant is a number, text or "
+                                f"True/False (several numbers as text: {k} = \"0.5,0.25\")")
     values = {k: v for k, v in scope.items() if _is_constant(k, v)}
-    known = {n for s in STEPS if (ROOT / s).is_file() for n in constant_names(s)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise PipelineError(f"{path}: {', '.join(unknown)} is not a constant of any step; check the spelling")
+    for k in sorted(set(values) - known):
+        near = _closest(k, known)
+        raise PipelineError(f"{path}: {k} is not a constant of any step; "
+                            + (f"did you mean {near}?" if near else "check the spelling"))
     return values
 
 
@@ -279,11 +346,33 @@ def _configure(scope: dict, argv: list[str] | None, reads: tuple[str, ...]) -> C
             defaults.setdefault(k, v)
         for k, spec in specs_of(script).items():
             specs.setdefault(k, spec)
+    for k, (v, _) in EVERY_STEP.items():
+        defaults.setdefault(k, v)
     args = list(sys.argv[1:] if argv is None else argv)
     if "--help" in args or "-h" in args:
         _print_help(scope, reads, defaults, specs)
         sys.exit(0)
-    files = [a for a in args if not a.startswith("--") and a.endswith(".py")]
+    files, typed = [], []  # experiment files, and (name, value) as typed, in order
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if not arg.startswith("--"):
+            if not arg.endswith(".py"):
+                raise PipelineError(f"unexpected argument {arg!r}: constants are set as --name value "
+                                    f"(and an experiment file ends in .py)")
+            files.append(arg)
+            continue
+        key, eq, value = arg[2:].partition("=")
+        if key not in defaults:
+            near = _closest(key, defaults)
+            raise PipelineError(f"unknown option --{key}; " + (f"did you mean --{near}?" if near else
+                                                               "see --help for the known ones"))
+        if not eq:
+            value = rest.pop(0) if rest else None
+        if value is None or value.startswith("--"):  # an option name is never a value: --save_root --layer
+            raise PipelineError(f"--{key} needs a value" + (f", not the option {value}" if value else "")
+                                + f"; write --{key} VALUE")
+        typed.append((key, value))
     given: dict[str, Any] = {}
     origin: dict[str, str] = {}  # where each given value was set: an experiment file, or "--VALUE" as typed
     for f in files:
@@ -291,24 +380,13 @@ def _configure(scope: dict, argv: list[str] | None, reads: tuple[str, ...]) -> C
             if k in defaults:
                 given[k] = _coerce(k, v, defaults[k], f)
                 origin[k] = f
-    rest = [a for a in args if a not in files]
-    while rest:
-        arg = rest.pop(0)
-        if not arg.startswith("--"):
-            raise PipelineError(f"unexpected argument {arg!r}: constants are set as --name value "
-                                f"(and an experiment file ends in .py)")
-        key, eq, value = arg[2:].partition("=")
-        if key not in defaults:
-            raise PipelineError(f"unknown option --{key}; see --help for the known ones")
-        if not eq:
-            if not rest:
-                raise PipelineError(f"--{key} needs a value")
-            value = rest.pop(0)
+    for key, value in typed:
         given[key] = _parse(key, value, defaults[key])
         origin[key] = "--" + value
     config = Config({k: given.get(k, v) for k, v in defaults.items()})
     _check(config, specs, origin)
-    config.given, config.own = given, own
+    config.given, config.own, config.defaults = given, own, defaults
+    config.origin = {k: "the command line" if w.startswith("--") else w for k, w in origin.items()}
     for k in own:
         scope[k] = config[k]
     return config
@@ -322,9 +400,13 @@ def _print_help(scope: dict, reads: tuple[str, ...], defaults: dict, specs: dict
     doc = (scope.get("__doc__") or "").strip().splitlines()
     if doc:
         print(doc[0] + "\n")
+    shown_examples = examples(scope.get("__doc__") or "")
+    if shown_examples:
+        print("examples:\n" + "".join(f"  {e}\n" for e in shown_examples))
     own = [k for k, v in scope.items() if _is_constant(k, v)]
     sources = [(f"constants of {script.name}:", own, _comments(script) if script.is_file() else {})]
     sources += [(f"constants of {r} (to find its outputs):", constant_names(r), _comments(ROOT / r)) for r in reads]
+    sources += [("constants of every step:", list(EVERY_STEP), {k: c for k, (_, c) in EVERY_STEP.items()})]
     shown = set()
     for title, names, comments in sources:
         names = [k for k in names if k in defaults and k not in shown]
@@ -334,6 +416,13 @@ def _print_help(scope: dict, reads: tuple[str, ...], defaults: dict, specs: dict
             shown.add(k)
             text = ": ".join(t for t in (_described(specs[k]) if k in specs else "", comments.get(k, "")) if t)
             print(f"  --{k:<20} {defaults[k]!r:<24} {text}")
+
+
+def examples(doc: str) -> list[str]:
+    """The commands a module's docstring shows (its indented lines that start with python or torchrun):
+    --help prints them, so each example lives in the docstring alone."""
+    return [line.strip() for line in doc.splitlines()
+            if line.startswith("    ") and line.strip().split(" ", 1)[0] in ("python", "torchrun")]
 
 
 def check_stored(config: Config, stored: dict, names, path: str | Path) -> None:
@@ -351,10 +440,26 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def print_config(title: str, config: dict) -> None:
-    print(f"== {title}")
-    width = max(len(k) for k in config)
-    for k, v in config.items():
-        print(f"  {k:<{width}} = {v!r}")
+    """The constants not at their defaults, one line per place they were set (an experiment file, the
+    command line); with --verbose yes, or for a plain dict, every constant as resolved."""
+    if not isinstance(config, Config) or config.get("verbose"):
+        print(f"== {title}")
+        width = max(len(k) for k in config)
+        for k, v in config.items():
+            print(f"  {k:<{width}} = {v!r}")
+        return
+    changed = [k for k in config if k in config.given and not _same(config.given[k], config.defaults[k])]
+    print(f"== {title}: " + (f"{len(changed)} of {len(config)} constants not at their defaults" if changed else
+                             f"all {len(config)} constants at their defaults") + " (--verbose yes lists all)")
+    for where in sorted(dict.fromkeys(config.origin[k] for k in changed), key=lambda w: w == "the command line"):
+        line = f"  {where}:"
+        for k in (k for k in changed if config.origin[k] == where):
+            item = f" {k} = {config[k]!r}"
+            if len(line) + len(item) > 110 and line.endswith(","):  # whole items to a line
+                print(line)
+                line = "   "
+            line += item + ","
+        print(line.rstrip(","))
 
 
 _depth = 0  # main() calls in progress: a step the demo runs is nested in the demo's
@@ -376,6 +481,11 @@ def main(fn: Callable[[], Any], torchrun: bool = False) -> None:
     except PipelineError as e:
         print(f"error: {own_message(e)}", file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as e:
+        if not _peer_failed(e):
+            raise
+        print(f"rank {os.environ.get('RANK', '?')}: stopped because another rank failed", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         if _depth > 1:  # the outermost script says it once, with everything it kept
             raise
@@ -383,6 +493,17 @@ def main(fn: Callable[[], Any], torchrun: bool = False) -> None:
         sys.exit(130)
     finally:
         _depth -= 1
+
+
+def _peer_failed(e: BaseException) -> bool:
+    """Under torchrun, whether torch.distributed raised e because another rank ended mid-exchange: that
+    rank printed its own error line, so this one's traceback would only bury it."""
+    if int(os.environ.get("WORLD_SIZE", 1)) < 2:
+        return False
+    tb, last = e.__traceback__, ""
+    while tb is not None:
+        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return Path(last).parent.name == "distributed" and Path(last).parent.parent.name == "torch"
 
 
 def _quiet_dropped_peers(args) -> None:
@@ -410,9 +531,7 @@ def _kept(paths: list) -> str:
     if not paths:
         return "nothing was written"
     paths = list(dict.fromkeys(str(p) for p in paths))
-    more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
-    return (f"kept the {len(paths)} complete output(s) written before it: {', '.join(paths[:3])}{more}; "
-            f"nothing half-written")
+    return f"kept the {len(paths)} complete output(s) written before it: {at_most(paths, 3)}; nothing half-written"
 
 
 def own_message(e: BaseException) -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from core.digests import code_digest, digest, file_digest
+from core.text import at_most
 from dataset.concepts import TEMPLATE
 from models.target import model_tag, target_identity
 from pipeline.cache import read_output
@@ -41,8 +42,9 @@ ACTIVATION_FIELDS = ("dataset", "split", "data_root", "split_file", "skip_missin
                      "max_images", "seed", "model", "num_classes", "layer", "token_pool", "resize", "crop", "channels",
                      "mean", "std", "precision", "reinit_seed")
 # Step-2 constants that say how to run, not what comes out: a later step never checks them against
-# what step 2 stored (channels_last is a memory layout, its results equal up to rounding).
-RUN_SETTINGS = ("batch_size", "num_workers", "device", "channels_last", "save_crops", "save_root")
+# what step 2 stored (channels_last is a memory layout, its results equal up to rounding); and verbose,
+# which every step takes (pipeline/cli.py's EVERY_STEP).
+RUN_SETTINGS = ("batch_size", "num_workers", "device", "channels_last", "save_crops", "save_root", "verbose")
 # The code of activations.pt: the forward loop, the target and the probing set's reader, and what they
 # import (the selection's code, method.py included, decides only examples.json).
 ACTIVATIONS_CODE = ("pipeline/forward.py", "models/target.py", "dataset/probe.py")
@@ -195,8 +197,8 @@ def read_matching(path: str | Path) -> tuple[dict, Path, dict]:
     known = {n["neuron"] for n in ex["neurons"]}
     stray = [n["neuron"] for n in data["neurons"] if n["neuron"] not in known]
     if stray:
-        raise PipelineError(f"{path} names neurons {stray[:5]} that {ex_json} lacks; re-run the step that wrote it "
-                            f"after example_selection.py")
+        raise PipelineError(f"{path} names neurons [{at_most(stray, 5)}] that {ex_json} lacks; re-run the step that "
+                            f"wrote it after example_selection.py")
     return data, ex_json, ex
 
 

@@ -100,4 +100,8 @@ def test_demo_on_a_reduced_world(tmp_path):
     assert all("faithfulness" in r for r in rivals["penultimate"]["rows"].values())
     assert "ablation of MAMMI's penultimate neurons per finding" in proc.stdout
     index = out / "gallery" / "index.html"
-    assert index.is_file() and proc.stdout.rstrip().splitlines()[-1].startswith(f"neuron gallery: {index}")
+    assert index.is_file() and f"neuron gallery: {index}" in proc.stdout
+    # the log fits on two screens and ends with the results table; what each step printed is in its own log
+    lines = (proc.stdout + proc.stderr).rstrip().splitlines()
+    assert len(lines) <= 100 and lines[-1].startswith("times: "), len(lines)
+    assert "activations of fc" in next((out / "logs").glob("*_example_selection.log")).read_text()

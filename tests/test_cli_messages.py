@@ -1,0 +1,257 @@
+"""What the command line says: numbers that refuse NaN and infinity (lists too), an option name never
+taken as a value, an experiment file that exits or fails named in one line, the closest option named
+for a mistyped one, only the constants not at their defaults printed (all with --verbose yes), two
+examples per step in --help, long lists that say how many were left out, and a torchrun rank that
+stops quietly when another one failed."""
+import ast
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, make_probe_set, run_script, save_random_target
+from core.text import at_most
+from pipeline import cli
+from pipeline.cli import PipelineError
+
+STEP = "example_selection.py"
+
+
+def configure(argv, script=STEP):
+    """configure() on a step's real header (its constants, specs and reads), without running the step."""
+    scope = {**cli.constants_of(script), "__file__": str(REPO / script)}
+    source = (REPO / script).read_text()
+    call = ast.parse(source[source.index(cli._HEADER_END) + 1:].split("\n")[0].strip()).body[0].value
+    reads = next((ast.literal_eval(k.value) for k in call.keywords if k.arg == "reads"), ())
+    return cli._configure(scope, list(argv), reads)
+
+
+def refusal(argv, script=STEP) -> str:
+    with pytest.raises(PipelineError) as e:
+        configure(argv, script)
+    return str(e.value)
+
+
+def one_line(proc, code=2) -> str:
+    lines = [line for line in proc.stderr.split("\n") if line.strip() and not line.startswith("\r")]
+    assert proc.returncode == code and "Traceback" not in proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+# ---- numbers: NaN and infinity refused, in lists too
+
+@pytest.mark.parametrize("option, value", [("mean", "nan"), ("std", "inf"), ("mean", "0.5,nan"),
+                                           ("std", "0.5,-inf,0.5"), ("mean", "0.5,,0.5"), ("mean", "half")])
+def test_list_valued_numbers_refuse_nan_infinity_and_text(option, value):
+    assert refusal([f"--{option}", value]).startswith(f"--{option} {value}: {option} must be comma-separated finite")
+
+
+def test_list_valued_numbers_keep_their_declared_range():
+    assert "each > 0" in refusal(["--std", "0.5,0"])
+    c = configure(["--mean", "0.5,0.4,-0.3", "--std", "0.25"])
+    assert (c["mean"], c["std"]) == ("0.5,0.4,-0.3", "0.25")
+    assert configure([])["mean"] == ""  # empty: the model family's own
+
+
+def test_scalar_numbers_refuse_nan_and_infinity():
+    assert refusal(["--adaptive_percent", "nan"]).startswith("--adaptive_percent nan:")
+    assert refusal(["--alpha", "inf"], "concept_matching.py").startswith("--alpha inf:")
+
+
+def test_non_finite_numbers_from_an_experiment_file_are_refused(tmp_path):
+    exp = tmp_path / "exp.py"
+    exp.write_text('mean = "0.5,nan"\n')
+    assert refusal([str(exp)]) == f"{exp}: mean = '0.5,nan': mean must be comma-separated finite numbers"
+    exp.write_text('adaptive_percent = float("inf")\n')
+    assert refusal([str(exp)]).startswith(f"{exp}: adaptive_percent = inf:")
+    exp.write_text("mean = [0.5, 0.5, 0.5]\n")  # a list is not a constant: said, not silently ignored
+    assert refusal([str(exp)]).startswith(f"{exp}: mean = [0.5, 0.5, 0.5] is a list")
+
+
+def test_a_nan_mean_ends_the_step_with_one_line_and_writes_nothing(tmp_path):
+    proc = run_script(STEP, "--mean", "0.5,nan", "--save_root", str(tmp_path / "out"), "--device", "cpu")
+    assert one_line(proc) == "error: --mean 0.5,nan: mean must be comma-separated finite numbers"
+    assert not (tmp_path / "out").exists()
+
+
+# ---- an option name is never a value
+
+@pytest.mark.parametrize("argv", [["--save_root", "--layer", "fc"], ["--save_root=--layer", "--layer", "fc"],
+                                  ["--layer", "fc", "--save_root"]])
+def test_an_option_with_no_value_is_refused(argv):
+    message = refusal(argv)
+    assert message.startswith("--save_root needs a value")
+    assert ("not the option --layer" in message) == (argv[0] != "--layer")
+
+
+def test_an_option_taken_as_a_value_writes_nothing(tmp_path):
+    proc = run_script(STEP, "--save_root", "--layer", "fc", "--device", "cpu", cwd=tmp_path)
+    assert one_line(proc).startswith("error: --save_root needs a value, not the option --layer")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_value_ending_in_py_is_a_value_not_an_experiment_file():
+    assert configure(["--classes", "names.py"])["classes"] == "names.py"
+
+
+# ---- an experiment file that exits or fails
+
+@pytest.mark.parametrize("body, said", [
+    ("import sys\nsys.exit(0)\n", "exited (SystemExit(0))"),
+    ("raise SystemExit(3)\n", "exited (SystemExit(3))"),
+    ("import sys\nsys.exit()\n", "exited (SystemExit(None))"),
+    ("import argparse\np = argparse.ArgumentParser()\np.add_argument('--lr')\np.parse_args()\n",
+     "exited (SystemExit(2)) while being read, printing 'example_selection.py: error: unrecognized arguments"),
+    ("topk = 1 / 0\n", "failed while being read (ZeroDivisionError: division by zero)"),
+])
+def test_an_experiment_file_that_exits_or_fails_is_named(tmp_path, body, said, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [STEP, "exp.py", "--layer", "fc"])  # what argparse reads
+    exp = tmp_path / "exp.py"
+    exp.write_text(body)
+    message = refusal([str(exp)])
+    assert message.startswith(f"experiment file {exp} ") and said in message, message
+
+
+def test_an_experiment_file_that_exits_0_ends_the_step_with_status_2(tmp_path):
+    exp = tmp_path / "exp.py"
+    exp.write_text("import argparse\nargparse.ArgumentParser().parse_args(['--help'])\n")
+    proc = run_script(STEP, str(exp), "--save_root", str(tmp_path / "out"), "--device", "cpu")
+    line = one_line(proc)  # argparse's usage and help are not printed: quoted in the line, at most
+    assert line.startswith(f"error: experiment file {exp} exited (SystemExit(0))") and proc.stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_what_an_experiment_file_prints_is_kept_when_it_runs(tmp_path, capsys):
+    exp = tmp_path / "exp.py"
+    exp.write_text("print('probing the small set')\ntopk = 7\n")
+    assert configure([str(exp)])["topk"] == 7
+    assert capsys.readouterr().out == "probing the small set\n"
+
+
+# ---- the closest option for a mistyped one
+
+@pytest.mark.parametrize("typed, meant", [("data-root", "data_root"), ("Data_Root", "data_root"), ("layr", "layer"),
+                                          ("adaptive-percnt", "adaptive_percent"), ("verbos", "verbose")])
+def test_an_unknown_option_names_the_closest_one(typed, meant):
+    assert refusal([f"--{typed}", "x"]) == f"unknown option --{typed}; did you mean --{meant}?"
+
+
+def test_an_unknown_option_with_nothing_close_points_at_help():
+    assert refusal(["--zzzzqqq", "1"]) == "unknown option --zzzzqqq; see --help for the known ones"
+
+
+def test_an_experiment_file_with_a_mistyped_constant_names_the_closest_one(tmp_path):
+    exp = tmp_path / "exp.py"
+    exp.write_text("adaptive_percnt = 90.0\n")
+    assert refusal([str(exp)]) == f"{exp}: adaptive_percnt is not a constant of any step; did you mean adaptive_percent?"
+
+
+# ---- quiet by default, everything with --verbose yes
+
+def test_a_step_prints_only_the_constants_not_at_their_defaults_with_where_each_was_set(tmp_path, capsys):
+    exp = tmp_path / "exp.py"
+    exp.write_text("topk = 7\nseed = 0\nsave_root = 'elsewhere'\n")  # seed = 0 is its default
+    c = configure([str(exp), "--layer", "penultimate", "--topk", "9", "--batch_size", "64"])
+    cli.print_config("example_selection", c)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"== example_selection: 3 of {len(c)} constants not at their defaults (--verbose yes lists all)",
+                     f"  {exp}: save_root = 'elsewhere'",
+                     "  the command line: layer = 'penultimate', topk = 9"]
+
+
+def test_a_step_at_its_defaults_says_so_in_one_line(capsys):
+    cli.print_config("example_selection", configure([]))
+    n = len(configure([]))
+    assert capsys.readouterr().out == f"== example_selection: all {n} constants at their defaults (--verbose yes lists all)\n"
+
+
+def test_verbose_prints_every_resolved_constant(tmp_path, capsys):
+    exp = tmp_path / "exp.py"
+    exp.write_text("verbose = True\n")  # from an experiment file too
+    for argv in (["--verbose", "yes"], [str(exp)]):
+        c = configure(argv)
+        cli.print_config("example_selection", c)
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == "== example_selection" and len(lines) == 1 + len(c)
+        assert {line.split("=")[0].strip() for line in lines[1:]} == set(cli.constant_names(STEP)) | {"verbose"}
+
+
+def test_verbose_is_taken_by_every_step_and_is_a_run_setting():
+    from pipeline.outputs import RUN_SETTINGS
+    assert "verbose" in RUN_SETTINGS
+    for script in cli.STEPS:
+        assert "verbose" in cli.accepted_names(script), script
+        assert configure(["--verbose", "yes"], script)["verbose"] is True
+
+
+# ---- two examples per step in --help, from its docstring
+
+@pytest.mark.parametrize("script", cli.STEPS)
+def test_help_shows_the_two_examples_of_the_step_docstring(script):
+    doc = ast.get_docstring(ast.parse((REPO / script).read_text()), clean=False)
+    shown = cli.examples(doc)
+    assert len(shown) == 2, shown
+    for example in shown:  # commands a user types: this step, with options it takes
+        words = shlex.split(example.split(" # ")[0])
+        assert script in words and words[0] in ("python", "torchrun"), example
+        options = {w.split("=")[0][2:] for w in words if w.startswith("--")} - {"nproc_per_node"}
+        assert options <= set(cli.accepted_names(script)), example
+    proc = run_script(script, "--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout
+    assert "examples:\n" in text and all(f"  {e}\n" in text for e in shown)
+
+
+def test_examples_are_the_indented_commands_of_a_docstring():
+    doc = "Title.\n\n    python a.py --x 1\n    torchrun --nproc_per_node 2 a.py\nnot python b.py\n    pythonic\n"
+    assert cli.examples(doc) == ["python a.py --x 1", "torchrun --nproc_per_node 2 a.py"]
+
+
+# ---- long lists say how many were left out
+
+def test_at_most_says_how_many_were_left_out():
+    assert at_most(["a", "b", "c", "d", "e"], 3) == "a, b, c … (and 2 more)"
+    assert at_most(["a", "b", "c"], 3) == "a, b, c"
+    assert at_most([1, 2], 5, sep=" | ") == "1 | 2"
+    assert at_most([], 3) == ""
+
+
+def test_messages_that_cut_a_list_say_how_many_were_left_out(tmp_path, capsys):
+    from dataset.concepts import read_concepts
+    from dataset.nih import resolve_images
+    from dataset.probe import read_classes
+    classes = tmp_path / "classes.txt"
+    classes.write_text("a\na\nb\nb\nc\nc\nd\nd\ne\n")
+    with pytest.raises(PipelineError, match=r"names a, b, c … \(and 1 more\) twice"):
+        read_classes(classes)
+    (tmp_path / "images").mkdir()
+    with pytest.raises(PipelineError, match=r"\(first: x1.png, x2.png, x3.png … \(and 2 more\)\)"):
+        resolve_images(tmp_path / "images", [f"x{i}.png" for i in range(1, 6)])
+    words = tmp_path / "words.txt"
+    words.write_text("\n".join(w for i in range(7) for w in (f"w{i}", f"W{i}")) + "\n")
+    read_concepts(str(words))
+    assert "(W0, W1, W2, W3, W4 … (and 2 more))" in capsys.readouterr().out
+    assert cli._kept([f"p{i}" for i in range(5)]) == ("kept the 5 complete output(s) written before it: p0, p1, p2 "
+                                                       "… (and 2 more); nothing half-written")
+
+
+# ---- torchrun: the other ranks stop quietly when one meets bad input
+
+def test_a_rank_stops_quietly_when_another_rank_fails(tmp_path):
+    images = make_probe_set(tmp_path / "probe", n=13, size=32, seed=5)  # batches of 4: rank 0 0-7, rank 1 8-12
+    (images / "00000011_000.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 8)
+    ckpt = save_random_target(tmp_path / "t.pth", "densenet121", seed=2)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(REPO / STEP), "--data_root", str(images), "--checkpoint", str(ckpt), "--resize", "32",
+                           "--crop", "32", "--num_workers", "0", "--batch_size", "4", "--save_root", str(tmp_path / "o")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    err = proc.stderr
+    assert proc.returncode != 0
+    assert err.count("00000011_000.png: cannot read the image") == 1, err[-3000:]
+    ranks_said = [line for line in err.splitlines() if line.startswith("[rank")]  # a rank's traceback, as torch prints it
+    assert ranks_said == [] and "Connection closed by peer" not in err, err[-3000:]
+    assert err.count("stopped because another rank failed") <= 1
