@@ -11,9 +11,13 @@
         describers/describers.json, .csv, agreement.csv, *.png, sensitivity.*    their comparison
         ablation.json, .csv, .png (beside any concepts.json, MAMMI's or a rival's)  ablation.py
     {save_root}/{dataset}_{split}/{model}/maps_{module}.pt                      dissection's maps, per model
-    {save_root}/{dataset}_test/{model}/eval/                                     step 4 (val + test)
+    {save_root}/{dataset}_{test}/{model}/eval/                                   step 4 (val + test; eval_split)
     {save_root}/{dataset}_{box_source}/bbox/                                     step 5
     {save_root}/{dataset}_{box_source}/{model}/visualization/                    step 6
+
+{dataset}_{split} is what step 2 read ({dataset}_all: a folder probed whole, --labels none). Every path
+is made through inside_root, which proves it lies under save_root; a reader of outputs finds what an
+output was built from where it lies (the folders above it), never at a path stored in it.
 
 A key is a digest of everything that produced an output: the constants that decide it, the bytes
 of the checkpoint, probing set, concept set and VLM weights, the key of the output it was built

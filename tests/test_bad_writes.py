@@ -250,3 +250,11 @@ def test_an_error_while_cleaning_up_is_not_shown(tmp_path, monkeypatch):
     with pytest.raises(PipelineError, match=r"cannot write .*a\.pt \(No space left on device\)") as e:
         cache.save_tensors(tmp_path / "a.pt", {"x": torch.zeros(3)})
     assert e.value.__context__ is None or e.value.__suppress_context__
+
+
+def test_a_long_output_name_is_written(tmp_path):
+    """An output whose name takes most of the file system's 255 bytes (a long concept-set name) is written:
+    its temp file carries a cut name."""
+    path = tmp_path / ("text_" + "é" * 120 + "_base.pt")  # 250 bytes in UTF-8
+    cache.save_bytes(path, b"x")
+    assert path.read_bytes() == b"x" and not temps(tmp_path)
