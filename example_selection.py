@@ -141,8 +141,8 @@ def run():
                             "activations": acts[name], "logits": logits if head_ok else None, "image_ids": names}
             check_finite(path, stored[name])  # every layer before any is written: all new, or all untouched
         for name in todo:
-            c, path, _ = per[name]
-            drop_examples(examples_dir(c))  # they name the activations about to be replaced
+            c, path, key = per[name]
+            drop_stale(examples_dir(c), key)
             save_tensors(path, stored[name])
     if not ranks.is_main():
         return
@@ -228,6 +228,17 @@ def drop_examples(ex_dir):
     for f in ("examples.json", "examples.csv"):
         (ex_dir / f).unlink(missing_ok=True)
     shutil.rmtree(ex_dir / "crops", ignore_errors=True)
+
+
+def drop_stale(ex_dir, act_key):
+    """Remove a selection's outputs when selected from other activations than those about to be written
+    (act_key): a run that fails before it selects again leaves none of them beside the new activations."""
+    try:
+        same = load_json(ex_dir / "examples.json").get("activations_key") == act_key
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if not same:
+        drop_examples(ex_dir)
 
 
 def crop_name(rank: int, image_id: str) -> str:
