@@ -119,7 +119,7 @@ def stage2(w, out, *args):
 
 
 def stage3(w, out, model, *args):
-    return run_script("concept_matching.py", "--dataset", "export", "--model", model, "--model_clip",
+    return run_script("concept_matching.py", "--dataset", "export", "--labels", "none", "--model", model, "--model_clip",
                       f"open_clip:{w['clip']}", "--clip_weights", "random", "--concept_set", str(w["concepts"]),
                       "--metric_encoders", "", "--num_workers", "0", "--save_root", str(out), *args)
 
