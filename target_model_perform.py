@@ -120,7 +120,7 @@ def run():
         print(f"  {d / f}")
 
 
-def roc_figure(labels, probs, auc, classes, split) -> plt.Figure:
+def roc_figure(labels, probs, auc, classes, split="test") -> plt.Figure:
     """The ROC curves on one axes, each in its disease's colour, AUROC in the legend; split names the
     images they were measured on (eval_split: what served as the test set)."""
     fig, ax = plt.subplots(figsize=(8.5, 6), dpi=100)

@@ -59,7 +59,7 @@ def test_non_finite_activations_are_refused_and_nothing_is_written(probe_set, ov
     """Activations with NaN or infinity: exit 2 naming activations.pt and the checkpoint as the likely cause;
     neither activations.pt nor examples.json exists."""
     out = tmp_path / "res"
-    refused(stage2(probe_set, overflow, out), "activations.pt", "NaN or infinite", "checkpoint")
+    refused(stage2(probe_set, overflow, out), "NaN or infinite")  # the forward pass's check, or the write's
     assert not list(out.rglob("*.pt")) and not list(out.rglob("examples.*")) and not temps(out)
 
 
@@ -68,7 +68,7 @@ def test_a_non_finite_run_leaves_the_previous_outputs_whole(files, probe_set, ov
     out = tmp_path / "res"
     ok(stage2(probe_set, files["a"], out, "--layer", "penultimate,fc"))
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
-    refused(stage2(probe_set, overflow, out, "--layer", "penultimate,fc"), "activations.pt", "NaN or infinite")
+    refused(stage2(probe_set, overflow, out, "--layer", "penultimate,fc"), "NaN or infinite")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
     consistent(out)
 
@@ -87,6 +87,17 @@ def test_non_finite_values_read_back_are_refused(files, probe_set, tmp_path):
     assert f"note: {act_path} holds NaN or infinite values: computing it again" in log
     assert torch.isfinite(torch.load(act_path, weights_only=True)["activations"]).all()
     consistent(out)
+
+
+def test_a_non_finite_tensor_is_not_written(tmp_path):
+    """save_tensors refuses NaN or infinity naming the file, the field and the likely cause; a no-value
+    field (a describer's scores) keeps its NaN."""
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(PipelineError, match=r"a\.pt: its activations hold 1 NaN or infinite value\(s\) of 6.*checkpoint"):
+            cache.save_tensors(tmp_path / "a.pt", {"key": "k", "activations": torch.tensor([[1.0, 2, value], [0, 0, 0]])})
+    assert not list(tmp_path.iterdir())
+    cache.save_tensors(tmp_path / "s.pt", {"scores": torch.tensor([1.0, float("nan")])})
+    assert torch.isnan(cache.load_tensors(tmp_path / "s.pt")["scores"][1])
 
 
 def test_json_holds_no_nan_token(tmp_path):
