@@ -9,6 +9,7 @@ Writes, per layer, activations.pt, examples.json, examples.csv (and the example 
 `--layer list` prints every module with its output shape instead. Steps 3-7 read these constants
 from here and what examples.json stored: the class names, the preprocessing, the checkpoint.
 """
+import os
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from core.digests import digest
 from core.text import at_most
 from dataset.nih import findings, probe_crop, split_source
 from dataset.probe import MISSING, align_labels, load_probe, output_names, resolve_classes
@@ -25,7 +27,8 @@ from models import pick_device
 from models.layers import layer_names, layer_table
 from models.target import RANDOM, checkpoint_of, load_target, model_classes, parse_model, preprocessing, reinitialise
 from pipeline import ranks
-from pipeline.cache import cached, claim, holds_claims, load_json, save_csv, save_jpeg, save_json, save_tensors
+from pipeline.cache import (cached, check_finite, claim, holds_claims, load_json, save_csv, save_jpeg, save_json,
+                            save_tensors)
 from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.forward import probe_loader, record, use_channels_last
 from pipeline.outputs import ACTIVATION_FIELDS, activations_key, examples_dir, examples_key, layer_dir
@@ -64,12 +67,14 @@ save_crops = False              # also write each neuron's example crops as JPEG
 save_root = "results"           # all outputs go under here
 # -----------------------------------------------------------------------------
 config = configure(globals())
+CROP_NAME_MAX = 128  # bytes of a crop's file name: a long image name is cut and told apart by a digest
 
 
 @holds_claims
 def run():
     dev = ranks.start(pick_device(device))  # an absent GPU is refused before any work
     print_config("example_selection", config)
+    examples_dir(config)  # a --dataset or --split that is not a plain folder name is refused before any work
     wanted = layer_names(layer)
     prep = preprocessing(config)  # before the probing set is read: a bad crop or mean is named without data
     if not labels:  # NIH split files: say which one is read, the probing set's own or NIH's
@@ -135,6 +140,10 @@ def run():
                                                    "checkpoint": str(ckpt or ""), "untrained": ckpt == RANDOM,
                                                    "class_names": class_list},
                             "activations": acts[name], "logits": logits if head_ok else None, "image_ids": names}
+            check_finite(path, stored[name])  # every layer before any is written: all new, or all untouched
+        for name in todo:
+            c, path, key = per[name]
+            drop_stale(examples_dir(c), key)
             save_tensors(path, stored[name])
     if not ranks.is_main():
         return
@@ -195,17 +204,18 @@ def select(c, act_path, act_key, acts, logits, names, paths, truth, class_list, 
         for n in neurons:
             n["examples"] = [{"image_id": names[i], "activation": float(acts[i, n["neuron"]]), "index": i}
                              for i in n["examples"]]
-        shutil.rmtree(ex_dir / "crops", ignore_errors=True)  # crops of an older selection must not survive
-        write_tables(neurons, names, truth, logits, ex_dir, class_list)
-        save_json(ex_json, {"key": ex_key, "activations_key": act_key, "config": stored_config,
-                            "neurons": [{**n, "examples": [{k: e[k] for k in ("image_id", "activation")}
-                                                           for e in n["examples"]]} for n in neurons]})
+        drop_examples(ex_dir)
         if save_crops:
             with tqdm(neurons, desc="crops") as bar:  # closed on an error, which then prints on its own line
                 for n in bar:
                     for r, e in enumerate(n["examples"]):
                         out = ex_dir / "crops" / f"neuron_{n['neuron']:04d}" / crop_name(r, e["image_id"])
                         save_jpeg(out, probe_crop(paths[e["index"]], stored_config["resize"], stored_config["crop"]))
+        write_tables(neurons, names, truth, logits, ex_dir, class_list)
+        # examples.json last: present, it says that examples.csv and the crops beside it are complete
+        save_json(ex_json, {"key": ex_key, "activations_key": act_key, "config": stored_config,
+                            "neurons": [{**n, "examples": [{k: e[k] for k in ("image_id", "activation")}
+                                                           for e in n["examples"]]} for n in neurons]})
     sizes = [len(n["examples"]) for n in load_json(ex_json)["neurons"]]
     print(f"{c['layer']}: examples per neuron: min {min(sizes)}, median {int(np.median(sizes))}, max {max(sizes)}")
     print("outputs:")
@@ -213,10 +223,36 @@ def select(c, act_path, act_key, acts, logits, names, paths, truth, class_list, 
         print(f"  {p}")
 
 
+def drop_examples(ex_dir):
+    """Remove a selection's outputs, examples.json first (the one a later step reads): a run that fails
+    while writing their successors leaves none of them, never an old one beside new activations."""
+    for f in ("examples.json", "examples.csv"):
+        (ex_dir / f).unlink(missing_ok=True)
+    shutil.rmtree(ex_dir / "crops", ignore_errors=True)
+
+
+def drop_stale(ex_dir, act_key):
+    """Remove a selection's outputs when selected from other activations than those about to be written
+    (act_key): a run that fails before it selects again leaves none of them beside the new activations."""
+    try:
+        same = load_json(ex_dir / "examples.json").get("activations_key") == act_key
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if not same:
+        drop_examples(ex_dir)
+
+
 def crop_name(rank: int, image_id: str) -> str:
     """A plain file name for an example crop: an id's folders become part of the name, so no crop
-    lands anywhere but its neuron's folder (the rank keeps names apart)."""
-    return Path(f"{rank:03d}_" + image_id.replace("\\", "_").replace("/", "_")).with_suffix(".jpg").name
+    lands anywhere but its neuron's folder (the rank keeps names apart); a long name is cut to
+    CROP_NAME_MAX bytes, the id's digest keeping cut names apart."""
+    name = Path(f"{rank:03d}_" + image_id.replace("\\", "_").replace("/", "_")).with_suffix(".jpg").name
+    if len(os.fsencode(name)) <= CROP_NAME_MAX:
+        return name
+    stem = Path(name).stem
+    while len(os.fsencode(stem)) > CROP_NAME_MAX - 17:  # room for "-", 12 hex digits and ".jpg"
+        stem = stem[:-1]
+    return f"{stem}-{digest(image_id)[:12]}.jpg"
 
 
 def write_tables(neurons, names, truth, logits, ex_dir, class_list):

@@ -286,7 +286,7 @@ def example_labels(path: Path, classes: list[str]) -> tuple[dict, dict]:
     if not path.is_file():
         print(f"note: {path} not found; the thumbnails carry no labels")
         return labels, probs
-    with open(path, newline="") as f:
+    with open(path, newline="", errors="surrogateescape") as f:  # ids as save_csv wrote them
         for row in csv.DictReader(f):
             labels[row["image_id"]] = row.get("findings", "")
             k = int(row["neuron"])

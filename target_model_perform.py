@@ -29,7 +29,7 @@ from dataset.probe import MISSING, align_labels, load_probe, output_names, resol
 from pipeline.evaluation import auroc_auprc, best_thresholds, forward_logits, known, stage2_logits
 from models import pick_device
 from models.target import checkpoint_of, load_target, model_classes, preprocessing
-from pipeline.outputs import eval_dir
+from pipeline.outputs import eval_dir, eval_split
 
 # -----------------------------------------------------------------------------
 # The target, its checkpoint, preprocessing, image folder and save_root are example_selection.py's.
@@ -108,7 +108,7 @@ def run():
         save_csv(d / f"{tag}Probs.csv", ["image_id"] + classes, [[i] + [f"{v:.9g}" for v in row] for i, row in zip(n, p)])
         save_csv(d / f"{tag}Labels.csv", ["image_id"] + classes,
                  [[i] + ["" if v == MISSING else int(v) for v in row] for i, row in zip(n, y)])
-    save_png(d / "roc_curves.png", roc_figure(labels, probs, auc, classes))
+    save_png(d / "roc_curves.png", roc_figure(labels, probs, auc, classes, eval_split(config)))
 
     print(f"{'class':<20} {'AUROC':>7} {'AUPRC':>7} {'val thr':>8}")
     for c, a, p, t in zip(classes, auc, ap, thr):
@@ -121,8 +121,9 @@ def run():
         print(f"  {d / f}")
 
 
-def roc_figure(labels, probs, auc, classes) -> plt.Figure:
-    """The ROC curves on one axes, each in its disease's colour, AUROC in the legend."""
+def roc_figure(labels, probs, auc, classes, split="test") -> plt.Figure:
+    """The ROC curves on one axes, each in its disease's colour, AUROC in the legend; split names the
+    images they were measured on (eval_split: what served as the test set)."""
     fig, ax = plt.subplots(figsize=(8.5, 6), dpi=100)
     ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="chance")
     for j, c in enumerate(classes):
@@ -132,7 +133,7 @@ def roc_figure(labels, probs, auc, classes) -> plt.Figure:
         fpr, tpr, _ = roc_curve(*known(labels, probs, j))
         ax.plot(fpr, tpr, lw=2.5, color=np.array(disease_colour(c)) / 255, label=f"{c} ({auc[j]:.3f})")
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.02), xlabel="false positive rate", ylabel="true positive rate",
-           title=f"ROC on the test split: mean AUROC {np.nanmean(auc):.3f}, {len(labels)} images")
+           title=f"ROC on the {split} split: mean AUROC {np.nanmean(auc):.3f}, {len(labels)} images")
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), title="class (AUROC)", frameon=False)
     return fig
 

@@ -13,13 +13,16 @@ under the lock of their folder (`locked`). What a step reads from an upstream st
 from __future__ import annotations
 
 import csv
+import errno
 import functools
 import glob
 import hashlib
 import json
+import math
 import os
 import re
 import socket
+import sys
 import tempfile
 import time
 from contextlib import ExitStack, contextmanager
@@ -40,6 +43,12 @@ _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _TEMP = re.compile(r"^\..+\.([0-9a-f]{8})-(\d+)\.[A-Za-z0-9_]+\.tmp$")
 _OLD_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # mkstemp's, before temp files named their writer
 _claims: list[ExitStack] = []
+NAME_ROOM = 200  # bytes of an output's name a temp file keeps: its additions (host, pid, random) fit in 255
+# Fields where NaN is a legitimate "no value", not a failure: a mean and standard error over no neuron
+# (mean, se), a z and the null's 95th percentile where the pool's scores do not spread (z, null_p95), a
+# describer's score of a concept it cannot score (scores: label_auc of a class with one outcome). JSON
+# stores them as null (it has no NaN), tensors as NaN; a NaN or infinity anywhere else is refused.
+NO_VALUE = frozenset({"mean", "se", "z", "null_p95", "scores"})
 
 
 def _umask() -> int:
@@ -49,8 +58,31 @@ def _umask() -> int:
 
 
 def _cannot_write(path, e: OSError) -> PipelineError:
+    if e.errno == errno.ENAMETOOLONG:
+        return PipelineError(f"cannot write {path} ({e.strerror}): a name in it is too long for the file system; "
+                             f"pass a shorter --save_root or shorter names")
     return PipelineError(f"cannot write {path} ({e.strerror or type(e).__name__}); "
                          f"free space or fix its permissions, or pass another --save_root")
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind an error, if any: torch.save meeting a full disk raises the OSError, then a
+    RuntimeError of its own while closing the archive (raised during the first)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _temp_stem(name: str) -> str:
+    """An output's name as its temp file carries it: cut (and told apart by a digest) when the temp
+    file's additions would take it past the file system's 255 bytes."""
+    if len(os.fsencode(name)) <= NAME_ROOM:
+        return name
+    return os.fsdecode(os.fsencode(name)[:NAME_ROOM - 13]) + "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
 
 
 def _writer_gone(tmp: Path) -> bool:
@@ -82,10 +114,11 @@ def remove_stale_temps(folder: Path, name: str = "*") -> None:
 
 def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     path = Path(path)
+    stem = _temp_stem(path.name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(path.parent, glob.escape(path.name))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
+        remove_stale_temps(path.parent, glob.escape(stem))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{stem}.{_HOST}-{os.getpid()}.", suffix=".tmp")
         os.close(fd)
     except OSError as e:
         raise _cannot_write(path, e) from None
@@ -95,14 +128,47 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         os.replace(tmp, path)
         WRITTEN.append(path)
     except BaseException as e:
-        if os.path.exists(tmp):
+        try:
             os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise _cannot_write(path, e) from None
+        except OSError:  # gone, or the folder itself failed: the error to report is the first one
+            pass
+        cause = _os_error(e)
+        if cause is not None and not isinstance(e, (PipelineError, KeyboardInterrupt)):
+            raise _cannot_write(path, cause) from None
         raise
 
 
+def _tensors(payload: Any, where: str = ""):
+    """(field, tensor) for every floating-point tensor in a payload (dicts and lists walked)."""
+    if isinstance(payload, torch.Tensor):
+        if payload.is_floating_point():
+            yield where, payload
+    elif isinstance(payload, dict):
+        for k, v in payload.items():
+            yield from _tensors(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(payload, (list, tuple)):
+        for i, v in enumerate(payload):
+            yield from _tensors(v, f"{where}[{i}]")
+
+
+def check_finite(path, payload: Any, writing: bool = True, step: str = "") -> None:
+    """The one finite check of every tensor a step writes or reads: NaN or infinity, outside the NO_VALUE
+    fields, means the model that computed it gives non-finite outputs; refused, naming the file."""
+    for where, t in _tensors(payload):
+        if where.split(".")[-1].split("[")[0] in NO_VALUE:
+            continue
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            what = "cannot write" if writing else "refusing to read"
+            raise PipelineError(f"{what} {path}: its {where} hold {bad} NaN or infinite value(s) of {t.numel()}; "
+                                f"the model that computed them gives non-finite outputs (a checkpoint with NaN or "
+                                f"infinite weights, or an overflow under --precision bf16): check the checkpoint "
+                                f"or weights, then re-run {step or Path(sys.argv[0]).name}")
+
+
 def save_tensors(path, payload: dict) -> None:
+    check_finite(path, payload)
+
     def write(tmp):
         # Through a file object: torch names the archive inside after a file path (here the random temp
         # name), which made identical payloads differ in bytes; and a full disk raises OSError.
@@ -111,16 +177,40 @@ def save_tensors(path, payload: dict) -> None:
     _atomic(path, write)
 
 
+def _json_ready(path, value: Any, where: str = "", no_value: bool = False) -> Any:
+    """value with the NaN and infinities of NO_VALUE fields as null; any other is refused, naming it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if no_value:
+            return None
+        raise PipelineError(f"cannot write {path}: {where} is {value} (JSON has no such number); it was computed "
+                            f"from non-finite numbers: check the checkpoint or weights that produced them, then re-run")
+    if isinstance(value, dict):
+        return {k: _json_ready(path, v, f"{where}.{k}" if where else str(k), no_value or k in NO_VALUE)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(path, v, f"{where}[{i}]", no_value) for i, v in enumerate(value)]
+    return value
+
+
 def save_json(path, payload: Any) -> None:
+    """Standard JSON, no NaN token: a no-value field's NaN is null (NO_VALUE), any other NaN is refused.
+    Text that is not UTF-8 (a file name's stray bytes, kept by Python as surrogates) is \\u-escaped."""
     def write(tmp):
         with open(tmp, "w") as f:
-            json.dump(payload, f, indent=1)
+            try:
+                json.dump(payload, f, indent=1, allow_nan=False)
+            except ValueError:  # a non-finite number: checked only then, the common case costs nothing
+                f.seek(0)
+                f.truncate()
+                json.dump(_json_ready(path, payload), f, indent=1, allow_nan=False)
     _atomic(path, write)
 
 
 def save_csv(path, header: list[str], rows: list[list]) -> None:
+    """A CSV file in UTF-8; a file name that is not UTF-8 keeps its bytes as the file system holds them
+    (surrogateescape), and reads back (_load_csv, with the same errors=) as the same name."""
     def write(tmp):
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             w = csv.writer(f)
             w.writerow(header)
             w.writerows(rows)
@@ -150,15 +240,20 @@ def save_jpeg(path, image, quality: int = 95) -> None:
 
 
 def load_tensors(path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    check_finite(path, payload, writing=False)
+    return payload
 
 
 def cached(path, key: str, loader: Callable = load_tensors) -> Any | None:
-    """The stored payload at path if its key matches, else None (absent, stale or unreadable)."""
+    """The stored payload at path if its key matches, else None (absent, stale, unreadable or not finite)."""
     if not Path(path).exists():
         return None
     try:
         payload = loader(path)
+    except PipelineError:
+        print(f"note: {path} holds NaN or infinite values: computing it again")
+        return None
     except Exception as e:
         print(f"note: {path} is unreadable ({type(e).__name__}; truncated?): computing it again")
         return None
@@ -171,7 +266,7 @@ def load_json(path) -> Any:
 
 
 def _load_csv(path) -> dict:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         rows = list(csv.DictReader(f))
     return {"columns": list(rows[0]) if rows else [], "rows": rows}
 
@@ -191,6 +286,9 @@ def read_output(path, step: str, fields: dict[str, type], check: Callable[[dict]
             payload = _load_csv(path)
         else:
             payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            check_finite(path, payload, writing=False, step=step)
+    except PipelineError:
+        raise
     except Exception as e:
         raise PipelineError(f"{path} is unreadable ({type(e).__name__}; truncated or not {step}'s output); "
                             f"re-run {step}") from None

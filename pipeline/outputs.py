@@ -11,9 +11,13 @@
         describers/describers.json, .csv, agreement.csv, *.png, sensitivity.*    their comparison
         ablation.json, .csv, .png (beside any concepts.json, MAMMI's or a rival's)  ablation.py
     {save_root}/{dataset}_{split}/{model}/maps_{module}.pt                      dissection's maps, per model
-    {save_root}/{dataset}_test/{model}/eval/                                     step 4 (val + test)
+    {save_root}/{dataset}_{test}/{model}/eval/                                   step 4 (val + test; eval_split)
     {save_root}/{dataset}_{box_source}/bbox/                                     step 5
     {save_root}/{dataset}_{box_source}/{model}/visualization/                    step 6
+
+{dataset}_{split} is what step 2 read ({dataset}_all: a folder probed whole, --labels none). Every path
+is made through inside_root, which proves it lies under save_root; a reader of outputs finds what an
+output was built from where it lies (the folders above it), never at a path stored in it.
 
 A key is a digest of everything that produced an output: the constants that decide it, the bytes
 of the checkpoint, probing set, concept set and VLM weights, the key of the output it was built
@@ -61,18 +65,48 @@ def _tag(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
-def probe_dir(c: dict) -> Path:
-    return Path(c["save_root"]) / f"{c['dataset']}_{c['split']}"
+def plain_name(option: str, value: str) -> str:
+    """A constant whose value names a folder under --save_root (--dataset, --split): one plain name, never
+    a path, so that no output lands outside save_root ('../../x', '/abs', 'a/b' are refused)."""
+    if value in ("", ".", "..") or any(ch in value for ch in "/\\\0"):
+        raise PipelineError(f"--{option} {value!r} is not a plain name (it names a folder under --save_root); "
+                            f"pass a name without '/', '\\' or '..', such as {_tag(value).strip('.-') or 'nih14'!r}")
+    return value
+
+
+def inside_root(c: dict, path: Path) -> Path:
+    """Every output path is made through here: proved to lie under c's save_root, no folder below it
+    '..' (on the path's text: a folder the user linked elsewhere on purpose is followed)."""
+    root = Path(c["save_root"])
+    rel = path.relative_to(root).parts if path.is_relative_to(root) else ("..",)
+    if not rel or any(p in ("..", ".") for p in rel):
+        raise PipelineError(f"{path} is not inside --save_root {root}; name the outputs with plain names "
+                            f"(--dataset, --split, --model, --layer)")
+    return path
+
+
+def probe_name(c: dict) -> str:
+    """The probing set's folder: {dataset}_{split} as step 2 read it; a folder probed whole (--labels
+    none) reads no split file: {dataset}_all."""
+    if c.get("labels") == "none":
+        return f"{plain_name('dataset', c['dataset'])}_all"
+    return f"{plain_name('dataset', c['dataset'])}_{plain_name('split', c['split'])}"
+
+
+def probe_dir(c: dict, name: str | None = None) -> Path:
+    """{save_root}/{dataset}_{split} (probe_name), or {dataset}_{name} for an output of another split."""
+    part = probe_name(c) if name is None else f"{plain_name('dataset', c['dataset'])}_{plain_name('split', name)}"
+    return inside_root(c, Path(c["save_root"]) / part)
 
 
 def model_dir(c: dict) -> Path:
     """The target's folder; a re-initialised target (sanity_check.py) has its own beside the trained one's."""
     seed = c.get("reinit_seed", -1)
-    return probe_dir(c) / (model_tag(c["model"]) + (f"-reinit{seed}" if seed >= 0 else ""))
+    return inside_root(c, probe_dir(c) / (model_tag(c["model"]) + (f"-reinit{seed}" if seed >= 0 else "")))
 
 
 def layer_dir(c: dict) -> Path:
-    return model_dir(c) / _tag(c["layer"])
+    return inside_root(c, model_dir(c) / _tag(c["layer"]))
 
 
 def selection_tag(c: dict) -> str:
@@ -80,7 +114,7 @@ def selection_tag(c: dict) -> str:
 
 
 def examples_dir(c: dict) -> Path:
-    return layer_dir(c) / selection_tag(c)
+    return inside_root(c, layer_dir(c) / selection_tag(c))
 
 
 def vlm_tag(c: dict) -> str:
@@ -96,7 +130,7 @@ def concept_set_name(c: dict) -> str:
 
 
 def image_features_path(c: dict) -> Path:
-    return probe_dir(c) / f"vlm_{vlm_tag(c)}" / "image_features.pt"
+    return inside_root(c, probe_dir(c) / f"vlm_{vlm_tag(c)}" / "image_features.pt")
 
 
 def prompt_tag(c: dict) -> str:
@@ -107,14 +141,15 @@ def prompt_tag(c: dict) -> str:
 
 
 def text_features_path(c: dict) -> Path:
-    return Path(c["save_root"]) / f"vlm_{vlm_tag(c)}" / f"text_{_tag(concept_set_name(c))}_{prompt_tag(c)}.pt"
+    return inside_root(c, Path(c["save_root"]) / f"vlm_{vlm_tag(c)}" / f"text_{_tag(concept_set_name(c))}_{prompt_tag(c)}.pt")
 
 
 def matching_dir(c: dict, examples: str | Path | None = None) -> Path:
     """Beside the examples it names (examples.json's folder, derived from c unless given)."""
     mode = "adaptive" if c["adaptive"] else "plain"
     where = Path(examples).parent if examples else examples_dir(c)
-    return where / f"vlm_{vlm_tag(c)}" / f"{_tag(concept_set_name(c))}_{prompt_tag(c)}_{mode}_a{c['alpha']:g}"
+    return inside_root({"save_root": where}, where / f"vlm_{vlm_tag(c)}"
+                       / f"{_tag(concept_set_name(c))}_{prompt_tag(c)}_{mode}_a{c['alpha']:g}")
 
 
 def read_examples(ex_json: str | Path) -> dict:
@@ -125,6 +160,9 @@ def read_examples(ex_json: str | Path) -> dict:
     ex = read_output(ex_json, "example_selection.py", {"key": str, "activations_key": str, "config": dict,
                                                        "neurons": list}, check=_examples_ok)
     c = ex["config"]
+    # The outputs built on these examples go under the save_root they lie in now, never the one stored
+    # (the results folder may have moved, or be another's copy): a reader writes nowhere else.
+    c["save_root"] = str(results_root(ex_json, c))
     act_path = ex_json.parent.parent / "activations.pt"
     rule = f"--adaptive_percent {c['adaptive_percent']:g}" if c["selection"] == "adaptive" else f"--selection topk --topk {c['topk']}"
     redo = (f"re-run example_selection.py with the checkpoint you mean and {rule} (same experiment file and "
@@ -136,6 +174,17 @@ def read_examples(ex_json: str | Path) -> dict:
         raise PipelineError(f"{ex_json} (checkpoint {c['checkpoint']}) was not selected from the activations "
                             f"{act_path} holds now (checkpoint {act['config'].get('checkpoint')}, a later run); {redo}")
     return ex
+
+
+def results_root(ex_json: Path, c: dict) -> Path:
+    """The save_root an examples.json lies in, from where it lies (the folders examples_dir puts below a
+    save_root for its stored constants), not from the save_root it stored."""
+    tail = examples_dir({**c, "save_root": "."}).parts
+    parts = Path(ex_json).parent.parts
+    if parts[len(parts) - len(tail):] != tail:
+        raise PipelineError(f"{ex_json} is not where example_selection.py writes it ({Path(*tail, 'examples.json')} "
+                            f"under a --save_root); keep the results folder whole, or re-run example_selection.py")
+    return Path(*parts[:len(parts) - len(tail)]) if len(parts) > len(tail) else Path(".")
 
 
 def _examples_ok(ex: dict) -> bool:
@@ -161,14 +210,15 @@ def read_activations(ex_json: str | Path, ex: dict) -> dict:
 
 
 def locate_examples(run: Path, cfg: dict) -> Path:
-    """The examples.json a concepts.json was computed from: the stored path, else the nearest one above
-    it (the results folder was moved, or the step ran from another working directory)."""
-    stored = cfg.get("examples")
-    for c in ([Path(stored)] if stored else []) + [p / "examples.json" for p in run.parents[:4]]:
+    """The examples.json a concepts.json was computed from: the nearest one above it (two folders up for
+    MAMMI's, four for a describer's). The path it stored is named, never followed: it may point into a
+    results folder moved since, or another save_root than the one given."""
+    for c in (p / "examples.json" for p in Path(run).parents[:5]):
         if c.is_file():
             return c
-    raise PipelineError(f"{run}: its examples.json ({stored or 'not recorded'}) is not found; keep the results "
-                        f"folder whole or rerun example_selection.py and concept_matching.py with the same constants")
+    raise PipelineError(f"{run}: its examples.json ({cfg.get('examples') or 'not recorded'}) is not in a folder "
+                        f"above it; keep the results folder whole, or rerun example_selection.py and "
+                        f"concept_matching.py with the same constants")
 
 
 def find_matching(given: str, c: dict, option: str) -> tuple[Path, dict, Path, dict]:
@@ -247,20 +297,28 @@ def describers_dir(run: str | Path) -> Path:
 
 
 def maps_path(c: dict, module: str) -> Path:
-    return probe_dir(c) / model_tag(c["model"]) / f"maps_{_tag(module)}.pt"
+    return inside_root(c, probe_dir(c) / model_tag(c["model"]) / f"maps_{_tag(module)}.pt")
+
+
+def eval_split(c: dict) -> str:
+    """The split step 4 reports AUROC on (its thresholds come from val), which names its folder: NIH split
+    files: test; a CSV probing set is its own test set (the split step 2 probed it as) unless
+    test_split_file names another CSV (then that file's name)."""
+    if c.get("labels") not in ("", "none", None):
+        return _tag(Path(c["test_split_file"]).stem) if c.get("test_split_file") else c["split"]
+    return "test"
 
 
 def eval_dir(c: dict) -> Path:
-    # AUROC is reported on the test split (thresholds come from val), so the folder is the test one.
-    return probe_dir({**c, "split": "test"}) / model_tag(c["model"]) / "eval"
+    return inside_root(c, probe_dir(c, eval_split(c)) / model_tag(c["model"]) / "eval")
 
 
 def bbox_dir(c: dict) -> Path:
-    return probe_dir({**c, "split": c["box_source"]}) / "bbox"
+    return inside_root(c, probe_dir(c, c["box_source"]) / "bbox")
 
 
 def visualization_dir(c: dict) -> Path:
-    return probe_dir({**c, "split": c["box_source"]}) / model_tag(c["model"]) / "visualization"
+    return inside_root(c, probe_dir(c, c["box_source"]) / model_tag(c["model"]) / "visualization")
 
 
 # ---- keys

@@ -195,6 +195,8 @@ def run(probe_set, densenet_ckpt, tmp_path_factory):
 
 
 def concepts_file(folder, ex, names):
+    # inside the results folder, two folders below its examples.json, where a reader finds them
+    folder = Path(ex).parent / "by-hand" / "-".join(folder.parts[-2:])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "concepts.json"
     neurons = [rec(k, names.get(k, ["rib"])) for k in range(1024)]

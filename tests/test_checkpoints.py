@@ -148,7 +148,7 @@ def test_random_through_step_2_is_marked_untrained(images, tmp_path):
     proc = stage2(images, out, model, "--checkpoint", "random", "--layer", "fc,features.8", "--classes", "")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "warning: --checkpoint random" in proc.stdout
-    (fc,) = (out / "mine_train").glob("*/fc")
+    (fc,) = (out / "mine_all").glob("*/fc")
     stored = load_tensors(fc / "activations.pt")
     assert stored["config"]["untrained"] is True and stored["config"]["checkpoint"] == "random"
     assert stored["activations"].shape == (6, 1000)

@@ -30,13 +30,13 @@ def unlabeled(tmp_path_factory, tiny_clip):
     ckpt = save_random_target(root / "d.pth", "densenet121", seed=1)
     out = root / "res"
     ok(stage2(images, ckpt, out, "--labels", "none", "--layer", "fc,penultimate"))
-    ok(stage3(out, tiny_clip, "--layer", "fc,penultimate", "--metric_encoders", ""))
+    ok(stage3(out, tiny_clip, "--labels", "none", "--layer", "fc,penultimate", "--metric_encoders", ""))
     return out
 
 
 @pytest.mark.parametrize("layer", ["penultimate", "fc"])
 def test_unlabeled_set_compares_what_needs_no_labels(unlabeled, tiny_clip, layer):
-    proc = compare(unlabeled, tiny_clip, "--layer", layer)
+    proc = compare(unlabeled, tiny_clip, "--labels", "none", "--layer", layer)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "Warning" not in proc.stderr and "NaN" not in proc.stderr, proc.stderr[-2000:]
     notes = [line for line in proc.stdout.splitlines() if line.startswith("note:")]
@@ -84,7 +84,7 @@ def test_unlabeled_mammi_alone_draws_no_figure(unlabeled, tiny_clip):
     png = run.parent / "describers" / "describers.png"
     png.parent.mkdir(exist_ok=True)
     png.write_bytes(b"stale")
-    proc = compare(unlabeled, tiny_clip, "--layer", "penultimate", "--describers", "label_auc",
+    proc = compare(unlabeled, tiny_clip, "--labels", "none", "--layer", "penultimate", "--describers", "label_auc",
                    "--sensitivity_percents", "")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not png.exists() and "describers.png" not in proc.stdout

@@ -119,7 +119,7 @@ def stage2(w, out, *args):
 
 
 def stage3(w, out, model, *args):
-    return run_script("concept_matching.py", "--dataset", "export", "--model", model, "--model_clip",
+    return run_script("concept_matching.py", "--dataset", "export", "--labels", "none", "--model", model, "--model_clip",
                       f"open_clip:{w['clip']}", "--clip_weights", "random", "--concept_set", str(w["concepts"]),
                       "--metric_encoders", "", "--num_workers", "0", "--save_root", str(out), *args)
 
@@ -132,7 +132,7 @@ def test_family_through_steps_2_and_3(world, tmp_path, family):
     out = tmp_path / "res"
     log = ok(stage2(world, out, *args, "--layer", layers))
     assert "8 images from the folder" in log
-    layer_dirs = list((out / "export_train").glob("*/fc"))
+    layer_dirs = list((out / "export_all").glob("*/fc"))
     assert len(layer_dirs) == 1
     fc = load_tensors(layer_dirs[0] / "activations.pt")
     assert fc["activations"].shape == (8, k) and torch.equal(fc["activations"], fc["logits"])
@@ -290,7 +290,7 @@ def test_readme_commands_run_as_written(user_folder, monkeypatch):
 
     # 1. the unlabeled export with timm: 8 images of four formats, no label columns, named outputs
     assert "8 images from the folder hospital_export" in logs[0]
-    fc = res / "hospital_train" / "timm-resnet10t" / "fc"
+    fc = res / "hospital_all" / "timm-resnet10t" / "fc"
     assert load_tensors(fc / "activations.pt")["activations"].shape == (8, 4)
     assert load_tensors(fc.parent / "layer3" / "activations.pt")["activations"].shape == (8, 256)
     rows = (fc / "adaptive93" / "examples.csv").read_text().splitlines()
@@ -312,7 +312,7 @@ def test_readme_commands_run_as_written(user_folder, monkeypatch):
         assert r[header.index("Cardiomegaly")] == want[r[2].split("/")[2]]
         assert r[header.index("Atelectasis")] == ""
     assert "no class for No Finding, Pleural Effusion" in logs[2]
-    ev = res / "chexpert_test" / "xrv-densenet121-res224-all" / "eval"
+    ev = res / "chexpert_valid" / "xrv-densenet121-res224-all" / "eval"
     thresholds = (ev / "Threshold.csv").read_text().splitlines()
     assert thresholds[0] == "label,bestthr" and len(thresholds) == 19 and thresholds[1] == "Atelectasis,nan"
     labels = [r.split(",") for r in (ev / "TestLabels.csv").read_text().splitlines()]

@@ -74,7 +74,7 @@ def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed:
         names.append(name)
     labels = rng.integers(0, 2, (n_images, 14))
     res = root / "res"
-    layer = res / "synth_train" / "resnet50" / "penultimate"
+    layer = res / "synth_all" / "resnet50" / "penultimate"
     acts = torch.from_numpy(rng.gamma(2.0, 1.0, (n_images, n_neurons))).float()
     acts[:, 5] = 0.25
     layer.mkdir(parents=True)
@@ -422,7 +422,7 @@ def test_runs_takes_a_concepts_json_or_a_folder_holding_one(tmp_path):
     err = one_line_error(run_script("gallery.py", "--save_root", str(res), "--runs", str(empty)))
     assert f"--runs {empty} holds no concepts.json" in err
     assert not (res / "gallery").exists()  # nothing written by a refused run
-    ok(run_script("gallery.py", "--save_root", str(res), "--runs", str(res / "synth_train")))
+    ok(run_script("gallery.py", "--save_root", str(res), "--runs", str(res / "synth_all")))
     data = page_data(res / "gallery" / "index.html")[2]
     assert [Path(r["path"]) for r in data["runs"]] == [concepts]
 
@@ -491,11 +491,11 @@ def test_an_experiment_file_shows_its_own_runs(tmp_path):
     stored), not every run there (the demo's under results/); --runs still shows what it names."""
     res = write_synthetic(tmp_path / "a", n_neurons=8, n_images=12)
     theirs = write_synthetic(tmp_path / "b", n_neurons=9, n_images=12)
-    moved = res / "synth_train" / "densenet121"
-    shutil.move(theirs / "synth_train" / "resnet50", moved)  # another model's run under the same save_root
+    moved = res / "synth_all" / "densenet121"
+    shutil.move(theirs / "synth_all" / "resnet50", moved)  # another model's run under the same save_root
     ex_json = moved / "penultimate" / "adaptive93" / "examples.json"
     ex_json.write_text(ex_json.read_text().replace('"model": "resnet50"', '"model": "densenet121"'))
-    mine = next((res / "synth_train" / "resnet50").rglob("concepts.json"))
+    mine = next((res / "synth_all" / "resnet50").rglob("concepts.json"))
     exp = tmp_path / "exp.py"
     exp.write_text(f"dataset = 'synth'\nmodel = 'resnet50'\nalpha = 95.0\nsave_root = {str(res)!r}\n")
 
@@ -770,7 +770,7 @@ def test_browser_cards_short_labels_rank_sort_and_untrained(browser, mixed):
     for key, tags, score, text, untrained in cards:
         r = int(key.split("-")[0])
         assert tags == [runs[r]["describer"], "penultimate", "resnet50"], tags
-        assert runs[r]["folder"] not in text and "synth_train" not in text and "vlm_synth" not in text
+        assert runs[r]["folder"] not in text and "synth_all" not in text and "vlm_synth" not in text
         assert ("example" in score) == (r != auc), score
         assert untrained == 1
     # Sort by top score: across runs by the share of its run at or below it, then the score.

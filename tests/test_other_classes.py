@@ -147,7 +147,7 @@ def test_steps_2_to_7_name_the_stored_classes(world):
 
     # Step 4: the probing CSV is its own val and test set; AUROC per stored class on its known labels
     log = ok(run_script("target_model_perform.py", *step2))
-    ev = res / "other_test" / "timm-resnet10t" / "eval"
+    ev = res / "other_train" / "timm-resnet10t" / "eval"
     thr = [r.split(",")[0] for r in (ev / "Threshold.csv").read_text().splitlines()[1:]]
     assert thr == CLASSES and "reusing the logits" in log
     got = {r[0]: float(r[1]) for r in csv.reader((ev / "TestEval.csv").read_text().splitlines()[1:])}

@@ -112,7 +112,7 @@ def test_a_user_file_that_fails_is_one_line_naming_it(images, tmp_path, case):
     proc = stage2(images, out, f"{tmp_path / 'mine.py'}:build", "--layer", "fc")
     line = one_line(proc, "mine.py", *words)
     assert line.startswith(f"error: --model {tmp_path / 'mine.py'}:build: "), line
-    assert not (out / "mine_train").exists() or not list((out / "mine_train").rglob("*.pt"))
+    assert not (out / "mine_all").exists() or not list((out / "mine_all").rglob("*.pt"))
 
 
 def test_the_guarded_forward_is_the_model_as_written(images, tmp_path, capsys):
