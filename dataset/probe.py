@@ -83,7 +83,7 @@ def list_images(root: str | Path) -> list[str]:
     skipped = []
     names = sorted(image_files(root, skipped), key=lambda n: n.split("/"))  # the order of their paths
     if skipped:
-        shown = ", ".join(skipped[:3]).encode("utf-8", "backslashreplace").decode()  # a Latin-1 name prints too
+        shown = at_most(skipped, 3).encode("utf-8", "backslashreplace").decode()  # a Latin-1 name prints too
         print(f"note: {root}: {len(skipped)} link(s) to folders not followed, as they lead inside the folder "
               f"(its images are listed under their own path), above it (a loop) or to a folder reached "
               f"already: {shown}{', …' if len(skipped) > 3 else ''}")
@@ -175,8 +175,8 @@ def align_labels(probe: Probe, classes: list[str] | None, source: str) -> np.nda
     where = {label_key(n): j for j, n in enumerate(probe.label_names)}
     cols = [where.get(label_key(c)) if c else None for c in classes]
     if all(j is None for j in cols):
-        raise PipelineError(f"the labels of the {probe.what} ({', '.join(probe.label_names[:6])}) match none of the "
-                            f"{len(classes)} classes {source} ({', '.join(c for c in classes[:6] if c)}); "
+        raise PipelineError(f"the labels of the {probe.what} ({at_most(probe.label_names, 6)}) match none of the "
+                            f"{len(classes)} classes {source} ({at_most([c for c in classes if c], 6)}); "
                             f"name the label columns after the classes, or pass --classes FILE")
     unused = [n for j, n in enumerate(probe.label_names) if j not in cols]
     bare = [c for c, j in zip(classes, cols) if j is None and c]

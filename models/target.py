@@ -119,7 +119,7 @@ def _check_name(family: str, name: str) -> None:
     known = FAMILIES[family].names(name)
     if name not in known:
         near = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
-        hint = f"closest: {', '.join(near)}" if near else f"{len(known)} known, e.g. {', '.join(known[:4])}"
+        hint = f"closest: {', '.join(near)}" if near else f"{len(known)} known: {at_most(known, 4)}"
         raise PipelineError(f"--model {family}:{name}: {family} has no model {name!r} ({hint}); the forms are {FORMS}")
 
 
@@ -295,7 +295,7 @@ def _from_file(spec: Spec, model: str) -> nn.Module:
         if not callable(build):
             names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
             raise PipelineError(f"--model {model}: {path} defines no function {spec.function!r} "
-                                f"(it has {', '.join(names[:6]) or 'none'})")
+                                f"(it has {at_most(names, 6) or 'none'})")
         with user_code(spec, model, "build"):
             net = build()
     finally:
@@ -360,7 +360,7 @@ def check_logits(out, x, model: str):
     if isinstance(out, torch.Tensor):
         what = f"a tensor of shape {list(out.shape)}" + ("" if out.is_floating_point() else f" and dtype {out.dtype}")
     elif isinstance(out, dict):
-        what = f"a dict (keys {', '.join(repr(k) for k in list(out)[:5])})"
+        what = f"a dict (keys {at_most(map(repr, out), 5)})"
     elif isinstance(out, (tuple, list)):
         what = f"a {type(out).__name__} of {len(out)} items"
     else:
@@ -540,7 +540,7 @@ def check_finite(net: nn.Module, source) -> None:
     bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
     if bad:
         raise PipelineError(f"{source}: {len(bad)} of {len(tensors)} weight tensors hold NaN or infinite values (e.g. "
-                            f"{', '.join(bad[:3])}); the weights are broken (a diverged training run?): pass a "
+                            f"{at_most(bad, 3)}); the weights are broken (a diverged training run?): pass a "
                             f"checkpoint whose weights are all finite")
 
 
