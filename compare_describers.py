@@ -541,11 +541,12 @@ def figure(table: dict) -> plt.Figure | None:
                 ax.text(i, 0.5, "the truth's own\nnames: 1 by\nconstruction", ha="center", va="center", fontsize=7)
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
         ax.set_xlim(-0.5, len(names) - 0.5)  # a describer without bars keeps its place
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(0, 1.3)  # room above 1 for the values over the error bars and the legend
+        ax.set_yticks(np.linspace(0, 1, 6))
         ax.set_ylabel(ylabel)
         ax.set_xlabel("describer")
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=8, loc="upper right", frameon=False)
+        ax.legend(fontsize=8, loc="upper left", ncol=len(metrics), frameon=False)
     if heat:
         bx = axes[0][-1]
         im = bx.imshow(grid, cmap="Blues", vmin=0, vmax=1)
