@@ -91,6 +91,9 @@ def significance(S: torch.Tensor, sizes: list[int], s_pool: torch.Tensor, draws:
     """t_k [K], p_k [K] and the null's 95th percentile [K] (the t a neuron with as many examples must
     pass for p < 0.05) of neurons with S [K, C] summed over sizes[k] >= 1 examples each, against the
     pool's scores s_pool [P, C]. One set of draws serves every neuron with the same count."""
+    if not sizes:  # no neuron has an example, and then no pool was embedded: nothing to test
+        none = torch.zeros(0, dtype=torch.float64)
+        return S.new_zeros(0), none, none
     mu, sigma = moments(s_pool)
     t = max_z(S, torch.tensor(sizes), mu, sigma)
     null = null_maxima(s_pool, sizes, draws, seed)
