@@ -86,7 +86,7 @@ def list_images(root: str | Path) -> list[str]:
         shown = at_most(skipped, 3).encode("utf-8", "backslashreplace").decode()  # a Latin-1 name prints too
         print(f"note: {root}: {len(skipped)} link(s) to folders not followed, as they lead inside the folder "
               f"(its images are listed under their own path), above it (a loop) or to a folder reached "
-              f"already: {shown}{', …' if len(skipped) > 3 else ''}")
+              f"already: {shown}")
     if not names:
         raise PipelineError(f"no images (PNG, JPEG or DICOM) under {root}, searched recursively; "
                             f"pass --data_root with the folder that holds them")
