@@ -40,12 +40,19 @@ def token_layout(model: nn.Module) -> tuple[int, int | None]:
     return 0, None
 
 
+def first_tensor(out):
+    """A module's output tensor: attention blocks return (output, weights), the first tensor is the output;
+    None when there is no tensor at all."""
+    if isinstance(out, (tuple, list)):
+        return next((o for o in out if isinstance(o, torch.Tensor)), None)
+    return out if isinstance(out, torch.Tensor) else None
+
+
 def reduce_output(out, layout: tuple[int, int | None], token_pool: str, channels_last: bool = False) -> torch.Tensor:
     """One value per neuron and image: [B, D] as is; [B, C, H, W] (conv) by the spatial mean, or
     [B, H, W, C] when channels_last; [B, T, D] (transformer tokens) by the mean over patch tokens, or
     the class token (token_pool)."""
-    if isinstance(out, (tuple, list)):  # attention blocks return (output, weights)
-        out = next(o for o in out if isinstance(o, torch.Tensor))
+    out = first_tensor(out)
     if out.dim() > 3:
         return out.flatten(1, -2).mean(1) if channels_last else out.flatten(2).mean(2)
     if out.dim() < 3:
@@ -238,8 +245,8 @@ def layer_table(model: nn.Module, x: torch.Tensor, token_pool: str = "mean") -> 
 
     def record(name, out):
         calls[name] = calls.get(name, 0) + 1  # the last call's shape stays: the call that is read
-        t = next((o for o in out if isinstance(o, torch.Tensor)), None) if isinstance(out, (tuple, list)) else out
-        if not isinstance(t, torch.Tensor):
+        t = first_tensor(out)
+        if t is None:
             shapes[name] = (type(out).__name__, "-")
             return
         try:
@@ -281,8 +288,8 @@ def first_nonfinite(model: nn.Module, x: torch.Tensor) -> str | None:
     found: list[str] = []
 
     def check(name, out):
-        t = next((o for o in out if isinstance(o, torch.Tensor)), None) if isinstance(out, (tuple, list)) else out
-        if not found and isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+        t = first_tensor(out)
+        if not found and t is not None and t.is_floating_point() and not torch.isfinite(t).all():
             found.append(name)
     hooks = [m.register_forward_hook(lambda m, i, o, n=n: check(n, o)) for n, m in model.named_modules() if n
              and not isinstance(model, ScriptedTarget)]

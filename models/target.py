@@ -522,7 +522,7 @@ def load_target(model: str, checkpoint: str | Path | None, need_head: bool, num_
         net = family.build(spec, model, k, channels)
         head = load_checkpoint(net, _state_dict_of(obj, checkpoint, net.state_dict()), checkpoint, model)
         num_classes = k
-    check_finite(net, checkpoint or f"--model {model}")
+    check_weights_finite(net, checkpoint or f"--model {model}")
     if head is not None:
         if need_head:
             raise PipelineError(f"{checkpoint} has {head}: the fc layer and the model's outputs need a checkpoint "
@@ -532,7 +532,7 @@ def load_target(model: str, checkpoint: str | Path | None, need_head: bool, num_
     return net.eval(), head is None
 
 
-def check_finite(net: nn.Module, source) -> None:
+def check_weights_finite(net: nn.Module, source) -> None:
     """Every weight and buffer finite: NaN weights would give every neuron a NaN threshold and no example,
     and every concept the same score, without an error anywhere downstream."""
     tensors = {k: v for k, v in net.state_dict().items()  # a lazy module's are made at its first forward pass

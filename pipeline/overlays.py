@@ -24,7 +24,7 @@ import torch
 
 from core.errors import PipelineError
 from dataset.nih import ProbeSet, model_input_args, resolve_images
-from models.layers import channel_axis, channels_last_modules, hook_layer, token_layout
+from models.layers import channel_axis, channels_last_modules, first_tensor, hook_layer, token_layout
 from models.target import head_name, load_target, reinitialise
 from pipeline.cache import cached, save_tensors
 from pipeline.dissection import layer_maps, map_source, module_maps
@@ -65,9 +65,7 @@ def _module_output(model: torch.nn.Module, layer: str, x: torch.Tensor) -> torch
     store: dict[str, torch.Tensor] = {}
 
     def keep(out):
-        if isinstance(out, (tuple, list)):
-            out = next(o for o in out if isinstance(o, torch.Tensor))
-        store["out"] = out.detach().clone()
+        store["out"] = first_tensor(out).detach().clone()
     hook = hook_layer(model, layer, keep)
     try:
         with torch.inference_mode():
