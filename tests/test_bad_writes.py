@@ -38,6 +38,21 @@ def strict_json(path):
     return json.loads(Path(path).read_text(), parse_constant=bad)
 
 
+def disk_full_at(monkeypatch, suffix: str, nth: int = 1) -> list:
+    """os.replace fails as on a full disk at the nth file renamed into place whose name ends with suffix
+    (and after); returns the list of those renamed, the failing one included."""
+    real, seen = os.replace, []
+
+    def full(src, dst):
+        if str(dst).endswith(suffix):
+            seen.append(dst)
+            if len(seen) >= nth:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", full)
+    return seen
+
+
 def consistent(out):
     """Every examples.json names the activations.pt of its layer folder as it is now."""
     for ex in out.rglob("examples.json"):
@@ -152,15 +167,7 @@ def test_a_failed_step_leaves_no_examples_beside_new_activations(files, probe_se
     the rerun completes."""
     out = tmp_path / "res"
     ok(stage2(probe_set, files["a"], out, "--layer", "penultimate,fc"))
-    real, seen = os.replace, []
-
-    def full(src, dst):
-        if str(dst).endswith("activations.pt"):
-            seen.append(dst)
-            if len(seen) == 2:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(src, dst)
-    monkeypatch.setattr(os, "replace", full)
+    seen = disk_full_at(monkeypatch, "activations.pt", 2)
     refused(stage2(probe_set, files["b"], out, "--layer", "penultimate,fc"), "No space left on device")
     monkeypatch.undo()
     assert len(seen) == 2
@@ -176,13 +183,7 @@ def test_a_failed_examples_csv_leaves_no_examples(files, probe_set, tmp_path, mo
     """The disk full at examples.csv: the selection's outputs are gone, none of the previous run's left."""
     out = tmp_path / "res"
     ok(stage2(probe_set, files["a"], out))
-    real = os.replace
-
-    def full(src, dst):
-        if str(dst).endswith("examples.csv"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(src, dst)
-    monkeypatch.setattr(os, "replace", full)
+    disk_full_at(monkeypatch, "examples.csv")
     refused(stage2(probe_set, files["b"], out), "examples.csv", "No space left on device")
     monkeypatch.undo()
     assert not list(out.rglob("examples.*")) and not temps(out)
@@ -207,15 +208,7 @@ def test_a_long_file_name_gets_short_crops(files, probe_set, tmp_path, monkeypat
     crops_complete()
     assert "reusing" in ok(stage2(images, files["a"], out, *args))
 
-    real, n = os.replace, []
-
-    def full(src, dst):
-        if str(dst).endswith(".jpg"):
-            n.append(dst)
-            if len(n) == 20:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(src, dst)
-    monkeypatch.setattr(os, "replace", full)
+    disk_full_at(monkeypatch, ".jpg", 20)
     # a rerun that must write its crops again (the crops folder removed by hand), failing mid-way
     shutil.rmtree(ex_dir / "crops")
     proc = stage2(images, files["a"], out, *args)
