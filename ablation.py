@@ -11,12 +11,14 @@ positive for f, in units of that logit's SD over the split, is set against the s
 `ablation_draws` random sets of |N_f| live neurons: z = (effect - their mean) / their SD. The drop of
 the other classes' logits says how specific the neurons are. The penultimate layer under a linear
 head (and fc) takes the exact linear shortcut; any other layer forward passes with a hook.
-Writes ablation.json, ablation.csv and ablation.png beside the concepts.json.
+Writes ablation.json, ablation.csv and ablation.png beside the concepts.json. At the fc layer, whose
+neurons are the logits themselves, the test says nothing: one line says so, nothing is written (an
+earlier table there is removed) and the exit status is 0.
 """
 import time
 
 from models import pick_device
-from pipeline.ablation import ablate, held_out
+from pipeline.ablation import OUTPUTS, ablate, discard, held_out, untested
 from pipeline.cache import claim, holds_claims
 from pipeline.cli import check_stored, configure, main, print_config
 from pipeline.outputs import find_matching, upstream_constants
@@ -40,6 +42,12 @@ def run():
     path, data, _, ex = find_matching(ablation_concepts, config, "ablation_concepts")
     stage2 = ex["config"]
     check_stored(config, data["config"], UPSTREAM, path)
+    why = untested(stage2["layer"])
+    if why:
+        claim(path.parent)
+        discard(path)
+        print(f"ablation not run: {why}")
+        return
     print_config("ablation", config)
     claim(path.parent)
     t0 = time.time()
@@ -49,7 +57,7 @@ def run():
     print_result(result)
     print(f"ablation in {time.time() - t0:.1f}s")
     print("outputs:")
-    for f in ("ablation.json", "ablation.csv", "ablation.png"):
+    for f in OUTPUTS:
         print(f"  {path.parent / f}")
 
 

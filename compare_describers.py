@@ -52,7 +52,7 @@ from method import fc_metrics, image_concept_scores, mammi, name_neuron
 from models import pick_device
 from models.target import load_target
 from models.vlm import load_vlm
-from pipeline.ablation import NoLabels, ablate, held_out, median_z
+from pipeline.ablation import NoLabels, ablate, discard, held_out, median_z, untested
 from pipeline.cache import cached, save_bytes, save_json, save_png, save_tensors
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from pipeline.dissection import collect_maps, dissect, layer_maps, map_source
@@ -231,7 +231,15 @@ def rival(name, consts, inputs, where, acts, ids, labels, findings, feats, stage
 
 def faithfulness(table: dict, path: Path, records: dict, stage2: dict, dev) -> None:
     """Each describer's median ablation z over the findings (pipeline/ablation.py) into its row, the
-    ablation keys into the table's; skipped, with the reason, where the held-out split has no labels."""
+    ablation keys into the table's; skipped, with the reason, at a layer where ablation tests nothing
+    (fc: an ablation table written there before is removed) or where the held-out split has no labels."""
+    concepts = {name: path if name == "mammi" else describers_dir(path) / name / "concepts.json" for name in records}
+    why = untested(stage2["layer"])
+    if why:  # print_table's last lines say why
+        table["faithfulness_skipped"] = why
+        for f in concepts.values():
+            discard(f)
+        return
     try:
         data = held_out(stage2, config.given, config["ablation_split"], config[f"{config['ablation_split']}_split_file"],
                         batch_size, num_workers, dev)
@@ -241,8 +249,7 @@ def faithfulness(table: dict, path: Path, records: dict, stage2: dict, dev) -> N
         return
     keys = {}
     for name, recs in records.items():
-        concepts = path if name == "mammi" else describers_dir(path) / name / "concepts.json"
-        result = ablate(concepts, recs, data, config["ablation_draws"], config["ablation_seed"])
+        result = ablate(concepts[name], recs, data, config["ablation_draws"], config["ablation_seed"])
         table["rows"][name]["faithfulness"], keys[name] = median_z(result), result["key"]
     table["key"] = digest({"describers": table["key"], "ablation": keys})
 
@@ -567,6 +574,7 @@ def figure(table: dict) -> plt.Figure | None:
 def print_table(table: dict) -> None:
     print(f"\n== Describers on the {table['layer']} layer (mean ± standard error)")
     kind, labelled = table["truth"]["kind"], table["truth"]["kind"] != "none"
+    faith = labelled and "faithfulness_skipped" not in table  # the line below the table says why not
     if labelled:
         print(f"truth ({kind}): {table['truth']['rule']}; {table['truth']['n']} neurons have one")
     fc = "fc" in table["rows"]["mammi"]
@@ -574,7 +582,9 @@ def print_table(table: dict) -> None:
     if fc:
         head += f" {'hit rate':>15} {'precision':>13} {'F1':>13} {'cosine':>13}"
     if labelled:
-        head += f" {'truth named':>19} {'truth = 1st':>13} {'faithfulness: median z':>23}"
+        head += f" {'truth named':>19} {'truth = 1st':>13}"
+    if faith:
+        head += f" {'faithfulness: median z':>23}"
     print(head)
     for name, r in table["rows"].items():
         line = f"{name:<13} {r['named']:>6}"
@@ -590,7 +600,7 @@ def print_table(table: dict) -> None:
                     f"{pm(t['any'])} {pm(t['top1'])}"
         elif labelled:
             line += f" {by_construction(table, name):>33}"
-        if labelled:
+        if faith:
             line += f" {faithful(r.get('faithfulness')):>23}"
         print(line)
     why = {**table["skipped"], **({"faithfulness": table["faithfulness_skipped"]} if "faithfulness_skipped" in table else {})}

@@ -22,6 +22,15 @@ from method import mean_se, neuron_concept_scores, ranked
 # Describers in the order of every table: MAMMI first, then the mask-free rivals, then those that
 # need labels or boxes.
 NAMES = ("mammi", "clip_dissect", "topk_mean", "label_auc", "dissection")
+# What each one's score of a neuron and a concept is, as the gallery names it: (name, what it is, in
+# what unit). MAMMI's is summed over a neuron's examples; the gallery ranks its neurons by the mean.
+SCORES = {"mammi": ("S(k, c)", "summed score over the examples"),
+          "clip_dissect": ("soft-WPMI", "log P(c | k) − λ log P(c) over the neuron's top k images, in nats"),
+          "topk_mean": ("mean cosine", "mean cosine of the neuron's top k images with the concept prompt"),
+          "label_auc": ("AUROC", "of the neuron's activation against the finding's labels over the probing set "
+                                 "(0.5: chance, 1: it separates them)"),
+          "dissection": ("IoU", "of the neuron's thresholded maps with the finding's boxes over the probing set "
+                                "(0 to 1)")}
 
 
 def top_images(acts: torch.Tensor, m: int) -> torch.Tensor:

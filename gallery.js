@@ -22,19 +22,18 @@ const byKey = new Map();
 N.forEach((n, i) => {
   n.i = i;
   n.q = n.c.map((c) => c[0].toLowerCase());
-  n.top = n.b.length ? n.b[0][1] : (n.c.length ? n.c[0][1] : -Infinity);
-  if (n.s === "dead") n.top = -Infinity;
   byKey.set(key(n), n);
 });
-// Scores of different describers are on different scales (MAMMI's sums, CLIP-Dissect's, AUROC): a neuron's
-// top score is compared across runs by its rank within its own run, the share of the run's neurons whose
-// top score is at most its own (100: the run's best).
+// Scores of different describers are on different scales and units (MAMMI's mean score per example,
+// CLIP-Dissect's soft-WPMI, AUROC, IoU): a neuron's score (n.v) is compared across runs by where it stands
+// in its own run, the share of the run's scored neurons whose score is at least its own: "top 5%" is near
+// the best. A dead neuron has no score and no place.
 RUNS.forEach((run, r) => {
-  const mine = N.filter((n) => n.r === r), tops = mine.map((n) => n.top).sort((a, b) => a - b);
+  const mine = N.filter((n) => n.r === r && n.v !== null), vs = mine.map((n) => n.v).sort((a, b) => b - a);
   mine.forEach((n) => {
-    let lo = 0, hi = tops.length;
-    while (lo < hi) { const m = (lo + hi) >> 1; if (tops[m] <= n.top) lo = m + 1; else hi = m; }
-    n.pct = 100 * lo / tops.length;
+    let lo = 0, hi = vs.length;
+    while (lo < hi) { const m = (lo + hi) >> 1; if (vs[m] >= n.v) lo = m + 1; else hi = m; }
+    n.pct = 100 * lo / vs.length;
   });
   // A run's short name on its cards: describer, layer, model and what tells it from runs of the same three
   // (the folder only in the neuron view).
@@ -48,7 +47,22 @@ layers.forEach((l) => $("layer").appendChild(el("option", {value: l}, l)));
 RUNS.forEach((r, i) => $("run").appendChild(el("option", {value: String(i), title: r.folder}, r.short + (r.label ? ` (${r.label})` : ""))));
 if (RUNS.length < 2) $("runbox").style.display = "none";
 if (!RUNS.some((r) => r.fc)) $("hitbox").style.display = "none";
-if (!N.some((n) => n.ev)) $("evbox").style.display = "none";
+if (!N.some((n) => n.ev) && !RUNS.some((r) => r.evidence)) $("evbox").style.display = "none";
+// The page opens on one run, not on every run pooled (a re-initialised target's names beside the trained
+// one's): a trained target's before an untrained one's, MAMMI's before a rival's, then the most neurons;
+// "all" stays in the menu.
+const size = RUNS.map((r, i) => N.filter((n) => n.r === i).length);
+const first = RUNS.map((r, i) => i).sort((a, b) => RUNS[a].untrained - RUNS[b].untrained ||
+  (RUNS[a].describer !== "MAMMI") - (RUNS[b].describer !== "MAMMI") || size[b] - size[a] || a - b)[0];
+if (RUNS.length > 1) $("run").value = String(first);
+
+// The significance test's verdict on a neuron's name: "sig", "nsig", "nt" (named, in a layer where the test
+// cannot reach significance: never "not significant") or null (not tested: dead, no name, a rival describer).
+function verdict(n) {
+  if (n.ev) return n.ev.sig ? "sig" : "nsig";
+  const E = RUNS[n.r].evidence;
+  return E && E.testable === false && n.s === "ok" ? "nt" : null;
+}
 
 let shown = [], rendered = 0;
 const list = $("list");
@@ -61,20 +75,31 @@ function apply() {
   const idq = /^#\d+$/.test(q) ? +q.slice(1) : null;
   shown = N.filter((n) => (!st || n.s === st) && (!ly || RUNS[n.r].layer === ly) && (!run || n.r === +run)
     && (!hs || (n.cls !== undefined && (hs === "hit") === n.hit))
-    && (!ev || (n.ev !== undefined && (ev === "sig") === n.ev.sig))
+    && (!ev || verdict(n) === ev)
     && (!q || (idq !== null ? n.n === idq : n.q.some((c) => c.includes(q)))));
+  const pct = (n) => n.pct === undefined ? Infinity : n.pct, v = (n) => n.v === null ? -Infinity : n.v,
+        qv = (n) => n.ev && n.ev.q !== null ? n.ev.q : Infinity;
   const by = {id: (a, b) => a.r - b.r || a.n - b.n, ex: (a, b) => b.e - a.e || a.i - b.i,
-              exa: (a, b) => a.e - b.e || a.i - b.i, top: (a, b) => b.pct - a.pct || b.top - a.top || a.i - b.i}[sort];
+              exa: (a, b) => a.e - b.e || a.i - b.i,
+              top: (a, b) => pct(a) - pct(b) || v(b) - v(a) || a.i - b.i,
+              q: (a, b) => qv(a) - qv(b) || a.i - b.i}[sort];
   shown.sort(by);
   list.textContent = "";
   rendered = 0;
   list.appendChild(more);
   fill();
-  const c = {ok: 0, none: 0, dead: 0};
-  shown.forEach((n) => c[n.s]++);
-  const sig = shown.filter((n) => n.ev && n.ev.sig).length, tested = shown.filter((n) => n.ev).length;
-  $("count").textContent = `${shown.length} of ${N.length} neurons shown · ${c.ok} ok · ${c.none} none · ${c.dead} dead` +
-    (tested ? ` · ${sig} of ${tested} tested significant` : "");
+  // Trained and untrained targets counted apart: a random network's names are no evidence for a trained one's.
+  const trained = shown.filter((n) => !RUNS[n.r].untrained), untrained = shown.filter((n) => RUNS[n.r].untrained);
+  const parts = [[trained, "trained target"], [untrained, "untrained target"]].filter(([ns]) => ns.length);
+  $("count").textContent = `${shown.length} of ${N.length} neurons shown · ` + parts.map(([ns, what]) =>
+    (parts.length > 1 || ns === untrained ? what + ": " : "") + tally(ns)).join(" | ");
+}
+
+function tally(ns) {
+  const c = {ok: 0, none: 0, dead: 0}, v = {sig: 0, nsig: 0, nt: 0};
+  ns.forEach((n) => { c[n.s]++; const w = verdict(n); if (w) v[w]++; });
+  return `${c.ok} named · ${c.none} none · ${c.dead} dead` +
+    (v.sig + v.nsig ? ` · ${v.sig} of ${v.sig + v.nsig} tested significant` : "") + (v.nt ? ` · ${v.nt} not testable` : "");
 }
 
 function fill() {
@@ -91,7 +116,9 @@ function fill() {
   if (rendered < shown.length) observer.observe(more);
 }
 
-function statusBadge(s) { return el("span", {class: "badge s-" + s}, s); }
+// "ok" says only that the neuron has a name (a random network's neurons get names too): shown as "named".
+const STATUS = {ok: "named", none: "none", dead: "dead"};
+function statusBadge(s) { return el("span", {class: "badge s-" + s}, STATUS[s] || s); }
 
 const UNTRAINED = "the target's weights are random (--checkpoint random, or sanity_check.py's re-initialised copy): " +
   "its neurons' names say what untrained features respond to, not what a trained model learned";
@@ -105,11 +132,28 @@ function runTags(run) {
   return t;
 }
 
-// The permutation test's verdict on a name: significant at the run's false discovery rate, with its q.
+// The significance test's verdict on a name, with its q: significant at the run's false discovery rate or
+// not; "not testable" where no neuron of the layer could reach it.
 function evidenceBadge(n) {
-  const e = n.ev;
-  return el("span", {class: "badge " + (e.sig ? "sig" : "nsig"), title: `z ${fmt(e.z)} · p ${fmt(e.p)} · q ${fmt(e.q)}`},
-            (e.sig ? "significant" : "not significant") + ` q ${fmt(e.q)}`);
+  const w = verdict(n), e = n.ev;
+  if (w === "nt") return el("span", {class: "badge nt", title: untestable(RUNS[n.r].evidence)}, "not testable");
+  return el("span", {class: "badge " + w, title: `m ${fmt(e.m)} · p ${fmt(e.p)} · q ${fmt(e.q)}`},
+            (w === "sig" ? "significant" : "not significant") + ` q ${fmt(e.q)}`);
+}
+
+// Why a layer's names are not testable, from concepts.json's "evidence".
+function untestable(E) {
+  return `with a pool of ${E.pool} probing images and ${E.draws} random draws, the smallest p any neuron could reach ` +
+    `is ${fmt(E.p_min)}: no name of this layer can reach q ≤ ${E.fdr}, so none is called significant or not` +
+    (E.pool_needed ? `; a probing set of ${E.pool_needed} images could` : "");
+}
+
+// A neuron's score as its card shows it: the name and unit of its describer's score (MAMMI's S(k, c), a
+// sum over the examples, as the mean per example) and where it stands in its run.
+function scoreText(n, run) {
+  if (n.v === null) return `${run.per_example ? "mean S per example" : run.score[0]} –`;
+  return (run.per_example ? `mean S ${fmt(n.v)} per example` : `${run.score[0]} ${fmt(n.v)}`) +
+    ` · top ${Math.max(1, Math.round(n.pct))}% of its run`;
 }
 
 
@@ -118,12 +162,11 @@ function card(n) {
   const c = el("div", {class: "card", tabindex: "0", "data-key": key(n), "data-neuron": String(n.n)});
   const h = el("div", {class: "head"});
   h.append(el("span", {class: "nid"}, "neuron " + n.n), statusBadge(n.s));
-  if (n.ev) h.append(evidenceBadge(n));
+  if (verdict(n)) h.append(evidenceBadge(n));
   if (n.cls !== undefined) h.append(el("span", {class: "layer"}, n.cls), el("span", {class: "badge " + (n.hit ? "hit" : "miss")}, n.hit ? "hit" : "miss"));
   c.appendChild(h);
   c.appendChild(runTags(run));
-  const score = n.top === -Infinity ? "top score –" : `top score ${fmt(n.top)} · rank ${Math.round(n.pct)}% in its run`;
-  c.appendChild(el("div", {class: "meta score"}, (run.selects ? `${n.e} example${n.e === 1 ? "" : "s"} · ` : "") + score));
+  c.appendChild(el("div", {class: "meta score"}, (run.selects ? `${n.e} example${n.e === 1 ? "" : "s"} · ` : "") + scoreText(n, run)));
   const chips = el("div", {class: "chips"});
   if (!n.c.length) chips.appendChild(el("span", {class: "meta"}, n.s === "dead" ? "dead: constant over the probing set" : "no concept above the cut"));
   n.c.slice(0, 8).forEach(([w, s]) => { const ch = el("span", {class: "chip"}, w); ch.appendChild(el("small", {}, fmt(s))); chips.appendChild(ch); });
@@ -147,7 +190,7 @@ function neighbours(n) {
   return [seq[i - 1], seq[i + 1]];
 }
 
-function histogram(n) {
+function histogram(n, cut) {
   const W = 480, H = 210, L = 44, R = 12, Tp = 24, B = 34, pw = W - L - R, ph = H - Tp - B;
   const s = sv("svg", {width: W, height: H, viewBox: `0 0 ${W} ${H}`, class: "hist", role: "img"});
   const lo = n.lo, hi = n.hi, span = hi > lo ? hi - lo : 1, nb = n.h.length;
@@ -170,7 +213,7 @@ function histogram(n) {
   if (n.t !== null && hi > lo) {
     const x = X(Math.min(Math.max(n.t, lo), hi));
     s.appendChild(sv("line", {x1: x, x2: x, y1: Tp - 6, y2: Tp + ph, stroke: "#c0392b", "stroke-width": 2, "stroke-dasharray": "5 3"}));
-    s.appendChild(sv("text", {x: x, y: Tp - 9, "text-anchor": x > L + pw * 0.7 ? "end" : "start", fill: "#c0392b"}, "threshold " + fmt(n.t)));
+    s.appendChild(sv("text", {x: x, y: Tp - 9, "text-anchor": x > L + pw * 0.7 ? "end" : "start", fill: "#c0392b"}, cut + " " + fmt(n.t)));
   }
   return s;
 }
@@ -195,7 +238,8 @@ function bars(n) {
     s.appendChild(sv("line", {x1: x, x2: x, y1: Tp - 8, y2: Tp + rows.length * rh + 4, stroke: "#c0392b", "stroke-width": 2, "stroke-dasharray": "5 3"}));
     s.appendChild(sv("text", {x: x, y: Tp - 11, "text-anchor": x > L + pw * 0.6 ? "end" : "start", fill: "#c0392b"}, `alpha cut ${fmt(n.cut)} (${a}% of max)`));
   }
-  s.appendChild(sv("text", {x: L + pw / 2, y: H - 4, "text-anchor": "middle"}, "S(k, c): summed score over the examples"));
+  const score = RUNS[n.r].score;
+  s.appendChild(sv("text", {x: L + pw / 2, y: H - 4, "text-anchor": "middle"}, `${score[0]}: ${score[1]}`));
   return s;
 }
 
@@ -210,15 +254,19 @@ function openView(n) {
   p.appendChild(nav);
   const h = el("div", {class: "head"});
   h.append(el("h2", {id: "vtitle"}, "neuron " + n.n), statusBadge(n.s));
-  if (n.ev) h.append(evidenceBadge(n));
+  if (verdict(n)) h.append(evidenceBadge(n));
   if (n.cls !== undefined) h.append(el("span", {class: "layer"}, "class " + n.cls), el("span", {class: "badge " + (n.hit ? "hit" : "miss")}, n.hit ? "hit" : "miss"));
   p.appendChild(h);
   p.appendChild(runTags(run));
   if (run.untrained) p.appendChild(el("div", {class: "warning", id: "untrained"}, "Untrained model: " + UNTRAINED + "."));
   p.appendChild(el("div", {class: "meta", id: "runpath"}, run.folder));
-  p.appendChild(el("div", {class: "meta"}, (run.selects ? `${n.e} example${n.e === 1 ? "" : "s"} (${run.selection})` +
-    (run.n_images ? ` of ${run.n_images} probing images` : "") + " · " : "named from the probing set's findings, not from examples (those below are step 2's) · ") + `named by ${run.describer}` + (run.vlm ? ` with VLM ${run.vlm}` : "") +
-    (run.concept_set ? ` · concept set ${run.concept_set}` : "")));
+  const of = run.n_images ? ` of ${run.n_images} probing images` : "";
+  const used = {mammi: `${n.e} example${n.e === 1 ? "" : "s"} (${run.selection})${of}`,
+                topk: `${n.e} example${n.e === 1 ? "" : "s"} (${run.selection})${of}`,
+                none: `named from the probing set's findings over all its images${of}; it selects no examples`,
+                unrecorded: `${n.e} image${n.e === 1 ? "" : "s"} scored; which ones, ${run.describer} did not record`}[run.examples];
+  p.appendChild(el("div", {class: "meta", id: "used"}, `${used} · named by ${run.describer}` + (run.vlm ? ` with VLM ${run.vlm}` : "") +
+    (run.concept_set ? ` · concept set ${run.concept_set}` : "") + ` · score: ${run.score[0]}, ${run.score[1]}`));
   const chips = el("div", {class: "chips"});
   if (!n.c.length) chips.appendChild(el("span", {class: "meta"}, n.s === "dead" ? "dead: its activation is constant over the probing set, so it has no examples" : "none: no concept scored above zero"));
   n.c.forEach(([w, v]) => { const ch = el("span", {class: "chip"}, w); ch.appendChild(el("small", {}, fmt(v))); chips.appendChild(ch); });
@@ -228,8 +276,13 @@ function openView(n) {
   const figs = el("div", {class: "figs"});
   if (n.h) {
     const f = el("div", {class: "fig"});
-    f.append(el("h3", {}, "activation over the probing set"), histogram(n),
-      el("p", {}, "Blue bins reach above the selection threshold (red): the examples. Counts on a log scale, so the few examples stay visible."));
+    const top = run.top_k, caption = {
+      mammi: "Blue bins reach above the selection threshold (red): the examples.",
+      topk: `Blue bins reach above the lowest activation of its top ${top} images (red): the images ${run.describer} scored.`,
+      none: `${run.describer} scores this activation over every probing image: no threshold, no examples.`,
+      unrecorded: `${run.describer} did not record which images it scored.`}[run.examples];
+    f.append(el("h3", {}, "activation over the probing set"), histogram(n, run.examples === "topk" ? `top-${top} cut` : "threshold"),
+      el("p", {}, caption + " Counts on a log scale, so the few examples stay visible."));
     figs.appendChild(f);
   }
   if (n.b.length) {
@@ -253,7 +306,8 @@ function openView(n) {
     fig.appendChild(cap);
     th.appendChild(fig);
   });
-  if (!n.x.length) th.appendChild(el("div", {class: "meta"}, "no examples"));
+  if (!n.x.length) th.appendChild(el("div", {class: "meta"}, n.s === "dead" ? "no examples: the neuron is dead" :
+    {none: `no examples: ${run.describer} selects none`, unrecorded: `no examples: ${run.describer} did not record them`}[run.examples] || "no examples"));
   p.appendChild(th);
   drawMaps(n, th);
 
@@ -269,24 +323,32 @@ function openView(n) {
     p.appendChild(pl);
   }
   if (run.ablation) p.appendChild(ablationTable(n, run));
+  else if (run.ablation_note) p.appendChild(el("p", {class: "meta", id: "ablation"}, "No ablation at this layer: " + run.ablation_note + "."));
   $("view").classList.add("open");
   $("view").scrollTop = 0;
   document.body.style.overflow = "hidden";
 }
 
 function evidence(n, run) {
-  const d = el("div", {class: "evidence", id: "evidence"});
-  const e = n.ev;
+  const d = el("div", {class: "evidence", id: "evidence"}), e = n.ev, E = run.evidence;
+  const text = (t) => document.createTextNode(t);
   if (!e) {
-    d.textContent = n.s === "dead" ? "No significance test: a dead neuron has no examples." :
-      "No significance test for this name (no examples, or a describer that does not test its names).";
+    if (verdict(n) === "nt") d.append(el("b", {}, "Not testable."), text(" The name is not tested: " + untestable(E) + "."));
+    else d.textContent = n.s === "dead" ? "No significance test: a dead neuron has no examples." :
+      n.s === "none" ? "No significance test: the neuron has no name to test." :
+      `No significance test: ${run.describer} does not test its names.`;
     return d;
   }
-  d.append(el("b", {}, e.sig ? `Significant at q ≤ ${run.fdr}.` : `Not significant at q ≤ ${run.fdr}.`),
-    document.createTextNode(` Its examples match their best concept with z = ${fmt(e.z)} (the largest over the concepts);` +
-      ` random sets of ${n.e} probing image${n.e === 1 ? "" : "s"} reach ${fmt(e.p95)} in 5% of draws (the null's 95th percentile).` +
-      ` p = ${fmt(e.p)}; q = ${fmt(e.q)} (Benjamini–Hochberg over the layer's live neurons).`));
-  if (n.e <= 2) d.append(document.createTextNode(" With one or two examples the test has little power."));
+  const fdr = E && E.fdr !== null && E.fdr !== undefined ? E.fdr : run.fdr, k = n.e, ex = `${k} example${k === 1 ? "" : "s"}`;
+  d.append(el("b", {}, e.sig ? `Significant at q ≤ ${fdr}.` : `Not significant at q ≤ ${fdr}.`));
+  if (e.t !== null && e.t !== undefined) d.append(text(` Tested: the name “${e.t}”.`));
+  if (e.m !== null && e.m !== undefined) d.append(text(` Its mean score over the ${ex}, m = ${fmt(e.m)}, against ${fmt(e.p95)}: ` +
+    `the 95th percentile of the best mean score (the naming replayed) of random ${k}-image subsets, the m a neuron ` +
+    `with ${ex} must pass for p < 0.05.`));
+  d.append(text(` p = ${fmt(e.p)}, q = ${fmt(e.q)} (Benjamini–Hochberg over the layer's named neurons).`),
+    el("br"), text(`H0: its ${ex} ${k === 1 ? "is a random image" : `are a random ${k}-image subset`} of the probing set` +
+      (E && E.pool ? ` (the null draws from a pool of ${E.pool} probing images, ${E.draws} draws).` : ".")));
+  if (k <= 2) d.append(text(" With one or two examples the test has little power."));
   return d;
 }
 
@@ -421,14 +483,17 @@ function drawMaps(n, th) {
   cb.checked = mapsShown;
   th.classList.toggle("nomaps", !mapsShown);
   cb.addEventListener("change", () => { mapsShown = cb.checked; th.classList.toggle("nomaps", !mapsShown); });
+  const mapped = n.mi ? n.mi.filter((j) => j !== null).length : n.x.length;
   box.append(cb, document.createTextNode(` activation maps: each example's ${g.kind} (${g.h}×${g.w}, upsampled to the crop),` +
-    ` blue and clear at ${fmt(lo)} to red at ${fmt(hi)}, the neuron's range over these examples`));
+    ` blue and clear at ${fmt(lo)} to red at ${fmt(hi)}, the neuron's range over ` + (n.mi ?
+    `the examples step 2 selected; drawn on the ${mapped} of these ${n.x.length} images among them` : "these examples")));
   th.before(box);
+  // A rival's examples are its own: each has the map of the same image among the selection's examples, if any.
   [...th.children].forEach((fig, r) => {
-    const img = fig.querySelector("img");
-    if (!img || (r + 1) * size > bytes.length) return;
+    const img = fig.querySelector("img"), j = n.mi ? n.mi[r] : r;
+    if (!img || j === null || j === undefined || (j + 1) * size > bytes.length) return;
     const wrap = el("div", {class: "mapbox"}), canvas = el("canvas", {class: "map", width: MAP_SIDE, height: MAP_SIDE});
-    paintMap(canvas, bytes.subarray(r * size, (r + 1) * size), g.h, g.w);
+    paintMap(canvas, bytes.subarray(j * size, (j + 1) * size), g.h, g.w);
     img.replaceWith(wrap);
     wrap.append(img, canvas);
   });

@@ -25,6 +25,7 @@ The page itself is gallery.html, gallery.css and gallery.js beside this file; th
 are written into index.html, which so stays one file.
 """
 import base64
+import contextlib
 import csv
 import html
 import io
@@ -41,8 +42,10 @@ import torch
 from core.digests import code_digest, digest, file_digest
 from dataset.nih import probe_crop, resolve_images
 from dataset.probe import load_probe, output_names
-from method import alpha_cut
+from describers import SCORES
+from method import alpha_cut, select_examples
 from models import pick_device
+from pipeline.ablation import untested
 from pipeline.cache import load_json, save_bytes
 from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.overlays import KINDS, example_overlays
@@ -73,6 +76,8 @@ PAGE_FILES = ("gallery.html", "gallery.css", "gallery.js")  # the page: the mark
 PROBE_FIELDS = ("labels", "split", "split_file", "skip_missing", "uncertain", "max_images", "seed")
 # What an experiment file (or an option) names that picks its runs out of everything under save_root.
 EXPERIMENT_FIELDS = ("dataset", "model")
+# The layer's significance test as concepts.json's "evidence" states it (README, "How far to trust a name").
+EVIDENCE = ("testable", "tested", "significant", "fdr", "draws", "pool", "p_min", "pool_needed")
 
 
 def run():
@@ -124,7 +129,9 @@ def run():
     shareable(index)
     n = len(page["neurons"])
     counts = {s: sum(x["s"] == s for x in page["neurons"]) for s in ("ok", "none", "dead")}
-    print(f"{n} neurons in {len(page['runs'])} run(s) ({counts['ok']} ok, {counts['none']} none, {counts['dead']} dead); "
+    untrained = sum(r["untrained"] for r in page["runs"])
+    print(f"{n} neurons in {len(page['runs'])} run(s)" + (f" ({untrained} of an untrained target)" if untrained else "") +
+          f" ({counts['ok']} named, {counts['none']} none, {counts['dead']} dead); "
           f"{len(used)} thumbnails ({made} new), {len(page['panels'])} panels linked, in {time.time() - t0:.1f}s")
     print("outputs:")
     print(f"  {index}")
@@ -184,48 +191,70 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     hist = histograms(ex_path, ex)
     bars, cuts, alpha = similarity_bars(path.parent / "similarity.pt", data)
     r = len(page["runs"])
+    describer = str(cfg.get("describer") or "MAMMI")
+    kind, own = examples_of(cfg, ex_path, ex)
     p = ex_cfg.get("adaptive_percent")
-    selection = (f"top {ex_cfg.get('topk')}" if ex_cfg.get("selection") == "topk"
-                 else f"adaptive, p = {p:g}%" if isinstance(p, (int, float)) else "adaptive")
+    selection = {"mammi": f"top {ex_cfg.get('topk')}" if ex_cfg.get("selection") == "topk"
+                 else f"adaptive, p = {p:g}%" if isinstance(p, (int, float)) else "adaptive",
+                 "topk": f"its top {cfg.get('top_k')} by activation"}.get(kind, "")
     # What tells runs of one describer, layer and model apart, each as it reads on a label.
     settings = {"selection": selection, "scoring": {True: "adaptive scores", False: "plain scores"}.get(cfg.get("adaptive")),
                 "prompt": cfg.get("template_ver") and f"prompt {cfg['template_ver']}",
                 "alpha": cfg.get("alpha") is not None and f"alpha {cfg['alpha']:g}",
                 "concepts": cfg.get("concept_set") and concept_set_name(cfg), "vlm": cfg.get("model_clip")}
+    score = SCORES.get(describer.lower() if kind == "mammi" else describer, ("score", "as the describer reported it"))
+    why_not = untested(str(ex_cfg.get("layer") or layer))
+    evidence = data.get("evidence") if isinstance(data.get("evidence"), dict) else None
     page["runs"].append({"path": str(path), "layer": layer, "model": model_dir({"save_root": "", **ex_cfg}).name,
-                         "describer": str(cfg.get("describer") or "MAMMI"), "vlm": str(cfg.get("model_clip") or ""),
+                         "describer": describer, "vlm": str(cfg.get("model_clip") or ""),
                          "selects": cfg.get("vocabulary") != "findings",  # a label-based describer uses no examples
+                         "examples": kind, "top_k": cfg.get("top_k") if kind == "topk" else None,
                          "untrained": bool(ex_cfg.get("untrained", False)) or ex_cfg.get("reinit_seed", -1) >= 0,
                          "settings": {k: str(v) for k, v in settings.items() if v},
                          "concept_set": str(cfg.get("concept_set", "")), "selection": selection,
+                         "score": list(score), "per_example": kind == "mammi",
                          "alpha": alpha, "n_images": hist["n"] if hist else None, "fc": is_fc,
-                         "fdr": cfg.get("fdr"), "ablation": ablation_rows(path.parent / "ablation.json")})
+                         "fdr": cfg.get("fdr"), "evidence": evidence and {k: evidence.get(k) for k in EVIDENCE},
+                         "ablation": None if why_not else ablation_rows(path.parent / "ablation.json"),
+                         "ablation_note": why_not})
     for n in data["neurons"]:
         k = n["neuron"]
         e = by_id[k]
         chosen = [[str(c["concept"]), sig(c["score"])] for c in n.get("concepts", [])]
         status = n.get("status") or ("dead" if e.get("dead") else ("ok" if chosen else "none"))
+        mine = e if own is None else own.get(k, {"examples": [], "threshold": None})
         shown = []
-        for rank, x in enumerate(e["examples"][:max_examples]):
+        for x in mine["examples"][:max_examples]:
             key = (folder, resize, crop, x["image_id"])
             if key not in images:
                 images[key] = len(page["images"])
                 page["images"].append([x["image_id"], None, labels.get(x["image_id"], "")])
-            shown.append([images[key], sig(x["activation"])] + ([sig(probs[(k, rank)])] if (k, rank) in probs else []))
-        count = n.get("n_examples", len(e["examples"])) if page["runs"][r]["selects"] else len(e["examples"])
-        rec = {"r": r, "n": k, "s": status, "c": chosen, "e": int(count),  # a label-based describer's: step 2's
-               "x": shown, "t": sig(e.get("threshold")), "p": []}
-        if n.get("significant") is not None:  # step 3's permutation test (README, "How far to trust a name")
-            rec["ev"] = {"z": sig(n["z"]), "p": sig(n["p"]), "q": sig(n["q"]), "sig": bool(n["significant"]),
-                         "p95": sig(n.get("null_p95"))}
+            pr = probs.get((k, x["image_id"]))
+            shown.append([images[key], sig(x["activation"])] + ([sig(pr)] if pr is not None else []))
+        # The examples its score was summed or averaged over (a dead neuron has none; a label-based describer
+        # scores every probing image and selects none).
+        count = 0 if status == "dead" or kind == "none" else n.get("n_examples", len(mine["examples"]))
+        rec = {"r": r, "n": k, "s": status, "c": chosen, "e": int(count),
+               "x": shown, "t": sig(mine["threshold"] if own is not None else e.get("threshold")), "p": []}
+        if own is not None and shown:  # step 2's maps are of examples.json's examples: each shown image's own, if any
+            at = {x["image_id"]: j for j, x in enumerate(e["examples"][:max_examples])}
+            rec["mi"] = [at.get(x["image_id"]) for x in mine["examples"][:max_examples]]
+        if n.get("significant") is not None:  # step 3's significance test (README, "How far to trust a name")
+            rec["ev"] = {"t": n.get("tested"), "m": sig(n.get("m")), "p": sig(n["p"]), "q": sig(n["q"]),
+                         "sig": bool(n["significant"]), "p95": sig(n.get("null_p95"))}
         if hist:
             rec.update(h=hist["counts"][k], lo=hist["lo"][k], hi=hist["hi"][k])
         row = bars.get(k)
-        if row is None:  # a describer without similarity.pt: its own scores are the chart
-            row = [(c, s) for c, s in chosen[:top_concepts]]
+        if row is None:  # a describer without similarity.pt: its own scores (its top few, where it lists them)
+            row = [(str(c["concept"]), sig(c["score"])) for c in n.get("top") or []] or chosen
+            row = row[:top_concepts]
         else:
             rec["cut"] = cuts[k]
         rec["b"] = [[vocab.setdefault(c, len(vocab)), s] for c, s in row]
+        best = row[0][1] if row and status != "dead" else None  # each row is in descending order of score
+        # The card's score, which ranks the neuron in its run: MAMMI's S(k, c) is a sum over the examples, so
+        # the mean per example; a rival's score as it is.
+        rec["v"] = (sig(best / count) if count else None) if kind == "mammi" and best is not None else best
         if is_fc:
             rec["cls"] = classes[k]
             rec["hit"] = classes[k].lower() in {c for c, _ in chosen}
@@ -235,6 +264,46 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     return {"concepts": file_digest(path), "examples": file_digest(ex_path), "data_root": folder,
             "files": [stat(ex_path.parent / "examples.csv"), stat(ex_path.parent.parent / "activations.pt"),
                       stat(path.parent / "similarity.pt"), stat(path.parent / "ablation.json")]}
+
+
+def examples_of(cfg: dict, ex_path: Path, ex: dict) -> tuple[str, dict | None]:
+    """Which images a run's describer scored a neuron on, as the neuron view shows them: "mammi", the
+    examples of examples.json (None: read there); "topk", a rival's top_k images by activation, each neuron's
+    {"threshold" (its k-th activation), "examples"} as describers.top_images takes them; "none", a
+    label-based describer, which scores the whole probing set and selects none; "unrecorded", a describer
+    that does not store how it picked its images. The last two show no examples ({})."""
+    if not cfg.get("describer"):
+        return "mammi", None
+    if cfg.get("vocabulary") == "findings":
+        return "none", {}
+    k = cfg.get("top_k")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        return "unrecorded", {}
+    memo = (str(ex_path.parent.parent.resolve()), ex["activations_key"], k)
+    if memo not in _top:
+        act = activations(ex_path, ex)
+        acts, ids = act["activations"], act["image_ids"]
+        picked = {}
+        for n in select_examples(acts, "topk", topk=k):  # the order of top_images: descending, ties in probe order
+            col = n["neuron"]
+            picked[col] = {"threshold": None if n["dead"] else n["threshold"],
+                           "examples": [] if n["dead"] else [{"image_id": ids[i], "activation": float(acts[i, col])}
+                                                             for i in n["examples"][:max_examples]]}
+        _top[memo] = picked
+    return "topk", _top[memo]
+
+
+_top: dict = {}
+_acts: dict = {}
+
+
+def activations(ex_path: Path, ex: dict) -> dict:
+    """The layer's activations.pt, kept for the next run of the same layer (several describers share one)."""
+    memo = (str(ex_path.parent.parent.resolve()), ex["activations_key"])
+    if memo not in _acts:
+        _acts.clear()  # one layer at a time: NIH's 75,312 x 2,048 hold 600 MB
+        _acts[memo] = read_activations(ex_path, ex)
+    return _acts[memo]
 
 
 _probed: dict = {}
@@ -280,8 +349,8 @@ def sig(v, digits: int = 4):
 
 
 def example_labels(path: Path, classes: list[str]) -> tuple[dict, dict]:
-    """examples.csv: each image's findings, and each (neuron, rank)'s probability of the neuron's class
-    when the layer is fc (classes: its column names, empty otherwise). Absent file: no labels shown."""
+    """examples.csv: each image's findings, and each (neuron, example image)'s probability of the neuron's
+    class when the layer is fc (classes: its column names, empty otherwise). Absent file: no labels shown."""
     labels, probs = {}, {}
     if not path.is_file():
         print(f"note: {path} not found; the thumbnails carry no labels")
@@ -292,7 +361,7 @@ def example_labels(path: Path, classes: list[str]) -> tuple[dict, dict]:
             k = int(row["neuron"])
             p = row.get(f"prob_{classes[k]}") if classes else None
             if p not in (None, "", "nan"):
-                probs[(k, int(row["rank"]))] = float(p)
+                probs[(k, row["image_id"])] = float(p)
     return labels, probs
 
 
@@ -304,7 +373,7 @@ def histograms(ex_path: Path, ex: dict) -> dict:
     between its min and max. Computed once per activations.pt (several describers share one layer)."""
     memo = (str(ex_path.parent.parent.resolve()), ex["activations_key"])
     if memo not in _histograms:
-        _histograms[memo] = _histograms_of(read_activations(ex_path, ex)["activations"], len(ex["neurons"]),
+        _histograms[memo] = _histograms_of(activations(ex_path, ex)["activations"], len(ex["neurons"]),
                                            ex_path.parent.parent / "activations.pt")
     return _histograms[memo]
 
@@ -479,7 +548,7 @@ def attach_maps(page: dict) -> list:
     "kind", "m": {neuron: [lo, hi, base64 of its examples' h x w maps in 8 bits over lo..hi]}}; a run
     without maps says why (run["maps_note"]). Returns the caches' keys (for the page key)."""
     page["maps"] = []
-    groups, keys = {}, []
+    groups, keys, said = {}, [], set()
     dev = pick_device(config["device"]) if overlays else None
     for run_rec in page["runs"]:
         if not overlays:
@@ -489,8 +558,8 @@ def attach_maps(page: dict) -> list:
         g = groups.get(ex_json.resolve())
         if g is None:
             try:
-                got = example_overlays(ex_json, ex, data_root, max_examples, config["batch_size"],
-                                       config["num_workers"], dev)
+                got = once(lambda: example_overlays(ex_json, ex, data_root, max_examples, config["batch_size"],
+                                                    config["num_workers"], dev), said)
                 g = len(page["maps"])
                 page["maps"].append(encode_maps(got))
                 keys.append({"maps": got["key"]})
@@ -503,6 +572,21 @@ def attach_maps(page: dict) -> list:
         else:
             run_rec["maps_note"] = g
     return keys
+
+
+def once(fn, said: set):
+    """fn() with what it prints held back, then each line not printed before in this build printed: the
+    target is loaded once per selection, and its warning of random weights (--checkpoint random) is said
+    once, not once per layer and selection."""
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            return fn()
+    finally:
+        for line in out.getvalue().splitlines():
+            if line not in said:
+                said.add(line)
+                print(line)
 
 
 def encode_maps(got: dict) -> dict:

@@ -10,7 +10,8 @@ The statistic, as plain functions of tensors (checked against a literal loop in 
   hook_drops      the same for any layer, by forward passes with a hook that zeroes the channels;
   finding_stats   effect, random mean and SD, z and the drop of the other classes, in logit SDs.
 Then what ablation.py and compare_describers.py share: the held-out split's images, labels, logits
-and layer activations (`held_out`), and one concepts.json ablated and written (`ablate`).
+and layer activations (`held_out`), one concepts.json ablated and written (`ablate`), and the layers
+where the test says nothing (`untested`: fc, whose neurons are the logits themselves).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from pipeline.forward import probe_loader, record
 from pipeline.outputs import ablation_key, activations_key, layer_dir, stored_classes
 
 FIELDS = ("finding", "n_neurons", "effect", "random_mean", "random_sd", "z", "other_classes")
+OUTPUTS = ("ablation.json", "ablation.csv", "ablation.png")  # what ablate writes beside a concepts.json
 
 
 class NoLabels(PipelineError):
@@ -151,6 +153,23 @@ def finding_stats(effects: torch.Tensor, f: int, others: list[int]) -> dict:
     z = (effect - mean) / sd if sd > 0 else None
     other = float(effects[0, others].mean()) if others else None
     return {"effect": effect, "random_mean": mean, "random_sd": sd, "z": z, "other_classes": other}
+
+
+def untested(layer: str) -> str | None:
+    """Why ablation tests nothing at this layer, or None where it does. At fc each neuron is a class's
+    logit: zeroing the neurons named for a finding and reading the finding's logit only asks whether the
+    finding's own neuron is among them (z near sqrt(K - 1) if so, near 0 if not), which the hit rate says."""
+    if layer == "fc":
+        return ("at the fc layer each neuron is a class's logit, so zeroing the neurons named for a finding and "
+                "reading that finding's logit only asks whether its own neuron is among them (the hit rate says "
+                "that); the penultimate layer is where ablation tests the names")
+    return None
+
+
+def discard(concepts_path: Path) -> None:
+    """An ablation written beside a concepts.json before its layer was left untested: no reader shows it."""
+    for name in OUTPUTS:
+        (Path(concepts_path).parent / name).unlink(missing_ok=True)
 
 
 # ---- the held-out split and one concepts.json

@@ -5,6 +5,7 @@ import ast
 import csv
 import html
 import json
+import math
 import os
 import re
 import shutil
@@ -60,10 +61,11 @@ ABLATION = [{"finding": HOSTILE, "n_neurons": 1, "effect": 1.5, "random_mean": 0
              "other_classes": None, "neurons": [], "n_images": 9}]
 
 
-def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed: int = 0) -> Path:
+def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed: int = 0, testable: bool = True) -> Path:
     """A penultimate layer of n_neurons in the stage-2/3 output formats, with a dead neuron (5), a neuron
     whose best score is negative (7: none), the hostile concept as neuron 3's name, and a visualization
-    panel whose top neuron is 3. Returns the save_root."""
+    panel whose top neuron is 3. Its significance test, in concepts.json's fields: every third named neuron
+    significant; or, testable False, a layer where no name can be tested. Returns the save_root."""
     rng = np.random.default_rng(seed)
     images = root / "world" / "images"
     images.mkdir(parents=True)
@@ -107,18 +109,24 @@ def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed:
     named = []
     for n, row in zip(neurons, S):
         chosen = select_concepts(row, 95.0) if n["examples"] else []
-        live = bool(n["examples"])  # step 3's permutation test: every third live neuron significant here
-        named.append({"neuron": n["neuron"], "n_examples": len(n["examples"]),
+        k, tested = n["neuron"], testable and bool(chosen)  # step 3 tests the named neurons' names
+        named.append({"neuron": k, "n_examples": len(n["examples"]),
                       "status": "dead" if n["dead"] else ("ok" if chosen else "none"),
-                      "concepts": [{"concept": vocab[c], "score": float(row[c])} for c in chosen],
-                      "z": 2.5 + n["neuron"] % 7 if live else None, "p": 0.001 * (1 + n["neuron"] % 50) if live else None,
-                      "q": (0.01 if n["neuron"] % 3 == 0 else 0.2) if live else None,
-                      "significant": n["neuron"] % 3 == 0 if live else None, "null_p95": 3.25 if live else None})
+                      "concepts": [{"concept": vocab[c], "score": float(row[c]), "p": 0.5 if tested else None}
+                                   for c in chosen],
+                      "tested": vocab[chosen[0]] if tested else None,
+                      "m": float(row[chosen[0]]) / len(n["examples"]) if tested else None,
+                      "p": 0.001 * (1 + k % 50) if tested else None,
+                      "q": (0.01 if k % 3 == 0 else 0.2) if tested else None,
+                      "significant": k % 3 == 0 if tested else None, "null_p95": 3.25 if tested else None})
     torch.save({"key": "synthetic", "similarity": S, "concepts": vocab, "neurons": list(range(n_neurons))},
                match / "similarity.pt")
     (match / "concepts.json").write_text(json.dumps({"key": "synthetic", "examples_key": "synthetic-examples", "config": {
         "layer": "penultimate", "model": "resnet50", "alpha": 95.0, "examples": str(ex_json),
-        "model_clip": "synthetic", "concept_set": "words", "fdr": 0.05}, "neurons": named}))
+        "model_clip": "synthetic", "concept_set": "words", "fdr": 0.05}, "neurons": named,
+        "evidence": {"testable": testable, "tested": sum(n["significant"] is not None for n in named),
+                     "significant": sum(bool(n["significant"]) for n in named), "fdr": 0.05, "draws": 1000,
+                     "pool": n_images, "p_min": 1 / 1001 if testable else 0.2, "pool_needed": None if testable else 500}}))
     (match / "ablation.json").write_text(json.dumps({"key": "synthetic-ablation", "concepts": str(match / "concepts.json"),
                                                      "layer": "penultimate", "findings": ABLATION}))
     vis = res / "synth_nih" / "resnet50" / "visualization"
@@ -141,6 +149,12 @@ def synthetic(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_gallery(real_run):
+    """The page of the real runs, each with an ablation table beside it (at fc one written before ablation
+    left that layer untested: the page must not show its z)."""
+    for path in real_run.rglob("concepts.json"):
+        layer = json.loads(path.read_text())["config"]["layer"]
+        (path.parent / "ablation.json").write_text(json.dumps({"key": "by-hand", "concepts": str(path), "layer": layer,
+                                                               "findings": ABLATION}))
     log = ok(run_script("gallery.py", "--save_root", str(real_run)))
     return real_run / "gallery" / "index.html", log
 
@@ -233,6 +247,17 @@ def test_real_outputs_fc_and_penultimate(real_gallery, real_run):
     assert f"outputs:\n  {index}" in log and index.resolve().as_uri() in log
 
 
+def test_no_ablation_z_where_the_neurons_are_the_logits(real_gallery):
+    """At fc each neuron is a class logit, so zeroing it and reading that logit tests nothing: the fc run
+    carries no ablation table (though an ablation.json lies beside it) but the reason; penultimate its table."""
+    index, _ = real_gallery
+    runs = {r["layer"]: r for r in page_data(index)[2]["runs"]}
+    assert runs["fc"]["ablation"] is None
+    assert runs["fc"]["ablation_note"].startswith("at the fc layer each neuron is a class's logit")
+    assert runs["penultimate"]["ablation_note"] is None and [r[0] for r in runs["penultimate"]["ablation"]] == \
+        [r["finding"] for r in ABLATION]
+
+
 def test_synthetic_2048_and_panels(synthetic):
     res, log = synthetic
     data = check_against_outputs(res / "gallery" / "index.html", [next(res.rglob("concepts.json"))])
@@ -251,8 +276,9 @@ def test_synthetic_2048_and_panels(synthetic):
 
 
 def test_each_name_carries_its_evidence_and_the_layer_its_ablation(synthetic):
-    """The page holds, per neuron, the z, p, q, verdict and null percentile step 3 stored (none for the dead
-    neuron), and per run the ablation table ablation.py wrote beside its concepts.json, row for row."""
+    """The page holds, per neuron, the name tested, its m, p, q, verdict and null percentile step 3 stored
+    (none for the dead neuron), per run the layer's evidence record, and the ablation table ablation.py wrote
+    beside its concepts.json, row for row."""
     res, _ = synthetic
     concepts = json.loads(next(res.rglob("concepts.json")).read_text())
     data = page_data(res / "gallery" / "index.html")[2]
@@ -262,11 +288,11 @@ def test_each_name_carries_its_evidence_and_the_layer_its_ablation(synthetic):
     assert len(tested) == sum(n["significant"] is not None for n in concepts["neurons"]) > 100
     for n in tested:
         want = stored[n["n"]]
-        assert n["ev"]["sig"] is want["significant"]
-        assert [n["ev"][k] for k in ("z", "p", "q", "p95")] == pytest.approx(
-            [want[k] for k in ("z", "p", "q", "null_p95")], rel=1e-3)
+        assert n["ev"]["sig"] is want["significant"] and n["ev"]["t"] == want["tested"] == want["concepts"][0]["concept"]
+        assert [n["ev"][k] for k in ("m", "p", "q", "p95")] == pytest.approx(
+            [want[k] for k in ("m", "p", "q", "null_p95")], rel=1e-3)
     run = data["runs"][0]
-    assert run["fdr"] == 0.05
+    assert run["fdr"] == 0.05 and run["evidence"] == concepts["evidence"]
     assert run["ablation"] == [[r["finding"], r["n_neurons"]] + [r[k] for k in ("effect", "random_mean", "random_sd", "z",
                                                                                 "other_classes")] + [r["neurons"]]
                                for r in ABLATION]
@@ -524,13 +550,7 @@ def test_runs_of_one_describer_layer_and_model_are_told_apart_by_their_settings(
     (plain / "concepts.json").write_text(json.dumps(data))
     (mine.parent / "concepts.json").write_text(json.dumps({**data, "config": {**data["config"], "template_ver": "base",
                                                                              "adaptive": True}}))
-    layer = mine.parents[3]
-    reinit = layer.parent.parent / "resnet50-reinit0" / "penultimate"
-    shutil.copytree(layer, reinit)
-    ex_json = reinit / "adaptive93" / "examples.json"
-    ex_json.write_text(ex_json.read_text().replace('"dataset": "synth"', '"reinit_seed": 0, "dataset": "synth"'))
-    for f in reinit.rglob("concepts.json"):
-        f.write_text(f.read_text().replace(str(mine.parents[2]), str(reinit / "adaptive93")))
+    reinit_copy(mine)
     ok(run_script("gallery.py", "--save_root", str(res)))
     runs = {(r["model"], Path(r["path"]).parent.name): r for r in page_data(res / "gallery" / "index.html")[2]["runs"]}
     assert {k: (r["variant"], r["untrained"]) for k, r in runs.items()} == {
@@ -538,6 +558,125 @@ def test_runs_of_one_describer_layer_and_model_are_told_apart_by_their_settings(
         ("resnet50", "words_no_plain_a95"): ("plain scores · prompt no", False),
         ("resnet50-reinit0", "words_base_adaptive_a95"): ("adaptive scores · prompt base", True),
         ("resnet50-reinit0", "words_no_plain_a95"): ("plain scores · prompt no", True)}
+
+
+def reinit_copy(concepts: Path) -> Path:
+    """The layer of a synthetic run copied as sanity_check.py's re-initialised target (resnet50-reinit0), its
+    runs pointing at their own examples; returns the copy's layer folder."""
+    layer = concepts.parents[3]
+    reinit = layer.parent.parent / "resnet50-reinit0" / "penultimate"
+    shutil.copytree(layer, reinit)
+    ex_json = reinit / "adaptive93" / "examples.json"
+    ex_json.write_text(ex_json.read_text().replace('"dataset": "synth"', '"reinit_seed": 0, "dataset": "synth"'))
+    for f in reinit.rglob("concepts.json"):
+        f.write_text(f.read_text().replace(str(concepts.parents[2]), str(reinit / "adaptive93")))
+    return reinit
+
+
+def test_the_untrained_target_warning_is_printed_once(tmp_path):
+    """Two selections of a target with random weights (--checkpoint random): the gallery loads the target once
+    per selection for its maps, and says that the weights are random once, not per selection."""
+    res = write_synthetic(tmp_path, n_neurons=8, n_images=12)
+    ex_json = next(res.rglob("examples.json"))
+    ex = json.loads(ex_json.read_text())
+    ex["config"].update(checkpoint="random", untrained=True)
+    ex_json.write_text(json.dumps(ex))
+    other = ex_json.parent.parent / "adaptive94"  # another selection of the same layer, named with it
+    shutil.copytree(ex_json.parent, other)
+    ex["config"]["adaptive_percent"] = 94.0
+    (other / "examples.json").write_text(json.dumps(ex))
+    log = ok(run_script("gallery.py", "--save_root", str(res)))
+    assert log.count("warning: --checkpoint random: resnet50 is untrained") == 1, log
+    assert log.count("note: no activation maps for") == 2  # each selection still says what became of its maps
+    assert "16 neurons in 2 run(s) (2 of an untrained target)" in log
+
+
+def test_browser_opens_on_one_run_and_counts_trained_and_untrained_apart(browser, tmp_path):
+    """A page with an untrained target's run (--checkpoint random, listed first) and a trained one's opens
+    on the trained run; with all runs shown, the counts of named, none and dead neurons and of significant
+    names are given for the trained and the untrained target apart, never pooled."""
+    from selenium.webdriver.common.by import By
+    drv = browser
+    res = write_synthetic(tmp_path, n_neurons=16, n_images=24)
+    shutil.copytree(res / "synth_all", res / "synthz_all")  # the trained target's, of another probing set's name
+    for f in (res / "synthz_all").rglob("*.json"):
+        f.write_text(f.read_text().replace('"dataset": "synth"', '"dataset": "synthz"')
+                     .replace(str(res / "synth_all"), str(res / "synthz_all")))
+    ex_json = next((res / "synth_all").rglob("examples.json"))
+    ex_json.write_text(ex_json.read_text().replace('"dataset": "synth"', '"untrained": true, "dataset": "synth"'))
+    untrained = next((res / "synth_all").rglob("concepts.json"))
+    stored = json.loads(untrained.read_text())
+    for n in stored["neurons"]:  # the untrained target's names: none significant
+        if n["significant"] is not None:
+            n.update(significant=False, q=0.5)
+    untrained.write_text(json.dumps(stored))
+    mine = next((res / "synthz_all").rglob("concepts.json"))
+    ok(run_script("gallery.py", "--save_root", str(res)))
+    index = res / "gallery" / "index.html"
+    runs = page_data(index)[2]["runs"]
+    assert [r["untrained"] for r in runs] == [True, False]
+    drv.get(index.resolve().as_uri())
+    assert drv.find_element(By.ID, "run").get_attribute("value") == "1"
+
+    def tally(neurons):
+        st = [n["status"] for n in neurons]
+        tested = [n["significant"] for n in neurons if n["significant"] is not None]
+        return (f"{st.count('ok')} named · {st.count('none')} none · {st.count('dead')} dead · "
+                f"{sum(tested)} of {len(tested)} tested significant")
+
+    trained = json.loads(mine.read_text())["neurons"]
+    assert drv.find_element(By.ID, "count").text == f"16 of 32 neurons shown · {tally(trained)}"
+    assert sum(n["significant"] is True for n in trained) > 0
+    drv.find_element(By.CSS_SELECTOR, "#run option[value='']").click()
+    assert drv.find_element(By.ID, "count").text == (f"32 of 32 neurons shown · trained target: {tally(trained)} | "
+                                                     f"untrained target: {tally(stored['neurons'])}")
+    drv.find_element(By.CSS_SELECTOR, "#run option[value='0']").click()
+    assert drv.find_element(By.ID, "count").text == f"16 of 32 neurons shown · untrained target: {tally(stored['neurons'])}"
+    no_errors(drv)
+
+
+def test_browser_a_layer_that_cannot_be_tested_says_not_testable(browser, tmp_path):
+    """concepts.json's evidence says the layer is not testable (no neuron could reach q <= fdr): each named
+    neuron's badge reads "not testable", never "not significant"; the evidence filter finds exactly them; the
+    view says why in the record's numbers."""
+    from selenium.webdriver.common.by import By
+    drv = browser
+    res = write_synthetic(tmp_path, n_neurons=16, n_images=24, testable=False)
+    ok(run_script("gallery.py", "--save_root", str(res)))
+    index = res / "gallery" / "index.html"
+    stored = json.loads(next(res.rglob("concepts.json")).read_text())
+    named = sorted(f"0-{n['neuron']}" for n in stored["neurons"] if n["status"] == "ok")
+    drv.get(index.resolve().as_uri())
+    badges = drv.execute_script("return [...document.querySelectorAll('#list .card')].map(c => [c.dataset.key,"
+                                " [...c.querySelectorAll('.badge.nt, .badge.nsig, .badge.sig')].map(b => b.textContent)])")
+    assert {k: b for k, b in badges if b} == {k: ["not testable"] for k in named}
+    assert "not significant" not in drv.find_element(By.ID, "list").text
+    assert drv.find_element(By.ID, "count").text.endswith(f" · {len(named)} not testable")
+    drv.find_element(By.CSS_SELECTOR, "#evsel option[value='nt']").click()
+    assert sorted(all_keys(drv)) == named
+    drv.find_element(By.CSS_SELECTOR, "#evsel option[value='nsig']").click()
+    assert all_keys(drv) == []
+    drv.get(index.resolve().as_uri() + "#n" + named[0])
+    text = drv.find_element(By.ID, "evidence").text
+    assert text.startswith("Not testable. The name is not tested: with a pool of 24 probing images and 1000 random "
+                           "draws, the smallest p any neuron could reach is 0.2: no name of this layer can reach "
+                           "q ≤ 0.05, so none is called significant or not; a probing set of 500 images could."), text
+    no_errors(drv)
+
+
+def test_browser_sort_by_q_puts_the_most_significant_first(browser, synthetic):
+    """Sort by q: ascending q (ties in page order), the neurons without a test after them."""
+    from selenium.webdriver.common.by import By
+    drv = browser
+    index = synthetic[0] / "gallery" / "index.html"
+    data = page_data(index)[2]
+    drv.get(index.resolve().as_uri())
+    drv.find_element(By.CSS_SELECTOR, "#sort option[value='q']").click()
+    got = drv.execute_script("return [...document.querySelectorAll('#list .card')].slice(0, 120).map(c => c.dataset.key)")
+    order = sorted(range(len(data["neurons"])), key=lambda i: (data["neurons"][i].get("ev", {}).get("q", 2.0), i))
+    assert got == [f"0-{data['neurons'][i]['n']}" for i in order][:len(got)] and len(got) >= 60
+    assert data["neurons"][order[0]]["ev"]["q"] == 0.01 and data["neurons"][order[-1]].get("ev") is None
+    no_errors(drv)
 
 
 # ---- a real browser ----------------------------------------------------------------------------
@@ -623,6 +762,11 @@ def test_browser_real_gallery(browser, real_gallery, real_run):
     index = real_gallery[0]
     data = page_data(index)[2]
     drv.get(index.resolve().as_uri())
+    # It opens on one run: the trained MAMMI run with the most neurons (penultimate's 1,024); then all of them.
+    pen = next(i for i, r in enumerate(data["runs"]) if r["layer"] == "penultimate")
+    assert drv.find_element(By.ID, "run").get_attribute("value") == str(pen)
+    assert drv.find_element(By.ID, "count").text.startswith(f"1024 of {len(data['neurons'])} neurons shown · ")
+    drv.find_element(By.CSS_SELECTOR, "#run option[value='']").click()
     assert drv.find_element(By.ID, "count").text.startswith(f"{len(data['neurons'])} of {len(data['neurons'])}")
     # Search: pick a concept that names a few neurons; exactly those cards stay.
     names = {}
@@ -644,6 +788,9 @@ def test_browser_real_gallery(browser, real_gallery, real_run):
     open_view_and_check(drv, keys[0], len(first["x"]))
     labels = drv.execute_script("return [...document.querySelectorAll('#panel svg.bars text title')].map(t => t.textContent)")
     assert HOSTILE in labels
+    # No ablation z at fc: the reason instead of the table.
+    assert drv.find_elements(By.CSS_SELECTOR, "#ablation table") == []
+    assert drv.find_element(By.ID, "ablation").text.startswith("No ablation at this layer: at the fc layer each neuron")
     assert drv.execute_script("return document.querySelectorAll('img[src=\"x\"]').length") == 0
     from selenium.webdriver.support.ui import WebDriverWait
     drv.find_element(By.ID, "next").click()  # a link: the view follows the address (hashchange)
@@ -680,8 +827,16 @@ def test_browser_2048_neurons(browser, synthetic):
     drv.execute_script("window.scrollTo(0, 0)")
     assert drv.find_element(By.CSS_SELECTOR, '.card[data-key="0-3"] .badge.sig').text == "significant q 0.01"
     open_view_and_check(drv, "0-3", len(data["neurons"][3]["x"]))
+    # The view says in words what was tested, against what, and the hypothesis rejected (concepts.json's
+    # fields of neuron 3: the hostile name, m = 10 / its examples, the null's 95th percentile 3.25).
     text = drv.find_element(By.ID, "evidence").text
-    assert text.startswith("Significant at q ≤ 0.05.") and "z = 5.5" in text and "reach 3.25 in 5% of draws" in text
+    assert data["neurons"][3]["e"] == 1  # one example: m is its score, S = 10
+    assert text.startswith("Significant at q ≤ 0.05.") and f"Tested: the name “{HOSTILE}”." in text, text
+    assert "Its mean score over the 1 example, m = 10, against 3.25: the 95th percentile of the best mean score " \
+           "(the naming replayed) of random 1-image subsets" in text, text
+    assert "p = 0.004, q = 0.01" in text and "z =" not in text
+    assert "H0: its 1 example is a random image of the probing set (the null draws from a pool of 96 probing images, " \
+           "1000 draws)." in text, text
     rows = drv.find_elements(By.CSS_SELECTOR, "#ablation tr")
     cells = [[td.text for td in r.find_elements(By.TAG_NAME, "td")] for r in rows[1:]]
     assert cells == [[HOSTILE, "1", "1.5", "0.1 ± 0.2", "7", "0.05"], ["mass", "0", "–", "–", "–", "–"]]
@@ -714,11 +869,15 @@ def test_browser_2048_neurons(browser, synthetic):
     no_errors(drv)
 
 
-# ---- a run of each kind: MAMMI and a label-based describer, of an untrained target ------------------
+# ---- a run of each kind: MAMMI, a label-based describer and a top-k one, of an untrained target ----------
+TOP_K = 7  # the synthetic clip_dissect's images per neuron
+
+
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
     """The synthetic layer (40 neurons) probed with an untrained target, named by MAMMI (scores of a few
-    units) and by label_auc (AUROCs below 1, from the findings: it selects no examples)."""
+    units), by label_auc (AUROCs below 1, from the findings: it selects no examples) and by clip_dissect
+    (soft-WPMI scores of its top 7 images per neuron, its top 3 concepts listed)."""
     res = write_synthetic(tmp_path_factory.mktemp("gallery_mixed"), n_neurons=40, n_images=30, seed=1)
     ex_json = next(res.rglob("examples.json"))
     ex = json.loads(ex_json.read_text())
@@ -737,22 +896,102 @@ def mixed(tmp_path_factory):
     auc.write_text(json.dumps({"key": "synthetic-auc", "examples_key": "synthetic-examples", "config": {
         "layer": "penultimate", "model": "resnet50", "examples": str(ex_json), "describer": "label_auc",
         "vocabulary": "findings"}, "neurons": neurons}))
+    wpmi = []
+    for k in range(40):
+        top = sorted(rng.uniform(-3, 3, 3).tolist(), reverse=True)
+        words = [WORDS[(k + j) % len(WORDS)] for j in range(3)]
+        wpmi.append({"neuron": k, "n_examples": TOP_K, "status": "dead" if k == 5 else "ok",
+                     "concepts": [] if k == 5 else [{"concept": words[0], "score": top[0]}],
+                     "top": [] if k == 5 else [{"concept": w, "score": v} for w, v in zip(words, top)]})
+    cd = mammi.parent / "describers" / "clip_dissect" / "concepts.json"
+    cd.parent.mkdir(parents=True)
+    cd.write_text(json.dumps({"key": "synthetic-cd", "examples_key": "synthetic-examples", "config": {
+        "layer": "penultimate", "model": "resnet50", "examples": str(ex_json), "describer": "clip_dissect",
+        "vocabulary": "concept_set", "top_k": TOP_K, "model_clip": "synthetic"}, "neurons": wpmi}))
     ok(run_script("gallery.py", "--save_root", str(res)))
-    return res, {str(mammi): json.loads(mammi.read_text()), str(auc): json.loads(auc.read_text())}
+    return res, {str(p): json.loads(p.read_text()) for p in (mammi, auc, cd)}
 
 
-def top_score(n) -> float:
-    """The score a card shows: the neuron's best bar (its run's best concept), -inf for a dead neuron."""
-    if n["s"] == "dead" or not (n["b"] or n["c"]):
-        return -np.inf
-    return (n["b"] or n["c"])[0][1]
+def card_score(n, run) -> float | None:
+    """The score a card shows, by which a neuron stands in its run: its best concept's (MAMMI's summed S over
+    its examples divided by their number); none for a dead neuron."""
+    if n["s"] == "dead":
+        return None
+    best = (n["b"] or n["c"])[0][1]
+    return best / n["e"] if run["describer"] == "MAMMI" else best
+
+
+def top_share(data) -> dict:
+    """Per neuron: 100 x the share of its run's scored neurons whose score is at least its own (a literal count)."""
+    out = {}
+    for r, run in enumerate(data["runs"]):
+        mine = [(n["n"], card_score(n, run)) for n in data["neurons"] if n["r"] == r]
+        scored = [v for _, v in mine if v is not None]
+        out.update({(r, k): 100 * sum(w >= v for w in scored) / len(scored) for k, v in mine if v is not None})
+    return out
+
+
+def test_mammi_cards_score_the_mean_per_example_and_rivals_their_own(mixed):
+    """A card's score: MAMMI's S(k, c) of its first concept divided by its examples (the sum grows with
+    their number), a rival's best score as it stored it; each run names its score and unit."""
+    res, stored = mixed
+    data = page_data(res / "gallery" / "index.html")[2]
+    runs = {r["describer"]: i for i, r in enumerate(data["runs"])}
+    assert {d: data["runs"][i]["score"][0] for d, i in runs.items()} == {
+        "MAMMI": "S(k, c)", "label_auc": "AUROC", "clip_dissect": "soft-WPMI"}
+    assert data["runs"][runs["MAMMI"]]["score"][1] == "summed score over the examples"
+    mammi = next(p for p in stored if "describers" not in p)
+    S = torch.load(Path(mammi).parent / "similarity.pt", weights_only=True)["similarity"].double()
+    counts = {n["neuron"]: n["n_examples"] for n in stored[mammi]["neurons"]}
+    for n in data["neurons"]:
+        run = data["runs"][n["r"]]
+        if n["s"] == "dead":
+            assert n["v"] is None
+        elif run["describer"] == "MAMMI":
+            assert n["v"] == pytest.approx(float(S[n["n"]].max()) / counts[n["n"]], rel=1e-3)
+        else:
+            want = stored[run["path"]]["neurons"][n["n"]]["concepts"][0]["score"]
+            assert n["v"] == pytest.approx(want, rel=1e-3)
+
+
+def test_a_rival_shows_its_own_examples_or_none(mixed):
+    """clip_dissect's view holds its own top 7 images by activation (ties in probe order), its 7th activation
+    as the cut and, per image, the activation map of the same image among step 2's examples (or none);
+    label_auc, which scores every image and selects none, shows none. Neither shows MAMMI's examples."""
+    res, stored = mixed
+    data = page_data(res / "gallery" / "index.html")[2]
+    ex_json = next(res.rglob("examples.json"))
+    ex = {n["neuron"]: [e["image_id"] for e in n["examples"]] for n in json.loads(ex_json.read_text())["neurons"]}
+    act = torch.load(ex_json.parent.parent / "activations.pt", weights_only=True)
+    acts, ids = act["activations"].double(), act["image_ids"]
+    runs = {r["describer"]: i for i, r in enumerate(data["runs"])}
+    differ = 0
+    for n in data["neurons"]:
+        shown = [data["images"][x[0]][0] for x in n["x"]]
+        if n["r"] == runs["label_auc"]:
+            assert shown == [] and n["e"] == 0 and n["t"] is None and "mi" not in n
+        elif n["r"] == runs["clip_dissect"]:
+            if n["s"] == "dead":
+                assert shown == [] and n["e"] == 0
+                continue
+            col = acts[:, n["n"]].tolist()
+            order = sorted(range(len(ids)), key=lambda i: (-col[i], i))[:TOP_K]
+            assert shown == [ids[i] for i in order] and n["e"] == TOP_K
+            assert n["t"] == pytest.approx(col[order[-1]], rel=1e-3)
+            assert [x[1] for x in n["x"]] == pytest.approx([col[i] for i in order], rel=1e-3)
+            assert n["mi"] == [ex[n["n"]].index(i) if i in ex[n["n"]] else None for i in shown]
+            differ += shown != ex[n["n"]]
+        else:
+            assert shown == ex[n["n"]] and "mi" not in n
+    assert differ > 10  # most neurons' top 7 are not their adaptive examples
 
 
 def test_browser_cards_short_labels_rank_sort_and_untrained(browser, mixed):
     """Cards carry describer, layer and model as labels of their own, never the run's folder (the neuron view
-    does); no example count for a label-based describer; sorting by top score ranks within each run, so
-    MAMMI's sums and AUROCs interleave by rank; an untrained target is flagged on every card and in the view;
-    an address #n{run}-{neuron} opens that neuron."""
+    does); no example count for a label-based describer; the status "ok" reads "named"; the score is named
+    by its describer's measure and placed in its run as "top N%"; sorting by it ranks within each run, so
+    MAMMI's means and AUROCs interleave by rank; an untrained target is flagged on every card and in the
+    view; an address #n{run}-{neuron} opens that neuron."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     drv = browser
@@ -761,52 +1000,75 @@ def test_browser_cards_short_labels_rank_sort_and_untrained(browser, mixed):
     data = page_data(index)[2]
     runs = data["runs"]
     auc = next(i for i, r in enumerate(runs) if r["describer"] == "label_auc")
+    cd = next(i for i, r in enumerate(runs) if r["describer"] == "clip_dissect")
+    mammi = next(i for i, r in enumerate(runs) if r["describer"] == "MAMMI")
     drv.get(index.resolve().as_uri())
+    assert drv.find_element(By.ID, "run").get_attribute("value") == str(mammi)  # it opens on MAMMI's run
+    drv.find_element(By.CSS_SELECTOR, "#run option[value='']").click()
     all_keys(drv)
     cards = drv.execute_script("return [...document.querySelectorAll('#list .card')].map(c => [c.dataset.key,"
                                " [...c.querySelectorAll('.tag')].map(t => t.textContent), c.querySelector('.score').textContent,"
-                               " c.textContent, c.querySelectorAll('.badge.untrained').length])")
-    assert len(cards) == 80
-    for key, tags, score, text, untrained in cards:
-        r = int(key.split("-")[0])
+                               " c.textContent, c.querySelectorAll('.badge.untrained').length,"
+                               " c.querySelector('.badge[class*=\"s-\"]').textContent])")
+    assert len(cards) == 120
+    share = top_share(data)
+    by = {(n["r"], n["n"]): n for n in data["neurons"]}
+    for key, tags, score, text, untrained, status in cards:
+        r, k = map(int, key.split("-"))
         assert tags == [runs[r]["describer"], "penultimate", "resnet50"], tags
         assert runs[r]["folder"] not in text and "synth_all" not in text and "vlm_synth" not in text
         assert ("example" in score) == (r != auc), score
         assert untrained == 1
-    # Sort by top score: across runs by the share of its run at or below it, then the score.
+        assert status == {"ok": "named", "none": "none", "dead": "dead"}[by[(r, k)]["s"]]
+        if (r, k) in share:
+            assert score.endswith(f" · top {max(1, math.floor(share[(r, k)] + 0.5))}% of its run"), score
+            assert {auc: "AUROC ", cd: "soft-WPMI ", mammi: "mean S "}[r] in score, score
+    # Sort by score: across runs by the share of its run at or above it, then the score; dead neurons last.
     drv.execute_script("window.scrollTo(0, 0)")
     drv.find_element(By.CSS_SELECTOR, "#sort option[value='top']").click()
-    rank = {}
-    for r in range(len(runs)):
-        tops = [top_score(n) for n in data["neurons"] if n["r"] == r]
-        for n in data["neurons"]:
-            if n["r"] == r:
-                rank[(r, n["n"])] = 100 * sum(t <= top_score(n) for t in tops) / len(tops)
-    order = sorted(range(len(data["neurons"])), key=lambda i: (-rank[(data["neurons"][i]["r"], data["neurons"][i]["n"])],
-                                                                -top_score(data["neurons"][i]), i))
-    want = [f"{data['neurons'][i]['r']}-{data['neurons'][i]['n']}" for i in order]
-    by_score = [f"{n['r']}-{n['n']}" for n in sorted(data["neurons"], key=lambda n: -top_score(n))]
+    inf = float("inf")
+    order = sorted(data["neurons"], key=lambda n: (share.get((n["r"], n["n"]), inf),
+                                                   -(card_score(n, runs[n["r"]]) if n["s"] != "dead" else -inf),
+                                                   data["neurons"].index(n)))
+    want = [f"{n['r']}-{n['n']}" for n in order]
+    by_score = [f"{n['r']}-{n['n']}" for n in sorted(data["neurons"], key=lambda n: -(card_score(n, runs[n["r"]]) or -inf))]
     assert want[:40] != by_score[:40]  # raw scores would put one run's neurons first
     assert all_keys(drv) == want
     # Within one run: by its own score.
     drv.execute_script("window.scrollTo(0, 0)")
     drv.find_element(By.CSS_SELECTOR, f"#run option[value='{auc}']").click()
     mine = [n for n in data["neurons"] if n["r"] == auc]
-    assert all_keys(drv) == [f"{auc}-{n['n']}" for n in sorted(mine, key=lambda n: (-top_score(n), n["n"]))]
-    # The view: the run's folder, the warning, and for label_auc no example count.
+    assert all_keys(drv) == [f"{auc}-{n['n']}" for n in sorted(mine, key=lambda n: (
+        -(card_score(n, runs[auc]) if n["s"] != "dead" else -inf), n["n"]))]
+    # The views: the run's folder, the warning; label_auc with no examples and its AUROC; clip_dissect with its
+    # own top 7 and its soft-WPMI; only MAMMI's score is S(k, c).
     drv.get(index.resolve().as_uri() + f"#n{auc}-3")
     WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "view").is_displayed())
     assert drv.find_element(By.ID, "vtitle").text == "neuron 3"
     assert drv.find_element(By.ID, "runpath").text == runs[auc]["folder"]
     assert drv.find_element(By.ID, "untrained").is_displayed()
-    assert "not from examples" in drv.find_element(By.ID, "panel").text
-    assert "examples (adaptive" not in drv.find_element(By.ID, "panel").text
-    mammi = 1 - auc
+    panel = drv.find_element(By.ID, "panel").text
+    assert "it selects no examples" in panel and "no examples: label_auc selects none" in panel
+    assert "examples (adaptive" not in panel and "S(k, c)" not in panel
+    assert drv.find_elements(By.CSS_SELECTOR, "#panel .thumbs img") == []
+    assert bars_axis(drv).startswith("AUROC: of the neuron's activation against the finding's labels")
+    drv.get(index.resolve().as_uri() + f"#n{cd}-3")
+    WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "vtitle").text == "neuron 3")
+    panel = drv.find_element(By.ID, "panel").text
+    assert f"{TOP_K} examples (its top {TOP_K} by activation)" in panel and "S(k, c)" not in panel
+    assert len(drv.find_elements(By.CSS_SELECTOR, "#panel .thumbs figure")) == TOP_K
+    assert bars_axis(drv).startswith("soft-WPMI: log P(c | k)")
     k, count = next((n["n"], n["e"]) for n in data["neurons"] if n["r"] == mammi and n["e"] > 1)
     drv.get(index.resolve().as_uri() + f"#n{mammi}-{k}")
     WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "vtitle").text == f"neuron {k}")
     assert f"{count} examples (adaptive" in drv.find_element(By.ID, "panel").text
+    assert bars_axis(drv) == "S(k, c): summed score over the examples"
     no_errors(drv)
+
+
+def bars_axis(drv) -> str:
+    """The label under a neuron's bar chart of concept scores."""
+    return drv.execute_script("const t = document.querySelectorAll('#panel svg.bars > text'); return t[t.length - 1].textContent")
 
 
 def test_browser_layer_summary_counts_neurons_per_concept(browser, mixed):
