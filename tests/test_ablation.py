@@ -12,8 +12,8 @@ from torch import nn
 
 from conftest import run_script
 from models.layers import tap
-from pipeline.ablation import (finding_stats, finding_words, hook_drops, linear_drops, linear_map, named_neurons,
-                               positives, random_sets)
+from pipeline.ablation import (OUTPUTS, finding_stats, finding_words, hook_drops, linear_drops, linear_map,
+                               named_neurons, positives, random_sets)
 from pipeline.cli import constants_of
 
 MISSING = -1
@@ -194,12 +194,12 @@ def run(probe_set, densenet_ckpt, tmp_path_factory):
     return ex
 
 
-def concepts_file(folder, ex, names):
+def concepts_file(folder, ex, names, n_neurons=1024):
     # inside the results folder, two folders below its examples.json, where a reader finds them
     folder = Path(ex).parent / "by-hand" / "-".join(folder.parts[-2:])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "concepts.json"
-    neurons = [rec(k, names.get(k, ["rib"])) for k in range(1024)]
+    neurons = [rec(k, names.get(k, ["rib"])) for k in range(n_neurons)]
     examples_key = json.loads(Path(ex).read_text())["key"]  # a concepts.json of these very examples
     path.write_text(json.dumps({"key": "hand-made", "examples_key": examples_key, "config": {"examples": str(ex)},
                                 "neurons": neurons}))
@@ -274,13 +274,10 @@ def test_no_labels_for_the_split_is_one_line(probe_set, densenet_ckpt, tmp_path)
     out = tmp_path / "res"
     proc = run_script("example_selection.py", "--data_root", str(probe_set), "--labels", "none",
                       "--checkpoint", str(densenet_ckpt), "--resize", "64", "--crop", "64", "--num_workers", "0",
-                      "--layer", "fc", "--save_root", str(out))
+                      "--layer", "penultimate", "--save_root", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    ex = next(out.rglob("fc/adaptive93/examples.json"))
+    ex = next(out.rglob("penultimate/adaptive93/examples.json"))
     path = concepts_file(tmp_path / "run", ex, {})
-    data = json.loads(path.read_text())
-    data["neurons"] = data["neurons"][:14]
-    path.write_text(json.dumps(data))
     (path.parent / "ablation.json").write_text("{}")  # an earlier output: left as it is
     proc = ablation("--ablation_concepts", str(path))
     assert proc.returncode == 2
@@ -295,6 +292,56 @@ def test_no_labels_for_the_split_is_one_line(probe_set, densenet_ckpt, tmp_path)
     assert "faithfulness skipped: the probing set under" in proc.stdout
     table = json.loads((path.parent / "describers" / "describers.json").read_text())
     assert "has no labels" in table["faithfulness_skipped"] and "faithfulness" not in table["rows"]["mammi"]
+
+
+FC_REASON = "at the fc layer each neuron is a class's logit, so zeroing the neurons named for a finding"
+
+
+def test_at_fc_nothing_is_ablated_and_the_describer_table_says_why(probe_set, densenet_ckpt, tmp_path):
+    """At fc each neuron is a class's logit: zeroing the neurons named for a finding and reading its logit
+    tests nothing. ablation.py says so in one line, exits 0 and writes nothing (removing an earlier table
+    there, which a reader would show); compare_describers.py leaves its faithfulness column out, saying why,
+    on a labelled split where it could otherwise ablate."""
+    out = tmp_path / "res"
+    proc = run_script("example_selection.py", "--data_root", str(probe_set), "--checkpoint", str(densenet_ckpt),
+                      "--resize", "64", "--crop", "64", "--num_workers", "0", "--layer", "fc", "--save_root", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ex = next(out.rglob("fc/adaptive93/examples.json"))
+    path = concepts_file(tmp_path / "run", ex, {2: ["effusion"], 4: ["mass"], 7: ["effusion"]}, n_neurons=14)
+    for f in OUTPUTS:
+        (path.parent / f).write_text("an earlier table")
+    proc = ablation("--ablation_concepts", str(path))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [proc.stdout.strip()] and proc.stdout.startswith("ablation not run: " + FC_REASON)
+    assert [f for f in OUTPUTS if (path.parent / f).exists()] == []
+    (path.parent / "ablation.json").write_text("an earlier table")
+    rival = path.parent / "describers" / "label_auc" / "ablation.json"
+    rival.parent.mkdir(parents=True)
+    rival.write_text("an earlier table")
+    proc = run_script("compare_describers.py", "--mammi_run", str(path), "--describers", "label_auc",
+                      "--sensitivity_percents", "", "--metric_encoders", "", "--num_workers", "0")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    table = json.loads((path.parent / "describers" / "describers.json").read_text())
+    assert table["faithfulness_skipped"].startswith(FC_REASON)
+    assert [n for n, r in table["rows"].items() if "faithfulness" in r] == []
+    assert "faithfulness: median z" not in proc.stdout and "faithfulness skipped: " + FC_REASON in proc.stdout
+    assert not (path.parent / "ablation.json").exists() and not rival.exists()
+
+
+def test_faithfulness_is_the_median_z_of_each_describers_ablation(run, tmp_path):
+    """On the penultimate layer of a labelled split, compare_describers.py ablates MAMMI's names and each
+    rival's and puts in its row the median z of its ablation.json over the findings with named neurons."""
+    path = concepts_file(tmp_path / "run", run, {3: ["effusion"], 7: ["mass"], 9: ["nodule"], 11: ["mass"]})
+    proc = run_script("compare_describers.py", "--mammi_run", str(path), "--describers", "label_auc",
+                      "--sensitivity_percents", "", "--metric_encoders", "", "--num_workers", "0",
+                      "--ablation_draws", "20")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    table = json.loads((path.parent / "describers" / "describers.json").read_text())
+    assert "faithfulness_skipped" not in table and "faithfulness: median z" in proc.stdout
+    for name, where in (("mammi", path.parent), ("label_auc", path.parent / "describers" / "label_auc")):
+        z = [r["z"] for r in json.loads((where / "ablation.json").read_text())["findings"] if r["z"] is not None]
+        assert z and table["rows"][name]["faithfulness"] == {"median_z": float(np.median(z)), "findings": len(z),
+                                                             "of": 14}
 
 
 def test_default_constants():
