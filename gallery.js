@@ -22,6 +22,13 @@ const byKey = new Map();
 N.forEach((n, i) => {
   n.i = i;
   n.q = n.c.map((c) => c[0].toLowerCase());
+  const g = RUNS[n.r].tops;
+  if (g !== undefined) {  // a rival's own top-k images, shared by the rivals of its selection with the same k
+    const T = D.tops[g];
+    n.x = T.x[n.n] || [];
+    n.t = T.t[n.n] === undefined ? null : T.t[n.n];
+    n.mp = T.mp[n.n] || 0;
+  }
   byKey.set(key(n), n);
 });
 // Scores of different describers are on different scales and units (MAMMI's mean score per example,
@@ -263,7 +270,7 @@ function openView(n) {
   const of = run.n_images ? ` of ${run.n_images} probing images` : "";
   const used = {mammi: `${n.e} example${n.e === 1 ? "" : "s"} (${run.selection})${of}`,
                 topk: `${n.e} example${n.e === 1 ? "" : "s"} (${run.selection})${of}`,
-                none: `named from the probing set's findings over all its images${of}; it selects no examples`,
+                none: `scored over all ${run.n_images ? run.n_images + " " : ""}probing images; it selects no examples`,
                 unrecorded: `${n.e} image${n.e === 1 ? "" : "s"} scored; which ones, ${run.describer} did not record`}[run.examples];
   p.appendChild(el("div", {class: "meta", id: "used"}, `${used} · named by ${run.describer}` + (run.vlm ? ` with VLM ${run.vlm}` : "") +
     (run.concept_set ? ` · concept set ${run.concept_set}` : "") + ` · score: ${run.score[0]}, ${run.score[1]}`));
@@ -282,7 +289,7 @@ function openView(n) {
       none: `${run.describer} scores this activation over every probing image: no threshold, no examples.`,
       unrecorded: `${run.describer} did not record which images it scored.`}[run.examples];
     f.append(el("h3", {}, "activation over the probing set"), histogram(n, run.examples === "topk" ? `top-${top} cut` : "threshold"),
-      el("p", {}, caption + " Counts on a log scale, so the few examples stay visible."));
+      el("p", {}, caption + " Counts on a log scale" + (n.x.length ? ", so the few examples stay visible." : ".")));
     figs.appendChild(f);
   }
   if (n.b.length) {
@@ -483,15 +490,15 @@ function drawMaps(n, th) {
   cb.checked = mapsShown;
   th.classList.toggle("nomaps", !mapsShown);
   cb.addEventListener("change", () => { mapsShown = cb.checked; th.classList.toggle("nomaps", !mapsShown); });
-  const mapped = n.mi ? n.mi.filter((j) => j !== null).length : n.x.length;
   box.append(cb, document.createTextNode(` activation maps: each example's ${g.kind} (${g.h}×${g.w}, upsampled to the crop),` +
-    ` blue and clear at ${fmt(lo)} to red at ${fmt(hi)}, the neuron's range over ` + (n.mi ?
-    `the examples step 2 selected; drawn on the ${mapped} of these ${n.x.length} images among them` : "these examples")));
+    ` blue and clear at ${fmt(lo)} to red at ${fmt(hi)}, the neuron's range over ` + (n.mp !== undefined ?
+    `step 2's examples; drawn on the first ${n.mp} of these ${n.x.length} images, which are step 2's first examples too` :
+    "these examples")));
   th.before(box);
-  // A rival's examples are its own: each has the map of the same image among the selection's examples, if any.
+  // A rival's examples are its own: the first n.mp of them are step 2's first examples, whose maps these are.
   [...th.children].forEach((fig, r) => {
-    const img = fig.querySelector("img"), j = n.mi ? n.mi[r] : r;
-    if (!img || j === null || j === undefined || (j + 1) * size > bytes.length) return;
+    const img = fig.querySelector("img"), j = n.mp === undefined || r < n.mp ? r : null;
+    if (!img || j === null || (j + 1) * size > bytes.length) return;
     const wrap = el("div", {class: "mapbox"}), canvas = el("canvas", {class: "map", width: MAP_SIDE, height: MAP_SIDE});
     paintMap(canvas, bytes.subarray(j * size, (j + 1) * size), g.h, g.w);
     img.replaceWith(wrap);

@@ -95,7 +95,8 @@ def run():
         if not files:
             raise PipelineError(f"no concepts.json under {root} of {', '.join(f'{k} {v}' for k, v in picked.items())}; "
                                 f"run concept_matching.py with that experiment file first, or pass --runs PATH[,PATH...]")
-    page = {"title": f"Neuron gallery: {root}", "runs": [], "neurons": [], "images": [], "vocab": [], "panels": []}
+    page = {"title": f"Neuron gallery: {root}", "runs": [], "neurons": [], "images": [], "vocab": [], "panels": [],
+            "tops": []}
     images, vocab, keys = {}, {}, []
     for path in files:
         try:
@@ -193,6 +194,13 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     r = len(page["runs"])
     describer = str(cfg.get("describer") or "MAMMI")
     kind, own = examples_of(cfg, ex_path, ex)
+    tops = None
+    if kind == "topk":  # rivals of one selection with the same k show the same images: stored once, in page["tops"]
+        memo = (str(ex_path.resolve()), cfg["top_k"])
+        if memo not in _tops_at:
+            _tops_at[memo] = len(page["tops"])
+            page["tops"].append({"x": {}, "t": {}, "mp": {}})
+        tops = page["tops"][_tops_at[memo]]
     p = ex_cfg.get("adaptive_percent")
     selection = {"mammi": f"top {ex_cfg.get('topk')}" if ex_cfg.get("selection") == "topk"
                  else f"adaptive, p = {p:g}%" if isinstance(p, (int, float)) else "adaptive",
@@ -209,6 +217,7 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
                          "describer": describer, "vlm": str(cfg.get("model_clip") or ""),
                          "selects": cfg.get("vocabulary") != "findings",  # a label-based describer uses no examples
                          "examples": kind, "top_k": cfg.get("top_k") if kind == "topk" else None,
+                         **({"tops": _tops_at[memo]} if tops is not None else {}),
                          "untrained": bool(ex_cfg.get("untrained", False)) or ex_cfg.get("reinit_seed", -1) >= 0,
                          "settings": {k: str(v) for k, v in settings.items() if v},
                          "concept_set": str(cfg.get("concept_set", "")), "selection": selection,
@@ -224,7 +233,7 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
         status = n.get("status") or ("dead" if e.get("dead") else ("ok" if chosen else "none"))
         mine = e if own is None else own.get(k, {"examples": [], "threshold": None})
         shown = []
-        for x in mine["examples"][:max_examples]:
+        for x in mine["examples"][:max_examples] if tops is None or str(k) not in tops["x"] else []:
             key = (folder, resize, crop, x["image_id"])
             if key not in images:
                 images[key] = len(page["images"])
@@ -234,11 +243,16 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
         # The examples its score was summed or averaged over (a dead neuron has none; a label-based describer
         # scores every probing image and selects none).
         count = 0 if status == "dead" or kind == "none" else n.get("n_examples", len(mine["examples"]))
-        rec = {"r": r, "n": k, "s": status, "c": chosen, "e": int(count),
-               "x": shown, "t": sig(mine["threshold"] if own is not None else e.get("threshold")), "p": []}
-        if own is not None and shown:  # step 2's maps are of examples.json's examples: each shown image's own, if any
-            at = {x["image_id"]: j for j, x in enumerate(e["examples"][:max_examples])}
-            rec["mi"] = [at.get(x["image_id"]) for x in mine["examples"][:max_examples]]
+        rec = {"r": r, "n": k, "s": status, "c": chosen, "e": int(count), "p": []}
+        if tops is None:
+            rec.update(x=shown, t=sig(mine["threshold"] if own is not None else e.get("threshold")))
+        elif str(k) not in tops["x"]:
+            # Step 2's maps are of examples.json's examples, in the same order of activation as a rival's top k:
+            # the images the two lists begin with (mp of them) have their maps.
+            step2 = [x["image_id"] for x in e["examples"][:max_examples]]
+            ids = [x["image_id"] for x in mine["examples"][:max_examples]]
+            tops["x"][str(k)], tops["t"][str(k)] = shown, sig(mine["threshold"])
+            tops["mp"][str(k)] = next((j for j, i in enumerate(ids) if j >= len(step2) or step2[j] != i), len(ids))
         if n.get("significant") is not None:  # step 3's significance test (README, "How far to trust a name")
             rec["ev"] = {"t": n.get("tested"), "m": sig(n.get("m")), "p": sig(n["p"]), "q": sig(n["q"]),
                          "sig": bool(n["significant"]), "p95": sig(n.get("null_p95"))}
@@ -294,6 +308,7 @@ def examples_of(cfg: dict, ex_path: Path, ex: dict) -> tuple[str, dict | None]:
 
 
 _top: dict = {}
+_tops_at: dict = {}  # (examples.json, k) -> its entry of page["tops"]
 _acts: dict = {}
 
 

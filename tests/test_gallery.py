@@ -956,8 +956,8 @@ def test_mammi_cards_score_the_mean_per_example_and_rivals_their_own(mixed):
 
 def test_a_rival_shows_its_own_examples_or_none(mixed):
     """clip_dissect's view holds its own top 7 images by activation (ties in probe order), its 7th activation
-    as the cut and, per image, the activation map of the same image among step 2's examples (or none);
-    label_auc, which scores every image and selects none, shows none. Neither shows MAMMI's examples."""
+    as the cut, and how many of them begin step 2's examples (whose activation maps they get); label_auc,
+    which scores every image and selects none, shows none. Neither shows MAMMI's examples."""
     res, stored = mixed
     data = page_data(res / "gallery" / "index.html")[2]
     ex_json = next(res.rglob("examples.json"))
@@ -965,25 +965,34 @@ def test_a_rival_shows_its_own_examples_or_none(mixed):
     act = torch.load(ex_json.parent.parent / "activations.pt", weights_only=True)
     acts, ids = act["activations"].double(), act["image_ids"]
     runs = {r["describer"]: i for i, r in enumerate(data["runs"])}
-    differ = 0
+    cd = data["runs"][runs["clip_dissect"]]
+    assert cd["top_k"] == TOP_K and len(data["tops"]) == 1 and cd["tops"] == 0
+    tops = data["tops"][0]
+    differ, mapped = 0, []
     for n in data["neurons"]:
-        shown = [data["images"][x[0]][0] for x in n["x"]]
         if n["r"] == runs["label_auc"]:
-            assert shown == [] and n["e"] == 0 and n["t"] is None and "mi" not in n
+            assert n["x"] == [] and n["e"] == 0 and n["t"] is None
         elif n["r"] == runs["clip_dissect"]:
+            assert "x" not in n  # the run's top images are the page's, shared with any rival of the same k
+            k = str(n["n"])
+            shown = [data["images"][x[0]][0] for x in tops["x"][k]]
             if n["s"] == "dead":
                 assert shown == [] and n["e"] == 0
                 continue
             col = acts[:, n["n"]].tolist()
             order = sorted(range(len(ids)), key=lambda i: (-col[i], i))[:TOP_K]
             assert shown == [ids[i] for i in order] and n["e"] == TOP_K
-            assert n["t"] == pytest.approx(col[order[-1]], rel=1e-3)
-            assert [x[1] for x in n["x"]] == pytest.approx([col[i] for i in order], rel=1e-3)
-            assert n["mi"] == [ex[n["n"]].index(i) if i in ex[n["n"]] else None for i in shown]
+            assert tops["t"][k] == pytest.approx(col[order[-1]], rel=1e-3)
+            assert [x[1] for x in tops["x"][k]] == pytest.approx([col[i] for i in order], rel=1e-3)
+            same = 0
+            while same < len(shown) and same < len(ex[n["n"]]) and shown[same] == ex[n["n"]][same]:
+                same += 1
+            assert tops["mp"][k] == same
+            mapped.append(same)
             differ += shown != ex[n["n"]]
         else:
-            assert shown == ex[n["n"]] and "mi" not in n
-    assert differ > 10  # most neurons' top 7 are not their adaptive examples
+            assert [data["images"][x[0]][0] for x in n["x"]] == ex[n["n"]]
+    assert differ > 10 and 0 < min(mapped)  # most neurons' top 7 are not their adaptive examples, which begin them
 
 
 def test_browser_cards_short_labels_rank_sort_and_untrained(browser, mixed):
