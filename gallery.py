@@ -8,7 +8,9 @@ is one) and finds everything else through the paths the outputs store: concepts.
 examples.json; examples.json's folder holds examples.csv (each example's labels) and its parent, the
 layer folder, holds activations.pt (the histograms); examples.json's config names the image folder
 and the crop the model saw. visualization.py's total_results.json adds the panels in which a neuron
-is the top one. Runs are shown only while their keys chain (concepts.json stores the key of its
+is the top one. A rival describer's neurons show the images it scored (CLIP-Dissect's and top-k
+mean's top top_k by activation, re-taken from activations.pt; a label-based one's: none), never
+MAMMI's examples. Runs are shown only while their keys chain (concepts.json stores the key of its
 examples.json) and thumbnails made only of the images step 2 read (the probing set re-read under the
 image folder must give the data key examples.json stored). An experiment file (or --dataset, --model)
 limits the default runs to its own. Writes {gallery_dir}/index.html and {gallery_dir}/thumbs/, one

@@ -665,7 +665,8 @@ def test_browser_a_layer_that_cannot_be_tested_says_not_testable(browser, tmp_pa
 
 
 def test_browser_sort_by_q_puts_the_most_significant_first(browser, synthetic):
-    """Sort by q: ascending q (ties in page order), the neurons without a test after them."""
+    """Sort by q: ascending q (ties in page order), the neurons without a test after them; a view of a name
+    with several examples states the hypothesis with their number."""
     from selenium.webdriver.common.by import By
     drv = browser
     index = synthetic[0] / "gallery" / "index.html"
@@ -676,6 +677,13 @@ def test_browser_sort_by_q_puts_the_most_significant_first(browser, synthetic):
     order = sorted(range(len(data["neurons"])), key=lambda i: (data["neurons"][i].get("ev", {}).get("q", 2.0), i))
     assert got == [f"0-{data['neurons'][i]['n']}" for i in order][:len(got)] and len(got) >= 60
     assert data["neurons"][order[0]]["ev"]["q"] == 0.01 and data["neurons"][order[-1]].get("ev") is None
+    # A name with several examples: the hypothesis in words, with their number.
+    n = next(n for n in data["neurons"] if n.get("ev") and n["e"] > 2)
+    drv.get(index.resolve().as_uri() + f"#n0-{n['n']}")
+    text = drv.find_element(By.ID, "evidence").text
+    assert f"H0: its {n['e']} examples are a random {n['e']}-image subset of the probing set (the null draws from a " \
+           f"pool of 96 probing images, 1000 draws)." in text, text
+    assert f"Its mean score over the {n['e']} examples, m = " in text and "little power" not in text
     no_errors(drv)
 
 
