@@ -108,7 +108,7 @@ function runTags(run) {
 // The permutation test's verdict on a name: significant at the run's false discovery rate, with its q.
 function evidenceBadge(n) {
   const e = n.ev;
-  return el("span", {class: "badge " + (e.sig ? "sig" : "nsig"), title: `z ${fmt(e.z)} · p ${fmt(e.p)} · q ${fmt(e.q)}`},
+  return el("span", {class: "badge " + (e.sig ? "sig" : "nsig"), title: `${e.tested} mean score ${fmt(e.m)} · p ${fmt(e.p)} · q ${fmt(e.q)}`},
             (e.sig ? "significant" : "not significant") + ` q ${fmt(e.q)}`);
 }
 
@@ -283,9 +283,9 @@ function evidence(n, run) {
     return d;
   }
   d.append(el("b", {}, e.sig ? `Significant at q ≤ ${run.fdr}.` : `Not significant at q ≤ ${run.fdr}.`),
-    document.createTextNode(` Its examples match their best concept with z = ${fmt(e.z)} (the largest over the concepts);` +
-      ` random sets of ${n.e} probing image${n.e === 1 ? "" : "s"} reach ${fmt(e.p95)} in 5% of draws (the null's 95th percentile).` +
-      ` p = ${fmt(e.p)}; q = ${fmt(e.q)} (Benjamini–Hochberg over the layer's live neurons).`));
+    document.createTextNode(` Its name, ${e.tested}, scores ${fmt(e.m)} on average over its examples;` +
+      ` random sets of ${n.e} probing image${n.e === 1 ? "" : "s"}, named the same way, reach ${fmt(e.p95)} in 5% of draws` +
+      ` (the null's 95th percentile). p = ${fmt(e.p)}; q = ${fmt(e.q)} (Benjamini–Hochberg over the layer's named neurons).`));
   if (n.e <= 2) d.append(document.createTextNode(" With one or two examples the test has little power."));
   return d;
 }

@@ -216,8 +216,8 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
         rec = {"r": r, "n": k, "s": status, "c": chosen, "e": int(count),  # a label-based describer's: step 2's
                "x": shown, "t": sig(e.get("threshold")), "p": []}
         if n.get("significant") is not None:  # step 3's permutation test (README, "How far to trust a name")
-            rec["ev"] = {"z": sig(n["z"]), "p": sig(n["p"]), "q": sig(n["q"]), "sig": bool(n["significant"]),
-                         "p95": sig(n.get("null_p95"))}
+            rec["ev"] = {"m": sig(n["m"]), "tested": n["tested"], "p": sig(n["p"]), "q": sig(n["q"]),
+                         "sig": bool(n["significant"]), "p95": sig(n["null_p95"])}
         if hist:
             rec.update(h=hist["counts"][k], lo=hist["lo"][k], hi=hist["hi"][k])
         row = bars.get(k)
