@@ -67,7 +67,7 @@ def null_names(s_pool: torch.Tensor, sizes: list[int], draws: int, seed: int,
             part[:, 0] += total
             total = part.cumsum_(1)[:, -1].clone()
             here = (at >= a) & (at < a + part.shape[1])
-            m[lo:lo + rows, here] = part.amax(-1)[:, at[here] - a] / n[here]  # one reduction over all of them
+            m[lo:lo + rows, here] = part[:, at[here] - a].amax(-1) / n[here]  # the best concept where a size ends
     return {size: m[:, j] for j, size in enumerate(sizes)}
 
 
