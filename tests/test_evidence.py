@@ -305,7 +305,8 @@ def test_sanity_check_writes_both_targets_apart(probe_set, tmp_path):
         run = json.loads(Path(side["concepts_json"]).read_text())
         assert Path(side["concepts_json"]).is_relative_to(probe / folder)
         live = [n for n in run["neurons"] if n["status"] != "dead"]
-        assert side["live"] == len(live) and side["significant"] == sum(n["significant"] for n in live)
+        assert side["live"] == len(live) and side["significant"] == sum(n["significant"] is True for n in live)
+        assert side["tested"] == sum(n["status"] == "ok" for n in live) == run["evidence"]["tested"]
     assert "fc: trained" in proc.stdout and "randomised" in proc.stdout
     # one image folder and one text cache serve both targets: nothing embedded twice
     assert len(list(out.rglob("image_features.pt"))) == 1 and len(list(out.rglob("text_*.pt"))) == 1
