@@ -21,7 +21,7 @@ from tqdm import tqdm
 from core.digests import digest
 from core.text import at_most
 from dataset.nih import findings, probe_crop, split_source
-from dataset.probe import MISSING, align_labels, load_probe, output_names, resolve_classes
+from dataset.probe import MISSING, align_labels, load_probe, note_copies, output_names, resolve_classes
 from method import select_examples
 from models import pick_device
 from models.layers import layer_names, layer_table
@@ -80,6 +80,8 @@ def run():
     if not labels:  # NIH split files: say which one is read, the probing set's own or NIH's
         print(split_source(split, data_root, split_file, "--split_file"))
     probe = load_probe(config)
+    if ranks.is_main():  # (the others print nothing)
+        note_copies(probe)
     names, paths = probe.names, probe.paths
     class_list, source = resolve_classes(classes, model_classes(model), probe)
     truth = align_labels(probe, class_list, source)
