@@ -50,7 +50,7 @@ from describers import (NAMES, concept_overlap, label_auc, lift_findings, name_n
                         topk_mean, truth_agreement)
 from method import fc_metrics, image_concept_scores, mammi, name_neuron
 from models import pick_device
-from models.target import load_target
+from models.target import load_target, warn_untrained
 from models.vlm import load_vlm
 from pipeline.ablation import NoLabels, ablate, held_out, median_z
 from pipeline.cache import cached, save_bytes, save_json, save_png, save_tensors
@@ -111,6 +111,7 @@ def run():
     print_config("compare_describers", config)
     t0 = time.time()
     stage2, layer = ex["config"], ex["config"]["layer"]
+    warn_untrained(stage2["model"], stage2.get("untrained", False))  # its rivals name an untrained target's neurons
     act = read_activations(ex_json, ex)
     acts, ids = act["activations"], act["image_ids"]
     if [n["neuron"] for n in run_json["neurons"]] != list(range(acts.shape[1])):
