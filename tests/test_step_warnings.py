@@ -26,19 +26,25 @@ def untrained_run(tmp_path_factory, tiny_clip):
     common = ["--data_root", str(images), "--save_root", str(out)]
     vlm = ["--model_clip", f"open_clip:{tiny_clip}", "--clip_weights", "random", "--metric_encoders", ""]
     two = ["--layer", "fc,features.8"]
+    rivals = vlm + ["--describers", "clip_dissect,topk_mean", "--sensitivity_percents", ""]
     steps = [("step 2", "example_selection.py", two), ("step 2 reused", "example_selection.py", two),
              ("step 2 val", "example_selection.py", ["--split", "val"]),
              ("step 2 test", "example_selection.py", ["--split", "test"]),
              ("step 3", "concept_matching.py", two + vlm), ("step 4", "target_model_perform.py", []),
              ("ablation", "ablation.py", vlm), ("ablation reused", "ablation.py", vlm),
-             ("compare_describers", "compare_describers.py", vlm + ["--describers", "clip_dissect,topk_mean",
-                                                                    "--sensitivity_percents", ""]),
-             ("gallery", "gallery.py", [])]
+             ("compare_describers", "compare_describers.py", rivals), ("compare_describers reused", "compare_describers.py", rivals),
+             ("gallery", "gallery.py", []),
+             ("gallery without maps", "gallery.py", ["--overlays", "False", "--gallery_dir", str(root / "plain")])]
+    # without labels no ablation runs, so nothing in compare_describers.py loads the target
+    bare = ["--labels", "none", "--dataset", "bare", "--layer", "fc"]
+    steps += [("step 2 unlabeled", "example_selection.py", bare), ("step 3 unlabeled", "concept_matching.py", bare + vlm),
+              ("compare_describers unlabeled", "compare_describers.py", bare + rivals)]
     return {name: ok(run_script(script, *TARGET, *common, *args)) for name, script, args in steps}
 
 
 @pytest.mark.parametrize("step", ["step 2", "step 2 reused", "step 3", "step 4", "ablation", "ablation reused",
-                                  "compare_describers", "gallery"])
+                                  "compare_describers", "compare_describers reused", "gallery",
+                                  "gallery without maps", "compare_describers unlabeled"])
 def test_the_untrained_warning_is_said_once_in_each_step(untrained_run, step):
     assert said(untrained_run[step]) == 1, untrained_run[step][-3000:]
 
