@@ -52,6 +52,7 @@ from method import fc_metrics, image_concept_scores, mammi, name_neuron
 from models import pick_device
 from models.target import load_target, warn_untrained
 from models.vlm import load_vlm
+from phantom.marker import warn_other_world
 from pipeline.ablation import NoLabels, ablate, held_out, median_z
 from pipeline.cache import cached, save_bytes, save_json, save_png, save_tensors
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
@@ -129,6 +130,7 @@ def run():
     # grown by the images it lacks) and the concept prompts (its text cache).
     feats = None
     if set(wanted) & set(USES_VLM) or (percents and alphas):
+        warn_other_world(config["model_clip"], stage2["data_root"], ids)
         t = time.time()
         concept_path, concepts = read_concepts(config["concept_set"])
         vlm = functools.cache(lambda: load_vlm(config["model_clip"], config["clip_weights"], dev))

@@ -26,6 +26,7 @@ from models import pick_device
 from models.layers import layer_names
 from models.target import warn_untrained
 from models.vlm import load_vlm, weights_identity
+from phantom.marker import warn_other_world
 from pipeline import ranks
 from pipeline.cache import cached, claim, holds_claims, load_json, save_json, save_tensors, writable
 from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
@@ -81,6 +82,7 @@ def run():
         writable(txt_path.parent)
         claim(out_dir)
     probe_names = check_probe_set(ex_json, ex_cfg)
+    warn_other_world(model_clip, ex_cfg["data_root"], probe_names)
     concept_path, concepts = read_concepts(concept_set)
     vlm = functools.cache(lambda: load_vlm(model_clip, clip_weights, dev))
     t0 = time.time()
