@@ -16,6 +16,7 @@ Writes ablation.json, ablation.csv and ablation.png beside the concepts.json.
 import time
 
 from models import pick_device
+from models.target import warn_untrained
 from pipeline.ablation import ablate, held_out
 from pipeline.cache import claim, holds_claims
 from pipeline.cli import check_stored, configure, main, print_config
@@ -41,6 +42,7 @@ def run():
     stage2 = ex["config"]
     check_stored(config, data["config"], UPSTREAM, path)
     print_config("ablation", config)
+    warn_untrained(stage2["model"], stage2.get("untrained", False))  # a reused ablation loads no target
     claim(path.parent)
     t0 = time.time()
     split_file = config[f"{ablation_split}_split_file"]

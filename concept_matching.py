@@ -24,7 +24,9 @@ from evidence import name_test, pool_needed, pool_rows, smallest_p, smallest_q
 from method import TEMPLATE, fc_metrics, image_concept_scores, mammi, neuron_concept_scores
 from models import pick_device
 from models.layers import layer_names
+from models.target import warn_untrained
 from models.vlm import load_vlm, weights_identity
+from phantom.marker import warn_other_world
 from pipeline import ranks
 from pipeline.cache import cached, claim, holds_claims, load_json, save_json, save_tensors, writable
 from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
@@ -73,12 +75,14 @@ def run():
     check_stored(config, ex_cfg, STAGE2, ex_json)
     config.update({k: ex_cfg[k] for k in STAGE2 if k in ex_cfg})  # what produced the examples, not the defaults
     print_config("concept_matching", config)
+    warn_untrained(ex_cfg["model"], ex_cfg.get("untrained", False))  # its examples are an untrained target's
     img_path, txt_path, out_dir = image_features_path(config), text_features_path(config), matching_dir(config, ex_json)
     if ranks.is_main():  # under torchrun the other ranks only help embed the images; rank 0 writes
         writable(img_path.parent)
         writable(txt_path.parent)
         claim(out_dir)
     probe_names = check_probe_set(ex_json, ex_cfg)
+    warn_other_world(model_clip, ex_cfg["data_root"], probe_names)
     concept_path, concepts = read_concepts(concept_set)
     vlm = functools.cache(lambda: load_vlm(model_clip, clip_weights, dev))
     t0 = time.time()

@@ -43,6 +43,7 @@ from dataset.nih import probe_crop, resolve_images
 from dataset.probe import load_probe, output_names
 from method import alpha_cut
 from models import pick_device
+from models.target import warn_untrained
 from pipeline.cache import load_json, save_bytes
 from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.overlays import KINDS, example_overlays
@@ -169,6 +170,7 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     """Add one stage-3 run's neurons to the page; returns what identifies its inputs (for the page key)."""
     data, ex_path, ex = read_matching(path)  # refused unless its examples and their activations are still there
     cfg, ex_cfg = data["config"], ex["config"]
+    warn_untrained(str(ex_cfg.get("model", "")), bool(ex_cfg.get("untrained", False)))  # said once per target
     if cfg.get("describer") and "examples_key" not in data:  # read_matching checks the key where there is one
         raise PipelineError(f"{path} does not say which examples it was computed from (an older compare_describers.py "
                             f"wrote it), so it may be stale; re-run compare_describers.py")
