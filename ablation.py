@@ -18,6 +18,7 @@ earlier table there is removed) and the exit status is 0.
 import time
 
 from models import pick_device
+from models.target import warn_untrained
 from pipeline.ablation import OUTPUTS, ablate, discard, held_out, untested
 from pipeline.cache import claim, holds_claims
 from pipeline.cli import check_stored, configure, main, print_config
@@ -49,6 +50,7 @@ def run():
         print(f"ablation not run: {why}")
         return
     print_config("ablation", config)
+    warn_untrained(stage2["model"], stage2.get("untrained", False))  # a reused ablation loads no target
     claim(path.parent)
     t0 = time.time()
     split_file = config[f"{ablation_split}_split_file"]

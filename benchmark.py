@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from dataset.nih import ProbeSet
+from evidence import name_test
 from method import TEMPLATE, mammi, prompts, select_examples
 from models import pick_device
 from models.target import build_target, preprocessing
@@ -209,6 +210,18 @@ def scores(n_neurons=1024, n_concepts=1361, n_unique=4000):
           f"{time.perf_counter() - t:.2f}s")
 
 
+def name_test_time(n_neurons=1024, n_concepts=1361, pool=2000, sizes=(1, 53), draws=1000):
+    """The test of the names (evidence.py) on scores shaped like a layer's: example counts spread
+    over sizes, one name per neuron."""
+    g = torch.Generator().manual_seed(0)
+    s_pool = torch.randn(pool, n_concepts, generator=g, dtype=torch.float64)
+    n = torch.randint(sizes[0], sizes[1] + 1, (n_neurons,), generator=g).tolist()
+    t = time.perf_counter()
+    name_test([[0.5]] * n_neurons, n, s_pool, draws, 0)
+    print(f"name test, {n_neurons} neurons with {sizes[0]}-{sizes[1]} examples ({len(set(n))} distinct counts), "
+          f"pool {pool}, {n_concepts} concepts, {draws} draws: {time.perf_counter() - t:.2f}s")
+
+
 def run():
     global models, memory_images, memory_neurons, n_prompts
     dev = pick_device(device)
@@ -230,6 +243,8 @@ def run():
           f"(float32), peak memory {grew:,.0f} MB above them")
     if not quick:
         scores()
+        name_test_time(pool=1200, n_concepts=1363, sizes=(1, 53))  # the demo's penultimate layer
+        name_test_time(sizes=(1, 335))  # NIH-sized: the MIMIC nouns, a pool of 2,000, a wide spread of counts
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ from describers import (NAMES, concept_overlap, label_auc, lift_findings, name_n
                         topk_mean, truth_agreement)
 from method import fc_metrics, image_concept_scores, mammi, name_neuron
 from models import pick_device
-from models.target import load_target
+from models.target import load_target, warn_untrained
 from models.vlm import load_vlm
+from phantom.marker import warn_other_world
 from pipeline.ablation import NoLabels, ablate, discard, held_out, median_z, untested
 from pipeline.cache import cached, save_bytes, save_json, save_png, save_tensors
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
@@ -111,6 +112,7 @@ def run():
     print_config("compare_describers", config)
     t0 = time.time()
     stage2, layer = ex["config"], ex["config"]["layer"]
+    warn_untrained(stage2["model"], stage2.get("untrained", False))  # its rivals name an untrained target's neurons
     act = read_activations(ex_json, ex)
     acts, ids = act["activations"], act["image_ids"]
     if [n["neuron"] for n in run_json["neurons"]] != list(range(acts.shape[1])):
@@ -128,6 +130,7 @@ def run():
     # grown by the images it lacks) and the concept prompts (its text cache).
     feats = None
     if set(wanted) & set(USES_VLM) or (percents and alphas):
+        warn_other_world(config["model_clip"], stage2["data_root"], ids)
         t = time.time()
         concept_path, concepts = read_concepts(config["concept_set"])
         vlm = functools.cache(lambda: load_vlm(config["model_clip"], config["clip_weights"], dev))

@@ -20,11 +20,13 @@ from scipy.stats import false_discovery_control
 from core.digests import code_digest
 from dataset.concepts import read_concepts
 from dataset.probe import load_probe, output_names
-from evidence import pool_rows, significance
+from evidence import name_test, pool_needed, pool_rows, smallest_p, smallest_q
 from method import TEMPLATE, fc_metrics, image_concept_scores, mammi, neuron_concept_scores
 from models import pick_device
 from models.layers import layer_names
+from models.target import warn_untrained
 from models.vlm import load_vlm, weights_identity
+from phantom.marker import warn_other_world
 from pipeline import ranks
 from pipeline.cache import cached, claim, holds_claims, load_json, save_json, save_tensors, writable
 from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
@@ -73,12 +75,14 @@ def run():
     check_stored(config, ex_cfg, STAGE2, ex_json)
     config.update({k: ex_cfg[k] for k in STAGE2 if k in ex_cfg})  # what produced the examples, not the defaults
     print_config("concept_matching", config)
+    warn_untrained(ex_cfg["model"], ex_cfg.get("untrained", False))  # its examples are an untrained target's
     img_path, txt_path, out_dir = image_features_path(config), text_features_path(config), matching_dir(config, ex_json)
     if ranks.is_main():  # under torchrun the other ranks only help embed the images; rank 0 writes
         writable(img_path.parent)
         writable(txt_path.parent)
         claim(out_dir)
     probe_names = check_probe_set(ex_json, ex_cfg)
+    warn_other_world(model_clip, ex_cfg["data_root"], probe_names)
     concept_path, concepts = read_concepts(concept_set)
     vlm = functools.cache(lambda: load_vlm(model_clip, clip_weights, dev))
     t0 = time.time()
@@ -108,24 +112,17 @@ def run():
     got = mammi(rows, img_feats, text["features"], text["template"] if adaptive else None, concepts, alpha)
     S, named = got["S"], got["neurons"]
     result_key = matching_key(stored["key"], img_key, txt_key, config, CODE)
-    # Evidence for each name (README, "How far to trust a name"): would random images match as well?
-    t2, live = time.time(), [j for j, n in enumerate(rows) if n["examples"]]
+    # Evidence for each name (docs/evidence.md): would random images, named as the examples are, score as well?
+    t2 = time.time()
     s_pool = image_concept_scores(pool_feats, text["features"], text["template"] if adaptive else None)
-    t, p, null95 = significance(neuron_concept_scores(got["s"], [rows[j]["examples"] for j in live]),
-                                [len(rows[j]["examples"]) for j in live], s_pool, null_draws, null_seed)
-    q = false_discovery_control(p.numpy(), method="bh") if live else []
-    for n in named:
-        n.update(z=None, p=None, q=None, significant=None, null_p95=None)
-    for j, t_j, p_j, q_j, c_j in zip(live, t.tolist(), p.tolist(), q, null95.tolist()):
-        named[j].update(z=t_j, p=p_j, q=float(q_j), significant=bool(q_j <= fdr), null_p95=c_j)
-    print(f"significant: {sum(n['significant'] is True for n in named)} of {len(live)} (q <= {fdr:g}); "
-          f"test in {time.time() - t2:.1f}s")
+    evidence = test_names(named, rows, got["s"], s_pool, {c: i for i, c in enumerate(concepts)})
+    print(f"test in {time.time() - t2:.1f}s")
     cfg = {**config, "concept_set_file": str(concept_path), "n_concepts": len(concepts), "examples": str(ex_json),
            "class_names": stored_classes(ex_cfg)}
     save_tensors(out_dir / "similarity.pt", {"key": result_key, "similarity": S, "concepts": concepts,
                                              "neurons": [n["neuron"] for n in neurons]})
     save_json(out_dir / "concepts.json", {"key": result_key, "examples_key": stored["key"], "config": cfg,
-                                          "neurons": named})
+                                          "evidence": evidence, "neurons": named})
     counts = {st: sum(n["status"] == st for n in named) for st in ("ok", "none", "dead")}
     print(f"neurons named: {counts['ok']}; none above zero: {counts['none']}; dead: {counts['dead']}")
     written = [img_path, txt_path, out_dir / "similarity.pt", out_dir / "concepts.json"]
@@ -150,6 +147,50 @@ def run():
     print("outputs:")
     for p in written:
         print(f"  {p}")
+
+
+def test_names(named: list[dict], rows: list[dict], s, s_pool, column: dict) -> dict:
+    """Each named neuron's name against the naming replayed on random n-subsets of the pool; fills each
+    record's tested, m, p, q, significant, null_p95 (and each concept's p) and returns the layer's summary.
+    When no neuron could reach q <= fdr, says so and tests nothing."""
+    for n in named:
+        n.update(tested=None, m=None, p=None, q=None, significant=None, null_p95=None)
+        for c in n["concepts"]:
+            c["p"] = None
+    test = [j for j, n in enumerate(named) if n["status"] == "ok"]
+    sizes = [len(rows[j]["examples"]) for j in test]
+    summary = {"testable": False, "tested": 0, "significant": 0, "fdr": fdr, "draws": null_draws,
+               "pool": s_pool.shape[0], "p_min": None, "pool_needed": None}
+    if not test:
+        print("significance: no neuron has a name to test")
+        return summary
+    p_min = [smallest_p(s_pool.shape[0], n, null_draws) for n in sizes]
+    summary["p_min"] = min(p_min)
+    if smallest_q(p_min) > fdr:
+        need = pool_needed(sizes, null_draws, fdr)
+        summary["pool_needed"] = need
+        print(f"significance: not testable: with a pool of {s_pool.shape[0]} images, {null_draws} draws and "
+              f"{min(sizes)}-{max(sizes)} examples per neuron, the smallest p is {min(p_min):.3g} and the smallest "
+              f"q {smallest_q(p_min):.3g} > fdr {fdr:g}; " + (
+                  f"a probing set of at least {need} images (with as many examples per neuron) would make it "
+                  f"testable" if need else "no probing set would, with these draws (raise --null_draws)"))
+        return summary
+    # S(k, c) in float64, summed as the null's draws are, so the neuron's own example set ties with itself
+    S = neuron_concept_scores(s, [rows[j]["examples"] for j in test])
+    scores = [[S[i, column[c["concept"]]].item() / size for c in named[j]["concepts"]]
+              for i, (j, size) in enumerate(zip(test, sizes))]
+    p, p95 = name_test(scores, sizes, s_pool, null_draws, null_seed)
+    q = false_discovery_control([pk[0] for pk in p], method="bh")
+    for j, sc, pk, qk, c95 in zip(test, scores, p, q, p95):
+        n = named[j]
+        n.update(tested=n["concepts"][0]["concept"], m=sc[0], p=pk[0], q=float(qk), significant=bool(qk <= fdr),
+                 null_p95=c95)
+        for c, pc in zip(n["concepts"], pk):
+            c["p"] = pc
+    summary.update(testable=True, tested=len(test), significant=sum(named[j]["significant"] for j in test))
+    print(f"significant names: {summary['significant']} of {len(test)} named neurons (q <= {fdr:g}; "
+          f"H0: the examples are a random subset of the probing set)")
+    return summary
 
 
 def check_probe_set(ex_json: Path, ex_cfg: dict) -> list[str]:

@@ -1,18 +1,20 @@
-"""Evidence for a name (README, "How far to trust a name"): would random probing images, as many as
-a neuron's examples, match some concept as well as its examples do?
+"""Evidence for a name (docs/evidence.md): would as many random probing images, named by the method
+as a neuron's examples are, get a name that scores as well as the neuron's own?
 
 Plain functions of tensors, beside method.py; tests/test_evidence.py checks each against a loop.
-With s(x, c) the image-concept score MAMMI uses and a pool P of probing images, per concept
-mu_c, sigma_c = mean and (population) standard deviation of s over P; a neuron with n examples and
-S(k, c) = sum of s over them has z(k, c) = (S(k, c) - n mu_c) / (sigma_c sqrt(n)), t_k = max_c z(k, c).
-Its null: `draws` random n-subsets of P, each with its own max_c z; p = (1 + #{t_r >= t_k}) / (draws + 1).
+With s(x, c) the image-concept score MAMMI names with and a pool P of probing images, neuron k with
+n examples has S(k, c) = the sum of s over them, its name c1 = argmax_c S(k, c) and the statistic
+m_k = S(k, c1) / n. The null replays the naming on `draws` random n-subsets of P: m_r = max_c S_r(c) / n.
+p = (1 + #{m_r >= m_k}) / (draws + 1). H0: the neuron's examples are a random n-subset of the probing set.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from tqdm import tqdm
 
-# t_r >= t_k up to rounding, TIE * (1 + |t_k|): the same images summed in another order must count
+# m_r >= m_k up to rounding, TIE * (1 + |m_k|): the same images summed in another order must count
 # as a tie (scipy.stats.permutation_test allows for rounding likewise); a difference that small means nothing.
 TIE = 1e-9
 
@@ -23,19 +25,6 @@ def pool_rows(n_images: int, size: int, seed: int) -> list[int]:
         return list(range(n_images))
     keep = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))[:size]
     return sorted(keep.tolist())
-
-
-def moments(s_pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """mu_c and sigma_c over the pool's rows of s [P, C] (population standard deviation)."""
-    return s_pool.mean(0), s_pool.std(0, correction=0)
-
-
-def max_z(S: torch.Tensor, n: torch.Tensor | int, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """t = max over c of (S[., c] - n mu_c) / (sigma_c sqrt(n)), per row of S [K, C]; n per row or one
-    for all. A concept constant over the pool (sigma_c = 0) says nothing and is left out."""
-    n = torch.as_tensor(n, dtype=S.dtype).reshape(-1, 1)
-    z = (S - n * mu) / (sigma * n.sqrt())
-    return z.masked_fill(sigma == 0, -torch.inf).max(1).values
 
 
 def null_order(pool_size: int, draws: int, length: int, seed: int) -> torch.Tensor:
@@ -53,51 +42,82 @@ def null_order(pool_size: int, draws: int, length: int, seed: int) -> torch.Tens
         for _ in range(more)], 1)
 
 
-def null_maxima(s_pool: torch.Tensor, sizes: list[int], draws: int, seed: int,
-                budget: int = 1 << 23) -> dict[int, torch.Tensor]:
-    """{n: t_r [draws]} for each distinct example count n. Draw r of size n is the first n entries of
-    row r of null_order, so one running sum along each row serves every size: all sizes together cost
-    one pass over the longest draw. The pool is standardised once (z of a draw = its sum of
-    standardised scores / sqrt(n)); `budget` bounds the scores gathered at once."""
-    mu, sigma = moments(s_pool)
+def null_names(s_pool: torch.Tensor, sizes: list[int], draws: int, seed: int,
+               budget: int = 1 << 23) -> dict[int, torch.Tensor]:
+    """{n: m_r [draws]}, the score of the name the method gives each random n-subset, for each distinct
+    example count n. Draw r of size n is the first n entries of row r of null_order, so one running sum
+    along each row serves every size: all sizes together cost one pass over the longest draw. `budget`
+    bounds the scores gathered at once."""
     sizes = sorted(set(sizes))
     if not sizes:
         return {}
-    std = ((s_pool - mu) / sigma)[:, sigma > 0]  # a concept constant over the pool says nothing
-    if std.shape[1] == 0:
-        return {n: torch.full((draws,), -torch.inf, dtype=s_pool.dtype) for n in sizes}
-    order = null_order(s_pool.shape[0], draws, sizes[-1], seed)[:, :sizes[-1]]
-    C, L = std.shape[1], sizes[-1]
+    C, L = s_pool.shape[1], sizes[-1]
+    order = null_order(s_pool.shape[0], draws, L, seed)[:, :L]
     at = torch.tensor(sizes) - 1
-    root = torch.tensor(sizes, dtype=s_pool.dtype).sqrt()
+    n = torch.tensor(sizes, dtype=s_pool.dtype)
     rows = max(1, min(draws, budget // (L * C)))
     width = max(1, min(L, budget // (rows * C)))
-    t = torch.empty(draws, len(sizes), dtype=s_pool.dtype)
+    m = torch.empty(draws, len(sizes), dtype=s_pool.dtype)
     chunks = range(0, draws, rows)  # a large concept set takes minutes: a bar when there is more than one
     for lo in tqdm(chunks, desc="null draws", unit="chunk", disable=len(chunks) <= 1):
         idx = order[lo:lo + rows]
         total = torch.zeros(len(idx), C, dtype=s_pool.dtype)
         for a in range(0, L, width):  # running sums over the next `width` images of each draw
-            part = std.index_select(0, idx[:, a:a + width].flatten()).view(len(idx), -1, C)
+            part = s_pool.index_select(0, idx[:, a:a + width].flatten()).view(len(idx), -1, C)
             part[:, 0] += total
             total = part.cumsum_(1)[:, -1].clone()
             here = (at >= a) & (at < a + part.shape[1])
-            t[lo:lo + rows, here] = part.amax(-1)[:, at[here] - a] / root[here]  # one reduction over all of them
-    return {n: t[:, j] for j, n in enumerate(sizes)}
+            m[lo:lo + rows, here] = part[:, at[here] - a].amax(-1) / n[here]  # the best concept where a size ends
+    return {size: m[:, j] for j, size in enumerate(sizes)}
 
 
-def significance(S: torch.Tensor, sizes: list[int], s_pool: torch.Tensor, draws: int,
-                 seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """t_k [K], p_k [K] and the null's 95th percentile [K] (the t a neuron with as many examples must
-    pass for p < 0.05) of neurons with S [K, C] summed over sizes[k] >= 1 examples each, against the
-    pool's scores s_pool [P, C]. One set of draws serves every neuron with the same count."""
-    if not sizes:  # no neuron has an example, and then no pool was embedded: nothing to test
-        none = torch.zeros(0, dtype=torch.float64)
-        return S.new_zeros(0), none, none
-    mu, sigma = moments(s_pool)
-    t = max_z(S, torch.tensor(sizes), mu, sigma)
-    null = null_maxima(s_pool, sizes, draws, seed)
-    p = torch.tensor([(1 + int((null[n] >= t_k - TIE * (1 + abs(t_k))).sum())) / (draws + 1)
-                      for n, t_k in zip(sizes, t.tolist())], dtype=torch.float64)
-    p95 = {n: torch.quantile(t_r, 0.95).item() for n, t_r in null.items()}
-    return t, p, torch.tensor([p95[n] for n in sizes], dtype=torch.float64)
+def p_values(m: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
+    """p = (1 + #{m_r >= m}) / (draws + 1) for each score in m, against one null [draws]."""
+    m = m.double().reshape(-1, 1)
+    beaten = (null.double()[None] >= m - TIE * (1 + m.abs())).sum(1)
+    return (1 + beaten).double() / (len(null) + 1)
+
+
+def name_test(scores: list[list[float]], sizes: list[int], s_pool: torch.Tensor, draws: int,
+              seed: int) -> tuple[list[list[float]], list[float]]:
+    """For neurons with sizes[k] >= 1 examples, whose names score scores[k] (S(k, c) / n of each name,
+    the first the name tested), the p of each name and the null's 95th percentile per neuron (the
+    score a name of a neuron with as many examples must pass for p < 0.05). One set of draws serves
+    every neuron with the same count."""
+    null = null_names(s_pool, sizes, draws, seed)
+    p95 = {n: torch.quantile(m_r, 0.95).item() for n, m_r in null.items()}
+    p = [p_values(torch.tensor(sc, dtype=torch.float64), null[n]).tolist() for sc, n in zip(scores, sizes)]
+    return p, [p95[n] for n in sizes]
+
+
+def smallest_p(pool_size: int, n: int, draws: int) -> float:
+    """The smallest p a neuron with n examples can reach: one draw in (draws + 1), and no fewer than
+    one in C(|P|, n) draws are its own example set (or, with n > |P|, the pool every time)."""
+    if n > pool_size:
+        return 1.0
+    log_subsets = math.lgamma(pool_size + 1) - math.lgamma(n + 1) - math.lgamma(pool_size - n + 1)
+    if log_subsets > math.log(draws + 1) + 1:  # far more subsets than draws (and C(|P|, n) may not fit a float)
+        return 1 / (draws + 1)
+    return max(1 / (draws + 1), 1 / math.comb(pool_size, n))
+
+
+def smallest_q(p_min: list[float]) -> float:
+    """The smallest Benjamini-Hochberg q any neuron could get: every neuron at its smallest p."""
+    ranked = sorted(p_min)
+    return min(p * (len(ranked) / (i + 1)) for i, p in enumerate(ranked)) if ranked else 1.0
+
+
+def pool_needed(sizes: list[int], draws: int, fdr: float, limit: int = 1 << 20) -> int | None:
+    """The smallest pool with which some neuron, with these example counts, could reach q <= fdr (None
+    when not even `limit` images would do, as when 1 / (draws + 1) > fdr)."""
+    lo = 1
+    if smallest_q([smallest_p(limit, n, draws) for n in sizes]) > fdr:
+        return None
+    hi = limit
+    while lo < hi:  # the smallest q falls as the pool grows: bisect
+        mid = (lo + hi) // 2
+        if smallest_q([smallest_p(mid, n, draws) for n in sizes]) <= fdr:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

@@ -21,11 +21,12 @@ from tqdm import tqdm
 from core.digests import digest
 from core.text import at_most
 from dataset.nih import findings, probe_crop, split_source
-from dataset.probe import MISSING, align_labels, load_probe, output_names, resolve_classes
+from dataset.probe import MISSING, align_labels, load_probe, note_copies, output_names, resolve_classes
 from method import select_examples
 from models import pick_device
 from models.layers import layer_names, layer_table
-from models.target import RANDOM, checkpoint_of, load_target, model_classes, parse_model, preprocessing, reinitialise
+from models.target import (RANDOM, checkpoint_of, load_target, model_classes, parse_model, preprocessing, reinitialise,
+                           warn_untrained)
 from pipeline import ranks
 from pipeline.cache import (cached, check_finite, claim, holds_claims, load_json, save_csv, save_jpeg, save_json,
                             save_tensors)
@@ -80,10 +81,13 @@ def run():
     if not labels:  # NIH split files: say which one is read, the probing set's own or NIH's
         print(split_source(split, data_root, split_file, "--split_file"))
     probe = load_probe(config)
+    if ranks.is_main():  # (the others print nothing)
+        note_copies(probe)
     names, paths = probe.names, probe.paths
     class_list, source = resolve_classes(classes, model_classes(model), probe)
     truth = align_labels(probe, class_list, source)
     ckpt = checkpoint_of(model, checkpoint)
+    warn_untrained(model, ckpt == RANDOM)  # here too when the activations are reused and nothing loads it
     print(f"{len(names)} images from the {probe.what}; classes: "
           + (f"{len(class_list)} {source}" if class_list else "none named (pass --classes FILE to name the outputs)"))
     print(f"preprocessing: Resize {prep['resize']}, CenterCrop {prep['crop']}, {prep['channels']} channel(s), "

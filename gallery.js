@@ -152,7 +152,7 @@ function evidenceBadge(n) {
 function untestable(E) {
   return `with a pool of ${E.pool} probing images and ${E.draws} random draws, the smallest p any neuron could reach ` +
     `is ${fmt(E.p_min)}: no name of this layer can reach q ≤ ${E.fdr}, so none is called significant or not` +
-    (E.pool_needed ? `; a probing set of ${E.pool_needed} images could` : "");
+    (E.pool_needed ? `; a probing set of ${E.pool_needed} images could` : `; no probing set could with ${E.draws} draws`);
 }
 
 // A neuron's score as its card shows it: the name and unit of its describer's score (MAMMI's S(k, c), a
@@ -348,7 +348,7 @@ function evidence(n, run) {
   }
   const fdr = E && E.fdr !== null && E.fdr !== undefined ? E.fdr : run.fdr, k = n.e, ex = `${k} example${k === 1 ? "" : "s"}`;
   d.append(el("b", {}, e.sig ? `Significant at q ≤ ${fdr}.` : `Not significant at q ≤ ${fdr}.`));
-  if (e.t !== null && e.t !== undefined) d.append(text(` Tested: the name “${e.t}”.`));
+  if (e.tested !== null && e.tested !== undefined) d.append(text(` Tested: the name “${e.tested}”.`));
   if (e.m !== null && e.m !== undefined) d.append(text(` Its mean score over the ${ex}, m = ${fmt(e.m)}, against ${fmt(e.p95)}: ` +
     `the 95th percentile of the best mean score (the naming replayed) of random ${k}-image subsets, the m a neuron ` +
     `with ${ex} must pass for p < 0.05.`));

@@ -27,7 +27,6 @@ The page itself is gallery.html, gallery.css and gallery.js beside this file; th
 are written into index.html, which so stays one file.
 """
 import base64
-import contextlib
 import csv
 import html
 import io
@@ -47,6 +46,7 @@ from dataset.probe import load_probe, output_names
 from describers import SCORES
 from method import alpha_cut, select_examples
 from models import pick_device
+from models.target import warn_untrained
 from pipeline.ablation import untested
 from pipeline.cache import load_json, save_bytes
 from pipeline.cli import PipelineError, configure, main, print_config
@@ -132,9 +132,7 @@ def run():
     shareable(index)
     n = len(page["neurons"])
     counts = {s: sum(x["s"] == s for x in page["neurons"]) for s in ("ok", "none", "dead")}
-    untrained = sum(r["untrained"] for r in page["runs"])
-    print(f"{n} neurons in {len(page['runs'])} run(s)" + (f" ({untrained} of an untrained target)" if untrained else "") +
-          f" ({counts['ok']} named, {counts['none']} none, {counts['dead']} dead); "
+    print(f"{n} neurons in {len(page['runs'])} run(s) ({counts['ok']} named, {counts['none']} none, {counts['dead']} dead); "
           f"{len(used)} thumbnails ({made} new), {len(page['panels'])} panels linked, in {time.time() - t0:.1f}s")
     print("outputs:")
     print(f"  {index}")
@@ -179,6 +177,7 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     """Add one stage-3 run's neurons to the page; returns what identifies its inputs (for the page key)."""
     data, ex_path, ex = read_matching(path)  # refused unless its examples and their activations are still there
     cfg, ex_cfg = data["config"], ex["config"]
+    warn_untrained(str(ex_cfg.get("model", "")), bool(ex_cfg.get("untrained", False)))  # said once per target
     if cfg.get("describer") and "examples_key" not in data:  # read_matching checks the key where there is one
         raise PipelineError(f"{path} does not say which examples it was computed from (an older compare_describers.py "
                             f"wrote it), so it may be stale; re-run compare_describers.py")
@@ -256,7 +255,7 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
             tops["x"][str(k)], tops["t"][str(k)] = shown, sig(mine["threshold"])
             tops["mp"][str(k)] = next((j for j, i in enumerate(ids) if j >= len(step2) or step2[j] != i), len(ids))
         if n.get("significant") is not None:  # step 3's significance test (README, "How far to trust a name")
-            rec["ev"] = {"t": n.get("tested"), "m": sig(n.get("m")), "p": sig(n["p"]), "q": sig(n["q"]),
+            rec["ev"] = {"tested": n.get("tested"), "m": sig(n.get("m")), "p": sig(n["p"]), "q": sig(n["q"]),
                          "sig": bool(n["significant"]), "p95": sig(n.get("null_p95"))}
         if hist:
             rec.update(h=hist["counts"][k], lo=hist["lo"][k], hi=hist["hi"][k])
@@ -565,7 +564,7 @@ def attach_maps(page: dict) -> list:
     "kind", "m": {neuron: [lo, hi, base64 of its examples' h x w maps in 8 bits over lo..hi]}}; a run
     without maps says why (run["maps_note"]). Returns the caches' keys (for the page key)."""
     page["maps"] = []
-    groups, keys, said = {}, [], set()
+    groups, keys = {}, []
     dev = pick_device(config["device"]) if overlays else None
     for run_rec in page["runs"]:
         if not overlays:
@@ -575,8 +574,8 @@ def attach_maps(page: dict) -> list:
         g = groups.get(ex_json.resolve())
         if g is None:
             try:
-                got = once(lambda: example_overlays(ex_json, ex, data_root, max_examples, config["batch_size"],
-                                                    config["num_workers"], dev), said)
+                got = example_overlays(ex_json, ex, data_root, max_examples, config["batch_size"],
+                                       config["num_workers"], dev)
                 g = len(page["maps"])
                 page["maps"].append(encode_maps(got))
                 keys.append({"maps": got["key"]})
@@ -589,21 +588,6 @@ def attach_maps(page: dict) -> list:
         else:
             run_rec["maps_note"] = g
     return keys
-
-
-def once(fn, said: set):
-    """fn() with what it prints held back, then each line not printed before in this build printed: the
-    target is loaded once per selection, and its warning of random weights (--checkpoint random) is said
-    once, not once per layer and selection."""
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            return fn()
-    finally:
-        for line in out.getvalue().splitlines():
-            if line not in said:
-                said.add(line)
-                print(line)
 
 
 def encode_maps(got: dict) -> dict:

@@ -56,17 +56,20 @@ def step(script: str, **args) -> None:
 
 
 def side(path: Path, top: int) -> dict:
-    """One target's layer: how many live neurons, how many significant, its most frequent first concepts."""
+    """One target's layer: how many live neurons, how many names were tested and how many significant,
+    whether the layer could be tested at all, its most frequent first concepts."""
     run = load_json(path)
     live = [n for n in run["neurons"] if n["status"] != "dead"]
-    if live and live[0].get("significant") is None:
-        raise PipelineError(f"{path} has no significance test (written by an older concept_matching.py); "
+    ev = run.get("evidence")
+    if ev is None:
+        raise PipelineError(f"{path} has no test of its names (written by an older concept_matching.py); "
                             f"re-run concept_matching.py")
-    sig = sum(n["significant"] for n in live)
     first = Counter(n["concepts"][0]["concept"] for n in live if n["concepts"])
-    return {"concepts_json": str(path), "key": run["key"], "live": len(live), "significant": sig,
-            "share": sig / len(live) if live else float("nan"), "named": sum(n["status"] == "ok" for n in live),
-            "first_concepts": first.most_common(top)}
+    tested = sum(n["tested"] is not None for n in live)
+    sig = sum(n["significant"] is True for n in live)
+    return {"concepts_json": str(path), "key": run["key"], "live": len(live), "tested": tested, "significant": sig,
+            "testable": ev["testable"], "share": sig / tested if tested else 0.0,
+            "named": sum(n["status"] == "ok" for n in live), "first_concepts": first.most_common(top)}
 
 
 def figure(layers: dict) -> plt.Figure:
@@ -77,11 +80,11 @@ def figure(layers: dict) -> plt.Figure:
         for i, n in enumerate(names):
             r = layers[n][which]
             ax.barh(i + off, r["share"], height=0.38, color=color, label=which if i == 0 else None)
-            ax.text(r["share"] + 0.01, i + off, f"{r['significant']}/{r['live']}", va="center", fontsize=8)
+            ax.text(r["share"] + 0.01, i + off, f"{r['significant']}/{r['tested']}", va="center", fontsize=8)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.15)
-    ax.set_xlabel("share of live neurons significant (q <= fdr)")
+    ax.set_xlabel("share of named neurons whose name is significant (q <= fdr)")
     ax.set_ylabel("layer")
     ax.legend(loc="lower right", fontsize=8)
     txt.axis("off")
@@ -121,8 +124,8 @@ def run():
     print("\n== Sanity check: significant names of the trained and the re-initialised target")
     for name, r in layers.items():
         t, z = r["trained"], r["randomised"]
-        print(f"{name}: trained {t['significant']} of {t['live']} ({t['share']:.0%}), randomised {z['significant']} "
-              f"of {z['live']} ({z['share']:.0%}); first concepts trained "
+        print(f"{name}: trained {t['significant']} of {t['tested']} ({t['share']:.0%}), randomised {z['significant']} "
+              f"of {z['tested']} ({z['share']:.0%}) names significant; first concepts trained "
               f"{', '.join(c for c, _ in t['first_concepts'])}; randomised {', '.join(c for c, _ in z['first_concepts'])}")
     print("outputs:")
     for p in ("sanity.json", "sanity.png"):

@@ -28,7 +28,7 @@ from dataset.nih import model_input_args, split_source
 from dataset.probe import MISSING, align_labels, load_probe, output_names, resolve_classes
 from pipeline.evaluation import auroc_auprc, best_thresholds, forward_logits, known, stage2_logits
 from models import pick_device
-from models.target import checkpoint_of, load_target, model_classes, preprocessing
+from models.target import RANDOM, checkpoint_of, load_target, model_classes, preprocessing, warn_untrained
 from pipeline.outputs import eval_dir, eval_split
 
 # -----------------------------------------------------------------------------
@@ -52,6 +52,7 @@ def run():
                             "pass --labels with a CSV, or NIH split files")
     prep = preprocessing(config)
     ckpt = checkpoint_of(model, config["checkpoint"])
+    warn_untrained(model, ckpt == RANDOM)  # here too when step 2's logits are reused and nothing loads it
     dev = pick_device(device)
     net, classes = None, None
     # A CSV probing set names the classes step 2 named (its label columns, unless --classes or the model

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.files import image_files, read_text
+from dataset.files import identical_files, image_files, read_text
 from dataset.nih import OUTSIDE, class_names, data_digest, outside_root, read_split, resolve_images, split_file
 from core.errors import PipelineError
-from core.text import at_most
+from core.text import at_most, printable
 
 MISSING = -1  # a label without ground truth: a class the set has no column for, or one the policy ignores
 # What -1 (uncertain) and a blank (not mentioned) become under each `uncertain` policy.
@@ -83,7 +83,7 @@ def list_images(root: str | Path) -> list[str]:
     skipped = []
     names = sorted(image_files(root, skipped), key=lambda n: n.split("/"))  # the order of their paths
     if skipped:
-        shown = at_most(skipped, 3).encode("utf-8", "backslashreplace").decode()  # a Latin-1 name prints too
+        shown = printable(at_most(skipped, 3))
         print(f"note: {root}: {len(skipped)} link(s) to folders not followed, as they lead inside the folder "
               f"(its images are listed under their own path), above it (a loop) or to a folder reached "
               f"already: {shown}")
@@ -91,6 +91,17 @@ def list_images(root: str | Path) -> list[str]:
         raise PipelineError(f"no images (PNG, JPEG or DICOM) under {root}, searched recursively; "
                             f"pass --data_root with the folder that holds them")
     return names
+
+
+def note_copies(probe: Probe) -> None:
+    """One line when the probing set holds one image (the same bytes) under several names: each name is
+    probed, so that image can be a neuron's example as often as it has names."""
+    groups = identical_files(probe.paths)
+    if groups:
+        shown = printable(at_most([" = ".join(probe.names[i] for i in g) for g in groups], 3, "; "))
+        print(f"note: the {probe.what} holds {len(groups)} image(s) under more than one name "
+              f"({sum(map(len, groups))} names, the same bytes); each name is probed, so one image can be a "
+              f"neuron's example once per name: {shown}")
 
 
 def read_label_csv(path: Path, uncertain: str) -> tuple[list[str], list[str] | None, np.ndarray | None]:

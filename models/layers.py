@@ -238,46 +238,49 @@ def layer_table(model: nn.Module, x: torch.Tensor, token_pool: str = "mean") -> 
     """(name, output shape, neurons) of fc, penultimate and every module, from one forward pass on x;
     neurons '-' where an output holds no one value per image and neuron. A module that runs several
     times in the pass says how many after its shape (its last call's, the one a probe reads)."""
-    shapes: dict[str, tuple[str, str]] = {}
-    calls: dict[str, int] = {}
+    # Keyed by (row, name): the model's outputs (row "fc") are not its module fc (ResNet's head), which runs
+    # once in a pass of its own; one key for both would count two calls.
+    shapes: dict[tuple[str, str], tuple[str, str]] = {}
+    calls: dict[tuple[str, str], int] = {}
     inner = model.script if isinstance(model, ScriptedTarget) else model
     read = _reader(inner, token_pool)
 
-    def record(name, out):
-        calls[name] = calls.get(name, 0) + 1  # the last call's shape stays: the call that is read
+    def record(key, out):
+        calls[key] = calls.get(key, 0) + 1  # the last call's shape stays: the call that is read
         t = first_tensor(out)
         if t is None:
-            shapes[name] = (type(out).__name__, "-")
+            shapes[key] = (type(out).__name__, "-")
             return
         try:
-            v = read(name, t)
+            v = read(key[1], t)
             neurons = str(v.shape[1]) if t.dim() > 1 and len(v) == len(x) else "-"
         except PipelineError:
             neurons = "-"
-        shapes[name] = (str(list(t.shape)), neurons)
+        shapes[key] = (str(list(t.shape)), neurons)
 
-    hooks = [model.register_forward_hook(lambda m, i, o: record("fc", o))]
+    hooks = [model.register_forward_hook(lambda m, i, o: record(("layer", "fc"), o))]
     if not isinstance(model, ScriptedTarget):
         try:
             hooks.append(model.get_submodule(head_name(model)).register_forward_pre_hook(
-                lambda m, i: record("penultimate", i[0])))
+                lambda m, i: record(("layer", "penultimate"), i[0])))
         except PipelineError:
             pass
-        hooks += [m.register_forward_hook(lambda m, i, o, n=n: record(n, o)) for n, m in model.named_modules() if n]
+        hooks += [m.register_forward_hook(lambda m, i, o, n=n: record(("module", n), o))
+                  for n, m in model.named_modules() if n]
     try:
         with torch.inference_mode():
             model(x)
     finally:
         for h in hooks:
             h.remove()
-    for n, k in calls.items():
+    for key, k in calls.items():
         if k > 1:
-            shapes[n] = (f"{shapes[n][0]} ({k} calls: the last read)", shapes[n][1])
-    rows = [(n, *shapes[n]) for n in ("fc", "penultimate") if n in shapes]
+            shapes[key] = (f"{shapes[key][0]} ({k} calls: the last read)", shapes[key][1])
+    rows = [(n, *shapes[("layer", n)]) for n in ("fc", "penultimate") if ("layer", n) in shapes]
     if isinstance(model, ScriptedTarget):
         rows += [(n, "(TorchScript: no hooks)", "-") for n, _ in inner.named_modules() if n]
     else:
-        rows += [(n, *shapes.get(n, ("(not called)", "-"))) for n, _ in model.named_modules() if n]
+        rows += [(n, *shapes.get(("module", n), ("(not called)", "-"))) for n, _ in model.named_modules() if n]
     return rows
 
 

@@ -52,7 +52,7 @@ import torchvision
 
 from core.digests import file_digest, imported_files
 from core.errors import PipelineError
-from core.text import at_most
+from core.text import at_most, say_once
 from dataset.nih import MEAN, STD
 from models import load_failure
 
@@ -515,8 +515,7 @@ def load_target(model: str, checkpoint: str | Path | None, need_head: bool, num_
             torch.manual_seed(RANDOM_SEED)
             net = family.build(spec, model, num_classes, channels)
         head = None
-        print(f"warning: --checkpoint random: {model} is untrained (its library's initialisation, seed {RANDOM_SEED}): "
-              f"its neurons and outputs mean nothing learned; the outputs are marked untrained")
+        warn_untrained(model, True)
     else:
         k = _outputs(spec, model, obj, checkpoint, channels, num_classes, n_classes)
         net = family.build(spec, model, k, channels)
@@ -530,6 +529,14 @@ def load_target(model: str, checkpoint: str | Path | None, need_head: bool, num_
                                 f"the backbone can still be probed with --layer penultimate")
         print(f"note: {checkpoint} has {head}: backbone layers are probed, the model's outputs are not reported")
     return net.eval(), head is None
+
+
+def warn_untrained(model: str, untrained: bool) -> None:
+    """The warning that the target is untrained (--checkpoint random; stored as `untrained` in step 2's outputs),
+    once in each step that runs it or reads what it gave, however many of its layers, runs or loads the step meets."""
+    if untrained:
+        say_once(f"warning: --checkpoint random: {model} is untrained (its library's initialisation, seed "
+                 f"{RANDOM_SEED}): its neurons and outputs mean nothing learned; the outputs are marked untrained")
 
 
 def check_weights_finite(net: nn.Module, source) -> None:

@@ -16,6 +16,8 @@ the NIH and R2Gen loaders read it unchanged:
     world.json                       per image: findings with label, box [x, y, w, h] in image pixels,
                                      location, severity; and the report
 
+phantom/marker.py tells a world's images from any other by the world.json beside their folder.
+
 Geometry is in normalised units (0..1 of the image side), so any size renders the same world.
 Every image has its own random stream, seeded by (seed, index): a world is the same for a seed,
 whatever the order or number of images drawn.
@@ -35,6 +37,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from dataset.nih import class_names
+from phantom.marker import WORLD_FILE
 
 CLASSES = class_names()  # the NIH findings, in the order of the split files' label columns
 WORDS = [c.lower() for c in CLASSES]  # the words the reports use, and the concepts the method must find
@@ -646,7 +649,7 @@ def ensure_world(out_dir: str | Path, n_train: int, n_val: int, n_test: int, siz
     """Write the world unless out_dir holds it already (same sizes, seed and generator VERSION).
     Returns whether it was written."""
     want = {"version": VERSION, "seed": seed, "size": size, "n_train": n_train, "n_val": n_val, "n_test": n_test}
-    meta = Path(out_dir) / "world.json"
+    meta = Path(out_dir) / WORLD_FILE
     if meta.is_file():
         with open(meta) as fh:
             have = json.load(fh)
@@ -658,7 +661,7 @@ def ensure_world(out_dir: str | Path, n_train: int, n_val: int, n_test: int, siz
 
 def write_world(out_dir: str | Path, n_train: int, n_val: int, n_test: int, size: int = 256, seed: int = 0) -> dict:
     out = Path(out_dir)
-    (out / "world.json").unlink(missing_ok=True)  # written last: its presence marks a complete world
+    (out / WORLD_FILE).unlink(missing_ok=True)  # written last: its presence marks a complete world
     (out / "images").mkdir(parents=True, exist_ok=True)
     splits = {"train": range(0, n_train), "val": range(n_train, n_train + n_val),
               "test": range(n_train + n_val, n_train + n_val + n_test)}
@@ -686,7 +689,7 @@ def write_world(out_dir: str | Path, n_train: int, n_val: int, n_test: int, size
     (out / "annotation.json").write_text(json.dumps(ann, indent=1))
     meta = {"version": VERSION, "seed": seed, "size": size, "n_train": n_train, "n_val": n_val, "n_test": n_test,
             "classes": CLASSES, "images": world}
-    (out / "world.json").write_text(json.dumps(meta, indent=1))
+    (out / WORLD_FILE).write_text(json.dumps(meta, indent=1))
     return meta
 
 

@@ -45,10 +45,10 @@ _OLD_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # mkstemp's, before temp 
 _claims: list[ExitStack] = []
 NAME_ROOM = 200  # bytes of an output's name a temp file keeps: its additions (host, pid, random) fit in 255
 # Fields where NaN is a legitimate "no value", not a failure: a mean and standard error over no neuron
-# (mean, se), a z and the null's 95th percentile where the pool's scores do not spread (z, null_p95), a
+# (mean, se), an ablation's z where the random sets' drops do not spread (z), a
 # describer's score of a concept it cannot score (scores: label_auc of a class with one outcome). JSON
 # stores them as null (it has no NaN), tensors as NaN; a NaN or infinity anywhere else is refused.
-NO_VALUE = frozenset({"mean", "se", "z", "null_p95", "scores"})
+NO_VALUE = frozenset({"mean", "se", "z", "scores"})
 
 
 def _umask() -> int:

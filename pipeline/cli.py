@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.errors import PipelineError  # here too, for the steps that import it with configure
-from core.text import at_most
+from core.text import at_most, one_step
 
 ROOT = Path(__file__).resolve().parents[1]
 # The steps in order; an experiment file may set any constant of any of them.
@@ -477,7 +477,8 @@ def main(fn: Callable[[], Any], torchrun: bool = False) -> None:
         if not torchrun and int(os.environ.get("WORLD_SIZE", 1)) > 1:
             raise PipelineError(f"{Path(sys.argv[0]).name} runs as one process; under torchrun only "
                                 f"example_selection.py and concept_matching.py share their work: run it with python")
-        fn()
+        with one_step():
+            fn()
     except PipelineError as e:
         print(f"error: {own_message(e)}", file=sys.stderr)
         sys.exit(2)

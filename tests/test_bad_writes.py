@@ -120,9 +120,9 @@ def test_json_holds_no_nan_token(tmp_path):
     and nothing is left behind."""
     nan, inf = float("nan"), float("inf")
     path = tmp_path / "ok.json"
-    cache.save_json(path, {"neurons": [{"z": -inf, "null_p95": nan, "p": 0.5}], "truth": {"any": {"mean": nan,
+    cache.save_json(path, {"neurons": [{"z": -inf, "p": 0.5}], "truth": {"any": {"mean": nan,
                     "se": nan, "n": 0}}, "scores": [1.0, nan]})
-    assert strict_json(path) == {"neurons": [{"z": None, "null_p95": None, "p": 0.5}],
+    assert strict_json(path) == {"neurons": [{"z": None, "p": 0.5}],
                                  "truth": {"any": {"mean": None, "se": None, "n": 0}}, "scores": [1.0, None]}
     bad = tmp_path / "bad.json"
     for value in (nan, inf, -inf):

@@ -176,6 +176,17 @@ def test_layer_list_with_random_weights(images, tmp_path, model, args):
     nothing_written(out)
 
 
+def test_layer_list_counts_the_outputs_apart_from_the_head_module_fc(images, tmp_path):
+    """timm's ResNet-18 names its head module fc, which runs once per pass, as do the model's outputs (row
+    fc): neither row says it ran twice, and no module of this model runs twice."""
+    proc = stage2(images, tmp_path / "res", "timm:resnet18", "--checkpoint", "random", "--layer", "list",
+                  "--classes", "")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    fc = [line.split() for line in proc.stdout.splitlines() if line.startswith("fc ")]
+    assert fc == [["fc", "[2,", "1000]", "1000"]] * 2, proc.stdout
+    assert "calls" not in proc.stdout
+
+
 def test_random_and_pretrained_are_refused_for_a_models_own_file(images, tmp_path):
     (tmp_path / "own.py").write_text("import torch.nn as nn\n\n\ndef build():\n    return nn.Linear(3, 3)\n")
     for word in ("random", "pretrained"):

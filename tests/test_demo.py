@@ -41,8 +41,9 @@ def check_quality(summary: dict, table: str) -> None:
     assert round(fc["top-k examples (k = 20)"]["hit_rate"]["mean"] * 14) >= 11, table  # 13
     pen = summary["penultimate"]
     assert pen["selective"] > 900 and pen["share"] >= 0.70, table                      # .757-.820
-    sig = summary["significance"]["penultimate"]                                        # measured .45 against .19 (full world .63 against .06)
-    assert sig["randomised"]["share"] <= sig["trained"]["share"] / 2, summary["significance"]
+    sig = summary["significance"]["penultimate"]  # names significant: measured .28 against 0 (full world .48 against 0)
+    assert sig["trained"]["share"] >= 0.15, summary["significance"]
+    assert sig["randomised"]["share"] <= min(0.05, sig["trained"]["share"] / 8), summary["significance"]
     auroc = summary["auroc"]
     assert len(auroc) == 14 and min(auroc.values()) >= 0.70, auroc                     # worst .780
     assert sum(auroc.values()) / 14 >= 0.93, auroc                                      # .962-.980

@@ -10,24 +10,23 @@ import pytest
 import torch
 from scipy.stats import false_discovery_control
 
-from conftest import run_script, save_random_target
-from evidence import TIE, null_order, pool_rows, significance
+from conftest import make_probe_set, run_script, save_random_target
+from evidence import (TIE, name_test, null_names, null_order, p_values, pool_needed, pool_rows, smallest_p,
+                      smallest_q)
 
 
-def plain_t(S_k, n, pool):
-    """max over c of (S(k, c) - n mu_c) / (sigma_c sqrt(n)), mu and sigma (population) by loops."""
-    P, best = len(pool), -math.inf
-    for c in range(len(pool[0])):
-        col = [row[c] for row in pool]
-        mu = sum(col) / P
-        sigma = math.sqrt(sum((v - mu) ** 2 for v in col) / P)
-        if sigma > 0:
-            best = max(best, (S_k[c] - n * mu) / (sigma * math.sqrt(n)))
-    return best
+def plain_null(pool, draw):
+    """max over c of the mean of s over the drawn rows: the score of the name the method gives them."""
+    return max(sum(pool[i][c] for i in draw) / len(draw) for c in range(len(pool[0])))
 
 
-def test_statistic_equals_a_literal_loop():
-    """t and p of each neuron, recomputed with loops over the same draws: equal, p exactly."""
+def plain_p(m, null):
+    return (1 + sum(m_r >= m - TIE * (1 + abs(m)) for m_r in null)) / (len(null) + 1)
+
+
+def test_name_test_equals_a_literal_loop():
+    """Every name's p and each neuron's 95th percentile, recomputed with loops over the same draws:
+    equal, p exactly, whatever chunks the draws are summed in."""
     rng = random.Random(4)
     P, C, R = 7, 4, 300
     pool = [[rng.gauss(0, 1) for _ in range(C)] for _ in range(P)]
@@ -39,19 +38,31 @@ def test_statistic_equals_a_literal_loop():
     rows = {"pool": pool, "other": others}
     S = [[sum(rows[w][i][c] for w, i in ex) for c in range(C)] for ex in examples]
     sizes = [len(ex) for ex in examples]
-    t, p, p95 = significance(torch.tensor(S, dtype=torch.float64), sizes, torch.tensor(pool, dtype=torch.float64), R, 11)
+    # each neuron's names: its best concept first (the one tested), then its others in descending S
+    scores = [[v / n for v in sorted(S_k, reverse=True)] for S_k, n in zip(S, sizes)]
+    s_pool = torch.tensor(pool, dtype=torch.float64)
 
     order = null_order(P, R, max(sizes), 11).tolist()
     for r in order:  # each row: permutations of the pool, one after another
         assert sorted(r[:P]) == list(range(P)) and sorted(r[P:2 * P]) == list(range(P))
-    for k, n in enumerate(sizes):
-        t_k = plain_t(S[k], n, pool)
-        assert t[k].item() == pytest.approx(t_k, rel=1e-12, abs=1e-12)
-        null = [plain_t([sum(pool[i][c] for i in r[:n]) for c in range(C)], n, pool) for r in order]
-        assert p[k].item() == (1 + sum(t_r >= t_k - TIE * (1 + abs(t_k)) for t_r in null)) / (R + 1), k
-        assert p95[k].item() == pytest.approx(np.percentile(null, 95), rel=1e-12, abs=1e-12)  # the view's bar
-    assert p[3].item() == 1.0  # every draw of the whole pool is the pool itself: no evidence
-    assert 0 < p[0].item() < 1  # one image: about one draw in P is that image (or its twin)
+    for budget in (1 << 23, 40, 1):  # one chunk; several draws and images at a time; one score at a time
+        p, p95 = name_test(scores, sizes, s_pool, R, 11) if budget == 1 << 23 else (None, None)
+        null = null_names(s_pool, sizes, R, 11, budget=budget)
+        for k, n in enumerate(sizes):
+            plain = [plain_null(pool, r[:n]) for r in order]
+            assert null[n].tolist() == pytest.approx(plain, rel=1e-12, abs=1e-12), (budget, n)
+            if p is not None:
+                assert p[k] == [plain_p(m, plain) for m in scores[k]], k
+                assert p95[k] == pytest.approx(np.percentile(plain, 95), rel=1e-12, abs=1e-12)  # the view's bar
+    p, _ = name_test(scores, sizes, s_pool, R, 11)
+    assert p[3][0] == 1.0  # every draw of the whole pool is the pool itself: no evidence
+    assert 0 < p[0][0] < 1  # one image: about one draw in P is that image (or its twin)
+    assert all(a <= b for pk in p for a, b in zip(pk, pk[1:]))  # a lower-scoring name never has a smaller p
+
+
+def test_a_tie_counts_as_at_least_as_extreme():
+    null = torch.tensor([0.1, 0.3, 0.3 + 1e-12, 0.5], dtype=torch.float64)
+    assert p_values(torch.tensor([0.3, 0.3000001, 0.6, -1.0], dtype=torch.float64), null).tolist() == [4 / 5, 2 / 5, 1 / 5, 5 / 5]
 
 
 def test_null_is_seeded_and_its_draws_do_not_depend_on_other_sizes():
@@ -65,15 +76,17 @@ def test_null_is_seeded_and_its_draws_do_not_depend_on_other_sizes():
 
 
 def test_p_is_calibrated_for_random_example_sets():
-    """2,000 neurons whose examples are random subsets of the pool: about 5% have p <= 0.05."""
+    """2,000 neurons whose examples are random subsets of the pool, each named by its best concept:
+    about 5% have p <= 0.05 (H0 true by construction)."""
     g = np.random.default_rng(0)
     P, C, K = 300, 40, 2000
-    # correlated concepts with unequal spreads, as real scores are
-    pool = torch.tensor(g.normal(size=(P, 8)) @ g.normal(size=(8, C)) + g.normal(scale=0.5, size=(P, C)))
+    # correlated concepts with unequal spreads and means, as real scores are
+    pool = torch.tensor(g.normal(size=(P, 8)) @ g.normal(size=(8, C)) + g.normal(scale=0.5, size=(P, C))
+                        + g.normal(size=C))
     sizes = g.integers(1, 60, K).tolist()
     S = torch.stack([pool[torch.tensor(g.choice(P, n, replace=False))].sum(0) for n in sizes])
-    _, p, _ = significance(S, sizes, pool, 1000, 0)
-    share, se = float((p <= 0.05).double().mean()), math.sqrt(0.05 * 0.95 / K)
+    p, _ = name_test([[S_k.max().item() / n] for S_k, n in zip(S, sizes)], sizes, pool, 1000, 0)
+    share, se = float(np.mean([pk[0] <= 0.05 for pk in p])), math.sqrt(0.05 * 0.95 / K)
     assert abs(share - 0.05) <= 3 * se, share
 
 
@@ -84,8 +97,23 @@ def test_chosen_examples_are_significant():
     top = torch.argsort(pool[:, 7], descending=True)
     sizes = [3, 10, 25]
     S = torch.stack([pool[top[:n]].sum(0) for n in sizes])
-    _, p, _ = significance(S, sizes, pool, 500, 0)
-    assert (p <= 1 / 501 + 1e-12).all(), p
+    p, _ = name_test([[S_k.max().item() / n] for S_k, n in zip(S, sizes)], sizes, pool, 500, 0)
+    assert all(pk[0] <= 1 / 501 + 1e-12 for pk in p), p
+
+
+def test_reachable_p_and_q_and_the_pool_that_would_do():
+    """Hand counts: C(13, 1) = 13 subsets of one image, C(13, 3) = 286, C(12, 2) = 66."""
+    assert smallest_p(13, 1, 1000) == 1 / 13
+    assert smallest_p(13, 3, 1000) == 1 / 286
+    assert smallest_p(2000, 1, 1000) == 1 / 1001 and smallest_p(10 ** 6, 400, 1000) == 1 / 1001
+    assert smallest_p(5, 7, 1000) == 1.0  # more examples than the pool: every draw is the pool
+    assert smallest_q([1 / 13] * 5) == pytest.approx(1 / 13)
+    assert smallest_q([0.01, 0.04, 0.04]) == pytest.approx(0.03) and smallest_q([]) == 1.0
+    # one image per neuron: p >= 1/|P| and q = p, so q <= 0.05 first at |P| = 20
+    assert pool_needed([1, 1, 1], 1000, 0.05) == 20
+    # with 12 images a 2-example neuron reaches 1/66, and BH over three gives 3/66 <= 0.05; 11 give 3/55 > 0.05
+    assert pool_needed([1, 1, 2], 1000, 0.05) == 12
+    assert pool_needed([1], 10, 0.05) is None  # 1 / 11 > 0.05 whatever the pool
 
 
 # ---- step 3 end to end: what concepts.json stores
@@ -106,43 +134,102 @@ def plain_bh(p):
     return q
 
 
-def test_step3_stores_z_p_q_and_significance(probe_set, tmp_path):
+def plain_scores(img, text, template):
+    """s(x, c) = cos(x, c) - cos(x, T), by numpy, in float64."""
+    unit = lambda v: np.asarray(v, dtype=np.float64) / np.linalg.norm(np.asarray(v, dtype=np.float64), axis=-1,
+                                                                     keepdims=True)
+    x = unit(img)
+    return x @ unit(text).T - (x @ unit(template))[:, None]
+
+
+def stage2_then_3(probe, tmp_path, *extra, dead=None):
     clip = tmp_path / "tiny-clip.json"
     clip.write_text(json.dumps(TINY_CLIP))
     ckpt = save_random_target(tmp_path / "d.pth", "densenet121")
-    obj = torch.load(ckpt, weights_only=True)
-    obj["model"]["classifier.weight"][3] = 0.0  # logit 3 is its bias on every image: a dead neuron
-    torch.save(obj, ckpt)
+    if dead is not None:
+        obj = torch.load(ckpt, weights_only=True)
+        obj["model"]["classifier.weight"][dead] = 0.0  # the logit is its bias on every image: a dead neuron
+        torch.save(obj, ckpt)
     out = tmp_path / "res"
-    proc = run_script("example_selection.py", "--data_root", str(probe_set), "--checkpoint", str(ckpt),
+    proc = run_script("example_selection.py", "--data_root", str(probe), "--checkpoint", str(ckpt),
                       "--resize", "64", "--crop", "64", "--num_workers", "0", "--save_root", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
 
-    def stage3(*extra):
+    def stage3(*more):
         proc = run_script("concept_matching.py", "--model_clip", f"open_clip:{clip}", "--clip_weights", "random",
-                          "--num_workers", "0", "--save_root", str(out), "--metric_encoders", "", *extra)
+                          "--num_workers", "0", "--save_root", str(out), "--metric_encoders", "", *extra, *more)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         return proc.stdout, json.loads(next(out.rglob("concepts.json")).read_text())
+    return out, stage3
 
-    log, c = stage3("--null_draws", "200", "--fdr", "0.5")
-    assert "and the null pool's 64 (64 new)" in log  # every probing image: the pool, the examples among them
-    dead, live = c["neurons"][3], [n for n in c["neurons"] if n["status"] != "dead"]
-    assert dead["status"] == "dead" and all(dead[k] is None for k in ("z", "p", "q", "significant", "null_p95"))
-    assert len(live) == 13 and all(1 / 201 <= n["p"] <= 1 and n["n_examples"] > 0 for n in live)
-    p = [n["p"] for n in live]
-    q = [n["q"] for n in live]
+
+def test_step3_tests_each_name_against_the_naming_replayed(probe_set, tmp_path):
+    """Every name's p recomputed from the stored features by loops: the pool a seeded subset of the
+    whole probing set (not the examples), the statistic the mean score of the name shown."""
+    out, stage3 = stage2_then_3(probe_set, tmp_path, dead=3)
+    log, c = stage3("--null_draws", "200", "--fdr", "0.5", "--null_pool", "40")
+    assert "and the null pool's 40" in log
+    feats = torch.load(next(out.rglob("image_features.pt")), weights_only=True)
+    text = torch.load(next(out.rglob("text_*.pt")), weights_only=True)
+    row = {i: r for r, i in enumerate(feats["image_ids"])}
+    s = plain_scores(feats["features"], text["features"], text["template"])
+    column = {name: j for j, name in enumerate(text["concepts"])}
+    probe_names = sorted(p.name for p in probe_set.iterdir())  # the split file lists them in this order
+    pool = [s[row[probe_names[r]]].tolist() for r in pool_rows(64, 40, 0)]
+    examples = json.loads(next(out.rglob("examples.json")).read_text())["neurons"]
+
+    dead = c["neurons"][3]
+    assert dead["status"] == "dead"
+    fields = ("tested", "m", "p", "q", "significant", "null_p95")
+    named = [n for n in c["neurons"] if n["status"] == "ok"]
+    assert all(n[k] is None for n in c["neurons"] if n["status"] != "ok" for k in fields)
+    assert len(named) >= 8
+    order = null_order(40, 200, max(n["n_examples"] for n in named), 0).tolist()
+    for n in named:
+        ids = [e["image_id"] for e in examples[n["neuron"]]["examples"]]
+        size = len(ids)
+        assert n["tested"] == n["concepts"][0]["concept"] and n["n_examples"] == size
+        S_k = s[[row[i] for i in ids]].sum(0)
+        assert n["tested"] == text["concepts"][int(S_k.argmax())]  # the first name is the best concept
+        assert n["m"] == pytest.approx(S_k.max() / size, rel=1e-9)
+        null = [plain_null(pool, r[:size]) for r in order]
+        assert n["p"] == plain_p(S_k.max() / size, null)
+        assert [x["p"] for x in n["concepts"]] == [plain_p(S_k[column[x["concept"]]] / size, null)
+                                                   for x in n["concepts"]]
+        assert n["null_p95"] == pytest.approx(np.percentile(null, 95), rel=1e-9)
+    p, q = [n["p"] for n in named], [n["q"] for n in named]
     assert q == pytest.approx(false_discovery_control(p, method="bh").tolist(), abs=1e-15)
     assert q == pytest.approx(plain_bh(p), abs=1e-12)
-    assert [n["significant"] for n in live] == [v <= 0.5 for v in q]
+    assert [n["significant"] for n in named] == [v <= 0.5 for v in q]
     n_sig = sum(v <= 0.5 for v in q)
-    assert f"significant: {n_sig} of 13 (q <= 0.5)" in log
-    # the significance constants are in the key; MAMMI's own names do not move with them
+    assert c["evidence"] == {"testable": True, "tested": len(named), "significant": n_sig, "fdr": 0.5, "draws": 200,
+                             "pool": 40, "p_min": pytest.approx(1 / 201), "pool_needed": None}
+    assert f"significant names: {n_sig} of {len(named)} named neurons (q <= 0.5" in log
+    # the test's constants are in the key; MAMMI's own names do not move with them
     log2, c2 = stage3()
-    assert "and the null pool's 64 (0 new)" in log2 and c2["key"] != c["key"]
-    strip = lambda ns: [{k: v for k, v in n.items() if k not in ("z", "p", "q", "significant", "null_p95")} for n in ns]
-    assert strip(c2["neurons"]) == strip(c["neurons"])
-    assert [n["z"] for n in c2["neurons"]] == [n["z"] for n in c["neurons"]]  # t does not depend on the draws
+    assert "and the null pool's 64" in log2 and c2["key"] != c["key"]
+    keep = lambda ns: [{k: v for k, v in n.items() if k not in fields + ("concepts",)} for n in ns]
+    assert keep(c2["neurons"]) == keep(c["neurons"])
+    names = lambda ns: [[(x["concept"], x["score"]) for x in n["concepts"]] for n in ns]
+    assert names(c2["neurons"]) == names(c["neurons"])
+    assert [n["tested"] for n in c2["neurons"]] == [n["tested"] for n in c["neurons"]]
     assert c2["config"]["null_draws"] == 1000 and c["config"]["fdr"] == 0.5
+
+
+def test_a_probing_set_too_small_to_test_says_so(tmp_path):
+    """5 images: no example set is one of more than C(5, 2) = 10 alike, so p >= 1/10 and q >= 1/10 > 0.05
+    whatever the draws: the step says so with the numbers and the size that would do, and stores no verdict."""
+    probe = make_probe_set(tmp_path / "probe", n=5)
+    _, stage3 = stage2_then_3(probe, tmp_path)
+    log, c = stage3()
+    sizes = [n["n_examples"] for n in c["neurons"] if n["status"] == "ok"]
+    assert sizes
+    line = next(ln for ln in log.splitlines() if "not testable" in ln)
+    assert "a pool of 5 images" in line and "fdr 0.05" in line
+    want = pool_needed(sizes, 1000, 0.05)
+    assert want > 5 and f"a probing set of at least {want} images" in line
+    assert c["evidence"]["testable"] is False and c["evidence"]["pool_needed"] == want
+    assert all(n["p"] is None and n["significant"] is None and n["tested"] is None for n in c["neurons"])
 
 
 @pytest.mark.parametrize("option,value,allowed", [("--null_draws", "99", ">= 100"), ("--fdr", "0", "in (0, 1)"),
@@ -218,7 +305,8 @@ def test_sanity_check_writes_both_targets_apart(probe_set, tmp_path):
         run = json.loads(Path(side["concepts_json"]).read_text())
         assert Path(side["concepts_json"]).is_relative_to(probe / folder)
         live = [n for n in run["neurons"] if n["status"] != "dead"]
-        assert side["live"] == len(live) and side["significant"] == sum(n["significant"] for n in live)
+        assert side["live"] == len(live) and side["significant"] == sum(n["significant"] is True for n in live)
+        assert side["tested"] == sum(n["status"] == "ok" for n in live) == run["evidence"]["tested"]
     assert "fc: trained" in proc.stdout and "randomised" in proc.stdout
     # one image folder and one text cache serve both targets: nothing embedded twice
     assert len(list(out.rglob("image_features.pt"))) == 1 and len(list(out.rglob("text_*.pt"))) == 1

@@ -155,7 +155,7 @@ def test_ablation_sanity_and_roc_figures_label_both_axes(monkeypatch):
         {"finding": "nodule", "effect": None, "z": None, "n_neurons": 0}]}
     ax, = ablation_figure(result, {"mass": [0.1, -0.1, 0.0]}).axes
     assert ax.get_xlabel() and ax.get_ylabel() == "finding"
-    layer = {"share": 0.5, "significant": 1, "live": 2, "first_concepts": [["mass", 1]]}
+    layer = {"share": 0.5, "significant": 1, "live": 2, "tested": 2, "first_concepts": [["mass", 1]]}
     fig = step(monkeypatch, "sanity_check.py")["figure"]({"fc": {"trained": layer, "randomised": layer}})
     assert fig.axes[0].get_xlabel() and fig.axes[0].get_ylabel() == "layer"
     labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])

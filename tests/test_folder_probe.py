@@ -1,6 +1,6 @@
 """A folder of images as a probing set: symbolic links to folders followed with loop protection,
-names that are not UTF-8 or very long listed and opened, and a folder given without `--labels none`
-answered with a message that says to pass it."""
+names that are not UTF-8 or very long listed and opened, one image under several names (the same bytes)
+noted, and a folder given without `--labels none` answered with a message that says to pass it."""
 import os
 import re
 import shutil
@@ -12,9 +12,11 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, make_probe_set, run_script
-from dataset.files import read_image
+from test_user_models import stage2
+import dataset.files
+from dataset.files import HEAD_BYTES, identical_files, read_image
 from dataset.nih import ProbeSet, data_digest, resolve_images
-from dataset.probe import list_images, load_probe
+from dataset.probe import list_images, load_probe, note_copies
 from pipeline.cli import PipelineError
 
 
@@ -102,6 +104,58 @@ def test_a_latin1_name_in_the_note_prints_on_a_strict_stdout(tmp_path):
                           env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     assert proc.returncode == 0, proc.stderr
     assert "boucl\\udce9" in proc.stdout and "['x.png']" in proc.stdout
+
+
+# ---- one image under several names
+
+def test_copies_are_found_by_their_bytes_reading_whole_only_files_equal_in_size_and_head(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    body = bytes(np.random.default_rng(0).integers(0, 256, HEAD_BYTES + 5000, dtype=np.uint8))
+    (root / "a" / "x.png").write_bytes(body)
+    (root / "b" / "x.png").write_bytes(body)                                   # a copy
+    (root / "c.png").write_bytes(body[:-1] + bytes([body[-1] ^ 1]))              # size and head alike, not the end
+    (root / "d.png").write_bytes(bytes([body[0] ^ 1]) + body[1:])                # size alike, not the head
+    (root / "e.png").write_bytes(body + b"\0")                                   # another size
+    (root / "f.png").symlink_to(root / "a" / "x.png")                           # a second name for the file
+    read_whole = []
+    monkeypatch.setattr(dataset.files, "file_digest", lambda p: read_whole.append(p.name) or p.read_bytes())
+    paths = [root / n for n in ("a/x.png", "b/x.png", "c.png", "d.png", "e.png", "f.png")]
+    assert identical_files(paths) == [[0, 1, 5]]
+    assert sorted(read_whole) == ["c.png", "f.png", "x.png", "x.png"]
+
+
+def test_a_folder_with_copies_is_noted_in_one_line(tmp_path, capsys):
+    root = tmp_path / "root"
+    for names, value in ((("a/x", "b/x"), 10), (("c/y", "d/y", "e/y"), 20), (("f/w", "g/w"), 40),
+                         (("h/v", "i/v"), 50), (("z",), 30)):
+        for n in names:
+            png(root / f"{n}.png", value)
+    note_copies(load_probe({"labels": "none", "data_root": str(root)}))
+    assert capsys.readouterr().out.splitlines() == [
+        f"note: the folder {root} holds 4 image(s) under more than one name (9 names, the same bytes); each name "
+        f"is probed, so one image can be a neuron's example once per name: a/x.png = b/x.png; "
+        f"c/y.png = d/y.png = e/y.png; f/w.png = g/w.png … (and 1 more)"]
+    png(root / "b/x.png", 15)
+    png(root / "i/v.png", 60)
+    png(root / "d/y.png", 70)
+    png(root / "e/y.png", 80)
+    png(root / "g/w.png", 90)
+    note_copies(load_probe({"labels": "none", "data_root": str(root)}))
+    assert capsys.readouterr().out == ""  # each image under one name now
+
+
+def test_step_2_notes_copies_in_its_folder(tmp_path):
+    root = tmp_path / "root"
+    for n, value in (("one/scan.png", 10), ("two/scan.png", 10), ("other.png", 20)):
+        png(root / n, value, size=40)
+    proc = stage2(root, tmp_path / "res", "torchvision:mobilenet_v3_small", "--checkpoint", "random", "--classes", "")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    notes = [line for line in proc.stdout.splitlines() if "under more than one name" in line]
+    assert notes == [f"note: the folder {root} holds 1 image(s) under more than one name (2 names, the same "
+                     f"bytes); each name is probed, so one image can be a neuron's example once per name: "
+                     f"one/scan.png = two/scan.png"]
 
 
 # ---- a folder of images given as if it had a split file

@@ -288,7 +288,7 @@ def test_each_name_carries_its_evidence_and_the_layer_its_ablation(synthetic):
     assert len(tested) == sum(n["significant"] is not None for n in concepts["neurons"]) > 100
     for n in tested:
         want = stored[n["n"]]
-        assert n["ev"]["sig"] is want["significant"] and n["ev"]["t"] == want["tested"] == want["concepts"][0]["concept"]
+        assert n["ev"]["sig"] is want["significant"] and n["ev"]["tested"] == want["tested"] == want["concepts"][0]["concept"]
         assert [n["ev"][k] for k in ("m", "p", "q", "p95")] == pytest.approx(
             [want[k] for k in ("m", "p", "q", "null_p95")], rel=1e-3)
     run = data["runs"][0]
@@ -571,24 +571,6 @@ def reinit_copy(concepts: Path) -> Path:
     for f in reinit.rglob("concepts.json"):
         f.write_text(f.read_text().replace(str(concepts.parents[2]), str(reinit / "adaptive93")))
     return reinit
-
-
-def test_the_untrained_target_warning_is_printed_once(tmp_path):
-    """Two selections of a target with random weights (--checkpoint random): the gallery loads the target once
-    per selection for its maps, and says that the weights are random once, not per selection."""
-    res = write_synthetic(tmp_path, n_neurons=8, n_images=12)
-    ex_json = next(res.rglob("examples.json"))
-    ex = json.loads(ex_json.read_text())
-    ex["config"].update(checkpoint="random", untrained=True)
-    ex_json.write_text(json.dumps(ex))
-    other = ex_json.parent.parent / "adaptive94"  # another selection of the same layer, named with it
-    shutil.copytree(ex_json.parent, other)
-    ex["config"]["adaptive_percent"] = 94.0
-    (other / "examples.json").write_text(json.dumps(ex))
-    log = ok(run_script("gallery.py", "--save_root", str(res)))
-    assert log.count("warning: --checkpoint random: resnet50 is untrained") == 1, log
-    assert log.count("note: no activation maps for") == 2  # each selection still says what became of its maps
-    assert "16 neurons in 2 run(s) (2 of an untrained target)" in log
 
 
 def test_browser_opens_on_one_run_and_counts_trained_and_untrained_apart(browser, tmp_path):

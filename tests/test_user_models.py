@@ -184,8 +184,10 @@ def test_torchvision_resnet_block_relu_reads_the_block_output(capsys):
         net(x)
     assert torch.equal(store["layer4.1.relu"], store["layer4.1"])
     assert "--layer layer4.1.relu: the module runs 2 times" in capsys.readouterr().out
-    rows = {name: shape for name, shape, _ in layer_table(torchvision.models.resnet50(num_classes=3).eval(), x)}
-    assert rows["layer4.2.relu"] == "[2, 2048, 2, 2] (3 calls: the last read)"
+    rows = layer_table(torchvision.models.resnet50(num_classes=3).eval(), x)
+    assert [r for r in rows if r[0] in ("fc", "layer4.2.relu")] == [
+        ("fc", "[2, 3]", "3"),  # the model's outputs, then its head module fc: each once per pass
+        ("layer4.2.relu", "[2, 2048, 2, 2] (3 calls: the last read)", "2048"), ("fc", "[2, 3]", "3")]
 
 
 def test_ablation_zeroes_the_call_that_is_read():
