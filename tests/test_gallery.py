@@ -200,6 +200,7 @@ def check_against_outputs(index: Path, concept_files: list[Path]):
         c = json.loads(path.read_text())
         r = runs[path.resolve()]
         assert sorted(k for k in got if k[0] == r) == [(r, n["neuron"]) for n in c["neurons"]]
+        assert data["runs"][r]["evidence"] == c.get("evidence")
         ex = {n["neuron"]: n for n in json.loads(Path(c["config"]["examples"]).read_text())["neurons"]}
         sim = torch.load(path.parent / "similarity.pt", weights_only=True)
         acts = torch.load(Path(c["config"]["examples"]).parent.parent / "activations.pt", weights_only=True)["activations"]
@@ -214,6 +215,8 @@ def check_against_outputs(index: Path, concept_files: list[Path]):
             assert g["b"][0][1] == pytest.approx(float(row.max()), rel=1e-3, abs=1e-6)
             assert float(row[sim["concepts"].index(data["vocab"][g["b"][0][0]])]) == pytest.approx(float(row.max()))
             assert g["cut"] == pytest.approx(c["config"]["alpha"] / 100 * float(row.max()), rel=1e-3, abs=1e-6)
+            # the name test as step 3 stored it (concept_matching.py's fields), none where it tested nothing
+            assert g.get("ev", {}).get("tested") == n.get("tested") and g.get("ev", {}).get("sig") == n.get("significant")
             if data["runs"][r]["fc"]:
                 cls = class_names()[n["neuron"]]
                 assert g["cls"] == cls and g["hit"] == (cls.lower() in [x["concept"] for x in n["concepts"]])

@@ -34,11 +34,13 @@ def untrained_run(tmp_path_factory, tiny_clip):
     vlm = ["--model_clip", f"open_clip:{tiny_clip}", "--clip_weights", "random", "--metric_encoders", ""]
     two = ["--layer", "fc,features.8"]
     rivals = vlm + ["--describers", "clip_dissect,topk_mean", "--sensitivity_percents", ""]
+    ablate = ["--layer", "features.8", "--ablation_draws", "10"]
     steps = [("step 2", "example_selection.py", two), ("step 2 reused", "example_selection.py", two),
              ("step 2 val", "example_selection.py", ["--split", "val"]),
              ("step 2 test", "example_selection.py", ["--split", "test"]),
              ("step 3", "concept_matching.py", two + vlm), ("step 4", "target_model_perform.py", []),
-             ("ablation", "ablation.py", vlm), ("ablation reused", "ablation.py", vlm),
+             # ablation where it tests something (at fc, whose neurons are the logits, it does not run)
+             ("ablation", "ablation.py", vlm + ablate), ("ablation reused", "ablation.py", vlm + ablate),
              ("compare_describers", "compare_describers.py", rivals), ("compare_describers reused", "compare_describers.py", rivals),
              ("gallery", "gallery.py", []),
              ("gallery without maps", "gallery.py", ["--overlays", "False", "--gallery_dir", str(root / "plain")])]
