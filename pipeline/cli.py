@@ -41,7 +41,6 @@ import math
 import os
 import re
 import sys
-import threading
 import tokenize
 from functools import lru_cache
 from pathlib import Path
@@ -472,7 +471,7 @@ def main(fn: Callable[[], Any], torchrun: bool = False) -> None:
     global _depth
     before = len(_written())
     _depth += 1
-    threading.excepthook = _quiet_dropped_peers
+    sys.excepthook = _quiet_dropped_peers  # forked loader workers inherit it
     try:
         if not torchrun and int(os.environ.get("WORLD_SIZE", 1)) > 1:
             raise PipelineError(f"{Path(sys.argv[0]).name} runs as one process; under torchrun only "
@@ -507,19 +506,18 @@ def _peer_failed(e: BaseException) -> bool:
     return Path(last).parent.name == "distributed" and Path(last).parent.parent.name == "torch"
 
 
-def _quiet_dropped_peers(args) -> None:
-    """A loader worker that Ctrl-C ends can drop its connection to multiprocessing's resource sharer (the
-    thread that passes tensors' file descriptors) mid-handshake; that thread would print the reset as a
-    traceback above the one line the step ends with. Any other thread's error is printed as usual."""
-    frames = []
-    tb = args.exc_traceback
-    while tb is not None:
-        frames.append(tb.tb_frame.f_code.co_filename)
-        tb = tb.tb_next
-    if issubclass(args.exc_type, (ConnectionError, EOFError)) and \
-            any(Path(f).parts[-2:] == ("multiprocessing", "resource_sharer.py") for f in frames):
+def _quiet_dropped_peers(kind, value, tb) -> None:
+    """sys.excepthook of a step and of its loader workers. A worker passes each batch's file descriptors
+    through multiprocessing's resource sharer, whose thread catches its own errors and hands them to
+    sys.excepthook (never threading's). Ctrl-C can end the step mid-handshake with it; the worker's sharer
+    then reports the dropped connection, a traceback below the one line the step ends with. That report
+    alone is silent: a connection error caught by the sharer's serving loop (the traceback's first frame).
+    Any other error, the sharer's own included, is printed as usual."""
+    code = tb.tb_frame.f_code if tb is not None else None
+    if issubclass(kind, (ConnectionError, EOFError)) and code is not None and code.co_name == "_serve" and \
+            Path(code.co_filename).parts[-2:] == ("multiprocessing", "resource_sharer.py"):
         return
-    threading.__excepthook__(args)
+    sys.__excepthook__(kind, value, tb)
 
 
 def _written() -> list:

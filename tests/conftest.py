@@ -55,6 +55,31 @@ def save_random_target(path: Path, arch: str, seed: int = 0, wrap: str = "model"
     return path
 
 
+def model_input(path: Path, c: dict) -> torch.Tensor:
+    """The crop step 2 saw, by torchvision's transforms: Resize, CenterCrop, the stored mean and std (c: the
+    config examples.json or activations.pt stored)."""
+    from torchvision import transforms
+    mean, std = ([float(v) for v in str(c[k]).split(",")] * 3 for k in ("mean", "std"))
+    t = transforms.Compose([transforms.Resize(c["resize"]), transforms.CenterCrop(c["crop"]), transforms.ToTensor(),
+                            transforms.Normalize(mean[:3], std[:3])])
+    return t(Image.open(path).convert("RGB"))
+
+
+def densenet_of(ckpt: Path, reinit_seed: int = -1) -> torch.nn.Module:
+    """torchvision's DenseNet-121 with a checkpoint's weights (save_random_target's), in eval mode; with a seed,
+    re-initialised by hand: torch's generator seeded, then each module's reset_parameters() in module order."""
+    import torchvision
+    net = torchvision.models.densenet121(num_classes=14)
+    net.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+    if reinit_seed >= 0:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(reinit_seed)
+            for m in net.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+    return net.eval()
+
+
 def run_script(script: str, *args: str, subprocess_run: bool = False, cwd=None) -> subprocess.CompletedProcess:
     """Run a script as `python script args...` would, from the repo root (or cwd). In-process by
     default (runpy, same __main__ path, the heavy imports paid once); a real subprocess when asked."""

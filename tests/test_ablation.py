@@ -77,8 +77,9 @@ def test_a_constant_random_band_has_no_z():
     assert got["z"] is None and got["random_sd"] == 0.0 and got["other_classes"] is None
 
 
-def literal(acts, weight, labels, sets, f):
-    """The statistic with loops: drops image by image, SDs and means by their formulas."""
+def literal(acts, weight, labels, sets, f, others=None):
+    """The statistic with loops: drops image by image, SDs and means by their formulas; others: the classes
+    of other_classes (default: every class but f)."""
     N, K = len(acts), len(acts[0])
     C = len(weight)
     logits = [[sum(acts[x][k] * weight[c][k] for k in range(K)) for c in range(C)] for x in range(N)]
@@ -98,7 +99,7 @@ def literal(acts, weight, labels, sets, f):
     r = [effect(s, f) for s in rand]
     mean = sum(r) / len(r)
     rsd = math.sqrt(sum((v - mean) ** 2 for v in r) / (len(r) - 1))
-    others = [c for c in range(C) if c != f]
+    others = [c for c in range(C) if c != f] if others is None else others
     return {"effect": e, "random_mean": mean, "random_sd": rsd, "z": (e - mean) / rsd,
             "other_classes": sum(effect(named, c) for c in others) / len(others)}
 
@@ -118,6 +119,44 @@ def test_statistic_matches_a_literal_loop(seed):
     want = literal(acts.tolist(), weight.tolist(), labels.tolist(), sets, 1)
     for k, v in want.items():
         assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+
+
+def test_ablate_draws_only_live_neurons_and_leaves_the_finding_out_of_the_other_classes(tmp_path):
+    """ablate() on a split given by hand, 12 neurons and 4 classes: neurons 2, 5 and 9 are dead (5 names
+    effusion) and, with activations 50 times the others', would dominate any random set that drew one; Nodule
+    has positives but a constant logit (not usable), Hernia none (no finding). Each row against the literal
+    loop, its random sets drawn from the live neurons listed here, its other classes the usable findings but
+    itself: Effusion's is Mass alone, Mass's Effusion alone."""
+    from pipeline.ablation import ablate
+    g = torch.Generator().manual_seed(3)
+    N, K = 30, 12
+    dead = [2, 5, 9]
+    live = [0, 1, 3, 4, 6, 7, 8, 10, 11]
+    acts = torch.rand(N, K, generator=g, dtype=torch.float64)
+    acts[:, dead] *= 50
+    weight = torch.rand(4, K, generator=g, dtype=torch.float64) + 0.5
+    weight[2] = 0  # Nodule's logit is 0 on every image
+    labels = torch.randint(0, 2, (N, 4), generator=g).numpy()
+    labels[:, 3] = 0  # no image positive for Hernia
+    labels[:3, 1] = MISSING
+    names = {1: ["effusion"], 4: ["Effusion", "rib"], 5: ["effusion"], 7: ["mass"], 8: ["nodule"]}
+    records = [rec(k, names.get(k, ["rib"]), status="dead" if k in dead else "ok") for k in range(K)]
+    path = tmp_path / "concepts.json"
+    path.write_text(json.dumps({"neurons": records}))
+    data = {"activations_key": "by hand", "split": "test", "what": "split by hand", "layer": "penultimate",
+            "classes": ["Effusion", "Mass", "Nodule", "Hernia"], "findings": [0, 1, 2], "labels": labels,
+            "tensors": lambda: {"acts": acts, "logits": acts @ weight.T, "weight": weight, "net": None}}
+    draws, seed = 40, 5
+    rows = {r["finding"]: r for r in ablate(path, records, data, draws, seed)["findings"]}
+    assert list(rows) == ["effusion", "mass", "nodule"]
+    assert rows["nodule"]["neurons"] == [8] and rows["nodule"]["z"] is None  # named, but no logit SD to divide by
+    for f, named, others in ((0, [1, 4], [1]), (1, [7], [0])):
+        row = rows[data["classes"][f].lower()]
+        assert row["neurons"] == named
+        sets = [named] + random_sets(live, len(named), draws, seed).tolist()
+        want = literal(acts.tolist(), weight.tolist(), labels.tolist(), sets, f, others)
+        for k, v in want.items():
+            assert row[k] == pytest.approx(v, rel=1e-9, abs=1e-12), (f, k)
 
 
 def test_random_sets_are_seeded_subsets_of_the_live_neurons():

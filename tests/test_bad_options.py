@@ -2,14 +2,12 @@
 and the documented exit status, never a traceback."""
 import argparse
 import json
-import multiprocessing
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
-from pathlib import Path
+import textwrap
 
 import pytest
 import torch
@@ -229,25 +227,47 @@ def test_ctrl_c_in_a_step_the_demo_runs_is_said_once(capsys):
     assert e.value.code == 130 and capsys.readouterr().err == "interrupted; nothing was written\n"
 
 
-def test_a_worker_dropping_the_resource_sharer_prints_no_traceback(capsys):
-    """Ctrl-C can end a loader worker mid-handshake with multiprocessing's resource sharer, whose thread then
-    raises ConnectionResetError in the step's process: under main that is silent, any other thread's error not."""
-    sharer = str(Path(multiprocessing.__file__).parent / "resource_sharer.py")
-    scope = {}
-    exec(compile("def _serve():\n    raise ConnectionResetError(104, 'Connection reset by peer')\n", sharer, "exec"), scope)
+# A loader worker sends each batch's file descriptors through multiprocessing's resource sharer; Ctrl-C can end
+# the step mid-handshake with it. The sharer's real thread, in a process run under main: peers that drop the
+# connection (silent), one with the wrong key (printed) and the main thread's own refused connection (printed).
+SHARER_PEERS = textwrap.dedent("""
+    import os, socket, sys
+    from multiprocessing import resource_sharer
+    from multiprocessing.connection import Connection
+    from pipeline import cli
 
-    def elsewhere():
-        raise ConnectionResetError(104, "Connection reset by peer")
+    def peer():
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(resource_sharer._resource_sharer._address)
+        return s
 
     def body():
-        for target in (scope["_serve"], elsewhere):
-            t = threading.Thread(target=target)
-            t.start()
-            t.join()
+        r, w = os.pipe()
+        served = resource_sharer.DupFd(r)  # starts the sharer's thread, as a worker's first batch does
+        for _ in range(3):
+            peer().close()  # a step ended mid-handshake: a reset or an end of file in the sharer's thread
+        wrong = Connection(peer().detach())
+        wrong.recv_bytes()
+        wrong.send_bytes(b"not the digest")
+        wrong.recv_bytes()  # the sharer's failure message: it raised AuthenticationError
+        wrong.close()
+        os.close(served.detach())  # a whole handshake: the sharer, one peer at a time, handled those before
+        socket.socket(socket.AF_UNIX).bind(sys.argv[1])  # bound, never listening
+        resource_sharer._resource_sharer.get_connection((sys.argv[1], 0))
 
     cli.main(body)
-    err = capsys.readouterr().err
-    assert err.count("Traceback") == 1 and "in elsewhere" in err and "_serve" not in err, err
+""")
+
+
+def test_a_peer_dropping_the_resource_sharer_prints_no_traceback(tmp_path):
+    """The sharer's thread hands its errors to sys.excepthook: a dropped connection is silent under main; its
+    other errors, and a connection error of the main thread (even one raised in resource_sharer.py), are not."""
+    proc = subprocess.run([sys.executable, "-c", SHARER_PEERS, str(tmp_path / "sock")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    err = proc.stderr
+    assert proc.returncode == 1 and err.count("Traceback") == 2, err
+    assert "AuthenticationError: digest received was wrong" in err and "ConnectionRefusedError" in err, err
+    assert not any(e in err for e in ("EOFError", "BrokenPipeError", "ConnectionResetError")), err
 
 
 def test_sigint_with_loader_workers(tmp_path, ckpt):
@@ -259,12 +279,16 @@ def test_sigint_with_loader_workers(tmp_path, ckpt):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = ["--data_root", str(images), "--checkpoint", str(ckpt), "--resize", "256", "--crop", "224",
             "--batch_size", "4", "--num_workers", "2", "--device", "cpu", "--save_root", str(out)]
+    # SIGINT as the default in the step: Python raises KeyboardInterrupt only where SIGINT was not ignored when it
+    # started, and a test run in the background of a script (`&`, nohup) would pass its children SIGINT ignored.
     proc = subprocess.Popen([sys.executable, "example_selection.py", *args], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # bytes: tqdm's \r kept as is
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,  # bytes: tqdm's \r kept as is
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen, done = b"", None
     try:
         while done is None and proc.poll() is None:  # the bar's counts, as "| 3/100 [": wait for one above 0
-            seen += proc.stderr.read(1)
+            # from the pipe itself, as communicate() reads it below: a buffered read would keep bytes from it
+            seen += os.read(proc.stderr.fileno(), 4096)
             counts = re.findall(rb"\| *(\d+)/100 \[", seen)
             done = int(counts[-1]) if counts and int(counts[-1]) > 0 else None
         os.killpg(proc.pid, signal.SIGINT)

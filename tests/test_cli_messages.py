@@ -139,6 +139,24 @@ def test_an_unknown_option_names_the_closest_one(typed, meant):
     assert refusal([f"--{typed}", "x"]) == f"unknown option --{typed}; did you mean --{meant}?"
 
 
+@pytest.mark.parametrize("name, extra", [("data_root", 12), ("verbose", 9), ("adaptive_percent", 21)])
+def test_the_closest_option_is_named_from_six_tenths_alike(name, extra):
+    """difflib's ratio is 2M/T, M the characters matched and T those of both names. An option name followed by
+    letters that no option holds matches all of itself and nothing more: 2L/(2L + extra). data_root + 12:
+    18/30 = 0.6, verbose + 9: 14/23 = 0.609 and adaptive_percent + 21: 32/53 = 0.604 are named; one letter more
+    (18/31 = 0.581, 14/24 = 0.583, 32/54 = 0.593) is not."""
+    assert not any("q" in n for n in cli.accepted_names(STEP))  # the padding matches no option
+    assert refusal([f"--{name}{'q' * extra}", "x"]) == f"unknown option --{name}{'q' * extra}; did you mean --{name}?"
+    far = f"{name}{'q' * (extra + 1)}"
+    assert refusal([f"--{far}", "x"]) == f"unknown option --{far}; see --help for the known ones"
+
+
+@pytest.mark.parametrize("typed", ["dataroot", "data_rot", "DATA-ROOT", "data_roots"])
+def test_near_misspellings_of_data_root_name_it(typed):
+    """16/17, 16/17, equal once folded, 18/19: each far above the cut-off, and data_root the closest."""
+    assert refusal([f"--{typed}", "x"]) == f"unknown option --{typed}; did you mean --data_root?"
+
+
 def test_an_unknown_option_with_nothing_close_points_at_help():
     assert refusal(["--zzzzqqq", "1"]) == "unknown option --zzzzqqq; see --help for the known ones"
 

@@ -201,3 +201,47 @@ def test_no_import_cycle():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+# ---- each import form, in a tree written here
+
+# Each module below is reached by one import form alone (the comment beside it), so that a form the reader
+# stops following drops exactly that module; unused.py is imported by nothing, os is not ours.
+IMPORT_FORMS = {
+    "main.py": ("import os\nimport alpha.beta as c\nfrom pkg import module\nfrom pkg.sub import thing\n\n\n"
+                "def later():\n    import late\n\n\nclass K:\n    def method(self):\n        from deep import inner\n"),
+    "alpha/__init__.py": "",  # import alpha.beta as c: the package
+    "alpha/beta.py": "",  # import alpha.beta as c: the module
+    "pkg/__init__.py": "",  # from pkg import module: the package
+    "pkg/module.py": "from . import x\n",  # from pkg import module: the module
+    "pkg/x.py": "from .. import top\n",  # from . import x, in pkg/module.py
+    "top.py": "",  # from .. import top, in pkg/x.py: two levels up is the tree's root
+    "pkg/sub.py": "thing = 1\n",  # from pkg.sub import thing: a name in a module, not a module
+    "late.py": "",  # import late, inside a function
+    "deep/inner.py": "",  # from deep import inner, inside a method (deep/ has no __init__.py)
+    "unused.py": "",
+}
+
+
+def test_the_code_key_follows_each_import_form(tmp_path, monkeypatch):
+    """code_digest from main.py of the tree above: the files it reaches are those listed by hand, editing each
+    of them changes the key, and editing unused.py does not."""
+    from core import digests
+    for rel, text in IMPORT_FORMS.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    reached = sorted(set(IMPORT_FORMS) - {"unused.py"})
+    assert [p.relative_to(tmp_path).as_posix() for p in digests.imported_files([tmp_path / "main.py"], tmp_path)] \
+        == reached
+    monkeypatch.setattr(digests, "ROOT", tmp_path)
+    base = digests.code_digest("main.py")
+    changed = []
+    for rel in IMPORT_FORMS:
+        path = tmp_path / rel
+        text = path.read_text()
+        path.write_text(text + "# an edit\n")
+        if digests.code_digest("main.py") != base:
+            changed.append(rel)
+        path.write_text(text)
+    assert sorted(changed) == reached
+    assert digests.code_digest("main.py") == base

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.stats import false_discovery_control
 
-from conftest import make_probe_set, run_script, save_random_target
+from conftest import densenet_of, make_probe_set, model_input, run_script, save_random_target
 from evidence import (TIE, name_test, null_names, null_order, p_values, pool_needed, pool_rows, smallest_p,
                       smallest_q)
 
@@ -285,22 +285,31 @@ def test_reinitialise_names_parameters_it_cannot_reset():
 
 
 def test_sanity_check_writes_both_targets_apart(probe_set, tmp_path):
+    """--sanity_seed 2: the trained target and the one re-initialised with seed 2, each in its folder; the latter's
+    activations (fc: the logits) are those of the checkpoint re-initialised by hand with seed 2, not seed 0's."""
     clip = tmp_path / "tiny-clip.json"
     clip.write_text(json.dumps(TINY_CLIP))
     ckpt = save_random_target(tmp_path / "d.pth", "densenet121")
     out = tmp_path / "res"
     proc = run_script("sanity_check.py", "--data_root", str(probe_set), "--checkpoint", str(ckpt), "--resize", "64",
                       "--crop", "64", "--num_workers", "0", "--save_root", str(out), "--model_clip", f"open_clip:{clip}",
-                      "--clip_weights", "random", "--metric_encoders", "", "--null_draws", "200", "--layer", "fc")
+                      "--clip_weights", "random", "--metric_encoders", "", "--null_draws", "200", "--layer", "fc",
+                      "--sanity_seed", "2")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     probe = out / "nih14_train"
     trained = torch.load(probe / "densenet121" / "fc" / "activations.pt", weights_only=True)
-    rand = torch.load(probe / "densenet121-reinit0" / "fc" / "activations.pt", weights_only=True)
-    assert rand["config"]["reinit_seed"] == 0 and trained["config"]["reinit_seed"] == -1
+    rand = torch.load(probe / "densenet121-reinit2" / "fc" / "activations.pt", weights_only=True)
+    assert rand["config"]["reinit_seed"] == 2 and trained["config"]["reinit_seed"] == -1
     assert rand["key"] != trained["key"] and not torch.allclose(rand["activations"], trained["activations"])
-    report = json.loads((probe / "densenet121-reinit0" / "sanity.json").read_text())
-    assert (probe / "densenet121-reinit0" / "sanity.png").is_file()
-    for which, folder in (("trained", "densenet121"), ("randomised", "densenet121-reinit0")):
+    ex = json.loads((probe / "densenet121-reinit2" / "fc" / "adaptive93" / "examples.json").read_text())
+    x = torch.stack([model_input(probe_set / name, ex["config"]) for name in rand["image_ids"]])
+    with torch.no_grad():
+        by_hand = {seed: densenet_of(ckpt, seed)(x) for seed in (0, 2)}
+    assert torch.allclose(rand["activations"], by_hand[2], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(by_hand[0], by_hand[2], rtol=1e-2, atol=1e-2)  # another seed, other weights
+    report = json.loads((probe / "densenet121-reinit2" / "sanity.json").read_text())
+    assert (probe / "densenet121-reinit2" / "sanity.png").is_file()
+    for which, folder in (("trained", "densenet121"), ("randomised", "densenet121-reinit2")):
         side = report["layers"]["fc"][which]
         run = json.loads(Path(side["concepts_json"]).read_text())
         assert Path(side["concepts_json"]).is_relative_to(probe / folder)

@@ -10,12 +10,9 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-import torchvision
-from PIL import Image
-from torchvision import transforms
 
 import pipeline.overlays as overlays
-from conftest import run_script
+from conftest import densenet_of, model_input, run_script
 from core.errors import PipelineError
 from pipeline.outputs import overlays_path, read_examples
 from test_gallery import browser, find_browser, no_errors, page_data  # noqa: F401 (browser: a fixture)
@@ -38,14 +35,6 @@ def dense(probe_set, densenet_ckpt, tmp_path_factory):
                   "--resize", "64", "--crop", "64", "--num_workers", "0", "--layer", ",".join(LAYERS),
                   "--save_root", str(out)))
     return {layer: out / "nih14_train" / "densenet121" / layer / "adaptive93" / "examples.json" for layer in LAYERS}
-
-
-def model_input(path: Path, c: dict) -> torch.Tensor:
-    """The crop step 2 saw, by torchvision's transforms: Resize, CenterCrop, the stored mean and std."""
-    mean, std = ([float(v) for v in c[k].split(",")] * 3 for k in ("mean", "std"))
-    t = transforms.Compose([transforms.Resize(c["resize"]), transforms.CenterCrop(c["crop"]), transforms.ToTensor(),
-                            transforms.Normalize(mean[:3], std[:3])])
-    return t(Image.open(path).convert("RGB"))
 
 
 def hooked(net: torch.nn.Module, module: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -75,9 +64,7 @@ def by_hand(ex_json: Path, limit: int, maps_of) -> tuple[list, list, np.ndarray]
 def test_maps_equal_a_plain_hook_and_the_fc_weights_by_hand(dense, densenet_ckpt):
     """penultimate: the neuron's channel of ReLU(features); fc: sum_k W[c, k] ReLU(features)[k] + b[c]; a dense
     block: its channel; each for the first 3 examples of every live neuron, in examples.json's order."""
-    net = torchvision.models.densenet121(num_classes=14)
-    net.load_state_dict(torch.load(densenet_ckpt, weights_only=True)["model"])
-    net.eval()
+    net = densenet_of(densenet_ckpt)
     W, b = net.classifier.weight.detach().double().numpy(), net.classifier.bias.detach().double().numpy()
     c = json.loads(dense["fc"].read_text())["config"]
     memo = {}
@@ -100,6 +87,47 @@ def test_maps_equal_a_plain_hook_and_the_fc_weights_by_hand(dense, densenet_ckpt
         assert got["kind"] == {"fc": "fc", "penultimate": "penultimate"}.get(layer, "spatial")
         assert got["maps"].shape == want.shape and want.shape[1:] == ((4, 4) if layer == "features.denseblock3" else (2, 2))
         np.testing.assert_allclose(got["maps"].double().numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def reinit(probe_set, densenet_ckpt, tmp_path_factory):
+    """Step 2 of the same target re-initialised with seed 2 (sanity_check.py's randomised run): fc and a dense block."""
+    out = tmp_path_factory.mktemp("overlays-reinit") / "res"
+    layers = ("fc", "features.denseblock3")
+    ok(run_script("example_selection.py", "--data_root", str(probe_set), "--checkpoint", str(densenet_ckpt),
+                  "--resize", "64", "--crop", "64", "--num_workers", "0", "--layer", ",".join(layers),
+                  "--reinit_seed", "2", "--save_root", str(out)))
+    return {layer: out / "nih14_train" / "densenet121-reinit2" / layer / "adaptive93" / "examples.json"
+            for layer in layers}
+
+
+def test_maps_of_a_reinitialised_run_are_the_reinitialised_models(reinit, densenet_ckpt):
+    """A run of the re-initialised target: its maps (a dense block's channel, fc's class activation map) are
+    those of the checkpoint re-initialised by hand with the run's seed, which differ from the trained one's."""
+    nets = {"trained": densenet_of(densenet_ckpt), "re-initialised": densenet_of(densenet_ckpt, 2)}
+    c = json.loads(reinit["fc"].read_text())["config"]
+    memo = {}
+
+    def out(which, module, path):
+        if (which, module, path) not in memo:
+            net = nets[which]
+            memo[(which, module, path)] = hooked(net, dict(net.named_modules())[module], model_input(path, c)[None])[0]
+        return memo[(which, module, path)]
+
+    def maps_of(which, layer):
+        if layer != "fc":
+            return lambda k, path: out(which, layer, path)[k]
+        head = nets[which].classifier
+        W, b = head.weight.detach().double().numpy(), head.bias.detach().double().numpy()
+        return lambda k, path: np.tensordot(W[k], np.maximum(out(which, "features", path), 0), 1) + b[k]
+
+    for layer, ex_json in reinit.items():
+        neurons, counts, want = by_hand(ex_json, 3, maps_of("re-initialised", layer))
+        got = overlays.example_overlays(ex_json, read_examples(ex_json), "", 3, 16, 0, CPU)
+        assert got["neurons"] == neurons and got["counts"] == counts and max(counts) == 3
+        np.testing.assert_allclose(got["maps"].double().numpy(), want, rtol=1e-4, atol=1e-4)
+        trained = by_hand(ex_json, 3, maps_of("trained", layer))[2]
+        assert not np.allclose(trained, want, rtol=1e-2, atol=1e-2), layer
 
 
 def test_a_layer_without_spatial_extent_is_refused_with_the_reason(dense):
