@@ -234,8 +234,9 @@ def test_messages_that_cut_a_list_say_how_many_were_left_out(tmp_path, capsys):
     words.write_text("\n".join(w for i in range(7) for w in (f"w{i}", f"W{i}")) + "\n")
     read_concepts(str(words))
     assert "(W0, W1, W2, W3, W4 … (and 2 more))" in capsys.readouterr().out
-    assert cli._kept([f"p{i}" for i in range(5)]) == ("kept the 5 complete output(s) written before it: p0, p1, p2 "
-                                                       "… (and 2 more); nothing half-written")
+    from pipeline.guard import interrupted
+    assert interrupted([f"p{i}" for i in range(5)]) == ("interrupted; kept the 5 complete output(s) written before it: "
+                                                         "p0, p1, p2 … (and 2 more); nothing half-written")
 
 
 # ---- torchrun: the other ranks stop quietly when one meets bad input
