@@ -5,19 +5,11 @@
 - a console that cannot encode a character of a path or a concept (PYTHONIOENCODING=ascii, a cp1252
   console) shows it escaped (\\xe9) instead of failing in the middle of a line.
 
-It imports nothing heavy (of ours only core/, the bottom layer): it must be in force before the imports
-that take seconds.
+It imports only what Python has loaded before any script runs (os, sys), so that it is in force from its
+own first lines; what the one line needs besides is imported when a Ctrl-C comes.
 """
 import os
 import sys
-
-from core.text import at_most
-
-for _stream in (sys.stdout, sys.stderr):
-    try:
-        _stream.reconfigure(errors="backslashreplace")
-    except (AttributeError, ValueError, OSError):  # not a text stream of its own (a capture, a closed file)
-        pass
 
 
 def written() -> list:
@@ -29,6 +21,7 @@ def interrupted(paths: list) -> str:
     """The one line a Ctrl-C ends a step with: the complete outputs it kept, or that nothing was written."""
     if not paths:
         return "interrupted; nothing was written"
+    from core.text import at_most
     paths = list(dict.fromkeys(str(p) for p in paths))
     return (f"interrupted; kept the {len(paths)} complete output(s) written before it: {at_most(paths, 3)}; "
             f"nothing half-written")
@@ -48,3 +41,8 @@ def _excepthook(kind, value, tb) -> None:
 
 
 sys.excepthook = _excepthook
+for _stream in (sys.stdout, sys.stderr):
+    try:
+        _stream.reconfigure(errors="backslashreplace")
+    except (AttributeError, ValueError, OSError):  # not a text stream of its own (a capture, a closed file)
+        pass

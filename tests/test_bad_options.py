@@ -91,6 +91,15 @@ BAD = [
     ("visualization.py", "--num_top_neuron", "0", "in [1, 100]"),
     ("visualization.py", "--neuron_percentile", "101", "[0, 100]"),
     ("prepare_mimic_nouns.py", "--report_split", "foo", "train | val | test | all"),
+    # seeds within what torch's and numpy's generators take; counts within what a machine can hold
+    ("example_selection.py", "--seed", "-1", "in [0, 2**63 - 1]"),
+    ("example_selection.py", "--reinit_seed", str(2**64), "in [-1, 2**63 - 1]"),
+    ("concept_matching.py", "--null_seed", str(2**64), "in [0, 2**63 - 1]"),
+    ("sanity_check.py", "--sanity_seed", str(2**64), "in [0, 2**63 - 1]"),
+    ("ablation.py", "--ablation_seed", str(2**64), "in [0, 2**63 - 1]"),
+    ("concept_matching.py", "--null_draws", str(10**11), "in [100, 10**7]"),
+    ("ablation.py", "--ablation_draws", str(10**10), "in [10, 10**7]"),
+    ("gallery.py", "--hist_bins", str(10**9), "in [1, 1000]"),
 ]
 
 
@@ -276,6 +285,54 @@ def test_sigint_with_loader_workers(tmp_path, ckpt):
     assert done is not None and done < 100, result.stderr[-2000:]  # interrupted mid-pass, not before or after
     assert refused(result, code=130) == "interrupted; nothing was written"
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file() and p.name != ".lock"]  # locks stay
+
+
+STEP_SCRIPTS = [p.relative_to(REPO).as_posix() for p in sorted(REPO.glob("*.py")) + sorted(REPO.glob("*/*.py"))
+                if "\nconfig = configure(" in p.read_text()]
+# Sends a real SIGINT to the process at the first module a step imports other than the guard (and __future__,
+# which must come first): a Ctrl-C landing while the step's imports (torch's take seconds) are under way.
+SIGINT_AT_IMPORT = """
+import importlib.abc, os, pkgutil, runpy, signal, sys  # pkgutil: what run_path imports itself
+class Fire(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name not in ("pipeline", "pipeline.guard", "__future__"):
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, Fire())
+sys.path.insert(0, os.getcwd())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("script", STEP_SCRIPTS)
+def test_ctrl_c_while_a_step_imports_is_one_line(script):
+    """Imports and configuration run before main: the guard each step imports first catches a Ctrl-C there."""
+    assert {"example_selection.py", "gallery.py", "demo.py", "phantom/train.py"} <= set(STEP_SCRIPTS)
+    proc = subprocess.run([sys.executable, "-c", SIGINT_AT_IMPORT, script], cwd=REPO, capture_output=True, text=True)
+    assert refused(proc, code=130) == "interrupted; nothing was written"
+
+
+def test_ctrl_c_while_the_experiment_file_is_read(tmp_path):
+    exp = tmp_path / "exp.py"
+    exp.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\ntopk = 5\n")
+    proc = subprocess.run([sys.executable, "example_selection.py", str(exp), "--save_root", str(tmp_path / "res")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert refused(proc, code=130) == "interrupted; nothing was written"
+    assert not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize("encoding, name", [("ascii", "données"), ("cp1252", "肺")])
+def test_a_console_that_cannot_encode_a_path_prints_it_escaped(tmp_path, encoding, name):
+    """The constants' printout and the error line show a character the console lacks as an escape."""
+    reports = tmp_path / f"{name}.json"
+    env = {**os.environ, "PYTHONIOENCODING": encoding}
+    proc = subprocess.run([sys.executable, "prepare_mimic_nouns.py", "--reports", str(reports), "--out_dir",
+                           str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True, errors="replace")
+    escaped = str(reports).encode("ascii", "backslashreplace").decode()
+    assert f"reports = '{escaped}'" in proc.stdout, proc.stdout + proc.stderr
+    assert refused(proc, f"reports file {escaped} not found")
 
 
 # ---- messages that say what is wrong
