@@ -177,6 +177,26 @@ def test_device_that_is_not_there(tmp_path):
         refused(run_script("example_selection.py", "--device", "cuda", "--save_root", str(tmp_path)), "--device cuda")
 
 
+def test_more_loader_workers_than_open_files_allow_are_refused_with_the_number_that_fits(small_set, ckpt, tmp_path):
+    """Under `ulimit -n 128`, 50 loader processes would run out of open files once started; refused before,
+    with the most that fit, and that many then run."""
+    import resource
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    out = tmp_path / "res"
+    args = ["--data_root", str(small_set), "--checkpoint", str(ckpt), *SMALL[:4], "--batch_size", "1",
+            "--device", "cpu", "--save_root", str(out)]
+    run = lambda workers: subprocess.run([sys.executable, "example_selection.py", *args, "--num_workers", workers],
+                                         cwd=REPO, capture_output=True, text=True, preexec_fn=low_limit)
+    line = refused(run("50"), "--num_workers 50: 50 loader processes need about", "ulimit -n")
+    fit = int(re.search(r"at most (\d+) fit: pass --num_workers \1 or less", line)[1])
+    assert 1 <= fit < 50, line
+    assert not [p for p in out.rglob("*") if p.is_file() and p.name != ".lock"]
+    proc = run(str(fit))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 # ---- a loader worker's error is the same one line as without workers
 
 def test_unreadable_image_in_a_worker_is_one_line(small_set, ckpt, tmp_path):
