@@ -3,6 +3,7 @@ neurons that are random by construction, Benjamini-Hochberg on what step 3 store
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,33 @@ def test_step3_stores_z_p_q_and_significance(probe_set, tmp_path):
     assert strip(c2["neurons"]) == strip(c["neurons"])
     assert [n["z"] for n in c2["neurons"]] == [n["z"] for n in c["neurons"]]  # t does not depend on the draws
     assert c2["config"]["null_draws"] == 1000 and c["config"]["fdr"] == 0.5
+
+
+def test_more_null_draws_than_memory_holds_are_refused_with_the_number_that_fits(probe_set, tmp_path, monkeypatch):
+    """The null's draws are held at once (null_order ranks the pool for each): beyond what memory holds they are
+    refused before any image is embedded, naming the most that fit; that many run, one more is refused."""
+    from pipeline import limits
+    monkeypatch.setattr(limits, "available_memory", lambda: 10**6)
+    clip = tmp_path / "tiny-clip.json"
+    clip.write_text(json.dumps(TINY_CLIP))
+    ckpt = save_random_target(tmp_path / "d.pth", "densenet121")
+    out = tmp_path / "res"
+    proc = run_script("example_selection.py", "--data_root", str(probe_set), "--checkpoint", str(ckpt),
+                      "--resize", "64", "--crop", "64", "--num_workers", "0", "--save_root", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stage3 = lambda draws: run_script("concept_matching.py", "--model_clip", f"open_clip:{clip}", "--clip_weights",
+                                      "random", "--num_workers", "0", "--save_root", str(out), "--metric_encoders", "",
+                                      "--null_draws", str(draws))
+    proc = stage3(10**5)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--null_draws 100000: 100000 random example sets of up to" in lines[0] and "of the pool's 64 images" in lines[0]
+    fit = int(re.search(r"at most (\d+) fit: pass --null_draws \1 or less", lines[0])[1])
+    assert 100 <= fit < 10**5 and not list(out.rglob("image_features.pt"))
+    assert stage3(fit + 1).returncode == 2
+    proc = stage3(fit)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(next(out.rglob("concepts.json")).read_text())["config"]["null_draws"] == fit
 
 
 @pytest.mark.parametrize("option,value,allowed", [("--null_draws", "99", "in [100, 10**7]"), ("--fdr", "0", "in (0, 1)"),
