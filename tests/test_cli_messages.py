@@ -131,6 +131,17 @@ def test_what_an_experiment_file_prints_is_kept_when_it_runs(tmp_path, capsys):
     assert capsys.readouterr().out == "probing the small set\n"
 
 
+def test_an_experiment_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """Windows editors start UTF-8 files with a BOM (EF BB BF), which Python's own reader of source files
+    skips; a coding line (PEP 263) is honoured as Python honours it."""
+    exp = tmp_path / "exp.py"
+    exp.write_bytes(b"\xef\xbb\xbf# probing with a smaller k\ntopk = 7\nsave_root = 'r\xc3\xa9sultats'\n")
+    got = configure([str(exp)])
+    assert (got["topk"], got["save_root"]) == (7, "résultats")
+    exp.write_bytes(b"# -*- coding: latin-1 -*-\nsave_root = 'r\xe9sultats'\n")
+    assert configure([str(exp)])["save_root"] == "résultats"
+
+
 # ---- the closest option for a mistyped one
 
 @pytest.mark.parametrize("typed, meant", [("data-root", "data_root"), ("Data_Root", "data_root"), ("layr", "layer"),

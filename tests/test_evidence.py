@@ -4,6 +4,8 @@ import json
 import math
 import random
 import re
+import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 import torch
 from scipy.stats import false_discovery_control
 
-from conftest import run_script, save_random_target
+from conftest import REPO, run_script, save_random_target
 from evidence import TIE, null_order, pool_rows, significance
 
 
@@ -223,6 +225,27 @@ def test_reinitialise_names_parameters_it_cannot_reset():
 
     net = Scaled()
     assert reinitialise(net, 0, "densenet121") == ["scale"] and torch.equal(net.scale, torch.full((2,), 5.0))
+
+
+def test_a_layer_without_live_neurons_is_0_of_0(probe_set, tmp_path, monkeypatch):
+    """One probing image: no neuron has an activation above its own adaptive threshold, so every neuron of
+    both targets is dead; the layer has no share of significant neurons, and says 0 of 0."""
+    clip = tmp_path / "tiny-clip.json"
+    clip.write_text(json.dumps(TINY_CLIP))
+    ckpt = save_random_target(tmp_path / "d.pth", "densenet121")
+    out = tmp_path / "res"
+    proc = run_script("sanity_check.py", "--data_root", str(probe_set), "--checkpoint", str(ckpt), "--resize", "64",
+                      "--crop", "64", "--num_workers", "0", "--save_root", str(out), "--model_clip", f"open_clip:{clip}",
+                      "--clip_weights", "random", "--metric_encoders", "", "--layer", "fc", "--max_images", "1")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((out / "nih14_train" / "densenet121-reinit0" / "sanity.json").read_text())
+    for which in ("trained", "randomised"):
+        side = report["layers"]["fc"][which]
+        assert (side["live"], side["significant"], side["share"], side["first_concepts"]) == (0, 0, None, [])
+    assert "fc: trained 0 of 0 live neurons, randomised 0 of 0 live neurons;" in proc.stdout
+    monkeypatch.setattr(sys, "argv", ["sanity_check.py"])
+    fig = runpy.run_path(str(REPO / "sanity_check.py"), run_name="constants_only")["figure"](report["layers"])
+    assert [t.get_text() for t in fig.axes[0].texts] == ["0/0", "0/0"]
 
 
 def test_sanity_check_writes_both_targets_apart(probe_set, tmp_path):
