@@ -307,6 +307,18 @@ def test_sigint_with_loader_workers(tmp_path, ckpt):
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file() and p.name != ".lock"]  # locks stay
 
 
+@pytest.mark.parametrize("allocate", [lambda: torch.empty(2**50, dtype=torch.uint8),
+                                      lambda: __import__("numpy").empty(2**50, dtype="uint8")], ids=["torch", "numpy"])
+def test_an_allocator_that_fails_is_one_line(capsys, allocate):
+    """What the counts checked against memory up front leave (a model's activations grow with --batch_size):
+    torch's allocator (a RuntimeError) or numpy's (a MemoryError) failing for a petabyte ends in one line."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(allocate)
+    lines = error_lines(capsys.readouterr().err)
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: out of memory ("), lines
+    assert "--batch_size" in lines[0]
+
+
 STEP_SCRIPTS = [p.relative_to(REPO).as_posix() for p in sorted(REPO.glob("*.py")) + sorted(REPO.glob("*/*.py"))
                 if "\nconfig = configure(" in p.read_text()]
 # Sends a real SIGINT to the process at the first module a step imports other than the guard (and __future__,
