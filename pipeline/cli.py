@@ -18,11 +18,13 @@ language that `configure` checks every resolved value against (exit 2, one line 
 
     topk: ">= 1" = 20                       # also > x, <= x, < x
     alpha: "[0, 100)" = 95.0                # an interval; a bound may name another constant: "[1, resize]"
+    seed: "[0, 2**63 - 1]" = 0              # or be a power, exactly: 10**7, 2**63 - 1
     selection: "adaptive | topk" = "adaptive"   # choices; N stands for digits, NAME for any text
     device: "auto | cpu | cuda | cuda:N" = "auto"
     mean: "numbers" = ""                    # comma-separated numbers ("" too); "numbers > 0": each > 0
 
-NaN and infinity are refused for every number, in a list too.
+NaN and infinity are refused for every number, in a list too. Every numeric constant declares both ends
+(tests/test_declared_constants.py): a count without an upper end reaches an allocator before anything names it.
 
 A step prints the constants that differ from their defaults and where each was set; `--verbose yes`
 (taken by every step, as every constant in EVERY_STEP is) prints all of them.
