@@ -32,11 +32,12 @@ def available_memory() -> int | None:
 
 
 def size(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
+    """Bytes in words: '17.2 GB'."""
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000:
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1000
-    raise AssertionError
+    return f"{n:.1f} PB"
 
 
 def check_memory(option: str, value: int, each: int, what: str) -> None:
