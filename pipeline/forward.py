@@ -17,6 +17,8 @@ from models.layers import first_nonfinite, taps
 from pipeline.limits import check_workers, workers_that_fit
 from pipeline.ranks import world
 
+PREFETCH = 4  # batches each loader process of the forward pass keeps ready (torch's default: 2)
+
 
 def workers(num_workers: int, prefetch: int = 2) -> int:
     """The loader processes of every DataLoader, each with `prefetch` batches in flight: -1, one per core this
@@ -26,16 +28,16 @@ def workers(num_workers: int, prefetch: int = 2) -> int:
         check_workers("num_workers", num_workers, prefetch)
         return num_workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    fit = workers_that_fit(prefetch)
-    return max(1, cores // world()[1]) if fit is None else min(max(1, cores // world()[1]), fit)
+    n, fit = max(1, cores // world()[1]), workers_that_fit(prefetch)
+    return n if fit is None else min(n, fit)
 
 
 def probe_loader(paths, prep: dict, batch_size: int, num_workers: int, dev: torch.device):
     """Target inputs in probe order; pinned host memory lets a GPU copy overlap the next batch."""
-    n = workers(num_workers, prefetch=4)
+    n = workers(num_workers, PREFETCH)
     return torch.utils.data.DataLoader(
         ProbeSet(paths, prep["resize"], prep["crop"], **model_input_args(prep)), batch_size=batch_size,
-        num_workers=n, pin_memory=dev.type == "cuda", prefetch_factor=4 if n else None)
+        num_workers=n, pin_memory=dev.type == "cuda", prefetch_factor=PREFETCH if n else None)
 
 
 def use_channels_last(setting: str, dev: torch.device) -> bool:
