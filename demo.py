@@ -63,10 +63,11 @@ def step(script: str, **args) -> None:
     print(f"$ python {script} {shlex.join(argv)}", flush=True)
     log = (LOGS / f"{next(_order):02d}_{Path(script).stem}.log").resolve()  # (run_script runs it from the repo root)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+    # UTF-8 whatever the console's encoding (cp1252 could not hold a concept's character)
+    with open(log, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         status = run_script(script, *argv)
     if status != 0:
-        said = log.read_text().splitlines()
+        said = log.read_text(encoding="utf-8").splitlines()
         print("\n".join([line for line in said if line.startswith("error:")] or said[-5:]), file=sys.stderr)
         raise PipelineError(f"{script} failed (its error is above, all it printed in {log}); the demo stops here")
 
