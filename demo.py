@@ -63,7 +63,7 @@ def step(script: str, **args) -> None:
     print(f"$ python {script} {shlex.join(argv)}", flush=True)
     log = (LOGS / f"{next(_order):02d}_{Path(script).stem}.log").resolve()  # (run_script runs it from the repo root)
     log.parent.mkdir(parents=True, exist_ok=True)
-    # UTF-8 whatever the console's encoding (cp1252 could not hold a concept's character)
+    # UTF-8 whatever the locale's encoding (cp1252 cannot hold every concept's characters)
     with open(log, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         status = run_script(script, *argv)
     if status != 0:
