@@ -15,23 +15,24 @@ Writes ablation.json, ablation.csv and ablation.png beside the concepts.json. At
 neurons are the logits themselves, the test says nothing: one line says so, nothing is written (an
 earlier table there is removed) and the exit status is 0.
 """
+import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 import time
 
 from models import pick_device
 from models.target import warn_untrained
-from pipeline.ablation import OUTPUTS, ablate, discard, held_out, untested
+from pipeline.ablation import OUTPUTS, ablate, check_draws, discard, held_out, untested
 from pipeline.cache import claim, holds_claims
 from pipeline.cli import check_stored, configure, main, print_config
-from pipeline.outputs import find_matching, upstream_constants
+from pipeline.outputs import find_matching, stored_classes, upstream_constants
 
 # -----------------------------------------------------------------------------
 # The held-out split is target_model_perform.py's (its val_split_file / test_split_file).
 ablation_concepts = ""          # concepts.json whose named neurons are zeroed (MAMMI's or describers/NAME/'s); default: MAMMI's for these constants
 ablation_split: "val | test" = "test"  # held-out split the neurons are zeroed on (step 4 scores the model on test)
-ablation_draws: ">= 10" = 200   # random neuron sets per finding, each of the size of N_f
-ablation_seed = 0               # seed of those random sets
-batch_size: ">= 1" = 64
-num_workers: ">= 0" = 2         # data-loading processes
+ablation_draws: "[10, 10**7]" = 200  # random neuron sets per finding, each of the size of N_f
+ablation_seed: "[0, 2**63 - 1]" = 0  # seed of those random sets
+batch_size: "[1, 8192]" = 64
+num_workers: "[0, 256]" = 2     # data-loading processes
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py", "concept_matching.py", "target_model_perform.py"))
@@ -51,6 +52,7 @@ def run():
         return
     print_config("ablation", config)
     warn_untrained(stage2["model"], stage2.get("untrained", False))  # a reused ablation loads no target
+    check_draws(ablation_draws, len(data["neurons"]), len(stored_classes(stage2) or []))
     claim(path.parent)
     t0 = time.time()
     split_file = config[f"{ablation_split}_split_file"]

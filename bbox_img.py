@@ -10,6 +10,7 @@ has one colour across the project. Per image two files, each with a legend strip
     {stem}_blend.png   the boxes filled and blended in at alpha 0.3, polygons outlined
 Images named in the annotations but absent from data_root are counted and reported, not fatal.
 """
+import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 from collections import Counter
 
 from tqdm import tqdm
@@ -25,7 +26,7 @@ from pipeline.outputs import bbox_dir
 # dataset, data_root (the ChestX-Det images for box_source chestx_det) and save_root are example_selection.py's.
 box_source: "nih | chestx_det" = "nih"  # nih (bbox.csv) | chestx_det (ChestX_Det_{train,test}.json)
 box_file = ""                   # annotation file; default dataset/nih14/bbox.csv or dataset/chestx_det/ChestX_Det_test.json
-max_drawn: ">= 0" = 0           # draw at most this many images (0 = all with boxes)
+max_drawn: "[0, 10**9]" = 0     # draw at most this many images (0 = all with boxes)
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))
 

@@ -13,6 +13,7 @@ share the cores; the ratio is the stage's time over that floor. Text has one par
 the prompt batches the stage makes. Last, the peak memory of example selection at NIH train's size
 (75,312 images x 1,024 neurons), measured in a fresh process.
 """
+import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 import multiprocessing
 import os
 import time
@@ -33,17 +34,17 @@ from pipeline.features import embed
 from pipeline.forward import probe_loader, record, use_channels_last, workers
 
 # -----------------------------------------------------------------------------
-n_images: ">= 0" = 0            # PNGs to time; 0 = 512 on a CPU, 8,192 on a GPU (8 with --quick)
+n_images: "[0, 10**6]" = 0      # PNGs to time; 0 = 512 on a CPU, 8,192 on a GPU (8 with --quick)
 folder = "results/benchmark"    # where the PNGs are written once and kept
 quick = False                   # a smoke run: 8 images, DenseNet-121 only, 32 prompts, a small selection
 models = "densenet121,resnet50" # stage-2 targets (random weights, their real sizes)
 layers = "fc,penultimate"       # recorded in the stage-2 pass, as example_selection.py --layer does
 precision: "fp32 | bf16" = "fp32"
 channels_last: "auto | yes | no" = "auto"
-batch_size: ">= 1" = 64
-num_workers: ">= -1" = -1       # loader processes; -1 = one per core
+batch_size: "[1, 8192]" = 64
+num_workers: "[-1, 256]" = -1   # loader processes; -1 = one per core
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"
-n_prompts: ">= 1" = 1361        # MIMIC nouns embedded as prompts (the concept set's size)
+n_prompts: "[1, 10**6]" = 1361  # MIMIC nouns embedded as prompts (the concept set's size)
 memory_images, memory_neurons = 75312, 1024  # the selection whose peak memory is measured
 # -----------------------------------------------------------------------------
 config = configure(globals())

@@ -26,6 +26,7 @@ the ablation z of the neurons it names (ablation.py, on the held-out split). Wri
 describers/describers.json, describers.csv, agreement.csv, describers.png, sensitivity.json,
 sensitivity.png, and ablation.json, .csv, .png beside each describer's concepts.json.
 """
+import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 import csv
 import functools
 import io
@@ -53,7 +54,7 @@ from models import pick_device
 from models.target import load_target, warn_untrained
 from models.vlm import load_vlm
 from phantom.marker import warn_other_world
-from pipeline.ablation import NoLabels, ablate, discard, held_out, median_z, untested
+from pipeline.ablation import NoLabels, ablate, check_draws, discard, held_out, median_z, untested
 from pipeline.cache import cached, save_bytes, save_json, save_png, save_tensors
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from pipeline.dissection import collect_maps, dissect, layer_maps, map_source
@@ -67,20 +68,20 @@ from pipeline.text_metrics import cosine_metrics
 # from its concepts.json. The box file is bbox_img.py's box_source and box_file.
 mammi_run = ""                  # MAMMI's concepts.json; default: the one steps 2-3 wrote for these constants
 describers = "clip_dissect,topk_mean,label_auc,dissection"  # the rivals to run beside MAMMI
-top_k: ">= 1" = 100             # images per neuron for clip_dissect (CLIP-Dissect's default) and topk_mean
-wpmi_a: "> 0" = 10.0            # CLIP-Dissect: P = softmax(a * cos) over the concepts of each image
-wpmi_lambda: ">= 0" = 1.0       # CLIP-Dissect: score = log P(c|k) - lambda * log P(c)
+top_k: "[1, 10**9]" = 100       # images per neuron for clip_dissect (CLIP-Dissect's default) and topk_mean
+wpmi_a: "(0, 1000]" = 10.0      # CLIP-Dissect: P = softmax(a * cos) over the concepts of each image
+wpmi_lambda: "[0, 1000]" = 1.0  # CLIP-Dissect: score = log P(c|k) - lambda * log P(c)
 wpmi_p_start: "(0, 1]" = 0.998  # CLIP-Dissect: weight of a neuron's top image ...
 wpmi_p_end: "(0, 1]" = 0.97     # ... falling linearly towards this one over its top_k images
 dissection_quantile: "(0, 1)" = 0.995  # Network Dissection: T_k, the top 0.5% of a neuron's spatial activations
-top_n: ">= 1" = 5               # concepts listed per neuron under "top" in a rival's concepts.json
+top_n: "[1, 1000]" = 5          # concepts listed per neuron under "top" in a rival's concepts.json
 truth: "lift | label_auc" = "label_auc"  # what the probing set says a neuron is: lift | label_auc (see README)
-truth_images: ">= 1" = 20       # truth lift: the top images per neuron whose findings are counted
-lift_min: "> 0" = 2.0           # truth lift: a neuron has a finding only at this lift over the base rate or above
+truth_images: "[1, 10**9]" = 20  # truth lift: the top images per neuron whose findings are counted
+lift_min: "(0, 10**6]" = 2.0    # truth lift: a neuron has a finding only at this lift over the base rate or above
 sensitivity_percents: "numbers in (0, 100)" = "80,85,90,93,95,97"  # MAMMI's adaptive_percent values to try from the cache ('' = no study)
 sensitivity_alphas: "numbers in [0, 100)" = "90,93,95,97,99"  # MAMMI's alpha values to try
-batch_size: ">= 1" = 64
-num_workers: ">= 0" = 2
+batch_size: "[1, 8192]" = 64
+num_workers: "[0, 256]" = 2
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py", "concept_matching.py", "bbox_img.py", "ablation.py", "target_model_perform.py"))
@@ -119,6 +120,7 @@ def run():
         raise PipelineError(f"{path} does not name the {acts.shape[1]} neurons of {ex_json.parent.parent} in order; "
                             f"re-run concept_matching.py")
     classes = stored_classes(stage2)  # fc neuron k is class k
+    check_draws(config["ablation_draws"], acts.shape[1], len(classes or []))  # before any rival runs
     labels, findings = probe_labels(stage2, ids, classes)
     unlabeled = None if labels is not None else f"the probing set under {stage2['data_root']} has no labels (--labels none)"
     dead = (acts.max(0).values == acts.min(0).values).tolist()

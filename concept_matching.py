@@ -11,6 +11,7 @@ image and concept, minus the cosine of image and template when adaptive; a neuro
 those above alpha% of its best score.
 Writes image_features.pt, text_*.pt, similarity.pt, concepts.json (+ metrics.json for fc).
 """
+import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 import functools
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from scipy.stats import false_discovery_control
 from core.digests import code_digest
 from dataset.concepts import read_concepts
 from dataset.probe import load_probe, output_names
-from evidence import name_test, pool_needed, pool_rows, smallest_p, smallest_q
+from evidence import name_test, null_bytes, pool_needed, pool_rows, smallest_p, smallest_q
 from method import TEMPLATE, fc_metrics, image_concept_scores, mammi, neuron_concept_scores
 from models import pick_device
 from models.layers import layer_names
@@ -31,6 +32,7 @@ from pipeline import ranks
 from pipeline.cache import cached, claim, holds_claims, load_json, save_json, save_tensors, writable
 from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
 from pipeline.features import image_features, text_features
+from pipeline.limits import check_memory
 from pipeline.outputs import (RUN_SETTINGS, class_neurons, examples_dir, image_features_path, matching_dir,
                               matching_key, metrics_key, read_examples, stored_classes, text_features_path)
 from pipeline.text_metrics import cosine_metrics
@@ -44,15 +46,15 @@ template_ver: "base | no" = "base"  # base: prompt = template + concept; no: pro
 template = TEMPLATE             # T of the method: "A chest x-ray image of a"
 adaptive = True                 # subtract cos(image, template) from every score (needs template_ver base)
 alpha: "[0, 100)" = 95.0        # keep concepts with S > alpha% of the neuron's best S
-batch_size: ">= 1" = 64
-num_workers: ">= -1" = -1       # data-loading processes; -1 = one per core (shared by torchrun's ranks)
+batch_size: "[1, 8192]" = 64
+num_workers: "[-1, 256]" = -1   # data-loading processes; -1 = one per core (shared by torchrun's ranks)
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present (torchrun: each rank its own GPU)
 metric_encoders = "medclip,clip-vit-b-16,all-mpnet-base-v2,all-minilm-l6-v2"  # text encoders for the fc cosine
 medclip_weights = ""            # MedCLIP folder for the fc cosine metric; default pretrained/medclip-vit
-null_pool: ">= 1" = 2000        # significance: the probing images random example sets are drawn from (all when fewer)
-null_draws: ">= 100" = 1000     # random example sets per example count; the smallest p is 1/(null_draws + 1)
+null_pool: "[1, 10**7]" = 2000  # significance: the probing images random example sets are drawn from (all when fewer)
+null_draws: "[100, 10**7]" = 1000  # random example sets per example count; the smallest p is 1/(null_draws + 1)
 fdr: "(0, 1)" = 0.05            # a neuron is significant when its Benjamini-Hochberg q <= fdr
-null_seed = 0                   # seed of the pool (when drawn) and of the random example sets
+null_seed: "[0, 2**63 - 1]" = 0  # seed of the pool (when drawn) and of the random example sets
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))
 CODE = code_digest("concept_matching.py")
@@ -91,6 +93,10 @@ def run():
     # to trust a name") once, cached per probing set and VLM, grown as needed.
     ids = list(dict.fromkeys(e["image_id"] for n in neurons for e in n["examples"]))
     pool = [probe_names[r] for r in pool_rows(len(probe_names), null_pool, null_seed)] if ids else []  # no live neuron: no test
+    sizes = [len(n["examples"]) for n in neurons if n["examples"]]
+    if sizes:  # the null's draws are held at once: refused now, before the images are embedded, if they cannot be
+        check_memory("null_draws", null_draws, null_bytes(len(pool), max(sizes), len(set(sizes))),
+                     f"{null_draws} random example sets of up to {max(sizes)} of the pool's {len(pool)} images")
     feats, img_key, new = image_features(config, ex_cfg, ids + pool, vlm, batch_size, num_workers)
     if not ranks.is_main():
         return

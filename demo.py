@@ -12,6 +12,7 @@ phantom labels, the share of significant names for the trained and a re-initiali
 against the other describers, the ablation of the neurons each finding names (z per finding), and
 the pointing game. Everything lands in the experiment's save_root.
 """
+import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 import contextlib
 import csv
 import itertools
@@ -32,13 +33,13 @@ from pipeline.outputs import (describers_dir, eval_dir, matching_dir, model_dir,
 
 # -----------------------------------------------------------------------------
 # The target, VLM, folders and method constants come from config/demo.py (and may be overridden here).
-n_probe: ">= 1" = 1200          # probing images (the world's train split)
-n_val: ">= 1" = 300             # val split: per-class thresholds
-n_test: ">= 1" = 600            # test split: AUROC
-world_size: ">= 1" = 256        # side of the phantom PNGs
-world_seed: ">= 0" = 1          # the demo models were trained on seed 0: this world is unseen
-vis_images: ">= 0" = 24         # images shown by visualization.py
-num_workers: ">= 0" = 2
+n_probe: "[1, 100000]" = 1200   # probing images (the world's train split)
+n_val: "[1, 100000]" = 300      # val split: per-class thresholds
+n_test: "[1, 100000]" = 600     # test split: AUROC
+world_size: "[1, 4096]" = 256   # side of the phantom PNGs
+world_seed: "[0, 2**63 - 1]" = 1  # the demo models were trained on seed 0: this world is unseen
+vis_images: "[0, 100000]" = 24  # images shown by visualization.py
+num_workers: "[0, 256]" = 2
 # -----------------------------------------------------------------------------
 EXPERIMENT = "config/demo.py"
 config = configure(globals(), argv=[EXPERIMENT, *sys.argv[1:]],
@@ -62,10 +63,11 @@ def step(script: str, **args) -> None:
     print(f"$ python {script} {shlex.join(argv)}", flush=True)
     log = (LOGS / f"{next(_order):02d}_{Path(script).stem}.log").resolve()  # (run_script runs it from the repo root)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+    # UTF-8 whatever the locale's encoding (cp1252 cannot hold every concept's characters)
+    with open(log, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         status = run_script(script, *argv)
     if status != 0:
-        said = log.read_text().splitlines()
+        said = log.read_text(encoding="utf-8").splitlines()
         print("\n".join([line for line in said if line.startswith("error:")] or said[-5:]), file=sys.stderr)
         raise PipelineError(f"{script} failed (its error is above, all it printed in {log}); the demo stops here")
 
@@ -199,8 +201,9 @@ def report(summary: dict) -> None:
     print(f"\nsignificant names (q <= {config['fdr']:g}), trained target against the same DenseNet-121 re-initialised:")
     for layer, r in summary["significance"].items():
         t, z = r["trained"], r["randomised"]
-        print(f"  {layer:<12} trained {t['significant']:>4} of {t['tested']:<4} ({t['share']:.0%})   "
-              f"randomised {z['significant']:>4} of {z['tested']:<4} ({z['share']:.0%})")
+        share = lambda r: "-" if r["share"] is None else f"{r['share']:.0%}"  # no live neuron: no share
+        print(f"  {layer:<12} trained {t['significant']:>4} of {t['tested']:<4} ({share(t)})   "
+              f"randomised {z['significant']:>4} of {z['tested']:<4} ({share(z)})")
     describer_table(summary["describers"])
     ablation_lines(summary["ablation"]["penultimate"])
     g = summary["pointing_game"]["overall"]

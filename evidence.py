@@ -42,6 +42,14 @@ def null_order(pool_size: int, draws: int, length: int, seed: int) -> torch.Tens
         for _ in range(more)], 1)
 
 
+def null_bytes(pool_size: int, longest: int, n_sizes: int) -> int:
+    """Bytes one draw takes in null_names at its peak: null_order's random keys over the pool (float64) and
+    the ranking it keeps (int64, with topk's values beside it; a draw longer than the pool ranks it again
+    for each pass), and each size's maximum."""
+    ranked = longest if longest <= pool_size else -(-longest // pool_size) * pool_size
+    return 8 * pool_size + 16 * ranked + 8 * n_sizes
+
+
 def null_names(s_pool: torch.Tensor, sizes: list[int], draws: int, seed: int,
                budget: int = 1 << 23) -> dict[int, torch.Tensor]:
     """{n: m_r [draws]}, the score of the name the method gives each random n-subset, for each distinct

@@ -9,6 +9,7 @@ Writes, per layer, activations.pt, examples.json, examples.csv (and the example 
 `--layer list` prints every module with its output shape instead. Steps 3-7 read these constants
 from here and what examples.json stored: the class names, the preprocessing, the checkpoint.
 """
+import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 import os
 import shutil
 import time
@@ -42,26 +43,26 @@ split_file = ""                 # explicit split file; default: {data_root}/../{
 labels = ""                     # "" = NIH split files (split, split_file); none = all images under data_root; or a labelled CSV
 uncertain: "zero | one | ignore" = "zero"  # CSV -1 and blank: zero: both 0; one: -1 is 1, blank 0; ignore: no truth
 classes = ""                    # class names file, one per line in output order; default: the model's, the CSV's, NIH's
-max_images: ">= 0" = 0          # probe a random subset of this many images (0 = all of them)
-seed = 0                        # random seed of that subset
+max_images: "[0, 10**9]" = 0    # probe a random subset of this many images (0 = all of them)
+seed: "[0, 2**63 - 1]" = 0      # random seed of that subset
 skip_missing = False            # drop images of the split missing on disk (default: fail)
 model = "densenet121"           # densenet121 | resnet50 | torchvision:NAME | timm:NAME | xrv:NAME | file.py:function | model.pt
 checkpoint = ""                 # FILE | pretrained (the library's cached weights) | random (untrained); "" = default
-num_classes: ">= 0" = 0         # outputs of the head; 0 = the checkpoint's (torchvision, timm), 14 (densenet121, resnet50)
+num_classes: "[0, 100000]" = 0  # outputs of the head; 0 = the checkpoint's (torchvision, timm), 14 (densenet121, resnet50)
 layer = "fc"                    # fc | penultimate | a module name | several, comma-separated (one pass) | list
 token_pool: "mean | cls" = "mean"  # tokens [B, T, D]: mean over the patch tokens, or the class token
 selection: "adaptive | topk" = "adaptive"  # adaptive: a threshold per neuron; topk: its k largest
 adaptive_percent: "(0, 100)" = 93.0  # p of the adaptive threshold; the release suggests 85-95
-topk: ">= 1" = 20               # k when selection = topk
+topk: "[1, 10**9]" = 20         # k when selection = topk
 resize: "[0, 4096]" = 0        # preprocessing: Resize(resize), CenterCrop(crop); 0 = the model family's
 crop: "[0, 4096]" = 0          # 0 = the family's; never larger than the resize (it would pad with black)
 channels: "0 | 1 | 3" = 0       # input channels; 0 = the family's (1 for xrv)
 mean: "numbers" = ""            # normalisation mean, one value or one per channel; default: the family's
 std: "numbers > 0" = ""        # normalisation std, likewise
 precision: "fp32 | bf16" = "fp32"  # bf16: the forward pass under autocast (activations stored as float32)
-reinit_seed: ">= -1" = -1       # -1: the trained weights; else every module re-initialised with this seed (sanity_check.py)
-batch_size: ">= 1" = 64
-num_workers: ">= -1" = -1       # data-loading processes; -1 = one per core (shared by torchrun's ranks)
+reinit_seed: "[-1, 2**63 - 1]" = -1  # -1: the trained weights; else every module re-initialised with this seed (sanity_check.py)
+batch_size: "[1, 8192]" = 64
+num_workers: "[-1, 256]" = -1   # data-loading processes; -1 = one per core (shared by torchrun's ranks)
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present (torchrun: each rank its own GPU)
 channels_last: "auto | yes | no" = "auto"  # NHWC convolutions; auto = on a GPU (a layout: same results up to rounding)
 save_crops = False              # also write each neuron's example crops as JPEG files for browsing
@@ -96,7 +97,7 @@ def run():
     def load(need_head):
         net, head_ok = load_target(model, ckpt, need_head, num_classes, prep["channels"], len(class_list or []))
         if reinit_seed >= 0:
-            kept = reinitialise(net, reinit_seed)
+            kept = reinitialise(net, reinit_seed, model)
             print(f"re-initialised with seed {reinit_seed}" + (f"; {len(kept)} parameter tensor(s) have no "
                   f"reset_parameters() and keep their values: {at_most(kept, 5)}" if kept else ""))
         return net, head_ok

@@ -26,6 +26,7 @@ Every string from a file reaches the page through JSON.parse and textContent, ne
 The page itself is gallery.html, gallery.css and gallery.js beside this file; the style and the script
 are written into index.html, which so stays one file.
 """
+import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 import base64
 import csv
 import html
@@ -59,11 +60,11 @@ runs = ""                       # comma-separated concepts.json files of stage 3
 visualization = ""              # comma-separated total_results.json of visualization.py (or folders holding them) whose panels to link; default: every one under save_root
 # save_root is example_selection.py's; its data_root, when given, replaces the image folder stored in
 # examples.json (for images that have moved since).
-top_concepts: ">= 1" = 20       # concept scores in a neuron's bar chart
-hist_bins: ">= 1" = 40          # bins of a neuron's activation histogram over the probing set
-thumb_size: ">= 8" = 112        # side of the example thumbnails in pixels (never upscaled past the crop)
-max_examples: ">= 0" = 100      # example thumbnails kept per neuron (its example count is always the full one)
-card_thumbs: ">= 0" = 4         # thumbnails on a neuron's card in the list
+top_concepts: "[1, 1000]" = 20  # concept scores in a neuron's bar chart
+hist_bins: "[1, 1000]" = 40     # bins of a neuron's activation histogram over the probing set
+thumb_size: "[8, 4096]" = 112   # side of the example thumbnails in pixels (never upscaled past the crop)
+max_examples: "[0, 10**9]" = 100  # example thumbnails kept per neuron (its example count is always the full one)
+card_thumbs: "[0, 1000]" = 4    # thumbnails on a neuron's card in the list
 overlays = True                 # each example's activation map over its thumbnail in a neuron's view (runs the target once per selection; cached)
 gallery_dir = ""                # gallery folder; default {save_root}/gallery
 # -----------------------------------------------------------------------------
@@ -121,9 +122,16 @@ def run():
             page["images"][entry][1] = f"thumbs/{fname}"
             made += new
     used = {Path(img[1]).name for img in page["images"] if img[1]}
+    stuck = []
     for old in thumbs.glob("*.jpg"):  # thumbnails of images no run shows any more
         if old.name not in used and re.fullmatch(r"[0-9a-f]{24}\.jpg", old.name):
-            old.unlink()
+            try:
+                old.unlink()
+            except OSError as e:  # a folder this user may not change: the page does not show them either way
+                stuck.append(e.strerror or type(e).__name__)
+    if stuck:
+        print(f"note: {len(stuck)} thumbnail(s) in {thumbs} that no run shows any more stay there: cannot remove "
+              f"them ({stuck[0]}); the page does not show them")
 
     page["key"] = digest({"inputs": keys, "config": {k: v for k, v in config.items() if k != "gallery_dir"},
                           "code": CODE, "page": {name: file_digest(HERE / name) for name in PAGE_FILES}})

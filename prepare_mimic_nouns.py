@@ -9,6 +9,7 @@ Reads R2Gen's annotation.json (MIMIC-CXR or IU X-ray), IU X-ray reports as parse
 sentence, in order of first appearance, is cleaned, stripped of caption-noise words and POS-tagged;
 each new NN/NNS/NNP token joins the set. Writes {out_dir}/{name}.txt, one concept per line.
 """
+import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 from pathlib import Path
 
 from pipeline.cache import save_bytes, writable

@@ -11,6 +11,7 @@ re-initialised with `sanity_seed` (their --reinit_seed), the latter into its own
 ({model}-reinit{seed}/), and compares per layer the share of significant neurons and the most
 frequent first concepts. Writes sanity.json and sanity.png in that folder.
 """
+import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 import sys
 from collections import Counter
 from pathlib import Path
@@ -25,8 +26,8 @@ from pipeline.cli import PipelineError, accepted_names, configure, main, print_c
 from pipeline.outputs import matching_dir, model_dir
 
 # -----------------------------------------------------------------------------
-sanity_seed: ">= 0" = 0         # seed of the re-initialisation (the randomised target's --reinit_seed)
-frequent_concepts: ">= 1" = 5   # most frequent first concepts shown per layer and target
+sanity_seed: "[0, 2**63 - 1]" = 0  # seed of the re-initialisation (the randomised target's --reinit_seed)
+frequent_concepts: "[1, 1000]" = 5  # most frequent first concepts shown per layer and target
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py", "concept_matching.py"))
 
@@ -68,8 +69,14 @@ def side(path: Path, top: int) -> dict:
     tested = sum(n["tested"] is not None for n in live)
     sig = sum(n["significant"] is True for n in live)
     return {"concepts_json": str(path), "key": run["key"], "live": len(live), "tested": tested, "significant": sig,
-            "testable": ev["testable"], "share": sig / tested if tested else 0.0,
+            "testable": ev["testable"], "share": sig / tested if tested else None,  # 0 of 0: none
             "named": sum(n["status"] == "ok" for n in live), "first_concepts": first.most_common(top)}
+
+
+def counted(side: dict) -> str:
+    """'3 of 10 names significant (30%)'; a layer with no name tested has no share: '0 of 0 names significant'."""
+    share = "" if side["share"] is None else f" ({side['share']:.0%})"
+    return f"{side['significant']} of {side['tested']} names significant{share}"
 
 
 def figure(layers: dict) -> plt.Figure:
@@ -79,8 +86,9 @@ def figure(layers: dict) -> plt.Figure:
     for off, which, color in ((-0.2, "trained", "tab:blue"), (0.2, "randomised", "tab:gray")):
         for i, n in enumerate(names):
             r = layers[n][which]
-            ax.barh(i + off, r["share"], height=0.38, color=color, label=which if i == 0 else None)
-            ax.text(r["share"] + 0.01, i + off, f"{r['significant']}/{r['tested']}", va="center", fontsize=8)
+            share = r["share"] or 0.0  # no name tested: no bar, its 0/0 beside the axis
+            ax.barh(i + off, share, height=0.38, color=color, label=which if i == 0 else None)
+            ax.text(share + 0.01, i + off, f"{r['significant']}/{r['tested']}", va="center", fontsize=8)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.15)
@@ -124,8 +132,7 @@ def run():
     print("\n== Sanity check: significant names of the trained and the re-initialised target")
     for name, r in layers.items():
         t, z = r["trained"], r["randomised"]
-        print(f"{name}: trained {t['significant']} of {t['tested']} ({t['share']:.0%}), randomised {z['significant']} "
-              f"of {z['tested']} ({z['share']:.0%}) names significant; first concepts trained "
+        print(f"{name}: trained {counted(t)}, randomised {counted(z)}; first concepts trained "
               f"{', '.join(c for c, _ in t['first_concepts'])}; randomised {', '.join(c for c, _ in z['first_concepts'])}")
     print("outputs:")
     for p in ("sanity.json", "sanity.png"):

@@ -12,6 +12,7 @@ join them by name; a class without ground truth on a split gets no threshold or 
 set (--labels) is its own val and test set unless val_split_file and test_split_file name other CSVs.
 Writes Threshold.csv, TestEval.csv, {Val,Test}{Probs,Labels}.csv and roc_curves.png.
 """
+import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 import time
 
 import matplotlib
@@ -35,8 +36,8 @@ from pipeline.outputs import eval_dir, eval_split
 # The target, its checkpoint, preprocessing, image folder and save_root are example_selection.py's.
 val_split_file = ""             # val split file; default: {data_root}/../val_official.txt, else NIH's (a CSV probing set: that CSV)
 test_split_file = ""            # test split file; default: {data_root}/../test_official.txt, else NIH's (a CSV probing set: that CSV)
-batch_size: ">= 1" = 64
-num_workers: ">= 0" = 2         # data-loading processes
+batch_size: "[1, 8192]" = 64
+num_workers: "[0, 256]" = 2     # data-loading processes
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))

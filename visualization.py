@@ -12,6 +12,7 @@ the 90th percentile). Beyond the release: where the image has boxes of the predi
 pointing game (is the overall map's peak inside one?) and the share of its mass inside them.
 Writes figures/{image}_{class}.png and total_results.json.
 """
+import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 import textwrap
 import time
 from pathlib import Path
@@ -44,10 +45,10 @@ from pipeline.outputs import eval_dir, matching_dir, read_matching, stored_class
 # preprocessing are those that produced the concepts (stored with them).
 concepts = ""                   # the penultimate layer's concepts.json; default: the one steps 2-3 wrote for these constants
 thresholds = ""                 # Threshold.csv; default: target_model_perform.py's in the eval folder
-num_top_neuron: ">= 1" = 1      # neurons shown per (image, predicted class)
+num_top_neuron: "[1, 100]" = 1  # neurons shown per (image, predicted class)
 neuron_percentile: "[0, 100]" = 70.0  # each shown neuron's map is zeroed below this percentile
 overall_percentile: "[0, 100]" = 90.0  # ... and below this one inside the overall map
-batch_size: ">= 1" = 16
+batch_size: "[1, 8192]" = 16
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("bbox_img.py", "concept_matching.py", "example_selection.py"))

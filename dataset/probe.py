@@ -142,6 +142,13 @@ def read_label_csv(path: Path, uncertain: str) -> tuple[list[str], list[str] | N
         print(f"note: {path}: columns {at_most(other, 8)} are not labels (values other than 1, 0, -1, blank)")
     if not cols:
         return names, None, None
+    first = {}  # label columns join classes by name: two of one name would leave one class two answers
+    for j in cols:
+        other = first.setdefault(label_key(header[j]), j)
+        if other != j:
+            raise PipelineError(f"{path}: columns {other + 1} ({header[other]!r}) and {j + 1} ({header[j]!r}) both "
+                                f"label the class {header[other]!r} (names join case, spaces, '_' and '-' aside); "
+                                f"keep one of them")
     neg1, blank = UNCERTAIN[uncertain]
     value = {**{k: v for k, v in LABEL_VALUES.items() if v is not None}, "-1": neg1, "-1.0": neg1, "": blank}
     labels = np.array([[value[r[j].strip()] for j in cols] for r in body], dtype=np.int64)

@@ -41,7 +41,7 @@ import traceback
 import types
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager, redirect_stderr
+from contextlib import contextmanager, nullcontext, redirect_stderr
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
@@ -264,13 +264,16 @@ def build_target(arch: str, num_classes: int = 14) -> nn.Module:
     raise PipelineError(f"unknown --model {arch!r}; choose one of {', '.join(ARCHS)}")
 
 
-def reinitialise(net: nn.Module, seed: int) -> list[str]:
+def reinitialise(net: nn.Module, seed: int, model: str) -> list[str]:
     """The same architecture with fresh weights, for the model-randomisation sanity check: every module's
-    own reset_parameters(), in module order, from torch's generator seeded with `seed` (restored after).
+    own reset_parameters(), in module order, from torch's generator seeded with `seed` (restored after);
+    a user's file's modules inside its guard (user_code), as its import, build and forward are.
     Returns the parameters no module's reset_parameters() covers (they keep their values); refuses a
     model none of whose modules can re-initialise itself (a TorchScript file)."""
     covered, names = set(), {id(p): n for n, p in net.named_parameters()}
-    with torch.random.fork_rng(devices=[]):
+    spec = parse_model(model)
+    guard = user_code(spec, model, "reset") if spec.family == "file" else nullcontext()
+    with torch.random.fork_rng(devices=[]), guard:
         torch.manual_seed(seed)
         for m in net.modules():
             if callable(getattr(m, "reset_parameters", None)):
@@ -314,12 +317,14 @@ def _from_file(spec: Spec, model: str) -> nn.Module:
 
 @contextmanager
 def user_code(spec: Spec, model: str, what: str):
-    """Run the code of a user's model file (what: its import, the build function, the model's forward):
-    an exception or an exit inside it (sys.exit, or argparse reading the step's own command line) becomes
-    one line naming the file, the function and what happened, never the step's exit status or a usage
-    that reads as the step's. What the code writes on stderr is held back and passed on after it."""
+    """Run the code of a user's model file (what: its import, the build function, the model's forward, its
+    modules' reset_parameters()): an exception or an exit inside it (sys.exit, or argparse reading the step's
+    own command line) becomes one line naming the file, the function and what happened, never the step's
+    exit status or a usage that reads as the step's. What the code writes on stderr is held back and passed
+    on after it."""
     who = Path(spec.name).name + ("" if what == "import" else f":{spec.function}")
-    when = {"import": " while imported", "build": "", "forward": " in the model's forward"}[what]
+    when = {"import": " while imported", "build": "", "forward": " in the model's forward",
+            "reset": " while its modules were re-initialised (reset_parameters(), for --reinit_seed)"}[what]
     err = StringIO()
     try:
         with redirect_stderr(err):

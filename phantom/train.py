@@ -21,6 +21,7 @@ and "The method in one screen" (what the check computes).
 """
 from __future__ import annotations
 
+import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 import json
 import math
 import os
@@ -43,30 +44,30 @@ from pipeline.evaluation import auroc_auprc
 
 # world
 world_dir = "data/phantom_world"  # where the phantom world is written (and read back from)
-n_train: ">= 1" = 3000  # training phantoms (also the probing set of the method check)
-n_val: ">= 1" = 500  # validation phantoms
-n_test: ">= 1" = 1000  # held-out phantoms for the reported metrics
-world_size: ">= 1" = 256  # side of the written PNGs, pixels
-world_seed: ">= 0" = 0  # the world's seed
+n_train: "[1, 10**6]" = 3000    # training phantoms (also the probing set of the method check)
+n_val: "[1, 10**6]" = 500       # validation phantoms
+n_test: "[1, 10**6]" = 1000     # held-out phantoms for the reported metrics
+world_size: "[1, 4096]" = 256   # side of the written PNGs, pixels
+world_seed: "[0, 2**63 - 1]" = 0  # the world's seed
 # target
-target_res: ">= 32" = 96  # training resolution (DenseNet-121 halves it 5 times): example_selection.py must run with --resize and --crop target_res
-target_epochs: ">= 1" = 4  # passes over the training phantoms
-target_batch: ">= 1" = 32  # images per step
-target_lr: "> 0" = 1e-3  # Adam learning rate, cosine-decayed to 0
+target_res: "[32, 4096]" = 96   # training resolution (DenseNet-121 halves it 5 times): example_selection.py must run with --resize and --crop target_res
+target_epochs: "[1, 10**6]" = 4  # passes over the training phantoms
+target_batch: "[1, 8192]" = 32  # images per step
+target_lr: "(0, 10]" = 1e-3     # Adam learning rate, cosine-decayed to 0
 # vlm
-clip_res: ">= 1" = 96  # the VLM's input size
-clip_dim: ">= 1" = 128  # joint embedding dimension
-clip_width: ">= 1" = 32  # channels of the first CNN stage (doubling per stage)
-clip_epochs: ">= 1" = 8  # passes over the training phantoms
-clip_batch: ">= 1" = 64  # images per step
-clip_lr: "> 0" = 2e-3  # AdamW learning rate, cosine-decayed to 0
-report_weight: ">= 0" = 0.5  # weight of the image <-> report loss against the two prompt losses
+clip_res: "[1, 4096]" = 96      # the VLM's input size
+clip_dim: "[1, 65536]" = 128    # joint embedding dimension
+clip_width: "[1, 4096]" = 32    # channels of the first CNN stage (doubling per stage)
+clip_epochs: "[1, 10**6]" = 8   # passes over the training phantoms
+clip_batch: "[1, 8192]" = 64    # images per step
+clip_lr: "(0, 10]" = 2e-3       # AdamW learning rate, cosine-decayed to 0
+report_weight: "[0, 1000]" = 0.5  # weight of the image <-> report loss against the two prompt losses
 negative_set = "iu_xray_nouns"  # extra non-matching prompt words (a concept set name; '' for none)
 # run
 out_dir = "pretrained"  # where the weights and demo_training.json go
-seed: ">= 0" = 0  # torch seed for initialisation and batch order
-threads: ">= 1" = 2  # torch CPU threads
-max_steps: ">= 0" = 0  # > 0: stop each training after this many steps (smoke test)
+seed: "[0, 2**63 - 1]" = 0      # torch seed for initialisation and batch order
+threads: "[1, 4096]" = 2        # torch CPU threads
+max_steps: "[0, 10**9]" = 0     # > 0: stop each training after this many steps (smoke test)
 reuse_target = False  # load out_dir's target checkpoint instead of training it (to iterate on the VLM)
 method_check = True  # run the method on the fc layer with the MIMIC + phantom nouns and record the hits
 config = configure(globals())

@@ -34,6 +34,7 @@ from pipeline.cache import cached, load_json, save_csv, save_json, save_png
 from core.errors import PipelineError
 from pipeline.cli import constants_of
 from pipeline.forward import probe_loader, record
+from pipeline.limits import check_memory
 from pipeline.outputs import ablation_key, activations_key, layer_dir, stored_classes
 
 FIELDS = ("finding", "n_neurons", "effect", "random_mean", "random_sd", "z", "other_classes")
@@ -79,6 +80,19 @@ def random_sets(live: list[int], size: int, draws: int, seed: int) -> torch.Tens
     g = torch.Generator().manual_seed(seed)
     order = torch.rand(draws, len(live), generator=g, dtype=torch.float64).argsort(dim=1)
     return torch.as_tensor(live, dtype=torch.long)[order[:, :size]]
+
+
+def draw_bytes(n_neurons: int, n_classes: int) -> int:
+    """Bytes one random set takes at the peak of a finding's ablation, for a layer of n_neurons: random_sets'
+    keys and order (float64, int64) or the set as a list of Python ints, its row of linear_drops' membership
+    (float64), and its drop of each class (float64)."""
+    return 8 * (7 * n_neurons + n_classes)
+
+
+def check_draws(draws: int, n_neurons: int, n_classes: int) -> None:
+    """Refuse --ablation_draws beyond what memory holds, before the held-out split's forward pass."""
+    check_memory("ablation_draws", draws, draw_bytes(n_neurons, n_classes),
+                 f"{draws} random sets of up to {n_neurons} neurons")
 
 
 def positives(labels: np.ndarray) -> torch.Tensor:

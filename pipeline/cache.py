@@ -323,14 +323,19 @@ def writable(folder) -> Path:
 def _acquire(folder: Path) -> filelock.FileLock:
     lock = filelock.FileLock(lock_path(folder))
     try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        print(f"waiting for the lock on {folder}: another run is writing there (up to {LOCK_TIMEOUT:g} s)", flush=True)
         try:
-            lock.acquire(timeout=LOCK_TIMEOUT)
+            lock.acquire(timeout=0)
         except filelock.Timeout:
-            raise PipelineError(f"{folder} is being written by another run (its lock {lock_path(folder)} was held "
-                                f"for {LOCK_TIMEOUT:g} s); let it finish, or pass another --save_root") from None
+            print(f"waiting for the lock on {folder}: another run is writing there (up to {LOCK_TIMEOUT:g} s)",
+                  flush=True)
+            lock.acquire(timeout=LOCK_TIMEOUT)
+    except filelock.Timeout:
+        raise PipelineError(f"{folder} is being written by another run (its lock {lock_path(folder)} was held "
+                            f"for {LOCK_TIMEOUT:g} s); let it finish, or pass another --save_root") from None
+    except OSError as e:  # not a file this user may open: a folder by that name, another user's file
+        raise PipelineError(f"cannot open the lock file {lock_path(folder)} ({e.strerror or type(e).__name__}); "
+                            f"remove it if no run is writing in {folder} (or fix its owner and permissions), "
+                            f"or pass another --save_root") from None
     return lock
 
 

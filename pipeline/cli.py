@@ -18,11 +18,13 @@ language that `configure` checks every resolved value against (exit 2, one line 
 
     topk: ">= 1" = 20                       # also > x, <= x, < x
     alpha: "[0, 100)" = 95.0                # an interval; a bound may name another constant: "[1, resize]"
+    seed: "[0, 2**63 - 1]" = 0              # or be a power, exactly: 10**7, 2**63 - 1
     selection: "adaptive | topk" = "adaptive"   # choices; N stands for digits, NAME for any text
     device: "auto | cpu | cuda | cuda:N" = "auto"
     mean: "numbers" = ""                    # comma-separated numbers ("" too); "numbers > 0": each > 0
 
-NaN and infinity are refused for every number, in a list too.
+NaN and infinity are refused for every number, in a list too. Every numeric constant declares both ends
+(tests/test_declared_constants.py): a count without an upper end reaches an allocator before anything names it.
 
 A step prints the constants that differ from their defaults and where each was set; `--verbose yes`
 (taken by every step, as every constant in EVERY_STEP is) prints all of them.
@@ -47,7 +49,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.errors import PipelineError  # here too, for the steps that import it with configure
-from core.text import at_most, one_step
+from core.text import one_step
+from pipeline.guard import interrupted, written
 
 ROOT = Path(__file__).resolve().parents[1]
 # The steps in order; an experiment file may set any constant of any of them.
@@ -158,7 +161,8 @@ def constants_of(script: str) -> dict[str, Any]:
 
 
 _PLACEHOLDERS = {"N": r"\d+", "NAME": r".+"}
-_BOUND = r"[\w.+-]+"
+_BOUND = r"[\w.+-]+(?:\s*\*\*\s*\d+)?(?:\s*-\s*\d+)?"  # a number, a constant's name, or a power: 10**7, 2**63 - 1
+_POWER = re.compile(r"(\d+)\s*\*\*\s*(\d+)(?:\s*-\s*(\d+))?")
 
 
 @lru_cache(maxsize=None)
@@ -186,13 +190,20 @@ def _rule(spec: str) -> tuple:
     raise ValueError(f"cannot parse the declared values {spec!r}: use 'a | b', '>= x', '(x, y]' ...")
 
 
-def _bound(text: str, spec: str) -> float | str:
-    try:
-        return float(text)
-    except ValueError:
-        if text.isidentifier():
-            return text
-        raise ValueError(f"bad bound {text!r} in the declared values {spec!r}") from None
+def _bound(text: str, spec: str) -> int | float | str:
+    """A bound as written: an integer exactly (2**63 - 1 is not a float's 2**63), else a number, else the
+    name of another constant."""
+    power = _POWER.fullmatch(text)
+    if power:
+        return int(power[1]) ** int(power[2]) - int(power[3] or 0)
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text.isidentifier():
+        return text
+    raise ValueError(f"bad bound {text!r} in the declared values {spec!r}")
 
 
 def _described(spec: str) -> str:
@@ -300,7 +311,8 @@ def read_experiment(path: str | Path) -> dict[str, Any]:
     said = io.StringIO()  # what it prints goes on, unless it fails: then its last line is quoted in ours
     try:
         with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
-            exec(compile(path.read_text(), str(path), "exec"), scope)
+            # bytes, read as Python reads a source file: a UTF-8 BOM (Windows editors write one) or a coding line
+            exec(compile(path.read_bytes(), str(path), "exec"), scope)
     except SystemExit as e:  # sys.exit(), or argparse refusing the step's own options
         printed = _last_line(said.getvalue())
         raise PipelineError(f"experiment file {path} exited (SystemExit({e.code!r})) while being read"
@@ -469,7 +481,7 @@ def main(fn: Callable[[], Any], torchrun: bool = False) -> None:
     and exit status 130. A script that does not share its work among torchrun's processes
     (torchrun=False) refuses to run as several, which would each do all of it and write the same files."""
     global _depth
-    before = len(_written())
+    before = len(written())
     _depth += 1
     sys.excepthook = _quiet_dropped_peers  # forked loader workers inherit it
     try:
@@ -482,17 +494,35 @@ def main(fn: Callable[[], Any], torchrun: bool = False) -> None:
         print(f"error: {own_message(e)}", file=sys.stderr)
         sys.exit(2)
     except RuntimeError as e:
+        if _out_of_memory(e):
+            _say_out_of_memory(e)
         if not _peer_failed(e):
             raise
         print(f"rank {os.environ.get('RANK', '?')}: stopped because another rank failed", file=sys.stderr)
         sys.exit(2)
+    except MemoryError as e:
+        _say_out_of_memory(e)
     except KeyboardInterrupt:
         if _depth > 1:  # the outermost script says it once, with everything it kept
             raise
-        print("interrupted; " + _kept(_written()[before:]), file=sys.stderr)
+        print(interrupted(written()[before:]), file=sys.stderr)
         sys.exit(130)
     finally:
         _depth -= 1
+
+
+def _out_of_memory(e: RuntimeError) -> bool:
+    """torch's allocators fail with a RuntimeError of their own: CPU 'can't allocate memory', CUDA OutOfMemoryError."""
+    return type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e)
+
+
+def _say_out_of_memory(e: BaseException) -> None:
+    """The counts that size arrays from the data are checked against memory before the work; what is left is
+    a model's own need, which grows with the batch."""
+    first = own_message(e).strip().splitlines()
+    print(f"error: out of memory ({type(e).__name__}: {first[0][:160] if first else 'no message'}); pass a smaller "
+          f"--batch_size (a model's activations grow with it), or free memory", file=sys.stderr)
+    sys.exit(2)
 
 
 def _peer_failed(e: BaseException) -> bool:
@@ -518,19 +548,6 @@ def _quiet_dropped_peers(kind, value, tb) -> None:
             Path(code.co_filename).parts[-2:] == ("multiprocessing", "resource_sharer.py"):
         return
     sys.__excepthook__(kind, value, tb)
-
-
-def _written() -> list:
-    """The outputs this process completed (pipeline.cache records them; not imported: none)."""
-    cache = sys.modules.get("pipeline.cache")
-    return getattr(cache, "WRITTEN", [])
-
-
-def _kept(paths: list) -> str:
-    if not paths:
-        return "nothing was written"
-    paths = list(dict.fromkeys(str(p) for p in paths))
-    return f"kept the {len(paths)} complete output(s) written before it: {at_most(paths, 3)}; nothing half-written"
 
 
 def own_message(e: BaseException) -> str:

@@ -26,6 +26,7 @@ from dataset.nih import ProbeSet
 from describers import dissection_counts, iou, top_quantile
 from models.target import head_name
 from pipeline.attribution import box_mask, channels_first, map_module, record_output
+from pipeline.forward import workers
 from core.errors import PipelineError
 
 
@@ -68,7 +69,7 @@ def collect_maps(model: torch.nn.Module, name: str, paths: list[Path], resize: i
     """One pass over the images: module `name`'s maps [N, K, h, w] and each image's size [N, 2]; norm:
     the model's input channels, mean and std (dataset.nih.model_input_args)."""
     loader = torch.utils.data.DataLoader(ProbeSet(paths, resize, crop, **norm, sizes=True), batch_size=batch_size,
-                                         num_workers=num_workers)
+                                         num_workers=workers(num_workers))
     maps, sizes = [], []
     for x, size in tqdm(loader, desc=f"maps of {name}", unit="batch"):
         maps.append(module_maps(model, name, x.to(device)).cpu())

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from dataset.nih import ProbeSet
 from pipeline.cache import load_tensors, read_output
+from pipeline.forward import workers
 from core.errors import PipelineError
 from pipeline.outputs import activations_key, layer_dir
 
@@ -96,7 +97,7 @@ def forward_logits(net: torch.nn.Module, paths: list[Path], resize: int, crop: i
                    num_workers: int, device: torch.device, desc: str = "", **norm) -> torch.Tensor:
     """The model's outputs on the images; norm: channels, mean, std (dataset.nih.model_input_args)."""
     loader = torch.utils.data.DataLoader(ProbeSet(paths, resize, crop, **norm), batch_size=batch_size,
-                                         num_workers=num_workers, pin_memory=device.type == "cuda")
+                                         num_workers=workers(num_workers), pin_memory=device.type == "cuda")
     out = []
     with torch.inference_mode():
         for x in tqdm(loader, desc=desc, unit="batch"):

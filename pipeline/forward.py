@@ -14,23 +14,30 @@ from tqdm import tqdm
 from dataset.nih import ProbeSet, model_input_args
 from core.errors import PipelineError
 from models.layers import first_nonfinite, taps
+from pipeline.limits import check_workers, workers_that_fit
 from pipeline.ranks import world
 
+PREFETCH = 4  # batches each loader process of the forward pass keeps ready (torch's default: 2)
 
-def workers(num_workers: int) -> int:
-    """-1: one loader process per core this process may use, shared among torchrun's ranks."""
+
+def workers(num_workers: int, prefetch: int = 2) -> int:
+    """The loader processes of every DataLoader, each with `prefetch` batches in flight: -1, one per core this
+    process may use, shared among torchrun's ranks, as many as the open-file limit allows; a number given
+    beyond that limit is refused before any starts."""
     if num_workers >= 0:
+        check_workers("num_workers", num_workers, prefetch)
         return num_workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // world()[1])
+    n, fit = max(1, cores // world()[1]), workers_that_fit(prefetch)
+    return n if fit is None else min(n, fit)
 
 
 def probe_loader(paths, prep: dict, batch_size: int, num_workers: int, dev: torch.device):
     """Target inputs in probe order; pinned host memory lets a GPU copy overlap the next batch."""
-    n = workers(num_workers)
+    n = workers(num_workers, PREFETCH)
     return torch.utils.data.DataLoader(
         ProbeSet(paths, prep["resize"], prep["crop"], **model_input_args(prep)), batch_size=batch_size,
-        num_workers=n, pin_memory=dev.type == "cuda", prefetch_factor=4 if n else None)
+        num_workers=n, pin_memory=dev.type == "cuda", prefetch_factor=PREFETCH if n else None)
 
 
 def use_channels_last(setting: str, dev: torch.device) -> bool:

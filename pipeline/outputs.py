@@ -222,13 +222,30 @@ def locate_examples(run: Path, cfg: dict) -> Path:
 
 
 def find_matching(given: str, c: dict, option: str) -> tuple[Path, dict, Path, dict]:
-    """The concepts.json a later step is given as --option, else step 3's for the constants c, read
-    (read_matching): its path, content, examples.json and their content."""
-    path = Path(given) if given else matching_dir(c) / "concepts.json"
+    """The concepts.json a later step is given as --option (the file, or a run's folder holding it, as
+    gallery.py's --runs takes it), else step 3's for the constants c, read (read_matching): its path,
+    content, examples.json and their content."""
+    path = concepts_in(Path(given), option) if given else matching_dir(c) / "concepts.json"
     if not path.is_file():
         raise PipelineError(f"{path} not found; run example_selection.py and concept_matching.py with the same "
                             f"experiment file and --layer (or pass --{option} PATH)")
     return (path, *read_matching(path))
+
+
+def concepts_in(given: Path, option: str) -> Path:
+    """A concepts.json given as itself or as a folder: the one directly inside (a MAMMI run's, whose
+    describers/ below hold the rivals'), else the only one below it."""
+    if not given.is_dir():
+        return given
+    if (given / "concepts.json").is_file():
+        return given / "concepts.json"
+    found = sorted(given.rglob("concepts.json"))
+    if len(found) == 1:
+        return found[0]
+    raise PipelineError(f"--{option} {given} " + (f"holds {len(found)} concepts.json below it ({at_most(found, 3)}); "
+                                                  f"pass the one to use" if found else
+                                                  "holds no concepts.json; pass a concepts.json, or the folder of "
+                                                  "a concept_matching.py or compare_describers.py run"))
 
 
 def read_matching(path: str | Path) -> tuple[dict, Path, dict]:

@@ -145,7 +145,7 @@ def example_overlays(ex_json: Path, ex: dict, data_root: str, limit: int, batch_
     net, _ = load_target(c["model"], c.get("checkpoint", ""), c["layer"] == "fc", c.get("num_classes", 0),
                          prep["channels"], len(stored_classes(c) or []))
     if c.get("reinit_seed", -1) >= 0:
-        reinitialise(net, c["reinit_seed"])
+        reinitialise(net, c["reinit_seed"], c["model"])
     net = net.to(device).eval()
     folder = data_root or c["data_root"]
     names, found = resolve_images(folder, list(dict.fromkeys(i for _, xs in examples for i in xs)))

@@ -80,6 +80,27 @@ def densenet_of(ckpt: Path, reinit_seed: int = -1) -> torch.nn.Module:
     return net.eval()
 
 
+@contextlib.contextmanager
+def unchangeable(path: Path):
+    """path as it is for a user who may not change it: for root, whom permissions do not stop, the immutable
+    attribute (chattr +i: no file in a folder so marked can be removed or added, a file so marked cannot be
+    opened for writing); for anyone else, no write permission. Skips where neither can be set."""
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~0o222)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip(f"chattr +i is not possible on {path} here (file system, or no such capability)")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+
+
 def run_script(script: str, *args: str, subprocess_run: bool = False, cwd=None) -> subprocess.CompletedProcess:
     """Run a script as `python script args...` would, from the repo root (or cwd). In-process by
     default (runpy, same __main__ path, the heavy imports paid once); a real subprocess when asked."""

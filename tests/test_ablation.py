@@ -392,8 +392,49 @@ def test_bad_constants_are_one_line(run, tmp_path):
     ex = run
     path = concepts_file(tmp_path / "run", ex, {3: ["effusion"]})
     for args, words in ((["--ablation_split", "train"], "ablation_split must be one of val | test"),
-                        (["--ablation_draws", "5"], "ablation_draws must be >= 10"),
+                        (["--ablation_draws", "5"], "ablation_draws must be in [10, 10**7]"),
                         (["--ablation_concepts", str(tmp_path / "missing.json")], "not found")):
         proc = ablation("--ablation_concepts", str(path), *args)
         assert proc.returncode == 2 and words in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert not (path.parent / "ablation.json").exists()
+
+
+def test_a_run_folder_is_taken_for_its_concepts_json(run, tmp_path):
+    """--ablation_concepts takes the folder of a run as gallery.py's --runs does: the concepts.json directly
+    inside it (a MAMMI run's, whose describers/ below hold the rivals'), else the only one below it."""
+    ex = run
+    path = concepts_file(tmp_path / "folder", ex, {3: ["effusion"]})
+    (path.parent / "describers" / "label_auc").mkdir(parents=True)
+    (path.parent / "describers" / "label_auc" / "concepts.json").write_text(path.read_text())
+    proc = ablation("--ablation_concepts", str(path.parent))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (path.parent / "ablation.json").is_file() and not (path.parent / "describers" / "label_auc" /
+                                                             "ablation.json").exists()
+    proc = ablation("--ablation_concepts", str(path.parent / "describers"))  # the only one below
+    assert proc.returncode == 0 and (path.parent / "describers" / "label_auc" / "ablation.json").is_file()
+    (path.parent / "describers" / "topk_mean").mkdir()
+    (path.parent / "describers" / "topk_mean" / "concepts.json").write_text(path.read_text())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder, words in ((path.parent / "describers", "holds 2 concepts.json below it"),
+                          (empty, "holds no concepts.json")):
+        proc = ablation("--ablation_concepts", str(folder))
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert f"--ablation_concepts {folder} {words}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_more_draws_than_memory_holds_are_refused_with_the_number_that_fits(run, tmp_path, monkeypatch):
+    """With 10 MB available, a random set over the 1,024 penultimate neurons and 14 classes takes
+    8 * (7 * 1024 + 14) = 57,456 bytes at its peak: 174 fit (10**7 // 57,456), 175 do not."""
+    from pipeline import limits
+    monkeypatch.setattr(limits, "available_memory", lambda: 10**7)
+    path = concepts_file(tmp_path / "memory", run, {3: ["effusion"]})
+    for draws in ("100000", "175"):
+        proc = ablation("--ablation_concepts", str(path), "--ablation_draws", draws)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert f"--ablation_draws {draws}: {draws} random sets of up to 1024 neurons need" in proc.stderr
+        assert "at most 174 fit: pass --ablation_draws 174 or less" in proc.stderr
+    assert not (path.parent / "ablation.json").exists()
+    proc = ablation("--ablation_concepts", str(path), "--ablation_draws", "174")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((path.parent / "ablation.json").read_text())["draws"] == 174

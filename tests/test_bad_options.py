@@ -57,11 +57,11 @@ def ckpt(tmp_path_factory):
 # ---- every constant's range or choices, checked before any work
 
 BAD = [
-    ("example_selection.py", "--topk", "0", ">= 1"),
-    ("example_selection.py", "--topk", "-1", ">= 1"),
+    ("example_selection.py", "--topk", "0", "in [1, 10**9]"),
+    ("example_selection.py", "--topk", "-1", "in [1, 10**9]"),
     ("example_selection.py", "--selection", "foo", "adaptive | topk"),
-    ("example_selection.py", "--batch_size", "0", ">= 1"),
-    ("example_selection.py", "--num_workers", "-2", ">= -1"),
+    ("example_selection.py", "--batch_size", "0", "in [1, 8192]"),
+    ("example_selection.py", "--num_workers", "-2", "in [-1, 256]"),
     ("example_selection.py", "--resize", "-1", "[0, 4096]"),  # 0 = the model family's
     ("example_selection.py", "--crop", "-1", "[0, 4096]"),
     ("example_selection.py", "--crop", "300", "exceeds --resize 256"),  # CenterCrop beyond the resized image pads it
@@ -75,20 +75,29 @@ BAD = [
     ("example_selection.py", "--adaptive_percent", "inf", "(0, 100)"),
     ("example_selection.py", "--device", "bogus", "auto | cpu | cuda"),
     ("example_selection.py", "--uncertain", "maybe", "zero | one | ignore"),
-    ("example_selection.py", "--max_images", "-1", ">= 0"),
+    ("example_selection.py", "--max_images", "-1", "in [0, 10**9]"),
     ("example_selection.py", "--model", "vgg16", "torchvision:NAME | timm:NAME"),
     ("concept_matching.py", "--alpha", "-50", "[0, 100)"),
     ("concept_matching.py", "--alpha", "150", "[0, 100)"),
     ("concept_matching.py", "--alpha", "nan", "[0, 100)"),
     ("concept_matching.py", "--template_ver", "foo", "base | no"),
     ("concept_matching.py", "--model_clip", "clip", "open_clip:NAME | phantom"),
-    ("concept_matching.py", "--topk", "0", ">= 1"),  # an upstream constant is checked downstream too
-    ("target_model_perform.py", "--num_workers", "-1", ">= 0"),
+    ("concept_matching.py", "--topk", "0", "in [1, 10**9]"),  # an upstream constant is checked downstream too
+    ("target_model_perform.py", "--num_workers", "-1", "in [0, 256]"),
     ("bbox_img.py", "--box_source", "foo", "nih | chestx_det"),
-    ("bbox_img.py", "--max_drawn", "-1", ">= 0"),
-    ("visualization.py", "--num_top_neuron", "0", ">= 1"),
+    ("bbox_img.py", "--max_drawn", "-1", "in [0, 10**9]"),
+    ("visualization.py", "--num_top_neuron", "0", "in [1, 100]"),
     ("visualization.py", "--neuron_percentile", "101", "[0, 100]"),
     ("prepare_mimic_nouns.py", "--report_split", "foo", "train | val | test | all"),
+    # seeds within what torch's and numpy's generators take; counts within what a machine can hold
+    ("example_selection.py", "--seed", "-1", "in [0, 2**63 - 1]"),
+    ("example_selection.py", "--reinit_seed", str(2**64), "in [-1, 2**63 - 1]"),
+    ("concept_matching.py", "--null_seed", str(2**64), "in [0, 2**63 - 1]"),
+    ("sanity_check.py", "--sanity_seed", str(2**64), "in [0, 2**63 - 1]"),
+    ("ablation.py", "--ablation_seed", str(2**64), "in [0, 2**63 - 1]"),
+    ("concept_matching.py", "--null_draws", str(10**11), "in [100, 10**7]"),
+    ("ablation.py", "--ablation_draws", str(10**10), "in [10, 10**7]"),
+    ("gallery.py", "--hist_bins", str(10**9), "in [1, 1000]"),
 ]
 
 
@@ -153,17 +162,37 @@ def test_help_shows_each_range(tmp_path):
     proc = run_script("example_selection.py", "--help")
     assert proc.returncode == 0
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  --")}
-    assert ">= 1: k when selection = topk" in lines["--topk"] and "adaptive | topk: " in lines["--selection"]
+    assert "in [1, 10**9]: k when selection = topk" in lines["--topk"] and "adaptive | topk: " in lines["--selection"]
     assert "in (0, 100): p of the adaptive threshold" in lines["--adaptive_percent"]
     proc = run_script("concept_matching.py", "-h")
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  --")}
-    assert "in [0, 100): keep concepts" in lines["--alpha"] and ">= 1" in lines["--topk"]
+    assert "in [0, 100): keep concepts" in lines["--alpha"] and "in [1, 10**9]" in lines["--topk"]
 
 
 def test_device_that_is_not_there(tmp_path):
     refused(run_script("example_selection.py", "--device", "cuda:99", "--save_root", str(tmp_path)), "--device cuda:99")
     if not torch.cuda.is_available():
         refused(run_script("example_selection.py", "--device", "cuda", "--save_root", str(tmp_path)), "--device cuda")
+
+
+def test_more_loader_workers_than_open_files_allow_are_refused_with_the_number_that_fits(small_set, ckpt, tmp_path):
+    """Under `ulimit -n 128`, 50 loader processes would run out of open files once started; refused before,
+    with the most that fit, and that many then run."""
+    import resource
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    out = tmp_path / "res"
+    args = ["--data_root", str(small_set), "--checkpoint", str(ckpt), *SMALL[:4], "--batch_size", "1",
+            "--device", "cpu", "--save_root", str(out)]
+    run = lambda workers: subprocess.run([sys.executable, "example_selection.py", *args, "--num_workers", workers],
+                                         cwd=REPO, capture_output=True, text=True, preexec_fn=low_limit)
+    line = refused(run("50"), "--num_workers 50: 50 loader processes need about", "ulimit -n")
+    fit = int(re.search(r"at most (\d+) fit: pass --num_workers \1 or less", line)[1])
+    assert 1 <= fit < 50, line
+    assert not [p for p in out.rglob("*") if p.is_file() and p.name != ".lock"]
+    proc = run(str(fit))
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 # ---- a loader worker's error is the same one line as without workers
@@ -300,6 +329,66 @@ def test_sigint_with_loader_workers(tmp_path, ckpt):
     assert done is not None and done < 100, result.stderr[-2000:]  # interrupted mid-pass, not before or after
     assert refused(result, code=130) == "interrupted; nothing was written"
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file() and p.name != ".lock"]  # locks stay
+
+
+@pytest.mark.parametrize("allocate", [lambda: torch.empty(2**50, dtype=torch.uint8),
+                                      lambda: __import__("numpy").empty(2**50, dtype="uint8")], ids=["torch", "numpy"])
+def test_an_allocator_that_fails_is_one_line(capsys, allocate):
+    """What the counts checked against memory up front leave (a model's activations grow with --batch_size):
+    torch's allocator (a RuntimeError) or numpy's (a MemoryError) failing for a petabyte ends in one line."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(allocate)
+    lines = error_lines(capsys.readouterr().err)
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: out of memory ("), lines
+    assert "--batch_size" in lines[0]
+
+
+STEP_SCRIPTS = [p.relative_to(REPO).as_posix() for p in sorted(REPO.glob("*.py")) + sorted(REPO.glob("*/*.py"))
+                if "\nconfig = configure(" in p.read_text()]
+# Sends a real SIGINT to the process at the first module a step imports other than the guard (and __future__,
+# which must come first): a Ctrl-C landing while the step's imports (torch's take seconds) are under way.
+SIGINT_AT_IMPORT = """
+import importlib.abc, os, pkgutil, runpy, signal, sys  # pkgutil: what run_path imports itself
+class Fire(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name not in ("pipeline", "pipeline.guard", "__future__"):
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, Fire())
+sys.path.insert(0, os.getcwd())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("script", STEP_SCRIPTS)
+def test_ctrl_c_while_a_step_imports_is_one_line(script):
+    """Imports and configuration run before main: the guard each step imports first catches a Ctrl-C there."""
+    assert {"example_selection.py", "gallery.py", "demo.py", "phantom/train.py"} <= set(STEP_SCRIPTS)
+    proc = subprocess.run([sys.executable, "-c", SIGINT_AT_IMPORT, script], cwd=REPO, capture_output=True, text=True)
+    assert refused(proc, code=130) == "interrupted; nothing was written"
+
+
+def test_ctrl_c_while_the_experiment_file_is_read(tmp_path):
+    exp = tmp_path / "exp.py"
+    exp.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\ntopk = 5\n")
+    proc = subprocess.run([sys.executable, "example_selection.py", str(exp), "--save_root", str(tmp_path / "res")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert refused(proc, code=130) == "interrupted; nothing was written"
+    assert not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize("encoding, name", [("ascii", "données"), ("cp1252", "肺")])
+def test_a_console_that_cannot_encode_a_path_prints_it_escaped(tmp_path, encoding, name):
+    """The constants' printout and the error line show a character the console lacks as an escape."""
+    reports = tmp_path / f"{name}.json"
+    env = {**os.environ, "PYTHONIOENCODING": encoding}
+    proc = subprocess.run([sys.executable, "prepare_mimic_nouns.py", "--reports", str(reports), "--out_dir",
+                           str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True, errors="replace")
+    escaped = str(reports).encode("ascii", "backslashreplace").decode()
+    assert f"reports = '{escaped}'" in proc.stdout, proc.stdout + proc.stderr
+    assert refused(proc, f"reports file {escaped} not found")
 
 
 # ---- messages that say what is wrong

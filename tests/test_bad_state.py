@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import pipeline.cache as cache
-from conftest import REPO, make_probe_set, run_script, save_random_target
+from conftest import REPO, make_probe_set, run_script, save_random_target, unchangeable
 from models.target import build_target, load_target
 from pipeline.cli import PipelineError
 from pipeline.evaluation import read_thresholds
@@ -221,6 +221,23 @@ def test_second_run_on_a_locked_folder_waits_then_refuses(probe_set, files, tmp_
     refused(proc, layer(out), "another run")
     assert "waiting for the lock" in proc.stdout
     assert not (layer(out) / "activations.pt").exists()  # nothing computed, nothing written
+
+
+@pytest.mark.parametrize("how", ["a folder", "a file this user may not open"])
+def test_a_lock_file_that_cannot_be_opened_is_one_line(probe_set, files, tmp_path, how):
+    """Not another run holding the lock (filelock.Timeout) but a .lock no run can open: named, with the fix."""
+    out = tmp_path / "res"
+    lock = cache.lock_path(layer(out))
+    layer(out).mkdir(parents=True)
+    if how == "a folder":
+        lock.mkdir()
+        line = refused(stage2(probe_set, files["a"], out), f"cannot open the lock file {lock} (Is a directory)")
+    else:
+        lock.touch()
+        with unchangeable(lock):
+            line = refused(stage2(probe_set, files["a"], out), f"cannot open the lock file {lock} (")
+    assert "remove it if no run is writing in" in line
+    assert not (layer(out) / "activations.pt").exists()
 
 
 def test_temp_files_of_a_killed_run_are_removed(probe_set, files, base, tmp_path):

@@ -131,6 +131,17 @@ def test_what_an_experiment_file_prints_is_kept_when_it_runs(tmp_path, capsys):
     assert capsys.readouterr().out == "probing the small set\n"
 
 
+def test_an_experiment_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """Windows editors start UTF-8 files with a BOM (EF BB BF), which Python's own reader of source files
+    skips; a coding line (PEP 263) is honoured as Python honours it."""
+    exp = tmp_path / "exp.py"
+    exp.write_bytes(b"\xef\xbb\xbf# probing with a smaller k\ntopk = 7\nsave_root = 'r\xc3\xa9sultats'\n")
+    got = configure([str(exp)])
+    assert (got["topk"], got["save_root"]) == (7, "résultats")
+    exp.write_bytes(b"# -*- coding: latin-1 -*-\nsave_root = 'r\xe9sultats'\n")
+    assert configure([str(exp)])["save_root"] == "résultats"
+
+
 # ---- the closest option for a mistyped one
 
 @pytest.mark.parametrize("typed, meant", [("data-root", "data_root"), ("Data_Root", "data_root"), ("layr", "layer"),
@@ -252,8 +263,9 @@ def test_messages_that_cut_a_list_say_how_many_were_left_out(tmp_path, capsys):
     words.write_text("\n".join(w for i in range(7) for w in (f"w{i}", f"W{i}")) + "\n")
     read_concepts(str(words))
     assert "(W0, W1, W2, W3, W4 … (and 2 more))" in capsys.readouterr().out
-    assert cli._kept([f"p{i}" for i in range(5)]) == ("kept the 5 complete output(s) written before it: p0, p1, p2 "
-                                                       "… (and 2 more); nothing half-written")
+    from pipeline.guard import interrupted
+    assert interrupted([f"p{i}" for i in range(5)]) == ("interrupted; kept the 5 complete output(s) written before it: "
+                                                         "p0, p1, p2 … (and 2 more); nothing half-written")
 
 
 # ---- torchrun: the other ranks stop quietly when one meets bad input

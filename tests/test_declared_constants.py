@@ -45,7 +45,13 @@ def test_the_steps_are_found():
     assert found[("concept_matching.py", "alpha")] == "[0, 100)"
     assert found[("example_selection.py", "adaptive_percent")] == "(0, 100)"
     assert found[("compare_describers.py", "wpmi_p_start")] == "(0, 1]"
-    assert found[("example_selection.py", "topk")] == ">= 1"
+    assert found[("example_selection.py", "topk")] == "[1, 10**9]"
+
+
+def written_number(text: str):
+    """A bound as Python reads it: 20, 1e-9, 10**7, 2**63 - 1 (integers exact)."""
+    assert set(text) <= set("0123456789.e*+- "), text
+    return eval(text, {"__builtins__": {}})
 
 
 def bound_cases(spec: str, default, config: dict) -> list[tuple[float, bool]]:
@@ -61,7 +67,8 @@ def bound_cases(spec: str, default, config: dict) -> list[tuple[float, bool]]:
         ends = [(bound, op.endswith("="), "low" if op.startswith(">") else "high")]
     cases = []
     for raw, closed, side in ends:
-        b = float(config[raw]) if raw.isidentifier() else float(raw)
+        b = config[raw] if raw.isidentifier() else written_number(raw)
+        b = b if isinstance(default, int) else float(b)
         step = 1 if isinstance(default, int) else 1e-9 * max(1.0, abs(b))
         inside, outside = (b + step, b - step) if side == "low" else (b - step, b + step)
         cases += [(b, closed), (inside, True), (outside, False)]
@@ -90,12 +97,51 @@ def test_bound_cases_by_hand():
     assert bound_cases(">= 1", 20, {}) == [(1, True), (2, True), (0, False)]
     assert bound_cases("[1, resize]", 3, {"resize": 8}) == [(1, True), (2, True), (0, False),
                                                             (8, True), (7, True), (9, False)]
+    assert bound_cases("[0, 2**63 - 1]", 0, {}) == [(0, True), (1, True), (-1, False), (9223372036854775807, True),
+                                                     (9223372036854775806, True), (9223372036854775808, False)]
 
 
-def test_non_finite_numbers_are_refused_even_where_no_bound_excludes_them():
+def test_non_finite_numbers_are_refused():
     assert not accepted("compare_describers.py", "wpmi_a", math.inf)
     assert not accepted("compare_describers.py", "wpmi_a", math.nan)
-    assert accepted("compare_describers.py", "wpmi_a", 1e300)
+    assert accepted("compare_describers.py", "wpmi_a", 1000.0)
+
+
+SEED = "[0, 2**63 - 1]"  # what torch's and numpy's generators both take (torch's stops at 2**64 - 1, numpy's at 0)
+
+
+def numeric_constants():
+    for script in SCRIPTS:
+        for name, value in cli.constants_of(script).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                yield script, name, value
+
+
+@pytest.mark.parametrize("script, name, value", list(numeric_constants()),
+                         ids=[f"{s}:{n}" for s, n, _ in numeric_constants()])
+def test_every_number_declares_a_range_with_both_ends(script, name, value):
+    """Every numeric constant of every step declares its allowed values, and a range closed on both sides
+    by numbers: a count or a size without an upper end reaches the allocator (10**11 random draws) or the
+    integer a library takes (a seed of 2**64) before anything names the option. Seeds take exactly SEED
+    (reinit_seed also -1, the trained weights)."""
+    spec = cli.specs_of(script).get(name)
+    assert spec is not None, f"{script}: {name} = {value!r} declares no range"
+    rule = cli._rule(spec)
+    if rule[0] == "choices":
+        return
+    assert rule[0] == "range" and rule[1] is not None and rule[3] is not None, f"{script}: {name}: {spec!r}"
+    if name.endswith("seed"):
+        assert spec == (SEED if name != "reinit_seed" else "[-1, 2**63 - 1]"), f"{script}: {name}: {spec!r}"
+
+
+@pytest.mark.parametrize("seed", [0, 2**63 - 1])
+def test_the_seed_range_is_what_the_generators_take(seed):
+    import numpy as np
+    import torch
+    torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed + 1)  # phantom/train.py seeds the VLM's batches with seed + 1
+    np.random.default_rng(seed).choice(10, 3, replace=False)
+    np.random.default_rng([seed, 1])
 
 
 # ---- every constant is in the key of what it decides, or is declared as deciding no cached output

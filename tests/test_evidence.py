@@ -3,6 +3,9 @@ neurons that are random by construction, Benjamini-Hochberg on what step 3 store
 import json
 import math
 import random
+import re
+import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 import torch
 from scipy.stats import false_discovery_control
 
-from conftest import densenet_of, make_probe_set, model_input, run_script, save_random_target
+from conftest import REPO, densenet_of, make_probe_set, model_input, run_script, save_random_target
 from evidence import (TIE, name_test, null_names, null_order, p_values, pool_needed, pool_rows, smallest_p,
                       smallest_q)
 
@@ -232,8 +235,35 @@ def test_a_probing_set_too_small_to_test_says_so(tmp_path):
     assert all(n["p"] is None and n["significant"] is None and n["tested"] is None for n in c["neurons"])
 
 
-@pytest.mark.parametrize("option,value,allowed", [("--null_draws", "99", ">= 100"), ("--fdr", "0", "in (0, 1)"),
-                                                  ("--fdr", "1", "in (0, 1)"), ("--null_pool", "0", ">= 1")])
+def test_more_null_draws_than_memory_holds_are_refused_with_the_number_that_fits(probe_set, tmp_path, monkeypatch):
+    """The null's draws are held at once (null_order ranks the pool for each): beyond what memory holds they are
+    refused before any image is embedded, naming the most that fit; that many run, one more is refused."""
+    from pipeline import limits
+    monkeypatch.setattr(limits, "available_memory", lambda: 10**6)
+    clip = tmp_path / "tiny-clip.json"
+    clip.write_text(json.dumps(TINY_CLIP))
+    ckpt = save_random_target(tmp_path / "d.pth", "densenet121")
+    out = tmp_path / "res"
+    proc = run_script("example_selection.py", "--data_root", str(probe_set), "--checkpoint", str(ckpt),
+                      "--resize", "64", "--crop", "64", "--num_workers", "0", "--save_root", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stage3 = lambda draws: run_script("concept_matching.py", "--model_clip", f"open_clip:{clip}", "--clip_weights",
+                                      "random", "--num_workers", "0", "--save_root", str(out), "--metric_encoders", "",
+                                      "--null_draws", str(draws))
+    proc = stage3(10**5)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--null_draws 100000: 100000 random example sets of up to" in lines[0] and "of the pool's 64 images" in lines[0]
+    fit = int(re.search(r"at most (\d+) fit: pass --null_draws \1 or less", lines[0])[1])
+    assert 100 <= fit < 10**5 and not list(out.rglob("image_features.pt"))
+    assert stage3(fit + 1).returncode == 2
+    proc = stage3(fit)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(next(out.rglob("concepts.json")).read_text())["config"]["null_draws"] == fit
+
+
+@pytest.mark.parametrize("option,value,allowed", [("--null_draws", "99", "in [100, 10**7]"), ("--fdr", "0", "in (0, 1)"),
+                                                  ("--fdr", "1", "in (0, 1)"), ("--null_pool", "0", "in [1, 10**7]")])
 def test_bad_significance_options_are_refused(tmp_path, option, value, allowed):
     proc = run_script("concept_matching.py", option, value, "--data_root", str(tmp_path / "nowhere"),
                       "--save_root", str(tmp_path))
@@ -256,7 +286,7 @@ def test_reinitialise_changes_every_weight_and_is_seeded():
                 b.fill_(3.0)
     trained = {k: v.clone() for k, v in net.state_dict().items()}
     rng = torch.get_rng_state()
-    assert reinitialise(net, 0) == []  # DenseNet: every parameter belongs to a module that resets itself
+    assert reinitialise(net, 0, "densenet121") == []  # DenseNet: every parameter belongs to a module that resets itself
     assert torch.equal(torch.get_rng_state(), rng)  # the caller's random stream is left as it was
     first = {k: v.clone() for k, v in net.state_dict().items()}
     params = [k for k, _ in net.named_parameters()]
@@ -265,9 +295,9 @@ def test_reinitialise_changes_every_weight_and_is_seeded():
     with torch.no_grad():
         for p in net.parameters():
             p.normal_()
-    reinitialise(net, 0)
+    reinitialise(net, 0, "densenet121")
     assert all(torch.equal(net.state_dict()[k], first[k]) for k in first)  # the same seed, the same weights
-    reinitialise(net, 1)
+    reinitialise(net, 1, "densenet121")
     assert not torch.equal(net.state_dict()["features.conv0.weight"], first["features.conv0.weight"])
 
 
@@ -281,7 +311,28 @@ def test_reinitialise_names_parameters_it_cannot_reset():
             self.scale = torch.nn.Parameter(torch.full((2,), 5.0))
 
     net = Scaled()
-    assert reinitialise(net, 0) == ["scale"] and torch.equal(net.scale, torch.full((2,), 5.0))
+    assert reinitialise(net, 0, "densenet121") == ["scale"] and torch.equal(net.scale, torch.full((2,), 5.0))
+
+
+def test_a_layer_without_live_neurons_is_0_of_0(probe_set, tmp_path, monkeypatch):
+    """One probing image: no neuron has an activation above its own adaptive threshold, so every neuron of
+    both targets is dead; the layer has no share of significant neurons, and says 0 of 0."""
+    clip = tmp_path / "tiny-clip.json"
+    clip.write_text(json.dumps(TINY_CLIP))
+    ckpt = save_random_target(tmp_path / "d.pth", "densenet121")
+    out = tmp_path / "res"
+    proc = run_script("sanity_check.py", "--data_root", str(probe_set), "--checkpoint", str(ckpt), "--resize", "64",
+                      "--crop", "64", "--num_workers", "0", "--save_root", str(out), "--model_clip", f"open_clip:{clip}",
+                      "--clip_weights", "random", "--metric_encoders", "", "--layer", "fc", "--max_images", "1")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((out / "nih14_train" / "densenet121-reinit0" / "sanity.json").read_text())
+    for which in ("trained", "randomised"):
+        side = report["layers"]["fc"][which]
+        assert (side["live"], side["significant"], side["share"], side["first_concepts"]) == (0, 0, None, [])
+    assert "fc: trained 0 of 0 names significant, randomised 0 of 0 names significant;" in proc.stdout
+    monkeypatch.setattr(sys, "argv", ["sanity_check.py"])
+    fig = runpy.run_path(str(REPO / "sanity_check.py"), run_name="constants_only")["figure"](report["layers"])
+    assert [t.get_text() for t in fig.axes[0].texts] == ["0/0", "0/0"]
 
 
 def test_sanity_check_writes_both_targets_apart(probe_set, tmp_path):

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, run_script
+from conftest import REPO, run_script, unchangeable
 from dataset.nih import class_names
 from dataset.probe import load_probe
 from method import select_concepts, select_examples
@@ -316,6 +316,22 @@ def test_thumbnails_reused_and_renewed(tmp_path):
     assert f"({len(stamp)} new)" in log
     now = {p.name for p in (res / "gallery" / "thumbs").glob("*.jpg")}
     assert len(now) == len(stamp) and not now & set(stamp)
+
+
+def test_old_thumbnails_in_a_folder_it_may_not_change_stay_with_a_note(tmp_path):
+    """thumbs/ that this user may not change (another user's folder, a read-only share) while every thumbnail
+    the page needs is there: the page is written; the thumbnails no run shows any more stay, said in a note."""
+    res = write_synthetic(tmp_path, n_neurons=16, n_images=24)
+    ok(run_script("gallery.py", "--save_root", str(res), "--overlays", "no"))
+    thumbs = res / "gallery" / "thumbs"
+    old = thumbs / ("0" * 24 + ".jpg")  # a thumbnail of an image no run shows now
+    old.write_bytes((next(thumbs.glob("*.jpg"))).read_bytes())
+    index = res / "gallery" / "index.html"
+    index.unlink()
+    with unchangeable(thumbs):
+        log = ok(run_script("gallery.py", "--save_root", str(res), "--overlays", "no"))
+    assert old.is_file() and index.is_file()
+    assert f"note: 1 thumbnail(s) in {thumbs} that no run shows any more stay there: cannot remove them (" in log
 
 
 def test_a_describer_without_similarity_or_status(tmp_path):

@@ -10,7 +10,7 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from conftest import REAL
+from conftest import REAL, run_script
 from dataset.files import read_image
 from dataset.probe import (MISSING, Probe, align_labels, list_images, load_probe, output_names, read_classes,
                            read_label_csv, resolve_classes)
@@ -140,6 +140,27 @@ def test_csv_errors_are_one_line(tmp_path):
     bad.write_text("Path,Cardiomegaly\na.png\n")
     with pytest.raises(PipelineError, match="line 2"):
         read_label_csv(bad, "zero")
+
+
+@pytest.mark.parametrize("header, first, second", [("Path,Mass,Nodule,Mass", "2 ('Mass')", "4 ('Mass')"),
+                                                   ("Path,Pleural_Thickening,Pleural Thickening",
+                                                    "2 ('Pleural_Thickening')", "3 ('Pleural Thickening')")])
+def test_two_label_columns_of_one_class_are_refused_naming_both(tmp_path, header, first, second):
+    """Labels join classes by name (case, spaces, '_' and '-' aside): two columns of one name would give one
+    class two answers, of which the last silently won."""
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("L", (32, 32), 90).save(images / "a.png")
+    csv = tmp_path / "labels.csv"
+    csv.write_text(header + "\na.png" + ",1" * header.count(",") + "\n")
+    with pytest.raises(PipelineError) as e:
+        read_label_csv(csv, "zero")
+    assert str(e.value).startswith(f"{csv}: columns {first} and {second} both label the class")
+    proc = run_script("example_selection.py", "--data_root", str(images), "--labels", str(csv), "--save_root",
+                      str(tmp_path / "res"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {e.value}"]
+    assert not (tmp_path / "res").exists() or not [f for f in (tmp_path / "res").rglob("*") if f.is_file()]
 
 
 def test_classes_and_their_labels(tmp_path, capsys):

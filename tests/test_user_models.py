@@ -115,6 +115,40 @@ def test_a_user_file_that_fails_is_one_line_naming_it(images, tmp_path, case):
     assert not (out / "mine_all").exists() or not list((out / "mine_all").rglob("*.pt"))
 
 
+SCALED = HEADER + '''class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(3))
+
+    def reset_parameters(self, scale{DEFAULT}):
+        {BODY}
+
+    def forward(self, x):
+        return x * self.weight
+
+
+''' + NET.replace("self.fc = nn.Linear(4, 3)", "self.fc = nn.Linear(4, 3)\n        self.scaled = Scaled()").replace(
+    "{RETURN}", "self.scaled(self.fc(h))")
+
+
+@pytest.mark.parametrize("default, body, words", [
+    ("", "self.weight.data.fill_(scale)", ["raised TypeError while its modules were re-initialised",
+                                           "reset_parameters() missing 1 required positional argument: 'scale'"]),
+    ("=1.0", "raise ValueError('scale must be set first')",
+     ["raised ValueError while its modules were re-initialised (reset_parameters(), for --reinit_seed) at mine.py:12",
+      "scale must be set first"])])
+def test_a_reset_parameters_of_the_users_own_is_called_inside_the_guard(images, tmp_path, default, body, words):
+    """--reinit_seed (sanity_check.py) calls every module's reset_parameters(); one of the user's own that takes
+    an argument, or fails, is the user's code failing: one line naming the file, as in its import, build and
+    forward."""
+    (tmp_path / "mine.py").write_text(SCALED.replace("{DEFAULT}", default).replace("{BODY}", body))
+    assert stage2(images, tmp_path / "trained", f"{tmp_path / 'mine.py'}:build", "--layer", "fc").returncode == 0
+    proc = stage2(images, tmp_path / "res", f"{tmp_path / 'mine.py'}:build", "--layer", "fc", "--reinit_seed", "0")
+    line = one_line(proc, *words)
+    assert line.startswith(f"error: --model {tmp_path / 'mine.py'}:build: mine.py:build raised "), line
+    assert not list((tmp_path / "res").rglob("*.pt"))
+
+
 def test_the_guarded_forward_is_the_model_as_written(images, tmp_path, capsys):
     """The guard changes nothing a working model computes, keeps what it writes to stderr, and a copy
     of the model runs its own weights."""
