@@ -171,7 +171,7 @@ def run():
     rivals = {layer: read_comparison(describers_dir(matching_dir({**base, "layer": layer}) / "concepts.json")
                                      / "describers.json") for layer in ("fc", "penultimate")}
     sanity = load_json(model_dir({**base, "reinit_seed": config["sanity_seed"]}) / "sanity.json")["layers"]
-    significance = {layer: {w: {k: r[w][k] for k in ("significant", "live", "share")} for w in ("trained", "randomised")}
+    significance = {layer: {w: {k: r[w][k] for k in ("significant", "live", "share")} for w in ("target", "reinitialised")}
                     for layer, r in sanity.items()}
     ablation = pen_run.parent / "ablation.json"
     summary = {"auroc": auroc, "fc": rows, "penultimate": pen, "significance": significance, "describers": rivals,
@@ -196,11 +196,11 @@ def report(summary: dict) -> None:
     p = summary["penultimate"]
     print(f"\npenultimate layer: {p['agree']} of {p['selective']} finding-selective neurons (lift >= "
           f"{config['lift_min']:g}; {p['neurons']} in all) have that finding among their concepts: {p['share']:.1%}")
-    print(f"\nsignificant names (q <= {config['fdr']:g}), trained target against the same DenseNet-121 re-initialised:")
+    print(f"\nsignificant names (q <= {config['fdr']:g}), the target against the same DenseNet-121 re-initialised:")
     for layer, r in summary["significance"].items():
-        t, z = r["trained"], r["randomised"]
-        print(f"  {layer:<12} trained {t['significant']:>4} of {t['live']:<4} ({t['share']:.0%})   "
-              f"randomised {z['significant']:>4} of {z['live']:<4} ({z['share']:.0%})")
+        t, z = r["target"], r["reinitialised"]
+        print(f"  {layer:<12} target {t['significant']:>4} of {t['live']:<4} ({t['share']:.0%})   "
+              f"re-initialised {z['significant']:>4} of {z['live']:<4} ({z['share']:.0%})")
     describer_table(summary["describers"])
     ablation_lines(summary["ablation"]["penultimate"])
     g = summary["pointing_game"]["overall"]

@@ -3,6 +3,7 @@ neurons that are random by construction, Benjamini-Hochberg on what step 3 store
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -198,13 +199,15 @@ def test_reinitialise_names_parameters_it_cannot_reset():
 
 
 def test_sanity_check_writes_both_targets_apart(probe_set, tmp_path):
+    """Both targets in their own folders on one set of caches; the target of --checkpoint random is
+    untrained, and the check calls it target, never trained, with the fdr its names were tested at."""
     clip = tmp_path / "tiny-clip.json"
     clip.write_text(json.dumps(TINY_CLIP))
-    ckpt = save_random_target(tmp_path / "d.pth", "densenet121")
     out = tmp_path / "res"
-    proc = run_script("sanity_check.py", "--data_root", str(probe_set), "--checkpoint", str(ckpt), "--resize", "64",
+    proc = run_script("sanity_check.py", "--data_root", str(probe_set), "--checkpoint", "random", "--resize", "64",
                       "--crop", "64", "--num_workers", "0", "--save_root", str(out), "--model_clip", f"open_clip:{clip}",
-                      "--clip_weights", "random", "--metric_encoders", "", "--null_draws", "200", "--layer", "fc")
+                      "--clip_weights", "random", "--metric_encoders", "", "--null_draws", "200", "--layer", "fc",
+                      "--fdr", "0.2")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     probe = out / "nih14_train"
     trained = torch.load(probe / "densenet121" / "fc" / "activations.pt", weights_only=True)
@@ -213,12 +216,16 @@ def test_sanity_check_writes_both_targets_apart(probe_set, tmp_path):
     assert rand["key"] != trained["key"] and not torch.allclose(rand["activations"], trained["activations"])
     report = json.loads((probe / "densenet121-reinit0" / "sanity.json").read_text())
     assert (probe / "densenet121-reinit0" / "sanity.png").is_file()
-    for which, folder in (("trained", "densenet121"), ("randomised", "densenet121-reinit0")):
+    for which, folder in (("target", "densenet121"), ("reinitialised", "densenet121-reinit0")):
         side = report["layers"]["fc"][which]
         run = json.loads(Path(side["concepts_json"]).read_text())
         assert Path(side["concepts_json"]).is_relative_to(probe / folder)
         live = [n for n in run["neurons"] if n["status"] != "dead"]
         assert side["live"] == len(live) and side["significant"] == sum(n["significant"] for n in live)
-    assert "fc: trained" in proc.stdout and "randomised" in proc.stdout
+        assert side["fdr"] == 0.2
+    assert report["layers"]["fc"]["target"]["untrained"] is True  # as step 2 marked it
+    said = proc.stdout[proc.stdout.index("== Sanity check"):]
+    assert "(q <= 0.2)" in said and "fc: target (untrained: --checkpoint random)" in said and "re-initialised" in said
+    assert not re.search(r"(?<!un)trained", said), said
     # one image folder and one text cache serve both targets: nothing embedded twice
     assert len(list(out.rglob("image_features.pt"))) == 1 and len(list(out.rglob("text_*.pt"))) == 1
