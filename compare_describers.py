@@ -413,14 +413,14 @@ def compare(path: Path, layer: str, records: dict, truth_of: dict, skipped: dict
 
 def sensitivity(run_json, acts, feats, truth_of, percents, alphas, out, scored) -> dict:
     """MAMMI re-run from the cache over adaptive_percent x alpha (its template and adaptive score as the
-    run): the fc hit rate and F1 (fc layer), the agreement with the truth, the overlap with the run's own
-    concepts and the mean number of concepts per neuron, on a grid. The figure: the headline metric (fc
-    hit rate; else the agreement with the truth; without one, the overlap with the run), and beside it
-    what a lower alpha pays for it."""
+    run): the fc hit rate and F1 (fc layer), the agreement with the truth (each share with its standard
+    error), the overlap with the run's own concepts and the mean number of concepts per neuron, on a grid.
+    The figure: the headline metric (fc hit rate; else the agreement with the truth; without one, the
+    overlap with the run), and beside it what a lower alpha pays for it."""
     cfg = run_json["config"]
     template = feats["text"]["template"] if cfg["adaptive"] else None
     concepts, is_fc, has_truth = feats["concepts"], bool(scored), truth_of["n"] > 0
-    keys = ("hit_rate", "f1", "truth_any", "overlap", "n_concepts")
+    keys = ("hit_rate", "hit_rate_se", "f1", "truth_any", "truth_any_se", "overlap", "n_concepts")
     grids = {k: np.full((len(percents), len(alphas)), np.nan) for k in keys}
     own_words = words(run_json["neurons"])
     for i, p in enumerate(tqdm(percents, desc="sensitivity", unit="p")):
@@ -430,12 +430,14 @@ def sensitivity(run_json, acts, feats, truth_of, percents, alphas, out, scored) 
                                                    for n, S_k in zip(got["examples"], got["S"])]
             w = words(named)
             if has_truth:
-                grids["truth_any"][i, j] = truth_agreement(w, truth_of["neurons"])["any"]["mean"]
+                t = truth_agreement(w, truth_of["neurons"])["any"]
+                grids["truth_any"][i, j], grids["truth_any_se"][i, j] = t["mean"], t["se"]
             grids["overlap"][i, j] = concept_overlap(w, own_words)["mean"]
             grids["n_concepts"][i, j] = np.mean([len(x) for x in w])
             if is_fc:
                 m = fc_metrics([w[k] for k, _ in scored], [c for _, c in scored])
                 grids["hit_rate"][i, j], grids["f1"][i, j] = m["hit_rate"]["mean"], m["f1"]["mean"]
+                grids["hit_rate_se"][i, j] = m["hit_rate"]["se"]
     own = (cfg["adaptive_percent"], cfg["alpha"]) if cfg["selection"] == "adaptive" else None
     headline = "hit_rate" if is_fc else "truth_any" if has_truth else "overlap"
     title = {"hit_rate": "fc hit rate", "truth_any": f"agreement with the truth ({truth_of['kind']})",
@@ -452,11 +454,9 @@ def sensitivity(run_json, acts, feats, truth_of, percents, alphas, out, scored) 
                              dpi=110, squeeze=False)
     for ax, (label, k) in zip(axes[0], panels):
         grid = grids[k]
-        # The colours span the values shown, so that 0.69 and 0.88 differ; the values are written in the cells.
-        lo, hi = float(np.nanmin(grid)), float(np.nanmax(grid))
-        same = hi - lo < 1e-12  # one colour and no scale: a scale would invent a range
-        if same:
-            lo, hi = lo - 1, hi + 1
+        # A fixed scale: shares from 0 to 1, a count from 0 to its largest cell, so that a step of one
+        # neuron in 14 (hit rate 10/14 against 13/14, within two standard errors) looks as small as it is.
+        lo, hi = 0.0, 1.0 if k != "n_concepts" else max(float(np.nanmax(grid)), 1.0)
         im = ax.imshow(grid, cmap="viridis", vmin=lo, vmax=hi, aspect="auto")
         for (r, c), v in np.ndenumerate(grid):
             text = f"{round(v * len(scored))}/{len(scored)}" if k == "hit_rate" else f"{v:.3f}"
@@ -466,15 +466,25 @@ def sensitivity(run_json, acts, feats, truth_of, percents, alphas, out, scored) 
         ax.set_yticks(range(len(percents)), [f"{p:g}" for p in percents])
         ax.set_xlabel("alpha (concepts above alpha% of the best score)")
         ax.set_ylabel("adaptive_percent p")
-        ax.set_title(label + (": the same in every cell" if same else ""), fontsize=10)
-        if not same:
-            fig.colorbar(im, ax=ax, fraction=0.05).set_label(label.split(" (")[0], fontsize=8)
+        se = grids.get(f"{k}_se")
+        noise = "" if se is None else f"\nstandard error of a cell {spread(se)} " \
+                                      f"({len(scored) if k == 'hit_rate' else truth_of['n']} neurons)"
+        same = float(np.nanmax(grid)) - float(np.nanmin(grid)) < 1e-12
+        ax.set_title(label + (": the same in every cell" if same else "") + noise, fontsize=10)
+        fig.colorbar(im, ax=ax, fraction=0.05).set_label(
+            label.split(" (")[0] + (" (fixed scale 0-1)" if k != "n_concepts" else " (scale from 0)"), fontsize=8)
     fig.suptitle(f"MAMMI's two constants, {cfg['layer']} layer, from the cached tensors " +
                  (f"(bold: the run's p = {own[0]:g}, alpha = {own[1]:g})" if own else "(the run selected its top k)"),
                  fontsize=10)
     fig.tight_layout()
     save_png(out / "sensitivity.png", fig)
     return {**result, "figure": str(out / "sensitivity.png")}
+
+
+def spread(values: np.ndarray) -> str:
+    """'0.013-0.016', or one value when both ends read the same."""
+    lo, hi = f"{np.nanmin(values):.2g}", f"{np.nanmax(values):.2g}"
+    return lo if lo == hi else f"{lo}-{hi}"
 
 
 def write_tables(table: dict, out: Path) -> None:
@@ -617,9 +627,13 @@ def print_table(table: dict) -> None:
     s = table.get("sensitivity")
     if s and s[s["headline"]] is not None:
         grid = np.array(s[s["headline"]])
-        best = np.unravel_index(np.nanargmax(grid), grid.shape)
-        print(f"sensitivity ({s['metric']}): {np.nanmin(grid):.3f} to {np.nanmax(grid):.3f} over p x alpha; best at "
-              f"p = {s['percents'][best[0]]:g}, alpha = {s['alphas'][best[1]]:g}")
+        line = f"sensitivity ({s['metric']}): {np.nanmin(grid):.3f} to {np.nanmax(grid):.3f} over p x alpha"
+        if s["headline"] == "overlap":  # measured against the run itself, 1 at its own constants: no setting is better
+            line += "; no best without labels (the overlap is 1 at the run's own p and alpha by definition)"
+        else:
+            best = np.unravel_index(np.nanargmax(grid), grid.shape)
+            line += f"; best at p = {s['percents'][best[0]]:g}, alpha = {s['alphas'][best[1]]:g}"
+        print(line)
 
 
 def faithful(f: dict | None) -> str:

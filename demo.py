@@ -6,11 +6,12 @@ A fresh world of synthetic radiographs (phantom/world.py, a seed the demo models
 probed with the committed demo target (DenseNet-121) and named with the committed demo VLM
 (PhantomCLIP); both were trained by `python -m phantom.train`. Every step runs as it would from the
 command line with the experiment file config/demo.py: the command is printed, so each can be re-run
-by hand, and what the step prints goes to its own log ({save_root}/logs/). Ends with the results
-table: classifier AUROC, the fc hit rate with its ablations, the penultimate agreement with the
-phantom labels, the share of significant names for the trained and a re-initialised target, MAMMI
-against the other describers, the ablation of the neurons each finding names (z per finding), and
-the pointing game. Everything lands in the experiment's save_root.
+by hand, and what the step prints goes to its own log ({save_root}/logs/). Ends with the results,
+each number with a line saying what it counts and over what: classifier AUROC, the fc hit rate with
+its ablations, the penultimate agreement with the phantom labels, the share of significant names for
+the trained target and the same one re-initialised, MAMMI against the other describers, the
+ablation of the neurons each finding names (z per finding) and the pointing game; then every figure
+written, one line each saying what it shows. Everything lands in the experiment's save_root.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 import contextlib
@@ -28,7 +29,7 @@ from dataset.nih import class_names, read_split, split_file
 from describers import lift_findings, names_finding, pm
 from pipeline.cache import load_json, save_bytes, save_json
 from pipeline.cli import PipelineError, accepted_names, configure, main, print_config, read_experiment, run_script
-from pipeline.outputs import (describers_dir, eval_dir, matching_dir, model_dir, read_ablation,
+from pipeline.outputs import (bbox_dir, describers_dir, eval_dir, matching_dir, model_dir, read_ablation,
                               read_comparison, read_matching, visualization_dir)
 
 # -----------------------------------------------------------------------------
@@ -54,6 +55,13 @@ _EXP = read_experiment(EXPERIMENT)
 FORWARD = {**{k: v for k, v in config.given.items() if k not in config.own and _EXP.get(k, _EXP) != v},
            "num_workers": num_workers, "box_file": BOX_FILE, "concept_set": CONCEPTS}
 LOGS = Path(config["save_root"]) / "logs"  # what each step printed, one file per step in order
+# The fc rows of the results table: MAMMI and its ablations, each as step 3's constants.
+VARIANTS = {"MAMMI (adaptive examples, template, adaptive score)": dict(),
+            "not adaptive": dict(adaptive=False),
+            "no template": dict(template_ver="no", adaptive=False),
+            f"top-k examples (k = {config['topk']})": dict(selection="topk")}
+# The run whose neurons ablation.py zeroes: MAMMI's on the penultimate layer.
+PEN_RUN = matching_dir({**config, "layer": "penultimate", "concept_set": CONCEPTS}) / "concepts.json"
 _order = itertools.count(1)
 
 
@@ -124,7 +132,6 @@ def run():
     world()
     times["world"] = time.time() - t0
     concept_set()
-    topk = config["topk"]
     t = time.time()
     step("example_selection.py", layer="fc")
     step("example_selection.py", layer="fc", selection="topk")
@@ -133,11 +140,7 @@ def run():
     step("example_selection.py", layer="fc,penultimate", split="test")
     times["stage 2"] = time.time() - t
     t = time.time()
-    variants = {"MAMMI (adaptive examples, template, adaptive score)": dict(),
-                "not adaptive": dict(adaptive=False),
-                "no template": dict(template_ver="no", adaptive=False),
-                f"top-k examples (k = {topk})": dict(selection="topk")}
-    for v in variants.values():
+    for v in VARIANTS.values():
         step("concept_matching.py", layer="fc", **{k: ("yes" if x else "no") if isinstance(x, bool) else x
                                                    for k, x in v.items()})
     step("concept_matching.py", layer="penultimate")
@@ -149,8 +152,7 @@ def run():
     for layer in ("fc", "penultimate"):  # the other ways to name a neuron, on the inputs of MAMMI's run
         step("compare_describers.py", layer=layer)
     times["describers"] = time.time() - t
-    pen_run = matching_dir({**config, "layer": "penultimate", "concept_set": CONCEPTS}) / "concepts.json"
-    skipped = read_comparison(describers_dir(pen_run) / "describers.json").get("faithfulness_skipped")
+    skipped = read_comparison(describers_dir(PEN_RUN) / "describers.json").get("faithfulness_skipped")
     if skipped:
         print(f"\nablation skipped: {skipped}")
     else:
@@ -163,22 +165,7 @@ def run():
     t = time.time()
     step("gallery.py")  # every run above, browsable offline
     times["gallery"] = time.time() - t
-
-    base = {**config, "layer": "fc", "concept_set": CONCEPTS}
-    rows = {label: load_json(matching_dir({**base, **v}) / "metrics.json") for label, v in variants.items()}
-    pen = penultimate_agreement({**base, "layer": "penultimate"})
-    with open(eval_dir(base) / "TestEval.csv", newline="") as f:
-        auroc = {r["label"]: float(r["auc"]) for r in csv.DictReader(f)}
-    pointing = load_json(visualization_dir(base) / "total_results.json")["pointing_game"]
-    rivals = {layer: read_comparison(describers_dir(matching_dir({**base, "layer": layer}) / "concepts.json")
-                                     / "describers.json") for layer in ("fc", "penultimate")}
-    sanity = load_json(model_dir({**base, "reinit_seed": config["sanity_seed"]}) / "sanity.json")["layers"]
-    significance = {layer: {w: {k: r[w][k] for k in ("significant", "tested", "share")} for w in ("trained", "randomised")}
-                    for layer, r in sanity.items()}
-    ablation = pen_run.parent / "ablation.json"
-    summary = {"auroc": auroc, "fc": rows, "penultimate": pen, "significance": significance, "describers": rivals,
-               "ablation": {"penultimate": read_ablation(ablation) if ablation.is_file() and not skipped else None},
-               "pointing_game": pointing, "times_s": times, "config": config}
+    summary = summarise(times, skipped)
     save_json(Path(config["save_root"]) / "summary.json", summary)
     print(f"\ndemo finished in {time.time() - t0:.0f}s; summary in {Path(config['save_root']) / 'summary.json'}")
     index = Path(config["save_root"]) / "gallery" / "index.html"
@@ -186,57 +173,185 @@ def run():
     report(summary)
 
 
+def summarise(times: dict, skipped: str | None) -> dict:
+    """summary.json: what the steps above wrote, read back from their outputs."""
+    base = {**config, "layer": "fc", "concept_set": CONCEPTS}
+    rows = {label: load_json(matching_dir({**base, **v}) / "metrics.json") for label, v in VARIANTS.items()}
+    pen = penultimate_agreement({**base, "layer": "penultimate"})
+    with open(eval_dir(base) / "TestEval.csv", newline="") as f:
+        auroc = {r["label"]: float(r["auc"]) for r in csv.DictReader(f)}
+    shown = load_json(visualization_dir(base) / "total_results.json")
+    rivals = {layer: read_comparison(describers_dir(matching_dir({**base, "layer": layer}) / "concepts.json")
+                                     / "describers.json") for layer in ("fc", "penultimate")}
+    sanity_dir = model_dir({**base, "reinit_seed": config["sanity_seed"]})
+    sanity = load_json(sanity_dir / "sanity.json")["layers"]
+    significance = {layer: {w: {k: r[w][k] for k in ("significant", "tested", "testable", "share")}
+                            for w in ("target", "reinitialised")}
+                    for layer, r in sanity.items()}
+    ablation = PEN_RUN.parent / "ablation.json"
+    return {"auroc": auroc, "fc": rows, "penultimate": pen, "significance": significance, "describers": rivals,
+            "ablation": {"penultimate": read_ablation(ablation) if ablation.is_file() and not skipped else None},
+            "pointing_game": shown["pointing_game"],
+            "visualization": {"images": len(shown["images"]), "num_top_neuron": shown["config"]["num_top_neuron"]},
+            "figures": figures(base, shown, rivals, sanity_dir), "times_s": times, "config": config}
+
+
+def figures(base: dict, shown: dict, rivals: dict, sanity_dir: Path) -> list[dict]:
+    """Every figure the steps above wrote, one entry per kind: where (a path, or a pattern for several), its
+    files and what it shows."""
+    vis, boxes = visualization_dir(base) / "figures", bbox_dir(base)
+    out = [(eval_dir(base) / "roc_curves.png", None,
+            f"the classifier's ROC curve per class on the {base['n_test']} test phantoms, AUROC in the legend"),
+           (boxes / "*_boxes.png", sorted(boxes.glob("*_boxes.png")),
+            "the drawn images, each with its ground-truth boxes outlined in their finding's colour"),
+           (boxes / "*_blend.png", sorted(boxes.glob("*_blend.png")), "the same images, their boxes filled at alpha 0.3"),
+           (vis / "*.png", [vis.parent / p["figure"] for r in shown["images"] for p in r["predictions"]],
+            "one panel per (image, predicted class): the image with its boxes, the top neuron's map with its Taylor "
+            "score and concepts, the overall Taylor map with its peak (x); colour bars and a caption say what they are"),
+           (sanity_dir / "sanity.png", None,
+            "per layer the share of significant names, the target against it re-initialised, and both targets' "
+            "most frequent first concepts")]
+    for layer, table in rivals.items():
+        run, own = Path(table["run"]), describers_dir(table["run"])
+        what = [w for w, has in (("hit rate and F1 against the class names", "fc" in table["rows"]["mammi"]),
+                                 ("agreement with the truth (named, first concept)", table["truth"]["n"] > 0)) if has]
+        out.append((own / "describers.png", None, f"{layer}: each describer's {' and '.join(what) or 'names'} (± 1 "
+                                                  f"standard error), and how often two give a neuron the same first "
+                                                  f"concept"))
+        s = table.get("sensitivity") or {}
+        if s.get("figure"):
+            beside = "F1" if layer == "fc" else "concepts per neuron"
+            out.append((Path(s["figure"]), None, f"{layer}: MAMMI's {s['metric']} and {beside} over adaptive_percent x "
+                                                 f"alpha, on fixed scales (values in the cells, the run's own bold)"))
+        out.append(([run.parent / "ablation.png", own / "*" / "ablation.png"],
+                    [run.parent / "ablation.png"] + [own / n / "ablation.png" for n in table["rows"] if n != "mammi"],
+                    f"{layer}: per finding, the drop of its logit when the neurons a describer names for it are zeroed, "
+                    f"against random sets of as many (MAMMI's, then each rival's)"))
+    listed = [([str(w) for w in (where if isinstance(where, list) else [where])],
+               [str(f) for f in (files if files is not None else [where]) if Path(f).is_file()], shows)
+              for where, files, shows in out]
+    return [{"where": where, "files": files, "shows": shows} for where, files, shows in listed if files]
+
+
 def report(summary: dict) -> None:
-    print("\n== Results on the phantom world")
+    """The results, each number with what it counts and over what."""
+    cfg = summary["config"]
+    print("\n== Results on the phantom world (each number with what it counts; the figures written are listed last)")
     auroc = summary["auroc"]
-    print("target AUROC on held-out phantoms: " + ", ".join(f"{k} {v:.3f}" for k, v in auroc.items()))
-    print(f"mean AUROC {np.nanmean(list(auroc.values())):.3f}\n")
-    print(f"{'fc layer (14 class neurons)':<52} {'hit rate':>9} {'precision':>10} {'F1':>6}")
-    for label, m in summary["fc"].items():
+    print(f"classifier AUROC on the {cfg['n_test']} held-out test phantoms (area under the ROC curve of a class's "
+          f"probability against its label: 0.5 is chance, 1 perfect):")
+    print("  " + ", ".join(f"{k} {v:.3f}" for k, v in auroc.items()) +
+          f"; mean over the {len(auroc)} classes {np.nanmean(list(auroc.values())):.3f}")
+    fc = summary["fc"]
+    first = next(iter(fc.values()))
+    n = first["hit_rate"]["n"]
+    print(f"\nfc layer: its {n} neurons are the class logits; each named from the {first['config']['n_concepts']:,}-word "
+          f"concept set and checked against its class name")
+    print(f"{'variant':<52} {'hit rate':>9} {'precision':>10} {'F1':>6}")
+    for label, m in fc.items():
         hits = round(m["hit_rate"]["mean"] * m["hit_rate"]["n"])
-        print(f"{label:<52} {hits:>6}/14 {m['precision']['mean']:>10.3f} {m['f1']['mean']:>6.3f}")
-    p = summary["penultimate"]
-    print(f"\npenultimate layer: {p['agree']} of {p['selective']} finding-selective neurons (lift >= "
-          f"{config['lift_min']:g}; {p['neurons']} in all) have that finding among their concepts: {p['share']:.1%}")
-    print(f"\nsignificant names (q <= {config['fdr']:g}), trained target against the same DenseNet-121 re-initialised:")
-    for layer, r in summary["significance"].items():
-        t, z = r["trained"], r["randomised"]
-        share = lambda r: "-" if r["share"] is None else f"{r['share']:.0%}"  # no live neuron: no share
-        print(f"  {layer:<12} trained {t['significant']:>4} of {t['tested']:<4} ({share(t)})   "
-              f"randomised {z['significant']:>4} of {z['tested']:<4} ({share(z)})")
-    describer_table(summary["describers"])
+        print(f"{label:<52} {hits:>6}/{n:<2} {m['precision']['mean']:>10.3f} {m['f1']['mean']:>6.3f}")
+    print(f"  hit rate: neurons one of whose concepts is their class name, of {n} (one neuron moves it by {1 / n:.3f})")
+    print(f"  precision: per neuron 1 / (its number of concepts) on a hit, else 0; mean over the {n}")
+    print(f"  F1: per neuron 2 x precision / (precision + 1) on a hit, else 0; mean over the {n}")
+    penultimate_lines(summary)
+    significance_lines(summary["significance"], cfg)
+    describer_table(summary["describers"], summary["penultimate"])
     ablation_lines(summary["ablation"]["penultimate"])
-    g = summary["pointing_game"]["overall"]
-    print(f"pointing game: the overall Taylor map peaks inside a box of the predicted class in {g['hits']} of "
-          f"{g['n']} (image, class) pairs; mean share of map mass inside the boxes {g['mass_inside_mean']:.2f}")
+    pointing_line(summary)
+    root = Path(cfg["save_root"])
+    print(f"\nfigures written (under {root}/):")
+    for f in summary["figures"]:
+        where = ", ".join(str(Path(w).relative_to(root)) if Path(w).is_relative_to(root) else w for w in f["where"])
+        count = f" ({len(f['files'])} files)" if len(f["files"]) > 1 else ""
+        print(f"  {where}{count}: {f['shows']}")
     print("times: " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["times_s"].items()))
 
 
-def describer_table(rivals: dict) -> None:
+def penultimate_lines(summary: dict) -> None:
+    """The penultimate agreement with the findings of MAMMI's own examples, and why the describer table's differs."""
+    p, cfg, truth = summary["penultimate"], summary["config"], summary["describers"]["penultimate"]["truth"]
+    mammi = summary["describers"]["penultimate"]["rows"]["mammi"]["truth"]["any"]
+    print(f"\npenultimate layer ({p['neurons']} neurons): {p['agree']} of {p['selective']} ({p['share']:.1%}) have "
+          f"among their MAMMI concepts the finding their examples are rich in")
+    print(f"  {p['selective']}: neurons whose MAMMI examples (the images MAMMI chose for each) hold some finding at "
+          f"least {cfg['lift_min']:g}x as often as the {cfg['n_probe']} probing images do (lift); {p['agree']}: those "
+          f"whose concepts include it")
+    print(f"  the describer table below takes each neuron's top {cfg['truth_images']} images instead, the same for every "
+          f"describer: {round(mammi['mean'] * mammi['n'])} of {truth['n']} for MAMMI; other images, so other neurons "
+          f"and findings qualify")
+
+
+def significance_lines(significance: dict, cfg: dict) -> None:
+    print(f"\nsignificant names: named neurons whose examples score higher on their name than as many random probing "
+          f"images score on the best name the method would give them (Benjamini-Hochberg q <= {cfg['fdr']:g}):")
+    for layer, r in significance.items():
+        print(f"  {layer:<12} target {names_counted(r['target'])}   re-initialised {names_counted(r['reinitialised'])}")
+    print(f"  target: {cfg['checkpoint']}; re-initialised: the same {cfg['model']} with fresh random weights (seed "
+          f"{cfg['sanity_seed']}); names that survive that describe the images, not the model")
+
+
+def names_counted(r: dict) -> str:
+    """'492 of 1024 (48%)'; '-' for the share of none; a layer step 3 could not test says so."""
+    if not r["testable"] and r["tested"] == 0 and r["significant"] == 0 and r["share"] is None:
+        return "not testable"
+    share = "-" if r["share"] is None else f"{r['share']:.0%}"
+    return f"{r['significant']:>4} of {r['tested']:<4} ({share})"
+
+
+def describer_table(rivals: dict, own: dict) -> None:
     """MAMMI and its rivals side by side: the fc metrics and the penultimate agreement with the truth."""
     fc, pen = rivals["fc"], rivals["penultimate"]
-    print(f"\nMAMMI against other describers (mean ± standard error; fc: 14 neurons, so one neuron is 0.071; "
-          f"penultimate truth: {pen['truth']['rule']}, {pen['truth']['n']} neurons)")
+    t = pen["truth"]
+    print("\nMAMMI against other describers, from the same inputs (mean±standard error, the error std/sqrt(n))")
     print(f"{'describer':<13} {'fc hit rate':>16} {'precision':>13} {'F1':>13} {'cosine':>13} "
           f"{'penultimate: named':>24} {'first concept':>14} {'faithfulness (median z)':>24}")
     none = {"mean": math.nan, "se": math.nan, "n": 0}
+    n_fc, encoder = None, None
     for name, r in fc["rows"].items():
         m, p = r["fc"], pen["rows"].get(name, {}).get("truth", {"any": none, "top1": none})
-        cos = next((v for v in m["cosine"].values() if "mean" in v), none)
-        hits = round(m["hit_rate"]["mean"] * m["hit_rate"]["n"])
+        encoder, cos = next(((e, v) for e, v in m["cosine"].items() if "mean" in v), (encoder, none))
+        n_fc = m["hit_rate"]["n"]
+        hits = round(m["hit_rate"]["mean"] * n_fc)
         agree = round(p["any"]["mean"] * p["any"]["n"]) if p["any"]["n"] else 0
         f = pen["rows"].get(name, {}).get("faithfulness")
         faithful = "-" if not f or f["median_z"] is None else f"{f['median_z']:.1f} ({f['findings']}/{f['of']})"
-        print(f"{name:<13} {hits:>4}/14 {pm(m['hit_rate'])} {pm(m['precision'])} {pm(m['f1'])} {pm(cos)} "
+        print(f"{name:<13} {hits:>4}/{n_fc:<2} {pm(m['hit_rate'])} {pm(m['precision'])} {pm(m['f1'])} {pm(cos)} "
               f"{agree:>5}/{p['any']['n']:<4} {pm(p['any'])} {pm(p['top1'])} {faithful:>24}")
+    print(f"  fc hit rate, precision, F1: as above, over the {n_fc} fc neurons; cosine: mean cosine similarity "
+          f"({encoder}) of each fc neuron's concepts with its class name")
+    print(f"  penultimate truth: {t['rule']}, for the {t['n']} neurons that have one; named: those whose concepts "
+          f"include it (MAMMI's own examples instead: {own['agree']} of {own['selective']}, above)")
+    print(f"  first concept: of the same {t['n']}, those whose first (best-scoring) concept is it")
+    print("  faithfulness: median over the findings of the ablation z (below) of the neurons the describer names "
+          "for each (findings with named neurons / all)")
+    for layer, tb in rivals.items():
+        for name, why in tb["skipped"].items():
+            print(f"  {name} ({layer}) skipped: {why}")
+    sensitivity_lines(rivals)
+
+
+def sensitivity_lines(rivals: dict) -> None:
+    """The range of MAMMI's headline metric over its two constants, the run's own cell and the noise of a cell."""
+    said = False
     for layer, t in rivals.items():
-        for name, why in t["skipped"].items():
-            print(f"{name} ({layer}) skipped: {why}")
         s = t.get("sensitivity")
-        if s:
-            grid = np.array(s["hit_rate"] if s["hit_rate"] is not None else s["truth_any"])
-            print(f"sensitivity of MAMMI ({layer}: {s['metric']}) over adaptive_percent x alpha: "
-                  f"{np.nanmin(grid):.3f} to {np.nanmax(grid):.3f}; {s['figure']}")
+        if not s or s[s["headline"]] is None:
+            continue
+        if not said:
+            print(f"sensitivity: MAMMI re-run from the cached tensors over adaptive_percent "
+                  f"{', '.join(f'{v:g}' for v in s['percents'])} x alpha {', '.join(f'{v:g}' for v in s['alphas'])}:")
+            said = True
+        grid, se = np.array(s[s["headline"]]), s.get(f"{s['headline']}_se")
+        cfg = t["config"]
+        own = (s["percents"].index(cfg["adaptive_percent"]), s["alphas"].index(cfg["alpha"])) \
+            if cfg["adaptive_percent"] in s["percents"] and cfg["alpha"] in s["alphas"] else None
+        n = t["rows"]["mammi"]["fc"]["hit_rate"]["n"] if s["headline"] == "hit_rate" else None
+        show = (lambda v: f"{round(v * n)}/{n}") if n else (lambda v: f"{v:.3f}")  # the hit rate as neurons
+        noise = f"; standard error of a cell {np.nanmin(se):.3f}-{np.nanmax(se):.3f}" if se is not None else ""
+        mine = f" (the run's p = {cfg['adaptive_percent']:g}, alpha = {cfg['alpha']:g}: {show(grid[own])})" if own else ""
+        what = s["metric"] if s["metric"].startswith(layer) else f"{layer}: {s['metric']}"
+        print(f"  {what} {show(np.nanmin(grid))} to {show(np.nanmax(grid))}{mine}{noise}")
 
 
 def ablation_lines(result: dict | None) -> None:
@@ -244,12 +359,26 @@ def ablation_lines(result: dict | None) -> None:
     if result is None:
         return
     z = {r["finding"]: r["z"] for r in result["findings"] if r["z"] is not None}
-    print(f"\nablation of MAMMI's penultimate neurons per finding ({result['split']} split, {result['draws']} random "
-          f"sets of as many neurons): z " + ", ".join(f"{f} {v:.1f}" for f, v in z.items()))
+    print(f"\nablation of MAMMI's penultimate neurons, z per finding ({result['split']} split):")
+    print("  " + ", ".join(f"{f} {v:.1f}" for f, v in z.items()))
+    print(f"  z: (effect of zeroing the neurons named for the finding - the mean effect of {result['draws']} random sets "
+          f"of as many neurons) / their SD; effect: the mean drop of the finding's logit over the images labelled "
+          f"with it, in SDs of that logit")
     others = [r["other_classes"] for r in result["findings"] if r["other_classes"] is not None]
     if z:
-        print(f"z >= 2 in {sum(v >= 2 for v in z.values())} of {len(z)} findings with named neurons; the other "
-              f"classes' logits drop by {min(others):.2f} to {max(others):.2f} SD")
+        print(f"  z >= 2 in {sum(v >= 2 for v in z.values())} of {len(z)} findings with named neurons; zeroing them "
+              f"lowers the other findings' logits by {min(others):.2f} to {max(others):.2f} SD on average (0: they "
+              f"serve their own finding alone)")
+
+
+def pointing_line(summary: dict) -> None:
+    g, pg, vis = summary["pointing_game"]["overall"], summary["pointing_game"], summary["visualization"]
+    k = vis["num_top_neuron"]
+    print(f"\npointing game on {vis['images']} images with boxes: of the {g['n'] + pg['pairs_without_boxes']} (image, "
+          f"predicted class) pairs, {g['n']} have a box of that class, and in {g['hits']} of them the overall map ("
+          f"{'the top neuron' + chr(39) + 's map' if k == 1 else f'the top {k} neurons' + chr(39) + ' maps'} weighted "
+          f"by Taylor score) peaks inside it; mean share of the map's positive mass inside those boxes "
+          f"{g['mass_inside_mean']:.2f}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.patches import Patch, Rectangle
 from tqdm import tqdm
 
@@ -154,9 +156,10 @@ def explain(name, anns, path, img, probs, taylor, maps, thr, named, classes, out
 
 
 def panel(name, cls, prob, t, img, gt, neurons, shown, overall, cls_boxes, pg) -> plt.Figure:
-    """Image with boxes | one overlay per top neuron | overall overlay."""
+    """Image with boxes | one overlay per top neuron | overall overlay; under each overlay the scale of
+    its tint, and a caption saying what the Taylor score and the maps are."""
     n = len(neurons)
-    fig, axes = plt.subplots(1, n + 2, figsize=(3.3 * (n + 2), 4.6), dpi=100)
+    fig, axes = plt.subplots(1, n + 2, figsize=(3.3 * (n + 2), 5.3), dpi=100)
     axes[0].imshow(img)
     draw_rects(axes[0], gt)
     axes[0].set_title("ground truth\n" + wrap(", ".join(sorted({g["label"] for g in gt})) or "no boxes"), fontsize=10)
@@ -168,12 +171,13 @@ def panel(name, cls, prob, t, img, gt, neurons, shown, overall, cls_boxes, pg) -
     for r, (ax, nr, m) in enumerate(zip(axes[1:], neurons, shown)):
         colour = NEURON_COLOURS[r % len(NEURON_COLOURS)]
         ax.imshow(overlay(img, m, colour))
-        ax.set_title(f"neuron {nr['neuron']}  (Taylor {nr['taylor']:.3g})\n" + wrap(", ".join(nr["concepts"])),
+        ax.set_title(f"neuron {nr['neuron']}  (Taylor score {nr['taylor']:.3g})\n" + wrap(", ".join(nr["concepts"])),
                      fontsize=10, color=np.array(colour) / 255 * 0.6)
+        tint_scale(fig, ax, m, colour, f"neuron {nr['neuron']}'s activation")
     ax = axes[-1]
     ax.imshow(overlay(img, overall, OVERALL_COLOUR))
     draw_rects(ax, [{"label": cls, "box": b} for b in cls_boxes])
-    title = f"overall map (top {n})"
+    title = f"overall map (top {n} neuron{'s' if n > 1 else ''})"
     if pg is not None:
         title += f"\npointing: {'hit' if pg['hit'] else 'miss'}"
         if pg["mass_inside"] is not None:
@@ -181,11 +185,38 @@ def panel(name, cls, prob, t, img, gt, neurons, shown, overall, cls_boxes, pg) -
         if pg["peak"]:
             ax.plot(*pg["peak"], marker="x", color="white", ms=10, mew=2.5)
     ax.set_title(title, fontsize=10)
+    tint_scale(fig, ax, overall, OVERALL_COLOUR, "Taylor-weighted activation")
     for a in axes:
         a.set_xticks([])
         a.set_yticks([])
     fig.suptitle(f"{name}: {cls}  p = {prob:.3f} (threshold {t:.3f})", fontsize=12)
+    fig.text(0.01, 0.01, caption(n, cls), fontsize=8, va="bottom", ha="left", wrap=True)
+    fig.subplots_adjust(bottom=0.2, top=0.86)
     return fig
+
+
+def caption(n: int, cls: str) -> str:
+    """What the panel's numbers and maps are, in the terms of pipeline/attribution.py."""
+    return textwrap.fill(
+        f"Taylor score: the neuron's pooled activation times the gradient of the {cls} logit with respect to it, "
+        f"its first-order contribution to that logit (exact under a linear head); shown: the {n} neuron"
+        f"{'s' if n > 1 else ''} of highest score. "
+        f"Neuron map: its activation over the image, zeroed below its {neuron_percentile:g}th percentile. "
+        f"Overall map: the shown neurons' maps, each zeroed below its {overall_percentile:g}th percentile, summed "
+        f"with their Taylor scores as weights (scaled to sum to 1 in absolute value). Tint: opacity rises with the "
+        f"map's value, from none at 0 to full at its maximum (colour bars; negative values untinted). "
+        f"Pointing: hit when the overall map's peak (x) lies inside a box of the predicted class.", 57 * (n + 2))
+
+
+def tint_scale(fig, ax, heat: np.ndarray, colour, what: str) -> None:
+    """A colour bar under an overlay: the tint a mid-grey pixel takes at each value of the map, 0 to its maximum."""
+    top = float(np.clip(heat, 0, None).max())
+    ramp = np.linspace(0, 1, 256)[None]
+    tints = overlay(np.full((1, 256, 3), 128, np.uint8), ramp, colour)[0] / 255  # overlay scales to the ramp's max
+    bar = ScalarMappable(Normalize(0, top if top > 0 else 1), ListedColormap(tints))
+    cb = fig.colorbar(bar, ax=ax, orientation="horizontal", fraction=0.05, pad=0.03)
+    cb.set_label(what + ("" if top > 0 else " (no positive value: untinted)"), fontsize=8)
+    cb.ax.tick_params(labelsize=7)
 
 
 def draw_rects(ax, anns):

@@ -21,14 +21,17 @@ MAMMI's F1 leads the no-template row by .107-.136. Broken variants, world seed 1
   .005 (the demo cannot see it; tests/test_pins.py pins the pixels instead).
 """
 import json
+import re
+import runpy
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, run_script
 
-pytestmark = pytest.mark.skipif(not (REPO / "pretrained" / "phantom_densenet121.pth").is_file(),
-                                reason="the demo weights are not in pretrained/")
+needs_weights = pytest.mark.skipif(not (REPO / "pretrained" / "phantom_densenet121.pth").is_file(),
+                                   reason="the demo weights are not in pretrained/")
 
 
 def check_quality(summary: dict, table: str) -> None:
@@ -42,13 +45,14 @@ def check_quality(summary: dict, table: str) -> None:
     pen = summary["penultimate"]
     assert pen["selective"] > 900 and pen["share"] >= 0.70, table                      # .757-.820
     sig = summary["significance"]["penultimate"]  # names significant: measured .28 against 0 (full world .48 against 0)
-    assert sig["trained"]["share"] >= 0.15, summary["significance"]
-    assert sig["randomised"]["share"] <= min(0.05, sig["trained"]["share"] / 8), summary["significance"]
+    assert sig["target"]["share"] >= 0.15, summary["significance"]
+    assert sig["reinitialised"]["share"] <= min(0.05, sig["target"]["share"] / 8), summary["significance"]
     auroc = summary["auroc"]
     assert len(auroc) == 14 and min(auroc.values()) >= 0.70, auroc                     # worst .780
     assert sum(auroc.values()) / 14 >= 0.93, auroc                                      # .962-.980
 
 
+@needs_weights
 def test_demo_on_a_reduced_world(tmp_path):
     out, world = tmp_path / "res", tmp_path / "world"
     proc = run_script("demo.py", "--data_root", str(world / "images"), "--n_probe", "400", "--n_val", "100",
@@ -93,16 +97,114 @@ def test_demo_on_a_reduced_world(tmp_path):
     default = next(iter(summary["fc"].values()))  # MAMMI's row of step 3
     assert fc["mammi"]["fc"]["hit_rate"] == default["hit_rate"]  # one scorer for MAMMI and its rivals
     assert all({"hit_rate", "precision", "f1", "cosine"} <= set(r["fc"]) for r in fc.values())
-    assert "MAMMI against other describers" in proc.stdout and "sensitivity of MAMMI" in proc.stdout
+    assert "MAMMI against other describers" in proc.stdout and "sensitivity: MAMMI re-run" in proc.stdout
     # ablation of MAMMI's penultimate neurons on the test split, and each describer's faithfulness
     ablation = summary["ablation"]["penultimate"]
     assert ablation["split"] == "test" and ablation["method"] == "linear" and 0 < len(ablation["findings"]) <= 14
     assert any(r["z"] is not None for r in ablation["findings"])
     assert all("faithfulness" in r for r in rivals["penultimate"]["rows"].values())
-    assert "ablation of MAMMI's penultimate neurons per finding" in proc.stdout
+    assert "ablation of MAMMI's penultimate neurons, z per finding" in proc.stdout
     index = out / "gallery" / "index.html"
     assert index.is_file() and f"neuron gallery: {index}" in proc.stdout
+    # every figure the steps wrote is listed, each kind on its own line with what it shows
+    written = {str(p) for p in out.rglob("*.png") if "gallery" not in p.relative_to(out).parts}
+    listed = [f for kind in summary["figures"] for f in kind["files"]]
+    assert sorted(listed) == sorted(written) and len(written) > 20
+    said = proc.stdout[proc.stdout.index("figures written"):].splitlines()
+    for kind in summary["figures"]:
+        assert sum(kind["shows"] in line for line in said) == 1, kind
     # the log fits on two screens and ends with the results table; what each step printed is in its own log
     lines = (proc.stdout + proc.stderr).rstrip().splitlines()
     assert len(lines) <= 100 and lines[-1].startswith("times: "), len(lines)
     assert "activations of fc" in next((out / "logs").glob("*_example_selection.log")).read_text()
+
+
+# ---- the results as the demo prints them: what each number counts
+
+def v(mean, n, se=0.05):
+    return {"mean": mean, "se": se, "n": n}
+
+
+def hand_summary(root: str) -> dict:
+    """A summary.json as demo.py writes it, with hand-picked numbers: 3 classes, 40 penultimate neurons."""
+    fc_row = {"hit_rate": v(2 / 3, 3), "precision": v(0.5, 3), "f1": v(0.6, 3),
+              "config": {"n_concepts": 1234}}
+    rows = {"mammi": {"fc": {"hit_rate": v(2 / 3, 3, 0.27), "precision": v(0.5, 3), "f1": v(0.6, 3),
+                             "cosine": {"all-minilm-l6-v2": v(0.8, 3)}}},
+            "label_auc": {"fc": {"hit_rate": v(1.0, 3, 0.0), "precision": v(1.0, 3), "f1": v(1.0, 3),
+                                 "cosine": {"all-minilm-l6-v2": v(0.9, 3)}}}}
+    pen_rows = {"mammi": {"truth": {"any": v(0.75, 32), "top1": v(0.5, 32)},
+                          "faithfulness": {"median_z": 6.5, "findings": 2, "of": 3}},
+                "label_auc": {"truth": {"any": v(0.625, 32), "top1": v(0.625, 32)},
+                              "faithfulness": {"median_z": 7.25, "findings": 3, "of": 3}}}
+    truth = {"kind": "lift", "rule": "the finding of highest lift (>= 2) among the neuron's top 20 images", "n": 32}
+    grid = [[1 / 3, 2 / 3], [1.0, 2 / 3]]  # fc hit rate over p (80, 93) x alpha (90, 95)
+    sens = {"percents": [80.0, 93.0], "alphas": [90.0, 95.0], "metric": "fc hit rate", "headline": "hit_rate",
+            "hit_rate": grid, "hit_rate_se": [[0.27, 0.27], [0.0, 0.27]], "figure": f"{root}/fc/sensitivity.png"}
+    own = {"adaptive_percent": 93.0, "alpha": 95.0}
+    return {
+        "auroc": {"Mass": 0.9, "Nodule": 0.8, "Edema": 1.0},
+        "fc": {"MAMMI (adaptive examples, template, adaptive score)": fc_row},
+        "penultimate": {"neurons": 40, "selective": 30, "agree": 21, "share": 0.7},
+        "significance": {"fc": {"target": {"significant": 2, "live": 3, "share": 2 / 3},
+                                "reinitialised": {"significant": 0, "live": 3, "share": 0.0}}},
+        "describers": {"fc": {"rows": rows, "skipped": {}, "sensitivity": sens, "config": own,
+                              "truth": {**truth, "n": 3}},
+                       "penultimate": {"rows": pen_rows, "skipped": {}, "config": own, "truth": truth}},
+        "ablation": {"penultimate": {"split": "test", "draws": 200, "findings": [
+            {"finding": "mass", "z": 6.5, "other_classes": 0.25}, {"finding": "nodule", "z": 1.5, "other_classes": -0.5},
+            {"finding": "edema", "z": None, "other_classes": None}]}},
+        "pointing_game": {"overall": {"n": 5, "hits": 2, "mass_inside_mean": 0.4}, "pairs_without_boxes": 3},
+        "visualization": {"images": 4, "num_top_neuron": 1},
+        "figures": [{"where": [f"{root}/eval/roc_curves.png"], "files": [f"{root}/eval/roc_curves.png"],
+                     "shows": "the ROC curves"},
+                    {"where": [f"{root}/figures/*.png"], "files": [f"{root}/figures/a.png", f"{root}/figures/b.png"],
+                     "shows": "one panel per pair"}],
+        "times_s": {"world": 1.0},
+        "config": {"n_test": 600, "n_probe": 1200, "lift_min": 2.0, "truth_images": 20, "fdr": 0.05,
+                   "checkpoint": "pretrained/x.pth", "model": "densenet121", "sanity_seed": 0, "save_root": root}}
+
+
+def test_results_say_what_each_number_counts(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["demo.py"])
+    demo = runpy.run_path(str(REPO / "demo.py"), run_name="constants_only")
+    demo["report"](hand_summary("res"))
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+
+    def after(head: str, n: int = 6) -> str:
+        """The line that starts with head and the n after it: a number and its glosses."""
+        i = next(i for i, line in enumerate(lines) if line.startswith(head))
+        return "\n".join(lines[i:i + n + 1])
+
+    assert "AUROC on the 600 held-out test phantoms (area under the ROC curve" in out
+    assert "Mass 0.900, Nodule 0.800, Edema 1.000; mean over the 3 classes 0.900" in out
+    fc = after("fc layer")
+    assert "2/3 " in fc and "  hit rate: neurons one of whose concepts is their class name, of 3" in fc
+    assert "  precision: per neuron 1 / (its number of concepts) on a hit" in fc and "  F1: per neuron" in fc
+    # the two penultimate agreements: where each comes from, side by side with the other's numbers
+    pen = after("penultimate layer (40 neurons): 21 of 30 (70.0%)", 2)
+    assert "30: neurons whose MAMMI examples" in pen and "at least 2x as often as the 1200 probing images" in pen
+    assert "top 20 images instead, the same for every describer: 24 of 32 for MAMMI" in pen  # 0.75 x 32
+    table = after("MAMMI against other describers", 9)
+    assert "   24/32  " in table
+    assert "for the 32 neurons that have one; named: those whose concepts include it (MAMMI's own examples " \
+           "instead: 21 of 30, above)" in table
+    assert "  first concept: of the same 32, those whose first (best-scoring) concept is it" in table
+    assert "  faithfulness: median over the findings of the ablation z" in table
+    assert "cosine: mean cosine similarity (all-minilm-l6-v2)" in table
+    sig = after("significant names", 3)
+    assert "(Benjamini-Hochberg q <= 0.05)" in sig and "target    2 of 3" in sig and "re-initialised    0 of 3" in sig
+    assert "target: pretrained/x.pth; re-initialised: the same densenet121 with fresh random weights (seed 0)" in sig
+    assert not re.search(r"\btrained", out)
+    # the sensitivity in neurons, with the run's own cell and the noise of a cell; no "best"
+    assert "  fc hit rate 1/3 to 3/3 (the run's p = 93, alpha = 95: 2/3); standard error of a cell 0.000-0.270" in out
+    assert "best at" not in out
+    abl = after("ablation of MAMMI's penultimate neurons", 3)
+    assert "mass 6.5, nodule 1.5" in abl and "  z: (effect of zeroing the neurons named for the finding" in abl
+    assert "z >= 2 in 1 of 2 findings with named neurons" in abl and "by -0.50 to 0.25 SD" in abl
+    assert "of the 8 (image, predicted class) pairs, 5 have a box of that class, and in 2 of them" in out
+    # every figure, one line each, with what it shows
+    figures = after("figures written (under res/)", 2).splitlines()[1:]
+    assert figures == ["  eval/roc_curves.png: the ROC curves", "  figures/*.png (2 files): one panel per pair"]
+    assert lines[-1] == "times: world 1s"

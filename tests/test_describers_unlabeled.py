@@ -65,12 +65,16 @@ def test_unlabeled_set_compares_what_needs_no_labels(unlabeled, tiny_clip, layer
     s = table["sensitivity"]
     assert s["truth_any"] is None and s["figure"] and (root / "sensitivity.png").is_file()
     own = s["percents"].index(93.0), s["alphas"].index(95.0)
+    said = next(line for line in proc.stdout.splitlines() if line.startswith("sensitivity ("))
     if layer == "fc":
         assert s["headline"] == "hit_rate" and np.isfinite(s["hit_rate"]).all()
         assert all("hit_rate" in r["fc"] for r in table["rows"].values())
+        assert "best at p = " in said  # the hit rate is against the class names: no labels needed
     else:
         assert s["headline"] == "overlap" and "fc" not in table["rows"]["mammi"]
         assert s["overlap"][own[0]][own[1]] == 1.0  # the run's own constants give the run's own concepts
+        # ... so the overlap's best is the run itself, by definition: none is given
+        assert "best" in said and "best at" not in said and "no best without labels" in said
         mammi = json.loads(run.read_text())["neurons"]
         assert s["n_concepts"][own[0]][own[1]] == pytest.approx(np.mean([len(n["concepts"]) for n in mammi]))
     assert (root / "describers.png").is_file()

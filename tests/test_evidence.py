@@ -316,27 +316,33 @@ def test_reinitialise_names_parameters_it_cannot_reset():
 
 def test_a_layer_without_live_neurons_is_0_of_0(probe_set, tmp_path, monkeypatch):
     """One probing image: no neuron has an activation above its own adaptive threshold, so every neuron of
-    both targets is dead; the layer has no share of significant neurons, and says 0 of 0."""
+    both targets is dead; the layer has no share of significant neurons, and says 0 of 0. The target of
+    --checkpoint random is untrained: the check calls it target, never trained, at the fdr it was given."""
     clip = tmp_path / "tiny-clip.json"
     clip.write_text(json.dumps(TINY_CLIP))
-    ckpt = save_random_target(tmp_path / "d.pth", "densenet121")
     out = tmp_path / "res"
-    proc = run_script("sanity_check.py", "--data_root", str(probe_set), "--checkpoint", str(ckpt), "--resize", "64",
+    proc = run_script("sanity_check.py", "--data_root", str(probe_set), "--checkpoint", "random", "--resize", "64",
                       "--crop", "64", "--num_workers", "0", "--save_root", str(out), "--model_clip", f"open_clip:{clip}",
-                      "--clip_weights", "random", "--metric_encoders", "", "--layer", "fc", "--max_images", "1")
+                      "--clip_weights", "random", "--metric_encoders", "", "--layer", "fc", "--max_images", "1",
+                      "--fdr", "0.2")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((out / "nih14_train" / "densenet121-reinit0" / "sanity.json").read_text())
-    for which in ("trained", "randomised"):
+    for which in ("target", "reinitialised"):
         side = report["layers"]["fc"][which]
         assert (side["live"], side["significant"], side["share"], side["first_concepts"]) == (0, 0, None, [])
-    assert "fc: trained 0 of 0 names significant, randomised 0 of 0 names significant;" in proc.stdout
+        assert side["fdr"] == 0.2
+    assert report["layers"]["fc"]["target"]["untrained"] is True  # as step 2 marked it
+    said = proc.stdout[proc.stdout.index("== Sanity check"):]
+    assert "fc: target (untrained: --checkpoint random) 0 of 0 names significant, re-initialised 0 of 0 names " \
+           "significant;" in said and "(q <= 0.2)" in said
+    assert not re.search(r"(?<!un)trained", said), said
     monkeypatch.setattr(sys, "argv", ["sanity_check.py"])
     fig = runpy.run_path(str(REPO / "sanity_check.py"), run_name="constants_only")["figure"](report["layers"])
     assert [t.get_text() for t in fig.axes[0].texts] == ["0/0", "0/0"]
 
 
 def test_sanity_check_writes_both_targets_apart(probe_set, tmp_path):
-    """--sanity_seed 2: the trained target and the one re-initialised with seed 2, each in its folder; the latter's
+    """--sanity_seed 2: the target and the one re-initialised with seed 2, each in its folder; the latter's
     activations (fc: the logits) are those of the checkpoint re-initialised by hand with seed 2, not seed 0's."""
     clip = tmp_path / "tiny-clip.json"
     clip.write_text(json.dumps(TINY_CLIP))
@@ -360,13 +366,14 @@ def test_sanity_check_writes_both_targets_apart(probe_set, tmp_path):
     assert not torch.allclose(by_hand[0], by_hand[2], rtol=1e-2, atol=1e-2)  # another seed, other weights
     report = json.loads((probe / "densenet121-reinit2" / "sanity.json").read_text())
     assert (probe / "densenet121-reinit2" / "sanity.png").is_file()
-    for which, folder in (("trained", "densenet121"), ("randomised", "densenet121-reinit2")):
+    for which, folder in (("target", "densenet121"), ("reinitialised", "densenet121-reinit2")):
         side = report["layers"]["fc"][which]
         run = json.loads(Path(side["concepts_json"]).read_text())
         assert Path(side["concepts_json"]).is_relative_to(probe / folder)
         live = [n for n in run["neurons"] if n["status"] != "dead"]
         assert side["live"] == len(live) and side["significant"] == sum(n["significant"] is True for n in live)
         assert side["tested"] == sum(n["status"] == "ok" for n in live) == run["evidence"]["tested"]
-    assert "fc: trained" in proc.stdout and "randomised" in proc.stdout
+        assert side["untrained"] is False
+    assert "fc: target" in proc.stdout and "re-initialised" in proc.stdout
     # one image folder and one text cache serve both targets: nothing embedded twice
     assert len(list(out.rglob("image_features.pt"))) == 1 and len(list(out.rglob("text_*.pt"))) == 1

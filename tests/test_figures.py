@@ -1,7 +1,8 @@
 """The figures a reader looks at: every axis labelled, one truth per panel of describers.png, the
-sensitivity heat map's colours spanning its values (written in the cells), and no figure drawn
-from nothing."""
+sensitivity heat map on fixed scales (values written in the cells, their standard errors in the
+title), the sanity check's fdr and its target named as it is, and no figure drawn from nothing."""
 import math
+import re
 import runpy
 import sys
 
@@ -96,7 +97,7 @@ def sensitivity_inputs(K=6, N=40, C=7, D=5, seed=0):
 
 
 @pytest.mark.parametrize("labelled", [True, False])
-def test_sensitivity_colours_span_the_values_written_in_the_cells(monkeypatch, tmp_path, labelled):
+def test_sensitivity_maps_share_a_fixed_scale_and_say_their_noise(monkeypatch, tmp_path, labelled):
     figures = []
     monkeypatch.setattr("pipeline.cache.save_png", lambda path, fig: figures.append(fig))  # imported by the step
     cd = step(monkeypatch, "compare_describers.py")
@@ -106,8 +107,12 @@ def test_sensitivity_colours_span_the_values_written_in_the_cells(monkeypatch, t
     percents, alphas = [80.0, 93.0, 97.0], [50.0, 80.0, 95.0, 99.0]
     got = cd["sensitivity"](run, acts, feats, truth, percents, alphas, tmp_path, [])
     assert got["headline"] == ("truth_any" if labelled else "overlap") and got["hit_rate"] is None
-    if not labelled:
-        assert got["truth_any"] is None
+    if labelled:
+        # each cell's standard error, std/sqrt(n) of 6 neurons that agree or not: sqrt(v (1 - v) / 6)
+        v = np.array(got["truth_any"])
+        assert np.array(got["truth_any_se"]) == pytest.approx(np.sqrt(v * (1 - v) / 6))
+    else:
+        assert got["truth_any"] is None and got["truth_any_se"] is None
         # the run's own cell is the run: its concepts overlap their own fully
         assert got["overlap"][1][2] == 1.0
     (fig,) = figures
@@ -117,14 +122,40 @@ def test_sensitivity_colours_span_the_values_written_in_the_cells(monkeypatch, t
         grid = np.array(got[key])
         norm = ax.images[0].norm
         assert ax.get_xlabel().startswith("alpha") and ax.get_ylabel() == "adaptive_percent p"
-        if grid.max() > grid.min():
-            assert (norm.vmin, norm.vmax) == (grid.min(), grid.max())
+        # shares on 0-1 whatever their spread; the count of concepts from 0 to its largest cell
+        assert (norm.vmin, norm.vmax) == ((0, 1) if key != "n_concepts" else (0, max(grid.max(), 1)))
         cells = sorted(t.get_text() for t in ax.texts)
         assert cells == sorted(f"{x:.3f}" for x in grid.flatten())
-    assert len(fig.axes) == len(panels) + sum(np.ptp(got[k]) > 0 for k in (got["headline"], "n_concepts"))
+    title = panels[0].get_title()
+    if labelled:
+        se = np.array(got["truth_any_se"])
+        assert f"standard error of a cell {se.min():.2g}-{se.max():.2g} (6 neurons)" in title
+    else:
+        assert "standard error" not in title  # a mean Jaccard is no share of neurons
+    assert len(fig.axes) == 2 * len(panels)  # every panel has its colour bar
 
 
-def test_a_constant_grid_gets_no_colour_scale(monkeypatch, tmp_path):
+def test_fc_sensitivity_cells_count_neurons_on_a_fixed_scale(monkeypatch, tmp_path):
+    """A hit rate spanning 1/3 to 2/3 of the scored neurons still spans only part of the 0-1 scale."""
+    figures = []
+    monkeypatch.setattr("pipeline.cache.save_png", lambda path, fig: figures.append(fig))
+    cd = step(monkeypatch, "compare_describers.py")
+    run, acts, feats, concepts = sensitivity_inputs()
+    scored = [(k, concepts[k]) for k in range(3)]  # neurons 0-2 "are" classes c0-c2
+    got = cd["sensitivity"](run, acts, feats, {"kind": "none", "n": 0, "neurons": [None] * 6}, [80.0, 93.0],
+                            [50.0, 95.0], tmp_path, scored)
+    assert got["headline"] == "hit_rate"
+    (fig,) = figures
+    ax = next(ax for ax in fig.axes if ax.images)
+    assert (ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (0, 1)
+    grid = np.array(got["hit_rate"])
+    assert sorted(t.get_text() for t in ax.texts) == sorted(f"{round(x * 3)}/3" for x in grid.flatten())
+    se = np.array(got["hit_rate_se"])
+    assert se == pytest.approx(np.sqrt(grid * (1 - grid) / 3))
+    assert f"standard error of a cell {se.min():.2g}-{se.max():.2g} (3 neurons)" in ax.get_title()
+
+
+def test_a_constant_grid_keeps_the_fixed_scale(monkeypatch, tmp_path):
     figures = []
     monkeypatch.setattr("pipeline.cache.save_png", lambda path, fig: figures.append(fig))  # imported by the step
     cd = step(monkeypatch, "compare_describers.py")
@@ -137,7 +168,10 @@ def test_a_constant_grid_gets_no_colour_scale(monkeypatch, tmp_path):
                             [90.0, 95.0], tmp_path, [])
     assert got["overlap"] == [[1.0, 1.0], [1.0, 1.0]] and got["n_concepts"] == [[1.0, 1.0], [1.0, 1.0]]
     (fig,) = figures
-    assert len(fig.axes) == 2 and all(ax.get_title().endswith("the same in every cell") for ax in fig.axes)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 2 and all(ax.get_title().endswith("the same in every cell") for ax in panels)
+    assert all((ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (0, 1) for ax in panels)
+    assert len(fig.axes) == 4  # the fixed scale invents no range: each keeps its colour bar
 
 
 def test_concept_overlap_is_the_mean_jaccard_of_named_neurons():
@@ -155,11 +189,38 @@ def test_ablation_sanity_and_roc_figures_label_both_axes(monkeypatch):
         {"finding": "nodule", "effect": None, "z": None, "n_neurons": 0}]}
     ax, = ablation_figure(result, {"mass": [0.1, -0.1, 0.0]}).axes
     assert ax.get_xlabel() and ax.get_ylabel() == "finding"
-    layer = {"share": 0.5, "significant": 1, "live": 2, "tested": 2, "first_concepts": [["mass", 1]]}
-    fig = step(monkeypatch, "sanity_check.py")["figure"]({"fc": {"trained": layer, "randomised": layer}})
-    assert fig.axes[0].get_xlabel() and fig.axes[0].get_ylabel() == "layer"
+    layer = {"share": 0.5, "significant": 1, "live": 2, "tested": 2, "fdr": 0.05, "untrained": False,
+             "first_concepts": [["mass", 1]]}
+    fig = step(monkeypatch, "sanity_check.py")["figure"]({"fc": {"target": layer, "reinitialised": layer}})
+    assert fig.axes[0].get_xlabel() == "share of named neurons whose name is significant (q <= 0.05)"
+    assert fig.axes[0].get_ylabel() == "layer"
     labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
     probs = np.array([[0.9, 0.2], [0.1, 0.8], [0.7, 0.6], [0.3, 0.1]])
     ax, = step(monkeypatch, "target_model_perform.py")["roc_figure"](labels, probs, np.array([1.0, 1.0]),
                                                                       ["Mass", "Nodule"]).axes
     assert ax.get_xlabel() == "false positive rate" and ax.get_ylabel() == "true positive rate"
+
+
+def figure_texts(fig) -> list[str]:
+    """Every string a reader sees on a figure: titles, axis labels, legends, free text."""
+    out = [fig._suptitle.get_text()] if fig._suptitle else []
+    for ax in fig.axes:
+        out += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()] + [t.get_text() for t in ax.texts]
+        if ax.get_legend():
+            out += [t.get_text() for t in ax.get_legend().get_texts()]
+    return out
+
+
+def test_sanity_figure_never_calls_an_untrained_target_trained(monkeypatch):
+    """--checkpoint random: the target is untrained, so the figure says target and re-initialised, and the
+    fdr each side was tested at."""
+    sanity = step(monkeypatch, "sanity_check.py")
+    side = {"share": 0.25, "significant": 1, "live": 4, "fdr": 0.1, "first_concepts": [["mass", 3], ["edema", 1]]}
+    fig = sanity["figure"]({"fc": {"target": {**side, "untrained": True}, "reinitialised": {**side, "untrained": True}}})
+    texts = figure_texts(fig)
+    assert not [t for t in texts if re.search(r"(?<!un)trained", t)], texts
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["target (untrained: --checkpoint random)", "re-initialised"]
+    assert "untrained" in fig._suptitle.get_text()
+    assert fig.axes[0].get_xlabel() == "share of live neurons significant (q <= 0.1)"
+    assert [b.get_width() for b in fig.axes[0].patches] == [0.25, 0.25]

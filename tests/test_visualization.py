@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from captum.attr import LayerGradientXActivation
+from matplotlib.collections import QuadMesh
 from PIL import Image
 
 from pipeline.attribution import (NEURON_COLOURS, OVERALL_COLOUR, map_module, neuron_map, overall_map, overlay, pointing,
@@ -170,8 +171,24 @@ def test_panel_shows_what_it_claims(vis):
     for label in ("Mass", "Effusion"):
         assert (np.abs(region - np.array(disease_colour(label))).max(-1) <= 20).sum() > 100, label
     assert f"neuron {NEURON}" in ax_n.get_title() and "nodule, mass" in ax_n.get_title()
-    assert "pointing: hit" in ax_all.get_title()
+    assert f"Taylor score {neurons[0]['taylor']:.3g}" in ax_n.get_title()
+    assert "pointing: hit" in ax_all.get_title() and "overall map (top 1 neuron)" in ax_all.get_title()
     assert "x.png: Mass" in fig._suptitle.get_text()
+    # Under each overlay the scale of its tint: from 0 to the map's largest value, in the map's colour at the top.
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 2
+    for bar, m, colour, what in ((bars[0], shown[0], NEURON_COLOURS[0], f"neuron {NEURON}'s activation"),
+                                 (bars[1], heat, OVERALL_COLOUR, "Taylor-weighted activation")):
+        assert bar.get_xlim() == pytest.approx((0, m.max()))
+        cmap = next(c for c in bar.collections if isinstance(c, QuadMesh)).cmap  # the bar's colours
+        top = np.array(cmap(1.0)[:3]) * 255  # mid-grey tinted at opacity 0.7 (overlay's maximum)
+        assert top == pytest.approx(0.3 * 128 + 0.7 * np.array(colour), abs=1)
+        assert np.array(cmap(0.0)[:3]) * 255 == pytest.approx([128, 128, 128], abs=1)
+        assert bar.get_xlabel() == what
+    # ... and a caption that says what the score and the maps are, with the percentiles used.
+    caption = " ".join(" ".join(t.get_text().split()) for t in fig.texts)
+    assert "Taylor score: the neuron's pooled activation times the gradient of the Mass logit" in caption
+    assert "zeroed below its 70th percentile" in caption and "zeroed below its 90th percentile" in caption
 
 
 def test_script_end_to_end(densenet_ckpt, tmp_path, monkeypatch, capsys):
