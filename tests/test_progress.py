@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from evidence import null_maxima
+from evidence import null_names
 from describers import soft_wpmi
 from models.vlm_base import VLM
 from pipeline.features import text_features
@@ -49,7 +49,7 @@ def test_one_batch_of_words_shows_no_bar(capsys):
 def test_null_draws_show_a_bar_per_chunk(capsys):
     s_pool = torch.randn(20, 100, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     # 3 images a draw, 100 concepts, 600 scores at once: 2 draws a chunk, 100 draws in 50 chunks
-    got = null_maxima(s_pool, [3], 100, seed=0, budget=600)
+    got = null_names(s_pool, [3], 100, seed=0, budget=600)
     assert got[3].shape == (100,)
     assert bar_total(capsys.readouterr().err, "null draws") == "50/50"
 
