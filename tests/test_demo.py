@@ -146,8 +146,11 @@ def hand_summary(root: str) -> dict:
         "auroc": {"Mass": 0.9, "Nodule": 0.8, "Edema": 1.0},
         "fc": {"MAMMI (adaptive examples, template, adaptive score)": fc_row},
         "penultimate": {"neurons": 40, "selective": 30, "agree": 21, "share": 0.7},
-        "significance": {"fc": {"target": {"significant": 2, "live": 3, "share": 2 / 3},
-                                "reinitialised": {"significant": 0, "live": 3, "share": 0.0}}},
+        "significance": {"fc": {"target": {"significant": 2, "tested": 3, "testable": True, "share": 2 / 3},
+                                "reinitialised": {"significant": 0, "tested": 3, "testable": True, "share": 0.0}},
+                         "penultimate": {"target": {"significant": 0, "tested": 0, "testable": False, "share": None},
+                                         "reinitialised": {"significant": 0, "tested": 0, "testable": True,
+                                                           "share": None}}},
         "describers": {"fc": {"rows": rows, "skipped": {}, "sensitivity": sens, "config": own,
                               "truth": {**truth, "n": 3}},
                        "penultimate": {"rows": pen_rows, "skipped": {}, "config": own, "truth": truth}},
@@ -195,6 +198,7 @@ def test_results_say_what_each_number_counts(monkeypatch, capsys):
     assert "cosine: mean cosine similarity (all-minilm-l6-v2)" in table
     sig = after("significant names", 3)
     assert "(Benjamini-Hochberg q <= 0.05)" in sig and "target    2 of 3" in sig and "re-initialised    0 of 3" in sig
+    assert "penultimate  target not testable   re-initialised    0 of 0    (-)" in sig
     assert "target: pretrained/x.pth; re-initialised: the same densenet121 with fresh random weights (seed 0)" in sig
     assert not re.search(r"\btrained", out)
     # the sensitivity in neurons, with the run's own cell and the noise of a cell; no "best"
