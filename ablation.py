@@ -19,7 +19,7 @@ from models import pick_device
 from pipeline.ablation import ablate, held_out
 from pipeline.cache import claim, holds_claims
 from pipeline.cli import check_stored, configure, main, print_config
-from pipeline.outputs import find_matching, upstream_constants
+from pipeline.outputs import beside_input, find_matching, upstream_constants
 
 # -----------------------------------------------------------------------------
 # The held-out split is target_model_perform.py's (its val_split_file / test_split_file).
@@ -40,6 +40,7 @@ def run():
     path, data, _, ex = find_matching(ablation_concepts, config, "ablation_concepts")
     stage2 = ex["config"]
     check_stored(config, data["config"], UPSTREAM, path)
+    beside_input(config, path, stage2["save_root"], "ablation_concepts")
     print_config("ablation", config)
     claim(path.parent)
     t0 = time.time()

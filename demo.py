@@ -175,7 +175,7 @@ def run():
                     for layer, r in sanity.items()}
     ablation = pen_run.parent / "ablation.json"
     summary = {"auroc": auroc, "fc": rows, "penultimate": pen, "significance": significance, "describers": rivals,
-               "ablation": {"penultimate": read_ablation(ablation) if ablation.is_file() and not skipped else None},
+               "ablation": {"penultimate": read_ablation(ablation, pen_run) if ablation.is_file() and not skipped else None},
                "pointing_game": pointing, "times_s": times, "config": config}
     save_json(Path(config["save_root"]) / "summary.json", summary)
     print(f"\ndemo finished in {time.time() - t0:.0f}s; summary in {Path(config['save_root']) / 'summary.json'}")

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO, run_script
+from core.digests import file_digest
 from dataset.nih import class_names
 from dataset.probe import load_probe
 from method import select_concepts, select_examples
@@ -119,13 +120,15 @@ def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed:
     (match / "concepts.json").write_text(json.dumps({"key": "synthetic", "examples_key": "synthetic-examples", "config": {
         "layer": "penultimate", "model": "resnet50", "alpha": 95.0, "examples": str(ex_json),
         "model_clip": "synthetic", "concept_set": "words", "fdr": 0.05}, "neurons": named}))
+    names = file_digest(match / "concepts.json")  # what ablation.py and visualization.py store of the names they used
     (match / "ablation.json").write_text(json.dumps({"key": "synthetic-ablation", "concepts": str(match / "concepts.json"),
-                                                     "layer": "penultimate", "findings": ABLATION}))
+                                                     "concepts_digest": names, "layer": "penultimate",
+                                                     "findings": ABLATION}))
     vis = res / "synth_nih" / "resnet50" / "visualization"
     (vis / "figures").mkdir(parents=True)
     Image.new("RGB", (90, 40), "white").save(vis / "figures" / "s00001_000_Mass.png")
     (vis / "total_results.json").write_text(json.dumps({
-        "config": {"layer": "penultimate", "concepts": str(match / "concepts.json")},
+        "config": {"layer": "penultimate", "concepts": str(match / "concepts.json")}, "concepts_digest": names,
         "images": [{"image": "s00001.png", "predictions": [
             {"class": "Mass", "probability": 0.9, "figure": "figures/s00001_000_Mass.png",
              "neurons": [{"neuron": 3, "taylor": 1.0, "concepts": [HOSTILE]}]}]}]}))
