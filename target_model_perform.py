@@ -104,8 +104,8 @@ def run():
             print(f"note: no {what} on {split} for {', '.join(c for c, v in zip(classes, values) if np.isnan(v))}")
 
     d = eval_dir(config)
-    # eval.json, which the thresholds' reader checks, goes first with every output of the run before, and
-    # comes back last: a write failing midway leaves no file of that run beside this one's, and no eval.json
+    # eval.json, which the thresholds' reader checks, is removed with every output of the run before, and
+    # written last: a write failing midway leaves no file of that run beside this one's, and no eval.json
     for f in (EVAL_RECORD,) + EVAL_FILES:
         (d / f).unlink(missing_ok=True)
     save_csv(d / "Threshold.csv", ["label", "bestthr"], [[c, f"{t:.6g}"] for c, t in zip(classes, thr)])

@@ -86,8 +86,8 @@ def run():
     dev = pick_device(device)
     norm = model_input_args(prep)
     net = target_as_probed(target, True, len(classes))[0].to(dev)
-    # total_results.json, the one the gallery reads, goes before the panels are redrawn: a run failing
-    # midway leaves none naming panels of other names
+    # total_results.json, the one the gallery reads, is removed before the panels are redrawn: a run failing
+    # midway leaves none listing panels drawn since
     (out_dir / "total_results.json").unlink(missing_ok=True)
     results, t0 = [], time.time()
     for b in tqdm(range(0, len(names), batch_size), desc="images", unit="batch"):

@@ -267,13 +267,12 @@ def ablate(concepts_path: Path, records: list[dict], data: dict, draws: int, see
             row.update({k: None for k in FIELDS[2:]})
         rows.append({k: row[k] for k in FIELDS + ("neurons", "n_images")})
     result = {"key": key, "concepts": str(concepts_path), "concepts_digest": names, "layer": data["layer"],
-              "split": data["split"],
-              "images": data["what"], "method": "linear" if t["weight"] is not None else "hook",
+              "split": data["split"], "images": data["what"], "method": "linear" if t["weight"] is not None else "hook",
               "draws": draws, "seed": seed, "findings": rows}
     if not any(r["n_neurons"] for r in rows):
         result["note"] = (f"no live neuron of the {data['layer']} layer is named for any of the "
                           f"{len(findings)} findings; nothing to ablate")
-    # ablation.json, the one a reader takes, goes first and comes back last: a write failing between
+    # ablation.json, the one a reader takes, is removed first and written last: a write failing between
     # leaves no table beside a figure of other numbers
     may_write(out / "ablation.json").unlink(missing_ok=True)
     save_csv(out / "ablation.csv", list(FIELDS) + ["n_images"],

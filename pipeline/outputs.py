@@ -167,7 +167,8 @@ def matching_dir(c: dict, examples: str | Path | None = None) -> Path:
     """Beside the examples it names (examples.json's folder, derived from c unless given)."""
     mode = "adaptive" if c["adaptive"] else "plain"
     where = Path(examples).parent if examples else examples_dir(c)
-    return inside_root(c, where / f"vlm_{vlm_tag(c)}" / f"{_tag(concept_set_name(c))}_{prompt_tag(c)}_{mode}_a{c['alpha']:g}")
+    return inside_root(c, where / f"vlm_{vlm_tag(c)}"
+                       / f"{_tag(concept_set_name(c))}_{prompt_tag(c)}_{mode}_a{c['alpha']:g}")
 
 
 def read_examples(ex_json: str | Path) -> dict:
