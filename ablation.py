@@ -23,7 +23,7 @@ from models.target import warn_untrained
 from pipeline.ablation import OUTPUTS, ablate, check_draws, discard, held_out, untested
 from pipeline.cache import claim, holds_claims
 from pipeline.cli import check_stored, configure, main, print_config
-from pipeline.outputs import find_matching, stored_classes, upstream_constants
+from pipeline.outputs import beside_input, find_matching, stored_classes, upstream_constants
 
 # -----------------------------------------------------------------------------
 # The held-out split is target_model_perform.py's (its val_split_file / test_split_file).
@@ -44,6 +44,7 @@ def run():
     path, data, _, ex = find_matching(ablation_concepts, config, "ablation_concepts")
     stage2 = ex["config"]
     check_stored(config, data["config"], UPSTREAM, path)
+    beside_input(config, path, stage2["save_root"], "ablation_concepts")
     why = untested(stage2["layer"])
     if why:
         claim(path.parent)

@@ -51,7 +51,7 @@ from describers import (NAMES, concept_overlap, label_auc, lift_findings, name_n
                         topk_mean, truth_agreement)
 from method import fc_metrics, image_concept_scores, mammi, name_neuron
 from models import pick_device
-from models.target import load_target, warn_untrained
+from models.target import target_as_probed, warn_untrained
 from models.vlm import load_vlm
 from phantom.marker import warn_other_world
 from pipeline.ablation import NoLabels, ablate, check_draws, discard, held_out, median_z, untested
@@ -59,8 +59,8 @@ from pipeline.cache import cached, save_bytes, save_json, save_png, save_tensors
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from pipeline.dissection import collect_maps, dissect, layer_maps, map_source
 from pipeline.features import image_features, text_features
-from pipeline.outputs import (describer_key, describers_dir, find_matching, maps_key, maps_path, class_neurons,
-                              read_activations, read_similarity, stored_classes, upstream_constants)
+from pipeline.outputs import (beside_input, class_neurons, describer_key, describers_dir, find_matching, maps_key,
+                              maps_path, read_activations, read_similarity, stored_classes, upstream_constants)
 from pipeline.text_metrics import cosine_metrics
 
 # -----------------------------------------------------------------------------
@@ -276,6 +276,7 @@ def read_run() -> tuple[Path, dict, Path, dict]:
                             f"(concept_matching.py's) as --mammi_run")
     check_stored(config, cfg, UPSTREAM, path)
     config.update({k: cfg[k] for k in UPSTREAM if k in cfg})
+    beside_input(config, path, ex["config"]["save_root"], "mammi_run")
     return path, data, ex_json, ex
 
 
@@ -326,8 +327,7 @@ def dissection(stage2, ids, labels, boxes, box_path, acts, findings, dev):
     anns = [[{**a, "label": finding_of.get(label_key(a["label"]), a["label"].lower())} for a in anns_of(ids[r]) or []]
             for r in rows]
     names, layer = findings + sorted({a["label"] for x in anns for a in x} - set(findings)), stage2["layer"]
-    net = load_target(stage2["model"], stage2["checkpoint"], layer == "fc", stage2.get("num_classes", 0),
-                      prep["channels"], len(stored_classes(stage2) or []))[0].to(dev).eval()
+    net = target_as_probed(stage2, layer == "fc", len(stored_classes(stage2) or []))[0].to(dev)
     try:
         module = map_source(net, layer)
     except PipelineError as e:  # no block whose maps it could read: this rival does not apply to the model

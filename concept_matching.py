@@ -33,8 +33,9 @@ from pipeline.cache import cached, claim, holds_claims, load_json, save_json, sa
 from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
 from pipeline.features import image_features, text_features
 from pipeline.limits import check_memory
-from pipeline.outputs import (RUN_SETTINGS, class_neurons, examples_dir, image_features_path, matching_dir,
-                              matching_key, metrics_key, read_examples, stored_classes, text_features_path)
+from pipeline.outputs import (RUN_SETTINGS, beside_input, class_neurons, examples_dir, image_features_path,
+                              matching_dir, matching_key, metrics_key, read_examples, stored_classes,
+                              text_features_path)
 from pipeline.text_metrics import cosine_metrics
 
 # -----------------------------------------------------------------------------
@@ -74,6 +75,7 @@ def run():
                             f"--layer (or pass --examples PATH)")
     stored = read_examples(ex_json)
     ex_cfg, neurons = stored["config"], stored["neurons"]
+    beside_input(config, ex_json, ex_cfg["save_root"], "examples")
     check_stored(config, ex_cfg, STAGE2, ex_json)
     config.update({k: ex_cfg[k] for k in STAGE2 if k in ex_cfg})  # what produced the examples, not the defaults
     print_config("concept_matching", config)

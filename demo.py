@@ -190,7 +190,7 @@ def summarise(times: dict, skipped: str | None) -> dict:
                     for layer, r in sanity.items()}
     ablation = PEN_RUN.parent / "ablation.json"
     return {"auroc": auroc, "fc": rows, "penultimate": pen, "significance": significance, "describers": rivals,
-            "ablation": {"penultimate": read_ablation(ablation) if ablation.is_file() and not skipped else None},
+            "ablation": {"penultimate": read_ablation(ablation, PEN_RUN) if ablation.is_file() and not skipped else None},
             "pointing_game": shown["pointing_game"],
             "visualization": {"images": len(shown["images"]), "num_top_neuron": shown["config"]["num_top_neuron"]},
             "figures": figures(base, shown, rivals, sanity_dir), "times_s": times, "config": config}

@@ -26,8 +26,7 @@ from dataset.probe import MISSING, align_labels, load_probe, note_copies, output
 from method import select_examples
 from models import pick_device
 from models.layers import layer_names, layer_table
-from models.target import (RANDOM, checkpoint_of, load_target, model_classes, parse_model, preprocessing, reinitialise,
-                           warn_untrained)
+from models.target import RANDOM, checkpoint_of, model_classes, parse_model, preprocessing, target_as_probed, warn_untrained
 from pipeline import ranks
 from pipeline.cache import (cached, check_finite, claim, holds_claims, load_json, save_csv, save_jpeg, save_json,
                             save_tensors)
@@ -94,13 +93,8 @@ def run():
     print(f"preprocessing: Resize {prep['resize']}, CenterCrop {prep['crop']}, {prep['channels']} channel(s), "
           f"mean {prep['mean']}, std {prep['std']}")
 
-    def load(need_head):
-        net, head_ok = load_target(model, ckpt, need_head, num_classes, prep["channels"], len(class_list or []))
-        if reinit_seed >= 0:
-            kept = reinitialise(net, reinit_seed, model)
-            print(f"re-initialised with seed {reinit_seed}" + (f"; {len(kept)} parameter tensor(s) have no "
-                  f"reset_parameters() and keep their values: {at_most(kept, 5)}" if kept else ""))
-        return net, head_ok
+    def load(need_head):  # the target as every later step rebuilds it from what this one stores
+        return target_as_probed({**config, **prep, "checkpoint": ckpt}, need_head, len(class_list or []))
     if wanted == ["list"]:
         net = load(False)[0].to(dev)
         x = next(iter(probe_loader(paths[:2], prep, 2, 0, dev)))

@@ -66,7 +66,7 @@ thumb_size: "[8, 4096]" = 112   # side of the example thumbnails in pixels (neve
 max_examples: "[0, 10**9]" = 100  # example thumbnails kept per neuron (its example count is always the full one)
 card_thumbs: "[0, 1000]" = 4    # thumbnails on a neuron's card in the list
 overlays = True                 # each example's activation map over its thumbnail in a neuron's view (runs the target once per selection; cached)
-gallery_dir = ""                # gallery folder; default {save_root}/gallery
+gallery_dir = ""                # gallery folder, under save_root; default {save_root}/gallery
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))
 save_root = config["save_root"]
@@ -233,7 +233,7 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
                          "score": list(score), "per_example": kind == "mammi",
                          "alpha": alpha, "n_images": hist["n"] if hist else None, "fc": is_fc,
                          "fdr": cfg.get("fdr"), "evidence": evidence and {k: evidence.get(k) for k in EVIDENCE},
-                         "ablation": None if why_not else ablation_rows(path.parent / "ablation.json"),
+                         "ablation": None if why_not else ablation_rows(path.parent / "ablation.json", path),
                          "ablation_note": why_not})
     for n in data["neurons"]:
         k = n["neuron"]
@@ -354,15 +354,21 @@ def check_images(folder: str, ex_path: Path, ex_cfg: dict) -> None:
                             f"step 2 read, or re-run example_selection.py and the steps after it")
 
 
-def ablation_rows(path: Path) -> list[list] | None:
-    """The layer's ablation table, when ablation.py ran for this concepts.json: per finding, how many
+def ablation_rows(path: Path, concepts: Path) -> list[list] | None:
+    """The layer's ablation table, when ablation.py ran for this concepts.json as it is now (read_ablation:
+    the digest it stored; a table of earlier names is left out, with a note): per finding, how many
     neurons it names, their effect against random sets of as many (mean, SD), z, the other classes' drop
     and the named neurons themselves."""
     if not path.is_file():
         return None
+    try:
+        result = read_ablation(path, concepts)
+    except PipelineError as e:
+        print(f"note: its ablation table is not shown: {e}")
+        return None
     return [[str(f["finding"]), int(f["n_neurons"])] + [sig(f[k]) for k in ("effect", "random_mean", "random_sd", "z",
                                                                              "other_classes")]
-            + [[int(k) for k in f.get("neurons", [])]] for f in read_ablation(path)["findings"]]
+            + [[int(k) for k in f.get("neurons", [])]] for f in result["findings"]]
 
 
 def sig(v, digits: int = 4):
@@ -472,8 +478,11 @@ def label_runs(runs: list[dict], root: Path) -> None:
 
 def link_panels(page: dict, files: list[Path], gdir: Path) -> list:
     """The visualization.py panels in which a neuron is the top one, linked from that neuron of the run
-    whose concepts.json the panels were titled with."""
-    runs = {Path(r["path"]).resolve(): i for i, r in enumerate(page["runs"])}
+    whose concepts.json the panels were titled with: the one whose bytes have the digest total_results.json
+    stored (wherever the results folder lies now; panels of names step 3 has since replaced link nowhere)."""
+    runs = {}
+    for i, r in enumerate(page["runs"]):
+        runs.setdefault(file_digest(r["path"]), i)
     where = {(x["r"], x["n"]): x for x in page["neurons"]}
     keys = []
     for f in files:
@@ -483,10 +492,10 @@ def link_panels(page: dict, files: list[Path], gdir: Path) -> list:
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise PipelineError(f"{f}: not a total_results.json of visualization.py ({type(e).__name__}); "
                                 f"rerun visualization.py") from None
-        r = runs.get(Path(cfg.get("concepts", "")).resolve())
+        r = runs.get(data.get("concepts_digest"))
         if r is None:
-            print(f"note: {f} names its neurons with {cfg.get('concepts')}, not one of the gallery's runs; "
-                  f"its panels are not linked")
+            print(f"note: {f} titles its panels with the names of {cfg.get('concepts')} as they were then, not "
+                  f"those of one of the gallery's runs now (rerun visualization.py); its panels are not linked")
             continue
         keys.append({"visualization": file_digest(f)})
         missing = 0

@@ -10,7 +10,9 @@ checkpoint and preprocessing; otherwise from one batched pass per split. The cla
 (its --classes, the model's names, the probing CSV's label columns or NIH's), and each split's labels
 join them by name; a class without ground truth on a split gets no threshold or AUROC. A CSV probing
 set (--labels) is its own val and test set unless val_split_file and test_split_file name other CSVs.
-Writes Threshold.csv, TestEval.csv, {Val,Test}{Probs,Labels}.csv and roc_curves.png.
+Writes Threshold.csv, TestEval.csv, {Val,Test}{Probs,Labels}.csv and roc_curves.png, then eval.json: the
+key of what produced them, the target the thresholds were fitted to and each file's digest, which
+visualization.py checks before it predicts with them.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 import time
@@ -22,15 +24,16 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 
-from pipeline.cache import claim, holds_claims, save_csv, save_png
+from core.digests import file_digest
+from pipeline.cache import claim, holds_claims, save_csv, save_json, save_png
 from pipeline.cli import PipelineError, configure, main, print_config
 from dataset.boxes import disease_colour
 from dataset.nih import model_input_args, split_source
 from dataset.probe import MISSING, align_labels, load_probe, output_names, resolve_classes
 from pipeline.evaluation import auroc_auprc, best_thresholds, forward_logits, known, stage2_logits
 from models import pick_device
-from models.target import RANDOM, checkpoint_of, load_target, model_classes, preprocessing, warn_untrained
-from pipeline.outputs import eval_dir, eval_split
+from models.target import RANDOM, checkpoint_of, model_classes, preprocessing, target_as_probed, warn_untrained
+from pipeline.outputs import EVAL_FILES, EVAL_RECORD, eval_dir, eval_key, eval_split, target_key
 
 # -----------------------------------------------------------------------------
 # The target, its checkpoint, preprocessing, image folder and save_root are example_selection.py's.
@@ -59,7 +62,7 @@ def run():
     # A CSV probing set names the classes step 2 named (its label columns, unless --classes or the model
     # name them); each split's labels join those, whatever columns, in whatever order, its own CSV has.
     probed = load_probe(config) if config["labels"] else None
-    out = {}
+    out, data = {}, {}
     for split, override in (("val", val_split_file), ("test", test_split_file)):
         t0 = time.time()
         if config["labels"]:  # a CSV probing set: the split's CSV, or the probing CSV itself
@@ -82,8 +85,8 @@ def run():
             logits, where = found
             print(f"{split}: reusing the logits of {where}")
         else:
-            if net is None:
-                net = load_target(model, ckpt, True, config["num_classes"], prep["channels"], len(classes))[0].to(dev)
+            if net is None:  # as step 2 ran it: re-initialised too when reinit_seed says so
+                net = target_as_probed({**config, **prep, "checkpoint": ckpt}, True, len(classes))[0].to(dev)
             logits = forward_logits(net, probe.paths, prep["resize"], prep["crop"], batch_size, num_workers, dev,
                                     desc=f"{model} {split}", **model_input_args(prep))
         if logits.shape[1] != len(classes):
@@ -91,6 +94,7 @@ def run():
                                 f"names {source}; pass --classes FILE with {logits.shape[1]} names in output order")
         probs = torch.sigmoid(logits).numpy().astype(np.float64)
         out[split] = (probe.names, labels, probs)
+        data[split] = probe.data_key
         print(f"{split}: {len(probe.names)} images in {time.time() - t0:.1f}s")
 
     classes = output_names(classes, len(classes))
@@ -102,6 +106,10 @@ def run():
             print(f"note: no {what} on {split} for {', '.join(c for c, v in zip(classes, values) if np.isnan(v))}")
 
     d = eval_dir(config)
+    # eval.json, which the thresholds' reader checks, is removed with every output of the run before, and
+    # written last: a write failing midway leaves no file of that run beside this one's, and no eval.json
+    for f in (EVAL_RECORD,) + EVAL_FILES:
+        (d / f).unlink(missing_ok=True)
     save_csv(d / "Threshold.csv", ["label", "bestthr"], [[c, f"{t:.6g}"] for c, t in zip(classes, thr)])
     save_csv(d / "TestEval.csv", ["label", "auc", "auprc"],
              [[c, f"{a:.6g}", f"{p:.6g}"] for c, a, p in zip(classes, auc, ap)])
@@ -111,6 +119,10 @@ def run():
         save_csv(d / f"{tag}Labels.csv", ["image_id"] + classes,
                  [[i] + ["" if v == MISSING else int(v) for v in row] for i, row in zip(n, y)])
     save_png(d / "roc_curves.png", roc_figure(labels, probs, auc, classes, eval_split(config)))
+    target = target_key({**config, **prep, "checkpoint": ckpt})
+    save_json(d / EVAL_RECORD, {"key": eval_key(target, data, classes), "target": target,
+                                "config": {**config, **prep, "checkpoint": str(ckpt or "")},
+                                "files": {f: file_digest(d / f) for f in EVAL_FILES}})
 
     print(f"{'class':<20} {'AUROC':>7} {'AUPRC':>7} {'val thr':>8}")
     for c, a, p, t in zip(classes, auc, ap, thr):
@@ -118,8 +130,7 @@ def run():
     print(f"mean AUROC {np.nanmean(auc):.4f} over {int((~np.isnan(auc)).sum())} classes "
           f"(mean AUPRC {np.nanmean(ap):.4f}), {len(names)} test images")
     print("outputs:")
-    for f in ("Threshold.csv", "TestEval.csv", "TestProbs.csv", "TestLabels.csv", "ValProbs.csv",
-              "ValLabels.csv", "roc_curves.png"):
+    for f in EVAL_FILES + (EVAL_RECORD,):
         print(f"  {d / f}")
 
 

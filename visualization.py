@@ -38,15 +38,17 @@ from dataset.nih import model_input_args, probe_crop, resolve_images, to_model_i
 from dataset.probe import label_key, output_names
 from pipeline.evaluation import read_thresholds
 from models import pick_device
-from models.target import checkpoint_of, load_target, preprocessing
-from pipeline.outputs import eval_dir, matching_dir, read_matching, stored_classes, upstream_constants, visualization_dir
+from core.digests import file_digest
+from models.target import checkpoint_of, preprocessing, target_as_probed
+from pipeline.outputs import (eval_dir, matching_dir, read_matching, stored_classes, target_key, upstream_constants,
+                              visualization_dir)
 
 # -----------------------------------------------------------------------------
 # The boxes and images to show are bbox_img.py's constants; the concepts.json to explain is named by
 # concept_matching.py's and example_selection.py's, or given. The target, its checkpoint and
 # preprocessing are those that produced the concepts (stored with them).
 concepts = ""                   # the penultimate layer's concepts.json; default: the one steps 2-3 wrote for these constants
-thresholds = ""                 # Threshold.csv; default: target_model_perform.py's in the eval folder
+thresholds = ""                 # Threshold.csv (with the eval.json step 4 writes beside it); default: step 4's eval folder
 num_top_neuron: "[1, 100]" = 1  # neurons shown per (image, predicted class)
 neuron_percentile: "[0, 100]" = 70.0  # each shown neuron's map is zeroed below this percentile
 overall_percentile: "[0, 100]" = 90.0  # ... and below this one inside the overall map
@@ -69,7 +71,10 @@ def run():
     classes = stored_classes(stored)
     classes = output_names(classes, len(classes or []))
     thr_path = Path(thresholds) if thresholds else eval_dir(config) / "Threshold.csv"
-    thr = read_thresholds(thr_path, classes)
+    target = {**config, **prep}  # the target that made the concepts' activations, re-initialised or not
+    seed = config.get("reinit_seed", -1)
+    thr = read_thresholds(thr_path, classes, target_key(target), f"{config['checkpoint'] or model}"
+                          + (f", re-initialised with seed {seed}" if seed >= 0 else ""))
     if np.isnan(thr).any():
         unset = ", ".join(c for c, t in zip(classes, thr) if np.isnan(t))
         print(f"note: {thr_path} has no threshold for {unset}: never predicted")
@@ -83,7 +88,10 @@ def run():
 
     dev = pick_device(device)
     norm = model_input_args(prep)
-    net = load_target(model, ckpt, True, config["num_classes"], norm["channels"], len(classes))[0].to(dev)
+    net = target_as_probed(target, True, len(classes))[0].to(dev)
+    # total_results.json, the one the gallery reads, is removed before the panels are redrawn: a run failing
+    # midway leaves none listing panels drawn since
+    (out_dir / "total_results.json").unlink(missing_ok=True)
     results, t0 = [], time.time()
     for b in tqdm(range(0, len(names), batch_size), desc="images", unit="batch"):
         crops = [probe_crop(p, resize, crop) for p in paths[b:b + batch_size]]
@@ -101,6 +109,7 @@ def run():
     save_json(out_dir / "total_results.json", {
         "config": {**config, "layer": LAYER, "checkpoint": str(ckpt or ""), "thresholds": str(thr_path),
                    "concepts": str(concepts_path), "box_file": str(box_path)},
+        "concepts_digest": file_digest(concepts_path),  # the names the panels are titled with: the gallery's link
         "pointing_game": summary, "images": results})
     print_pointing(summary)
     print("outputs:")
@@ -110,12 +119,12 @@ def run():
 
 def neuron_concepts():
     """Each penultimate neuron's concept names from step 3 (with a word when it has none); the
-    constants that produced them are taken from concepts.json."""
+    constants that produced them are taken from concepts.json and its examples.json."""
     path = Path(concepts) if concepts else matching_dir({**config, "layer": LAYER}) / "concepts.json"
     if not path.is_file():
         raise PipelineError(f"{path} not found; run example_selection.py and concept_matching.py with --layer {LAYER} "
                             f"and the same experiment file, or pass --concepts PATH")
-    data = read_matching(path)[0]
+    data, ex_json, ex = read_matching(path)
     if not data["neurons"]:
         raise PipelineError(f"{path} lists no neurons; rerun concept_matching.py --layer {LAYER}")
     stored = data["config"]
@@ -123,7 +132,10 @@ def neuron_concepts():
         raise PipelineError(f"{path} names the {stored.get('layer')} layer, not the {LAYER} one; "
                             f"pass the concepts.json of concept_matching.py --layer {LAYER}")
     check_stored(config, stored, UPSTREAM, path)
+    check_stored(config, ex["config"], UPSTREAM, ex_json)
     config.update({k: stored[k] for k in UPSTREAM if k in stored})
+    # and what step 2 stored of the target it ran (checkpoint, re-initialisation, preprocessing): rebuilt as it was
+    config.update({k: v for k, v in ex["config"].items() if k in UPSTREAM})
     named = {}
     for n in data["neurons"]:
         words = [c["concept"] for c in n["concepts"]]

@@ -285,6 +285,24 @@ def reinitialise(net: nn.Module, seed: int, model: str) -> list[str]:
     return [n for i, n in names.items() if i not in covered]
 
 
+def target_as_probed(c: dict, need_head: bool, n_classes: int = 0) -> tuple[nn.Module, bool]:
+    """The target exactly as step 2 ran it, from its constants as given to step 2 or as an output stored
+    them (examples.json's, activations.pt's, concepts.json's config): the model, its checkpoint ("random":
+    untrained, seeded), the head's size, the input channels, and sanity_check.py's re-initialisation
+    (reinit_seed >= 0, applied after the weights are loaded, as step 2 applied it). Every step that runs the
+    target builds it here, so none runs the trained network under a re-initialised one's outputs. n_classes:
+    the number of class names (it sizes a head nothing else sizes). Returns the network in eval mode and
+    whether its head is trained (load_target)."""
+    net, head_ok = load_target(c["model"], c.get("checkpoint") or None, need_head, c.get("num_classes", 0),
+                               int(preprocessing(c)["channels"]), n_classes)
+    seed = c.get("reinit_seed", -1)
+    if seed >= 0:
+        kept = reinitialise(net, seed, c["model"])
+        print(f"re-initialised with seed {seed}" + (f"; {len(kept)} parameter tensor(s) have no reset_parameters() "
+              f"and keep their values: {at_most(kept, 5)}" if kept else ""))
+    return net.eval(), head_ok
+
+
 def _from_file(spec: Spec, model: str) -> nn.Module:
     path = Path(spec.name)
     where = importlib.util.spec_from_file_location(f"mammi_target_{path.stem}", path)

@@ -28,9 +28,9 @@ from torch import nn
 
 from dataset.probe import align_labels, label_key, load_probe
 from models.layers import channel_axis, channels_last_modules, hook_layer
-from models.target import head_name, load_target, preprocessing
+from models.target import head_name, preprocessing, target_as_probed
 from core.digests import code_digest, file_digest
-from pipeline.cache import cached, load_json, save_csv, save_json, save_png
+from pipeline.cache import cached, load_json, may_write, save_csv, save_json, save_png
 from core.errors import PipelineError
 from pipeline.cli import constants_of
 from pipeline.forward import probe_loader, record
@@ -230,8 +230,7 @@ def held_out(stage2: dict, given: dict, split: str, split_file: str, batch_size:
     @functools.cache
     def tensors() -> dict:
         """The network, logits, activations and linear map: only when an ablation is not reused."""
-        net = load_target(stage2["model"], ckpt, True, stage2.get("num_classes", 0),
-                          int(stage2.get("channels") or 3), len(classes or []))[0].to(dev).eval()
+        net = target_as_probed(stage2, True, len(classes or []))[0].to(dev)
         stored = cached(path, step2_key) if step2_key else None
         if stored is not None and stored.get("logits") is not None and stored["image_ids"] == probe.names:
             print(f"reusing {path}")
@@ -271,7 +270,8 @@ def ablate(concepts_path: Path, records: list[dict], data: dict, draws: int, see
     """Each finding's ablation row for the neurons a concepts.json names, written beside it as
     ablation.json, ablation.csv and ablation.png (reused when its key matches)."""
     out = Path(concepts_path).parent
-    key = ablation_key(file_digest(concepts_path), data["activations_key"], data["split"], draws, seed, code())
+    names = file_digest(concepts_path)  # the names ablated: stored, for readers to check against the file beside
+    key = ablation_key(names, data["activations_key"], data["split"], draws, seed, code())
     stored = cached(out / "ablation.json", key, loader=load_json)
     if stored is not None:
         print(f"reusing {out / 'ablation.json'}")
@@ -299,16 +299,19 @@ def ablate(concepts_path: Path, records: list[dict], data: dict, draws: int, see
         else:
             row.update({k: None for k in FIELDS[2:]})
         rows.append({k: row[k] for k in FIELDS + ("neurons", "n_images")})
-    result = {"key": key, "concepts": str(concepts_path), "layer": data["layer"], "split": data["split"],
-              "images": data["what"], "method": "linear" if t["weight"] is not None else "hook",
+    result = {"key": key, "concepts": str(concepts_path), "concepts_digest": names, "layer": data["layer"],
+              "split": data["split"], "images": data["what"], "method": "linear" if t["weight"] is not None else "hook",
               "draws": draws, "seed": seed, "findings": rows}
     if not any(r["n_neurons"] for r in rows):
         result["note"] = (f"no live neuron of the {data['layer']} layer is named for any of the "
                           f"{len(findings)} findings; nothing to ablate")
-    save_json(out / "ablation.json", result)
+    # ablation.json, the one a reader takes, is removed first and written last: a write failing between
+    # leaves no table beside a figure of other numbers
+    may_write(out / "ablation.json").unlink(missing_ok=True)
     save_csv(out / "ablation.csv", list(FIELDS) + ["n_images"],
              [[r[k] if not isinstance(r[k], float) else f"{r[k]:.6g}" for k in FIELDS + ("n_images",)] for r in rows])
     save_png(out / "ablation.png", figure(result, bands))
+    save_json(out / "ablation.json", result)
     return result
 
 

@@ -33,6 +33,7 @@ import filelock
 import torch
 
 from core.errors import PipelineError
+from pipeline.cli import running_save_root
 
 LOCK_TIMEOUT = 60.0     # seconds a step waits for another run writing the same folder, then refuses
 STALE_AGE = 24 * 3600   # a temp file older than this is stale even if its writer cannot be checked
@@ -77,6 +78,31 @@ def _os_error(e: BaseException) -> OSError | None:
     return None
 
 
+def under(root: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """Whether path lies below root (never root itself), with no '..' or '.' in the part below it. Read
+    on the paths' text first, so that a folder the user linked elsewhere on purpose is followed; then
+    on their absolute forms (an input given as /abs/results/x under --save_root results)."""
+    root, path = Path(root), Path(path)
+    if ".." in path.parts:
+        return False
+    for r, p in ((root, path), (Path(os.path.abspath(root)), Path(os.path.abspath(path)))):
+        if p.is_relative_to(r):
+            rel = p.relative_to(r).parts
+            return bool(rel) and not any(x in ("..", ".") for x in rel)
+    return False
+
+
+def may_write(path) -> Path:
+    """The one check every write goes through (_atomic, writable and so claim and locked): under the
+    --save_root of the step running now (pipeline.cli.main runs each step under its Config), else refused
+    in one line before anything is made. Outside a step (a test, a library call) nothing is checked."""
+    root = running_save_root()
+    if root is not None and not under(root, path):
+        raise PipelineError(f"refusing to write {path}: it is not inside --save_root {root}, under which every "
+                            f"output is written; pass a --save_root that holds it (or inputs that lie under yours)")
+    return Path(path)
+
+
 def _temp_stem(name: str) -> str:
     """An output's name as its temp file carries it: cut (and told apart by a digest) when the temp
     file's additions would take it past the file system's 255 bytes."""
@@ -113,7 +139,7 @@ def remove_stale_temps(folder: Path, name: str = "*") -> None:
 
 
 def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    path = Path(path)
+    path = may_write(path)
     stem = _temp_stem(path.name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -307,7 +333,7 @@ def read_output(path, step: str, fields: dict[str, type], check: Callable[[dict]
 def writable(folder) -> Path:
     """Create an output folder and check that a file can be written in it, before any long work (the
     failure would otherwise come after it); remove the temp files that killed runs left there."""
-    folder = Path(folder)
+    folder = may_write(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=f".write-check.{_HOST}-{os.getpid()}.", suffix=".tmp")

@@ -61,6 +61,8 @@ _HEADER_END = "\nconfig = configure("
 # Constants every step takes besides its own, with their comments. They decide what is printed, never
 # what is computed (pipeline/outputs.py lists them among the run settings, outside every key).
 EVERY_STEP = {"verbose": (False, "print every constant as resolved; default: those not at their defaults")}
+_configured: list = [None]  # the Config configure() made last: main() runs its step under it
+_running: list = []  # the Config of each step main() is running, innermost last (a step the demo runs is nested)
 
 
 class Config(dict):
@@ -400,7 +402,15 @@ def _configure(scope: dict, argv: list[str] | None, reads: tuple[str, ...]) -> C
     config.origin = {k: "the command line" if w.startswith("--") else w for k, w in origin.items()}
     for k in own:
         scope[k] = config[k]
+    _configured[0] = config
     return config
+
+
+def running_save_root() -> str | None:
+    """The --save_root of the step running now, as its Config holds it now (a step may settle it from an
+    input it was given), or None outside a step or for one without a save_root (prepare_mimic_nouns.py):
+    pipeline/cache.py refuses every write outside it."""
+    return _running[-1].get("save_root") if _running and _running[-1] is not None else None
 
 
 def _print_help(scope: dict, reads: tuple[str, ...], defaults: dict, specs: dict[str, str]) -> None:
@@ -483,6 +493,7 @@ def main(fn: Callable[[], Any], torchrun: bool = False) -> None:
     global _depth
     before = len(written())
     _depth += 1
+    _running.append(_configured[0])
     sys.excepthook = _quiet_dropped_peers  # forked loader workers inherit it
     try:
         if not torchrun and int(os.environ.get("WORLD_SIZE", 1)) > 1:
@@ -509,6 +520,7 @@ def main(fn: Callable[[], Any], torchrun: bool = False) -> None:
         sys.exit(130)
     finally:
         _depth -= 1
+        _running.pop()
 
 
 def _out_of_memory(e: RuntimeError) -> bool:

@@ -15,11 +15,12 @@ import torch
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from tqdm import tqdm
 
+from core.digests import file_digest
 from dataset.nih import ProbeSet
 from pipeline.cache import load_tensors, read_output
 from pipeline.forward import workers
 from core.errors import PipelineError
-from pipeline.outputs import activations_key, layer_dir
+from pipeline.outputs import EVAL_RECORD, activations_key, layer_dir
 
 
 def known(labels: np.ndarray, probs: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,13 +58,32 @@ def best_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_thresholds(path: str | Path, classes: list[str]) -> np.ndarray:
-    """Thresholds in class order from Threshold.csv (label, bestthr); NaN = never predicted."""
+def read_thresholds(path: str | Path, classes: list[str], target: str | None = None, runs: str = "") -> np.ndarray:
+    """Thresholds in class order from Threshold.csv (label, bestthr); NaN = never predicted. Given the
+    target they are to serve (target_key; runs: that target in words), they are read only when the
+    eval.json beside them, which target_model_perform.py writes after its other outputs, says they were
+    fitted to it and holds their digest: thresholds of another checkpoint, of a run that did not finish or
+    copied in from elsewhere are refused."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"thresholds {path} not found; run target_model_perform.py first or pass --thresholds PATH")
     table = read_output(path, "target_model_perform.py", {"columns": list, "rows": list},
                         check=lambda t: t["rows"] and {"label", "bestthr"} <= set(t["columns"]))
+    if target is not None:
+        record = path.parent / EVAL_RECORD
+        redo = "re-run target_model_perform.py with the experiment file (and checkpoint) of the concepts"
+        if not record.is_file():
+            raise PipelineError(f"{path} has no {EVAL_RECORD} beside it, which target_model_perform.py writes after "
+                                f"its other outputs to say what the thresholds were fitted to (its run did not "
+                                f"finish, or the file comes from elsewhere); {redo}")
+        rec = read_output(record, "target_model_perform.py", {"key": str, "target": str, "config": dict, "files": dict})
+        if rec["files"].get(path.name) != file_digest(path):
+            raise PipelineError(f"{path} is not the file {record} vouches for (written or copied over since); {redo}")
+        if rec["target"] != target:
+            fitted = rec["config"].get("checkpoint") or rec["config"].get("model")
+            seed = rec["config"].get("reinit_seed", -1)
+            raise PipelineError(f"{path} was fitted to another target ({fitted}" + (f", re-initialised with seed {seed}"
+                                if seed >= 0 else "") + f") than the one it would serve ({runs or 'this run'}); {redo}")
     got = {r["label"]: r["bestthr"] for r in table["rows"]}
     missing = [c for c in classes if c not in got]
     if missing:

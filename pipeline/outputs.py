@@ -35,8 +35,8 @@ import torch
 from core.digests import code_digest, digest, file_digest
 from core.text import at_most
 from dataset.concepts import TEMPLATE
-from models.target import model_tag, target_identity
-from pipeline.cache import read_output
+from models.target import checkpoint_of, model_tag, preprocessing, target_identity
+from pipeline.cache import read_output, under
 from pipeline.cli import PipelineError, constant_names, constants_of
 
 # The step-2 constants that decide its activations (the selection decides only examples.json): the
@@ -76,13 +76,25 @@ def plain_name(option: str, value: str) -> str:
 
 def inside_root(c: dict, path: Path) -> Path:
     """Every output path is made through here: proved to lie under c's save_root, no folder below it
-    '..' (on the path's text: a folder the user linked elsewhere on purpose is followed)."""
-    root = Path(c["save_root"])
-    rel = path.relative_to(root).parts if path.is_relative_to(root) else ("..",)
-    if not rel or any(p in ("..", ".") for p in rel):
-        raise PipelineError(f"{path} is not inside --save_root {root}; name the outputs with plain names "
+    '..' (pipeline/cache.py's `under`, the rule every write is checked by again)."""
+    if not under(c["save_root"], path):
+        raise PipelineError(f"{path} is not inside --save_root {c['save_root']}; name the outputs with plain names "
                             f"(--dataset, --split, --model, --layer)")
     return path
+
+
+def beside_input(config, path: Path, input_root: str | Path, option: str) -> None:
+    """A step that writes beside an input it was given by path (--examples, --ablation_concepts, --mammi_run)
+    writes under --save_root all the same. Without --save_root the results folder the input lies in
+    (input_root) is the save_root; a --save_root that does not hold it is refused before anything is made:
+    written elsewhere (a mirrored folder under --save_root), the outputs would lose the examples.json above
+    them by which every reader finds what they were made from."""
+    if "save_root" not in config.given:
+        config["save_root"] = str(input_root)
+    elif not under(config["save_root"], path):
+        raise PipelineError(f"--{option} {path} lies outside --save_root {config['save_root']}; its outputs go "
+                            f"beside it and nothing is written outside --save_root: pass --save_root {input_root} "
+                            f"(the results folder holding it), or copy that folder under {config['save_root']}")
 
 
 def probe_name(c: dict) -> str:
@@ -99,10 +111,17 @@ def probe_dir(c: dict, name: str | None = None) -> Path:
     return inside_root(c, Path(c["save_root"]) / part)
 
 
+def target_tag(c: dict) -> str:
+    """The target's folder name: {model}, and -reinit{seed} for a re-initialised one (sanity_check.py), so
+    that no output of the re-initialised target lands on the trained one's (activations, step 4's
+    thresholds, step 6's panels, dissection's maps)."""
+    seed = c.get("reinit_seed", -1)
+    return model_tag(c["model"]) + (f"-reinit{seed}" if seed >= 0 else "")
+
+
 def model_dir(c: dict) -> Path:
     """The target's folder; a re-initialised target (sanity_check.py) has its own beside the trained one's."""
-    seed = c.get("reinit_seed", -1)
-    return inside_root(c, probe_dir(c) / (model_tag(c["model"]) + (f"-reinit{seed}" if seed >= 0 else "")))
+    return inside_root(c, probe_dir(c) / target_tag(c))
 
 
 def layer_dir(c: dict) -> Path:
@@ -148,7 +167,7 @@ def matching_dir(c: dict, examples: str | Path | None = None) -> Path:
     """Beside the examples it names (examples.json's folder, derived from c unless given)."""
     mode = "adaptive" if c["adaptive"] else "plain"
     where = Path(examples).parent if examples else examples_dir(c)
-    return inside_root({"save_root": where}, where / f"vlm_{vlm_tag(c)}"
+    return inside_root(c, where / f"vlm_{vlm_tag(c)}"
                        / f"{_tag(concept_set_name(c))}_{prompt_tag(c)}_{mode}_a{c['alpha']:g}")
 
 
@@ -296,14 +315,16 @@ def read_comparison(path: str | Path) -> dict:
     return table
 
 
-def read_ablation(path: str | Path) -> dict:
-    """ablation.py's ablation.json, checked to ablate the concepts.json beside it (by the folders' names:
-    the results folder may have moved since)."""
+def read_ablation(path: str | Path, concepts: str | Path) -> dict:
+    """ablation.py's ablation.json, checked to ablate the concepts.json given (the one beside it) as it is
+    now: by the digest of its bytes, stored with the table (the results folder may have moved since, and
+    a later step 3 may have rewritten the concepts.json with other names)."""
     path = Path(path)
     result = read_output(path, "ablation.py", {"key": str, "concepts": str, "layer": str, "findings": list},
                          check=lambda r: all(isinstance(f, dict) and "finding" in f and "z" in f for f in r["findings"]))
-    if Path(result["concepts"]).parent.parts[-2:] != path.parent.absolute().parts[-2:]:
-        raise PipelineError(f"{path} ablates {result['concepts']}, not the concepts.json beside it; re-run ablation.py")
+    if result.get("concepts_digest") != file_digest(concepts):
+        raise PipelineError(f"{path} ablates other names than {concepts} holds now (a later concept_matching.py or "
+                            f"compare_describers.py run, or a table older than the digest it stores); re-run ablation.py")
     return result
 
 
@@ -314,7 +335,7 @@ def describers_dir(run: str | Path) -> Path:
 
 
 def maps_path(c: dict, module: str) -> Path:
-    return inside_root(c, probe_dir(c) / model_tag(c["model"]) / f"maps_{_tag(module)}.pt")
+    return inside_root(c, probe_dir(c) / target_tag(c) / f"maps_{_tag(module)}.pt")
 
 
 def eval_split(c: dict) -> str:
@@ -327,7 +348,14 @@ def eval_split(c: dict) -> str:
 
 
 def eval_dir(c: dict) -> Path:
-    return inside_root(c, probe_dir(c, eval_split(c)) / model_tag(c["model"]) / "eval")
+    return inside_root(c, probe_dir(c, eval_split(c)) / target_tag(c) / "eval")
+
+
+# Step 4's outputs, and eval.json, which it writes after them: the key of what produced them, the target
+# the thresholds were fitted to (target_key) and the digest of each file, checked by read_thresholds.
+EVAL_FILES = ("Threshold.csv", "TestEval.csv", "TestProbs.csv", "TestLabels.csv", "ValProbs.csv", "ValLabels.csv",
+              "roc_curves.png")
+EVAL_RECORD = "eval.json"
 
 
 def bbox_dir(c: dict) -> Path:
@@ -335,7 +363,7 @@ def bbox_dir(c: dict) -> Path:
 
 
 def visualization_dir(c: dict) -> Path:
-    return inside_root(c, probe_dir(c, c["box_source"]) / model_tag(c["model"]) / "visualization")
+    return inside_root(c, probe_dir(c, c["box_source"]) / target_tag(c) / "visualization")
 
 
 # ---- keys
@@ -347,6 +375,20 @@ def activations_key(c: dict, checkpoint: str | Path | None, data_key: str) -> st
     return digest({**{k: c[k] for k in ACTIVATION_FIELDS}, "target": target_identity(c["model"], checkpoint),
                    "classes_file": file_digest(c["classes"]) if c["classes"] else None, "data": data_key,
                    "code": code_digest(*ACTIVATIONS_CODE)})
+
+
+def target_key(c: dict) -> str:
+    """The target a step runs, as models.target.target_as_probed builds it from c: the model and the bytes of
+    its weights (c's checkpoint, resolved), the head's size, the re-initialisation, and the input it is fed
+    (its preprocessing resolved, so that the values step 2 stored and a later step's own agree)."""
+    return digest({"target": target_identity(c["model"], checkpoint_of(c["model"], str(c.get("checkpoint") or ""))),
+                   "num_classes": c.get("num_classes", 0), "reinit_seed": c.get("reinit_seed", -1), **preprocessing(c)})
+
+
+def eval_key(target: str, data: dict, classes: list[str]) -> str:
+    """Step 4's outputs (eval.json and the files it vouches for): the target (target_key), the val and test
+    splits' images and labels (their data keys), the class names they are scored by, and the code."""
+    return digest({"target": target, "data": data, "classes": classes, "code": code_digest("target_model_perform.py")})
 
 
 def stored_classes(stored: dict) -> list[str] | None:

@@ -25,8 +25,8 @@ import torch
 from core.errors import PipelineError
 from dataset.nih import ProbeSet, model_input_args, resolve_images
 from models.layers import channel_axis, channels_last_modules, first_tensor, hook_layer, token_layout
-from models.target import head_name, load_target, reinitialise
-from pipeline.cache import cached, save_tensors
+from models.target import head_name, target_as_probed
+from pipeline.cache import cached, may_write, save_tensors
 from pipeline.dissection import layer_maps, map_source, module_maps
 from pipeline.forward import workers
 from pipeline.outputs import overlays_key, overlays_path, stored_classes
@@ -141,12 +141,9 @@ def example_overlays(ex_json: Path, ex: dict, data_root: str, limit: int, batch_
     if stored is not None:
         print(f"reusing {path}")
         return stored
+    may_write(path)  # before the pass: a selection outside --save_root gets no maps (the gallery says so)
     prep = model_input_args(c)
-    net, _ = load_target(c["model"], c.get("checkpoint", ""), c["layer"] == "fc", c.get("num_classes", 0),
-                         prep["channels"], len(stored_classes(c) or []))
-    if c.get("reinit_seed", -1) >= 0:
-        reinitialise(net, c["reinit_seed"], c["model"])
-    net = net.to(device).eval()
+    net = target_as_probed(c, c["layer"] == "fc", len(stored_classes(c) or []))[0].to(device)
     folder = data_root or c["data_root"]
     names, found = resolve_images(folder, list(dict.fromkeys(i for _, xs in examples for i in xs)))
     got = example_maps(net, c["layer"], examples, dict(zip(names, found)), int(c["resize"]), int(c["crop"]),

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO, run_script, unchangeable
+from core.digests import file_digest
 from dataset.nih import class_names
 from dataset.probe import load_probe
 from method import select_concepts, select_examples
@@ -127,13 +128,15 @@ def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed:
         "evidence": {"testable": testable, "tested": sum(n["significant"] is not None for n in named),
                      "significant": sum(bool(n["significant"]) for n in named), "fdr": 0.05, "draws": 1000,
                      "pool": n_images, "p_min": 1 / 1001 if testable else 0.2, "pool_needed": None if testable else 500}}))
+    names = file_digest(match / "concepts.json")  # what ablation.py and visualization.py store of the names they used
     (match / "ablation.json").write_text(json.dumps({"key": "synthetic-ablation", "concepts": str(match / "concepts.json"),
-                                                     "layer": "penultimate", "findings": ABLATION}))
+                                                     "concepts_digest": names, "layer": "penultimate",
+                                                     "findings": ABLATION}))
     vis = res / "synth_nih" / "resnet50" / "visualization"
     (vis / "figures").mkdir(parents=True)
     Image.new("RGB", (90, 40), "white").save(vis / "figures" / "s00001_000_Mass.png")
     (vis / "total_results.json").write_text(json.dumps({
-        "config": {"layer": "penultimate", "concepts": str(match / "concepts.json")},
+        "config": {"layer": "penultimate", "concepts": str(match / "concepts.json")}, "concepts_digest": names,
         "images": [{"image": "s00001.png", "predictions": [
             {"class": "Mass", "probability": 0.9, "figure": "figures/s00001_000_Mass.png",
              "neurons": [{"neuron": 3, "taylor": 1.0, "concepts": [HOSTILE]}]}]}]}))

@@ -19,7 +19,8 @@ from conftest import REPO
 from dataset.boxes import disease_colour
 from dataset.nih import class_names
 from models.target import build_target
-from pipeline.outputs import eval_dir, examples_dir, matching_dir
+from core.digests import file_digest
+from pipeline.outputs import eval_dir, examples_dir, matching_dir, target_key
 
 SIZE, CELL, NEURON, CLASS = 56, 8, 5, 3     # 56-px input, 8-px cells (a 7x7 map), the built neuron and class
 SQUARE = [32, 8, 48, 24]                      # x1, y1, x2, y2 of the bright square: cells rows 1-2, cols 4-5
@@ -191,6 +192,12 @@ def test_panel_shows_what_it_claims(vis):
     assert "zeroed below its 70th percentile" in caption and "zeroed below its 90th percentile" in caption
 
 
+def vouch_for_thresholds(folder, target):
+    """The eval.json target_model_perform.py writes after a hand-made Threshold.csv's run: fitted to target."""
+    (folder / "eval.json").write_text(json.dumps({"key": "by-hand", "target": target_key(target), "config": target,
+                                                  "files": {"Threshold.csv": file_digest(folder / "Threshold.csv")}}))
+
+
 def test_script_end_to_end(densenet_ckpt, tmp_path, monkeypatch, capsys):
     images = tmp_path / "images"
     images.mkdir()
@@ -209,6 +216,8 @@ def test_script_end_to_end(densenet_ckpt, tmp_path, monkeypatch, capsys):
     thr = {"Cardiomegaly": "0", "Mass": "0", "Hernia": "nan"}
     (eval_dir(cfg)).mkdir(parents=True)
     (eval_dir(cfg) / "Threshold.csv").write_text("label,bestthr\n" + "".join(f"{c},{thr.get(c, '1.5')}\n" for c in classes))
+    vouch_for_thresholds(eval_dir(cfg), {"model": "densenet121", "checkpoint": str(densenet_ckpt), "resize": 72,
+                                         "crop": 64})
     concepts = matching_dir(cfg) / "concepts.json"
     concepts.parent.mkdir(parents=True)
     # the examples it names, of the activations beside them: the reader checks both keys
