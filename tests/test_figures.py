@@ -215,7 +215,7 @@ def test_sanity_figure_never_calls_an_untrained_target_trained(monkeypatch):
     """--checkpoint random: the target is untrained, so the figure says target and re-initialised, and the
     fdr each side was tested at."""
     sanity = step(monkeypatch, "sanity_check.py")
-    side = {"share": 0.25, "significant": 1, "live": 4, "fdr": 0.1, "first_concepts": [["mass", 3], ["edema", 1]]}
+    side = {"share": 0.25, "significant": 1, "live": 4, "tested": 4, "fdr": 0.1, "first_concepts": [["mass", 3], ["edema", 1]]}
     fig = sanity["figure"]({"fc": {"target": {**side, "untrained": True}, "reinitialised": {**side, "untrained": True}}})
     texts = figure_texts(fig)
     assert not [t for t in texts if re.search(r"(?<!un)trained", t)], texts

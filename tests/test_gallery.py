@@ -157,6 +157,7 @@ def real_gallery(real_run):
     for path in real_run.rglob("concepts.json"):
         layer = json.loads(path.read_text())["config"]["layer"]
         (path.parent / "ablation.json").write_text(json.dumps({"key": "by-hand", "concepts": str(path), "layer": layer,
+                                                               "concepts_digest": file_digest(path),
                                                                "findings": ABLATION}))
     log = ok(run_script("gallery.py", "--save_root", str(real_run)))
     return real_run / "gallery" / "index.html", log

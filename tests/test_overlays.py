@@ -226,12 +226,13 @@ def test_transformer_tokens_on_their_patch_grid(vit):
 
 # ---- in the gallery -----------------------------------------------------------------------------
 def hand_run(ex_json: Path) -> Path:
-    """A stage-3 result in the describers' format (no VLM needed): each live neuron named 'spot'."""
+    """A stage-3 result in step 3's format without its scores (no VLM needed): each live neuron named 'spot',
+    its examples step 2's, as MAMMI's are."""
     ex = json.loads(ex_json.read_text())
     path = ex_json.parent / "hand" / "concepts.json"
     path.parent.mkdir()
     path.write_text(json.dumps({"examples_key": ex["key"],
-                                "config": {"layer": ex["config"]["layer"], "examples": str(ex_json), "describer": "hand"},
+                                "config": {"layer": ex["config"]["layer"], "examples": str(ex_json)},
                                 "neurons": [{"neuron": n["neuron"], "n_examples": len(n["examples"]), "concepts":
                                              [{"concept": "spot", "score": 1.0}] if n["examples"] else []}
                                             for n in ex["neurons"]]}))

@@ -43,7 +43,7 @@ def untrained_run(tmp_path_factory, tiny_clip):
              ("ablation", "ablation.py", vlm + ablate), ("ablation reused", "ablation.py", vlm + ablate),
              ("compare_describers", "compare_describers.py", rivals), ("compare_describers reused", "compare_describers.py", rivals),
              ("gallery", "gallery.py", []),
-             ("gallery without maps", "gallery.py", ["--overlays", "False", "--gallery_dir", str(root / "plain")])]
+             ("gallery without maps", "gallery.py", ["--overlays", "False", "--gallery_dir", str(out / "plain")])]
     # without labels no ablation runs, so nothing in compare_describers.py loads the target
     bare = ["--labels", "none", "--dataset", "bare", "--layer", "fc"]
     steps += [("step 2 unlabeled", "example_selection.py", bare), ("step 3 unlabeled", "concept_matching.py", bare + vlm),
