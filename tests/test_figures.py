@@ -222,5 +222,5 @@ def test_sanity_figure_never_calls_an_untrained_target_trained(monkeypatch):
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend == ["target (untrained: --checkpoint random)", "re-initialised"]
     assert "untrained" in fig._suptitle.get_text()
-    assert fig.axes[0].get_xlabel() == "share of live neurons significant (q <= 0.1)"
+    assert fig.axes[0].get_xlabel() == "share of named neurons whose name is significant (q <= 0.1)"
     assert [b.get_width() for b in fig.axes[0].patches] == [0.25, 0.25]
