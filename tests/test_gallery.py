@@ -49,6 +49,7 @@ def real_run(probe_set, densenet_ckpt, tmp_path_factory):
     cset = tmp / "words.txt"
     cset.write_text("\n".join(WORDS + [HOSTILE]) + "\n")
     out = tmp / "res"
+    torch.manual_seed(0)  # the random CLIP's weights come from torch's stream: the same names whatever ran before
     for layer in ("fc", "penultimate"):
         ok(stage2(probe_set, densenet_ckpt, out, "--layer", layer))
         ok(stage3(out, clip, "--layer", layer, "--concept_set", str(cset), "--metric_encoders", ""))
