@@ -71,8 +71,7 @@ def side(path: Path, top: int) -> dict:
         raise PipelineError(f"{path} has no test of its names (written by an older concept_matching.py); "
                             f"re-run concept_matching.py")
     first = Counter(n["concepts"][0]["concept"] for n in live if n["concepts"])
-    tested = sum(n["tested"] is not None for n in live)
-    sig = sum(n["significant"] is True for n in live)
+    tested, sig = ev["tested"], ev["significant"]  # as step 3 counted them
     return {"concepts_json": str(path), "key": run["key"], "live": len(live), "tested": tested, "significant": sig,
             "testable": ev["testable"], "share": sig / tested if tested else None,  # 0 of 0: none
             "named": sum(n["status"] == "ok" for n in live), "fdr": run["config"]["fdr"],
