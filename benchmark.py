@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from dataset.nih import ProbeSet
-from evidence import name_test
-from method import TEMPLATE, mammi, prompts, select_examples
+from mammi.evidence import name_test
+from mammi.method import TEMPLATE, mammi, prompts, select_examples
 from models import pick_device
 from models.target import build_target, preprocessing
 from pipeline.cli import configure, main, print_config

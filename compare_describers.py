@@ -47,9 +47,9 @@ from dataset.boxes import load_boxes
 from dataset.concepts import read_concepts
 from dataset.nih import model_input_args, resolve_images
 from dataset.probe import MISSING, align_labels, label_key, load_probe
-from describers import (NAMES, concept_overlap, label_auc, lift_findings, name_neurons, pm, same_name, soft_wpmi, top_images,
+from mammi.describers import (NAMES, concept_overlap, label_auc, lift_findings, name_neurons, pm, same_name, soft_wpmi, top_images,
                         topk_mean, truth_agreement)
-from method import fc_metrics, image_concept_scores, mammi, name_neuron
+from mammi.method import fc_metrics, image_concept_scores, mammi, name_neuron
 from models import pick_device
 from models.target import target_as_probed, warn_untrained
 from models.vlm import load_vlm

@@ -21,8 +21,8 @@ from scipy.stats import false_discovery_control
 from core.digests import code_digest
 from dataset.concepts import read_concepts
 from dataset.probe import load_probe, output_names
-from evidence import name_test, null_bytes, pool_needed, pool_rows, smallest_p, smallest_q
-from method import TEMPLATE, fc_metrics, image_concept_scores, mammi, neuron_concept_scores
+from mammi.evidence import name_test, null_bytes, pool_needed, pool_rows, smallest_p, smallest_q
+from mammi.method import TEMPLATE, fc_metrics, image_concept_scores, mammi, neuron_concept_scores
 from models import pick_device
 from models.layers import layer_names
 from models.target import warn_untrained

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from dataset.nih import class_names, read_split, split_file
-from describers import lift_findings, names_finding, pm
+from mammi.describers import lift_findings, names_finding, pm
 from pipeline.cache import load_json, save_bytes, save_json
 from pipeline.cli import PipelineError, accepted_names, configure, main, print_config, read_experiment, run_script
 from pipeline.outputs import (bbox_dir, describers_dir, eval_dir, matching_dir, model_dir, read_ablation,

@@ -23,7 +23,7 @@ from core.digests import digest
 from core.text import at_most
 from dataset.nih import findings, probe_crop, split_source
 from dataset.probe import MISSING, align_labels, load_probe, note_copies, output_names, resolve_classes
-from method import select_examples
+from mammi.method import select_examples
 from models import pick_device
 from models.layers import layer_names, layer_table
 from models.target import RANDOM, checkpoint_of, model_classes, parse_model, preprocessing, target_as_probed, warn_untrained

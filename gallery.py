@@ -44,8 +44,8 @@ import torch
 from core.digests import code_digest, digest, file_digest
 from dataset.nih import probe_crop, resolve_images
 from dataset.probe import load_probe, output_names
-from describers import SCORES
-from method import alpha_cut, select_examples
+from mammi.describers import SCORES
+from mammi.method import alpha_cut, select_examples
 from models import pick_device
 from models.target import warn_untrained
 from pipeline.ablation import untested

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-import method
+from mammi import method
 from dataset.concepts import nouns as tagged_nouns, read_concepts, sentences
 from dataset.nih import MEAN, STD, normalize, read_split
 from phantom.world import CLASSES, WORDS, ensure_world

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from dataset.boxes import scale_to, to_probe_crop
 from dataset.nih import ProbeSet
-from describers import dissection_counts, iou, top_quantile
+from mammi.describers import dissection_counts, iou, top_quantile
 from models.target import head_name
 from pipeline.attribution import box_mask, channels_first, map_module, record_output
 from pipeline.forward import workers

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from core.digests import code_digest
 from dataset.nih import ProbeSet, resolve_images
-from method import prompts
+from mammi.method import prompts
 from models.vlm import VLM, weights_identity
 from pipeline import ranks
 from pipeline.cache import cached, locked, save_tensors

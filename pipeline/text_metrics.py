@@ -12,7 +12,7 @@ import os
 import warnings
 from functools import lru_cache
 
-from method import mean_se
+from mammi.method import mean_se
 from models.vlm import DEFAULT_WEIGHTS, load_vlm
 from core.errors import PipelineError
 

@@ -229,7 +229,7 @@ def test_ctrl_c_in_the_forward_pass(small_set, ckpt, tmp_path, monkeypatch):
 
 
 def test_ctrl_c_after_an_output_names_what_was_kept(small_set, ckpt, tmp_path, monkeypatch):
-    import method
+    from mammi import method
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt

@@ -7,7 +7,7 @@ threshold or two scores exactly level, so the rules for those cases are pinned h
 import pytest
 import torch
 
-from method import adaptive_threshold, fc_metrics, neuron_concept_scores, select_concepts, select_examples
+from mammi.method import adaptive_threshold, fc_metrics, neuron_concept_scores, select_concepts, select_examples
 
 
 def examples_of(column, percent=93.0, selection="adaptive", topk=20):

@@ -132,9 +132,9 @@ def test_stage2_keys(world, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(digests, "ROOT", src)
         outs.check(stage2(world), set(), "an identical copy of the code")
-        with open(src / "method.py", "a") as f:
+        with open(src / "mammi" / "method.py", "a") as f:
             f.write("\n# edited\n")
-        outs.check(stage2(world), {"examples"}, "method.py edited")
+        outs.check(stage2(world), {"examples"}, "mammi/method.py edited")
         with open(src / "models" / "target.py", "a") as f:
             f.write("\n# edited\n")
         outs.check(stage2(world), {"activations", "examples"}, "models/target.py edited")

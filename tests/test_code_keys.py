@@ -19,8 +19,8 @@ import pytest
 from conftest import REPO
 
 # The modules of the repository, by the same rule the steps are run by: the repository root first on
-# sys.path, so `import method` is method.py and `from pipeline import ranks` is pipeline/ranks.py.
-PACKAGES = ("core", "models", "dataset", "pipeline", "phantom")
+# sys.path, so `from mammi import method` is mammi/method.py and `from pipeline import ranks` is pipeline/ranks.py.
+PACKAGES = ("core", "models", "dataset", "mammi", "pipeline", "phantom")
 
 
 def repository_files() -> list[str]:
@@ -111,11 +111,11 @@ PROBE = textwrap.dedent('''
 @pytest.mark.parametrize("stage, must", [
     ("activations", ["pipeline/forward.py", "models/target.py", "dataset/nih.py", "dataset/probe.py",
                      "dataset/files.py", "core/digests.py"]),
-    ("examples", ["example_selection.py", "method.py", "pipeline/forward.py"]),
-    ("vlm features", ["pipeline/features.py", "dataset/nih.py", "models/vlm.py", "models/vlm_base.py", "method.py"]),
-    ("dissection maps", ["pipeline/dissection.py", "pipeline/attribution.py", "describers.py", "dataset/boxes.py"]),
-    ("concept_matching.py", ["concept_matching.py", "pipeline/features.py", "method.py", "dataset/nih.py"]),
-    ("compare_describers.py", ["compare_describers.py", "describers.py", "pipeline/dissection.py"]),
+    ("examples", ["example_selection.py", "mammi/method.py", "pipeline/forward.py"]),
+    ("vlm features", ["pipeline/features.py", "dataset/nih.py", "models/vlm.py", "models/vlm_base.py", "mammi/method.py"]),
+    ("dissection maps", ["pipeline/dissection.py", "pipeline/attribution.py", "mammi/describers.py", "dataset/boxes.py"]),
+    ("concept_matching.py", ["concept_matching.py", "pipeline/features.py", "mammi/method.py", "dataset/nih.py"]),
+    ("compare_describers.py", ["compare_describers.py", "mammi/describers.py", "pipeline/dissection.py"]),
     ("gallery.py", ["gallery.py", "dataset/nih.py"]),
 ])
 def test_editing_any_module_a_stage_runs_changes_its_key(copy, stage, must):

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import REPO, run_script
 from dataset.nih import class_names
-from describers import (dissection_counts, iou, label_auc, lift_findings, name_neurons, same_name, soft_wpmi,
+from mammi.describers import (dissection_counts, iou, label_auc, lift_findings, name_neurons, same_name, soft_wpmi,
                         top_quantile, topk_mean, truth_agreement)
 from pipeline.cli import constants_of
 from test_pipeline import ok, stage2, stage3, tiny_clip  # noqa: F401  (tiny_clip is a fixture)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from describers import concept_overlap
-from method import mammi
+from mammi.describers import concept_overlap
+from mammi.method import mammi
 
 matplotlib.use("Agg")
 

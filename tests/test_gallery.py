@@ -24,7 +24,7 @@ from conftest import REPO, run_script, unchangeable
 from core.digests import file_digest
 from dataset.nih import class_names
 from dataset.probe import load_probe
-from method import select_concepts, select_examples
+from mammi.method import select_concepts, select_examples
 from test_pipeline import TINY_CLIP, stage2, stage3
 
 HOSTILE = "<img src=x onerror=alert(1)>"

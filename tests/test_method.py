@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from method import (fc_metrics, image_concept_scores, mammi, neuron_concept_scores, select_concepts,
+from mammi.method import (fc_metrics, image_concept_scores, mammi, neuron_concept_scores, select_concepts,
                     select_examples)
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 from tqdm import tqdm
 
-from method import mean_se, neuron_concept_scores, ranked
+from mammi.method import mean_se, neuron_concept_scores, ranked
 
 # Describers in the order of every table: MAMMI first, then the mask-free rivals, then those that
 # need labels or boxes.

@@ -1,0 +1,2 @@
+"""The method's science: pure functions of tensors, no files. method (MAMMI itself), evidence (the name
+test), describers (the rival describers and their scores)."""
