@@ -207,6 +207,13 @@ def summary():
     return json.loads(SUMMARY.read_text())
 
 
+def test_the_readme_world_and_concept_set_are_the_demos(summary):
+    c, text = summary["config"], flat(README.read_text())
+    assert f"world of {c['n_probe']:,} probing, {c['n_val']:,} val and {c['n_test']:,} test phantoms" in text
+    n = {m["config"]["n_concepts"] for m in summary["fc"].values()}
+    assert len(n) == 1 and f"concept set of {n.pop():,} words" in text
+
+
 def test_the_readme_fc_table_is_the_demos(summary):
     text = README.read_text()
     labels = {"MAMMI (adaptive examples, template, adaptive score)": "MAMMI (adaptive examples p = 93",
