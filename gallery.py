@@ -3,19 +3,22 @@
     python gallery.py config/nih_densenet121.py
     python gallery.py config/demo.py --max_examples 12
 
-Reads stage-3 runs (concepts.json of any layer or describer, with similarity.pt beside it when there
-is one) and finds everything else through the paths the outputs store: concepts.json names its
-examples.json; examples.json's folder holds examples.csv (each example's labels) and its parent, the
-layer folder, holds activations.pt (the histograms); examples.json's config names the image folder
-and the crop the model saw. visualization.py's total_results.json adds the panels in which a neuron
-is the top one. A rival describer's neurons show the images it scored (CLIP-Dissect's and top-k
-mean's top top_k by activation, re-taken from activations.pt; a label-based one's: none), never
-MAMMI's examples. Runs are shown only while their keys chain (concepts.json stores the key of its
-examples.json) and thumbnails made only of the images step 2 read (the probing set re-read under the
-image folder must give the data key examples.json stored). An experiment file (or --dataset, --model)
-limits the default runs to its own. Writes {gallery_dir}/index.html and {gallery_dir}/thumbs/, one
-JPEG per distinct image, named by a digest of the image file (path, size, mtime), the crop and the
-thumbnail size, so each is made once and reused, and images moved elsewhere or another crop get new ones.
+Reads stage-3 runs: every concepts.json under --save_root (of any layer or describer, with similarity.pt
+beside it when there is one), or those given as --runs. Everything else is found from where that file
+lies, never from a path an output stored (so a results folder can be moved whole): its examples.json is
+the nearest one in a folder above it (pipeline/outputs.py, locate_examples), examples.csv (each
+example's labels) lies beside that, and activations.pt (the histograms) in the layer folder above. The
+images come from --data_root, else from the image folder examples.json names, and are re-read and
+compared with the data key examples.json stored, so thumbnails are made only of the images step 2 read.
+visualization.py's total_results.json (every one under --save_root, or --visualization) adds the panels
+in which a neuron is the top one, linked by the digest of the concepts.json they name. A rival
+describer's neurons show the images it scored (CLIP-Dissect's and top-k mean's top top_k by activation,
+re-taken from activations.pt; a label-based one's: none), never MAMMI's examples. Runs are shown only
+while their keys chain (concepts.json stores the key of its examples.json). An experiment file (or
+--dataset, --model) limits the default runs to its own. Writes only under --save_root:
+{gallery_dir}/index.html and {gallery_dir}/thumbs/, one JPEG per distinct image, named by a digest of
+the image file (path, size, mtime), the crop and the thumbnail size, so each is made once and reused,
+and images moved elsewhere or another crop get new ones.
 
 The page embeds one compact JSON block and renders the list lazily (a chunk of cards at a time, the
 next when the list's end scrolls near): 2,048 neurons open as fast as 20. Figures are SVG drawn
