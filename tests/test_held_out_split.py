@@ -1,6 +1,8 @@
 """The one held-out split finder and the one reuse of step 2's pass (pipeline/evaluation.py), which
 target_model_perform.py and ablation both take: which images a split is, and when step 2's stored
 activations.pt of it serves instead of a forward pass."""
+import shutil
+
 import torch
 
 from conftest import make_probe_set
@@ -65,8 +67,13 @@ def test_step_2s_pass_serves_only_with_its_key_logits_and_images(tmp_path):
     got = stage2_pass(c, ckpt, probe.data_key, "penultimate", probe.names)
     assert got is not None and got["path"] == layer_dir({**c, "layer": "penultimate"}) / "activations.pt"
     assert got["activations"].shape == (6, 3) and got["logits"][0, 0] == 3
-    # another layer asked: not this file
+    # another layer asked: not this file, even copied into that layer's folder
     assert stage2_pass(c, ckpt, probe.data_key, "fc", probe.names) is None
+    fc = layer_dir({**c, "layer": "fc"}) / "activations.pt"
+    fc.parent.mkdir(parents=True)
+    shutil.copy(got["path"], fc)
+    assert stage2_pass(c, ckpt, probe.data_key, "fc", probe.names) is None
+    fc.unlink()
     # other images in the stored order, other preprocessing, other checkpoint bytes: not step 2's pass
     assert stage2_pass(c, ckpt, probe.data_key, "penultimate", probe.names[::-1]) is None
     assert stage2_pass({**c, "resize": 80}, ckpt, probe.data_key, "penultimate", probe.names) is None

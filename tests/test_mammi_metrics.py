@@ -54,6 +54,8 @@ def test_threshold_is_the_lowest_cut_with_the_best_f1(seed):
         f1 = [f1_at(y, p, t) for t in cuts]
         assert thr[j] == pytest.approx(cuts[int(np.argmax(np.isclose(f1, max(f1))))])
     assert np.isnan(thr[4])
+    # by hand, a tie: cut 0.9 (P 1, R 1/2) and cut 0.2 (P 1/2, R 1) both give F1 2/3; the lower is taken
+    assert best_thresholds(np.array([[1], [0], [0], [1]]), np.array([[0.9], [0.7], [0.5], [0.2]]))[0] == 0.2
 
 
 def test_missing_labels_are_left_out():
