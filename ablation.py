@@ -20,7 +20,8 @@ import time
 
 from models import pick_device
 from models.target import warn_untrained
-from pipeline.ablation import OUTPUTS, ablate, check_draws, discard, held_out, untested
+from mammi.ablation import untested
+from pipeline.ablation import OUTPUTS, ablate, check_draws, discard, held_out
 from pipeline.cache import claim, holds_claims
 from pipeline.cli import check_stored, configure, main, print_config
 from pipeline.outputs import beside_input, find_matching, stored_classes, upstream_constants

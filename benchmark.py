@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dataset.nih import ProbeSet
+from dataset.nih import model_input_args
 from mammi.evidence import name_test
 from mammi.method import TEMPLATE, mammi, prompts, select_examples
 from models import pick_device
@@ -117,7 +117,8 @@ def stage2(paths, dev):
     for arch in models.split(","):
         prep = preprocessing({"model": arch})  # the family's own
         net = build_target(arch).to(dev).eval()
-        loader = lambda: probe_loader(paths, prep, batch_size, num_workers, dev)
+        loader = lambda: probe_loader(paths, prep["resize"], prep["crop"], batch_size, num_workers, dev,
+                                      **model_input_args(prep))
         go = lambda batches: record(net, batches, wanted, len(paths), dev, precision=precision, channels_last=nhwc,
                                     show=False)
         mem = in_memory(loader(), len(paths), dev)
@@ -142,8 +143,9 @@ def medclip_sized(dev):
 def stage3(paths, dev):
     vlm = medclip_sized(dev)
     prep = preprocessing({"model": "densenet121"})  # the crop step 3 embeds
-    crops = ProbeSet(paths, prep["resize"], prep["crop"], preprocess=vlm.preprocess)
-    loader = lambda: torch.utils.data.DataLoader(crops, batch_size=batch_size, num_workers=workers(num_workers))
+    # the loader embed builds
+    loader = lambda: probe_loader(paths, prep["resize"], prep["crop"], batch_size, num_workers, dev,
+                                  preprocess=vlm.preprocess)
     mem = in_memory(loader(), len(paths), dev)
     vlm.encode_pixels(mem[0])  # warm-up at full size
     t_load = seconds(lambda: [None for _ in loader()], dev)

@@ -54,7 +54,8 @@ from models import pick_device
 from models.target import target_as_probed, warn_untrained
 from models.vlm import load_vlm
 from phantom.marker import warn_other_world
-from pipeline.ablation import NoLabels, ablate, check_draws, discard, held_out, median_z, untested
+from mammi.ablation import median_z, untested
+from pipeline.ablation import NoLabels, ablate, check_draws, discard, held_out
 from pipeline.cache import cached, save_bytes, save_json, save_png, save_tensors
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from pipeline.dissection import collect_maps, dissect, layer_maps, map_source
@@ -235,7 +236,7 @@ def rival(name, consts, inputs, where, acts, ids, labels, findings, feats, stage
 
 
 def faithfulness(table: dict, path: Path, records: dict, stage2: dict, dev) -> None:
-    """Each describer's median ablation z over the findings (pipeline/ablation.py) into its row, the
+    """Each describer's median ablation z over the findings (mammi/ablation.py) into its row, the
     ablation keys into the table's; skipped, with the reason, at a layer where ablation tests nothing
     (fc: an ablation table written there before is removed) or where the held-out split has no labels."""
     concepts = {name: path if name == "mammi" else describers_dir(path) / name / "concepts.json" for name in records}

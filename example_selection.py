@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from core.digests import digest
 from core.text import at_most
-from dataset.nih import findings, probe_crop, split_source
+from dataset.nih import findings, model_input_args, probe_crop, split_source
 from dataset.probe import MISSING, align_labels, load_probe, note_copies, output_names, resolve_classes
 from mammi.method import select_examples
 from models import pick_device
@@ -125,7 +125,8 @@ def run():
         net, head_ok = load("fc" in todo)
         mine = ranks.share(len(paths), batch_size)  # all of them, outside torchrun
         # Rank 0 holds the whole probing set's rows from the start; the others only their share.
-        batches = probe_loader(paths[mine.start:mine.stop], prep, batch_size, num_workers, dev)
+        batches = probe_loader(paths[mine.start:mine.stop], prep["resize"], prep["crop"], batch_size, num_workers, dev,
+                               **model_input_args(prep))
         acts, logits = record(net.to(dev), batches, todo, len(paths) if ranks.is_main() else len(mine), dev, token_pool,
                               precision, use_channels_last(channels_last, dev), first=first_batch(class_list, source),
                               desc=f"{model} {','.join(todo)}", show=ranks.is_main())

@@ -51,7 +51,7 @@ from mammi.describers import SCORES
 from mammi.method import alpha_cut, select_examples
 from models import pick_device
 from models.target import warn_untrained
-from pipeline.ablation import untested
+from mammi.ablation import untested
 from pipeline.cache import load_json, save_bytes
 from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.overlays import KINDS, example_overlays

@@ -28,9 +28,10 @@ from core.digests import file_digest
 from pipeline.cache import claim, holds_claims, save_csv, save_json, save_png
 from pipeline.cli import PipelineError, configure, main, print_config
 from dataset.boxes import disease_colour
-from dataset.nih import model_input_args, split_source
+from dataset.nih import model_input_args
 from dataset.probe import MISSING, align_labels, load_probe, output_names, resolve_classes
-from pipeline.evaluation import auroc_auprc, best_thresholds, forward_logits, known, stage2_logits
+from mammi.metrics import auroc_auprc, best_thresholds, known
+from pipeline.evaluation import forward_logits, held_out_split, stage2_logits
 from models import pick_device
 from models.target import RANDOM, checkpoint_of, model_classes, preprocessing, target_as_probed, warn_untrained
 from pipeline.outputs import EVAL_FILES, EVAL_RECORD, eval_dir, eval_key, eval_split, target_key
@@ -65,14 +66,7 @@ def run():
     out, data = {}, {}
     for split, override in (("val", val_split_file), ("test", test_split_file)):
         t0 = time.time()
-        if config["labels"]:  # a CSV probing set: the split's CSV, or the probing CSV itself
-            c = {**config, "labels": override or config["labels"]}
-            if not override:
-                print(f"note: {split}: no --{split}_split_file, so the probing CSV {config['labels']} serves")
-        else:
-            print(split_source(split, config["data_root"], override, f"--{split}_split_file"))
-            c = {**config, "split": split, "split_file": override}
-        probe = probed if probed is not None and not override else load_probe(c)
+        c, probe = held_out_split(config, split, override, probed)
         if classes is None:
             classes, source = resolve_classes(config["classes"], model_classes(model), probed or probe)
         labels = align_labels(probe, classes, source)

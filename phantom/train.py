@@ -40,7 +40,7 @@ from dataset.concepts import nouns as tagged_nouns, read_concepts, sentences
 from dataset.nih import MEAN, STD, normalize, read_split
 from phantom.world import CLASSES, WORDS, ensure_world
 from pipeline.cli import configure, constants_of, main, print_config
-from pipeline.evaluation import auroc_auprc
+from mammi.metrics import auroc_auprc
 
 # world
 world_dir = "data/phantom_world"  # where the phantom world is written (and read back from)

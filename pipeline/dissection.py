@@ -22,11 +22,10 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from dataset.boxes import scale_to, to_probe_crop
-from dataset.nih import ProbeSet
 from mammi.describers import dissection_counts, iou, top_quantile
 from models.target import head_name
 from pipeline.attribution import box_mask, channels_first, map_module, record_output
-from pipeline.forward import workers
+from pipeline.forward import probe_loader
 from core.errors import PipelineError
 
 
@@ -68,8 +67,7 @@ def collect_maps(model: torch.nn.Module, name: str, paths: list[Path], resize: i
                  num_workers: int, device: torch.device, **norm) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over the images: module `name`'s maps [N, K, h, w] and each image's size [N, 2]; norm:
     the model's input channels, mean and std (dataset.nih.model_input_args)."""
-    loader = torch.utils.data.DataLoader(ProbeSet(paths, resize, crop, **norm, sizes=True), batch_size=batch_size,
-                                         num_workers=workers(num_workers))
+    loader = probe_loader(paths, resize, crop, batch_size, num_workers, device, sizes=True, **norm)
     maps, sizes = [], []
     for x, size in tqdm(loader, desc=f"maps of {name}", unit="batch"):
         maps.append(module_maps(model, name, x.to(device)).cpu())

@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from core.errors import PipelineError
-from dataset.nih import ProbeSet, model_input_args, resolve_images
+from dataset.nih import model_input_args, resolve_images
 from models.layers import channel_axis, channels_last_modules, first_tensor, hook_layer, token_layout
 from models.target import head_name, target_as_probed
 from pipeline.cache import cached, may_write, save_tensors
 from pipeline.dissection import layer_maps, map_source, module_maps
-from pipeline.forward import workers
+from pipeline.forward import probe_loader
 from pipeline.outputs import overlays_key, overlays_path, stored_classes
 
 # What a layer's map is, in the words the neuron view shows.
@@ -108,8 +108,7 @@ def example_maps(model: torch.nn.Module, layer: str, examples: list[tuple[int, l
     row = {i: r for r, i in enumerate(ids)}
     img = torch.tensor([row[i] for _, xs in examples for i in xs], dtype=torch.long)
     neuron = torch.tensor([k for k, xs in examples for _ in xs], dtype=torch.long)
-    loader = torch.utils.data.DataLoader(ProbeSet([paths[i] for i in ids], resize, crop, **norm),
-                                         batch_size=batch_size, num_workers=workers(num_workers))
+    loader = probe_loader([paths[i] for i in ids], resize, crop, batch_size, num_workers, device, **norm)
     out, module, kind, at = None, "", "", 0
     for x in loader:
         x = x.to(device)

@@ -12,8 +12,9 @@ from torch import nn
 
 from conftest import run_script
 from models.layers import tap
-from pipeline.ablation import (OUTPUTS, finding_stats, finding_words, hook_drops, linear_drops, linear_map,
-                               named_neurons, positives, random_sets)
+from mammi.ablation import (finding_stats, finding_words, hook_drops, linear_drops, linear_map, named_neurons,
+                            positives, random_sets)
+from pipeline.ablation import OUTPUTS
 from pipeline.cli import constants_of
 
 MISSING = -1

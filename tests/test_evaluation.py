@@ -13,7 +13,8 @@ from pipeline.cli import PipelineError
 from conftest import REPO, load_probe_set, make_probe_set, save_random_target
 from dataset.boxes import disease_colour
 from dataset.nih import class_names
-from pipeline.evaluation import auroc_auprc, best_thresholds, forward_logits, read_thresholds, stage2_logits
+from mammi.metrics import auroc_auprc, best_thresholds
+from pipeline.evaluation import forward_logits, read_thresholds, stage2_logits
 from models.target import load_target
 
 SMALL = ["--resize", "40", "--crop", "32", "--num_workers", "0"]

@@ -19,7 +19,7 @@ from dataset.boxes import canonical
 from dataset.nih import class_names
 from dataset.probe import MISSING
 from pipeline.cache import load_tensors
-from pipeline.evaluation import best_thresholds
+from mammi.metrics import best_thresholds
 from test_pipeline import TINY_CLIP
 
 CLASSES = ["Cardiomegaly", "Zebra Sign", "Nodule", "Pleural-Thickening"]

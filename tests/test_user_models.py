@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import run_script
 from models.layers import layer_table, taps
 from models.target import load_target
-from pipeline.ablation import hook_drops
+from mammi.ablation import hook_drops
 
 HEADER = "import sys\nimport torch\nimport torch.nn as nn\n\n\n"
 NET = '''class Net(nn.Module):
