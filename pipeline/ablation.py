@@ -32,7 +32,7 @@ from models.target import head_name, preprocessing, target_as_probed
 from core.digests import code_digest, file_digest
 from pipeline.cache import cached, load_json, may_write, save_csv, save_json, save_png
 from core.errors import PipelineError
-from pipeline.cli import constants_of
+from pipeline.cli import EXAMPLE_SELECTION, constants_of
 from pipeline.forward import probe_loader, record
 from pipeline.limits import check_memory
 from pipeline.outputs import ablation_key, activations_key, layer_dir, stored_classes
@@ -216,7 +216,7 @@ def held_out(stage2: dict, given: dict, split: str, split_file: str, batch_size:
     layer, ckpt = stage2["layer"], stage2["checkpoint"] or None
     path, key = layer_dir(c) / "activations.pt", activations_key(c, ckpt, probe.data_key)
     prep = ("resize", "crop", "channels", "mean", "std")
-    as_given = {**c, **{k: given.get(k, constants_of("example_selection.py")[k]) for k in prep}}
+    as_given = {**c, **{k: given.get(k, constants_of(EXAMPLE_SELECTION)[k]) for k in prep}}
     try:
         step2_key = activations_key(as_given, ckpt, probe.data_key) \
             if preprocessing(as_given) == {k: stage2[k] for k in prep} else None
