@@ -8,8 +8,8 @@ A step script defines its constants at the top, each with a comment, then calls
 An experiment file is plain Python assigning constants (nanoGPT's configurator): every step reads
 the same file and takes the constants it knows, so a threshold is changed in one place. `--name
 value` (or `--name=value`) overrides after the files. A step that builds on another one names it in
-`reads=`: it then also takes that step's constants (their defaults live in that step alone), to find
-the upstream output; `check_stored` refuses a given constant that contradicts what the upstream
+`reads=`: it then also takes that step's constants (their defaults live in that step alone, read from its
+parsed header: nothing of it runs), to find the upstream output; `check_stored` refuses a given constant that contradicts what the upstream
 output stored. `--help` prints the examples of the step's docstring (its indented `python ...`
 lines), then the constants with their allowed values and comments.
 
@@ -28,6 +28,9 @@ NaN and infinity are refused for every number, in a list too. Every numeric cons
 
 A step prints the constants that differ from their defaults and where each was set; `--verbose yes`
 (taken by every step, as every constant in EVERY_STEP is) prints all of them.
+
+A script that runs other steps (demo.py, sanity_check.py) runs each with `run_step`, which forwards its
+experiment files and the options typed on its command line that the step takes.
 
 Bad input anywhere raises `PipelineError`, which `main` turns into one line on stderr and exit
 status 2, never a traceback and never a half-written cache. Ctrl-C ends with one line too (exit
