@@ -85,7 +85,8 @@ batch_size: "[1, 8192]" = 64
 num_workers: "[0, 256]" = 2
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 # -----------------------------------------------------------------------------
-config = configure(globals(), reads=("example_selection.py", "concept_matching.py", "bbox_img.py", "ablation.py", "target_model_perform.py"))
+config = configure(globals(), reads=("example_selection.py", "concept_matching.py", "bbox_img.py", "ablation.py",
+                                    "target_model_perform.py"))
 CODE = code_digest("compare_describers.py")
 # What decided the run: refused when given here with another value than the one stored with it.
 UPSTREAM = upstream_constants()

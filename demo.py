@@ -14,11 +14,9 @@ ablation of the neurons each finding names (z per finding) and the pointing game
 written, one line each saying what it shows. Everything lands in the experiment's save_root.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
-import contextlib
 import csv
 import itertools
 import math
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ import numpy as np
 from dataset.nih import class_names, read_split, split_file
 from mammi.describers import lift_findings, names_finding, pm
 from pipeline.cache import load_json, save_bytes, save_json
-from pipeline.cli import PipelineError, accepted_names, configure, main, print_config, read_experiment, run_script
+from pipeline.cli import configure, main, print_config, run_step
 from pipeline.outputs import (bbox_dir, describers_dir, eval_dir, matching_dir, model_dir, read_ablation,
                               read_comparison, read_matching, visualization_dir)
 
@@ -49,11 +47,9 @@ config = configure(globals(), argv=[EXPERIMENT, *sys.argv[1:]],
 WORLD = Path(config["data_root"]).parent  # the world writes images/, its split files and bbox.csv here
 BOX_FILE = str(WORLD / "bbox.csv")
 CONCEPTS = str(Path(config["save_root"]) / "concept_set" / "demo_concepts.txt")
-# Passed to every step after the experiment file: the step constants overridden on the demo's own
-# command line, and what the demo itself writes.
-_EXP = read_experiment(EXPERIMENT)
-FORWARD = {**{k: v for k, v in config.given.items() if k not in config.own and _EXP.get(k, _EXP) != v},
-           "num_workers": num_workers, "box_file": BOX_FILE, "concept_set": CONCEPTS}
+# Passed to every step that takes them, after the experiment file and the step constants set on the demo's
+# own command line: what the demo itself writes.
+SHARED = {"num_workers": num_workers, "box_file": BOX_FILE, "concept_set": CONCEPTS}
 LOGS = Path(config["save_root"]) / "logs"  # what each step printed, one file per step in order
 # The fc rows of the results table: MAMMI and its ablations, each as step 3's constants.
 VARIANTS = {"MAMMI (adaptive examples, template, adaptive score)": dict(),
@@ -65,19 +61,9 @@ PEN_RUN = matching_dir({**config, "layer": "penultimate", "concept_set": CONCEPT
 _order = itertools.count(1)
 
 
-def step(script: str, **args) -> None:
-    known = accepted_names(script)
-    argv = [EXPERIMENT] + [str(a) for k, v in {**FORWARD, **args}.items() if k in known for a in (f"--{k}", v)]
-    print(f"$ python {script} {shlex.join(argv)}", flush=True)
-    log = (LOGS / f"{next(_order):02d}_{Path(script).stem}.log").resolve()  # (run_script runs it from the repo root)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    # UTF-8 whatever the locale's encoding (cp1252 cannot hold every concept's characters)
-    with open(log, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        status = run_script(script, *argv)
-    if status != 0:
-        said = log.read_text(encoding="utf-8").splitlines()
-        print("\n".join([line for line in said if line.startswith("error:")] or said[-5:]), file=sys.stderr)
-        raise PipelineError(f"{script} failed (its error is above, all it printed in {log}); the demo stops here")
+def step(script: str, **constants) -> None:
+    """One step, its output in its own log, numbered in the order run."""
+    run_step(script, config, log=LOGS / f"{next(_order):02d}_{Path(script).stem}.log", shared=SHARED, **constants)
 
 
 def world() -> None:
@@ -141,8 +127,7 @@ def run():
     times["stage 2"] = time.time() - t
     t = time.time()
     for v in VARIANTS.values():
-        step("concept_matching.py", layer="fc", **{k: ("yes" if x else "no") if isinstance(x, bool) else x
-                                                   for k, x in v.items()})
+        step("concept_matching.py", layer="fc", **v)
     step("concept_matching.py", layer="penultimate")
     times["stage 3"] = time.time() - t
     t = time.time()

@@ -39,8 +39,8 @@ from mammi import method
 from dataset.concepts import nouns as tagged_nouns, read_concepts, sentences
 from dataset.nih import MEAN, STD, normalize, read_split
 from phantom.world import CLASSES, WORDS, ensure_world
-from pipeline.cli import configure, constants_of, main, print_config
 from mammi.metrics import auroc_auprc
+from pipeline.cli import CONCEPT_MATCHING, EXAMPLE_SELECTION, configure, constants_of, main, print_config
 
 # world
 world_dir = "data/phantom_world"  # where the phantom world is written (and read back from)
@@ -377,8 +377,8 @@ def train_and_check_vlm(clip, world: World, texts: Texts, out: Path, timings: di
 def method_check_fc(clip, acts: np.ndarray, fi: torch.Tensor, concepts: list[str]) -> dict:
     """The method on the fc layer with its default adaptive examples, template, adaptive score and alpha."""
     # The defaults as the steps define them, so the check follows any change to them.
-    percent = constants_of("example_selection.py")["adaptive_percent"]
-    alpha = constants_of("concept_matching.py")["alpha"]
+    percent = constants_of(EXAMPLE_SELECTION)["adaptive_percent"]
+    alpha = constants_of(CONCEPT_MATCHING)["alpha"]
     text = clip.encode_texts(method.prompts(concepts) + [method.TEMPLATE])
     got = method.mammi(torch.from_numpy(acts), fi, text[:-1], text[-1], concepts, alpha, percent=percent)
     S, examples = got["S"], [n["examples"] for n in got["examples"]]

@@ -22,7 +22,7 @@ from mammi.ablation import (finding_stats, hook_drops, linear_drops, linear_map,
                             positives, random_sets)
 from models.target import target_as_probed
 from pipeline.cache import cached, load_json, may_write, save_csv, save_json, save_png
-from pipeline.cli import constants_of
+from pipeline.cli import EXAMPLE_SELECTION, constants_of
 from pipeline.evaluation import held_out_split, stage2_pass
 from pipeline.forward import probe_loader, record
 from pipeline.limits import check_memory
@@ -82,7 +82,7 @@ def held_out(stage2: dict, given: dict, split: str, split_file: str, batch_size:
     layer, ckpt = stage2["layer"], stage2["checkpoint"] or None
     key = activations_key(c, ckpt, probe.data_key)
     prep = ("resize", "crop", "channels", "mean", "std")
-    as_given = {**c, **{k: given.get(k, constants_of("example_selection.py")[k]) for k in prep}}
+    as_given = {**c, **{k: given.get(k, constants_of(EXAMPLE_SELECTION)[k]) for k in prep}}
     keep = [j for j, name in enumerate(classes or []) if name and (labels[:, j] == 1).any()]
     missing = [classes[j] for j, name in enumerate(classes or []) if name and j not in keep]
     if missing:

@@ -37,7 +37,7 @@ from core.text import at_most
 from dataset.concepts import TEMPLATE
 from models.target import checkpoint_of, model_tag, preprocessing, target_identity
 from pipeline.cache import read_output, under
-from pipeline.cli import PipelineError, constant_names, constants_of
+from pipeline.cli import CONCEPT_MATCHING, EXAMPLE_SELECTION, PipelineError, constant_names, constants_of
 
 # The step-2 constants that decide its activations (the selection decides only examples.json): the
 # probing set and its labels, the target, the layer and the preprocessing, each as given (0 and ""
@@ -57,7 +57,7 @@ ACTIVATIONS_CODE = ("pipeline/forward.py", "models/target.py", "dataset/probe.py
 def upstream_constants() -> list[str]:
     """What decided steps 2 and 3's outputs, for the steps after them: refused when given there with
     another value than the one stored (the images may move: data_root is not among them)."""
-    return [k for k in constant_names("example_selection.py") + constant_names("concept_matching.py")
+    return [k for k in constant_names(EXAMPLE_SELECTION) + constant_names(CONCEPT_MATCHING)
             if k not in RUN_SETTINGS + ("data_root", "examples", "metric_encoders", "medclip_weights")]
 
 
@@ -371,7 +371,7 @@ def visualization_dir(c: dict) -> Path:
 def activations_key(c: dict, checkpoint: str | Path | None, data_key: str) -> str:
     """activations.pt: the constants of ACTIVATION_FIELDS (step 2's default for one c lacks), the
     target's files (checkpoint_of's checkpoint, a model's own file), the probing set, its classes file."""
-    c = {**constants_of("example_selection.py"), **c}
+    c = {**constants_of(EXAMPLE_SELECTION), **c}
     return digest({**{k: c[k] for k in ACTIVATION_FIELDS}, "target": target_identity(c["model"], checkpoint),
                    "classes_file": file_digest(c["classes"]) if c["classes"] else None, "data": data_key,
                    "code": code_digest(*ACTIVATIONS_CODE)})

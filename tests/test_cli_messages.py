@@ -22,10 +22,7 @@ STEP = "example_selection.py"
 def configure(argv, script=STEP):
     """configure() on a step's real header (its constants, specs and reads), without running the step."""
     scope = {**cli.constants_of(script), "__file__": str(REPO / script)}
-    source = (REPO / script).read_text()
-    call = ast.parse(source[source.index(cli._HEADER_END) + 1:].split("\n")[0].strip()).body[0].value
-    reads = next((ast.literal_eval(k.value) for k in call.keywords if k.arg == "reads"), ())
-    return cli._configure(scope, list(argv), reads)
+    return cli._configure(scope, list(argv), cli.reads_of(script))
 
 
 def refusal(argv, script=STEP) -> str:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import run_script
+from conftest import REPO, run_script
 from test_pipeline import TINY_CLIP
 
 
@@ -103,3 +103,148 @@ def test_no_step_redeclares_an_upstream_constant():
         for name in set(constant_names(step)) - run_settings:
             assert name not in home, f"{name} is declared by both {home[name]} and {step}"
             home[name] = step
+
+
+# ---- a step's constants, read from its header without running it
+
+HEADER = '''"""A step whose header would fail if it were run."""
+import a_module_that_is_not_installed
+from dataset.concepts import TEMPLATE
+raise SystemExit("the header ran")
+topk: ">= 1" = 3                # how many
+layer = "fc"
+template = TEMPLATE
+save_crops = False
+_private = 1
+config = configure(globals(),
+                   reads=("example_selection.py",
+                          "concept_matching.py"))
+'''
+
+
+def test_a_steps_constants_are_read_from_its_header_without_running_it(tmp_path):
+    """Defaults, ranges, comments and reads come from the source alone: the header's failing import and its
+    exit never run, and a default imported from a project module is that module's literal."""
+    from pipeline import cli
+    step = tmp_path / "step.py"
+    step.write_text(HEADER)
+    assert cli.constants_of(step) == {"topk": 3, "layer": "fc", "template": "A chest x-ray image of a",
+                                      "save_crops": False}
+    assert cli.specs_of(step) == {"topk": ">= 1"}
+    assert cli._comments(step) == {"topk": "how many"}
+    assert cli.reads_of(step) == ("example_selection.py", "concept_matching.py")
+    accepted = cli.accepted_names(step)
+    assert {"topk", "alpha", "adaptive_percent", "verbose"} <= set(accepted)  # own, step 3's, step 2's, every step's
+
+
+def test_a_computed_default_is_refused_naming_its_line(tmp_path):
+    from pipeline import cli
+    step = tmp_path / "computed.py"
+    step.write_text('topk = len("abc")\nconfig = configure(globals())\n')
+    with pytest.raises(cli.PipelineError) as e:
+        cli.constants_of(step)
+    assert str(e.value).startswith(f"{step}:1: topk = len('abc'): a step's constant defaults to a literal")
+
+
+def test_a_configure_call_over_several_lines_still_names_the_steps_it_reads():
+    """compare_describers.py's call spans lines; every step it reads lends it its constants."""
+    import ast
+
+    from pipeline import cli
+    tree = ast.parse((cli.ROOT / "compare_describers.py").read_text())
+    call = next(n for n in tree.body if cli._is_configure(n))
+    assert call.end_lineno > call.lineno
+    assert cli.reads_of("compare_describers.py") == ("example_selection.py", "concept_matching.py", "bbox_img.py",
+                                                     "ablation.py", "target_model_perform.py")
+    accepted = set(cli.accepted_names("compare_describers.py"))
+    for name in ("wpmi_a", "topk", "alpha", "box_file", "ablation_draws", "val_split_file"):
+        assert name in accepted, name
+
+
+def test_no_module_executes_source_but_the_experiment_file_reader():
+    """exec/eval are called in one place, to read an experiment file: a step's source is parsed, never run."""
+    import ast
+    import subprocess
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert "pipeline/cli.py" in tracked
+    calls = set()
+    for rel in tracked:
+        if rel.startswith("tests/") or not (REPO / rel).is_file():
+            continue
+        tree = ast.parse((REPO / rel).read_text(encoding="utf-8"))
+        for fn in [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+            inner = {id(m) for f in ast.walk(fn) if f is not fn and isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                     for m in ast.walk(f)}
+            for n in ast.walk(fn):
+                if id(n) not in inner and isinstance(n, ast.Call) and isinstance(n.func, ast.Name) \
+                        and n.func.id in ("exec", "eval"):
+                    calls.add((rel, getattr(fn, "name", "<module>"), n.func.id))
+    assert calls == {("pipeline/cli.py", "read_experiment", "exec")}
+
+
+# ---- one way to run a sub-step
+
+SUB_STEP = '''"""A step that prints its constants."""
+import json
+from pipeline.cli import PipelineError, configure, main
+topk: ">= 1" = 20
+alpha = 95.0
+layer = "fc"
+config = configure(globals())
+
+
+def run():
+    if layer == "fail":
+        raise PipelineError("--layer fail: this step fails")
+    print("got " + json.dumps({k: config[k] for k in ("topk", "alpha", "layer")}))
+
+
+if __name__ == "__main__":
+    main(run)
+'''
+
+
+@pytest.fixture
+def caller(tmp_path):
+    """A sub-step, and the Config of a script that reads its constants, run with an experiment file and
+    options of its own and of the sub-step."""
+    from pipeline import cli
+    step = tmp_path / "sub.py"
+    step.write_text(SUB_STEP)
+    exp = tmp_path / "exp.py"
+    exp.write_text("alpha = 50.0\n")
+    config = cli._configure({"alpha": 1.0, "__file__": str(tmp_path / "caller.py")},  # its own alpha
+                            [str(exp), "--topk", "7", "--alpha", "2", "--layer=typed"], (str(step),))
+    return step, exp, config
+
+
+def test_a_sub_step_gets_the_callers_files_and_options_it_takes(caller, capsys):
+    """The experiment file and --topk as typed reach the step; the caller's own --alpha does not; a shared
+    value the step does not take is left out; this run's --layer replaces the typed one."""
+    import json
+
+    from pipeline import cli
+    step, exp, config = caller
+    cli.run_step(str(step), config, shared={"resize": 64}, layer="mine")
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == f"$ python {step} {exp} --topk 7 --layer mine"
+    assert json.loads(out[-1][len("got "):]) == {"topk": 7, "alpha": 50.0, "layer": "mine"}
+    cli.run_step(str(step), config, shared={"topk": 3, "resize": 64})
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == f"$ python {step} {exp} --layer typed --topk 3"
+
+
+def test_a_sub_step_that_fails_stops_its_caller_with_one_line(caller, capsys):
+    from pipeline import cli
+    step, exp, config = caller
+    log = step.parent / "logs" / "01_sub.log"
+    with pytest.raises(cli.PipelineError) as e:
+        cli.run_step(str(step), config, log=log, layer="fail")
+    assert str(e.value).startswith(f"{step} failed (its error is above, all it printed in {log});")
+    said = capsys.readouterr()
+    assert said.out == f"$ python {step} {exp} --topk 7 --layer fail\n"
+    assert said.err == "error: --layer fail: this step fails\n"
+    assert log.read_text(encoding="utf-8") == "error: --layer fail: this step fails\n"
+    with pytest.raises(cli.PipelineError, match="takes no --resize"):
+        cli.run_step(str(step), config, resize=64)
