@@ -20,7 +20,7 @@ from dataset.nih import ProbeSet
 from pipeline.cache import load_tensors, read_output
 from pipeline.forward import workers
 from core.errors import PipelineError
-from pipeline.outputs import EVAL_RECORD, activations_key, layer_dir
+from pipeline.outputs import ACTIVATIONS, EVAL_RECORD, activations_key, layer_dir
 
 
 def known(labels: np.ndarray, probs: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +99,7 @@ def stage2_logits(config: dict, split: str, split_file: str, checkpoint: str | P
     """Logits stage 2 cached for this split, target files and preprocessing (any layer's run holds
     them), or None. The fc run is tried first, as it is the smallest file."""
     c = {**config, "split": split, "split_file": split_file}
-    runs = sorted(layer_dir({**c, "layer": "fc"}).parent.glob("*/activations.pt"),
+    runs = sorted(layer_dir({**c, "layer": "fc"}).parent.glob(f"*/{ACTIVATIONS}"),
                   key=lambda p: (p.parent.name != "fc", p.stat().st_size))
     for path in runs:
         try:
