@@ -32,7 +32,8 @@ from pipeline.cache import (cached, check_finite, claim, holds_claims, load_json
                             save_tensors)
 from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.forward import probe_loader, record, use_channels_last
-from pipeline.outputs import ACTIVATION_FIELDS, activations_key, examples_dir, examples_key, layer_dir
+from pipeline.outputs import (ACTIVATION_FIELDS, ACTIVATIONS, EXAMPLES, EXAMPLES_CSV, activations_key, examples_dir,
+                              examples_key, layer_dir)
 
 # -----------------------------------------------------------------------------
 dataset = "nih14"               # name of the probing set (a tag for the output folder)
@@ -108,7 +109,7 @@ def run():
     per = {}  # layer -> its config, activations.pt, key
     for name in wanted:
         c = {**config, "layer": name}
-        per[name] = (c, layer_dir(c) / "activations.pt", activations_key(c, ckpt, probe.data_key))
+        per[name] = (c, layer_dir(c) / ACTIVATIONS, activations_key(c, ckpt, probe.data_key))
     stored = {name: None for name in wanted}
     if ranks.is_main():  # the one rank that writes claims the folders and decides what is left to do
         # Before the long pass: the folders must be writable, and no other run may write them meanwhile.
@@ -191,7 +192,7 @@ def select(c, act_path, act_key, acts, logits, names, paths, truth, class_list, 
     """One layer's examples from its activations: examples.json, examples.csv, crops."""
     ex_dir = examples_dir(c)
     ex_key = examples_key(act_key, c)
-    ex_json, ex_csv = ex_dir / "examples.json", ex_dir / "examples.csv"
+    ex_json, ex_csv = ex_dir / EXAMPLES, ex_dir / EXAMPLES_CSV
     old = cached(ex_json, ex_key, load_json) if ex_csv.exists() else None
     if old is not None and (not save_crops or (ex_dir / "crops").is_dir()):
         print(f"reusing {ex_json}")
@@ -226,7 +227,7 @@ def select(c, act_path, act_key, acts, logits, names, paths, truth, class_list, 
 def drop_examples(ex_dir):
     """Remove a selection's outputs, examples.json first (the one a later step reads): a run that fails
     while writing their successors leaves none of them, never an old one beside new activations."""
-    for f in ("examples.json", "examples.csv"):
+    for f in (EXAMPLES, EXAMPLES_CSV):
         (ex_dir / f).unlink(missing_ok=True)
     shutil.rmtree(ex_dir / "crops", ignore_errors=True)
 
@@ -235,7 +236,7 @@ def drop_stale(ex_dir, act_key):
     """Remove a selection's outputs when selected from other activations than those about to be written
     (act_key): a run that fails before it selects again leaves none of them beside the new activations."""
     try:
-        same = load_json(ex_dir / "examples.json").get("activations_key") == act_key
+        same = load_json(ex_dir / EXAMPLES).get("activations_key") == act_key
     except (OSError, ValueError, AttributeError):
         same = False
     if not same:
@@ -270,7 +271,7 @@ def write_tables(neurons, names, truth, logits, ex_dir, class_list):
             gt = [] if truth is None else ["" if v == MISSING else int(v) for v in truth[i]]
             rows.append([n["neuron"], r, e["image_id"], f"{e['activation']:.6g}",
                          "" if truth is None else findings(truth[i], columns)] + gt + [f"{p:.6g}" for p in probs[i]])
-    save_csv(ex_dir / "examples.csv", header, rows)
+    save_csv(ex_dir / EXAMPLES_CSV, header, rows)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 from models.layers import layer_names
 from pipeline.cache import save_json, save_png
 from pipeline.cli import PipelineError, configure, main, print_config, run_step
-from pipeline.outputs import matching_dir, model_dir, read_matching
+from pipeline.outputs import CONCEPTS, SANITY, SANITY_PNG, matching_dir, model_dir, read_matching
 
 # -----------------------------------------------------------------------------
 sanity_seed: "[0, 2**63 - 1]" = 0  # seed of the re-initialisation (the re-initialised target's --reinit_seed)
@@ -116,14 +116,14 @@ def run():
         run_step("concept_matching.py", config, layer=",".join(names), reinit_seed=seed)
     layers = {}
     for name in names:
-        both = {w: side(matching_dir({**c, "layer": name}) / "concepts.json", frequent_concepts)
+        both = {w: side(matching_dir({**c, "layer": name}) / CONCEPTS, frequent_concepts)
                 for w, c in (("target", {**config, "reinit_seed": -1}), ("reinitialised", rand))}
         shared = {c for c, _ in both["target"]["first_concepts"]} & {c for c, _ in both["reinitialised"]["first_concepts"]}
         layers[name] = {**both, "shared_first_concepts": sorted(shared)}
     out = model_dir(rand)
-    save_json(out / "sanity.json", {"sanity_seed": sanity_seed, "model": config["model"],
+    save_json(out / SANITY, {"sanity_seed": sanity_seed, "model": config["model"],
                                     "checkpoint": config["checkpoint"], "layers": layers})
-    save_png(out / "sanity.png", figure(layers))
+    save_png(out / SANITY_PNG, figure(layers))
     print(f"\n== Sanity check: significant names ({q_rule(layers)}) of the target and of the target re-initialised "
           f"(seed {sanity_seed})")
     for name, r in layers.items():
@@ -131,7 +131,7 @@ def run():
         print(f"{name}: {side_name('target', t)} {counted(t)}, re-initialised {counted(z)}; first concepts: target "
               f"{', '.join(c for c, _ in t['first_concepts'])}; re-initialised {', '.join(c for c, _ in z['first_concepts'])}")
     print("outputs:")
-    for p in ("sanity.json", "sanity.png"):
+    for p in (SANITY, SANITY_PNG):
         print(f"  {out / p}")
 
 

@@ -34,7 +34,8 @@ from mammi.metrics import auroc_auprc, best_thresholds, known
 from pipeline.evaluation import forward_logits, held_out_split, stage2_logits
 from models import pick_device
 from models.target import RANDOM, checkpoint_of, model_classes, preprocessing, target_as_probed, warn_untrained
-from pipeline.outputs import EVAL_FILES, EVAL_RECORD, eval_dir, eval_key, eval_split, target_key
+from pipeline.outputs import (EVAL_FILES, EVAL_RECORD, LABELS, PROBS, ROC_CURVES, TEST_EVAL, THRESHOLDS, eval_dir,
+                              eval_key, eval_split, target_key)
 
 # -----------------------------------------------------------------------------
 # The target, its checkpoint, preprocessing, image folder and save_root are example_selection.py's.
@@ -104,15 +105,16 @@ def run():
     # written last: a write failing midway leaves no file of that run beside this one's, and no eval.json
     for f in (EVAL_RECORD,) + EVAL_FILES:
         (d / f).unlink(missing_ok=True)
-    save_csv(d / "Threshold.csv", ["label", "bestthr"], [[c, f"{t:.6g}"] for c, t in zip(classes, thr)])
-    save_csv(d / "TestEval.csv", ["label", "auc", "auprc"],
+    save_csv(d / THRESHOLDS, ["label", "bestthr"], [[c, f"{t:.6g}"] for c, t in zip(classes, thr)])
+    save_csv(d / TEST_EVAL, ["label", "auc", "auprc"],
              [[c, f"{a:.6g}", f"{p:.6g}"] for c, a, p in zip(classes, auc, ap)])
     for split, (n, y, p) in out.items():
         tag = split.capitalize()
-        save_csv(d / f"{tag}Probs.csv", ["image_id"] + classes, [[i] + [f"{v:.9g}" for v in row] for i, row in zip(n, p)])
-        save_csv(d / f"{tag}Labels.csv", ["image_id"] + classes,
+        save_csv(d / PROBS.format(split=tag), ["image_id"] + classes,
+                 [[i] + [f"{v:.9g}" for v in row] for i, row in zip(n, p)])
+        save_csv(d / LABELS.format(split=tag), ["image_id"] + classes,
                  [[i] + ["" if v == MISSING else int(v) for v in row] for i, row in zip(n, y)])
-    save_png(d / "roc_curves.png", roc_figure(labels, probs, auc, classes, eval_split(config)))
+    save_png(d / ROC_CURVES, roc_figure(labels, probs, auc, classes, eval_split(config)))
     target = target_key({**config, **prep, "checkpoint": ckpt})
     save_json(d / EVAL_RECORD, {"key": eval_key(target, data, classes), "target": target,
                                 "config": {**config, **prep, "checkpoint": str(ckpt or "")},

@@ -187,3 +187,8 @@ def pm(v: dict) -> str:
 def share(hits: list[bool]) -> dict:
     """mean +- std/sqrt(n) of per-neuron outcomes (0/1, or shares); NaN with n = 0 when there are none."""
     return mean_se(hits) if hits else {"mean": math.nan, "se": math.nan, "n": 0}
+
+
+def words(records: list[dict]) -> list[list[str]]:
+    """Each neuron's concepts as the describers' scores take them, from its concepts.json records."""
+    return [[c["concept"] for c in n["concepts"]] for n in records]

@@ -26,10 +26,10 @@ from pipeline.cli import EXAMPLE_SELECTION, constants_of
 from pipeline.evaluation import held_out_split, stage2_pass
 from pipeline.forward import probe_loader, record
 from pipeline.limits import check_memory
-from pipeline.outputs import ablation_key, activations_key, stored_classes
+from pipeline.outputs import ABLATION, ABLATION_CSV, ABLATION_PNG, ablation_key, activations_key, stored_classes
 
 FIELDS = ("finding", "n_neurons", "effect", "random_mean", "random_sd", "z", "other_classes")
-OUTPUTS = ("ablation.json", "ablation.csv", "ablation.png")  # what ablate writes beside a concepts.json
+OUTPUTS = (ABLATION, ABLATION_CSV, ABLATION_PNG)  # what ablate writes beside a concepts.json
 
 
 class NoLabels(PipelineError):
@@ -118,9 +118,9 @@ def ablate(concepts_path: Path, records: list[dict], data: dict, draws: int, see
     out = Path(concepts_path).parent
     names = file_digest(concepts_path)  # the names ablated: stored, for readers to check against the file beside
     key = ablation_key(names, data["activations_key"], data["split"], draws, seed, code())
-    stored = cached(out / "ablation.json", key, loader=load_json)
+    stored = cached(out / ABLATION, key, loader=load_json)
     if stored is not None:
-        print(f"reusing {out / 'ablation.json'}")
+        print(f"reusing {out / ABLATION}")
         return stored
     classes, findings, t = data["classes"], data["findings"], data["tensors"]()
     live = live_neurons(records)
@@ -152,11 +152,11 @@ def ablate(concepts_path: Path, records: list[dict], data: dict, draws: int, see
                           f"{len(findings)} findings; nothing to ablate")
     # ablation.json, the one a reader takes, is removed first and written last: a write failing between
     # leaves no table beside a figure of other numbers
-    may_write(out / "ablation.json").unlink(missing_ok=True)
-    save_csv(out / "ablation.csv", list(FIELDS) + ["n_images"],
+    may_write(out / ABLATION).unlink(missing_ok=True)
+    save_csv(out / ABLATION_CSV, list(FIELDS) + ["n_images"],
              [[r[k] if not isinstance(r[k], float) else f"{r[k]:.6g}" for k in FIELDS + ("n_images",)] for r in rows])
-    save_png(out / "ablation.png", figure(result, bands))
-    save_json(out / "ablation.json", result)
+    save_png(out / ABLATION_PNG, figure(result, bands))
+    save_json(out / ABLATION, result)
     return result
 
 

@@ -22,7 +22,7 @@ from dataset.probe import Probe, load_probe
 from pipeline.cache import load_tensors, read_output
 from pipeline.forward import probe_loader
 from core.errors import PipelineError
-from pipeline.outputs import EVAL_RECORD, activations_key, layer_dir
+from pipeline.outputs import ACTIVATIONS, EVAL_RECORD, activations_key, layer_dir
 
 
 def read_thresholds(path: str | Path, classes: list[str], target: str | None = None, runs: str = "") -> np.ndarray:
@@ -89,9 +89,9 @@ def stage2_pass(c: dict, checkpoint: str | Path | None, data_key: str, layer: st
     file. Reused when its key is the one c, the checkpoint's bytes and the images (data_key) give, it holds
     logits, and (names given) its images are these in this order. Returns the stored dict with its "path"."""
     if layer is not None:
-        runs = [layer_dir({**c, "layer": layer}) / "activations.pt"]
+        runs = [layer_dir({**c, "layer": layer}) / ACTIVATIONS]
     else:
-        runs = sorted(layer_dir({**c, "layer": "fc"}).parent.glob("*/activations.pt"),
+        runs = sorted(layer_dir({**c, "layer": "fc"}).parent.glob(f"*/{ACTIVATIONS}"),
                       key=lambda p: (p.parent.name != "fc", p.stat().st_size))
     for path in runs:
         if not path.is_file():
