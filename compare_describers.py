@@ -49,15 +49,18 @@ from dataset.nih import model_input_args, resolve_images
 from dataset.probe import MISSING, align_labels, label_key, load_probe
 from mammi.describers import (NAMES, concept_overlap, label_auc, lift_findings, name_neurons, pm, same_name, soft_wpmi, top_images,
                         topk_mean, truth_agreement)
+from mammi.dissection import dissect
+from mammi.maps import layer_maps
 from mammi.method import fc_metrics, image_concept_scores, mammi, name_neuron
 from models import pick_device
+from models.layers import map_source
 from models.target import target_as_probed, warn_untrained
 from models.vlm import load_vlm
 from phantom.marker import warn_other_world
 from pipeline.ablation import NoLabels, ablate, check_draws, discard, held_out, median_z, untested
 from pipeline.cache import cached, save_bytes, save_json, save_png, save_tensors
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
-from pipeline.dissection import collect_maps, dissect, layer_maps, map_source
+from pipeline.dissection import collect_maps
 from pipeline.features import image_features, text_features
 from pipeline.outputs import (beside_input, class_neurons, describer_key, describers_dir, find_matching, maps_key,
                               maps_path, read_activations, read_similarity, stored_classes, upstream_constants)

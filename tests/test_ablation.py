@@ -23,8 +23,9 @@ def rec(k, concepts, status="ok"):
     return {"neuron": k, "status": status, "concepts": [{"concept": c, "score": 1.0} for c in concepts]}
 
 
-def test_a_finding_is_named_by_itself_or_one_of_its_words():
-    """N_f: a concept equal to the finding or to one of its words (case, '_' and '-' aside), live neurons only."""
+def test_a_finding_is_named_by_itself_or_all_of_its_words():
+    """N_f: a concept equal to the finding, or concepts holding each of its words (case, '_' and '-' aside),
+    live neurons only."""
     records = [rec(0, ["effusion"]), rec(1, ["pleural"]), rec(2, ["thickening", "mass"]),
                rec(3, ["pleural thickening"]), rec(4, ["Pleural_Thickening"]), rec(5, ["pleural effusion"]),
                rec(6, ["mass"], status="dead"), rec(7, ["masses"]), rec(8, ["thick"]), rec(9, []),
@@ -33,8 +34,8 @@ def test_a_finding_is_named_by_itself_or_one_of_its_words():
     assert finding_words("pleural-thickening") == ["pleural", "thickening"]
     assert finding_words("Effusion") == ["effusion"]
     assert named_neurons(records, "Effusion") == [0, 10]
-    assert named_neurons(records, "Pleural_Thickening") == [1, 2, 3, 4]
-    assert named_neurons(records, "pleural thickening") == [1, 2, 3, 4]
+    assert named_neurons(records, "Pleural_Thickening") == [3, 4]  # one word alone names no finding
+    assert named_neurons(records, "pleural thickening") == [3, 4]
     assert named_neurons(records, "Mass") == [2]
     assert named_neurons(records, "Hernia") == []
 
