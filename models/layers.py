@@ -1,6 +1,7 @@
-"""Reading a target's layers: hooks that record one value per neuron and image, whatever the layer's
-output is ([B, D], [B, C, H, W] conv maps, channels-last maps, transformer tokens), and the table of
-every layer that `--layer list` prints."""
+"""Reading a target's layers: read_maps, the one reader of a layer's output with its neurons on dim 1
+(conv maps, channels-last maps, transformer tokens), for heatmaps, dissection and the gallery's maps;
+taps, which pool it to one value per neuron and image; the module whose maps the head pools
+(map_module); and the table of every layer that `--layer list` prints."""
 from __future__ import annotations
 
 import difflib
