@@ -252,7 +252,8 @@ def ablation(*args):
 
 def test_ablation_writes_its_table_and_reuses_it(run, tmp_path):
     ex = run
-    path = concepts_file(tmp_path / "run", ex, {3: ["effusion"], 7: ["Effusion", "mass"], 9: ["pleural"]})
+    path = concepts_file(tmp_path / "run", ex, {3: ["effusion"], 7: ["Effusion", "mass"], 9: ["pleural", "thickening"],
+                                                       11: ["pleural"]})  # 11: one word of it names none
     proc = ablation("--ablation_concepts", str(path))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     got = json.loads((path.parent / "ablation.json").read_text())
