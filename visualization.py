@@ -28,8 +28,9 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.patches import Patch, Rectangle
 from tqdm import tqdm
 
-from pipeline.attribution import (NEURON_COLOURS, OVERALL_COLOUR, neuron_map, overall_map, overlay, pointing,
-                         taylor_scores, top_neurons)
+from mammi.attribution import taylor_scores, top_neurons
+from mammi.maps import NEURON_COLOURS, OVERALL_COLOUR, neuron_map, overall_map, overlay
+from mammi.pointing import pointing
 from pipeline.cache import claim, holds_claims, save_json, save_png
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from dataset.boxes import disease_colour, load_boxes, scale_to, to_probe_crop
@@ -208,7 +209,7 @@ def panel(name, cls, prob, t, img, gt, neurons, shown, overall, cls_boxes, pg) -
 
 
 def caption(n: int, cls: str) -> str:
-    """What the panel's numbers and maps are, in the terms of pipeline/attribution.py."""
+    """What the panel's numbers and maps are, in the terms of mammi/attribution.py and mammi/maps.py."""
     return textwrap.fill(
         f"Taylor score: the neuron's pooled activation times the gradient of the {cls} logit with respect to it, "
         f"its first-order contribution to that logit (exact under a linear head); shown: the {n} neuron"

@@ -2,7 +2,7 @@
 describer names for a finding lower the finding's logit more than zeroing as many neurons of the layer
 drawn at random? Checked against a literal loop in tests/test_ablation.py and tests/test_mammi_ablation.py.
 
-  named_neurons   N_f: the live neurons one of whose concepts is the finding or a word of it;
+  named_neurons   N_f: the live neurons whose concepts name the finding (mammi.describers.names_finding);
   random_sets     R sets of |N_f| live neurons, drawn with a fixed seed;
   linear_drops    the mean drop of each class's logit over its positive images when a set is zeroed,
                   for a layer that reaches the logits through a linear map (linear_map: penultimate under a
@@ -21,21 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dataset.probe import label_key
+from mammi.describers import names_finding
 from models.layers import channel_axis, channels_last_modules, hook_layer
 from models.target import head_name
-
-
-def finding_words(finding: str) -> list[str]:
-    """The words of a finding: its name lower-cased, split at spaces, '_' and '-' (as labels join
-    classes): 'Pleural_Thickening' -> ['pleural', 'thickening']."""
-    return label_key(finding).split()
-
-
-def names_finding(concepts: list[str], finding: str) -> bool:
-    """One of the concepts, normalised as the finding is, equals the finding or one of its words."""
-    whole, words = label_key(finding), finding_words(finding)
-    return any(label_key(c) == whole or label_key(c) in words for c in concepts)
 
 
 def named_neurons(records: list[dict], finding: str) -> list[int]:

@@ -112,9 +112,10 @@ PROBE = textwrap.dedent('''
                      "dataset/files.py", "core/digests.py"]),
     ("examples", ["example_selection.py", "mammi/method.py", "pipeline/forward.py"]),
     ("vlm features", ["pipeline/features.py", "dataset/nih.py", "models/vlm.py", "models/vlm_base.py", "mammi/method.py"]),
-    ("dissection maps", ["pipeline/dissection.py", "pipeline/attribution.py", "mammi/describers.py", "dataset/boxes.py"]),
+    ("dissection maps", ["pipeline/dissection.py", "mammi/maps.py", "models/layers.py"]),
     ("concept_matching.py", ["concept_matching.py", "pipeline/features.py", "mammi/method.py", "dataset/nih.py"]),
-    ("compare_describers.py", ["compare_describers.py", "mammi/describers.py", "pipeline/dissection.py"]),
+    ("compare_describers.py", ["compare_describers.py", "mammi/describers.py", "mammi/dissection.py",
+                               "pipeline/dissection.py"]),
     ("gallery.py", ["gallery.py", "dataset/nih.py"]),
 ])
 def test_editing_any_module_a_stage_runs_changes_its_key(copy, stage, must):

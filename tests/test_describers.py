@@ -11,8 +11,8 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import REPO, run_script
 from dataset.nih import class_names
-from mammi.describers import (dissection_counts, iou, label_auc, lift_findings, name_neurons, same_name, soft_wpmi,
-                        top_quantile, topk_mean, truth_agreement)
+from mammi.describers import label_auc, lift_findings, name_neurons, same_name, soft_wpmi, topk_mean, truth_agreement
+from mammi.dissection import dissection_counts, iou, top_quantile
 from pipeline.cli import constants_of
 from test_pipeline import ok, stage2, stage3, tiny_clip  # noqa: F401  (tiny_clip is a fixture)
 
@@ -86,7 +86,7 @@ def test_top_quantile_is_numpys():
 
 
 def test_dissection_iou_on_hand_made_maps_and_boxes():
-    from pipeline.dissection import finding_masks
+    from mammi.dissection import finding_masks
     # A 2x2 map [[1, 0], [0, 0]] upsampled bilinearly to 4x4 is the outer product of [1, .75, .25, 0] with
     # itself; at T = 0.5 its top-left 2x2 block is on (1, .75, .75, .5625).
     maps = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])  # [B=1, K=1, 2, 2]
@@ -115,7 +115,8 @@ def test_maps_average_to_the_cached_activations():
     the pooled feature (penultimate) or the module's channel mean."""
     from models.layers import tap
     from models.target import build_target
-    from pipeline.dissection import layer_maps, map_source, module_maps
+    from mammi.maps import layer_maps, module_maps
+    from models.layers import map_source
     torch.manual_seed(0)
     net = build_target("densenet121").eval()
     x = torch.randn(2, 3, 64, 64)

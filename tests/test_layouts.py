@@ -100,9 +100,8 @@ def test_torchvision_swin_reads_channels_last():
 
 
 def test_heatmaps_refuse_channels_last_features():
-    from pipeline.attribution import map_module
+    from models.layers import map_module, map_source
     from pipeline.cli import PipelineError
-    from pipeline.dissection import map_source
     swin = torchvision.models.swin_t(num_classes=3)
     with pytest.raises(PipelineError, match="channels-last"):
         map_module(swin)

@@ -13,8 +13,10 @@ from captum.attr import LayerGradientXActivation
 from matplotlib.collections import QuadMesh
 from PIL import Image
 
-from pipeline.attribution import (NEURON_COLOURS, OVERALL_COLOUR, map_module, neuron_map, overall_map, overlay, pointing,
-                         taylor_scores, top_neurons)
+from mammi.attribution import taylor_scores, top_neurons
+from mammi.maps import NEURON_COLOURS, OVERALL_COLOUR, neuron_map, overall_map, overlay
+from mammi.pointing import pointing
+from models.layers import map_module
 from conftest import REPO
 from dataset.boxes import disease_colour
 from dataset.nih import class_names
