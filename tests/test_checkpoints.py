@@ -17,7 +17,9 @@ from models.layers import first_nonfinite
 from models.target import build_target, checkpoint_of, load_target, target_identity
 from pipeline.cache import load_tensors
 from pipeline.outputs import activations_key
-from test_user_models import images, one_line, one_thread, stage2  # noqa: F401 (fixtures)
+from conftest import refused, unlabeled_stage2
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread
 
 XRV = "xrv:densenet121-res224-all"
 # The file names each library's own loader saves its weights under (from their download URLs).
@@ -68,7 +70,7 @@ def test_nan_weights_are_refused_in_every_family(images, tmp_path):
         args = ["--checkpoint", str(ckpt)] if ckpt else []
         named = str(ckpt) if ckpt else f"--model {model}"
         for selection in ("adaptive", "topk"):
-            line = one_line(stage2(images, out, model, *args, "--layer", "fc", "--selection", selection, "--classes",
+            line = refused(unlabeled_stage2(images, out, model, *args, "--layer", "fc", "--selection", selection, "--classes",
                                    ""), named, f"{bad} of {total} weight tensors hold NaN or infinite values")
             assert line.startswith(f"error: {named}: "), line
         nothing_written(out)
@@ -96,10 +98,10 @@ def test_a_forward_pass_that_makes_nan_names_where(images, tmp_path):
     model = f"{tmp_path / 'nanfwd.py'}:build"
     out = tmp_path / "res"
     for layer in ("fc", "1", "5"):  # the logits, a finite layer before the NaN, the pooled NaN
-        one_line(stage2(images, out, model, "--layer", layer), "the forward pass on images 1-3 of the probing set gives "
+        refused(unlabeled_stage2(images, out, model, "--layer", layer), "the forward pass on images 1-3 of the probing set gives "
                  "NaN or infinite values, first in the output of module '3', from finite inputs", "--mean")
     nothing_written(out)
-    assert "try fp32" in one_line(stage2(images, out, model, "--layer", "fc", "--precision", "bf16"), "module '3'")
+    assert "try fp32" in refused(unlabeled_stage2(images, out, model, "--layer", "fc", "--precision", "bf16"), "module '3'")
 
 
 def test_first_nonfinite_is_the_first_module_to_finish_with_nan():
@@ -145,7 +147,7 @@ def test_random_is_the_library_initialisation_seeded(capsys):
 def test_random_through_step_2_is_marked_untrained(images, tmp_path):
     out = tmp_path / "res"
     model = "torchvision:mobilenet_v3_small"
-    proc = stage2(images, out, model, "--checkpoint", "random", "--layer", "fc,features.8", "--classes", "")
+    proc = unlabeled_stage2(images, out, model, "--checkpoint", "random", "--layer", "fc,features.8", "--classes", "")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "warning: --checkpoint random" in proc.stdout
     (fc,) = (out / "mine_all").glob("*/fc")
@@ -157,7 +159,7 @@ def test_random_through_step_2_is_marked_untrained(images, tmp_path):
     # the same run with a checkpoint file: trained, and its own key
     torch.manual_seed(0)
     torch.save(torchvision.models.mobilenet_v3_small().state_dict(), tmp_path / "same.pth")
-    proc = stage2(images, out, model, "--checkpoint", str(tmp_path / "same.pth"), "--layer", "fc", "--classes", "")
+    proc = unlabeled_stage2(images, out, model, "--checkpoint", str(tmp_path / "same.pth"), "--layer", "fc", "--classes", "")
     assert proc.returncode == 0 and "reusing" not in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     trained = load_tensors(fc / "activations.pt")
     assert trained["config"]["untrained"] is False and trained["key"] != stored["key"]
@@ -169,7 +171,7 @@ def test_random_through_step_2_is_marked_untrained(images, tmp_path):
                                         (XRV, ["--resize", "32", "--crop", "32"])])
 def test_layer_list_with_random_weights(images, tmp_path, model, args):
     out = tmp_path / "res"
-    proc = stage2(images, out, model, "--checkpoint", "random", "--layer", "list", "--classes", "", *args)
+    proc = unlabeled_stage2(images, out, model, "--checkpoint", "random", "--layer", "list", "--classes", "", *args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
     assert {"fc", "penultimate"} <= rows
@@ -179,7 +181,7 @@ def test_layer_list_with_random_weights(images, tmp_path, model, args):
 def test_layer_list_counts_the_outputs_apart_from_the_head_module_fc(images, tmp_path):
     """timm's ResNet-18 names its head module fc, which runs once per pass, as do the model's outputs (row
     fc): neither row says it ran twice, and no module of this model runs twice."""
-    proc = stage2(images, tmp_path / "res", "timm:resnet18", "--checkpoint", "random", "--layer", "list",
+    proc = unlabeled_stage2(images, tmp_path / "res", "timm:resnet18", "--checkpoint", "random", "--layer", "list",
                   "--classes", "")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     fc = [line.split() for line in proc.stdout.splitlines() if line.startswith("fc ")]
@@ -190,7 +192,7 @@ def test_layer_list_counts_the_outputs_apart_from_the_head_module_fc(images, tmp
 def test_random_and_pretrained_are_refused_for_a_models_own_file(images, tmp_path):
     (tmp_path / "own.py").write_text("import torch.nn as nn\n\n\ndef build():\n    return nn.Linear(3, 3)\n")
     for word in ("random", "pretrained"):
-        one_line(stage2(images, tmp_path / "res", f"{tmp_path / 'own.py'}:build", "--checkpoint", word),
+        refused(unlabeled_stage2(images, tmp_path / "res", f"{tmp_path / 'own.py'}:build", "--checkpoint", word),
                  f"--checkpoint {word}:", "builds or holds its own weights")
 
 
@@ -222,7 +224,7 @@ def test_pretrained_reads_each_librarys_cached_file(images, caches):
     xrv_file = caches / "home" / ".torchxrayvision" / "models_data" / XRV_FILE
     xrv_file.parent.mkdir(parents=True)
     torch.save(dense, xrv_file)
-    proc = stage2(images, caches / "res", "torchvision:mobilenet_v3_small", "--checkpoint", "pretrained", "--layer", "list")
+    proc = unlabeled_stage2(images, caches / "res", "torchvision:mobilenet_v3_small", "--checkpoint", "pretrained", "--layer", "list")
     assert proc.returncode == 0 and "features.8" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     for model, file, net in (("torchvision:mobilenet_v3_small", tv_file, tv),
                              ("timm:test_vit", snapshot / "model.safetensors", vit), (XRV, xrv_file, dense)):
@@ -241,13 +243,13 @@ def test_pretrained_reads_each_librarys_cached_file(images, caches):
 
 def test_pretrained_missing_names_its_url_and_downloads_nothing(images, caches):
     out = caches / "res"
-    one_line(stage2(images, out, "torchvision:mobilenet_v3_small", "--checkpoint", "pretrained", "--layer", "list"),
+    refused(unlabeled_stage2(images, out, "torchvision:mobilenet_v3_small", "--checkpoint", "pretrained", "--layer", "list"),
              str(caches / "torch" / "hub" / "checkpoints" / TV_FILE),
              f"https://download.pytorch.org/models/{TV_FILE}", "nothing is downloaded")
-    one_line(stage2(images, out, "timm:test_vit", "--checkpoint", "pretrained", "--layer", "list"),
+    refused(unlabeled_stage2(images, out, "timm:test_vit", "--checkpoint", "pretrained", "--layer", "list"),
              str(caches / "hf" / "hub"), "https://huggingface.co/timm/test_vit.r160_in1k/resolve/main/model.safetensors",
              "nothing is downloaded")
-    one_line(stage2(images, out, XRV, "--checkpoint", "pretrained", "--layer", "list"),
+    refused(unlabeled_stage2(images, out, XRV, "--checkpoint", "pretrained", "--layer", "list"),
              str(caches / "home" / ".torchxrayvision" / "models_data" / XRV_FILE), "https://github.com/mlmed")
     assert not (caches / "torch" / "hub" / "checkpoints").exists() and not (caches / "hf" / "hub").exists()
     nothing_written(out)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, make_probe_set, run_script, save_random_target
+from conftest import REPO, make_probe_set, refused, run_script, save_random_target
 from core.text import at_most
 from pipeline import cli
 from pipeline.cli import PipelineError
@@ -32,13 +32,6 @@ def refusal(argv, script=STEP) -> str:
     with pytest.raises(PipelineError) as e:
         configure(argv, script)
     return str(e.value)
-
-
-def one_line(proc, code=2) -> str:
-    lines = [line for line in proc.stderr.split("\n") if line.strip() and not line.startswith("\r")]
-    assert proc.returncode == code and "Traceback" not in proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 # ---- numbers: NaN and infinity refused, in lists too
@@ -73,7 +66,7 @@ def test_non_finite_numbers_from_an_experiment_file_are_refused(tmp_path):
 
 def test_a_nan_mean_ends_the_step_with_one_line_and_writes_nothing(tmp_path):
     proc = run_script(STEP, "--mean", "0.5,nan", "--save_root", str(tmp_path / "out"), "--device", "cpu")
-    assert one_line(proc) == "error: --mean 0.5,nan: mean must be comma-separated finite numbers"
+    assert refused(proc) == "error: --mean 0.5,nan: mean must be comma-separated finite numbers"
     assert not (tmp_path / "out").exists()
 
 
@@ -89,7 +82,7 @@ def test_an_option_with_no_value_is_refused(argv):
 
 def test_an_option_taken_as_a_value_writes_nothing(tmp_path):
     proc = run_script(STEP, "--save_root", "--layer", "fc", "--device", "cpu", cwd=tmp_path)
-    assert one_line(proc).startswith("error: --save_root needs a value, not the option --layer")
+    assert refused(proc).startswith("error: --save_root needs a value, not the option --layer")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -119,7 +112,7 @@ def test_an_experiment_file_that_exits_0_ends_the_step_with_status_2(tmp_path):
     exp = tmp_path / "exp.py"
     exp.write_text("import argparse\nargparse.ArgumentParser().parse_args(['--help'])\n")
     proc = run_script(STEP, str(exp), "--save_root", str(tmp_path / "out"), "--device", "cpu")
-    line = one_line(proc)  # argparse's usage and help are not printed: quoted in the line, at most
+    line = refused(proc)  # argparse's usage and help are not printed: quoted in the line, at most
     assert line.startswith(f"error: experiment file {exp} exited (SystemExit(0))") and proc.stdout == ""
     assert not (tmp_path / "out").exists()
 

@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from conftest import run_script
-from test_pipeline import TINY_CLIP
+from conftest import TINY_CLIP, refused, run_script
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +25,6 @@ def experiment(tmp_path_factory, probe_set, densenet_ckpt):
 
     write()
     return write, root / "res"
-
-
-def one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def test_one_threshold_in_the_experiment_file_reaches_every_step(experiment):
@@ -60,11 +50,11 @@ def test_a_constant_that_contradicts_the_stored_one_is_refused(experiment):
     assert run_script("example_selection.py", exp, "--layer", "fc").returncode == 0
     examples = res / "probe_train" / "densenet121" / "fc" / "adaptive93" / "examples.json"
     # --examples names the run; a selection that disagrees with it is refused, naming both values
-    line = one_line_error(run_script("concept_matching.py", exp, "--examples", str(examples),
-                                     "--adaptive_percent", "80"), "80", "93", str(examples))
+    line = refused(run_script("concept_matching.py", exp, "--examples", str(examples),
+                                     "--adaptive_percent", "80"), "80", "93", str(examples), bars=False)
     assert "--adaptive_percent" in line
-    one_line_error(run_script("concept_matching.py", exp, "--examples", str(examples), "--resize", "256"),
-                   "--resize", "256", "64")
+    refused(run_script("concept_matching.py", exp, "--examples", str(examples), "--resize", "256"),
+                   "--resize", "256", "64", bars=False)
     # the same value, given again, is not a contradiction
     proc = run_script("concept_matching.py", exp, "--examples", str(examples), "--adaptive_percent", "93")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -73,13 +63,13 @@ def test_a_constant_that_contradicts_the_stored_one_is_refused(experiment):
 def test_bad_experiment_files_are_one_line(tmp_path):
     bad = tmp_path / "typo.py"
     bad.write_text("adaptive_precent = 80\n")
-    one_line_error(run_script("example_selection.py", str(bad)), str(bad), "adaptive_precent")
+    refused(run_script("example_selection.py", str(bad)), str(bad), "adaptive_precent", bars=False)
     wrong_type = tmp_path / "type.py"
     wrong_type.write_text("topk = 'twenty'\n")
-    one_line_error(run_script("example_selection.py", str(wrong_type)), "topk", "int")
-    one_line_error(run_script("example_selection.py", str(tmp_path / "absent.py")), "absent.py")
+    refused(run_script("example_selection.py", str(wrong_type)), "topk", "int", bars=False)
+    refused(run_script("example_selection.py", str(tmp_path / "absent.py")), "absent.py", bars=False)
     # a constant another step owns is not taken by a step that neither owns nor reads it
-    one_line_error(run_script("example_selection.py", "--alpha", "90"), "--alpha")
+    refused(run_script("example_selection.py", "--alpha", "90"), "--alpha", bars=False)
 
 
 def test_help_lists_own_and_upstream_constants_with_their_comments():

@@ -9,12 +9,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from conftest import REPO, run_script
+from conftest import REPO, ok, run_script, stage2, stage3
 from dataset.nih import class_names
 from mammi.describers import (dissection_counts, iou, label_auc, lift_findings, name_neurons, same_name, soft_wpmi,
                         top_quantile, topk_mean, truth_agreement)
 from pipeline.cli import constants_of
-from test_pipeline import ok, stage2, stage3, tiny_clip  # noqa: F401  (tiny_clip is a fixture)
 
 WPMI = constants_of("compare_describers.py")
 

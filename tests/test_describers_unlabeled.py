@@ -8,8 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_probe_set, run_script
-from test_pipeline import ok, stage2, stage3, tiny_clip  # noqa: F401  (tiny_clip is a fixture)
+from conftest import make_probe_set, ok, run_script, stage2, stage3
 
 
 def compare(out, clip, *extra):
