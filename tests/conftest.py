@@ -6,6 +6,7 @@ import errno
 import io
 import json
 import os
+import runpy
 import subprocess
 import shutil
 import sys
@@ -130,6 +131,19 @@ def run_script(script: str, *args: str, subprocess_run: bool = False, cwd=None) 
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 
+def run_inline(monkeypatch, script, *args):
+    """Run a script in this process (saves the seconds a fresh interpreter spends importing torch)."""
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    runpy.run_path(str(REPO / script), run_name="__main__")
+
+
+def snapshot(root: Path, only_files: bool = False) -> dict:
+    """Size and modification time of everything under root (only_files: of each file but the lock file): equal
+    snapshots before and after, nothing there was written."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+            if not only_files or (p.is_file() and p.name != ".lock")}
+
+
 @pytest.fixture(scope="session")
 def probe_set(tmp_path_factory) -> Path:
     return make_probe_set(tmp_path_factory.mktemp("probe"))
@@ -231,6 +245,12 @@ def stage3(out, clip, *extra, model=None, concepts=None, weights="random", encod
     args += ["--concept_set", str(concepts)] if concepts is not None else []
     return run_script("concept_matching.py", *args, "--num_workers", "0", "--save_root", str(out),
                       "--metric_encoders", encoders, *extra)
+
+
+def compare(out, clip, *extra, encoders="all-minilm-l6-v2"):
+    """compare_describers.py over step 2's outputs under out, with the open_clip model clip (random weights)."""
+    return run_script("compare_describers.py", "--model_clip", f"open_clip:{clip}", "--clip_weights", "random",
+                      "--num_workers", "0", "--save_root", str(out), "--metric_encoders", encoders, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -155,11 +155,11 @@ def test_concept_set_encodings(tmp_path, stage2_run):
     bad = tmp_path / "latin.txt"
     bad.write_bytes("mass\nnodule\nb\u00e9b\u00e9\n".encode("latin-1"))
     refused(run_script("concept_matching.py", "--save_root", str(stage2_out), "--concept_set", str(bad)),
-             "latin.txt", "line 3", "UTF-8", bars=False)
+            "latin.txt", "line 3", "UTF-8", bars=False)
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"mass\n" + bytes(range(256)))
     refused(run_script("concept_matching.py", "--save_root", str(stage2_out), "--concept_set", str(binary)),
-             "binary.txt", "line 2", bars=False)
+            "binary.txt", "line 2", bars=False)
     bom = tmp_path / "bom.txt"
     bom.write_bytes("mass\nnodule\n".encode("utf-8-sig"))
     assert read_concepts(str(bom))[1] == ["mass", "nodule"]
@@ -169,7 +169,7 @@ def test_latin1_reports(tmp_path):
     reports = tmp_path / "reports.txt"
     reports.write_bytes("No effusion.\nSmall caf\u00e9 nodule.\n".encode("latin-1"))
     refused(run_script("prepare_mimic_nouns.py", "--reports", str(reports), "--out_dir", str(tmp_path)),
-             "reports.txt", "line 2", "UTF-8", bars=False)
+            "reports.txt", "line 2", "UTF-8", bars=False)
     assert not (tmp_path / "mimic_nouns.txt").exists()
 
 
@@ -180,7 +180,7 @@ def test_duplicate_split_lines_are_refused(tmp_path, densenet_ckpt):
     lines = split_lines(images)
     write_split(images, lines + [lines[1]])
     refused(stage2(images, densenet_ckpt, tmp_path / "res", size=40), "train_official.txt", "00000001_000.png",
-             "lines 2 and 7", bars=False)
+            "lines 2 and 7", bars=False)
 
 
 def test_concepts_differing_in_case_are_folded(tmp_path, capsys):
@@ -206,4 +206,4 @@ def test_malformed_report_entries(tmp_path, data, where):
     path = tmp_path / "annotation.json"
     path.write_text(json.dumps(data))
     refused(run_script("prepare_mimic_nouns.py", "--reports", str(path), "--out_dir", str(tmp_path)),
-             "annotation.json", where, bars=False)
+            "annotation.json", where, bars=False)

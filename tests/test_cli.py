@@ -329,7 +329,7 @@ def test_a_constant_that_contradicts_the_stored_one_is_refused(experiment):
                                      "--adaptive_percent", "80"), "80", "93", str(examples), bars=False)
     assert "--adaptive_percent" in line
     refused(run_script("concept_matching.py", exp, "--examples", str(examples), "--resize", "256"),
-                   "--resize", "256", "64", bars=False)
+            "--resize", "256", "64", bars=False)
     # the same value, given again, is not a contradiction
     proc = run_script("concept_matching.py", exp, "--examples", str(examples), "--adaptive_percent", "93")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -80,9 +80,9 @@ def test_stage3_bad_inputs(tmp_path, probe_set, densenet_ckpt):
                       "--resize", "40", "--crop", "40", "--num_workers", "0", "--save_root", str(out)).returncode == 0
     (tmp_path / "empty.txt").write_text("\n \n")
     refused(run_script("concept_matching.py", "--save_root", str(out), "--concept_set", str(tmp_path / "empty.txt")),
-                   "empty.txt", "empty", alone=False)
+            "empty.txt", "empty", alone=False)
     refused(run_script("concept_matching.py", "--save_root", str(out), "--clip_weights", str(tmp_path / "nowt")),
-                   "MedCLIP", "pretrained/medclip-vit", alone=False)
+            "MedCLIP", "pretrained/medclip-vit", alone=False)
     refused(run_script("concept_matching.py", "--save_root", str(out), "--template_ver", "no"), "--adaptive no", alone=False)
     refused(run_script("concept_matching.py", "--save_root", str(out), "--model_clip", "open_clip:ViT-B-16"),
-                   "--clip_weights", alone=False)
+            "--clip_weights", alone=False)

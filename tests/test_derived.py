@@ -11,8 +11,8 @@ import pytest
 import torch
 import torchvision
 
-from conftest import (disk_full_at, load_probe_set, ok, page_data, refused, run_script, save_random_target, stage2,
-                      write_synthetic)
+from conftest import (disk_full_at, load_probe_set, ok, page_data, refused, run_script, save_random_target, snapshot,
+                      stage2, write_synthetic)
 from dataset.nih import class_names
 from pipeline.cache import under
 from pipeline.cli import PipelineError
@@ -53,10 +53,6 @@ def step4(probe_set, ckpt, out, *extra):
 def visualization(probe_set, concepts, bbox, out, *extra):
     return run_script("visualization.py", "--concepts", str(concepts), "--data_root", str(probe_set), "--box_file",
                       str(bbox), "--max_drawn", "2", "--save_root", str(out), *extra)
-
-
-def snapshot(folder: Path) -> dict:
-    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +159,7 @@ def test_thresholds_of_another_checkpoint_are_refused(trained, probe_set, densen
     concepts = hand_concepts(ex, {}, "b")
     thr = out / "nih14_test" / "densenet121" / "eval" / "Threshold.csv"
     refused(visualization(probe_set, concepts, bbox, out), str(thr), str(densenet_ckpt), str(other),
-                   "target_model_perform.py", alone=False)
+            "target_model_perform.py", alone=False)
     assert not list(vis.rglob("*.png")) and not (vis / "total_results.json").exists()
     ok(step4(probe_set, other, out))
     ok(visualization(probe_set, concepts, bbox, out))
@@ -216,7 +212,7 @@ def test_a_write_failing_midway_through_ablation_leaves_no_table_of_the_run_befo
     ok(run_script("ablation.py", "--ablation_concepts", str(concepts), "--ablation_draws", "10", *SMALL))
     disk_full_at(monkeypatch, "ablation.png")
     refused(run_script("ablation.py", "--ablation_concepts", str(concepts), "--ablation_draws", "11", *SMALL),
-                   "ablation.png", "No space left on device", alone=False)
+            "ablation.png", "No space left on device", alone=False)
     assert not (concepts.parent / "ablation.json").exists()
 
 
@@ -268,7 +264,7 @@ def test_an_input_outside_save_root_is_refused_before_anything_is_written(reinit
     given = ex if option == "--examples" else hand_concepts(ex, {3: ["effusion"]}, "outside")
     before, mine = snapshot(other), tmp_path / "mine"
     refused(run_script(script, option, str(given), "--save_root", str(mine), *SMALL), option, str(given),
-                   f"--save_root {other}", alone=False)
+            f"--save_root {other}", alone=False)
     assert snapshot(other) == before and not mine.exists()
 
 
@@ -278,7 +274,7 @@ def test_every_write_is_checked_against_save_root(tmp_path):
     res = write_synthetic(tmp_path, n_neurons=8, n_images=12)
     elsewhere = tmp_path / "elsewhere"
     refused(run_script("gallery.py", "--save_root", str(res), "--gallery_dir", str(elsewhere), "--overlays", "no"),
-                   str(elsewhere), f"--save_root {res}", alone=False)
+            str(elsewhere), f"--save_root {res}", alone=False)
     assert not elsewhere.exists()
 
 

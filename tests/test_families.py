@@ -16,8 +16,8 @@ import torchvision
 import torchxrayvision as xrv
 from PIL import Image
 
-from conftest import (REAL_DICOM, REAL_JPEG, REPO, TINY_CLIP, make_probe_set, ok, run_script, stage3,
-                      unlabeled_stage2, write_dicom)
+from conftest import (REAL_DICOM, REAL_JPEG, REPO, TINY_CLIP, make_probe_set, ok, refused, run_script, snapshot,
+                      stage3, unlabeled_stage2, write_dicom)
 from models.layers import reduce_output, taps, token_layout
 from pipeline.cache import load_tensors
 
@@ -307,53 +307,50 @@ def test_readme_commands_run_as_written(user_folder, monkeypatch):
 
 # ---- bad input: one line, exit 2, nothing cached changes
 
-def snapshot(root):
-    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file() and p.name != ".lock"}
-
 
 def test_bad_inputs_are_one_line_and_leave_caches_alone(world, tmp_path, monkeypatch):
     out = tmp_path / "res"
     tv = families(world)["torchvision"][0]
     ok(export_stage2(world, out, *tv, "--layer", "fc"))
-    before = snapshot(out)
+    before = snapshot(out, only_files=True)
     assert before
 
-    def refused(proc, *words):
+    def refused_untouched(proc, *words):
         line = refused(proc, *words)
-        assert snapshot(out) == before, line
+        assert snapshot(out, only_files=True) == before, line
         return line
 
-    refused(export_stage2(world, out, "--model", "efficientnet"), "unknown --model efficientnet:", "timm:NAME",
-            "path/file.py:function", "TorchScript")
-    refused(export_stage2(world, out, "--model", "timm:resnet1t"), "timm:resnet1t", "resnet10t")
-    refused(export_stage2(world, out, *tv, "--layer", "features.99"), "--layer 'features.99'", "not a module")
-    refused(export_stage2(world, out, *tv, "--num_classes", "5"), "--num_classes 5", "3-way head", "mobilenet.pth")
+    refused_untouched(export_stage2(world, out, "--model", "efficientnet"), "unknown --model efficientnet:", "timm:NAME",
+                      "path/file.py:function", "TorchScript")
+    refused_untouched(export_stage2(world, out, "--model", "timm:resnet1t"), "timm:resnet1t", "resnet10t")
+    refused_untouched(export_stage2(world, out, *tv, "--layer", "features.99"), "--layer 'features.99'", "not a module")
+    refused_untouched(export_stage2(world, out, *tv, "--num_classes", "5"), "--num_classes 5", "3-way head", "mobilenet.pth")
     two = tmp_path / "two.txt"
     two.write_text("Effusion\nMass\n")
-    refused(export_stage2(world, out, *tv[:4], "--classes", str(two), "--resize", "56", "--crop", "48"), "3 outputs",
-            "2 class names", str(two))
-    refused(export_stage2(world, out, *tv, "--crop", "64"), "--crop 64 exceeds --resize 56")
-    refused(export_stage2(world, out, "--model", f"{world['root'] / 'mine.py'}:make"), "mine.py defines no function 'make'",
-            "build")
+    refused_untouched(export_stage2(world, out, *tv[:4], "--classes", str(two), "--resize", "56", "--crop", "48"), "3 outputs",
+                      "2 class names", str(two))
+    refused_untouched(export_stage2(world, out, *tv, "--crop", "64"), "--crop 64 exceeds --resize 56")
+    refused_untouched(export_stage2(world, out, "--model", f"{world['root'] / 'mine.py'}:make"), "mine.py defines no function 'make'",
+                      "build")
     scripted = ["--model", str(world["root"] / "scripted.pt"), "--checkpoint", str(world["root"] / "vit.pth")]
-    refused(export_stage2(world, out, *scripted), "TorchScript", "drop --checkpoint")
+    refused_untouched(export_stage2(world, out, *scripted), "TorchScript", "drop --checkpoint")
     # an xrv model whose weights are neither given nor in torchxrayvision's cache: what to download, and where
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    line = refused(export_stage2(world, out, "--model", "xrv:densenet121-res224-all"), "not in torchxrayvision's cache",
-                   "https://", str(tmp_path / "home" / ".torchxrayvision"))
+    line = refused_untouched(export_stage2(world, out, "--model", "xrv:densenet121-res224-all"), "not in torchxrayvision's cache",
+                             "https://", str(tmp_path / "home" / ".torchxrayvision"))
     assert "--checkpoint" in line
     # a DICOM without pixel data among the images (a structured report in the export)
     bad = tmp_path / "with_report"
     shutil.copytree(world["images"], bad)
     write_dicom(bad / "ct" / "report.dcm", np.zeros((4, 4)), pixel_data=False)
-    refused(export_stage2(world, out, *tv, "--data_root", str(bad)), "report.dcm", "without pixel data")
+    refused_untouched(export_stage2(world, out, *tv, "--data_root", str(bad)), "report.dcm", "without pixel data")
     # a folder without images
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    refused(export_stage2(world, out, *tv, "--data_root", str(tmp_path / "empty")), "no images", "empty")
+    refused_untouched(export_stage2(world, out, *tv, "--data_root", str(tmp_path / "empty")), "no images", "empty")
     # a CSV without a path column, and one whose labels name none of the classes
     csv = tmp_path / "labels.csv"
     csv.write_text("Image File,Effusion\nphoto.jpg,1\n")
-    refused(export_stage2(world, out, *tv, "--labels", str(csv)), "labels.csv", "no path column", "Path")
+    refused_untouched(export_stage2(world, out, *tv, "--labels", str(csv)), "labels.csv", "no path column", "Path")
     csv.write_text("Path,Pneumonia,Edema\nphoto.jpg,1,0\np0.png,0,-1\n")
-    refused(export_stage2(world, out, *tv, "--labels", str(csv)), "labels.csv", "match none of the 3 classes",
-            "classes.txt")
+    refused_untouched(export_stage2(world, out, *tv, "--labels", str(csv)), "labels.csv", "match none of the 3 classes",
+                      "classes.txt")

@@ -188,7 +188,7 @@ def test_nan_weights_are_refused_in_every_family(images, tmp_path):
         named = str(ckpt) if ckpt else f"--model {model}"
         for selection in ("adaptive", "topk"):
             line = refused(unlabeled_stage2(images, out, model, *args, "--layer", "fc", "--selection", selection, "--classes",
-                                   ""), named, f"{bad} of {total} weight tensors hold NaN or infinite values")
+                           ""), named, f"{bad} of {total} weight tensors hold NaN or infinite values")
             assert line.startswith(f"error: {named}: "), line
         nothing_written(out)
 
@@ -216,7 +216,7 @@ def test_a_forward_pass_that_makes_nan_names_where(images, tmp_path):
     out = tmp_path / "res"
     for layer in ("fc", "1", "5"):  # the logits, a finite layer before the NaN, the pooled NaN
         refused(unlabeled_stage2(images, out, model, "--layer", layer), "the forward pass on images 1-3 of the probing set gives "
-                 "NaN or infinite values, first in the output of module '3', from finite inputs", "--mean")
+                "NaN or infinite values, first in the output of module '3', from finite inputs", "--mean")
     nothing_written(out)
     assert "try fp32" in refused(unlabeled_stage2(images, out, model, "--layer", "fc", "--precision", "bf16"), "module '3'")
 
@@ -299,7 +299,7 @@ def test_layer_list_counts_the_outputs_apart_from_the_head_module_fc(images, tmp
     """timm's ResNet-18 names its head module fc, which runs once per pass, as do the model's outputs (row
     fc): neither row says it ran twice, and no module of this model runs twice."""
     proc = unlabeled_stage2(images, tmp_path / "res", "timm:resnet18", "--checkpoint", "random", "--layer", "list",
-                  "--classes", "")
+                            "--classes", "")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     fc = [line.split() for line in proc.stdout.splitlines() if line.startswith("fc ")]
     assert fc == [["fc", "[2,", "1000]", "1000"]] * 2, proc.stdout
@@ -310,7 +310,7 @@ def test_random_and_pretrained_are_refused_for_a_models_own_file(images, tmp_pat
     (tmp_path / "own.py").write_text("import torch.nn as nn\n\n\ndef build():\n    return nn.Linear(3, 3)\n")
     for word in ("random", "pretrained"):
         refused(unlabeled_stage2(images, tmp_path / "res", f"{tmp_path / 'own.py'}:build", "--checkpoint", word),
-                 f"--checkpoint {word}:", "builds or holds its own weights")
+                f"--checkpoint {word}:", "builds or holds its own weights")
 
 
 # ---- --checkpoint pretrained, from the libraries' local caches
@@ -361,12 +361,12 @@ def test_pretrained_reads_each_librarys_cached_file(images, caches):
 def test_pretrained_missing_names_its_url_and_downloads_nothing(images, caches):
     out = caches / "res"
     refused(unlabeled_stage2(images, out, "torchvision:mobilenet_v3_small", "--checkpoint", "pretrained", "--layer", "list"),
-             str(caches / "torch" / "hub" / "checkpoints" / TV_FILE),
-             f"https://download.pytorch.org/models/{TV_FILE}", "nothing is downloaded")
+            str(caches / "torch" / "hub" / "checkpoints" / TV_FILE),
+            f"https://download.pytorch.org/models/{TV_FILE}", "nothing is downloaded")
     refused(unlabeled_stage2(images, out, "timm:test_vit", "--checkpoint", "pretrained", "--layer", "list"),
-             str(caches / "hf" / "hub"), "https://huggingface.co/timm/test_vit.r160_in1k/resolve/main/model.safetensors",
-             "nothing is downloaded")
+            str(caches / "hf" / "hub"), "https://huggingface.co/timm/test_vit.r160_in1k/resolve/main/model.safetensors",
+            "nothing is downloaded")
     refused(unlabeled_stage2(images, out, XRV, "--checkpoint", "pretrained", "--layer", "list"),
-             str(caches / "home" / ".torchxrayvision" / "models_data" / XRV_FILE), "https://github.com/mlmed")
+            str(caches / "home" / ".torchxrayvision" / "models_data" / XRV_FILE), "https://github.com/mlmed")
     assert not (caches / "torch" / "hub" / "checkpoints").exists() and not (caches / "hf" / "hub").exists()
     nothing_written(out)

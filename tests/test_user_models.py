@@ -138,7 +138,7 @@ def test_the_guarded_forward_is_the_model_as_written(images, tmp_path, capsys):
 def test_layer_list_of_a_failing_user_file_is_the_same_line(images, tmp_path):
     (tmp_path / "mine.py").write_text(forward_returning("{'logits': self.fc(h)}"))
     refused(unlabeled_stage2(images, tmp_path / "res", f"{tmp_path / 'mine.py'}:build", "--layer", "list"),
-             "returned a dict (keys 'logits')")
+            "returned a dict (keys 'logits')")
 
 
 # ---- a module that runs several times in one forward pass
