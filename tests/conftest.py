@@ -224,18 +224,20 @@ def refused(proc, *words, code=2, bars=True, alone=True) -> str:
 
 
 # ---- steps 2 and 3, small and in-process ---------------------------------------------------------
-def stage2(data, ckpt, out, *extra, model=None, size=64):
+def stage2(data, ckpt, out, *extra, model=None, size=64, dataset=None, labels=None, batch=None):
     """Step 2 on the probing set at data with the checkpoint ckpt (None: none passed), model (None: the default),
-    crops of size px (None: the default), no loader workers, writing under out."""
-    args = ["--data_root", str(data)] + (["--checkpoint", str(ckpt)] if ckpt is not None else [])
+    crops of size px (None: the default), no loader workers, writing under out. The arguments keep the order users
+    write them in (a user's model file that parses sys.argv names the first it does not know)."""
+    args = (["--dataset", dataset] if dataset else []) + ["--data_root", str(data)]
+    args += (["--labels", labels] if labels else []) + (["--checkpoint", str(ckpt)] if ckpt is not None else [])
     args += (["--model", model] if model else []) + (["--resize", str(size), "--crop", str(size)] if size else [])
-    return run_script("example_selection.py", *args, "--num_workers", "0", "--save_root", str(out), *extra)
+    args += ["--num_workers", "0"] + (["--batch_size", str(batch)] if batch else [])
+    return run_script("example_selection.py", *args, "--save_root", str(out), *extra)
 
 
 def unlabeled_stage2(images, out, model, *extra, dataset="mine", size=32, batch=3):
     """Step 2 on a folder of images without labels, named dataset, in batches of batch."""
-    return stage2(images, None, out, "--dataset", dataset, "--labels", "none", "--batch_size", str(batch), *extra,
-                  model=model, size=size)
+    return stage2(images, None, out, *extra, model=model, size=size, dataset=dataset, labels="none", batch=batch)
 
 
 def stage3(out, clip, *extra, model=None, concepts=None, weights="random", encoders="medclip,all-minilm-l6-v2"):
