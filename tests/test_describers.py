@@ -9,12 +9,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from conftest import REPO, run_script
+from conftest import REPO, compare, ok, run_script, stage2, stage3
 from dataset.nih import class_names
 from mammi.describers import label_auc, lift_findings, name_neurons, same_name, soft_wpmi, topk_mean, truth_agreement
 from mammi.dissection import dissection_counts, iou, top_quantile
 from pipeline.cli import constants_of
-from test_pipeline import ok, stage2, stage3, tiny_clip  # noqa: F401  (tiny_clip is a fixture)
 
 WPMI = constants_of("compare_describers.py")
 
@@ -186,11 +185,6 @@ def counted(monkeypatch):
     monkeypatch.setattr(vlm.VLM, "encode_pixels", count_pixels)
     monkeypatch.setattr(vlm.VLM, "encode_texts", count_texts)
     return seen
-
-
-def compare(out, clip, *extra):
-    return run_script("compare_describers.py", "--model_clip", f"open_clip:{clip}", "--clip_weights", "random",
-                      "--num_workers", "0", "--save_root", str(out), "--metric_encoders", "all-minilm-l6-v2", *extra)
 
 
 def test_every_describer_end_to_end_embeds_nothing_twice(probe_set, densenet_ckpt, tiny_clip, tmp_path, counted):
