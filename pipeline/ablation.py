@@ -60,6 +60,7 @@ def discard(concepts_path: Path) -> None:
     for name in OUTPUTS:
         (Path(concepts_path).parent / name).unlink(missing_ok=True)
 
+
 def held_out(stage2: dict, given: dict, split: str, split_file: str, batch_size: int, num_workers: int,
              dev: torch.device) -> dict:
     """What ablation needs of the split step 4 evaluates on (val or test, held_out_split): the labels of the
@@ -109,7 +110,8 @@ def held_out(stage2: dict, given: dict, split: str, split_file: str, batch_size:
         return {"net": net, "acts": acts, "logits": logits.double(), "weight": linear_map(net, layer, acts, logits)}
 
     return {"split": split, "what": probe.what, "activations_key": key, "classes": classes, "findings": keep,
-            "labels": labels, "layer": layer, "tensors": tensors, "loader": loader, "dev": dev}
+            "labels": labels, "layer": layer, "tensors": tensors, "loader": loader, "dev": dev,
+            "config": {**c, "data_key": probe.data_key}, "image_ids": probe.names}
 
 
 def ablate(concepts_path: Path, records: list[dict], data: dict, draws: int, seed: int) -> dict:

@@ -57,6 +57,9 @@ SENSITIVITY_PNG = "sensitivity.png"   # MAMMI's two constants over a grid (pipel
 ABLATION = "ablation.json"            # ablation.py, beside any concepts.json: its table ...
 ABLATION_CSV = "ablation.csv"         # ... as rows ...
 ABLATION_PNG = "ablation.png"         # ... and its figure
+AUDIT = "audit.json"                  # audit.py, beside any concepts.json: each class's concepts and flags ...
+AUDIT_CSV = "audit.csv"               # ... as rows ...
+AUDIT_PNG = "audit.png"               # ... and its figure
 OVERLAYS = "overlays.pt"              # the gallery's activation maps of a selection's examples
 TOTAL_RESULTS = "total_results.json"  # step 6: its panels and the pointing game
 SANITY = "sanity.json"                # sanity_check.py: the target against itself re-initialised ...
@@ -356,6 +359,18 @@ def read_ablation(path: str | Path, concepts: str | Path) -> dict:
     return result
 
 
+def read_audit(path: str | Path, concepts: str | Path) -> dict:
+    """audit.py's audit.json, checked to audit the concepts.json beside it as it is now (its digest)."""
+    path = Path(path)
+    result = read_output(path, "audit.py", {"key": str, "layer": str, "concepts_digest": str, "classes": list},
+                         check=lambda r: all(isinstance(c, dict) and {"class", "concepts", "stratified"} <= set(c)
+                                             for c in r["classes"]))
+    if result["concepts_digest"] != file_digest(concepts):
+        raise PipelineError(f"{path} audits other names than {concepts} holds now (a later concept_matching.py or "
+                            f"compare_describers.py run); re-run audit.py")
+    return result
+
+
 def read_metrics(path: str | Path) -> dict:
     """concept_matching.py's metrics.json at the fc layer: its names against the class names (hit rate,
     precision, recall, F1, each a mean with its standard error over n neurons) and the cosine metrics."""
@@ -568,6 +583,15 @@ def ablation_key(concepts: str, split_activations: str, split: str, draws: int, 
     key step 2 gives them: the target and preprocessing too), the random sets and the code."""
     return digest({"concepts": concepts, "split": split, "activations": split_activations, "draws": draws,
                    "seed": seed, "code": code})
+
+
+def audit_key(concepts: str | Path, split_activations: str, c: dict, vlm: dict, code: str) -> str:
+    """audit.json: the concepts.json's bytes, the held-out split's images, labels and activations (step 2's
+    key for them), the audit's constants, the VLM that decides which images show a concept, and the code."""
+    constants = {k: c[k] for k in ("audit_split", "audit_share", "audit_z", "audit_draws", "audit_seed",
+                                   "audit_stratify", "audit_seen_top", "audit_boot")}
+    return digest({"concepts": file_digest(concepts), "activations": split_activations, **constants, "vlm": vlm,
+                   "code": code})
 
 
 def overlays_path(ex_json: str | Path) -> Path:
