@@ -15,6 +15,8 @@ those it does not, each against all the negatives, with bootstrap intervals: hid
 Writes audit.json, audit.csv and audit.png beside the concepts.json.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import time
 
 import torch

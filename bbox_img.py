@@ -11,15 +11,17 @@ has one colour across the project. Per image two files, each with a legend strip
 Images named in the annotations but absent from data_root are counted and reported, not fatal.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 from collections import Counter
 
 from tqdm import tqdm
 
-from pipeline.cache import claim, holds_claims, save_png
-from pipeline.cli import PipelineError, configure, main, print_config
 from dataset.boxes import BLEND_ALPHA, add_legend, draw_boxes, load_boxes, scale_to
 from dataset.files import read_image
 from dataset.nih import resolve_images
+from pipeline.cache import claim, holds_claims, save_png
+from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.outputs import bbox_dir, box_figure
 
 # -----------------------------------------------------------------------------

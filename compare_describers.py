@@ -27,6 +27,8 @@ describers/describers.json, describers.csv, agreement.csv, describers.png, sensi
 (pipeline/sensitivity.py), and ablation.json, .csv, .png beside each describer's concepts.json.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import functools
 import math
 import shutil
@@ -34,6 +36,7 @@ import time
 from pathlib import Path
 
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
@@ -43,22 +46,48 @@ from core.digests import code_digest, digest, file_digest
 from dataset.boxes import load_boxes
 from dataset.concepts import read_concepts
 from dataset.probe import MISSING, align_labels, load_probe
-from mammi.describers import (NAMES, label_auc, lift_findings, name_neurons, pm, same_name, soft_wpmi, top_images,
-                              topk_mean, truth_agreement, words)
+from mammi.ablation import median_z, untested
+from mammi.describers import (
+    NAMES,
+    label_auc,
+    lift_findings,
+    name_neurons,
+    pm,
+    same_name,
+    soft_wpmi,
+    top_images,
+    topk_mean,
+    truth_agreement,
+    words,
+)
 from mammi.method import fc_metrics, image_concept_scores
 from models import pick_device
 from models.target import warn_untrained
 from models.vlm import load_vlm
 from phantom.marker import warn_other_world
-from mammi.ablation import median_z, untested
 from pipeline.ablation import NoLabels, ablate, check_draws, discard, held_out
 from pipeline.cache import cached, save_csv, save_json, save_png, save_tensors
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
 from pipeline.dissect_run import dissection
 from pipeline.features import image_features, text_features
-from pipeline.outputs import (AGREEMENT_CSV, CONCEPTS, DESCRIBERS, DESCRIBERS_CSV, DESCRIBERS_PNG, RIVAL_SCORES,
-                              SIMILARITY, beside_input, class_neurons, describer_key, describers_dir, find_matching,
-                              read_activations, read_similarity, stored_classes, upstream_constants)
+from pipeline.outputs import (
+    AGREEMENT_CSV,
+    CONCEPTS,
+    DESCRIBERS,
+    DESCRIBERS_CSV,
+    DESCRIBERS_PNG,
+    RIVAL_SCORES,
+    SIMILARITY,
+    beside_input,
+    class_neurons,
+    describer_key,
+    describers_dir,
+    find_matching,
+    read_activations,
+    read_similarity,
+    stored_classes,
+    upstream_constants,
+)
 from pipeline.sensitivity import sensitivity
 from pipeline.text_metrics import cosine_metrics
 

@@ -12,6 +12,8 @@ those above alpha% of its best score.
 Writes image_features.pt, text_*.pt, similarity.pt, concepts.json (+ metrics.json for fc).
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import functools
 import time
 from pathlib import Path
@@ -33,9 +35,23 @@ from pipeline.cache import cached, claim, holds_claims, load_json, save_json, sa
 from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
 from pipeline.features import image_features, text_features
 from pipeline.limits import check_memory
-from pipeline.outputs import (CONCEPTS, EXAMPLES, METRICS, RUN_SETTINGS, SIMILARITY, beside_input, class_neurons,
-                              examples_dir, image_features_path, matching_dir, matching_key, metrics_key, read_examples,
-                              stored_classes, text_features_path)
+from pipeline.outputs import (
+    CONCEPTS,
+    EXAMPLES,
+    METRICS,
+    RUN_SETTINGS,
+    SIMILARITY,
+    beside_input,
+    class_neurons,
+    examples_dir,
+    image_features_path,
+    matching_dir,
+    matching_key,
+    metrics_key,
+    read_examples,
+    stored_classes,
+    text_features_path,
+)
 from pipeline.text_metrics import cosine_metrics
 
 # -----------------------------------------------------------------------------

@@ -14,6 +14,8 @@ ablation of the neurons each finding names (z per finding) and the pointing game
 written, one line each saying what it shows. Everything lands in the experiment's save_root.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import itertools
 import math
 import sys
@@ -26,11 +28,34 @@ from dataset.nih import class_names, read_split, split_file
 from mammi.describers import lift_findings, names_finding, pm
 from pipeline.cache import save_bytes, save_json
 from pipeline.cli import configure, main, print_config, run_step
-from pipeline.outputs import (ABLATION, ABLATION_PNG, DESCRIBERS, DESCRIBERS_PNG, GALLERY_INDEX, METRICS, ROC_CURVES,
-                              SANITY, SANITY_PNG, SUMMARY, TEST_EVAL, TOTAL_RESULTS, bbox_dir, box_figure,
-                              describers_dir, eval_dir, matching_dir, model_dir, read_ablation, read_auroc,
-                              read_comparison, read_matching, read_metrics, read_sanity, read_total_results,
-                              visualization_dir)
+from pipeline.outputs import (
+    ABLATION,
+    ABLATION_PNG,
+    DESCRIBERS,
+    DESCRIBERS_PNG,
+    GALLERY_INDEX,
+    METRICS,
+    ROC_CURVES,
+    SANITY,
+    SANITY_PNG,
+    SUMMARY,
+    TEST_EVAL,
+    TOTAL_RESULTS,
+    bbox_dir,
+    box_figure,
+    describers_dir,
+    eval_dir,
+    matching_dir,
+    model_dir,
+    read_ablation,
+    read_auroc,
+    read_comparison,
+    read_matching,
+    read_metrics,
+    read_sanity,
+    read_total_results,
+    visualization_dir,
+)
 from pipeline.outputs import CONCEPTS as CONCEPTS_JSON
 
 # -----------------------------------------------------------------------------

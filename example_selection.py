@@ -10,6 +10,8 @@ Writes, per layer, activations.pt, examples.json, examples.csv (and the example 
 from here and what examples.json stored: the class names, the preprocessing, the checkpoint.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import os
 import shutil
 import time
@@ -26,14 +28,39 @@ from dataset.probe import MISSING, align_labels, load_probe, note_copies, output
 from mammi.method import select_examples
 from models import pick_device
 from models.layers import layer_names, layer_table
-from models.target import RANDOM, checkpoint_of, model_classes, parse_model, preprocessing, target_as_probed, warn_untrained
+from models.target import (
+    RANDOM,
+    checkpoint_of,
+    model_classes,
+    parse_model,
+    preprocessing,
+    target_as_probed,
+    warn_untrained,
+)
 from pipeline import ranks
-from pipeline.cache import (cached, check_finite, claim, holds_claims, load_json, save_csv, save_jpeg, save_json,
-                            save_tensors)
+from pipeline.cache import (
+    cached,
+    check_finite,
+    claim,
+    holds_claims,
+    load_json,
+    save_csv,
+    save_jpeg,
+    save_json,
+    save_tensors,
+)
 from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.forward import probe_loader, record, use_channels_last
-from pipeline.outputs import (ACTIVATION_FIELDS, ACTIVATIONS, EXAMPLES, EXAMPLES_CSV, activations_key, examples_dir,
-                              examples_key, layer_dir)
+from pipeline.outputs import (
+    ACTIVATION_FIELDS,
+    ACTIVATIONS,
+    EXAMPLES,
+    EXAMPLES_CSV,
+    activations_key,
+    examples_dir,
+    examples_key,
+    layer_dir,
+)
 
 # -----------------------------------------------------------------------------
 dataset = "nih14"               # name of the probing set (a tag for the output folder)

@@ -30,6 +30,8 @@ The page itself is gallery.html, gallery.css and gallery.js beside this file; th
 are written into index.html, which so stays one file.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import base64
 import html
 import io
@@ -46,18 +48,33 @@ import torch
 from core.digests import code_digest, digest, file_digest
 from dataset.nih import probe_crop, resolve_images
 from dataset.probe import load_probe, output_names
+from mammi.ablation import untested
 from mammi.describers import SCORES
 from mammi.method import alpha_cut, select_examples
 from models import pick_device
 from models.target import warn_untrained
-from mammi.ablation import untested
 from pipeline.cache import save_bytes
 from pipeline.cli import PipelineError, configure, main, print_config
+from pipeline.outputs import (
+    ABLATION,
+    ACTIVATIONS,
+    CONCEPTS,
+    EXAMPLES_CSV,
+    GALLERY_INDEX,
+    SIMILARITY,
+    TOTAL_RESULTS,
+    concept_set_name,
+    model_dir,
+    read_ablation,
+    read_activations,
+    read_example_labels,
+    read_matching,
+    read_similarity,
+    read_total_results,
+    stored_classes,
+    stored_examples_config,
+)
 from pipeline.overlays import KINDS, example_overlays
-from pipeline.outputs import (ABLATION, ACTIVATIONS, CONCEPTS, EXAMPLES_CSV, GALLERY_INDEX, SIMILARITY, TOTAL_RESULTS,
-                              concept_set_name, model_dir, read_ablation, read_activations, read_example_labels,
-                              read_matching, read_similarity, read_total_results, stored_classes,
-                              stored_examples_config)
 
 # -----------------------------------------------------------------------------
 runs = ""                       # comma-separated concepts.json files of stage 3 (any layer, any describer) or folders holding them; default: every concepts.json under save_root (of the given dataset and model, when an experiment file or an option names them)

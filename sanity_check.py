@@ -13,10 +13,13 @@ compares per layer the share of significant neurons and the most frequent first 
 sanity.json and sanity.png in that folder.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 from collections import Counter
 from pathlib import Path
 
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 

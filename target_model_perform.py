@@ -15,9 +15,12 @@ key of what produced them, the target the thresholds were fitted to and each fil
 visualization.py checks before it predicts with them.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import time
 
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
@@ -25,17 +28,28 @@ import torch
 from sklearn.metrics import roc_curve
 
 from core.digests import file_digest
-from pipeline.cache import claim, holds_claims, save_csv, save_json, save_png
-from pipeline.cli import PipelineError, configure, main, print_config
 from dataset.boxes import disease_colour
 from dataset.nih import model_input_args
 from dataset.probe import MISSING, align_labels, load_probe, output_names, resolve_classes
 from mammi.metrics import auroc_auprc, best_thresholds, known
-from pipeline.evaluation import forward_logits, held_out_split, stage2_logits
 from models import pick_device
 from models.target import RANDOM, checkpoint_of, model_classes, preprocessing, target_as_probed, warn_untrained
-from pipeline.outputs import (EVAL_FILES, EVAL_RECORD, LABELS, PROBS, ROC_CURVES, TEST_EVAL, THRESHOLDS, eval_dir,
-                              eval_key, eval_split, target_key)
+from pipeline.cache import claim, holds_claims, save_csv, save_json, save_png
+from pipeline.cli import PipelineError, configure, main, print_config
+from pipeline.evaluation import forward_logits, held_out_split, stage2_logits
+from pipeline.outputs import (
+    EVAL_FILES,
+    EVAL_RECORD,
+    LABELS,
+    PROBS,
+    ROC_CURVES,
+    TEST_EVAL,
+    THRESHOLDS,
+    eval_dir,
+    eval_key,
+    eval_split,
+    target_key,
+)
 
 # -----------------------------------------------------------------------------
 # The target, its checkpoint, preprocessing, image folder and save_root are example_selection.py's.

@@ -13,11 +13,14 @@ pointing game (is the overall map's peak inside one?) and the share of its mass 
 Writes figures/{image}_{class}.png and total_results.json.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import textwrap
 import time
 from pathlib import Path
 
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
@@ -28,21 +31,32 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.patches import Patch, Rectangle
 from tqdm import tqdm
 
-from mammi.attribution import taylor_scores, top_neurons
-from mammi.maps import NEURON_COLOURS, OVERALL_COLOUR, neuron_map, overall_map, overlay
-from mammi.pointing import pointing
-from pipeline.cache import claim, holds_claims, save_json, save_png
-from pipeline.cli import PipelineError, check_stored, configure, main, print_config
+from core.digests import file_digest
 from dataset.boxes import disease_colour, load_boxes, scale_to, to_probe_crop
 from dataset.files import read_image
 from dataset.nih import model_input_args, probe_crop, resolve_images, to_model_input
 from dataset.probe import label_key, output_names
-from pipeline.evaluation import read_thresholds
+from mammi.attribution import taylor_scores, top_neurons
+from mammi.maps import NEURON_COLOURS, OVERALL_COLOUR, neuron_map, overall_map, overlay
+from mammi.pointing import pointing
 from models import pick_device
-from core.digests import file_digest
 from models.target import checkpoint_of, preprocessing, target_as_probed
-from pipeline.outputs import (CONCEPTS, THRESHOLDS, TOTAL_RESULTS, eval_dir, matching_dir, panel_path, read_matching,
-                              stored_classes, target_key, upstream_constants, visualization_dir)
+from pipeline.cache import claim, holds_claims, save_json, save_png
+from pipeline.cli import PipelineError, check_stored, configure, main, print_config
+from pipeline.evaluation import read_thresholds
+from pipeline.outputs import (
+    CONCEPTS,
+    THRESHOLDS,
+    TOTAL_RESULTS,
+    eval_dir,
+    matching_dir,
+    panel_path,
+    read_matching,
+    stored_classes,
+    target_key,
+    upstream_constants,
+    visualization_dir,
+)
 
 # -----------------------------------------------------------------------------
 # The boxes and images to show are bbox_img.py's constants; the concepts.json to explain is named by

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.files import identical_files, image_files, read_text
-from dataset.nih import OUTSIDE, class_names, data_digest, outside_root, read_split, resolve_images, split_file
 from core.errors import PipelineError
 from core.text import at_most, printable
+from dataset.files import identical_files, image_files, read_text
+from dataset.nih import OUTSIDE, class_names, data_digest, outside_root, read_split, resolve_images, split_file
 
 MISSING = -1  # a label without ground truth: a class the set has no column for, or one the policy ignores
 # What -1 (uncertain) and a blank (not mentioned) become under each `uncertain` policy.

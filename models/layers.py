@@ -12,9 +12,9 @@ import torch.nn as nn
 from torchvision.ops.misc import Permute
 from tqdm import tqdm
 
-from models.target import ScriptedTarget, head_name
 from core.errors import PipelineError
 from core.text import at_most
+from models.target import ScriptedTarget, head_name
 
 # Modules that compute over dim 1, so their 4-D outputs are [B, C, H, W] inside a channels-last model too.
 CHANNELS_FIRST = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.AvgPool2d,

@@ -9,6 +9,7 @@ import functools
 from pathlib import Path
 
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,8 +19,16 @@ from core.digests import code_digest, file_digest
 from core.errors import PipelineError
 from dataset.nih import model_input_args
 from dataset.probe import align_labels
-from mammi.ablation import (finding_stats, hook_drops, linear_drops, linear_map, live_neurons, named_neurons,
-                            positives, random_sets)
+from mammi.ablation import (
+    finding_stats,
+    hook_drops,
+    linear_drops,
+    linear_map,
+    live_neurons,
+    named_neurons,
+    positives,
+    random_sets,
+)
 from models.target import target_as_probed
 from pipeline.cache import cached, load_json, may_write, save_csv, save_json, save_png
 from pipeline.cli import EXAMPLE_SELECTION, constants_of

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from dataset.nih import model_input_args, resolve_images
 from dataset.probe import label_key
-from models.target import target_as_probed
-from pipeline.cache import cached, save_tensors
-from pipeline.cli import PipelineError
 from mammi.dissection import dissect
 from mammi.maps import layer_maps
 from models.layers import map_source
+from models.target import target_as_probed
+from pipeline.cache import cached, save_tensors
+from pipeline.cli import PipelineError
 from pipeline.dissection import collect_maps
 from pipeline.outputs import maps_key, maps_path, stored_classes
 

@@ -17,11 +17,11 @@ import torch
 from tqdm import tqdm
 
 from core.digests import file_digest
+from core.errors import PipelineError
 from dataset.nih import split_source
 from dataset.probe import Probe, load_probe
 from pipeline.cache import load_tensors, read_output
 from pipeline.forward import probe_loader
-from core.errors import PipelineError
 from pipeline.outputs import ACTIVATIONS, EVAL_RECORD, activations_key, layer_dir
 
 

@@ -23,8 +23,13 @@ from models.vlm import VLM, weights_identity
 from pipeline import ranks
 from pipeline.cache import cached, locked, save_tensors
 from pipeline.forward import probe_loader
-from pipeline.outputs import (image_features_key, image_features_path, text_features_key, text_features_path,
-                              vlm_identity)
+from pipeline.outputs import (
+    image_features_key,
+    image_features_path,
+    text_features_key,
+    text_features_path,
+    vlm_identity,
+)
 
 
 def embed(model: VLM, paths: list[Path], resize: int, crop: int, batch_size: int, num_workers: int,

@@ -12,8 +12,8 @@ from typing import Callable, Iterable
 import torch
 from tqdm import tqdm
 
-from dataset.nih import ProbeSet
 from core.errors import PipelineError
+from dataset.nih import ProbeSet
 from models.layers import first_nonfinite, taps
 from pipeline.limits import check_workers, workers_that_fit
 from pipeline.ranks import world

@@ -12,9 +12,9 @@ import os
 import warnings
 from functools import lru_cache
 
+from core.errors import PipelineError
 from mammi.text_metrics import mean_cosine
 from models.vlm import DEFAULT_WEIGHTS, load_vlm
-from core.errors import PipelineError
 
 # The libraries behind the encoders, whose log lines and warnings are held back while one loads: a
 # missing encoder is one note of ours, not their download errors and retries.

@@ -7,8 +7,8 @@ import io
 import json
 import os
 import runpy
-import subprocess
 import shutil
+import subprocess
 import sys
 import traceback
 from html.parser import HTMLParser

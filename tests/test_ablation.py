@@ -2,8 +2,8 @@
 statistic against hand-computed numbers and a literal loop, the forward hook against the exact linear
 shortcut, and the step from the command line with its bad inputs."""
 import json
-from pathlib import Path
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +11,8 @@ import torch
 from torch import nn
 
 from conftest import run_script
+from mammi.ablation import finding_stats, hook_drops, linear_drops, linear_map, named_neurons, positives, random_sets
 from models.layers import tap
-from mammi.ablation import (finding_stats, hook_drops, linear_drops, linear_map, named_neurons,
-                            positives, random_sets)
 from pipeline.ablation import OUTPUTS
 from pipeline.cli import constants_of
 

@@ -10,8 +10,16 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import ok, refused, run_script, save_random_target
 from mammi.ablation import linear_drops, positives
-from mammi.audit import (CLASS_WORDS, auroc, concept_neurons, concept_row, evidence_for, own_words, seen,
-                         stratified_auroc)
+from mammi.audit import (
+    CLASS_WORDS,
+    auroc,
+    concept_neurons,
+    concept_row,
+    evidence_for,
+    own_words,
+    seen,
+    stratified_auroc,
+)
 from mammi.method import image_concept_scores
 
 

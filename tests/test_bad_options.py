@@ -398,8 +398,8 @@ def test_head_of_another_size_is_named(small_set, tmp_path):
 
 
 def test_blocked_pickle_is_not_invited_to_run(tmp_path, small_set):
-    from models.vlm import load_vlm
     from conftest import TINY_CLIP
+    from models.vlm import load_vlm
     config = tmp_path / "tiny-clip.json"
     config.write_text(json.dumps(TINY_CLIP))
     evil = tmp_path / "evil.pt"

@@ -14,12 +14,11 @@ import pytest
 import torch
 
 import pipeline.cache as cache
-from conftest import (REPO, files_stage3, make_probe_set, ok, refused, run_script, stage2, temps,
-                      unchangeable)
+from conftest import REPO, files_stage3, make_probe_set, ok, refused, run_script, stage2, temps, unchangeable
+from dataset.nih import class_names
 from models.target import build_target, load_target
 from pipeline.cli import PipelineError
 from pipeline.evaluation import read_thresholds
-from dataset.nih import class_names
 
 VLM = "vlm_openclip-tiny-clip-random"
 

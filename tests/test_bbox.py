@@ -7,11 +7,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cli import PipelineError
 from conftest import REPO, run_inline
-from dataset.boxes import (DEFAULT_FILES, add_legend, canonical, disease_colour, draw_boxes, load_boxes, read_nih,
-                           scale_to, to_probe_crop)
+from dataset.boxes import (
+    DEFAULT_FILES,
+    add_legend,
+    canonical,
+    disease_colour,
+    draw_boxes,
+    load_boxes,
+    read_nih,
+    scale_to,
+    to_probe_crop,
+)
 from dataset.nih import class_names, probe_crop
+from pipeline.cli import PipelineError
 
 
 def test_blend_colours_inside_boxes_only():

@@ -16,10 +16,9 @@ import pytest
 import torch
 
 import core.digests as digests
+from conftest import REPO, make_probe_set, ok, run_script, stage2
 from core.digests import digest, file_digest
 from pipeline.cache import save_json
-
-from conftest import REPO, make_probe_set, ok, run_script, stage2
 from stubs import write_vlm_weights
 
 SIZE = 32

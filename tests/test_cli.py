@@ -355,8 +355,7 @@ def test_help_lists_own_and_upstream_constants_with_their_comments():
 
 def test_no_step_redeclares_an_upstream_constant():
     """Each constant has one home: a step that reads another step's constants does not define them."""
-    from pipeline.cli import STEPS, constant_names
-    from pipeline.cli import ROOT
+    from pipeline.cli import ROOT, STEPS, constant_names
     run_settings = {"batch_size", "num_workers", "device"}  # each step's own, by design
     home = {}
     for step in STEPS:

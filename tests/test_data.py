@@ -4,9 +4,9 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.cli import PipelineError
 from conftest import REAL, load_probe_set, make_probe_set, refused, run_script
 from dataset.nih import class_names, probe_crop, read_split, resolve_images, split_file, to_model_input
+from pipeline.cli import PipelineError
 
 
 def test_real_split_files():

@@ -11,8 +11,18 @@ import pytest
 import torch
 import torchvision
 
-from conftest import (disk_full_at, load_probe_set, ok, page_data, refused, run_script, save_random_target, snapshot,
-                      stage2, write_synthetic)
+from conftest import (
+    disk_full_at,
+    load_probe_set,
+    ok,
+    page_data,
+    refused,
+    run_script,
+    save_random_target,
+    snapshot,
+    stage2,
+    write_synthetic,
+)
 from dataset.nih import class_names
 from pipeline.cache import under
 from pipeline.cli import PipelineError

@@ -112,10 +112,9 @@ def test_dissection_iou_on_hand_made_maps_and_boxes():
 def test_maps_average_to_the_cached_activations():
     """The dissection pass's maps are the maps of step 2's activations: their spatial mean is the logit (fc),
     the pooled feature (penultimate) or the module's channel mean."""
-    from models.layers import tap
-    from models.target import build_target
     from mammi.maps import layer_maps, module_maps
-    from models.layers import map_source
+    from models.layers import map_source, tap
+    from models.target import build_target
     torch.manual_seed(0)
     net = build_target("densenet121").eval()
     x = torch.randn(2, 3, 64, 64)

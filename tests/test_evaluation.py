@@ -7,13 +7,13 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from pipeline.cli import PipelineError
 from conftest import load_probe_set, make_probe_set, run_inline, save_random_target
 from dataset.boxes import disease_colour
 from dataset.nih import class_names
 from mammi.metrics import auroc_auprc, best_thresholds
-from pipeline.evaluation import forward_logits, read_thresholds, stage2_logits
 from models.target import load_target
+from pipeline.cli import PipelineError
+from pipeline.evaluation import forward_logits, read_thresholds, stage2_logits
 
 SMALL = ["--resize", "40", "--crop", "32", "--num_workers", "0"]
 

@@ -14,8 +14,17 @@ import torch
 from scipy.stats import false_discovery_control
 
 from conftest import REPO, TINY_CLIP, densenet_of, make_probe_set, model_input, run_script, save_random_target
-from mammi.evidence import (TIE, name_test, null_names, null_order, p_values, pool_needed, pool_rows, smallest_p,
-                      smallest_q)
+from mammi.evidence import (
+    TIE,
+    name_test,
+    null_names,
+    null_order,
+    p_values,
+    pool_needed,
+    pool_rows,
+    smallest_p,
+    smallest_q,
+)
 
 
 def plain_null(pool, draw):

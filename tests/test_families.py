@@ -16,8 +16,20 @@ import torchvision
 import torchxrayvision as xrv
 from PIL import Image
 
-from conftest import (REAL_DICOM, REAL_JPEG, REPO, TINY_CLIP, make_probe_set, ok, refused, run_script, snapshot,
-                      stage3, unlabeled_stage2, write_dicom)
+from conftest import (
+    REAL_DICOM,
+    REAL_JPEG,
+    REPO,
+    TINY_CLIP,
+    make_probe_set,
+    ok,
+    refused,
+    run_script,
+    snapshot,
+    stage3,
+    unlabeled_stage2,
+    write_dicom,
+)
 from models.layers import reduce_output, taps, token_layout
 from pipeline.cache import load_tensors
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, make_probe_set, run_script, unlabeled_stage2
 import dataset.files
+from conftest import REPO, make_probe_set, run_script, unlabeled_stage2
 from dataset.files import HEAD_BYTES, identical_files, read_image
 from dataset.nih import ProbeSet, data_digest, resolve_images
 from dataset.probe import list_images, load_probe, note_copies

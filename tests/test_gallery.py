@@ -18,8 +18,22 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import (ABLATION, HOSTILE, REPO, TINY_CLIP, WORDS, no_errors, ok, page_data, refused,
-                      run_script, stage2, stage3, unchangeable, write_synthetic)
+from conftest import (
+    ABLATION,
+    HOSTILE,
+    REPO,
+    TINY_CLIP,
+    WORDS,
+    no_errors,
+    ok,
+    page_data,
+    refused,
+    run_script,
+    stage2,
+    stage3,
+    unchangeable,
+    write_synthetic,
+)
 from core.digests import file_digest
 from dataset.nih import class_names
 

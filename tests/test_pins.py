@@ -16,8 +16,8 @@ from PIL import Image
 from torchvision import transforms
 
 import models.target
-from dataset.nih import ProbeSet, normalize, probe_crop, to_model_input
 from conftest import run_script, stage3
+from dataset.nih import ProbeSet, normalize, probe_crop, to_model_input
 from stubs import write_vlm_weights
 
 # ------------------------------------------------------------------ target input

@@ -3,8 +3,8 @@ import json
 
 import torch
 
-from pipeline.cache import load_tensors
 from conftest import ok, stage2, stage3
+from pipeline.cache import load_tensors
 
 
 def test_densenet_end_to_end_with_caches(probe_set, densenet_ckpt, tiny_clip, tmp_path):

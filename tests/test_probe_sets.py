@@ -10,8 +10,17 @@ from PIL import Image
 
 from conftest import REAL_DICOM, REAL_JPEG, run_script, write_dicom
 from dataset.files import read_image
-from dataset.probe import (MISSING, Probe, align_labels, list_images, load_probe, output_names, read_classes,
-                           read_label_csv, resolve_classes)
+from dataset.probe import (
+    MISSING,
+    Probe,
+    align_labels,
+    list_images,
+    load_probe,
+    output_names,
+    read_classes,
+    read_label_csv,
+    resolve_classes,
+)
 from pipeline.cli import PipelineError
 
 

@@ -133,9 +133,10 @@ def test_grey_crops_resized_on_one_channel_equal_the_rgb_path(tmp_path):
     import numpy as np
     from PIL import Image
     from torchvision import transforms
+
+    from conftest import REAL_DICOM, REAL_JPEG
     from dataset.files import read_image
     from dataset.nih import probe_crop
-    from conftest import REAL_DICOM, REAL_JPEG
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 255, (300, 260), dtype=np.uint8)).save(tmp_path / "grey.png")
     Image.fromarray(rng.integers(0, 65535, (300, 260)).astype(np.uint16)).save(tmp_path / "wide.png")

@@ -11,9 +11,9 @@ import torch.nn as nn
 import torchvision
 
 from conftest import refused, unlabeled_stage2
+from mammi.ablation import hook_drops
 from models.layers import layer_table, taps
 from models.target import load_target
-from mammi.ablation import hook_drops
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread
 
