@@ -38,14 +38,14 @@ from pipeline.outputs import AUDIT, AUDIT_CSV, AUDIT_PNG, audit_key, beside_inpu
 
 # -----------------------------------------------------------------------------
 # The held-out split is target_model_perform.py's (its val_split_file / test_split_file).
-audit_concepts = ""             # concepts.json audited (MAMMI's or describers/NAME/'s); default: MAMMI's for these constants
+audit_concepts = ""             # concepts.json audited (MAMMI's or a rival's); default: MAMMI's for these constants
 audit_split: "val | test" = "test"  # held-out split the logits are read on
-audit_share: "[0, 1]" = 0.1     # a concept not the class's own with more than this share of its logit ...
+audit_share: "[0, 1]" = 0.1     # a concept not the class's own with more than this share of the evidence ...
 audit_z: "[0, 1000]" = 2.0      # ... and its neurons' z at least this is flagged as a possible shortcut
 audit_draws: "[10, 10**6]" = 200  # random neuron sets per concept, each of as many neurons
 audit_seed: "[0, 2**63 - 1]" = 0  # seed of those sets and of the bootstrap
-audit_stratify = ""             # concepts whose stratified AUROC is measured for every class besides the flagged, comma-separated
-audit_seen_top: "[1, 10**6]" = 20  # the VLM sees a concept in an image when it is among the image's this many best-scored
+audit_stratify = ""             # concepts stratified for every class besides the flagged ones, comma-separated
+audit_seen_top: "[1, 10**6]" = 20  # the VLM sees a concept in an image among its this many best-scored
 audit_boot: "[100, 10**6]" = 1000  # bootstrap resamples of each AUROC's 95% interval
 audit_top: "[1, 100]" = 5       # concepts per class in the printed table and the figure
 batch_size: "[1, 8192]" = 64

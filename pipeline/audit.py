@@ -54,7 +54,8 @@ def figure(result: dict, top: int) -> plt.Figure:
     labels = [f"flagged: not its own, share > {result['share_min']:g} (dashed), z >= {result['z_min']:g}",
               "the class's own word", "other concept"]
     fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=8, frameon=False)
-    fig.suptitle(f"{result['target']}, {result['layer']} layer, {result['split']} split: what each class's logit rests "
-                 f"on (z against {result['draws']} random sets; in brackets the concept's neurons)", fontsize=9, y=0.995)
+    fig.suptitle(f"{result['target']}, {result['layer']} layer, {result['split']} split: what each class's logit "
+                 f"rests on (z against {result['draws']} random sets; in brackets the concept's neurons)", fontsize=9,
+                 y=0.995)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     return fig
