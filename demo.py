@@ -201,8 +201,9 @@ def summarise(times: dict, skipped: str | None) -> dict:
                             for w in ("target", "reinitialised")}
                     for layer, r in sanity.items()}
     ablation = PEN_RUN.parent / ABLATION
+    ablated = read_ablation(ablation, PEN_RUN) if ablation.is_file() and not skipped else None
     return {"auroc": auroc, "fc": rows, "penultimate": pen, "significance": significance, "describers": rivals,
-            "ablation": {"penultimate": read_ablation(ablation, PEN_RUN) if ablation.is_file() and not skipped else None},
+            "ablation": {"penultimate": ablated},
             "pointing_game": shown["pointing_game"],
             "visualization": {"images": len(shown["images"]), "num_top_neuron": shown["config"]["num_top_neuron"]},
             "figures": figures(base, shown, rivals, sanity_dir), "times_s": times, "config": config}
@@ -221,7 +222,8 @@ def figures(base: dict, shown: dict, rivals: dict, sanity_dir: Path) -> list[dic
             "the same images, their boxes filled at alpha 0.3"),
            (vis / "*.png", [vis.parent / p["figure"] for r in shown["images"] for p in r["predictions"]],
             "one panel per (image, predicted class): the image with its boxes, the top neuron's map with its Taylor "
-            "score and concepts, the overall Taylor map with its peak (x); colour bars and a caption say what they are"),
+            "score and concepts, the overall Taylor map with its peak (x); colour bars and a caption say what they "
+            "are"),
            (sanity_dir / SANITY_PNG, None,
             "per layer the share of significant names, the target against it re-initialised, and both targets' "
             "most frequent first concepts")]
@@ -239,8 +241,8 @@ def figures(base: dict, shown: dict, rivals: dict, sanity_dir: Path) -> list[dic
                                                  f"alpha, on fixed scales (values in the cells, the run's own bold)"))
         out.append(([run.parent / ABLATION_PNG, own / "*" / ABLATION_PNG],
                     [run.parent / ABLATION_PNG] + [own / n / ABLATION_PNG for n in table["rows"] if n != "mammi"],
-                    f"{layer}: per finding, the drop of its logit when the neurons a describer names for it are zeroed, "
-                    f"against random sets of as many (MAMMI's, then each rival's)"))
+                    f"{layer}: per finding, the drop of its logit when the neurons a describer names for it are "
+                    f"zeroed, against random sets of as many (MAMMI's, then each rival's)"))
     listed = [([str(w) for w in (where if isinstance(where, list) else [where])],
                [str(f) for f in (files if files is not None else [where]) if Path(f).is_file()], shows)
               for where, files, shows in out]
@@ -259,8 +261,8 @@ def report(summary: dict) -> None:
     fc = summary["fc"]
     first = next(iter(fc.values()))
     n = first["hit_rate"]["n"]
-    print(f"\nfc layer: its {n} neurons are the class logits; each named from the {first['config']['n_concepts']:,}-word "
-          f"concept set and checked against its class name")
+    print(f"\nfc layer: its {n} neurons are the class logits; each named from the "
+          f"{first['config']['n_concepts']:,}-word concept set and checked against its class name")
     print(f"{'variant':<52} {'hit rate':>9} {'precision':>10} {'F1':>6}")
     for label, m in fc.items():
         hits = round(m["hit_rate"]["mean"] * m["hit_rate"]["n"])
@@ -291,9 +293,9 @@ def penultimate_lines(summary: dict) -> None:
     print(f"  {p['selective']}: neurons whose MAMMI examples (the images MAMMI chose for each) hold some finding at "
           f"least {cfg['lift_min']:g}x as often as the {cfg['n_probe']} probing images do (lift); {p['agree']}: those "
           f"whose concepts include it")
-    print(f"  the describer table below takes each neuron's top {cfg['truth_images']} images instead, the same for every "
-          f"describer: {round(mammi['mean'] * mammi['n'])} of {truth['n']} for MAMMI; other images, so other neurons "
-          f"and findings qualify")
+    print(f"  the describer table below takes each neuron's top {cfg['truth_images']} images instead, the same for "
+          f"every describer: {round(mammi['mean'] * mammi['n'])} of {truth['n']} for MAMMI; other images, so other "
+          f"neurons and findings qualify")
 
 
 def significance_lines(significance: dict, cfg: dict) -> None:
@@ -363,7 +365,8 @@ def sensitivity_lines(rivals: dict) -> None:
         n = t["rows"]["mammi"]["fc"]["hit_rate"]["n"] if s["headline"] == "hit_rate" else None
         show = (lambda v: f"{round(v * n)}/{n}") if n else (lambda v: f"{v:.3f}")  # the hit rate as neurons
         noise = f"; standard error of a cell {np.nanmin(se):.3f}-{np.nanmax(se):.3f}" if se is not None else ""
-        mine = f" (the run's p = {cfg['adaptive_percent']:g}, alpha = {cfg['alpha']:g}: {show(grid[own])})" if own else ""
+        mine = (f" (the run's p = {cfg['adaptive_percent']:g}, alpha = {cfg['alpha']:g}: {show(grid[own])})"
+                if own else "")
         what = s["metric"] if s["metric"].startswith(layer) else f"{layer}: {s['metric']}"
         print(f"  {what} {show(np.nanmin(grid))} to {show(np.nanmax(grid))}{mine}{noise}")
 
@@ -375,8 +378,8 @@ def ablation_lines(result: dict | None) -> None:
     z = {r["finding"]: r["z"] for r in result["findings"] if r["z"] is not None}
     print(f"\nablation of MAMMI's penultimate neurons, z per finding ({result['split']} split):")
     print("  " + ", ".join(f"{f} {v:.1f}" for f, v in z.items()))
-    print(f"  z: (effect of zeroing the neurons named for the finding - the mean effect of {result['draws']} random sets "
-          f"of as many neurons) / their SD; effect: the mean drop of the finding's logit over the images labelled "
+    print(f"  z: (effect of zeroing the neurons named for the finding - the mean effect of {result['draws']} random "
+          f"sets of as many neurons) / their SD; effect: the mean drop of the finding's logit over the images labelled "
           f"with it, in SDs of that logit")
     others = [r["other_classes"] for r in result["findings"] if r["other_classes"] is not None]
     if z:
