@@ -82,7 +82,7 @@ def run():
     t0 = time.time()
     dev = pick_device(device)
     split_file = config[f"{audit_split}_split_file"]
-    got = held_out(stage2, config.given, audit_split, split_file, batch_size, num_workers, dev)
+    got = held_out(stage2, config.given, audit_split, split_file, batch_size, num_workers, dev, "audit_split")
     matching = {k: data["config"].get(k, config[k]) for k in MATCHING}
     eyes = {**matching, **vlm_id(matching), "concept_set": file_digest(read_concepts(matching["concept_set"])[0])}
     key = audit_key(path, got["activations_key"], config, eyes, code_digest("audit.py"))

@@ -71,7 +71,7 @@ def discard(concepts_path: Path) -> None:
 
 
 def held_out(stage2: dict, given: dict, split: str, split_file: str, batch_size: int, num_workers: int,
-             dev: torch.device) -> dict:
+             dev: torch.device, option: str = "ablation_split") -> dict:
     """What ablation needs of the split step 4 evaluates on (val or test, held_out_split): the labels of the
     classes step 2 stored, the findings (classes with a name and a positive image), the logits and, where a
     linear map leads from the layer to the logits, the layer's activations and that map. Step 2's
@@ -81,14 +81,14 @@ def held_out(stage2: dict, given: dict, split: str, split_file: str, batch_size:
     and the command line's values, Config.given)."""
     if stage2["labels"] == "none":
         raise NoLabels(f"the probing set under {stage2['data_root']} has no labels (--labels none), so no "
-                       f"image is known to be positive for a finding; ablation needs labelled images: probe "
+                       f"image is known to be positive for a finding; this step needs labelled images: probe "
                        f"a labelled set (--labels FILE.csv or NIH split files)")
     c, probe = held_out_split(stage2, split, split_file)
     classes = stored_classes(stage2)
     labels = align_labels(probe, classes, "stored by step 2")
     if labels is None:
         raise NoLabels(f"the {probe.what} has no labels for the {split} split; pass --{split}_split_file with "
-                       f"a labelled split, or --ablation_split with one that has labels")
+                       f"a labelled split, or --{option} with one that has labels")
     layer, ckpt = stage2["layer"], stage2["checkpoint"] or None
     key = activations_key(c, ckpt, probe.data_key)
     prep = ("resize", "crop", "channels", "mean", "std")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from conftest import ok, refused, run_script, save_random_target
+from conftest import ok, refused, run_script, save_random_target, stage2
 from mammi.ablation import linear_drops, positives
 from mammi.audit import (
     CLASS_WORDS,
@@ -202,3 +202,17 @@ def test_bad_audits_are_one_line(shortcut_run, tmp_path):
     dead.write_text(json.dumps(data))
     refused(audit(dead), "no live neuron", "named")
     assert not (dead.parent / "audit.json").exists()
+
+
+def test_an_unlabelled_probing_set_is_one_line(probe_set, densenet_ckpt, tmp_path):
+    """No labels, no positives: nothing to audit, said in one line naming the fix."""
+    out = tmp_path / "res"
+    ok(stage2(probe_set, densenet_ckpt, out, "--layer", "penultimate", labels="none"))
+    ex = next(out.rglob("examples.json"))
+    concepts = ex.parent / "by-hand" / "run" / "concepts.json"
+    concepts.parent.mkdir(parents=True)
+    concepts.write_text(json.dumps({"key": "hand-made", "examples_key": json.loads(ex.read_text())["key"],
+                                    "config": {"examples": str(ex)},
+                                    "neurons": [rec(k, ["tube"]) for k in range(1024)]}))
+    refused(audit(concepts, "--labels", "none"), "no labels", "labelled")
+    assert not (concepts.parent / "audit.json").exists()
