@@ -182,6 +182,33 @@ def test_lower_layers_import_nothing_above_them():
         if layer in ("models", "dataset"):
             above = {m for m in imports if m.split(".")[0] not in ("core", "models", "dataset")}
             assert not above, f"{name} imports {sorted(above)}, above its layer"
+        if layer == "mammi":  # the science: functions of tensors, on models/, dataset/ and core/ alone
+            above = {m for m in imports if m.split(".")[0] not in ("core", "models", "dataset", "mammi")}
+            assert not above, f"{name} imports {sorted(above)}, above its layer"
+        if layer in PACKAGES:  # no package reaches up to a step script at the top level
+            steps = {m for m in imports if "." not in m and m not in PACKAGES}
+            assert not steps, f"{name} imports the steps {sorted(steps)}"
+
+
+# What opens, writes, lists or loads a file: none of it belongs in the science package.
+FILE_CALLS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "load", "save", "exists", "is_file",
+              "is_dir", "glob", "rglob", "iterdir", "mkdir", "unlink", "DataLoader", "imread", "savefig", "listdir",
+              "walk", "dcmread", "load_file"}
+
+
+def test_no_function_of_the_science_package_touches_a_file():
+    """mammi/ holds formulas: every call in it is to something other than a file operation (by name, so a
+    method of that name on any object counts too)."""
+    found = []
+    for rel in repository_files():
+        if rel.startswith("mammi/") and rel.endswith(".py"):
+            for node in ast.walk(ast.parse((REPO / rel).read_bytes())):
+                if isinstance(node, ast.Call):
+                    f = node.func
+                    called = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+                    if called in FILE_CALLS:
+                        found.append(f"{rel}:{node.lineno} {called}")
+    assert found == []
 
 
 def test_no_import_cycle():

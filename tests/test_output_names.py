@@ -22,6 +22,7 @@ FILE_NAME = re.compile(r"[\w.{}*/-]*\.(json|csv|pt|png|html)")
 OUTPUTS = ("activations.pt", "examples.json", "examples.csv", "image_features.pt", "text_{}_{}.pt", "similarity.pt",
            "concepts.json", "metrics.json", "scores.pt", "describers.json", "describers.csv", "agreement.csv",
            "describers.png", "sensitivity.png", "ablation.json", "ablation.csv", "ablation.png", "maps_{}.pt",
+           "audit.json", "audit.csv", "audit.png",
            "overlays.pt", "Threshold.csv", "TestEval.csv", "{split}Probs.csv", "{split}Labels.csv", "roc_curves.png",
            "eval.json", "{stem}_{kind}.png", "{image}_{class}.png", "total_results.json", "sanity.json", "sanity.png",
            "summary.json", "index.html")
