@@ -68,7 +68,7 @@ from phantom.marker import warn_other_world
 from pipeline.ablation import NoLabels, ablate, check_draws, discard, held_out
 from pipeline.cache import cached, save_csv, save_json, save_png, save_tensors
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
-from pipeline.dissect_run import dissection
+from pipeline.dissection import dissection
 from pipeline.features import image_features, text_features
 from pipeline.outputs import (
     AGREEMENT_CSV,
