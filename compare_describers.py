@@ -133,10 +133,7 @@ VLM_FIELDS = ("model_clip", "clip_weights", "concept_set", "concept_set_file", "
 
 
 def run():
-    wanted = [d.strip() for d in describers.split(",") if d.strip()]
-    unknown = [d for d in wanted if d not in NAMES[1:]]
-    if unknown:
-        raise PipelineError(f"--describers: unknown {', '.join(unknown)}; choose among {', '.join(NAMES[1:])}")
+    wanted = wanted_describers()
     percents, alphas = numbers("sensitivity_percents"), numbers("sensitivity_alphas")
     path, run_json, ex_json, ex = read_run()
     print_config("compare_describers", config)
@@ -161,21 +158,8 @@ def run():
     # grown by the images it lacks) and the concept prompts (its text cache).
     feats = None
     if set(wanted) & set(USES_VLM) or (percents and alphas):
-        warn_other_world(config["model_clip"], stage2["data_root"], ids)
-        t = time.time()
-        concept_path, concepts = read_concepts(config["concept_set"])
-        vlm = functools.cache(lambda: load_vlm(config["model_clip"], config["clip_weights"], dev))
-        img, img_key, new = image_features(config, stage2, ids, vlm, batch_size, num_workers)
-        text = text_features(config, concept_path, concepts, vlm)
-        sim = path.parent / SIMILARITY
-        if sim.is_file() and read_similarity(sim, run_json)["concepts"] != concepts:
-            raise PipelineError(f"the concept set {concept_path} changed since {path} was written; re-run "
-                                f"concept_matching.py with it, then this step")
-        feats = {"images": img, "text": text, "concepts": concepts,
-                 "cos": image_concept_scores(img, text["features"], None)}  # [N, C]: cos(image, concept prompt)
-        inputs.update(images=img_key, text=text["key"])
-        print(f"features of the {len(ids)} probing images ({new} embedded now) and {len(concepts)} prompts "
-              f"in {time.time() - t:.1f}s")
+        feats = shared_features(stage2, ids, path, run_json, dev)
+        inputs.update(images=feats["images_key"], text=feats["text"]["key"])
 
     records, scores, skipped = {"mammi": run_json["neurons"]}, {}, {}
     if unlabeled:  # what is still possible: MAMMI and the VLM rivals, their fc metrics, agreement, sensitivity
@@ -225,10 +209,43 @@ def run():
         save_png(out / DESCRIBERS_PNG, fig)
     print_table(table)
     print(f"compared {len(records)} describers in {time.time() - t0:.1f}s")
+    print_outputs(out, records, table, drew=fig is not None)
+
+
+def wanted_describers() -> list[str]:
+    """The rivals --describers names, each one known."""
+    wanted = [d.strip() for d in describers.split(",") if d.strip()]
+    unknown = [d for d in wanted if d not in NAMES[1:]]
+    if unknown:
+        raise PipelineError(f"--describers: unknown {', '.join(unknown)}; choose among {', '.join(NAMES[1:])}")
+    return wanted
+
+
+def shared_features(stage2: dict, ids: list, path: Path, run_json: dict, dev) -> dict:
+    """What the VLM rivals and the sensitivity study share: every probing image's features (step 3's cache,
+    grown by the images it lacks) and the concept prompts (its text cache)."""
+    warn_other_world(config["model_clip"], stage2["data_root"], ids)
+    t = time.time()
+    concept_path, concepts = read_concepts(config["concept_set"])
+    vlm = functools.cache(lambda: load_vlm(config["model_clip"], config["clip_weights"], dev))
+    img, img_key, new = image_features(config, stage2, ids, vlm, batch_size, num_workers)
+    text = text_features(config, concept_path, concepts, vlm)
+    sim = path.parent / SIMILARITY
+    if sim.is_file() and read_similarity(sim, run_json)["concepts"] != concepts:
+        raise PipelineError(f"the concept set {concept_path} changed since {path} was written; re-run "
+                            f"concept_matching.py with it, then this step")
+    feats = {"images": img, "images_key": img_key, "text": text, "concepts": concepts,
+             "cos": image_concept_scores(img, text["features"], None)}  # [N, C]: cos(image, concept prompt)
+    print(f"features of the {len(ids)} probing images ({new} embedded now) and {len(concepts)} prompts "
+          f"in {time.time() - t:.1f}s")
+    return feats
+
+
+def print_outputs(out: Path, records: dict, table: dict, drew: bool) -> None:
     print("outputs:")
     for p in [out / n / CONCEPTS for n in records if n != "mammi"] + \
              [out / f for f in (DESCRIBERS, DESCRIBERS_CSV, AGREEMENT_CSV)] + \
-             ([out / DESCRIBERS_PNG] if fig is not None else []) + \
+             ([out / DESCRIBERS_PNG] if drew else []) + \
              ([Path(table["sensitivity"]["figure"])] if table.get("sensitivity", {}).get("figure") else []):
         print(f"  {p}")
 
@@ -505,23 +522,9 @@ def print_table(table: dict) -> None:
         head += f" {'faithfulness: median z':>23}"
     print(head)
     for name, r in table["rows"].items():
-        line = f"{name:<13} {r['named']:>6}"
-        if fc:
-            m = r["fc"]
-            hits = round(m["hit_rate"]["mean"] * m["hit_rate"]["n"])
-            cos = next((v for v in m["cosine"].values() if "mean" in v), None)
-            line += f" {hits:>3}/{m['hit_rate']['n']} ±{m['hit_rate']['se']:.3f}  {pm(m['precision'])} {pm(m['f1'])}" + \
-                    (f" {pm(cos)}" if cos else f" {'n/a':>11}")
-        if labelled and "truth" in r:
-            t = r["truth"]
-            line += f" {round(t['any']['mean'] * t['any']['n']) if t['any']['n'] else 0:>5}/{t['any']['n']:<4}" \
-                    f"{pm(t['any'])} {pm(t['top1'])}"
-        elif labelled:
-            line += f" {by_construction(table, name):>33}"
-        if faith:
-            line += f" {faithful(r.get('faithfulness')):>23}"
-        print(line)
-    why = {**table["skipped"], **({"faithfulness": table["faithfulness_skipped"]} if "faithfulness_skipped" in table else {})}
+        print(table_row(table, name, r, fc, labelled, faith))
+    why = {**table["skipped"],
+           **({"faithfulness": table["faithfulness_skipped"]} if "faithfulness_skipped" in table else {})}
     for reason in dict.fromkeys(why.values()):  # one line per reason
         print(f"{', '.join(n for n in why if why[n] == reason)} skipped: {reason}")
     names = list(table["pairwise"])
@@ -529,14 +532,39 @@ def print_table(table: dict) -> None:
         f"{a}~{b} {table['pairwise'][a][b]['mean']:.2f}" for i, a in enumerate(names) for b in names[i + 1:]))
     s = table.get("sensitivity")
     if s and s[s["headline"]] is not None:
-        grid = np.array(s[s["headline"]])
-        line = f"sensitivity ({s['metric']}): {np.nanmin(grid):.3f} to {np.nanmax(grid):.3f} over p x alpha"
-        if s["headline"] == "overlap":  # measured against the run itself, 1 at its own constants: no setting is better
-            line += "; no best without labels (the overlap is 1 at the run's own p and alpha by definition)"
-        else:
-            best = np.unravel_index(np.nanargmax(grid), grid.shape)
-            line += f"; best at p = {s['percents'][best[0]]:g}, alpha = {s['alphas'][best[1]]:g}"
-        print(line)
+        print(sensitivity_line(s))
+
+
+def table_row(table: dict, name: str, r: dict, fc: bool, labelled: bool, faith: bool) -> str:
+    """One describer's line of the printed table, its columns those of the head print_table printed."""
+    line = f"{name:<13} {r['named']:>6}"
+    if fc:
+        m = r["fc"]
+        hits = round(m["hit_rate"]["mean"] * m["hit_rate"]["n"])
+        cos = next((v for v in m["cosine"].values() if "mean" in v), None)
+        line += f" {hits:>3}/{m['hit_rate']['n']} ±{m['hit_rate']['se']:.3f}  " \
+                f"{pm(m['precision'])} {pm(m['f1'])}" + (f" {pm(cos)}" if cos else f" {'n/a':>11}")
+    if labelled and "truth" in r:
+        t = r["truth"]
+        line += f" {round(t['any']['mean'] * t['any']['n']) if t['any']['n'] else 0:>5}/{t['any']['n']:<4}" \
+                f"{pm(t['any'])} {pm(t['top1'])}"
+    elif labelled:
+        line += f" {by_construction(table, name):>33}"
+    if faith:
+        line += f" {faithful(r.get('faithfulness')):>23}"
+    return line
+
+
+def sensitivity_line(s: dict) -> str:
+    """The range of the sensitivity study's headline metric over p x alpha, and where it is best."""
+    grid = np.array(s[s["headline"]])
+    line = f"sensitivity ({s['metric']}): {np.nanmin(grid):.3f} to {np.nanmax(grid):.3f} over p x alpha"
+    if s["headline"] == "overlap":  # measured against the run itself, 1 at its own constants: no setting is better
+        line += "; no best without labels (the overlap is 1 at the run's own p and alpha by definition)"
+    else:
+        best = np.unravel_index(np.nanargmax(grid), grid.shape)
+        line += f"; best at p = {s['percents'][best[0]]:g}, alpha = {s['alphas'][best[1]]:g}"
+    return line
 
 
 def faithful(f: dict | None) -> str:
