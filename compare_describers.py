@@ -106,7 +106,8 @@ top_n: "[1, 1000]" = 5          # concepts listed per neuron under "top" in a ri
 truth: "lift | label_auc" = "label_auc"  # what the probing set says a neuron is: lift | label_auc (see README)
 truth_images: "[1, 10**9]" = 20  # truth lift: the top images per neuron whose findings are counted
 lift_min: "(0, 10**6]" = 2.0    # truth lift: a neuron has a finding only at this lift over the base rate or above
-sensitivity_percents: "numbers in (0, 100)" = "80,85,90,93,95,97"  # MAMMI's adaptive_percent values to try from the cache ('' = no study)
+sensitivity_percents: "numbers in (0, 100)" = "80,85,90,93,95,97"  # MAMMI's adaptive_percent values to try
+                                                                   # from the cache ('' = no study)
 sensitivity_alphas: "numbers in [0, 100)" = "90,93,95,97,99"  # MAMMI's alpha values to try
 batch_size: "[1, 8192]" = 64
 num_workers: "[0, 256]" = 2
@@ -148,7 +149,8 @@ def run():
     classes = stored_classes(stage2)  # fc neuron k is class k
     check_draws(config["ablation_draws"], acts.shape[1], len(classes or []))  # before any rival runs
     labels, findings = probe_labels(stage2, ids, classes)
-    unlabeled = None if labels is not None else f"the probing set under {stage2['data_root']} has no labels (--labels none)"
+    unlabeled = None if labels is not None else \
+        f"the probing set under {stage2['data_root']} has no labels (--labels none)"
     dead = (acts.max(0).values == acts.min(0).values).tolist()
     out = describers_dir(path)
     dev = pick_device(device)
@@ -293,8 +295,8 @@ def faithfulness(table: dict, path: Path, records: dict, stage2: dict, dev) -> N
             discard(f)
         return
     try:
-        data = held_out(stage2, config.given, config["ablation_split"], config[f"{config['ablation_split']}_split_file"],
-                        batch_size, num_workers, dev)
+        split = config["ablation_split"]
+        data = held_out(stage2, config.given, split, config[f"{split}_split_file"], batch_size, num_workers, dev)
     except NoLabels as e:
         print(f"note: faithfulness skipped: {e}")
         table["faithfulness_skipped"] = str(e)
@@ -421,8 +423,8 @@ def write_tables(table: dict, out: Path) -> None:
         fc, kind = r.get("fc", {}), table["truth"]["kind"]
         if "truth" in r:
             t = r["truth"]
-            row = [name, table["layer"], r["neurons"], r["named"], kind, t["any"]["n"], t["any"]["mean"], t["any"]["se"],
-                   t["top1"]["mean"], t["top1"]["se"]]
+            row = [name, table["layer"], r["neurons"], r["named"], kind,
+                   t["any"]["n"], t["any"]["mean"], t["any"]["se"], t["top1"]["mean"], t["top1"]["se"]]
         else:  # no labels, or the describer the truth is made of: no score
             row = [name, table["layer"], r["neurons"], r["named"], by_construction(table, name) or kind] + [""] * 5
         row += [fc.get(m, {}).get(k, "") for m in ("hit_rate", "precision", "f1") for k in ("mean", "se")]
