@@ -154,7 +154,7 @@ def run():
 
 def print_layers(net, paths: list, prep: dict, dev) -> None:
     """--layer list: each layer's name, output shape on two images and neuron count; nothing written."""
-    x = next(iter(probe_loader(paths[:2], prep, 2, 0, dev)))
+    x = next(iter(probe_loader(paths[:2], prep["resize"], prep["crop"], 2, 0, dev, **model_input_args(prep))))
     rows = forward_checked(lambda: layer_table(net, x.to(dev), token_pool), x)
     width = max(len(r[0]) for r in rows)
     print(f"{'layer':<{width}}  {'output shape (2 images)':<26} neurons")
