@@ -347,8 +347,6 @@ def _comments(script_path: Path) -> dict[str, str]:
         elif name and (row, col) == (at[0] + 1, at[1]) and not tok.line[:col].strip():
             out[name] += " " + text
             at = tok.start
-        else:
-            name = None
     return out
 
 
