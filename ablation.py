@@ -30,7 +30,8 @@ from pipeline.outputs import beside_input, find_matching, stored_classes, upstre
 
 # -----------------------------------------------------------------------------
 # The held-out split is target_model_perform.py's (its val_split_file / test_split_file).
-ablation_concepts = ""          # concepts.json whose named neurons are zeroed (MAMMI's or describers/NAME/'s); default: MAMMI's for these constants
+ablation_concepts = ""          # concepts.json whose named neurons are zeroed (MAMMI's or describers/NAME/'s);
+                                # default: MAMMI's for these constants
 ablation_split: "val | test" = "test"  # held-out split the neurons are zeroed on (step 4 scores the model on test)
 ablation_draws: "[10, 10**7]" = 200  # random neuron sets per finding, each of the size of N_f
 ablation_seed: "[0, 2**63 - 1]" = 0  # seed of those random sets

@@ -27,7 +27,8 @@ from pipeline.outputs import bbox_dir, box_figure
 # -----------------------------------------------------------------------------
 # dataset, data_root (the ChestX-Det images for box_source chestx_det) and save_root are example_selection.py's.
 box_source: "nih | chestx_det" = "nih"  # nih (bbox.csv) | chestx_det (ChestX_Det_{train,test}.json)
-box_file = ""                   # annotation file; default dataset/nih14/bbox.csv or dataset/chestx_det/ChestX_Det_test.json
+box_file = ""                   # annotation file; default dataset/nih14/bbox.csv
+                                # or dataset/chestx_det/ChestX_Det_test.json
 max_drawn: "[0, 10**9]" = 0     # draw at most this many images (0 = all with boxes)
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))

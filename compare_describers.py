@@ -106,7 +106,8 @@ top_n: "[1, 1000]" = 5          # concepts listed per neuron under "top" in a ri
 truth: "lift | label_auc" = "label_auc"  # what the probing set says a neuron is: lift | label_auc (see README)
 truth_images: "[1, 10**9]" = 20  # truth lift: the top images per neuron whose findings are counted
 lift_min: "(0, 10**6]" = 2.0    # truth lift: a neuron has a finding only at this lift over the base rate or above
-sensitivity_percents: "numbers in (0, 100)" = "80,85,90,93,95,97"  # MAMMI's adaptive_percent values to try from the cache ('' = no study)
+sensitivity_percents: "numbers in (0, 100)" = "80,85,90,93,95,97"  # MAMMI's adaptive_percent values to try
+                                                                   # from the cache ('' = no study)
 sensitivity_alphas: "numbers in [0, 100)" = "90,93,95,97,99"  # MAMMI's alpha values to try
 batch_size: "[1, 8192]" = 64
 num_workers: "[0, 256]" = 2
@@ -133,10 +134,7 @@ VLM_FIELDS = ("model_clip", "clip_weights", "concept_set", "concept_set_file", "
 
 
 def run():
-    wanted = [d.strip() for d in describers.split(",") if d.strip()]
-    unknown = [d for d in wanted if d not in NAMES[1:]]
-    if unknown:
-        raise PipelineError(f"--describers: unknown {', '.join(unknown)}; choose among {', '.join(NAMES[1:])}")
+    wanted = wanted_describers()
     percents, alphas = numbers("sensitivity_percents"), numbers("sensitivity_alphas")
     path, run_json, ex_json, ex = read_run()
     print_config("compare_describers", config)
@@ -151,7 +149,8 @@ def run():
     classes = stored_classes(stage2)  # fc neuron k is class k
     check_draws(config["ablation_draws"], acts.shape[1], len(classes or []))  # before any rival runs
     labels, findings = probe_labels(stage2, ids, classes)
-    unlabeled = None if labels is not None else f"the probing set under {stage2['data_root']} has no labels (--labels none)"
+    unlabeled = None if labels is not None else \
+        f"the probing set under {stage2['data_root']} has no labels (--labels none)"
     dead = (acts.max(0).values == acts.min(0).values).tolist()
     out = describers_dir(path)
     dev = pick_device(device)
@@ -161,21 +160,8 @@ def run():
     # grown by the images it lacks) and the concept prompts (its text cache).
     feats = None
     if set(wanted) & set(USES_VLM) or (percents and alphas):
-        warn_other_world(config["model_clip"], stage2["data_root"], ids)
-        t = time.time()
-        concept_path, concepts = read_concepts(config["concept_set"])
-        vlm = functools.cache(lambda: load_vlm(config["model_clip"], config["clip_weights"], dev))
-        img, img_key, new = image_features(config, stage2, ids, vlm, batch_size, num_workers)
-        text = text_features(config, concept_path, concepts, vlm)
-        sim = path.parent / SIMILARITY
-        if sim.is_file() and read_similarity(sim, run_json)["concepts"] != concepts:
-            raise PipelineError(f"the concept set {concept_path} changed since {path} was written; re-run "
-                                f"concept_matching.py with it, then this step")
-        feats = {"images": img, "text": text, "concepts": concepts,
-                 "cos": image_concept_scores(img, text["features"], None)}  # [N, C]: cos(image, concept prompt)
-        inputs.update(images=img_key, text=text["key"])
-        print(f"features of the {len(ids)} probing images ({new} embedded now) and {len(concepts)} prompts "
-              f"in {time.time() - t:.1f}s")
+        feats = shared_features(stage2, ids, path, run_json, dev)
+        inputs.update(images=feats["images_key"], text=feats["text"]["key"])
 
     records, scores, skipped = {"mammi": run_json["neurons"]}, {}, {}
     if unlabeled:  # what is still possible: MAMMI and the VLM rivals, their fc metrics, agreement, sensitivity
@@ -225,10 +211,43 @@ def run():
         save_png(out / DESCRIBERS_PNG, fig)
     print_table(table)
     print(f"compared {len(records)} describers in {time.time() - t0:.1f}s")
+    print_outputs(out, records, table, drew=fig is not None)
+
+
+def wanted_describers() -> list[str]:
+    """The rivals --describers names, each one known."""
+    wanted = [d.strip() for d in describers.split(",") if d.strip()]
+    unknown = [d for d in wanted if d not in NAMES[1:]]
+    if unknown:
+        raise PipelineError(f"--describers: unknown {', '.join(unknown)}; choose among {', '.join(NAMES[1:])}")
+    return wanted
+
+
+def shared_features(stage2: dict, ids: list, path: Path, run_json: dict, dev) -> dict:
+    """What the VLM rivals and the sensitivity study share: every probing image's features (step 3's cache,
+    grown by the images it lacks) and the concept prompts (its text cache)."""
+    warn_other_world(config["model_clip"], stage2["data_root"], ids)
+    t = time.time()
+    concept_path, concepts = read_concepts(config["concept_set"])
+    vlm = functools.cache(lambda: load_vlm(config["model_clip"], config["clip_weights"], dev))
+    img, img_key, new = image_features(config, stage2, ids, vlm, batch_size, num_workers)
+    text = text_features(config, concept_path, concepts, vlm)
+    sim = path.parent / SIMILARITY
+    if sim.is_file() and read_similarity(sim, run_json)["concepts"] != concepts:
+        raise PipelineError(f"the concept set {concept_path} changed since {path} was written; re-run "
+                            f"concept_matching.py with it, then this step")
+    feats = {"images": img, "images_key": img_key, "text": text, "concepts": concepts,
+             "cos": image_concept_scores(img, text["features"], None)}  # [N, C]: cos(image, concept prompt)
+    print(f"features of the {len(ids)} probing images ({new} embedded now) and {len(concepts)} prompts "
+          f"in {time.time() - t:.1f}s")
+    return feats
+
+
+def print_outputs(out: Path, records: dict, table: dict, drew: bool) -> None:
     print("outputs:")
     for p in [out / n / CONCEPTS for n in records if n != "mammi"] + \
              [out / f for f in (DESCRIBERS, DESCRIBERS_CSV, AGREEMENT_CSV)] + \
-             ([out / DESCRIBERS_PNG] if fig is not None else []) + \
+             ([out / DESCRIBERS_PNG] if drew else []) + \
              ([Path(table["sensitivity"]["figure"])] if table.get("sensitivity", {}).get("figure") else []):
         print(f"  {p}")
 
@@ -276,8 +295,8 @@ def faithfulness(table: dict, path: Path, records: dict, stage2: dict, dev) -> N
             discard(f)
         return
     try:
-        data = held_out(stage2, config.given, config["ablation_split"], config[f"{config['ablation_split']}_split_file"],
-                        batch_size, num_workers, dev)
+        split = config["ablation_split"]
+        data = held_out(stage2, config.given, split, config[f"{split}_split_file"], batch_size, num_workers, dev)
     except NoLabels as e:
         print(f"note: faithfulness skipped: {e}")
         table["faithfulness_skipped"] = str(e)
@@ -404,8 +423,8 @@ def write_tables(table: dict, out: Path) -> None:
         fc, kind = r.get("fc", {}), table["truth"]["kind"]
         if "truth" in r:
             t = r["truth"]
-            row = [name, table["layer"], r["neurons"], r["named"], kind, t["any"]["n"], t["any"]["mean"], t["any"]["se"],
-                   t["top1"]["mean"], t["top1"]["se"]]
+            row = [name, table["layer"], r["neurons"], r["named"], kind,
+                   t["any"]["n"], t["any"]["mean"], t["any"]["se"], t["top1"]["mean"], t["top1"]["se"]]
         else:  # no labels, or the describer the truth is made of: no score
             row = [name, table["layer"], r["neurons"], r["named"], by_construction(table, name) or kind] + [""] * 5
         row += [fc.get(m, {}).get(k, "") for m in ("hit_rate", "precision", "f1") for k in ("mean", "se")]
@@ -505,23 +524,9 @@ def print_table(table: dict) -> None:
         head += f" {'faithfulness: median z':>23}"
     print(head)
     for name, r in table["rows"].items():
-        line = f"{name:<13} {r['named']:>6}"
-        if fc:
-            m = r["fc"]
-            hits = round(m["hit_rate"]["mean"] * m["hit_rate"]["n"])
-            cos = next((v for v in m["cosine"].values() if "mean" in v), None)
-            line += f" {hits:>3}/{m['hit_rate']['n']} ±{m['hit_rate']['se']:.3f}  {pm(m['precision'])} {pm(m['f1'])}" + \
-                    (f" {pm(cos)}" if cos else f" {'n/a':>11}")
-        if labelled and "truth" in r:
-            t = r["truth"]
-            line += f" {round(t['any']['mean'] * t['any']['n']) if t['any']['n'] else 0:>5}/{t['any']['n']:<4}" \
-                    f"{pm(t['any'])} {pm(t['top1'])}"
-        elif labelled:
-            line += f" {by_construction(table, name):>33}"
-        if faith:
-            line += f" {faithful(r.get('faithfulness')):>23}"
-        print(line)
-    why = {**table["skipped"], **({"faithfulness": table["faithfulness_skipped"]} if "faithfulness_skipped" in table else {})}
+        print(table_row(table, name, r, fc, labelled, faith))
+    why = {**table["skipped"],
+           **({"faithfulness": table["faithfulness_skipped"]} if "faithfulness_skipped" in table else {})}
     for reason in dict.fromkeys(why.values()):  # one line per reason
         print(f"{', '.join(n for n in why if why[n] == reason)} skipped: {reason}")
     names = list(table["pairwise"])
@@ -529,14 +534,39 @@ def print_table(table: dict) -> None:
         f"{a}~{b} {table['pairwise'][a][b]['mean']:.2f}" for i, a in enumerate(names) for b in names[i + 1:]))
     s = table.get("sensitivity")
     if s and s[s["headline"]] is not None:
-        grid = np.array(s[s["headline"]])
-        line = f"sensitivity ({s['metric']}): {np.nanmin(grid):.3f} to {np.nanmax(grid):.3f} over p x alpha"
-        if s["headline"] == "overlap":  # measured against the run itself, 1 at its own constants: no setting is better
-            line += "; no best without labels (the overlap is 1 at the run's own p and alpha by definition)"
-        else:
-            best = np.unravel_index(np.nanargmax(grid), grid.shape)
-            line += f"; best at p = {s['percents'][best[0]]:g}, alpha = {s['alphas'][best[1]]:g}"
-        print(line)
+        print(sensitivity_line(s))
+
+
+def table_row(table: dict, name: str, r: dict, fc: bool, labelled: bool, faith: bool) -> str:
+    """One describer's line of the printed table, its columns those of the head print_table printed."""
+    line = f"{name:<13} {r['named']:>6}"
+    if fc:
+        m = r["fc"]
+        hits = round(m["hit_rate"]["mean"] * m["hit_rate"]["n"])
+        cos = next((v for v in m["cosine"].values() if "mean" in v), None)
+        line += f" {hits:>3}/{m['hit_rate']['n']} ±{m['hit_rate']['se']:.3f}  " \
+                f"{pm(m['precision'])} {pm(m['f1'])}" + (f" {pm(cos)}" if cos else f" {'n/a':>11}")
+    if labelled and "truth" in r:
+        t = r["truth"]
+        line += f" {round(t['any']['mean'] * t['any']['n']) if t['any']['n'] else 0:>5}/{t['any']['n']:<4}" \
+                f"{pm(t['any'])} {pm(t['top1'])}"
+    elif labelled:
+        line += f" {by_construction(table, name):>33}"
+    if faith:
+        line += f" {faithful(r.get('faithfulness')):>23}"
+    return line
+
+
+def sensitivity_line(s: dict) -> str:
+    """The range of the sensitivity study's headline metric over p x alpha, and where it is best."""
+    grid = np.array(s[s["headline"]])
+    line = f"sensitivity ({s['metric']}): {np.nanmin(grid):.3f} to {np.nanmax(grid):.3f} over p x alpha"
+    if s["headline"] == "overlap":  # measured against the run itself, 1 at its own constants: no setting is better
+        line += "; no best without labels (the overlap is 1 at the run's own p and alpha by definition)"
+    else:
+        best = np.unravel_index(np.nanargmax(grid), grid.shape)
+        line += f"; best at p = {s['percents'][best[0]]:g}, alpha = {s['alphas'][best[1]]:g}"
+    return line
 
 
 def faithful(f: dict | None) -> str:

@@ -56,7 +56,8 @@ from pipeline.text_metrics import cosine_metrics
 
 # -----------------------------------------------------------------------------
 examples = ""                   # step 2's examples.json; default: the one example_selection.py's constants name
-model_clip: "medclip | medclip-vit | open_clip:NAME | phantom" = "medclip"  # the VLM; NAME: an open_clip model or config .json
+model_clip: "medclip | medclip-vit | open_clip:NAME | phantom" = "medclip"  # the VLM; NAME: an open_clip model
+                                                                            # or config .json
 clip_weights = ""               # VLM weights: folder (medclip, phantom), checkpoint or pretrained tag (open_clip)
 concept_set = "mimic_nouns"     # a name in dataset/concept_set/ or a path to a .txt, one concept per line
 template_ver: "base | no" = "base"  # base: prompt = template + concept; no: prompt = concept alone
@@ -110,7 +111,8 @@ def run():
     # Image features: every distinct example image and the significance test's pool (README, "How far
     # to trust a name") once, cached per probing set and VLM, grown as needed.
     ids = list(dict.fromkeys(e["image_id"] for n in neurons for e in n["examples"]))
-    pool = [probe_names[r] for r in pool_rows(len(probe_names), null_pool, null_seed)] if ids else []  # no live neuron: no test
+    # no live neuron: no test
+    pool = [probe_names[r] for r in pool_rows(len(probe_names), null_pool, null_seed)] if ids else []
     sizes = [len(n["examples"]) for n in neurons if n["examples"]]
     if sizes:  # the null's draws are held at once: refused now, before the images are embedded, if they cannot be
         check_memory("null_draws", null_draws, null_bytes(len(pool), max(sizes), len(set(sizes))),
@@ -150,24 +152,8 @@ def run():
     counts = {st: sum(n["status"] == st for n in named) for st in ("ok", "none", "dead")}
     print(f"neurons named: {counts['ok']}; none above zero: {counts['none']}; dead: {counts['dead']}")
     written = [img_path, txt_path, out_dir / SIMILARITY, out_dir / CONCEPTS]
-    classes = cfg["class_names"]
-    scored = [(named[j], c) for j, c in class_neurons(classes, len(named))]
-    if config["layer"] == "fc" and not scored:
-        print(f"note: the {len(named)} fc neurons have no class names to score against "
-              f"(example_selection.py --classes FILE names them); no metrics.json")
-    elif config["layer"] == "fc":
-        # The cosine metric loads up to four text encoders: reuse it while nothing behind it changed.
-        m_key = metrics_key(result_key, metric_encoders, weights_identity("medclip", medclip_weights))
-        metrics = cached(out_dir / METRICS, m_key, load_json)
-        if metrics is None:
-            metrics = fc_metrics([[c["concept"] for c in n["concepts"]] for n, _ in scored], [c for _, c in scored])
-            metrics["cosine"] = cosine_metrics([n for n, _ in scored], [c for _, c in scored], metric_encoders,
-                                               medclip_weights)
-            save_json(out_dir / METRICS, {"key": m_key, "config": cfg, **metrics})
-        else:
-            print(f"reusing {out_dir / METRICS}")
-        print_fc_table(named, output_names(classes, len(named)), metrics)
-        written.append(out_dir / METRICS)
+    if config["layer"] == "fc":
+        written += score_fc_names(named, cfg, result_key, out_dir)
     print("outputs:")
     for p in written:
         print(f"  {p}")
@@ -231,17 +217,42 @@ def check_probe_set(ex_json: Path, ex_cfg: dict) -> list[str]:
     return probe.names
 
 
+def score_fc_names(named: list[dict], cfg: dict, result_key: str, out_dir: Path) -> list[Path]:
+    """The fc neurons' names against their classes (metrics.json, printed as a table): the file written,
+    or none when the neurons have no class names."""
+    classes = cfg["class_names"]
+    scored = [(named[j], c) for j, c in class_neurons(classes, len(named))]
+    if not scored:
+        print(f"note: the {len(named)} fc neurons have no class names to score against "
+              f"(example_selection.py --classes FILE names them); no metrics.json")
+        return []
+    # The cosine metric loads up to four text encoders: reuse it while nothing behind it changed.
+    m_key = metrics_key(result_key, metric_encoders, weights_identity("medclip", medclip_weights))
+    metrics = cached(out_dir / METRICS, m_key, load_json)
+    if metrics is None:
+        metrics = fc_metrics([[c["concept"] for c in n["concepts"]] for n, _ in scored], [c for _, c in scored])
+        metrics["cosine"] = cosine_metrics([n for n, _ in scored], [c for _, c in scored], metric_encoders,
+                                           medclip_weights)
+        save_json(out_dir / METRICS, {"key": m_key, "config": cfg, **metrics})
+    else:
+        print(f"reusing {out_dir / METRICS}")
+    print_fc_table(named, output_names(classes, len(named)), metrics)
+    return [out_dir / METRICS]
+
+
 def print_fc_table(named, classes, metrics):
     print(f"{'class':<20} concepts")
     for n, name in zip(named, classes):
         got = ", ".join(c["concept"] for c in n["concepts"]) or f"({n['status']})"
         print(f"{name:<20} {'*' if name.lower() in got.split(', ') else ' '} {got[:90]}")
     m = metrics
-    print(f"hit rate {m['hit_rate']['mean']:.3f} ({round(m['hit_rate']['mean'] * m['hit_rate']['n'])}/{m['hit_rate']['n']}); "
+    print(f"hit rate {m['hit_rate']['mean']:.3f} "
+          f"({round(m['hit_rate']['mean'] * m['hit_rate']['n'])}/{m['hit_rate']['n']}); "
           f"precision {m['precision']['mean']:.3f}±{m['precision']['se']:.3f}; recall {m['recall']['mean']:.3f}; "
           f"F1 {m['f1']['mean']:.3f}±{m['f1']['se']:.3f}")
     for enc, v in m["cosine"].items():
-        print(f"  cosine[{enc}]: " + (f"{v['mean']:.3f}±{v['se']:.3f}" if "mean" in v else f"unavailable ({v['error']})"))
+        print(f"  cosine[{enc}]: "
+              + (f"{v['mean']:.3f}±{v['se']:.3f}" if "mean" in v else f"unavailable ({v['error']})"))
 
 
 def run_layers():

@@ -67,15 +67,18 @@ dataset = "nih14"               # name of the probing set (a tag for the output 
 split = "train"                 # split file to probe: train | val | test (the release probes train)
 data_root = "data/nih14/images" # image folder: flat, or Kaggle layout images_*/images/
 split_file = ""                 # explicit split file; default: {data_root}/../{split}_official.txt, else NIH's
-labels = ""                     # "" = NIH split files (split, split_file); none = all images under data_root; or a labelled CSV
+labels = ""                     # "" = NIH split files (split, split_file); none = all images under data_root;
+                                # or a labelled CSV
 uncertain: "zero | one | ignore" = "zero"  # CSV -1 and blank: zero: both 0; one: -1 is 1, blank 0; ignore: no truth
 classes = ""                    # class names file, one per line in output order; default: the model's, the CSV's, NIH's
 max_images: "[0, 10**9]" = 0    # probe a random subset of this many images (0 = all of them)
 seed: "[0, 2**63 - 1]" = 0      # random seed of that subset
 skip_missing = False            # drop images of the split missing on disk (default: fail)
-model = "densenet121"           # densenet121 | resnet50 | torchvision:NAME | timm:NAME | xrv:NAME | file.py:function | model.pt
+model = "densenet121"           # densenet121 | resnet50 | torchvision:NAME | timm:NAME |
+                                # xrv:NAME | file.py:function | model.pt
 checkpoint = ""                 # FILE | pretrained (the library's cached weights) | random (untrained); "" = default
-num_classes: "[0, 100000]" = 0  # outputs of the head; 0 = the checkpoint's (torchvision, timm), 14 (densenet121, resnet50)
+num_classes: "[0, 100000]" = 0  # outputs of the head; 0 = the checkpoint's (torchvision, timm),
+                                # 14 (densenet121, resnet50)
 layer = "fc"                    # fc | penultimate | a module name | several, comma-separated (one pass) | list
 token_pool: "mean | cls" = "mean"  # tokens [B, T, D]: mean over the patch tokens, or the class token
 selection: "adaptive | topk" = "adaptive"  # adaptive: a threshold per neuron; topk: its k largest
@@ -87,7 +90,8 @@ channels: "0 | 1 | 3" = 0       # input channels; 0 = the family's (1 for xrv)
 mean: "numbers" = ""            # normalisation mean, one value or one per channel; default: the family's
 std: "numbers > 0" = ""        # normalisation std, likewise
 precision: "fp32 | bf16" = "fp32"  # bf16: the forward pass under autocast (activations stored as float32)
-reinit_seed: "[-1, 2**63 - 1]" = -1  # -1: the trained weights; else every module re-initialised with this seed (sanity_check.py)
+reinit_seed: "[-1, 2**63 - 1]" = -1  # -1: the trained weights; else every module re-initialised with this seed
+                                     # (sanity_check.py)
 batch_size: "[1, 8192]" = 64
 num_workers: "[-1, 256]" = -1   # data-loading processes; -1 = one per core (shared by torchrun's ranks)
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present (torchrun: each rank its own GPU)
@@ -124,55 +128,18 @@ def run():
     def load(need_head):  # the target as every later step rebuilds it from what this one stores
         return target_as_probed({**config, **prep, "checkpoint": ckpt}, need_head, len(class_list or []))
     if wanted == ["list"]:
-        net = load(False)[0].to(dev)
-        x = next(iter(probe_loader(paths[:2], prep, 2, 0, dev)))
-        rows = forward_checked(lambda: layer_table(net, x.to(dev), token_pool), x)
-        width = max(len(r[0]) for r in rows)
-        print(f"{'layer':<{width}}  {'output shape (2 images)':<26} neurons")
-        for r in rows:
-            print(f"{r[0]:<{width}}  {r[1]:<26} {r[2]}")
+        print_layers(load(False)[0].to(dev), paths, prep, dev)
         return
 
     per = {}  # layer -> its config, activations.pt, key
     for name in wanted:
         c = {**config, "layer": name}
         per[name] = (c, layer_dir(c) / ACTIVATIONS, activations_key(c, ckpt, probe.data_key))
-    stored = {name: None for name in wanted}
-    if ranks.is_main():  # the one rank that writes claims the folders and decides what is left to do
-        # Before the long pass: the folders must be writable, and no other run may write them meanwhile.
-        for c, _, _ in per.values():
-            claim(layer_dir(c))
-            claim(examples_dir(c))
-        stored = {name: cached(path, key) for name, (c, path, key) in per.items()}
-        for name, s in stored.items():
-            if s is not None:
-                print(f"reusing {per[name][1]}")
+    stored = claim_and_reuse(per) if ranks.is_main() else {name: None for name in wanted}
     todo = [name for name, left in zip(wanted, ranks.agree([stored[n] is None for n in wanted])) if left]
     t0 = time.time()
     if todo:
-        net, head_ok = load("fc" in todo)
-        mine = ranks.share(len(paths), batch_size)  # all of them, outside torchrun
-        # Rank 0 holds the whole probing set's rows from the start; the others only their share.
-        batches = probe_loader(paths[mine.start:mine.stop], prep["resize"], prep["crop"], batch_size, num_workers, dev,
-                               **model_input_args(prep))
-        acts, logits = record(net.to(dev), batches, todo, len(paths) if ranks.is_main() else len(mine), dev, token_pool,
-                              precision, use_channels_last(channels_last, dev), first=first_batch(class_list, source),
-                              desc=f"{model} {','.join(todo)}", show=ranks.is_main())
-        acts = {name: ranks.collect(a, len(paths), batch_size) for name, a in acts.items()}
-        logits = ranks.collect(logits, len(paths), batch_size) if logits is not None else None
-        if not ranks.is_main():
-            return
-        for name in todo:
-            c, path, key = per[name]
-            stored[name] = {"key": key, "config": {**{k: c[k] for k in ACTIVATION_FIELDS}, **prep,
-                                                   "checkpoint": str(ckpt or ""), "untrained": ckpt == RANDOM,
-                                                   "class_names": class_list},
-                            "activations": acts[name], "logits": logits if head_ok else None, "image_ids": names}
-            check_finite(path, stored[name])  # every layer before any is written: all new, or all untouched
-        for name in todo:
-            c, path, key = per[name]
-            drop_stale(examples_dir(c), key)
-            save_tensors(path, stored[name])
+        record_layers(todo, per, stored, load, probe, prep, ckpt, class_list, source, dev)
     if not ranks.is_main():
         return
     shapes = ", ".join(f"{n} {tuple(stored[n]['activations'].shape)}" for n in wanted)
@@ -183,6 +150,60 @@ def run():
                class_list, {**c, **prep, "checkpoint": str(ckpt or ""), "untrained": ckpt == RANDOM,
                             "data_key": probe.data_key,
                             "class_names": class_list})
+
+
+def print_layers(net, paths: list, prep: dict, dev) -> None:
+    """--layer list: each layer's name, output shape on two images and neuron count; nothing written."""
+    x = next(iter(probe_loader(paths[:2], prep["resize"], prep["crop"], 2, 0, dev, **model_input_args(prep))))
+    rows = forward_checked(lambda: layer_table(net, x.to(dev), token_pool), x)
+    width = max(len(r[0]) for r in rows)
+    print(f"{'layer':<{width}}  {'output shape (2 images)':<26} neurons")
+    for r in rows:
+        print(f"{r[0]:<{width}}  {r[1]:<26} {r[2]}")
+
+
+def claim_and_reuse(per: dict) -> dict:
+    """The activations stored for each layer under its key, else None: the one rank that writes claims the
+    folders and decides what is left to do."""
+    # Before the long pass: the folders must be writable, and no other run may write them meanwhile.
+    for c, _, _ in per.values():
+        claim(layer_dir(c))
+        claim(examples_dir(c))
+    stored = {name: cached(path, key) for name, (c, path, key) in per.items()}
+    for name, s in stored.items():
+        if s is not None:
+            print(f"reusing {per[name][1]}")
+    return stored
+
+
+def record_layers(todo: list[str], per: dict, stored: dict, load, probe, prep: dict, ckpt, class_list, source,
+                  dev) -> None:
+    """One forward pass over the probing set for the layers in todo, shared between torchrun's ranks; rank 0
+    fills `stored` with each layer's activations and writes them (each checked before any is written)."""
+    paths, names = probe.paths, probe.names
+    net, head_ok = load("fc" in todo)
+    mine = ranks.share(len(paths), batch_size)  # all of them, outside torchrun
+    # Rank 0 holds the whole probing set's rows from the start; the others only their share.
+    batches = probe_loader(paths[mine.start:mine.stop], prep["resize"], prep["crop"], batch_size, num_workers, dev,
+                           **model_input_args(prep))
+    acts, logits = record(net.to(dev), batches, todo, len(paths) if ranks.is_main() else len(mine), dev, token_pool,
+                          precision, use_channels_last(channels_last, dev), first=first_batch(class_list, source),
+                          desc=f"{model} {','.join(todo)}", show=ranks.is_main())
+    acts = {name: ranks.collect(a, len(paths), batch_size) for name, a in acts.items()}
+    logits = ranks.collect(logits, len(paths), batch_size) if logits is not None else None
+    if not ranks.is_main():
+        return
+    for name in todo:
+        c, path, key = per[name]
+        stored[name] = {"key": key, "config": {**{k: c[k] for k in ACTIVATION_FIELDS}, **prep,
+                                               "checkpoint": str(ckpt or ""), "untrained": ckpt == RANDOM,
+                                               "class_names": class_list},
+                        "activations": acts[name], "logits": logits if head_ok else None, "image_ids": names}
+        check_finite(path, stored[name])  # every layer before any is written: all new, or all untouched
+    for name in todo:
+        c, path, key = per[name]
+        drop_stale(examples_dir(c), key)
+        save_tensors(path, stored[name])
 
 
 def first_batch(class_list, source):

@@ -121,7 +121,8 @@ def run():
     for name in names:
         both = {w: side(matching_dir({**c, "layer": name}) / CONCEPTS, frequent_concepts)
                 for w, c in (("target", {**config, "reinit_seed": -1}), ("reinitialised", rand))}
-        shared = {c for c, _ in both["target"]["first_concepts"]} & {c for c, _ in both["reinitialised"]["first_concepts"]}
+        shared = {c for c, _ in both["target"]["first_concepts"]} \
+            & {c for c, _ in both["reinitialised"]["first_concepts"]}
         layers[name] = {**both, "shared_first_concepts": sorted(shared)}
     out = model_dir(rand)
     save_json(out / SANITY, {"sanity_seed": sanity_seed, "model": config["model"],
@@ -132,7 +133,8 @@ def run():
     for name, r in layers.items():
         t, z = r["target"], r["reinitialised"]
         print(f"{name}: {side_name('target', t)} {counted(t)}, re-initialised {counted(z)}; first concepts: target "
-              f"{', '.join(c for c, _ in t['first_concepts'])}; re-initialised {', '.join(c for c, _ in z['first_concepts'])}")
+              f"{', '.join(c for c, _ in t['first_concepts'])}; "
+              f"re-initialised {', '.join(c for c, _ in z['first_concepts'])}")
     print("outputs:")
     for p in (SANITY, SANITY_PNG):
         print(f"  {out / p}")

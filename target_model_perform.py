@@ -53,8 +53,10 @@ from pipeline.outputs import (
 
 # -----------------------------------------------------------------------------
 # The target, its checkpoint, preprocessing, image folder and save_root are example_selection.py's.
-val_split_file = ""             # val split file; default: {data_root}/../val_official.txt, else NIH's (a CSV probing set: that CSV)
-test_split_file = ""            # test split file; default: {data_root}/../test_official.txt, else NIH's (a CSV probing set: that CSV)
+val_split_file = ""             # val split file; default: {data_root}/../val_official.txt,
+                                # else NIH's (a CSV probing set: that CSV)
+test_split_file = ""            # test split file; default: {data_root}/../test_official.txt,
+                                # else NIH's (a CSV probing set: that CSV)
 batch_size: "[1, 8192]" = 64
 num_workers: "[0, 256]" = 2     # data-loading processes
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
@@ -88,16 +90,7 @@ def run():
         if labels is None:
             raise PipelineError(f"the {probe.what} has no label columns to score the model against; "
                                 f"pass a CSV with label columns")
-        # a CSV serving as val or test is looked for under the split step 2 probed it as
-        found = stage2_logits(c, c["split"], c["split_file"], ckpt, probe.data_key)
-        if found is not None:
-            logits, where = found
-            print(f"{split}: reusing the logits of {where}")
-        else:
-            if net is None:  # as step 2 ran it: re-initialised too when reinit_seed says so
-                net = target_as_probed({**config, **prep, "checkpoint": ckpt}, True, len(classes))[0].to(dev)
-            logits = forward_logits(net, probe.paths, prep["resize"], prep["crop"], batch_size, num_workers, dev,
-                                    desc=f"{model} {split}", **model_input_args(prep))
+        logits, net = logits_of(split, c, probe, net, ckpt, prep, len(classes), dev)
         if logits.shape[1] != len(classes):
             raise PipelineError(f"--model {model} has {logits.shape[1]} outputs but there are {len(classes)} class "
                                 f"names {source}; pass --classes FILE with {logits.shape[1]} names in output order")
@@ -110,9 +103,7 @@ def run():
     thr = best_thresholds(out["val"][1], out["val"][2])
     names, labels, probs = out["test"]
     auc, ap = auroc_auprc(labels, probs)
-    for what, values, split in (("threshold (no val positives)", thr, "val"), ("AUROC (one outcome only)", auc, "test")):
-        if np.isnan(values).any():
-            print(f"note: no {what} on {split} for {', '.join(c for c, v in zip(classes, values) if np.isnan(v))}")
+    note_missing(classes, thr, auc)
 
     d = eval_dir(config)
     # eval.json, which the thresholds' reader checks, is removed with every output of the run before, and
@@ -134,11 +125,39 @@ def run():
                                 "config": {**config, **prep, "checkpoint": str(ckpt or "")},
                                 "files": {f: file_digest(d / f) for f in EVAL_FILES}})
 
+    print_results(classes, auc, ap, thr, len(names), d)
+
+
+def logits_of(split: str, c: dict, probe, net, ckpt, prep: dict, n_classes: int, dev):
+    """The target's logits on a held-out split: step 2's when it probed these images with this target, else
+    a forward pass (the net built on first need, returned for the next split)."""
+    # a CSV serving as val or test is looked for under the split step 2 probed it as
+    found = stage2_logits(c, c["split"], c["split_file"], ckpt, probe.data_key)
+    if found is not None:
+        logits, where = found
+        print(f"{split}: reusing the logits of {where}")
+        return logits, net
+    if net is None:  # as step 2 ran it: re-initialised too when reinit_seed says so
+        net = target_as_probed({**config, **prep, "checkpoint": ckpt}, True, n_classes)[0].to(dev)
+    logits = forward_logits(net, probe.paths, prep["resize"], prep["crop"], batch_size, num_workers, dev,
+                            desc=f"{config['model']} {split}", **model_input_args(prep))
+    return logits, net
+
+
+def note_missing(classes: list[str], thr, auc) -> None:
+    """Name the classes without a threshold (no val positives) or an AUROC (one outcome only on test)."""
+    for what, values, split in (("threshold (no val positives)", thr, "val"),
+                                ("AUROC (one outcome only)", auc, "test")):
+        if np.isnan(values).any():
+            print(f"note: no {what} on {split} for {', '.join(c for c, v in zip(classes, values) if np.isnan(v))}")
+
+
+def print_results(classes: list[str], auc, ap, thr, n_test: int, d) -> None:
     print(f"{'class':<20} {'AUROC':>7} {'AUPRC':>7} {'val thr':>8}")
     for c, a, p, t in zip(classes, auc, ap, thr):
         print(f"{c:<20} {a:7.4f} {p:7.4f} {t:8.4f}")
     print(f"mean AUROC {np.nanmean(auc):.4f} over {int((~np.isnan(auc)).sum())} classes "
-          f"(mean AUPRC {np.nanmean(ap):.4f}), {len(names)} test images")
+          f"(mean AUPRC {np.nanmean(ap):.4f}), {n_test} test images")
     print("outputs:")
     for f in EVAL_FILES + (EVAL_RECORD,):
         print(f"  {d / f}")

@@ -62,8 +62,10 @@ from pipeline.outputs import (
 # The boxes and images to show are bbox_img.py's constants; the concepts.json to explain is named by
 # concept_matching.py's and example_selection.py's, or given. The target, its checkpoint and
 # preprocessing are those that produced the concepts (stored with them).
-concepts = ""                   # the penultimate layer's concepts.json; default: the one steps 2-3 wrote for these constants
-thresholds = ""                 # Threshold.csv (with the eval.json step 4 writes beside it); default: step 4's eval folder
+concepts = ""                   # the penultimate layer's concepts.json;
+                                # default: the one steps 2-3 wrote for these constants
+thresholds = ""                 # Threshold.csv (with the eval.json step 4 writes beside it);
+                                # default: step 4's eval folder
 num_top_neuron: "[1, 100]" = 1  # neurons shown per (image, predicted class)
 neuron_percentile: "[0, 100]" = 70.0  # each shown neuron's map is zeroed below this percentile
 overall_percentile: "[0, 100]" = 90.0  # ... and below this one inside the overall map

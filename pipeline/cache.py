@@ -1,10 +1,11 @@
 """Cache keys, atomic writes, the output folders a step writes and the upstream outputs it reads.
 
 Every stage output carries a `key`: a digest of everything that produced it (constants, the
-checkpoint's bytes, the probing set, the concept set, this code; core/digests.py takes the digests). A stage reuses an output only
-when the stored key equals the key it would produce now. Writes go to a temporary file in the same
-folder and are renamed into place, so an interrupted run never leaves a half-written cache; a temp
-file names its writer (host, pid), so the next run in that folder removes those of a killed one.
+checkpoint's bytes, the probing set, the concept set, this code; core/digests.py takes the digests). A
+stage reuses an output only when the stored key equals the key it would produce now. Writes go to a
+temporary file in the same folder and are renamed into place, so an interrupted run never leaves a
+half-written cache; a temp file names its writer (host, pid), so the next run in that folder removes
+those of a killed one.
 A step checks each folder it writes before any long work (`writable`) and locks its own (`claim`),
 so that a second run cannot mix its outputs with this one's; caches shared between runs are updated
 under the lock of their folder (`locked`). What a step reads from an upstream step goes through
@@ -318,7 +319,8 @@ def read_output(path, step: str, fields: dict[str, type], check: Callable[[dict]
     except Exception as e:
         raise PipelineError(f"{path} is unreadable ({type(e).__name__}; truncated or not {step}'s output); "
                             f"re-run {step}") from None
-    wrong = [k for k, t in fields.items() if not isinstance(payload.get(k), t)] if isinstance(payload, dict) else ["all"]
+    wrong = [k for k, t in fields.items() if not isinstance(payload.get(k), t)] if isinstance(payload, dict) \
+        else ["all"]
     if not wrong and check is not None:
         try:
             wrong = [] if check(payload) else ["entries"]

@@ -9,9 +9,10 @@ An experiment file is plain Python assigning constants (nanoGPT's configurator):
 the same file and takes the constants it knows, so a threshold is changed in one place. `--name
 value` (or `--name=value`) overrides after the files. A step that builds on another one names it in
 `reads=`: it then also takes that step's constants (their defaults live in that step alone, read from its
-parsed header: nothing of it runs), to find the upstream output; `check_stored` refuses a given constant that contradicts what the upstream
-output stored. `--help` prints the examples of the step's docstring (its indented `python ...`
-lines), then the constants with their allowed values and comments.
+parsed header: nothing of it runs), to find the upstream output; `check_stored` refuses a given constant that
+contradicts what the upstream output stored. `--help` prints the examples of the step's docstring (its
+indented `python ...` lines), then the constants with their allowed values and comments (a comment too long
+for its line goes on below it, on comment lines whose `#` stands in the same column).
 
 A constant declares its valid values once, as a string annotation on its own line, in a tiny
 language that `configure` checks every resolved value against (exit 2, one line naming the option):
@@ -292,7 +293,8 @@ def _unmet(spec: str, value: Any, config: dict) -> str | None:
         return None
     if rule[0] == "choices":
         # numbers too (channels: "0 | 1 | 3"), by their plain text
-        text = value if isinstance(value, str) else (str(value) if isinstance(value, int) and not isinstance(value, bool) else None)
+        text = value if isinstance(value, str) else \
+            (str(value) if isinstance(value, int) and not isinstance(value, bool) else None)
         return None if text is not None and any(p.fullmatch(text) for p in rule[1]) else f"one of {spec}"
     _, low, low_closed, high, high_closed = rule
     named = [b for b in (low, high) if isinstance(b, str)]
@@ -326,15 +328,25 @@ def _own_specs(scope: dict) -> dict[str, str]:
 
 
 def _comments(script_path: Path) -> dict[str, str]:
-    """The comment on each constant's line (what --help prints)."""
+    """The comment on each constant's line (what --help prints). A comment too long for one line goes on
+    below it, on comment-only lines whose `#` stands in the same column."""
     out, line_of = {}, {}
     source, header, _ = _parsed(script_path)
     for node in header:
         if _assigned(node):
             line_of[node.lineno] = _assigned(node)
+    name, at = None, (0, 0)  # the constant whose comment the next line may continue, and where that line's # was
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT and tok.start[0] in line_of:
-            out[line_of[tok.start[0]]] = tok.string.lstrip("# ")
+        if tok.type != tokenize.COMMENT:
+            continue
+        row, col = tok.start
+        text = tok.string.lstrip("# ")
+        if row in line_of:
+            name, at = line_of[row], tok.start
+            out[name] = text
+        elif name and (row, col) == (at[0] + 1, at[1]) and not tok.line[:col].strip():
+            out[name] += " " + text
+            at = tok.start
     return out
 
 
@@ -414,6 +426,25 @@ def configure(scope: dict, argv: list[str] | None = None, reads: tuple[str, ...]
 
 def _configure(scope: dict, argv: list[str] | None, reads: tuple[str, ...]) -> Config:
     own = [k for k, v in scope.items() if _is_constant(k, v)]
+    defaults, specs = _defaults_and_specs(scope, own, reads)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in args or "-h" in args:
+        _print_help(scope, reads, defaults, specs)
+        sys.exit(0)
+    files, typed = _split_args(args, defaults)
+    given, origin = _given(files, typed, defaults)
+    config = Config({k: given.get(k, v) for k, v in defaults.items()})
+    _check(config, specs, origin)
+    config.given, config.own, config.defaults, config.files, config.typed = given, own, defaults, files, typed
+    config.origin = {k: "the command line" if w.startswith("--") else w for k, w in origin.items()}
+    for k in own:
+        scope[k] = config[k]
+    _configured[0] = config
+    return config
+
+
+def _defaults_and_specs(scope: dict, own: list[str], reads: tuple[str, ...]) -> tuple[dict, dict[str, str]]:
+    """Every constant the step takes with its default, and the valid values each declares."""
     defaults = {k: scope[k] for k in own}
     specs = _own_specs(scope)
     for script in reads:  # a step's own constant shadows an upstream one of the same name
@@ -423,11 +454,12 @@ def _configure(scope: dict, argv: list[str] | None, reads: tuple[str, ...]) -> C
             specs.setdefault(k, spec)
     for k, (v, _) in EVERY_STEP.items():
         defaults.setdefault(k, v)
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--help" in args or "-h" in args:
-        _print_help(scope, reads, defaults, specs)
-        sys.exit(0)
-    files, typed = [], []  # experiment files, and (name, value) as typed, in order
+    return defaults, specs
+
+
+def _split_args(args: list[str], defaults: dict) -> tuple[list[str], list[tuple[str, str]]]:
+    """The experiment files, and (name, value) of each --name value as typed, in order."""
+    files, typed = [], []
     rest = list(args)
     while rest:
         arg = rest.pop(0)
@@ -448,8 +480,14 @@ def _configure(scope: dict, argv: list[str] | None, reads: tuple[str, ...]) -> C
             raise PipelineError(f"--{key} needs a value" + (f", not the option {value}" if value else "")
                                 + f"; write --{key} VALUE")
         typed.append((key, value))
+    return files, typed
+
+
+def _given(files: list[str], typed: list[tuple[str, str]], defaults: dict) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values set by the experiment files, then the command line (the later wins), and where each was set:
+    an experiment file, or "--VALUE" as typed."""
     given: dict[str, Any] = {}
-    origin: dict[str, str] = {}  # where each given value was set: an experiment file, or "--VALUE" as typed
+    origin: dict[str, str] = {}
     for f in files:
         for k, v in read_experiment(f).items():
             if k in defaults:
@@ -458,14 +496,7 @@ def _configure(scope: dict, argv: list[str] | None, reads: tuple[str, ...]) -> C
     for key, value in typed:
         given[key] = _parse(key, value, defaults[key])
         origin[key] = "--" + value
-    config = Config({k: given.get(k, v) for k, v in defaults.items()})
-    _check(config, specs, origin)
-    config.given, config.own, config.defaults, config.files, config.typed = given, own, defaults, files, typed
-    config.origin = {k: "the command line" if w.startswith("--") else w for k, w in origin.items()}
-    for k in own:
-        scope[k] = config[k]
-    _configured[0] = config
-    return config
+    return given, origin
 
 
 def running_save_root() -> str | None:
@@ -653,7 +684,8 @@ def run_step(script: str, caller: Config, log: str | Path | None = None, shared:
             raise PipelineError(f"{script} takes no --{k}; see python {script} --help")
     chosen = {k: v for k, v in (shared or {}).items() if k in known} | constants
     argv = [*caller.files]
-    argv += [a for k, v in caller.typed if k in known and k not in caller.own and k not in chosen for a in (f"--{k}", v)]
+    argv += [a for k, v in caller.typed if k in known and k not in caller.own and k not in chosen
+             for a in (f"--{k}", v)]
     argv += [a for k, v in chosen.items() for a in (f"--{k}", _as_typed(v))]
     print(f"{'' if log else chr(10)}$ python {script} {shlex.join(argv)}", flush=True)
     if log is None:

@@ -191,7 +191,8 @@ def prompt_tag(c: dict) -> str:
 
 
 def text_features_path(c: dict) -> Path:
-    return inside_root(c, Path(c["save_root"]) / f"vlm_{vlm_tag(c)}" / f"text_{_tag(concept_set_name(c))}_{prompt_tag(c)}.pt")
+    return inside_root(c, Path(c["save_root"]) / f"vlm_{vlm_tag(c)}"
+                       / f"text_{_tag(concept_set_name(c))}_{prompt_tag(c)}.pt")
 
 
 def matching_dir(c: dict, examples: str | Path | None = None) -> Path:
@@ -214,7 +215,8 @@ def read_examples(ex_json: str | Path) -> dict:
     # (the results folder may have moved, or be another's copy): a reader writes nowhere else.
     c["save_root"] = str(results_root(ex_json, c))
     act_path = ex_json.parent.parent / ACTIVATIONS
-    rule = f"--adaptive_percent {c['adaptive_percent']:g}" if c["selection"] == "adaptive" else f"--selection topk --topk {c['topk']}"
+    rule = f"--adaptive_percent {c['adaptive_percent']:g}" if c["selection"] == "adaptive" \
+        else f"--selection topk --topk {c['topk']}"
     redo = (f"re-run example_selection.py with the checkpoint you mean and {rule} (same experiment file and "
             f"--layer {c['layer']}), then this step")
     if not act_path.is_file():
@@ -352,10 +354,12 @@ def read_ablation(path: str | Path, concepts: str | Path) -> dict:
     a later step 3 may have rewritten the concepts.json with other names)."""
     path = Path(path)
     result = read_output(path, "ablation.py", {"key": str, "concepts": str, "layer": str, "findings": list},
-                         check=lambda r: all(isinstance(f, dict) and "finding" in f and "z" in f for f in r["findings"]))
+                         check=lambda r: all(isinstance(f, dict) and "finding" in f and "z" in f
+                                             for f in r["findings"]))
     if result.get("concepts_digest") != file_digest(concepts):
         raise PipelineError(f"{path} ablates other names than {concepts} holds now (a later concept_matching.py or "
-                            f"compare_describers.py run, or a table older than the digest it stores); re-run ablation.py")
+                            f"compare_describers.py run, or a table older than the digest it stores); "
+                            f"re-run ablation.py")
     return result
 
 
@@ -555,7 +559,8 @@ def matching_key(examples: str, images: str, text: str, c: dict, code: str) -> s
     """similarity.pt and concepts.json: the examples, both feature caches, the scoring rule and the
     significance test's constants (the pool's images are in the image cache's key)."""
     return digest({"examples": examples, "images": images, "text": text, "adaptive": c["adaptive"],
-                   "alpha": c["alpha"], "significance": {k: c[k] for k in ("null_pool", "null_draws", "fdr", "null_seed")},
+                   "alpha": c["alpha"],
+                   "significance": {k: c[k] for k in ("null_pool", "null_draws", "fdr", "null_seed")},
                    "code": code})
 
 

@@ -509,3 +509,30 @@ def test_a_sub_step_that_fails_stops_its_caller_with_one_line(caller, capsys):
     assert log.read_text(encoding="utf-8") == "error: --layer fail: this step fails\n"
     with pytest.raises(cli.PipelineError, match="takes no --resize"):
         cli.run_step(str(step), config, resize=64)
+
+
+LONG_COMMENTS = '''import sys
+topk: ">= 1" = 3                # how many
+layer = "fc"                    # the layer, a comment too long
+                                # for one line
+# a section comment of the next block
+alpha = 1.0                     # one line
+                                  # a comment in another column
+beta = 2                        # first
+                                # second
+                                # third
+
+                                # after a blank line
+gamma = 3                       # g
+print(gamma)                    # a statement's own comment
+config = configure(globals())
+'''
+
+
+def test_a_constants_comment_continues_on_aligned_comment_lines_only(tmp_path):
+    """Aligned comment-only lines right below continue a constant's comment; a section comment, one in
+    another column, one after a blank line or one after a statement does not."""
+    step = tmp_path / "step.py"
+    step.write_text(LONG_COMMENTS)
+    assert cli._comments(step) == {"topk": "how many", "layer": "the layer, a comment too long for one line",
+                                   "alpha": "one line", "beta": "first second third", "gamma": "g"}
