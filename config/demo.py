@@ -15,4 +15,5 @@ concept_set = "results/demo/concept_set/demo_concepts.txt"  # demo.py builds it 
 metric_encoders = "all-minilm-l6-v2"   # the offline encoder for the fc cosine (the others download ~1 GB)
 box_file = "demo/world/bbox.csv"
 save_root = "results/demo"
-truth = "lift"                         # compare_describers.py: a phantom neuron is the finding its top images over-represent (labels are exact here)
+truth = "lift"                         # compare_describers.py: a phantom neuron is the finding its top images
+                                       # over-represent (labels are exact here)

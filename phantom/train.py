@@ -22,6 +22,8 @@ and "The method in one screen" (what the check computes).
 from __future__ import annotations
 
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import json
 import math
 import os
@@ -35,11 +37,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from mammi import method
-from dataset.concepts import nouns as tagged_nouns, read_concepts, sentences
+from dataset.concepts import nouns as tagged_nouns
+from dataset.concepts import read_concepts, sentences
 from dataset.nih import MEAN, STD, normalize, read_split
-from phantom.world import CLASSES, WORDS, ensure_world
+from mammi import method
 from mammi.metrics import auroc_auprc
+from phantom.world import CLASSES, WORDS, ensure_world
 from pipeline.cli import CONCEPT_MATCHING, EXAMPLE_SELECTION, configure, constants_of, main, print_config
 
 # world
@@ -50,7 +53,8 @@ n_test: "[1, 10**6]" = 1000     # held-out phantoms for the reported metrics
 world_size: "[1, 4096]" = 256   # side of the written PNGs, pixels
 world_seed: "[0, 2**63 - 1]" = 0  # the world's seed
 # target
-target_res: "[32, 4096]" = 96   # training resolution (DenseNet-121 halves it 5 times): example_selection.py must run with --resize and --crop target_res
+target_res: "[32, 4096]" = 96   # training resolution (DenseNet-121 halves it 5 times): example_selection.py
+                                # must run with --resize and --crop target_res
 target_epochs: "[1, 10**6]" = 4  # passes over the training phantoms
 target_batch: "[1, 8192]" = 32  # images per step
 target_lr: "(0, 10]" = 1e-3     # Adam learning rate, cosine-decayed to 0
@@ -220,7 +224,8 @@ def train_target(x_tr: torch.Tensor, y_tr: torch.Tensor) -> tuple[nn.Module, dic
         losses.append(loss.item())
         if (step + 1) % 50 == 0 or step + 1 == total:
             log(f"  target step {step + 1}/{total}  loss {np.mean(losses[-50:]):.4f}  {time.time() - t0:.0f}s")
-    return model.eval(), dict(steps=len(losses), seconds=round(time.time() - t0, 1), final_loss=float(np.mean(losses[-50:])))
+    return model.eval(), dict(steps=len(losses), seconds=round(time.time() - t0, 1),
+                              final_loss=float(np.mean(losses[-50:])))
 
 
 def to_target_input(u8: torch.Tensor) -> torch.Tensor:
@@ -240,7 +245,8 @@ def obtain_target(world: World, out: Path, path: Path) -> tuple[nn.Module, dict]
         log(f"reusing the target {path}")
         previous = out / "demo_training.json"
         prev = json.loads(previous.read_text())["target"] if previous.is_file() else {}
-        return load_target("densenet121", path, need_head=True)[0], {k: prev.get(k) for k in ("steps", "seconds", "final_loss")}
+        record = {k: prev.get(k) for k in ("steps", "seconds", "final_loss")}
+        return load_target("densenet121", path, need_head=True)[0], record
     log("training the target DenseNet-121 ...")
     return train_target(world.target_px["train"], torch.from_numpy(world.labels["train"]))
 
@@ -260,7 +266,8 @@ def train_and_check_target(world: World, out: Path, timings: dict) -> tuple[dict
                 "arch": "densenet121", "classes": CLASSES, "resize": target_res, "crop": target_res}, path)
     # the saved half-precision checkpoint must load strictly and predict like the trained model
     loaded, head = load_target("densenet121", path, need_head=True)
-    diff = float((target_logits(loaded, world.target_px["test"][:64]) - torch.from_numpy(acts["test"][:64])).abs().max())
+    again = target_logits(loaded, world.target_px["test"][:64])
+    diff = float((again - torch.from_numpy(acts["test"][:64])).abs().max())
     log(f"  reloaded {path}: head {head}, max |logit difference| after fp16 {diff:.4f}")
     report = dict(info, checkpoint=str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
                   val_auroc=dict(zip(CLASSES, val_auc)), test_auroc=dict(zip(CLASSES, test_auc)),
@@ -313,7 +320,8 @@ def train_clip(clip, x_tr: torch.Tensor, y_tr: torch.Tensor, rep_feat: torch.Ten
                 f"report {h[3]:.3f})  {time.time() - t0:.0f}s")
     clip.eval()
     h = np.mean(hist[-50:], 0)
-    return dict(steps=len(hist), seconds=round(time.time() - t0, 1), final_loss=dict(total=h[0], prompt=h[1], sigmoid=h[2], report=h[3]),
+    return dict(steps=len(hist), seconds=round(time.time() - t0, 1),
+                final_loss=dict(total=h[0], prompt=h[1], sigmoid=h[2], report=h[3]),
                 logit_scale=float(log_scale.exp().detach()))
 
 
@@ -348,7 +356,8 @@ def clip_metrics(clip, x_te, y_te: np.ndarray, rep_te_feat, prompt_feat, n_vocab
     return dict(zero_shot_auroc=dict(zip(CLASSES, zs)), zero_shot_auroc_mean=np.nanmean(zs),
                 single_finding_images=int(single.sum()),
                 pick_among_14=float((pick14 == truth).mean()), pick_among_14_per_class=per_class_pick,
-                pick_among_all_prompts=float((pickall == truth).mean()), n_prompts=int(len(tp)), n_vocab_negatives=n_vocab,
+                pick_among_all_prompts=float((pickall == truth).mean()), n_prompts=int(len(tp)),
+                n_vocab_negatives=n_vocab,
                 retrieval_exact_r1=exact1, retrieval_exact_r5=exact5, retrieval_same_findings_r1=same1)
 
 
@@ -402,7 +411,8 @@ def check_method(clip, world: World, acts_train: np.ndarray, nouns: list[str]) -
     check = method_check_fc(clip, acts_train, embed_images(clip, world.clip_px["train"]), concepts)
     log(f"method check on fc (probing set: train, {len(concepts)} concepts): {check['hits']}/14 class names found")
     for c, r in check["per_class"].items():
-        log(f"  {c:<19} {'hit ' if r['hit'] else 'MISS'} rank {r['rank_of_class_word']}  n={r['n_examples']:<4} {r['concepts'][:4]}")
+        log(f"  {c:<19} {'hit ' if r['hit'] else 'MISS'} rank {r['rank_of_class_word']}  n={r['n_examples']:<4} "
+            f"{r['concepts'][:4]}")
     return check
 
 

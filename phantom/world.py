@@ -218,9 +218,12 @@ def render(case: dict, size: int) -> np.ndarray:
         curve = a["clav"] + 0.25 * (np.abs(xs) - 0.18) ** 2 * 3 - 0.02 * (np.abs(xs) / 0.3)
         D += 0.17 * _soft(0.011 - np.abs(Y - curve), edge) * _soft(np.abs(xs) - 0.03, edge) * \
             _soft(a["cw"] + 0.05 - np.abs(xs), edge) * (np.sign(xs) == side)
-    thorax = _soft(1 - (np.abs(X - a["cx"]) / (a["cw"] + 0.02)) ** 2 - ((Y - (a["dia"] + drop)) / (a["dia"] - a["top"] + 0.06)) ** 2, 0.01)
+    across = (np.abs(X - a["cx"]) / (a["cw"] + 0.02)) ** 2
+    down = ((Y - (a["dia"] + drop)) / (a["dia"] - a["top"] + 0.06)) ** 2
+    thorax = _soft(1 - across - down, 0.01)
     thorax *= _soft(a["dia"] + drop + 0.02 - Y, 0.01)
-    phase = (Y - a["rib_curve"] * (X - a["cx"]) ** 2 * (1 - 0.5 * np.abs(X - a["cx"]) / a["cw"])) / a["rib_gap"] + a["rib_phase"]
+    bend = a["rib_curve"] * (X - a["cx"]) ** 2 * (1 - 0.5 * np.abs(X - a["cx"]) / a["cw"])
+    phase = (Y - bend) / a["rib_gap"] + a["rib_phase"]
     rib = _soft(0.32 - np.abs(phase - np.floor(phase) - 0.5), 0.06)
     D += 0.07 * rib * thorax * _soft(np.abs(X - a["cx"]) - 0.05, edge)
 
@@ -272,10 +275,12 @@ def _draw_atelectasis(f: dict, s: int, c: SimpleNamespace, frng) -> None:
 
 def _sample_cardiomegaly(rng, a: dict, f: dict, s: float, side: int) -> None:
     # drawn as the heart itself (_heart reads ctr), so it has no draw of its own
-    f.update(ctr={"mild": _u(rng, 0.55, 0.58), "moderate": _u(rng, 0.58, 0.62), "severe": _u(rng, 0.62, 0.67)}[f["severity"]],
+    f.update(ctr={"mild": _u(rng, 0.55, 0.58), "moderate": _u(rng, 0.58, 0.62),
+                  "severe": _u(rng, 0.62, 0.67)}[f["severity"]],
              side=0, location="cardiac silhouette")
     h = _heart(a, [f])
-    f["box"] = _box(h["cx"] - h["hw"] - 0.01, h["cy"] - h["hh"] - 0.01, h["cx"] + h["hw"] + 0.01, h["cy"] + h["hh"] + 0.01)
+    f["box"] = _box(h["cx"] - h["hw"] - 0.01, h["cy"] - h["hh"] - 0.01,
+                    h["cx"] + h["hw"] + 0.01, h["cy"] + h["hh"] + 0.01)
 
 
 def _sample_effusion(rng, a: dict, f: dict, s: float, side: int) -> None:
@@ -424,7 +429,8 @@ def _sample_edema(rng, a: dict, f: dict, s: float, side: int) -> None:
 
 def _draw_edema(f: dict, s: int, c: SimpleNamespace, frng) -> None:
     X, Y, px, a, D = c.X, c.Y, c.px, c.a, c.D
-    bat = sum(np.exp(-((X - (a["cx"] + sd * 0.11)) ** 2 / (2 * 0.06 ** 2) + (Y - 0.5) ** 2 / (2 * 0.1 ** 2))) for sd in (-1, 1))
+    bat = sum(np.exp(-((X - (a["cx"] + sd * 0.11)) ** 2 / (2 * 0.06 ** 2) + (Y - 0.5) ** 2 / (2 * 0.1 ** 2)))
+              for sd in (-1, 1))
     kerley = np.zeros_like(X)
     rb = np.random.default_rng(f["seedb"])
     for sd in (-1, 1):
@@ -592,7 +598,8 @@ _NORMAL = {
     "bones": ["The osseous structures are intact.", "No acute bony abnormality.", "Bones are unremarkable."],
     "impression": ["No acute cardiopulmonary process.", "Normal chest.", "No active disease."],
 }
-_LUNG = {"Atelectasis", "Infiltration", "Mass", "Nodule", "Pneumonia", "Consolidation", "Edema", "Emphysema", "Fibrosis"}
+_LUNG = {"Atelectasis", "Infiltration", "Mass", "Nodule", "Pneumonia", "Consolidation", "Edema", "Emphysema",
+         "Fibrosis"}
 
 
 def _cap(s: str) -> str:
@@ -710,7 +717,8 @@ if __name__ == "__main__":
         d.rectangle([x, y, x + w, y + h], outline=(255, 0, 0))
         d.text((4, 4), label, fill=(255, 255, 0))
         tiles.append(im)
-    tiles.append(Image.fromarray(render(dict(anatomy=sample_anatomy(np.random.default_rng(1)), findings=[]), size)).convert("RGB"))
+    empty = dict(anatomy=sample_anatomy(np.random.default_rng(1)), findings=[])
+    tiles.append(Image.fromarray(render(empty, size)).convert("RGB"))
     sheet = Image.new("RGB", (size * 5, size * 3))
     for i, t in enumerate(tiles):
         sheet.paste(t, ((i % 5) * size, (i // 5) * size))
