@@ -999,3 +999,126 @@ def test_browser_the_readme_bookmark_opens_its_neuron(browser, synthetic):
     assert drv.find_element(By.ID, "vtitle").text == f"neuron {m.group(3)}"
     assert drv.find_elements(By.CSS_SELECTOR, ".untrained, #untrained") == []
     no_errors(drv)
+
+
+# ---- the shortcut audit's class views (audit.py's audit.json beside a concepts.json) ---------------------
+def audit_of(concepts: Path) -> dict:
+    """A hand-made audit.json of the synthetic layer's names: Pneumothorax, whose logit rests most on the
+    hostile concept (flagged) and then on another concept of the run (the class's own), with the hostile
+    concept's stratified AUROCs; and Mass, with nothing flagged and no stratum."""
+    stored = json.loads(concepts.read_text())
+    other = next(c["concept"] for n in stored["neurons"] for c in n["concepts"] if c["concept"] != HOSTILE)
+    row = lambda c, k, share, z, own, flagged: {"concept": c, "n_neurons": k, "share": share, "z": z, "own": own,
+                                                "flagged": flagged}
+    return {"key": "by-hand", "target": "resnet50", "checkpoint": "", "layer": "penultimate", "split": "test",
+            "images": "600 test images", "concepts": str(concepts), "concepts_digest": file_digest(concepts),
+            "method": "linear", "share_min": 0.1, "z_min": 2.0, "draws": 200, "seed": 0, "boot": 1000,
+            "classes": [{"class": "Pneumothorax", "n_positives": 27, "evidence": 3.5,
+                         "concepts": [row(HOSTILE, 1, 0.31, 5.2, False, True), row(other, 2, 0.2, 1.5, True, False)],
+                         "stratified": [{"concept": HOSTILE, "seen_in": 40, "n_with": 20, "n_without": 7,
+                                         "n_negatives": 500, "auroc_with": 0.95, "auroc_without": 0.71, "gap": 0.24,
+                                         "ci": [0.1, 0.38], "ci_with": [0.9, 0.99], "ci_without": [0.6, 0.8]}]},
+                        {"class": "Mass", "n_positives": 9, "evidence": 1.25,
+                         "concepts": [row(other, 2, 0.05, None, False, False)], "stratified": []}]}
+
+
+def carriers(concepts: Path, concept: str) -> list[int]:
+    """The live neurons whose names hold the concept, in neuron order, read from concepts.json by hand."""
+    out = []
+    for n in json.loads(concepts.read_text())["neurons"]:
+        if n["status"] != "dead" and concept in [c["concept"] for c in n["concepts"]]:
+            out.append(n["neuron"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    """A 16-neuron synthetic run with the hand-made audit.json beside its concepts.json, and its page."""
+    res = write_synthetic(tmp_path_factory.mktemp("gallery_audit"), n_neurons=16, n_images=24)
+    concepts = next(res.rglob("concepts.json"))
+    audit = audit_of(concepts)
+    (concepts.parent / "audit.json").write_text(json.dumps(audit))
+    log = ok(run_script("gallery.py", "--save_root", str(res), "--overlays", "no"))
+    return res, concepts, audit, log
+
+
+def test_an_audit_beside_a_run_reaches_the_page(audited):
+    """The run's page record holds each class of the audit, its concepts in the audit's order with their
+    numbers, flags and the neurons that carry them, and its stratified AUROCs; no raw '<' of the hostile
+    name is in the page."""
+    res, concepts, audit, log = audited
+    text, _, data = page_data(res / "gallery" / "index.html")
+    got = data["runs"][0]["audit"]
+    other = audit["classes"][0]["concepts"][1]["concept"]
+    assert {k: got[k] for k in ("target", "layer", "split", "method", "share_min", "z_min", "draws", "boot")} == \
+        {"target": "resnet50", "layer": "penultimate", "split": "test", "method": "linear", "share_min": 0.1,
+         "z_min": 2.0, "draws": 200, "boot": 1000}
+    hostile, others = carriers(concepts, HOSTILE), carriers(concepts, other)
+    assert 3 in hostile and others
+    assert [c["class"] for c in got["classes"]] == ["Pneumothorax", "Mass"]
+    assert [(c["n"], c["ev"]) for c in got["classes"]] == [(27, 3.5), (9, 1.25)]
+    assert got["classes"][0]["c"] == [[HOSTILE, 1, 0.31, 5.2, False, True, hostile],
+                                      [other, 2, 0.2, 1.5, True, False, others]]
+    assert got["classes"][1]["c"] == [[other, 2, 0.05, None, False, False, others]]
+    assert got["classes"][0]["st"] == [{"concept": HOSTILE, "seen_in": 40, "n_with": 20, "n_without": 7,
+                                        "n_negatives": 500, "auroc_with": 0.95, "auroc_without": 0.71, "gap": 0.24,
+                                        "ci": [0.1, 0.38], "ci_with": [0.9, 0.99], "ci_without": [0.6, 0.8]}]
+    assert got["classes"][1]["st"] == []
+    assert HOSTILE not in text and "audit_note" not in data["runs"][0]
+    assert "shortcut audit is not shown" not in log
+
+
+def test_a_stale_audit_is_left_out_with_a_note(tmp_path):
+    """An audit.json of other names than the concepts.json holds now (its digest differs) gives no class
+    view: the run says why, and so does the log; the page is still written."""
+    res = write_synthetic(tmp_path, n_neurons=16, n_images=24)
+    concepts = next(res.rglob("concepts.json"))
+    stale = {**audit_of(concepts), "concepts_digest": "0" * 64}
+    (concepts.parent / "audit.json").write_text(json.dumps(stale))
+    log = ok(run_script("gallery.py", "--save_root", str(res), "--overlays", "no"))
+    run = page_data(res / "gallery" / "index.html")[2]["runs"][0]
+    assert "audit" not in run
+    assert "audits other names than" in run["audit_note"] and "re-run audit.py" in run["audit_note"]
+    assert "note: its shortcut audit is not shown: " in log
+
+
+def test_browser_class_view_of_an_audit(browser, audited):
+    """From the header's button: the audited run and its classes with what is flagged for each; a class's view
+    says what its numbers measured, lists its concepts in the audit's order (the hostile one as text, flagged
+    in words), links each to its neurons' views, and gives the stratified AUROCs with their intervals."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    drv = browser
+    res, concepts, audit, _ = audited
+    other = audit["classes"][0]["concepts"][1]["concept"]
+    drv.get((res / "gallery" / "index.html").resolve().as_uri())
+    drv.find_element(By.ID, "auditbtn").click()
+    WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "view").is_displayed())
+    assert drv.find_element(By.ID, "vtitle").text == "shortcut audit"
+    items = [li.text for li in drv.find_elements(By.CSS_SELECTOR, ".audit li")]
+    assert items == [f"Pneumothorax (27 test positives): flagged {HOSTILE}", "Mass (9 test positives): flagged none"]
+    drv.find_element(By.LINK_TEXT, "Pneumothorax").click()
+    WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "vtitle").text == "Pneumothorax")
+    what = drv.find_element(By.ID, "auditwhat").text
+    assert "share of the evidence the penultimate layer gives for Pneumothorax on its 27 test positives (3.5: " in what
+    assert "against 200 random sets of as many live neurons" in what and "share > 0.1 and z ≥ 2" in what
+    rows = drv.find_elements(By.CSS_SELECTOR, "table.auditrows tr")
+    cells = [[td.text for td in r.find_elements(By.TAG_NAME, "td")] for r in rows[1:]]
+    hostile, others = carriers(concepts, HOSTILE), carriers(concepts, other)
+    assert cells == [[HOSTILE, "1: " + " ".join(f"#{k}" for k in hostile), "0.310", "5.20", "",
+                      "possible shortcut: not the class's own word, share 0.31 > 0.1, z 5.2 ≥ 2"],
+                     [other, "2: " + " ".join(f"#{k}" for k in others), "0.200", "1.50", "own", ""]]
+    assert [r.get_attribute("class") for r in rows[1:]] == ["flagged", ""]
+    assert drv.find_elements(By.CSS_SELECTOR, "#panel img") == []  # the hostile name stays text
+    strata = [[td.text for td in r.find_elements(By.TAG_NAME, "td")]
+              for r in drv.find_elements(By.CSS_SELECTOR, "table.strata tr")[1:]]
+    assert strata == [[HOSTILE, "20 / 7", "500", "0.950 (0.900 to 0.990)", "0.710 (0.600 to 0.800)",
+                       "0.240 (0.100 to 0.380)"]]
+    # A neuron's link opens that neuron's view.
+    rows[1].find_element(By.LINK_TEXT, "#3").click()
+    WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "vtitle").text == "neuron 3")
+    # A class without a stratum says so.
+    drv.get((res / "gallery" / "index.html").resolve().as_uri() + "#a0-1")
+    WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "vtitle").text == "Mass")
+    assert drv.find_element(By.ID, "nostrata").text.startswith("No concept flagged for Mass")
+    no_errors(drv)
