@@ -492,7 +492,8 @@ function openClass(r, i) {
   const t = el("table", {class: "auditrows"}), head = el("tr");
   ["concept", "neurons", "share", "z", "own word", "flag"].forEach((h) => head.appendChild(el("th", {}, h)));
   t.appendChild(head);
-  C.c.forEach(([w, k, share, z, own, flagged, neurons]) => {
+  C.c.forEach(([w, k, share, z, own, flagged]) => {
+    const neurons = A.neurons[w] || [];
     const tr = el("tr", flagged ? {class: "flagged"} : {}), links = el("td", {class: "neurons"});
     links.appendChild(document.createTextNode(`${k}: `));
     neurons.forEach((m, j) => {

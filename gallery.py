@@ -471,8 +471,9 @@ def audit_record(path: Path, concepts: Path, data: dict) -> dict:
     """The run's shortcut audit for its class views, when audit.py ran for this concepts.json as it is now
     (read_audit: the digest it stored; an audit of earlier names is left out, and the page says so):
     {"audit": its target, layer, split, thresholds and per class {"class", "n" positives, "ev" evidence,
-    "c": [[concept, neurons, share, z, own, flagged, [the run's neurons that carry it]]] in the audit's order,
-    "st": the stratified AUROCs}}; {"audit_note": why not} for a stale one; {} without one."""
+    "c": [[concept, neurons, share, z, own, flagged]] in the audit's order, "st": the stratified AUROCs}, and
+    "neurons": each concept's neurons in the run, stored once for all classes}; {"audit_note": why not} for a
+    stale one; {} without one."""
     if not path.is_file():
         return {}
     try:
@@ -480,16 +481,28 @@ def audit_record(path: Path, concepts: Path, data: dict) -> dict:
     except PipelineError as e:
         print(f"note: its shortcut audit is not shown: {e}")
         return {"audit_note": str(e)}
-    members = concept_neurons(data["neurons"])  # audit.py's sets: the neurons each concept's row zeroed
+    try:
+        return {"audit": audit_view(result, concept_neurons(data["neurons"]))}
+    except (KeyError, TypeError, ValueError) as e:  # a field missing or of the wrong kind
+        note = f"{path} has unexpected content ({type(e).__name__}: {e}); re-run audit.py"
+        print(f"note: its shortcut audit is not shown: {note}")
+        return {"audit_note": note}
+
+
+def audit_view(result: dict, members: dict[str, list[int]]) -> dict:
+    """audit.json as the class views read it (audit_record), with members: audit.py's sets, the neurons
+    each concept's row zeroed."""
     ci = lambda v: [sig(x) for x in v] if isinstance(v, list) else None
     classes = [{"class": str(r["class"]), "n": int(r["n_positives"]), "ev": sig(r["evidence"]),
                 "c": [[str(c["concept"]), int(c["n_neurons"]), sig(c["share"]), sig(c["z"]), bool(c["own"]),
-                       bool(c["flagged"]), members.get(c["concept"], [])] for c in r["concepts"]],
+                       bool(c["flagged"])] for c in r["concepts"]],
                 "st": [{"concept": str(s["concept"]), **{k: int(s[k]) for k in STRATA_COUNTS},
                         **{k: sig(s[k]) for k in ("auroc_with", "auroc_without", "gap")},
                         **{k: ci(s[k]) for k in ("ci", "ci_with", "ci_without")}} for s in r["stratified"]]}
                for r in result["classes"]]
-    return {"audit": {**{k: result.get(k) for k in AUDIT_FIELDS}, "classes": classes}}
+    listed = {str(c["concept"]) for r in result["classes"] for c in r["concepts"]}
+    return {**{k: result.get(k) for k in AUDIT_FIELDS}, "classes": classes,
+            "neurons": {c: members.get(c, []) for c in sorted(listed)}}
 
 
 def sig(v, digits: int = 4):

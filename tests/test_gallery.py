@@ -1057,9 +1057,9 @@ def test_an_audit_beside_a_run_reaches_the_page(audited):
     assert 3 in hostile and others
     assert [c["class"] for c in got["classes"]] == ["Pneumothorax", "Mass"]
     assert [(c["n"], c["ev"]) for c in got["classes"]] == [(27, 3.5), (9, 1.25)]
-    assert got["classes"][0]["c"] == [[HOSTILE, 1, 0.31, 5.2, False, True, hostile],
-                                      [other, 2, 0.2, 1.5, True, False, others]]
-    assert got["classes"][1]["c"] == [[other, 2, 0.05, None, False, False, others]]
+    assert got["classes"][0]["c"] == [[HOSTILE, 1, 0.31, 5.2, False, True], [other, 2, 0.2, 1.5, True, False]]
+    assert got["classes"][1]["c"] == [[other, 2, 0.05, None, False, False]]
+    assert got["neurons"] == {HOSTILE: hostile, other: others}
     assert got["classes"][0]["st"] == [{"concept": HOSTILE, "seen_in": 40, "n_with": 20, "n_without": 7,
                                         "n_negatives": 500, "auroc_with": 0.95, "auroc_without": 0.71, "gap": 0.24,
                                         "ci": [0.1, 0.38], "ci_with": [0.9, 0.99], "ci_without": [0.6, 0.8]}]
@@ -1080,6 +1080,13 @@ def test_a_stale_audit_is_left_out_with_a_note(tmp_path):
     assert "audit" not in run
     assert "audits other names than" in run["audit_note"] and "re-run audit.py" in run["audit_note"]
     assert "note: its shortcut audit is not shown: " in log
+    # One of the right digest whose rows lack a field: left out the same way, naming the file and the fix.
+    broken = audit_of(concepts)
+    del broken["classes"][0]["concepts"][0]["share"]
+    (concepts.parent / "audit.json").write_text(json.dumps(broken))
+    ok(run_script("gallery.py", "--save_root", str(res), "--overlays", "no"))
+    note = page_data(res / "gallery" / "index.html")[2]["runs"][0]["audit_note"]
+    assert note == f"{concepts.parent / 'audit.json'} has unexpected content (KeyError: 'share'); re-run audit.py"
 
 
 def test_browser_class_view_of_an_audit(browser, audited):
