@@ -444,9 +444,10 @@ function showView() {
   document.body.style.overflow = "hidden";
 }
 
-// Why a concept is flagged, with the numbers and thresholds that made it so.
+// Why a concept is flagged, with the numbers and thresholds that made it so, to 4 significant digits: a share
+// of 0.103 rounded to 0.10 would read as not above 0.1.
 function flagText(A, share, z) {
-  return `possible shortcut: not the class's own word, share ${num(share, 2)} > ${A.share_min}, z ${num(z, 1)} ≥ ${A.z_min}`;
+  return `possible shortcut: not the class's own word, share ${fmt(share)} > ${A.share_min}, z ${fmt(z)} ≥ ${A.z_min}`;
 }
 
 // The list of audited runs, each with its classes (links to their views) and the concepts flagged for each.

@@ -1004,8 +1004,9 @@ def test_browser_the_readme_bookmark_opens_its_neuron(browser, synthetic):
 # ---- the shortcut audit's class views (audit.py's audit.json beside a concepts.json) ---------------------
 def audit_of(concepts: Path) -> dict:
     """A hand-made audit.json of the synthetic layer's names: Pneumothorax, whose logit rests most on the
-    hostile concept (flagged) and then on another concept of the run (the class's own), with the hostile
-    concept's stratified AUROCs; and Mass, with nothing flagged and no stratum."""
+    hostile concept (flagged; its share just above 0.1, to be shown to 4 digits, not as 0.10), then on another
+    concept of the run (the class's own), with the hostile concept's stratified AUROCs; and Mass, with nothing
+    flagged and no stratum."""
     stored = json.loads(concepts.read_text())
     other = next(c["concept"] for n in stored["neurons"] for c in n["concepts"] if c["concept"] != HOSTILE)
     row = lambda c, k, share, z, own, flagged: {"concept": c, "n_neurons": k, "share": share, "z": z, "own": own,
@@ -1014,7 +1015,7 @@ def audit_of(concepts: Path) -> dict:
             "images": "600 test images", "concepts": str(concepts), "concepts_digest": file_digest(concepts),
             "method": "linear", "share_min": 0.1, "z_min": 2.0, "draws": 200, "seed": 0, "boot": 1000,
             "classes": [{"class": "Pneumothorax", "n_positives": 27, "evidence": 3.5,
-                         "concepts": [row(HOSTILE, 1, 0.31, 5.2, False, True), row(other, 2, 0.2, 1.5, True, False)],
+                         "concepts": [row(HOSTILE, 1, 0.1031, 5.2, False, True), row(other, 2, 0.2, 1.5, True, False)],
                          "stratified": [{"concept": HOSTILE, "seen_in": 40, "n_with": 20, "n_without": 7,
                                          "n_negatives": 500, "auroc_with": 0.95, "auroc_without": 0.71, "gap": 0.24,
                                          "ci": [0.1, 0.38], "ci_with": [0.9, 0.99], "ci_without": [0.6, 0.8]}]},
@@ -1057,7 +1058,7 @@ def test_an_audit_beside_a_run_reaches_the_page(audited):
     assert 3 in hostile and others
     assert [c["class"] for c in got["classes"]] == ["Pneumothorax", "Mass"]
     assert [(c["n"], c["ev"]) for c in got["classes"]] == [(27, 3.5), (9, 1.25)]
-    assert got["classes"][0]["c"] == [[HOSTILE, 1, 0.31, 5.2, False, True], [other, 2, 0.2, 1.5, True, False]]
+    assert got["classes"][0]["c"] == [[HOSTILE, 1, 0.1031, 5.2, False, True], [other, 2, 0.2, 1.5, True, False]]
     assert got["classes"][1]["c"] == [[other, 2, 0.05, None, False, False]]
     assert got["neurons"] == {HOSTILE: hostile, other: others}
     assert got["classes"][0]["st"] == [{"concept": HOSTILE, "seen_in": 40, "n_with": 20, "n_without": 7,
@@ -1112,8 +1113,8 @@ def test_browser_class_view_of_an_audit(browser, audited):
     rows = drv.find_elements(By.CSS_SELECTOR, "table.auditrows tr")
     cells = [[td.text for td in r.find_elements(By.TAG_NAME, "td")] for r in rows[1:]]
     hostile, others = carriers(concepts, HOSTILE), carriers(concepts, other)
-    assert cells == [[HOSTILE, "1: " + " ".join(f"#{k}" for k in hostile), "0.310", "5.20", "",
-                      "possible shortcut: not the class's own word, share 0.31 > 0.1, z 5.2 ≥ 2"],
+    assert cells == [[HOSTILE, "1: " + " ".join(f"#{k}" for k in hostile), "0.103", "5.20", "",
+                      "possible shortcut: not the class's own word, share 0.1031 > 0.1, z 5.2 ≥ 2"],
                      [other, "2: " + " ".join(f"#{k}" for k in others), "0.200", "1.50", "own", ""]]
     assert [r.get_attribute("class") for r in rows[1:]] == ["flagged", ""]
     assert drv.find_elements(By.CSS_SELECTOR, "#panel img") == []  # the hostile name stays text
