@@ -188,6 +188,7 @@ function card(n) {
 list.addEventListener("click", (ev) => { const c = ev.target.closest(".card"); if (c) location.hash = "n" + c.dataset.key; });
 list.addEventListener("keydown", (ev) => { const c = ev.target.closest(".card"); if (c && ev.key === "Enter") location.hash = "n" + c.dataset.key; });
 $("summarybtn").addEventListener("click", () => { location.hash = "summary"; });
+$("auditbtn").addEventListener("click", () => { location.hash = "audit"; });
 ["q", "status", "layer", "run", "hitsel", "evsel", "sort"].forEach((id) => $(id).addEventListener(id === "q" ? "input" : "change", apply));
 
 // ---- a neuron's view --------------------------------------------------------------------------
@@ -407,10 +408,7 @@ function countBars(rows, total) {
 function openSummary() {
   const p = $("panel");
   p.textContent = "";
-  const nav = el("div", {class: "nav"});
-  nav.appendChild(el("button", {id: "close", type: "button"}, "close ✕"));
-  nav.lastChild.addEventListener("click", closeView);
-  p.append(nav, el("h2", {id: "vtitle"}, "layer summary"));
+  viewNav(p, "layer summary");
   p.appendChild(el("p", {class: "meta"}, "Per layer and describer: how many of its neurons carry each concept among their names " +
     "(a neuron with several concepts counts for each)."));
   RUNS.forEach((run, r) => {
@@ -424,9 +422,112 @@ function openSummary() {
       `each carried by ${rows[SUMMARY_TOP][1]} neuron${rows[SUMMARY_TOP][1] === 1 ? "" : "s"} or fewer`));
     p.appendChild(box);
   });
+  showView();
+}
+
+// ---- the shortcut audit (audit.py's audit.json): per run, a view per class of the concepts its logit rests on ----
+const AUDITED = RUNS.map((run, r) => r).filter((r) => RUNS[r].audit || RUNS[r].audit_note);
+if (!AUDITED.length) $("auditbtn").style.display = "none";
+const num = (v, d) => (v === null || v === undefined) ? "–" : v.toFixed(d);
+const interval = (ci) => ci ? `${num(ci[0], 3)} to ${num(ci[1], 3)}` : "–";
+
+function viewNav(p, title) {
+  const nav = el("div", {class: "nav"});
+  nav.appendChild(el("button", {id: "close", type: "button"}, "close ✕"));
+  nav.lastChild.addEventListener("click", closeView);
+  p.append(nav, el("h2", {id: "vtitle"}, title));
+}
+
+function showView() {
   $("view").classList.add("open");
   $("view").scrollTop = 0;
   document.body.style.overflow = "hidden";
+}
+
+// Why a concept is flagged, with the numbers and thresholds that made it so, to 4 significant digits: a share
+// of 0.103 rounded to 0.10 would read as not above 0.1.
+function flagText(A, share, z) {
+  return `possible shortcut: not the class's own word, share ${fmt(share)} > ${A.share_min}, z ${fmt(z)} ≥ ${A.z_min}`;
+}
+
+// The list of audited runs, each with its classes (links to their views) and the concepts flagged for each.
+function openAudit() {
+  const p = $("panel");
+  p.textContent = "";
+  viewNav(p, "shortcut audit");
+  p.appendChild(el("p", {class: "meta"}, "Per run with an audit (audit.py): each class, and the concepts flagged as " +
+    "possible shortcuts for it. Open a class for all its concepts and the stratified AUROCs."));
+  AUDITED.forEach((r) => {
+    const run = RUNS[r], A = run.audit, box = el("div", {class: "audit", "data-run": String(r)});
+    box.append(el("h3", {}, run.short), runTags(run));
+    if (!A) {
+      box.appendChild(el("p", {class: "meta note"}, "Its audit is not shown: " + run.audit_note));
+      p.appendChild(box);
+      return;
+    }
+    const ul = el("ul", {class: "classes"});
+    A.classes.forEach((C, i) => {
+      const li = el("li"), flagged = C.c.filter((c) => c[5]).map((c) => c[0]);
+      li.append(el("a", {href: `#a${r}-${i}`}, C.class),
+        document.createTextNode(` (${C.n} ${A.split} positives): flagged ` + (flagged.length ? flagged.join(", ") : "none")));
+      ul.appendChild(li);
+    });
+    box.appendChild(ul);
+    p.appendChild(box);
+  });
+  showView();
+}
+
+function openClass(r, i) {
+  const run = RUNS[r], A = run.audit, C = A.classes[i], p = $("panel");
+  p.textContent = "";
+  viewNav(p, C.class);
+  p.append(runTags(run), el("div", {class: "meta", id: "runpath"}, run.folder));
+  p.appendChild(el("p", {class: "meta", id: "auditwhat"}, `Shortcut audit of ${A.target} at the ${A.layer} layer, on ` +
+    `its ${C.n} ${A.split} positives for ${C.class} (${A.method === "linear" ? "through the linear head" : "by zeroing the neurons in the model"}). ` +
+    `share: the share of the evidence the ${A.layer} layer gives for ${C.class} on its ${C.n} ${A.split} positives ` +
+    `(${fmt(C.ev)}: the sum of its channels' positive mean contributions to the logit) that the concept's neurons carry: ` +
+    `the mean fall of the logit when they are zeroed together, over that evidence. z: that fall, in SDs of the logit, ` +
+    `against ${A.draws} random sets of as many live neurons. Flagged (a possible shortcut): not the class's own word, ` +
+    `share > ${A.share_min} and z ≥ ${A.z_min}. In the audit's order, by share.`));
+  const t = el("table", {class: "auditrows"}), head = el("tr");
+  ["concept", "neurons", "share", "z", "own word", "flag"].forEach((h) => head.appendChild(el("th", {}, h)));
+  t.appendChild(head);
+  C.c.forEach(([w, k, share, z, own, flagged]) => {
+    const neurons = A.neurons[w] || [];
+    const tr = el("tr", flagged ? {class: "flagged"} : {}), links = el("td", {class: "neurons"});
+    links.appendChild(document.createTextNode(`${k}: `));
+    neurons.forEach((m, j) => {
+      if (j) links.appendChild(document.createTextNode(" "));
+      links.appendChild(el("a", {href: `#n${r}-${m}`, title: `neuron ${m}`}, "#" + m));
+    });
+    tr.append(el("td", {}, w), links, el("td", {}, num(share, 3)), el("td", {}, num(z, 2)),
+      el("td", {}, own ? "own" : ""), el("td", {class: "flag"}, flagged ? flagText(A, share, z) : ""));
+    t.appendChild(tr);
+  });
+  p.appendChild(t);
+  p.appendChild(el("h3", {}, "hidden stratification: AUROC with and without the concept"));
+  if (!C.st.length) {
+    p.appendChild(el("p", {class: "meta", id: "nostrata"}, `No concept flagged for ${C.class} or asked for: no stratified AUROC.`));
+  } else {
+    p.appendChild(el("p", {class: "meta", id: "stratawhat"}, `The AUROC of ${C.class}'s logit on the ${A.split} positives ` +
+      "the VLM sees the concept in (among an image's best-scored concepts), each against all the negatives; the same on " +
+      "the positives it does not see it in; gap = with − without. 95% intervals: percentile bootstrap, " +
+      `${A.boot} resamples of positives with, positives without and negatives apart.`));
+    const s = el("table", {class: "strata"}), sh = el("tr");
+    ["concept", "positives with / without", "negatives", "AUROC with (95% CI)", "AUROC without (95% CI)",
+     "gap with − without (95% CI)"].forEach((h) => sh.appendChild(el("th", {}, h)));
+    s.appendChild(sh);
+    C.st.forEach((S) => {
+      const tr = el("tr");
+      [S.concept, `${S.n_with} / ${S.n_without}`, String(S.n_negatives), `${num(S.auroc_with, 3)} (${interval(S.ci_with)})`,
+       `${num(S.auroc_without, 3)} (${interval(S.ci_without)})`, `${num(S.gap, 3)} (${interval(S.ci)})`]
+        .forEach((v) => tr.appendChild(el("td", {}, v)));
+      s.appendChild(tr);
+    });
+    p.appendChild(s);
+  }
+  showView();
 }
 
 function closeView() {
@@ -434,10 +535,18 @@ function closeView() {
   route();
 }
 
+// "#a{run}-{class}": a class view of a run's audit, when both exist.
+function classView(hash) {
+  const m = /^#a(\d+)-(\d+)$/.exec(hash), A = m && RUNS[+m[1]] && RUNS[+m[1]].audit;
+  return A && A.classes[+m[2]] ? [+m[1], +m[2]] : null;
+}
+
 function route() {
   const m = /^#n(\d+-\d+)$/.exec(location.hash), n = m && byKey.get(m[1]);
   if (n) openView(n);
   else if (location.hash === "#summary") openSummary();
+  else if (location.hash === "#audit" && AUDITED.length) openAudit();
+  else if (classView(location.hash)) openClass(...classView(location.hash));
   else { $("view").classList.remove("open"); document.body.style.overflow = ""; }
 }
 

@@ -49,6 +49,7 @@ from core.digests import code_digest, digest, file_digest
 from dataset.nih import probe_crop, resolve_images
 from dataset.probe import load_probe, output_names
 from mammi.ablation import untested
+from mammi.audit import concept_neurons
 from mammi.describers import SCORES
 from mammi.method import alpha_cut, select_examples
 from models import pick_device
@@ -58,6 +59,7 @@ from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.outputs import (
     ABLATION,
     ACTIVATIONS,
+    AUDIT,
     CONCEPTS,
     EXAMPLES_CSV,
     GALLERY_INDEX,
@@ -67,6 +69,7 @@ from pipeline.outputs import (
     model_dir,
     read_ablation,
     read_activations,
+    read_audit,
     read_example_labels,
     read_matching,
     read_similarity,
@@ -77,8 +80,10 @@ from pipeline.outputs import (
 from pipeline.overlays import KINDS, example_overlays
 
 # -----------------------------------------------------------------------------
-runs = ""                       # comma-separated concepts.json files of stage 3 (any layer, any describer) or folders holding them; default: every concepts.json under save_root (of the given dataset and model, when an experiment file or an option names them)
-visualization = ""              # comma-separated total_results.json of visualization.py (or folders holding them) whose panels to link; default: every one under save_root
+# runs: of any layer and any describer; by default every one under save_root of the dataset and model an
+# experiment file or an option names (all of them when none does).
+runs = ""                       # concepts.json files or folders, comma-separated; default: those under save_root
+visualization = ""              # visualization.py's total_results.json (or folders) whose panels to link; default: all
 # save_root is example_selection.py's; its data_root, when given, replaces the image folder stored in
 # examples.json (for images that have moved since).
 top_concepts: "[1, 1000]" = 20  # concept scores in a neuron's bar chart
@@ -86,7 +91,8 @@ hist_bins: "[1, 1000]" = 40     # bins of a neuron's activation histogram over t
 thumb_size: "[8, 4096]" = 112   # side of the example thumbnails in pixels (never upscaled past the crop)
 max_examples: "[0, 10**9]" = 100  # example thumbnails kept per neuron (its example count is always the full one)
 card_thumbs: "[0, 1000]" = 4    # thumbnails on a neuron's card in the list
-overlays = True                 # each example's activation map over its thumbnail in a neuron's view (runs the target once per selection; cached)
+# overlays: the target runs once per selection for them (cached).
+overlays = True                 # each example's activation map over its thumbnail in a neuron's view
 gallery_dir = ""                # gallery folder, under save_root; default {save_root}/gallery
 # -----------------------------------------------------------------------------
 config = configure(globals(), reads=("example_selection.py",))
@@ -94,7 +100,8 @@ save_root = config["save_root"]
 data_root = config.given.get("data_root", "")
 CODE = code_digest("gallery.py")
 HERE = Path(__file__).resolve().parent
-PAGE_FILES = ("gallery.html", "gallery.css", "gallery.js")  # the page: the markup, with the style and the script it inlines
+# The page: the markup, with the style and the script it inlines.
+PAGE_FILES = ("gallery.html", "gallery.css", "gallery.js")
 # The step-2 constants that say which images the probing set is (load_probe's), re-read to check the images
 # the thumbnails are made of against the data key step 2 stored.
 PROBE_FIELDS = ("labels", "split", "split_file", "skip_missing", "uncertain", "max_images", "seed")
@@ -102,6 +109,9 @@ PROBE_FIELDS = ("labels", "split", "split_file", "skip_missing", "uncertain", "m
 EXPERIMENT_FIELDS = ("dataset", "model")
 # The layer's significance test as concepts.json's "evidence" states it (README, "How far to trust a name").
 EVIDENCE = ("testable", "tested", "significant", "fdr", "draws", "pool", "p_min", "pool_needed")
+# What a class view says of the audit as a whole (audit.json's fields), and each stratified AUROC's counts.
+AUDIT_FIELDS = ("target", "checkpoint", "layer", "split", "method", "share_min", "z_min", "draws", "boot")
+STRATA_COUNTS = ("seen_in", "n_with", "n_without", "n_negatives")
 
 
 def run():
@@ -113,12 +123,7 @@ def run():
     if not files:
         raise PipelineError(f"no concepts.json under {root}; run concept_matching.py first, "
                             f"or pass --runs PATH[,PATH...] (or --save_root where the outputs are)")
-    picked = {k: config[k] for k in EXPERIMENT_FIELDS if k in config.given}
-    if picked and not runs:
-        files = [f for f in files if of_experiment(f, picked)]
-        if not files:
-            raise PipelineError(f"no concepts.json under {root} of {', '.join(f'{k} {v}' for k, v in picked.items())}; "
-                                f"run concept_matching.py with that experiment file first, or pass --runs PATH[,PATH...]")
+    files = experiment_runs(files, root)
     page = {"title": f"Neuron gallery: {root}", "runs": [], "neurons": [], "images": [], "vocab": [], "panels": [],
             "tops": []}
     images, vocab, keys = {}, {}, []
@@ -132,27 +137,10 @@ def run():
     keys += link_panels(page, listed(visualization, root, TOTAL_RESULTS, "visualization.py", "visualization"), gdir)
     keys += attach_maps(page)
 
-    # Thumbnails: one per distinct image over all runs (runs of one probing set share them).
     thumbs = gdir / "thumbs"
-    made = 0
-    for (folder, resize, crop), names in group_images(images).items():
-        kept, paths = find_images(folder, names)
-        for name, p in zip(kept, paths):
-            entry = images[(folder, resize, crop, name)]
-            fname, new = thumbnail(p, resize, crop, thumbs)
-            page["images"][entry][1] = f"thumbs/{fname}"
-            made += new
+    made = make_thumbnails(page, images, thumbs)
     used = {Path(img[1]).name for img in page["images"] if img[1]}
-    stuck = []
-    for old in thumbs.glob("*.jpg"):  # thumbnails of images no run shows any more
-        if old.name not in used and re.fullmatch(r"[0-9a-f]{24}\.jpg", old.name):
-            try:
-                old.unlink()
-            except OSError as e:  # a folder this user may not change: the page does not show them either way
-                stuck.append(e.strerror or type(e).__name__)
-    if stuck:
-        print(f"note: {len(stuck)} thumbnail(s) in {thumbs} that no run shows any more stay there: cannot remove "
-              f"them ({stuck[0]}); the page does not show them")
+    remove_unused(thumbs, used)
 
     page["key"] = digest({"inputs": keys, "config": {k: v for k, v in config.items() if k != "gallery_dir"},
                           "code": CODE, "page": {name: file_digest(HERE / name) for name in PAGE_FILES}})
@@ -161,13 +149,55 @@ def run():
     shareable(index)
     n = len(page["neurons"])
     counts = {s: sum(x["s"] == s for x in page["neurons"]) for s in ("ok", "none", "dead")}
-    print(f"{n} neurons in {len(page['runs'])} run(s) ({counts['ok']} named, {counts['none']} none, {counts['dead']} dead); "
+    print(f"{n} neurons in {len(page['runs'])} run(s) ({counts['ok']} named, {counts['none']} none, "
+          f"{counts['dead']} dead); "
           f"{len(used)} thumbnails ({made} new), {len(page['panels'])} panels linked, in {time.time() - t0:.1f}s")
     print("outputs:")
     print(f"  {index}")
     print(f"  {thumbs}/")
     print(f"open it: {index.resolve().as_uri()}")
     return index
+
+
+def experiment_runs(files: list[Path], root: Path) -> list[Path]:
+    """The runs of the dataset and model an experiment file (or an option) names, when --runs does not list
+    them; all of them otherwise."""
+    picked = {k: config[k] for k in EXPERIMENT_FIELDS if k in config.given}
+    if not picked or runs:
+        return files
+    files = [f for f in files if of_experiment(f, picked)]
+    if not files:
+        raise PipelineError(f"no concepts.json under {root} of {', '.join(f'{k} {v}' for k, v in picked.items())}; "
+                            f"run concept_matching.py with that experiment file first, or pass --runs PATH[,PATH...]")
+    return files
+
+
+def make_thumbnails(page: dict, images: dict, thumbs: Path) -> int:
+    """Thumbnails: one per distinct image over all runs (runs of one probing set share them), entered in
+    page["images"]; returns how many were new."""
+    made = 0
+    for (folder, resize, crop), names in group_images(images).items():
+        kept, paths = find_images(folder, names)
+        for name, p in zip(kept, paths):
+            entry = images[(folder, resize, crop, name)]
+            fname, new = thumbnail(p, resize, crop, thumbs)
+            page["images"][entry][1] = f"thumbs/{fname}"
+            made += new
+    return made
+
+
+def remove_unused(thumbs: Path, used: set[str]) -> None:
+    """Thumbnails of images no run shows any more are removed; where this user may not, a note says so."""
+    stuck = []
+    for old in thumbs.glob("*.jpg"):
+        if old.name not in used and re.fullmatch(r"[0-9a-f]{24}\.jpg", old.name):
+            try:
+                old.unlink()
+            except OSError as e:  # a folder this user may not change: the page does not show them either way
+                stuck.append(e.strerror or type(e).__name__)
+    if stuck:
+        print(f"note: {len(stuck)} thumbnail(s) in {thumbs} that no run shows any more stay there: cannot remove "
+              f"them ({stuck[0]}); the page does not show them")
 
 
 def listed(value: str, root: Path, name: str, script: str, option: str) -> list[Path]:
@@ -210,104 +240,149 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     if cfg.get("describer") and "examples_key" not in data:  # read_matching checks the key where there is one
         raise PipelineError(f"{path} does not say which examples it was computed from (an older compare_describers.py "
                             f"wrote it), so it may be stale; re-run compare_describers.py")
-    by_id = {n["neuron"]: n for n in ex["neurons"]}
     layer = str(cfg.get("layer") or ex_cfg.get("layer") or "?")
     folder = data_root or ex_cfg.get("data_root", "")
     check_images(folder, ex_path, ex_cfg)
-    resize, crop = int(ex_cfg.get("resize", 256)), int(ex_cfg.get("crop", 224))
     named = stored_classes(ex_cfg)  # the class names step 2 stored: fc neuron k is class k
     is_fc = layer == "fc" and len(data["neurons"]) == len(named or [])
     classes = output_names(named, len(named)) if is_fc else []
     labels, probs = read_example_labels(ex_path.parent / EXAMPLES_CSV, classes)
     hist = histograms(ex_path, ex)
     bars, cuts, alpha = similarity_bars(path.parent / SIMILARITY, data)
-    r = len(page["runs"])
-    describer = str(cfg.get("describer") or "MAMMI")
     kind, own = examples_of(cfg, ex_path, ex)
-    tops = None
-    if kind == "topk":  # rivals of one selection with the same k show the same images: stored once, in page["tops"]
-        memo = (str(ex_path.resolve()), cfg["top_k"])
-        if memo not in _tops_at:
-            _tops_at[memo] = len(page["tops"])
-            page["tops"].append({"x": {}, "t": {}, "mp": {}})
-        tops = page["tops"][_tops_at[memo]]
-    p = ex_cfg.get("adaptive_percent")
-    selection = {"mammi": f"top {ex_cfg.get('topk')}" if ex_cfg.get("selection") == "topk"
-                 else f"adaptive, p = {p:g}%" if isinstance(p, (int, float)) else "adaptive",
-                 "topk": f"its top {cfg.get('top_k')} by activation"}.get(kind, "")
-    # What tells runs of one describer, layer and model apart, each as it reads on a label.
-    settings = {"selection": selection, "scoring": {True: "adaptive scores", False: "plain scores"}.get(cfg.get("adaptive")),
-                "prompt": cfg.get("template_ver") and f"prompt {cfg['template_ver']}",
-                "alpha": cfg.get("alpha") is not None and f"alpha {cfg['alpha']:g}",
-                "concepts": cfg.get("concept_set") and concept_set_name(cfg), "vlm": cfg.get("model_clip")}
-    score = SCORES.get(describer.lower() if kind == "mammi" else describer, ("score", "as the describer reported it"))
-    why_not = untested(str(ex_cfg.get("layer") or layer))
-    evidence = data.get("evidence") if isinstance(data.get("evidence"), dict) else None
-    page["runs"].append({"path": str(path), "layer": layer, "model": model_dir({"save_root": "", **ex_cfg}).name,
-                         "describer": describer, "vlm": str(cfg.get("model_clip") or ""),
-                         "selects": cfg.get("vocabulary") != "findings",  # a label-based describer uses no examples
-                         "examples": kind, "top_k": cfg.get("top_k") if kind == "topk" else None,
-                         **({"tops": _tops_at[memo]} if tops is not None else {}),
-                         "untrained": bool(ex_cfg.get("untrained", False)) or ex_cfg.get("reinit_seed", -1) >= 0,
-                         "settings": {k: str(v) for k, v in settings.items() if v},
-                         "concept_set": str(cfg.get("concept_set", "")), "selection": selection,
-                         "score": list(score), "per_example": kind == "mammi",
-                         "alpha": alpha, "n_images": hist["n"] if hist else None, "fc": is_fc,
-                         "fdr": cfg.get("fdr"), "evidence": evidence and {k: evidence.get(k) for k in EVIDENCE},
-                         "ablation": None if why_not else ablation_rows(path.parent / ABLATION, path),
-                         "ablation_note": why_not})
+    at = tops_entry(page, kind, ex_path, cfg)
+    page["runs"].append(run_record(path, data, ex_cfg, layer, kind, alpha, hist, is_fc, at))
+    # What each neuron's record is made of, the same for every neuron of the run.
+    common = {"r": len(page["runs"]) - 1, "by_id": {n["neuron"]: n for n in ex["neurons"]}, "own": own,
+           "tops": None if at is None else page["tops"][at],
+           "place": (folder, int(ex_cfg.get("resize", 256)), int(ex_cfg.get("crop", 224))), "labels": labels,
+           "probs": probs, "kind": kind, "hist": hist, "bars": bars, "cuts": cuts, "classes": classes}
     for n in data["neurons"]:
-        k = n["neuron"]
-        e = by_id[k]
-        chosen = [[str(c["concept"]), sig(c["score"])] for c in n.get("concepts", [])]
-        status = n.get("status") or ("dead" if e.get("dead") else ("ok" if chosen else "none"))
-        mine = e if own is None else own.get(k, {"examples": [], "threshold": None})
-        shown = []
-        for x in mine["examples"][:max_examples] if tops is None or str(k) not in tops["x"] else []:
-            key = (folder, resize, crop, x["image_id"])
-            if key not in images:
-                images[key] = len(page["images"])
-                page["images"].append([x["image_id"], None, labels.get(x["image_id"], "")])
-            pr = probs.get((k, x["image_id"]))
-            shown.append([images[key], sig(x["activation"])] + ([sig(pr)] if pr is not None else []))
-        # The examples its score was summed or averaged over (a dead neuron has none; a label-based describer
-        # scores every probing image and selects none).
-        count = 0 if status == "dead" or kind == "none" else n.get("n_examples", len(mine["examples"]))
-        rec = {"r": r, "n": k, "s": status, "c": chosen, "e": int(count), "p": []}
-        if tops is None:
-            rec.update(x=shown, t=sig(mine["threshold"] if own is not None else e.get("threshold")))
-        elif str(k) not in tops["x"]:
-            # Step 2's maps are of examples.json's examples, in the same order of activation as a rival's top k:
-            # the images the two lists begin with (mp of them) have their maps.
-            step2 = [x["image_id"] for x in e["examples"][:max_examples]]
-            ids = [x["image_id"] for x in mine["examples"][:max_examples]]
-            tops["x"][str(k)], tops["t"][str(k)] = shown, sig(mine["threshold"])
-            tops["mp"][str(k)] = next((j for j, i in enumerate(ids) if j >= len(step2) or step2[j] != i), len(ids))
-        if n.get("significant") is not None:  # step 3's significance test (README, "How far to trust a name")
-            rec["ev"] = {"tested": n.get("tested"), "m": sig(n.get("m")), "p": sig(n["p"]), "q": sig(n["q"]),
-                         "sig": bool(n["significant"]), "p95": sig(n.get("null_p95"))}
-        if hist:
-            rec.update(h=hist["counts"][k], lo=hist["lo"][k], hi=hist["hi"][k])
-        row = bars.get(k)
-        if row is None:  # a describer without similarity.pt: its own scores (its top few, where it lists them)
-            row = [(str(c["concept"]), sig(c["score"])) for c in n.get("top") or []] or chosen
-            row = row[:top_concepts]
-        else:
-            rec["cut"] = cuts[k]
-        rec["b"] = [[vocab.setdefault(c, len(vocab)), s] for c, s in row]
-        best = row[0][1] if row and status != "dead" else None  # each row is in descending order of score
-        # The card's score, which ranks the neuron in its run: MAMMI's S(k, c) is a sum over the examples, so
-        # the mean per example; a rival's score as it is.
-        rec["v"] = (sig(best / count) if count else None) if kind == "mammi" and best is not None else best
-        if is_fc:
-            rec["cls"] = classes[k]
-            rec["hit"] = classes[k].lower() in {c for c, _ in chosen}
-        page["neurons"].append(rec)
+        page["neurons"].append(neuron_record(n, common, page, images, vocab))
     page["vocab"] = list(vocab)
     stat = lambda p: [str(p), p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else [str(p), None]
     return {"concepts": file_digest(path), "examples": file_digest(ex_path), "data_root": folder,
             "files": [stat(ex_path.parent / EXAMPLES_CSV), stat(ex_path.parent.parent / ACTIVATIONS),
-                      stat(path.parent / SIMILARITY), stat(path.parent / ABLATION)]}
+                      stat(path.parent / SIMILARITY), stat(path.parent / ABLATION), stat(path.parent / AUDIT)]}
+
+
+def tops_entry(page: dict, kind: str, ex_path: Path, cfg: dict) -> int | None:
+    """A top-k rival's index in page["tops"]: rivals of one selection with the same k show the same images,
+    stored once; None for the other describers."""
+    if kind != "topk":
+        return None
+    memo = (str(ex_path.resolve()), cfg["top_k"])
+    if memo not in _tops_at:
+        _tops_at[memo] = len(page["tops"])
+        page["tops"].append({"x": {}, "t": {}, "mp": {}})
+    return _tops_at[memo]
+
+
+def run_settings(cfg: dict, ex_cfg: dict, kind: str) -> tuple[str, dict]:
+    """How the run's examples were selected, as its view says it; and what tells runs of one describer, layer
+    and model apart, each as it reads on a label."""
+    p = ex_cfg.get("adaptive_percent")
+    selection = {"mammi": f"top {ex_cfg.get('topk')}" if ex_cfg.get("selection") == "topk"
+                 else f"adaptive, p = {p:g}%" if isinstance(p, (int, float)) else "adaptive",
+                 "topk": f"its top {cfg.get('top_k')} by activation"}.get(kind, "")
+    settings = {"selection": selection,
+                "scoring": {True: "adaptive scores", False: "plain scores"}.get(cfg.get("adaptive")),
+                "prompt": cfg.get("template_ver") and f"prompt {cfg['template_ver']}",
+                "alpha": cfg.get("alpha") is not None and f"alpha {cfg['alpha']:g}",
+                "concepts": cfg.get("concept_set") and concept_set_name(cfg), "vlm": cfg.get("model_clip")}
+    return selection, settings
+
+
+def run_record(path: Path, data: dict, ex_cfg: dict, layer: str, kind: str, alpha, hist: dict, is_fc: bool,
+               at: int | None) -> dict:
+    """A run's entry of page["runs"]: what its cards and views say of the run as a whole."""
+    cfg = data["config"]
+    describer = str(cfg.get("describer") or "MAMMI")
+    selection, settings = run_settings(cfg, ex_cfg, kind)
+    score = SCORES.get(describer.lower() if kind == "mammi" else describer, ("score", "as the describer reported it"))
+    why_not = untested(str(ex_cfg.get("layer") or layer))
+    evidence = data.get("evidence") if isinstance(data.get("evidence"), dict) else None
+    return {"path": str(path), "layer": layer, "model": model_dir({"save_root": "", **ex_cfg}).name,
+            "describer": describer, "vlm": str(cfg.get("model_clip") or ""),
+            "selects": cfg.get("vocabulary") != "findings",  # a label-based describer uses no examples
+            "examples": kind, "top_k": cfg.get("top_k") if kind == "topk" else None,
+            **({"tops": at} if at is not None else {}),
+            "untrained": bool(ex_cfg.get("untrained", False)) or ex_cfg.get("reinit_seed", -1) >= 0,
+            "settings": {k: str(v) for k, v in settings.items() if v},
+            "concept_set": str(cfg.get("concept_set", "")), "selection": selection,
+            "score": list(score), "per_example": kind == "mammi",
+            "alpha": alpha, "n_images": hist["n"] if hist else None, "fc": is_fc,
+            "fdr": cfg.get("fdr"), "evidence": evidence and {k: evidence.get(k) for k in EVIDENCE},
+            "ablation": None if why_not else ablation_rows(path.parent / ABLATION, path),
+            "ablation_note": why_not, **audit_record(path.parent / AUDIT, path, data)}
+
+
+def neuron_record(n: dict, common: dict, page: dict, images: dict, vocab: dict) -> dict:
+    """One neuron's entry of page["neurons"]: its name, examples, evidence, histogram and score bars."""
+    k = n["neuron"]
+    e = common["by_id"][k]
+    own, tops, kind = common["own"], common["tops"], common["kind"]
+    chosen = [[str(c["concept"]), sig(c["score"])] for c in n.get("concepts", [])]
+    status = n.get("status") or ("dead" if e.get("dead") else ("ok" if chosen else "none"))
+    mine = e if own is None else own.get(k, {"examples": [], "threshold": None})
+    shown = shown_examples(k, mine, common, page, images)
+    # The examples its score was summed or averaged over (a dead neuron has none; a label-based describer
+    # scores every probing image and selects none).
+    count = 0 if status == "dead" or kind == "none" else n.get("n_examples", len(mine["examples"]))
+    rec = {"r": common["r"], "n": k, "s": status, "c": chosen, "e": int(count), "p": []}
+    if tops is None:
+        rec.update(x=shown, t=sig(mine["threshold"] if own is not None else e.get("threshold")))
+    elif str(k) not in tops["x"]:
+        # Step 2's maps are of examples.json's examples, in the same order of activation as a rival's top k:
+        # the images the two lists begin with (mp of them) have their maps.
+        step2 = [x["image_id"] for x in e["examples"][:max_examples]]
+        ids = [x["image_id"] for x in mine["examples"][:max_examples]]
+        tops["x"][str(k)], tops["t"][str(k)] = shown, sig(mine["threshold"])
+        tops["mp"][str(k)] = next((j for j, i in enumerate(ids) if j >= len(step2) or step2[j] != i), len(ids))
+    if n.get("significant") is not None:  # step 3's significance test (README, "How far to trust a name")
+        rec["ev"] = {"tested": n.get("tested"), "m": sig(n.get("m")), "p": sig(n["p"]), "q": sig(n["q"]),
+                     "sig": bool(n["significant"]), "p95": sig(n.get("null_p95"))}
+    if common["hist"]:
+        rec.update(h=common["hist"]["counts"][k], lo=common["hist"]["lo"][k], hi=common["hist"]["hi"][k])
+    score_bars(rec, n, common, chosen, status, vocab)
+    if common["classes"]:
+        rec["cls"] = common["classes"][k]
+        rec["hit"] = common["classes"][k].lower() in {c for c, _ in chosen}
+    return rec
+
+
+def shown_examples(k: int, mine: dict, common: dict, page: dict, images: dict) -> list:
+    """The neuron's first max_examples examples as the page lists them: [image, activation(, probability)],
+    each image entered once in page["images"]; none where its top-k rival entry already holds them."""
+    tops = common["tops"]
+    if tops is not None and str(k) in tops["x"]:
+        return []
+    shown = []
+    for x in mine["examples"][:max_examples]:
+        key = (*common["place"], x["image_id"])
+        if key not in images:
+            images[key] = len(page["images"])
+            page["images"].append([x["image_id"], None, common["labels"].get(x["image_id"], "")])
+        pr = common["probs"].get((k, x["image_id"]))
+        shown.append([images[key], sig(x["activation"])] + ([sig(pr)] if pr is not None else []))
+    return shown
+
+
+def score_bars(rec: dict, n: dict, common: dict, chosen: list, status: str, vocab: dict) -> None:
+    """The neuron's bar chart of concept scores (rec["b"], its alpha cut rec["cut"]) and its card's score rec["v"]."""
+    k = n["neuron"]
+    row = common["bars"].get(k)
+    if row is None:  # a describer without similarity.pt: its own scores (its top few, where it lists them)
+        row = [(str(c["concept"]), sig(c["score"])) for c in n.get("top") or []] or chosen
+        row = row[:top_concepts]
+    else:
+        rec["cut"] = common["cuts"][k]
+    rec["b"] = [[vocab.setdefault(c, len(vocab)), s] for c, s in row]
+    best = row[0][1] if row and status != "dead" else None  # each row is in descending order of score
+    # The card's score, which ranks the neuron in its run: MAMMI's S(k, c) is a sum over the examples, so
+    # the mean per example; a rival's score as it is.
+    count = rec["e"]
+    rec["v"] = (sig(best / count) if count else None) if common["kind"] == "mammi" and best is not None else best
 
 
 def examples_of(cfg: dict, ex_path: Path, ex: dict) -> tuple[str, dict | None]:
@@ -392,6 +467,44 @@ def ablation_rows(path: Path, concepts: Path) -> list[list] | None:
             + [[int(k) for k in f.get("neurons", [])]] for f in result["findings"]]
 
 
+def audit_record(path: Path, concepts: Path, data: dict) -> dict:
+    """The run's shortcut audit for its class views, when audit.py ran for this concepts.json as it is now
+    (read_audit: the digest it stored; an audit of earlier names is left out, and the page says so):
+    {"audit": its target, layer, split, thresholds and per class {"class", "n" positives, "ev" evidence,
+    "c": [[concept, neurons, share, z, own, flagged]] in the audit's order, "st": the stratified AUROCs}, and
+    "neurons": each concept's neurons in the run, stored once for all classes}; {"audit_note": why not} for a
+    stale one; {} without one."""
+    if not path.is_file():
+        return {}
+    try:
+        result = read_audit(path, concepts)
+    except PipelineError as e:
+        print(f"note: its shortcut audit is not shown: {e}")
+        return {"audit_note": str(e)}
+    try:
+        return {"audit": audit_view(result, concept_neurons(data["neurons"]))}
+    except (KeyError, TypeError, ValueError) as e:  # a field missing or of the wrong kind
+        note = f"{path} has unexpected content ({type(e).__name__}: {e}); re-run audit.py"
+        print(f"note: its shortcut audit is not shown: {note}")
+        return {"audit_note": note}
+
+
+def audit_view(result: dict, members: dict[str, list[int]]) -> dict:
+    """audit.json as the class views read it (audit_record), with members: audit.py's sets, the neurons
+    each concept's row zeroed."""
+    ci = lambda v: [sig(x) for x in v] if isinstance(v, list) else None
+    classes = [{"class": str(r["class"]), "n": int(r["n_positives"]), "ev": sig(r["evidence"]),
+                "c": [[str(c["concept"]), int(c["n_neurons"]), sig(c["share"]), sig(c["z"]), bool(c["own"]),
+                       bool(c["flagged"])] for c in r["concepts"]],
+                "st": [{"concept": str(s["concept"]), **{k: int(s[k]) for k in STRATA_COUNTS},
+                        **{k: sig(s[k]) for k in ("auroc_with", "auroc_without", "gap")},
+                        **{k: ci(s[k]) for k in ("ci", "ci_with", "ci_without")}} for s in r["stratified"]]}
+               for r in result["classes"]]
+    listed = {str(c["concept"]) for r in result["classes"] for c in r["concepts"]}
+    return {**{k: result.get(k) for k in AUDIT_FIELDS}, "classes": classes,
+            "neurons": {c: members.get(c, []) for c in sorted(listed)}}
+
+
 def sig(v, digits: int = 4):
     """A float rounded to a few significant digits: the page shows no more and stays small."""
     if v is None or not np.isfinite(float(v)):
@@ -427,7 +540,8 @@ def _histograms_of(acts: torch.Tensor, k_expected: int, path: Path) -> dict:
         lo_all += lo.tolist()
         hi_all += hi.tolist()
     counts = np.concatenate(counts).tolist()
-    return {"n": int(acts.shape[0]), "counts": counts, "lo": [sig(v, 6) for v in lo_all], "hi": [sig(v, 6) for v in hi_all]}
+    return {"n": int(acts.shape[0]), "counts": counts, "lo": [sig(v, 6) for v in lo_all],
+            "hi": [sig(v, 6) for v in hi_all]}
 
 
 def similarity_bars(path: Path, run: dict) -> tuple[dict, dict, float | None]:
@@ -451,15 +565,7 @@ def label_runs(runs: list[dict], root: Path) -> None:
     """Name each run by its folder under save_root, less the folders all runs share (the probing set,
     the model, a single VLM): what is left tells the runs apart. And, for the cards, the settings in
     which runs of the same describer, layer and model differ (variant: "top 20", "plain scores · prompt no")."""
-    groups: dict = {}
-    for r in runs:
-        groups.setdefault((r["describer"], r["layer"], r["model"]), []).append(r)
-    for group in groups.values():
-        differ = [k for k in group[0]["settings"] if len({r["settings"].get(k) for r in group}) > 1]
-        for r in group:
-            r["variant"] = " · ".join(r["settings"][k] for k in differ if k in r["settings"])
-    for r in runs:
-        del r["settings"]
+    label_variants(runs)
     parts = []
     for r in runs:
         d = Path(r["path"]).parent.resolve()
@@ -478,6 +584,20 @@ def label_runs(runs: list[dict], root: Path) -> None:
     for r, p, q, k in zip(runs, parts, rest, keep):
         r["label"] = "/".join(q[j] for j in k)
         r["folder"] = "/".join(p)
+
+
+def label_variants(runs: list[dict]) -> None:
+    """Each run's variant: the settings in which it differs from the runs of its describer, layer and model
+    (the settings then leave the record)."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault((r["describer"], r["layer"], r["model"]), []).append(r)
+    for group in groups.values():
+        differ = [k for k in group[0]["settings"] if len({r["settings"].get(k) for r in group}) > 1]
+        for r in group:
+            r["variant"] = " · ".join(r["settings"][k] for k in differ if k in r["settings"])
+    for r in runs:
+        del r["settings"]
 
 
 def link_panels(page: dict, files: list[Path], gdir: Path) -> list:

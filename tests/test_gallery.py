@@ -94,20 +94,23 @@ def check_against_outputs(index: Path, concept_files: list[Path]):
         assert data["runs"][r]["evidence"] == c.get("evidence")
         ex = {n["neuron"]: n for n in json.loads(Path(c["config"]["examples"]).read_text())["neurons"]}
         sim = torch.load(path.parent / "similarity.pt", weights_only=True)
-        acts = torch.load(Path(c["config"]["examples"]).parent.parent / "activations.pt", weights_only=True)["activations"]
+        acts = torch.load(Path(c["config"]["examples"]).parent.parent / "activations.pt",
+                          weights_only=True)["activations"]
         for n in c["neurons"]:
             g = got[(r, n["neuron"])]
             assert g["s"] == n["status"] and g["e"] == n["n_examples"] == len(ex[n["neuron"]]["examples"])
             assert [w for w, _ in g["c"]] == [x["concept"] for x in n["concepts"]]
             assert np.allclose([s for _, s in g["c"]], [x["score"] for x in n["concepts"]], rtol=1e-3)
-            assert [data["images"][i][0] for i, *_ in g["x"]] == [e["image_id"] for e in ex[n["neuron"]]["examples"]][:100]
+            assert [data["images"][i][0] for i, *_ in g["x"]] == \
+                [e["image_id"] for e in ex[n["neuron"]]["examples"]][:100]
             assert sum(g["h"]) == acts.shape[0] and g["t"] == pytest.approx(ex[n["neuron"]]["threshold"], rel=1e-3)
             row = sim["similarity"][sim["neurons"].index(n["neuron"])]
             assert g["b"][0][1] == pytest.approx(float(row.max()), rel=1e-3, abs=1e-6)
             assert float(row[sim["concepts"].index(data["vocab"][g["b"][0][0]])]) == pytest.approx(float(row.max()))
             assert g["cut"] == pytest.approx(c["config"]["alpha"] / 100 * float(row.max()), rel=1e-3, abs=1e-6)
             # the name test as step 3 stored it (concept_matching.py's fields), none where it tested nothing
-            assert g.get("ev", {}).get("tested") == n.get("tested") and g.get("ev", {}).get("sig") == n.get("significant")
+            ev = g.get("ev", {})
+            assert ev.get("tested") == n.get("tested") and ev.get("sig") == n.get("significant")
             if data["runs"][r]["fc"]:
                 cls = class_names()[n["neuron"]]
                 assert g["cls"] == cls and g["hit"] == (cls.lower() in [x["concept"] for x in n["concepts"]])
@@ -182,13 +185,14 @@ def test_each_name_carries_its_evidence_and_the_layer_its_ablation(synthetic):
     assert len(tested) == sum(n["significant"] is not None for n in concepts["neurons"]) > 100
     for n in tested:
         want = stored[n["n"]]
-        assert n["ev"]["sig"] is want["significant"] and n["ev"]["tested"] == want["tested"] == want["concepts"][0]["concept"]
+        assert n["ev"]["sig"] is want["significant"]
+        assert n["ev"]["tested"] == want["tested"] == want["concepts"][0]["concept"]
         assert [n["ev"][k] for k in ("m", "p", "q", "p95")] == pytest.approx(
             [want[k] for k in ("m", "p", "q", "null_p95")], rel=1e-3)
     run = data["runs"][0]
     assert run["fdr"] == 0.05 and run["evidence"] == concepts["evidence"]
-    assert run["ablation"] == [[r["finding"], r["n_neurons"]] + [r[k] for k in ("effect", "random_mean", "random_sd", "z",
-                                                                                "other_classes")] + [r["neurons"]]
+    fields = ("effect", "random_mean", "random_sd", "z", "other_classes")
+    assert run["ablation"] == [[r["finding"], r["n_neurons"]] + [r[k] for k in fields] + [r["neurons"]]
                                for r in ABLATION]
 
 
@@ -250,7 +254,8 @@ def test_a_describer_without_similarity_or_status(tmp_path):
 def test_bad_inputs_fail_with_one_line(tmp_path):
     res = write_synthetic(tmp_path, n_neurons=8, n_images=12)
     proc = run_script("gallery.py", "--save_root", str(tmp_path / "nothing"))
-    assert proc.returncode == 2 and "no concepts.json under" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.returncode == 2 and "no concepts.json under" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
     proc = run_script("gallery.py", "--runs", str(tmp_path / "missing.json"), "--save_root", str(res))
     assert proc.returncode == 2 and "missing.json not found" in proc.stderr
     shutil.move(tmp_path / "world", tmp_path / "moved")
@@ -389,9 +394,11 @@ def test_a_describer_whose_examples_changed_is_refused(tmp_path):
     mammi = next(res.rglob("concepts.json"))
     other = mammi.parent.parent.parent / "describers" / "topk_mean" / "concepts.json"
     other.parent.mkdir(parents=True)
-    run = {"examples_key": "synthetic-examples", "config": {"layer": "penultimate", "describer": "topk_mean",
-                                                            "examples": json.loads(mammi.read_text())["config"]["examples"]},
-           "neurons": [{"neuron": k, "status": "ok", "concepts": [{"concept": "lung", "score": 0.2}]} for k in range(8)]}
+    ex_json = json.loads(mammi.read_text())["config"]["examples"]
+    run = {"examples_key": "synthetic-examples",
+           "config": {"layer": "penultimate", "describer": "topk_mean", "examples": ex_json},
+           "neurons": [{"neuron": k, "status": "ok", "concepts": [{"concept": "lung", "score": 0.2}]}
+                       for k in range(8)]}
     other.write_text(json.dumps(run))
     ok(run_script("gallery.py", "--save_root", str(res)))
     other.write_text(json.dumps({**run, "examples_key": "examples-of-an-earlier-step-2"}))
@@ -517,7 +524,8 @@ def test_browser_opens_on_one_run_and_counts_trained_and_untrained_apart(browser
     assert drv.find_element(By.ID, "count").text == (f"32 of 32 neurons shown · trained target: {tally(trained)} | "
                                                      f"untrained target: {tally(stored['neurons'])}")
     drv.find_element(By.CSS_SELECTOR, "#run option[value='0']").click()
-    assert drv.find_element(By.ID, "count").text == f"16 of 32 neurons shown · untrained target: {tally(stored['neurons'])}"
+    assert drv.find_element(By.ID, "count").text == \
+        f"16 of 32 neurons shown · untrained target: {tally(stored['neurons'])}"
     no_errors(drv)
 
 
@@ -534,7 +542,8 @@ def test_browser_a_layer_that_cannot_be_tested_says_not_testable(browser, tmp_pa
     named = sorted(f"0-{n['neuron']}" for n in stored["neurons"] if n["status"] == "ok")
     drv.get(index.resolve().as_uri())
     badges = drv.execute_script("return [...document.querySelectorAll('#list .card')].map(c => [c.dataset.key,"
-                                " [...c.querySelectorAll('.badge.nt, .badge.nsig, .badge.sig')].map(b => b.textContent)])")
+                                " [...c.querySelectorAll('.badge.nt, .badge.nsig, .badge.sig')]"
+                                ".map(b => b.textContent)])")
     assert {k: b for k, b in badges if b} == {k: ["not testable"] for k in named}
     assert "not significant" not in drv.find_element(By.ID, "list").text
     assert drv.find_element(By.ID, "count").text.endswith(f" · {len(named)} not testable")
@@ -559,7 +568,8 @@ def test_browser_sort_by_q_puts_the_most_significant_first(browser, synthetic):
     data = page_data(index)[2]
     drv.get(index.resolve().as_uri())
     drv.find_element(By.CSS_SELECTOR, "#sort option[value='q']").click()
-    got = drv.execute_script("return [...document.querySelectorAll('#list .card')].slice(0, 120).map(c => c.dataset.key)")
+    got = drv.execute_script("return [...document.querySelectorAll('#list .card')].slice(0, 120)"
+                             ".map(c => c.dataset.key)")
     order = sorted(range(len(data["neurons"])), key=lambda i: (data["neurons"][i].get("ev", {}).get("q", 2.0), i))
     assert got == [f"0-{data['neurons'][i]['n']}" for i in order][:len(got)] and len(got) >= 60
     assert data["neurons"][order[0]]["ev"]["q"] == 0.01 and data["neurons"][order[-1]].get("ev") is None
@@ -643,7 +653,8 @@ def test_browser_real_gallery(browser, real_gallery, real_run):
     # A neuron's view: thumbnails decoded, both figures, the hostile name as plain text in the bar chart.
     first = next(n for n in data["neurons"] if f"{n['r']}-{n['n']}" == keys[0])
     open_view_and_check(drv, keys[0], len(first["x"]))
-    labels = drv.execute_script("return [...document.querySelectorAll('#panel svg.bars text title')].map(t => t.textContent)")
+    labels = drv.execute_script("return [...document.querySelectorAll('#panel svg.bars text title')]"
+                                ".map(t => t.textContent)")
     assert HOSTILE in labels
     # No ablation z at fc: the reason instead of the table.
     assert drv.find_elements(By.CSS_SELECTOR, "#ablation table") == []
@@ -667,7 +678,8 @@ def test_browser_2048_neurons(browser, synthetic):
     for _ in range(3):  # the first load pays for a cold cache; report the median
         drv.get(index.resolve().as_uri())
         t = drv.execute_script("const n = performance.getEntriesByType('navigation')[0];"
-                               "return [n.domContentLoadedEventEnd, n.loadEventEnd, window.galleryTiming.first_cards_ms,"
+                               "return [n.domContentLoadedEventEnd, n.loadEventEnd,"
+                               " window.galleryTiming.first_cards_ms,"
                                " window.galleryTiming.script_ms]")
         loads.append(t)
     dcl, load, first, script = np.median(np.array(loads), axis=0)
@@ -746,7 +758,8 @@ def mixed(tmp_path_factory):
     neurons = []
     for k in range(40):
         picked = rng.choice(14, 1 + k % 2, replace=False)
-        neurons.append({"neuron": k, "n_examples": 30, "status": "dead" if k == 5 else "ok", "concepts": [] if k == 5 else
+        neurons.append({"neuron": k, "n_examples": 30, "status": "dead" if k == 5 else "ok",
+                        "concepts": [] if k == 5 else
                         [{"concept": findings[j], "score": float(rng.uniform(0.5, 0.99))} for j in picked]})
     auc = mammi.parent / "describers" / "label_auc" / "concepts.json"
     auc.parent.mkdir(parents=True)
@@ -873,7 +886,8 @@ def test_browser_cards_short_labels_rank_sort_and_untrained(browser, mixed):
     drv.find_element(By.CSS_SELECTOR, "#run option[value='']").click()
     all_keys(drv)
     cards = drv.execute_script("return [...document.querySelectorAll('#list .card')].map(c => [c.dataset.key,"
-                               " [...c.querySelectorAll('.tag')].map(t => t.textContent), c.querySelector('.score').textContent,"
+                               " [...c.querySelectorAll('.tag')].map(t => t.textContent),"
+                               " c.querySelector('.score').textContent,"
                                " c.textContent, c.querySelectorAll('.badge.untrained').length,"
                                " c.querySelector('.badge[class*=\"s-\"]').textContent])")
     assert len(cards) == 120
@@ -897,7 +911,8 @@ def test_browser_cards_short_labels_rank_sort_and_untrained(browser, mixed):
                                                    -(card_score(n, runs[n["r"]]) if n["s"] != "dead" else -inf),
                                                    data["neurons"].index(n)))
     want = [f"{n['r']}-{n['n']}" for n in order]
-    by_score = [f"{n['r']}-{n['n']}" for n in sorted(data["neurons"], key=lambda n: -(card_score(n, runs[n["r"]]) or -inf))]
+    by_score = [f"{n['r']}-{n['n']}"
+                for n in sorted(data["neurons"], key=lambda n: -(card_score(n, runs[n["r"]]) or -inf))]
     assert want[:40] != by_score[:40]  # raw scores would put one run's neurons first
     assert all_keys(drv) == want
     # Within one run: by its own score.
@@ -934,7 +949,8 @@ def test_browser_cards_short_labels_rank_sort_and_untrained(browser, mixed):
 
 def bars_axis(drv) -> str:
     """The label under a neuron's bar chart of concept scores."""
-    return drv.execute_script("const t = document.querySelectorAll('#panel svg.bars > text'); return t[t.length - 1].textContent")
+    return drv.execute_script("const t = document.querySelectorAll('#panel svg.bars > text');"
+                              " return t[t.length - 1].textContent")
 
 
 def test_browser_layer_summary_counts_neurons_per_concept(browser, mixed):
@@ -957,8 +973,10 @@ def test_browser_layer_summary_counts_neurons_per_concept(browser, mixed):
                 counts[w] = counts.get(w, 0) + 1
         want = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         sel = f'.summary[data-run="{r}"]'
-        names = drv.execute_script(f"return [...document.querySelectorAll('{sel} svg text.concept title')].map(t => t.textContent)")
-        got = drv.execute_script(f"return [...document.querySelectorAll('{sel} svg text.count')].map(t => +t.textContent)")
+        names = drv.execute_script(f"return [...document.querySelectorAll('{sel} svg text.concept title')]"
+                                   ".map(t => t.textContent)")
+        got = drv.execute_script(f"return [...document.querySelectorAll('{sel} svg text.count')]"
+                                 ".map(t => +t.textContent)")
         assert list(zip(names, got)) == want[:25]
         more = drv.find_element(By.CSS_SELECTOR, sel).text
         assert (f"{len(want) - 25} more concepts not drawn" in more) == (len(want) > 25)
@@ -980,4 +998,135 @@ def test_browser_the_readme_bookmark_opens_its_neuron(browser, synthetic):
     WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "view").is_displayed())
     assert drv.find_element(By.ID, "vtitle").text == f"neuron {m.group(3)}"
     assert drv.find_elements(By.CSS_SELECTOR, ".untrained, #untrained") == []
+    no_errors(drv)
+
+
+# ---- the shortcut audit's class views (audit.py's audit.json beside a concepts.json) ---------------------
+def audit_of(concepts: Path) -> dict:
+    """A hand-made audit.json of the synthetic layer's names: Pneumothorax, whose logit rests most on the
+    hostile concept (flagged; its share just above 0.1, to be shown to 4 digits, not as 0.10), then on another
+    concept of the run (the class's own), with the hostile concept's stratified AUROCs; and Mass, with nothing
+    flagged and no stratum."""
+    stored = json.loads(concepts.read_text())
+    other = next(c["concept"] for n in stored["neurons"] for c in n["concepts"] if c["concept"] != HOSTILE)
+    row = lambda c, k, share, z, own, flagged: {"concept": c, "n_neurons": k, "share": share, "z": z, "own": own,
+                                                "flagged": flagged}
+    return {"key": "by-hand", "target": "resnet50", "checkpoint": "", "layer": "penultimate", "split": "test",
+            "images": "600 test images", "concepts": str(concepts), "concepts_digest": file_digest(concepts),
+            "method": "linear", "share_min": 0.1, "z_min": 2.0, "draws": 200, "seed": 0, "boot": 1000,
+            "classes": [{"class": "Pneumothorax", "n_positives": 27, "evidence": 3.5,
+                         "concepts": [row(HOSTILE, 1, 0.1031, 5.2, False, True), row(other, 2, 0.2, 1.5, True, False)],
+                         "stratified": [{"concept": HOSTILE, "seen_in": 40, "n_with": 20, "n_without": 7,
+                                         "n_negatives": 500, "auroc_with": 0.95, "auroc_without": 0.71, "gap": 0.24,
+                                         "ci": [0.1, 0.38], "ci_with": [0.9, 0.99], "ci_without": [0.6, 0.8]}]},
+                        {"class": "Mass", "n_positives": 9, "evidence": 1.25,
+                         "concepts": [row(other, 2, 0.05, None, False, False)], "stratified": []}]}
+
+
+def carriers(concepts: Path, concept: str) -> list[int]:
+    """The live neurons whose names hold the concept, in neuron order, read from concepts.json by hand."""
+    out = []
+    for n in json.loads(concepts.read_text())["neurons"]:
+        if n["status"] != "dead" and concept in [c["concept"] for c in n["concepts"]]:
+            out.append(n["neuron"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    """A 16-neuron synthetic run with the hand-made audit.json beside its concepts.json, and its page."""
+    res = write_synthetic(tmp_path_factory.mktemp("gallery_audit"), n_neurons=16, n_images=24)
+    concepts = next(res.rglob("concepts.json"))
+    audit = audit_of(concepts)
+    (concepts.parent / "audit.json").write_text(json.dumps(audit))
+    log = ok(run_script("gallery.py", "--save_root", str(res), "--overlays", "no"))
+    return res, concepts, audit, log
+
+
+def test_an_audit_beside_a_run_reaches_the_page(audited):
+    """The run's page record holds each class of the audit, its concepts in the audit's order with their
+    numbers, flags and the neurons that carry them, and its stratified AUROCs; no raw '<' of the hostile
+    name is in the page."""
+    res, concepts, audit, log = audited
+    text, _, data = page_data(res / "gallery" / "index.html")
+    got = data["runs"][0]["audit"]
+    other = audit["classes"][0]["concepts"][1]["concept"]
+    assert {k: got[k] for k in ("target", "layer", "split", "method", "share_min", "z_min", "draws", "boot")} == \
+        {"target": "resnet50", "layer": "penultimate", "split": "test", "method": "linear", "share_min": 0.1,
+         "z_min": 2.0, "draws": 200, "boot": 1000}
+    hostile, others = carriers(concepts, HOSTILE), carriers(concepts, other)
+    assert 3 in hostile and others
+    assert [c["class"] for c in got["classes"]] == ["Pneumothorax", "Mass"]
+    assert [(c["n"], c["ev"]) for c in got["classes"]] == [(27, 3.5), (9, 1.25)]
+    assert got["classes"][0]["c"] == [[HOSTILE, 1, 0.1031, 5.2, False, True], [other, 2, 0.2, 1.5, True, False]]
+    assert got["classes"][1]["c"] == [[other, 2, 0.05, None, False, False]]
+    assert got["neurons"] == {HOSTILE: hostile, other: others}
+    assert got["classes"][0]["st"] == [{"concept": HOSTILE, "seen_in": 40, "n_with": 20, "n_without": 7,
+                                        "n_negatives": 500, "auroc_with": 0.95, "auroc_without": 0.71, "gap": 0.24,
+                                        "ci": [0.1, 0.38], "ci_with": [0.9, 0.99], "ci_without": [0.6, 0.8]}]
+    assert got["classes"][1]["st"] == []
+    assert HOSTILE not in text and "audit_note" not in data["runs"][0]
+    assert "shortcut audit is not shown" not in log
+
+
+def test_a_stale_audit_is_left_out_with_a_note(tmp_path):
+    """An audit.json of other names than the concepts.json holds now (its digest differs) gives no class
+    view: the run says why, and so does the log; the page is still written."""
+    res = write_synthetic(tmp_path, n_neurons=16, n_images=24)
+    concepts = next(res.rglob("concepts.json"))
+    stale = {**audit_of(concepts), "concepts_digest": "0" * 64}
+    (concepts.parent / "audit.json").write_text(json.dumps(stale))
+    log = ok(run_script("gallery.py", "--save_root", str(res), "--overlays", "no"))
+    run = page_data(res / "gallery" / "index.html")[2]["runs"][0]
+    assert "audit" not in run
+    assert "audits other names than" in run["audit_note"] and "re-run audit.py" in run["audit_note"]
+    assert "note: its shortcut audit is not shown: " in log
+    # One of the right digest whose rows lack a field: left out the same way, naming the file and the fix.
+    broken = audit_of(concepts)
+    del broken["classes"][0]["concepts"][0]["share"]
+    (concepts.parent / "audit.json").write_text(json.dumps(broken))
+    ok(run_script("gallery.py", "--save_root", str(res), "--overlays", "no"))
+    note = page_data(res / "gallery" / "index.html")[2]["runs"][0]["audit_note"]
+    assert note == f"{concepts.parent / 'audit.json'} has unexpected content (KeyError: 'share'); re-run audit.py"
+
+
+def test_browser_class_view_of_an_audit(browser, audited):
+    """From the header's button: the audited run and its classes with what is flagged for each; a class's view
+    says what its numbers measured, lists its concepts in the audit's order (the hostile one as text, flagged
+    in words), links each to its neurons' views, and gives the stratified AUROCs with their intervals."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    drv = browser
+    res, concepts, audit, _ = audited
+    other = audit["classes"][0]["concepts"][1]["concept"]
+    drv.get((res / "gallery" / "index.html").resolve().as_uri())
+    drv.find_element(By.ID, "auditbtn").click()
+    WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "view").is_displayed())
+    assert drv.find_element(By.ID, "vtitle").text == "shortcut audit"
+    items = [li.text for li in drv.find_elements(By.CSS_SELECTOR, ".audit li")]
+    assert items == [f"Pneumothorax (27 test positives): flagged {HOSTILE}", "Mass (9 test positives): flagged none"]
+    drv.find_element(By.LINK_TEXT, "Pneumothorax").click()
+    WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "vtitle").text == "Pneumothorax")
+    what = drv.find_element(By.ID, "auditwhat").text
+    assert "share of the evidence the penultimate layer gives for Pneumothorax on its 27 test positives (3.5: " in what
+    assert "against 200 random sets of as many live neurons" in what and "share > 0.1 and z ≥ 2" in what
+    rows = drv.find_elements(By.CSS_SELECTOR, "table.auditrows tr")
+    cells = [[td.text for td in r.find_elements(By.TAG_NAME, "td")] for r in rows[1:]]
+    hostile, others = carriers(concepts, HOSTILE), carriers(concepts, other)
+    assert cells == [[HOSTILE, "1: " + " ".join(f"#{k}" for k in hostile), "0.103", "5.20", "",
+                      "possible shortcut: not the class's own word, share 0.1031 > 0.1, z 5.2 ≥ 2"],
+                     [other, "2: " + " ".join(f"#{k}" for k in others), "0.200", "1.50", "own", ""]]
+    assert [r.get_attribute("class") for r in rows[1:]] == ["flagged", ""]
+    assert drv.find_elements(By.CSS_SELECTOR, "#panel img") == []  # the hostile name stays text
+    strata = [[td.text for td in r.find_elements(By.TAG_NAME, "td")]
+              for r in drv.find_elements(By.CSS_SELECTOR, "table.strata tr")[1:]]
+    assert strata == [[HOSTILE, "20 / 7", "500", "0.950 (0.900 to 0.990)", "0.710 (0.600 to 0.800)",
+                       "0.240 (0.100 to 0.380)"]]
+    # A neuron's link opens that neuron's view.
+    rows[1].find_element(By.LINK_TEXT, "#3").click()
+    WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "vtitle").text == "neuron 3")
+    # A class without a stratum says so.
+    drv.get((res / "gallery" / "index.html").resolve().as_uri() + "#a0-1")
+    WebDriverWait(drv, 10).until(lambda d: d.find_element(By.ID, "vtitle").text == "Mass")
+    assert drv.find_element(By.ID, "nostrata").text.startswith("No concept flagged for Mass")
     no_errors(drv)
