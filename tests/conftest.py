@@ -336,7 +336,8 @@ ABLATION = [{"finding": HOSTILE, "n_neurons": 1, "effect": 1.5, "random_mean": 0
              "other_classes": None, "neurons": [], "n_images": 9}]
 
 
-def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed: int = 0, testable: bool = True) -> Path:
+def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed: int = 0,
+                    testable: bool = True) -> Path:
     """A penultimate layer of n_neurons in the stage-2/3 output formats, with a dead neuron (5), a neuron
     whose best score is negative (7: none), the hostile concept as neuron 3's name, and a visualization
     panel whose top neuron is 3. Its significance test, in concepts.json's fields: every third named neuron
@@ -370,7 +371,8 @@ def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed:
     ex_json.write_text(json.dumps({"key": "synthetic-examples", "activations_key": "synthetic-activations", "config": {
         "data_root": str(images), "resize": 48, "crop": 48, "model": "resnet50", "layer": "penultimate",
         "dataset": "synth", "split": "train", "selection": "adaptive", "adaptive_percent": 93.0, "topk": 20,
-        "checkpoint": "", "labels": "none", "data_key": load_probe({"labels": "none", "data_root": str(images)}).data_key},
+        "checkpoint": "", "labels": "none",
+        "data_key": load_probe({"labels": "none", "data_root": str(images)}).data_key},
         "neurons": [{**n, "examples": [{"image_id": names[i], "activation": float(acts[i, n["neuron"]])}
                                        for i in n["examples"]]} for n in neurons]}))
     classes = class_names()
@@ -380,7 +382,8 @@ def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed:
         for n in neurons:
             for r, i in enumerate(n["examples"]):
                 found = "|".join(c for c, v in zip(classes, labels[i]) if v) or "No Finding"
-                w.writerow([n["neuron"], r, names[i], float(acts[i, n["neuron"]]), found] + labels[i].tolist() + [""] * 14)
+                w.writerow([n["neuron"], r, names[i], float(acts[i, n["neuron"]]), found] + labels[i].tolist()
+                           + [""] * 14)
     vocab = WORDS + [HOSTILE] + [f"word{j}" for j in range(40)]
     S = torch.from_numpy(rng.normal(0.0, 1.0, (n_neurons, len(vocab)))).float()
     S[3, vocab.index(HOSTILE)] = 10.0
@@ -402,14 +405,17 @@ def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed:
                       "significant": k % 3 == 0 if tested else None, "null_p95": 3.25 if tested else None})
     torch.save({"key": "synthetic", "similarity": S, "concepts": vocab, "neurons": list(range(n_neurons))},
                match / "similarity.pt")
-    (match / "concepts.json").write_text(json.dumps({"key": "synthetic", "examples_key": "synthetic-examples", "config": {
+    (match / "concepts.json").write_text(json.dumps({
+        "key": "synthetic", "examples_key": "synthetic-examples", "config": {
         "layer": "penultimate", "model": "resnet50", "alpha": 95.0, "examples": str(ex_json),
         "model_clip": "synthetic", "concept_set": "words", "fdr": 0.05}, "neurons": named,
         "evidence": {"testable": testable, "tested": sum(n["significant"] is not None for n in named),
                      "significant": sum(bool(n["significant"]) for n in named), "fdr": 0.05, "draws": 1000,
-                     "pool": n_images, "p_min": 1 / 1001 if testable else 0.2, "pool_needed": None if testable else 500}}))
+                     "pool": n_images, "p_min": 1 / 1001 if testable else 0.2,
+                     "pool_needed": None if testable else 500}}))
     names = file_digest(match / "concepts.json")  # what ablation.py and visualization.py store of the names they used
-    (match / "ablation.json").write_text(json.dumps({"key": "synthetic-ablation", "concepts": str(match / "concepts.json"),
+    (match / "ablation.json").write_text(json.dumps({"key": "synthetic-ablation",
+                                                     "concepts": str(match / "concepts.json"),
                                                      "concepts_digest": names, "layer": "penultimate",
                                                      "findings": ABLATION}))
     vis = res / "synth_nih" / "resnet50" / "visualization"
@@ -452,7 +458,8 @@ def page_data(index: Path) -> tuple[str, Page, dict]:
 
 def find_browser():
     chrome = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
-    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").is_file() else None)
+    driver = shutil.which("chromedriver") or (
+        "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").is_file() else None)
     return chrome, driver
 
 

@@ -2,8 +2,9 @@
 
 Its "weights" are a JSON file {"texts": {prompt: vector}, "image": vector}: the cosines, and so the
 scores of stage 3, can be worked out by hand, and changing the file's bytes changes the embeddings
-as new VLM weights would (conftest.py's recording_vlm fixture puts it in load_vlm's place). A prompt missing from the file gets a fixed vector of its own (so a run
-with unexpected prompts finishes and the test can show which prompts arrived).
+as new VLM weights would (conftest.py's recording_vlm fixture puts it in load_vlm's place). A prompt
+missing from the file gets a fixed vector of its own (so a run with unexpected prompts finishes and
+the test can show which prompts arrived).
 """
 from __future__ import annotations
 

@@ -350,7 +350,8 @@ def test_at_fc_nothing_is_ablated_and_the_describer_table_says_why(probe_set, de
         (path.parent / f).write_text("an earlier table")
     proc = ablation("--ablation_concepts", str(path))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert proc.stdout.splitlines() == [proc.stdout.strip()] and proc.stdout.startswith("ablation not run: " + FC_REASON)
+    assert proc.stdout.splitlines() == [proc.stdout.strip()]
+    assert proc.stdout.startswith("ablation not run: " + FC_REASON)
     assert [f for f in OUTPUTS if (path.parent / f).exists()] == []
     (path.parent / "ablation.json").write_text("an earlier table")
     rival = path.parent / "describers" / "label_auc" / "ablation.json"

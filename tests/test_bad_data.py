@@ -136,11 +136,13 @@ def test_latin1_and_binary_split_files(tmp_path, densenet_ckpt):
     lines = split_lines(images)
     lines[2] = "caf\u00e9.png" + LABELS
     write_split(images, lines, encoding="latin-1")
-    refused(stage2(images, densenet_ckpt, tmp_path / "res", size=40), "train_official.txt", "line 3", "UTF-8", bars=False)
+    refused(stage2(images, densenet_ckpt, tmp_path / "res", size=40), "train_official.txt", "line 3", "UTF-8",
+            bars=False)
     (images.parent / "train_official.txt").write_bytes(bytes(range(256)) * 4)
     refused(stage2(images, densenet_ckpt, tmp_path / "res", size=40), "train_official.txt", "line 1", bars=False)
     (images.parent / "train_official.txt").write_bytes(b"\x00" * 64)
-    refused(stage2(images, densenet_ckpt, tmp_path / "res", size=40), "train_official.txt", "line 1", "binary", bars=False)
+    refused(stage2(images, densenet_ckpt, tmp_path / "res", size=40), "train_official.txt", "line 1", "binary",
+            bars=False)
 
 
 def test_bom_split_file_finds_its_first_image(tmp_path):

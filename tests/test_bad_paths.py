@@ -28,7 +28,8 @@ def test_a_name_that_would_leave_save_root_is_refused(files, probe_set, tmp_path
     work = tmp_path / "a" / "b" / "c"  # ../../x from save_root would land in tmp_path/a/x
     work.mkdir(parents=True)
     before = every_file(tmp_path)
-    err = refused(stage2(probe_set, files["a"], work / "res", f"--{option}", value), f"--{option}", "plain name", bars=False)
+    err = refused(stage2(probe_set, files["a"], work / "res", f"--{option}", value), f"--{option}", "plain name",
+                  bars=False)
     assert "such as" in err
     assert every_file(tmp_path) == before  # not even save_root was made
 

@@ -146,7 +146,8 @@ def test_unreadable_upstream_outputs(files, probe_set, base, tmp_path):
     out = copy(base, tmp_path)
     ex = layer(out) / "adaptive93" / "examples.json"
     good = ex.read_bytes()
-    for bad in (good[:len(good) // 2], b"[1, 2, 3]", b'{"key": "k", "activations_key": "a", "config": {}, "neurons": 7}',
+    for bad in (good[:len(good) // 2], b"[1, 2, 3]",
+                b'{"key": "k", "activations_key": "a", "config": {}, "neurons": 7}',
                 json.dumps({**json.loads(good), "neurons": [{"neuron": 0}]}).encode(), b"\xff\xfe\x00binary"):
         ex.write_bytes(bad)
         refused(files_stage3(files, out), ex, "example_selection.py", bars=False)
@@ -189,7 +190,8 @@ def test_a_lock_file_that_cannot_be_opened_is_one_line(probe_set, files, tmp_pat
     layer(out).mkdir(parents=True)
     if how == "a folder":
         lock.mkdir()
-        line = refused(stage2(probe_set, files["a"], out), f"cannot open the lock file {lock} (Is a directory)", bars=False)
+        line = refused(stage2(probe_set, files["a"], out), f"cannot open the lock file {lock} (Is a directory)",
+                       bars=False)
     else:
         lock.touch()
         with unchangeable(lock):
@@ -205,7 +207,8 @@ def test_temp_files_of_a_killed_run_are_removed(probe_set, files, base, tmp_path
     kill = ("import os, signal, sys; sys.path.insert(0, sys.argv[3]); from pipeline.cache import _atomic\n"
             "def die(tmp):\n    open(tmp, 'w').write('{half')\n    os.kill(os.getpid(), signal.SIGKILL)\n"
             "_atomic(sys.argv[1], lambda tmp: (open(tmp, 'w').write('x'), _atomic(sys.argv[2], die)))")
-    proc = subprocess.run([sys.executable, "-c", kill, str(layer(out) / "activations.pt"), str(ex_dir / "examples.json"),
+    proc = subprocess.run([sys.executable, "-c", kill, str(layer(out) / "activations.pt"),
+                           str(ex_dir / "examples.json"),
                            str(REPO)], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert len(temps(out)) == 2
@@ -253,7 +256,8 @@ def test_checkpoint_with_unknown_tensors_is_refused(tmp_path, capsys):
     sd = build_target("densenet121").state_dict()
     torch.save({"model": {**sd, "features.extra.weight": torch.zeros(3), "optimizer_step": torch.tensor(5)}},
                tmp_path / "extra.pth")
-    with pytest.raises(PipelineError, match=r"2 tensors that --model densenet121 does not have .*features.extra.weight"):
+    with pytest.raises(PipelineError,
+                       match=r"2 tensors that --model densenet121 does not have .*features.extra.weight"):
         load_target("densenet121", tmp_path / "extra.pth", need_head=True)
     moco = {f"module.encoder_q.{k}": v for k, v in sd.items()}
     moco.update({f"module.encoder_k.{k}": v for k, v in sd.items()})

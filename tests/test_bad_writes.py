@@ -45,7 +45,8 @@ def test_non_finite_activations_are_refused_and_nothing_is_written(probe_set, ov
     """Activations with NaN or infinity: exit 2 naming activations.pt and the checkpoint as the likely cause;
     neither activations.pt nor examples.json exists."""
     out = tmp_path / "res"
-    refused(stage2(probe_set, overflow, out), "NaN or infinite", alone=False)  # the forward pass's check, or the write's
+    # the forward pass's check, or the write's
+    refused(stage2(probe_set, overflow, out), "NaN or infinite", alone=False)
     assert not list(out.rglob("*.pt")) and not list(out.rglob("examples.*")) and not temps(out)
 
 
@@ -79,8 +80,10 @@ def test_a_non_finite_tensor_is_not_written(tmp_path):
     """save_tensors refuses NaN or infinity naming the file, the field and the likely cause; a no-value
     field (a describer's scores) keeps its NaN."""
     for value in (float("nan"), float("inf")):
-        with pytest.raises(PipelineError, match=r"a\.pt: its activations hold 1 NaN or infinite value\(s\) of 6.*checkpoint"):
-            cache.save_tensors(tmp_path / "a.pt", {"key": "k", "activations": torch.tensor([[1.0, 2, value], [0, 0, 0]])})
+        with pytest.raises(PipelineError,
+                           match=r"a\.pt: its activations hold 1 NaN or infinite value\(s\) of 6.*checkpoint"):
+            cache.save_tensors(tmp_path / "a.pt",
+                               {"key": "k", "activations": torch.tensor([[1.0, 2, value], [0, 0, 0]])})
     assert not list(tmp_path.iterdir())
     cache.save_tensors(tmp_path / "s.pt", {"scores": torch.tensor([1.0, float("nan")])})
     assert torch.isnan(cache.load_tensors(tmp_path / "s.pt")["scores"][1])
@@ -144,8 +147,10 @@ def test_a_failed_step_leaves_no_examples_beside_new_activations(files, probe_se
     assert len(seen) == 2
     consistent(out)
     first = Path(seen[0]).parent
-    assert not (first / "adaptive93" / "examples.json").exists() and not (first / "adaptive93" / "examples.csv").exists()
-    refused(files_stage3(files, out, "--layer", first.name), "examples.json", "not found", "example_selection.py", alone=False)
+    assert not (first / "adaptive93" / "examples.json").exists()
+    assert not (first / "adaptive93" / "examples.csv").exists()
+    refused(files_stage3(files, out, "--layer", first.name), "examples.json", "not found", "example_selection.py",
+            alone=False)
     ok(stage2(probe_set, files["b"], out, "--layer", "penultimate,fc"))
     consistent(out)
 

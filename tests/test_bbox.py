@@ -124,7 +124,8 @@ def test_script_draws_both_sources(tmp_path, monkeypatch, capsys):
     nih = tmp_path / "bbox.csv"
     nih.write_text("image_name,label,bbox_x,bbox_y,bbox_w,bbox_h\na.png,Cardiomegaly,200,400,400,300\n"
                    "a.png,Infiltrate,600,100,200,200\nmissing.png,Mass,1,1,5,5\nb.png,Mass,0,0,100,100\n")
-    run_inline(monkeypatch, "bbox_img.py", "--data_root", str(images), "--box_file", str(nih), "--save_root", str(tmp_path / "r"))
+    run_inline(monkeypatch, "bbox_img.py", "--data_root", str(images), "--box_file", str(nih),
+               "--save_root", str(tmp_path / "r"))
     out = capsys.readouterr().out
     assert "1 of 3 annotated images missing" in out and "drew 3 boxes on 2 images" in out
     blend = np.asarray(Image.open(tmp_path / "r" / "nih14_nih" / "bbox" / "a_blend.png").convert("RGB")).astype(int)
@@ -142,7 +143,8 @@ def test_script_draws_both_sources(tmp_path, monkeypatch, capsys):
     run_inline(monkeypatch, "bbox_img.py", "--data_root", str(images), "--box_source", "chestx_det",
                "--box_file", str(det), "--save_root", str(tmp_path / "r"))
     assert "drew 1 boxes on 1 images" in capsys.readouterr().out
-    blend = np.asarray(Image.open(tmp_path / "r" / "nih14_chestx_det" / "bbox" / "b_blend.png").convert("RGB")).astype(int)
+    blend_png = tmp_path / "r" / "nih14_chestx_det" / "bbox" / "b_blend.png"
+    blend = np.asarray(Image.open(blend_png).convert("RGB")).astype(int)
     assert (blend[150, 152:248] == disease_colour("Effusion")).all()  # the polygon's top edge, opaque
 
     monkeypatch.setattr(sys, "argv", ["bbox_img.py", "--box_file", str(tmp_path / "nope.csv")])

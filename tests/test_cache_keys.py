@@ -175,7 +175,8 @@ def test_stage3_keys(world, tmp_path, monkeypatch, recording_vlm):
     weights = write_vlm_weights(tmp_path / "vlm.json", TEXTS, [1, 1, 2])
 
     def stage3(*extra):
-        return ok(run_script("concept_matching.py", "--model_clip", "open_clip:recording", "--clip_weights", str(weights),
+        return ok(run_script("concept_matching.py", "--model_clip", "open_clip:recording",
+                             "--clip_weights", str(weights),
                              "--concept_set", str(concepts), "--metric_encoders", "", "--num_workers", "0",
                              "--save_root", str(out), *extra))
 

@@ -167,7 +167,8 @@ def test_an_unknown_option_with_nothing_close_points_at_help():
 def test_an_experiment_file_with_a_mistyped_constant_names_the_closest_one(tmp_path):
     exp = tmp_path / "exp.py"
     exp.write_text("adaptive_percnt = 90.0\n")
-    assert refusal([str(exp)]) == f"{exp}: adaptive_percnt is not a constant of any step; did you mean adaptive_percent?"
+    assert refusal([str(exp)]) == (f"{exp}: adaptive_percnt is not a constant of any step; "
+                                   "did you mean adaptive_percent?")
 
 
 # ---- quiet by default, everything with --verbose yes
@@ -186,7 +187,8 @@ def test_a_step_prints_only_the_constants_not_at_their_defaults_with_where_each_
 def test_a_step_at_its_defaults_says_so_in_one_line(capsys):
     cli.print_config("example_selection", configure([]))
     n = len(configure([]))
-    assert capsys.readouterr().out == f"== example_selection: all {n} constants at their defaults (--verbose yes lists all)\n"
+    assert capsys.readouterr().out == (f"== example_selection: all {n} constants at their defaults "
+                                       "(--verbose yes lists all)\n")
 
 
 def test_verbose_prints_every_resolved_constant(tmp_path, capsys):
@@ -269,12 +271,14 @@ def test_a_rank_stops_quietly_when_another_rank_fails(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(REPO / STEP), "--data_root", str(images), "--checkpoint", str(ckpt), "--resize", "32",
-                           "--crop", "32", "--num_workers", "0", "--batch_size", "4", "--save_root", str(tmp_path / "o")],
+                           "--crop", "32", "--num_workers", "0", "--batch_size", "4",
+                           "--save_root", str(tmp_path / "o")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     err = proc.stderr
     assert proc.returncode != 0
     assert err.count("00000011_000.png: cannot read the image") == 1, err[-3000:]
-    ranks_said = [line for line in err.splitlines() if line.startswith("[rank")]  # a rank's traceback, as torch prints it
+    # a rank's traceback, as torch prints it
+    ranks_said = [line for line in err.splitlines() if line.startswith("[rank")]
     assert ranks_said == [] and "Connection closed by peer" not in err, err[-3000:]
     assert err.count("stopped because another rank failed") <= 1
 
@@ -435,7 +439,8 @@ def test_no_module_executes_source_but_the_experiment_file_reader():
             continue
         tree = ast.parse((REPO / rel).read_text(encoding="utf-8"))
         for fn in [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
-            inner = {id(m) for f in ast.walk(fn) if f is not fn and isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            inner = {id(m) for f in ast.walk(fn)
+                     if f is not fn and isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
                      for m in ast.walk(f)}
             for n in ast.walk(fn):
                 if id(n) not in inner and isinstance(n, ast.Call) and isinstance(n.func, ast.Name) \

@@ -35,7 +35,8 @@ def test_shipped_iu_set_is_this_script_s_output(iu_nouns):
 
 def test_r2gen_and_text_inputs(tmp_path):
     ann = {"train": [{"id": "a", "report": "Large left pleural effusion. XXXX noted."}],
-           "test": [{"id": "b", "report": "There is a nodule in the lung. Heart size is normal. ___ The nodule is small."}]}
+           "test": [{"id": "b",
+                     "report": "There is a nodule in the lung. Heart size is normal. ___ The nodule is small."}]}
     (tmp_path / "annotation.json").write_text(json.dumps(ann))
     proc = run_script("prepare_mimic_nouns.py", "--reports", str(tmp_path / "annotation.json"),
                       "--name", "t", "--out_dir", str(tmp_path))
@@ -45,7 +46,8 @@ def test_r2gen_and_text_inputs(tmp_path):
                       "--name", "t2", "--out_dir", str(tmp_path))
     assert (tmp_path / "t2.txt").read_text().splitlines()[0] == "effusion"
     (tmp_path / "r.txt").write_text("Mild cardiomegaly.\nNo pneumothorax.\n")
-    run_script("prepare_mimic_nouns.py", "--reports", str(tmp_path / "r.txt"), "--name", "t3", "--out_dir", str(tmp_path))
+    run_script("prepare_mimic_nouns.py", "--reports", str(tmp_path / "r.txt"), "--name", "t3",
+               "--out_dir", str(tmp_path))
     assert {"cardiomegaly", "pneumothorax"} <= set((tmp_path / "t3.txt").read_text().splitlines())
 
 

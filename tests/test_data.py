@@ -64,14 +64,18 @@ def test_bad_inputs_from_the_command_line(tmp_path, densenet_ckpt):
     refused(run_script("example_selection.py", "--data_root", str(tmp_path / "missing"),
                               "--checkpoint", str(densenet_ckpt), *common), "missing", "--data_root", alone=False)
     refused(run_script("example_selection.py", "--data_root", str(images),
-                              "--checkpoint", str(tmp_path / "none.pth"), *common), "none.pth", "not found", alone=False)
+                              "--checkpoint", str(tmp_path / "none.pth"), *common), "none.pth", "not found",
+            alone=False)
     (images / "00000003_000.png").write_bytes(b"\x89PNG broken")
     refused(run_script("example_selection.py", "--data_root", str(images),
-                              "--checkpoint", str(densenet_ckpt), *common), "00000003_000.png", "cannot read", alone=False)
+                              "--checkpoint", str(densenet_ckpt), *common), "00000003_000.png", "cannot read",
+            alone=False)
     assert not out.exists() or not list(out.rglob("*.pt"))  # nothing half-written
-    refused(run_script("example_selection.py", "--bogus", "1", subprocess_run=True), "unknown option --bogus", alone=False)
+    refused(run_script("example_selection.py", "--bogus", "1", subprocess_run=True), "unknown option --bogus",
+            alone=False)
     refused(run_script("example_selection.py", "--adaptive_percent", "lots"), "--adaptive_percent", alone=False)
-    refused(run_script("concept_matching.py", "--save_root", str(out)), "examples.json", "example_selection.py", alone=False)
+    refused(run_script("concept_matching.py", "--save_root", str(out)), "examples.json", "example_selection.py",
+            alone=False)
 
 
 def test_stage3_bad_inputs(tmp_path, probe_set, densenet_ckpt):
@@ -83,6 +87,7 @@ def test_stage3_bad_inputs(tmp_path, probe_set, densenet_ckpt):
             "empty.txt", "empty", alone=False)
     refused(run_script("concept_matching.py", "--save_root", str(out), "--clip_weights", str(tmp_path / "nowt")),
             "MedCLIP", "pretrained/medclip-vit", alone=False)
-    refused(run_script("concept_matching.py", "--save_root", str(out), "--template_ver", "no"), "--adaptive no", alone=False)
+    refused(run_script("concept_matching.py", "--save_root", str(out), "--template_ver", "no"), "--adaptive no",
+            alone=False)
     refused(run_script("concept_matching.py", "--save_root", str(out), "--model_clip", "open_clip:ViT-B-16"),
             "--clip_weights", alone=False)

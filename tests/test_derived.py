@@ -211,7 +211,8 @@ def test_a_write_failing_midway_through_step_4_leaves_nothing_of_the_run_before(
     assert sorted(p.name for p in d.iterdir() if not p.name.startswith(".")) == ["TestEval.csv", "Threshold.csv"]
     with pytest.raises(PipelineError, match="no eval.json"):
         read_thresholds(d / "Threshold.csv", class_names(),
-                        target_key({"model": "densenet121", "checkpoint": str(densenet_ckpt), "resize": 64, "crop": 64}))
+                        target_key({"model": "densenet121", "checkpoint": str(densenet_ckpt), "resize": 64,
+                                    "crop": 64}))
 
 
 def test_a_write_failing_midway_through_ablation_leaves_no_table_of_the_run_before(reinit, tmp_path, monkeypatch):
@@ -262,7 +263,8 @@ def test_a_moved_results_folder_keeps_its_panels_and_ablation(tmp_path):
 
 # ---- every write under --save_root
 
-@pytest.mark.parametrize("script, option", [("ablation.py", "--ablation_concepts"), ("concept_matching.py", "--examples"),
+@pytest.mark.parametrize("script, option", [("ablation.py", "--ablation_concepts"),
+                                            ("concept_matching.py", "--examples"),
                                             ("compare_describers.py", "--mammi_run")])
 def test_an_input_outside_save_root_is_refused_before_anything_is_written(reinit, tmp_path, script, option):
     """A step that writes beside an input given by path, given one outside --save_root: exit 2 in one line

@@ -19,7 +19,8 @@ WPMI = constants_of("compare_describers.py")
 
 
 def plain_soft_wpmi(cos, acts, top_k, a, lam, p_start, p_end):
-    """CLIP-Dissect's soft-WPMI as docs/describers.md states it, literally, with loops over neurons, images and concepts."""
+    """CLIP-Dissect's soft-WPMI as docs/describers.md states it, literally, with loops over neurons, images and
+    concepts."""
     N, C = len(cos), len(cos[0])
     K = len(acts[0])
     P = []
@@ -101,7 +102,8 @@ def test_dissection_iou_on_hand_made_maps_and_boxes():
     assert got.tolist() == [[1.0, 0.5, 0.0, 0.0]]
     # Summed over images: a second image where the neuron fires everywhere and only edema is boxed.
     maps2 = torch.cat([maps, torch.ones(1, 1, 2, 2)])
-    masks2 = torch.cat([masks, finding_masks([{"label": "Edema", "box": [0, 0, 4, 4], "polygon": None}], findings, 4)[None]])
+    edema = finding_masks([{"label": "Edema", "box": [0, 0, 4, 4], "polygon": None}], findings, 4)
+    masks2 = torch.cat([masks, edema[None]])
     got = iou(*dissection_counts(maps2, torch.tensor([0.5]), masks2))
     assert got.tolist() == [[4 / 20, 4 / 24, 0.0, 16 / 20]]
     # A polygon is filled: the triangle (0,0) (4,0) (0,4) covers the pixels on and above the anti-diagonal.
@@ -129,7 +131,8 @@ def test_naming_truth_and_agreement_rules():
     S = torch.tensor([[0.1, 0.9, 0.9], [float("nan")] * 3, [0.0, 0.0, 0.0], [0.2, 0.1, 0.3]], dtype=torch.float64)
     recs = name_neurons(S, ["a", "b", "c"], [False, False, False, True], 7, top_n=2, floor=0.0)
     assert [r["status"] for r in recs] == ["ok", "none", "none", "dead"]
-    assert recs[0]["concepts"] == [{"concept": "b", "score": 0.9}] and [t["concept"] for t in recs[0]["top"]] == ["b", "c"]
+    assert recs[0]["concepts"] == [{"concept": "b", "score": 0.9}]
+    assert [t["concept"] for t in recs[0]["top"]] == ["b", "c"]
     assert recs[3]["concepts"] == [] and recs[0]["n_examples"] == 7
     labels = np.array([[1, 0], [1, 0], [0, 1], [0, 0]])
     assert lift_findings(labels, [[0, 1], [2], [3], []], 2.0) == [0, 1, None, None]
@@ -137,7 +140,8 @@ def test_naming_truth_and_agreement_rules():
     labels = np.array([[1, -1], [1, 0], [0, 1], [0, -1], [0, 1]])
     assert lift_findings(labels, [[0, 1], [2, 3], [3], [2, 4]], 1.4) == [0, 1, None, 1]
     assert lift_findings(labels, [[0, 1], [2, 3], [3], [2, 4]], 2.0) == [0, None, None, None]
-    t = truth_agreement([["mass"], ["pleural", "thickening"], ["x", "mass"], []], ["mass", "pleural thickening", "mass", None])
+    t = truth_agreement([["mass"], ["pleural", "thickening"], ["x", "mass"], []],
+                        ["mass", "pleural thickening", "mass", None])
     assert t["any"]["n"] == 3 and t["any"]["mean"] == 1.0 and abs(t["top1"]["mean"] - 1 / 3) < 1e-12
     assert same_name([["a"], ["b"], []], [["a", "z"], ["c"], ["d"]])["mean"] == 0.5
 
@@ -218,11 +222,13 @@ def test_every_describer_end_to_end_embeds_nothing_twice(probe_set, densenet_ckp
     # why (test_ablation.py: the median z of each describer's ablation on the penultimate layer)
     assert "faithfulness_median_z" in (root / "describers.csv").read_text().splitlines()[0]
     assert table["faithfulness_skipped"].startswith("at the fc layer each neuron is a class's logit")
-    assert [n for n, row in table["rows"].items() if "faithfulness" in row] == [] and not list(run.parent.rglob("ablation.*"))
+    assert [n for n, row in table["rows"].items() if "faithfulness" in row] == []
+    assert not list(run.parent.rglob("ablation.*"))
     sens = table["sensitivity"]
     assert np.array(sens["hit_rate"]).shape == (6, 5)
     # The run's own cell of the grid is the run's hit rate: the study re-computes MAMMI from the cache.
-    assert sens["hit_rate"][sens["percents"].index(93.0)][sens["alphas"].index(95.0)] == mammi_metrics["hit_rate"]["mean"]
+    hit_rate = sens["hit_rate"][sens["percents"].index(93.0)][sens["alphas"].index(95.0)]
+    assert hit_rate == mammi_metrics["hit_rate"]["mean"]
     assert "== Describers on the fc layer" in log and "dissection: 24 images (24 with boxes" in log
 
     # The shared contract: MAMMI's reader takes every describer's output.

@@ -267,7 +267,8 @@ def test_the_readme_describer_and_faithfulness_tables_are_the_demos(summary):
         named = round(t["any"]["mean"] * t["any"]["n"])
         assert row(text, label, exact=True) == [
             f"{hits}/{m['hit_rate']['n']} ({m['hit_rate']['mean']:.3f} ± {m['hit_rate']['se']:.3f})",
-            f"{m['precision']['mean']:.3f} ± {m['precision']['se']:.3f}", f"{m['f1']['mean']:.3f} ± {m['f1']['se']:.3f}",
+            f"{m['precision']['mean']:.3f} ± {m['precision']['se']:.3f}",
+            f"{m['f1']['mean']:.3f} ± {m['f1']['se']:.3f}",
             f"{m['cosine']['all-minilm-l6-v2']['mean']:.3f} ± {m['cosine']['all-minilm-l6-v2']['se']:.3f}",
             f"{named}/{t['any']['n']} ({t['any']['mean']:.3f} ± {t['any']['se']:.3f})",
             f"{t['top1']['mean']:.3f} ± {t['top1']['se']:.3f}"], key

@@ -74,7 +74,8 @@ def test_name_test_equals_a_literal_loop():
 
 def test_a_tie_counts_as_at_least_as_extreme():
     null = torch.tensor([0.1, 0.3, 0.3 + 1e-12, 0.5], dtype=torch.float64)
-    assert p_values(torch.tensor([0.3, 0.3000001, 0.6, -1.0], dtype=torch.float64), null).tolist() == [4 / 5, 2 / 5, 1 / 5, 5 / 5]
+    scores = torch.tensor([0.3, 0.3000001, 0.6, -1.0], dtype=torch.float64)
+    assert p_values(scores, null).tolist() == [4 / 5, 2 / 5, 1 / 5, 5 / 5]
 
 
 def test_null_is_seeded_and_its_draws_do_not_depend_on_other_sizes():
@@ -258,7 +259,8 @@ def test_more_null_draws_than_memory_holds_are_refused_with_the_number_that_fits
     proc = stage3(10**5)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "--null_draws 100000: 100000 random example sets of up to" in lines[0] and "of the pool's 64 images" in lines[0]
+    assert "--null_draws 100000: 100000 random example sets of up to" in lines[0]
+    assert "of the pool's 64 images" in lines[0]
     fit = int(re.search(r"at most (\d+) fit: pass --null_draws \1 or less", lines[0])[1])
     assert 100 <= fit < 10**5 and not list(out.rglob("image_features.pt"))
     assert stage3(fit + 1).returncode == 2
@@ -267,7 +269,8 @@ def test_more_null_draws_than_memory_holds_are_refused_with_the_number_that_fits
     assert json.loads(next(out.rglob("concepts.json")).read_text())["config"]["null_draws"] == fit
 
 
-@pytest.mark.parametrize("option,value,allowed", [("--null_draws", "99", "in [100, 10**7]"), ("--fdr", "0", "in (0, 1)"),
+@pytest.mark.parametrize("option,value,allowed", [("--null_draws", "99", "in [100, 10**7]"),
+                                                  ("--fdr", "0", "in (0, 1)"),
                                                   ("--fdr", "1", "in (0, 1)"), ("--null_pool", "0", "in [1, 10**7]")])
 def test_bad_significance_options_are_refused(tmp_path, option, value, allowed):
     proc = run_script("concept_matching.py", option, value, "--data_root", str(tmp_path / "nowhere"),
@@ -327,7 +330,8 @@ def test_a_layer_without_live_neurons_is_0_of_0(probe_set, tmp_path, monkeypatch
     clip.write_text(json.dumps(TINY_CLIP))
     out = tmp_path / "res"
     proc = run_script("sanity_check.py", "--data_root", str(probe_set), "--checkpoint", "random", "--resize", "64",
-                      "--crop", "64", "--num_workers", "0", "--save_root", str(out), "--model_clip", f"open_clip:{clip}",
+                      "--crop", "64", "--num_workers", "0", "--save_root", str(out),
+                      "--model_clip", f"open_clip:{clip}",
                       "--clip_weights", "random", "--metric_encoders", "", "--layer", "fc", "--max_images", "1",
                       "--fdr", "0.2")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -354,7 +358,8 @@ def test_sanity_check_writes_both_targets_apart(probe_set, tmp_path):
     ckpt = save_random_target(tmp_path / "d.pth", "densenet121")
     out = tmp_path / "res"
     proc = run_script("sanity_check.py", "--data_root", str(probe_set), "--checkpoint", str(ckpt), "--resize", "64",
-                      "--crop", "64", "--num_workers", "0", "--save_root", str(out), "--model_clip", f"open_clip:{clip}",
+                      "--crop", "64", "--num_workers", "0", "--save_root", str(out),
+                      "--model_clip", f"open_clip:{clip}",
                       "--clip_weights", "random", "--metric_encoders", "", "--null_draws", "200", "--layer", "fc",
                       "--sanity_seed", "2")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

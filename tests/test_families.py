@@ -332,23 +332,28 @@ def test_bad_inputs_are_one_line_and_leave_caches_alone(world, tmp_path, monkeyp
         assert snapshot(out, only_files=True) == before, line
         return line
 
-    refused_untouched(export_stage2(world, out, "--model", "efficientnet"), "unknown --model efficientnet:", "timm:NAME",
+    refused_untouched(export_stage2(world, out, "--model", "efficientnet"), "unknown --model efficientnet:",
+                      "timm:NAME",
                       "path/file.py:function", "TorchScript")
     refused_untouched(export_stage2(world, out, "--model", "timm:resnet1t"), "timm:resnet1t", "resnet10t")
     refused_untouched(export_stage2(world, out, *tv, "--layer", "features.99"), "--layer 'features.99'", "not a module")
-    refused_untouched(export_stage2(world, out, *tv, "--num_classes", "5"), "--num_classes 5", "3-way head", "mobilenet.pth")
+    refused_untouched(export_stage2(world, out, *tv, "--num_classes", "5"), "--num_classes 5", "3-way head",
+                      "mobilenet.pth")
     two = tmp_path / "two.txt"
     two.write_text("Effusion\nMass\n")
-    refused_untouched(export_stage2(world, out, *tv[:4], "--classes", str(two), "--resize", "56", "--crop", "48"), "3 outputs",
+    refused_untouched(export_stage2(world, out, *tv[:4], "--classes", str(two), "--resize", "56", "--crop", "48"),
+                      "3 outputs",
                       "2 class names", str(two))
     refused_untouched(export_stage2(world, out, *tv, "--crop", "64"), "--crop 64 exceeds --resize 56")
-    refused_untouched(export_stage2(world, out, "--model", f"{world['root'] / 'mine.py'}:make"), "mine.py defines no function 'make'",
+    refused_untouched(export_stage2(world, out, "--model", f"{world['root'] / 'mine.py'}:make"),
+                      "mine.py defines no function 'make'",
                       "build")
     scripted = ["--model", str(world["root"] / "scripted.pt"), "--checkpoint", str(world["root"] / "vit.pth")]
     refused_untouched(export_stage2(world, out, *scripted), "TorchScript", "drop --checkpoint")
     # an xrv model whose weights are neither given nor in torchxrayvision's cache: what to download, and where
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    line = refused_untouched(export_stage2(world, out, "--model", "xrv:densenet121-res224-all"), "not in torchxrayvision's cache",
+    line = refused_untouched(export_stage2(world, out, "--model", "xrv:densenet121-res224-all"),
+                             "not in torchxrayvision's cache",
                              "https://", str(tmp_path / "home" / ".torchxrayvision"))
     assert "--checkpoint" in line
     # a DICOM without pixel data among the images (a structured report in the export)

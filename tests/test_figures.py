@@ -40,7 +40,8 @@ def table(kind="label_auc", fc=True, names=("mammi", "clip_dissect", "label_auc"
         rows[name] = row
     pair = {a: {b: {"mean": 1.0 if a == b else 0.25} for b in names} for a in names}
     return {"layer": "fc" if fc else "penultimate", "rows": rows, "pairwise": pair,
-            "truth": {"kind": kind, "n": 12 if kind != "none" else 0, "own": "label_auc" if kind == "label_auc" else None}}
+            "truth": {"kind": kind, "n": 12 if kind != "none" else 0,
+                      "own": "label_auc" if kind == "label_auc" else None}}
 
 
 def main_axes(fig):
@@ -61,7 +62,8 @@ def test_describer_figure_has_one_truth_per_panel_and_labelled_axes(monkeypatch)
         assert ax.get_xlabel() and ax.get_ylabel(), ax.get_title()
     assert "class name" in fc.get_title() and "truth (label_auc" in truth.get_title()
     assert "truth" not in fc.get_title() and "class name" not in truth.get_title()
-    assert fc.get_ylabel() == "mean over the 14 fc neurons" and truth.get_ylabel() == "share of the 12 neurons with a truth"
+    assert fc.get_ylabel() == "mean over the 14 fc neurons"
+    assert truth.get_ylabel() == "share of the 12 neurons with a truth"
     # fc panel: every describer, the values of the table
     assert bar_heights(fc, "hit rate") == pytest.approx([0.5, 0.6, 0.7])
     assert bar_heights(fc, "F1") == pytest.approx([0.4, 0.5, 0.6])
@@ -215,8 +217,10 @@ def test_sanity_figure_never_calls_an_untrained_target_trained(monkeypatch):
     """--checkpoint random: the target is untrained, so the figure says target and re-initialised, and the
     fdr each side was tested at."""
     sanity = step(monkeypatch, "sanity_check.py")
-    side = {"share": 0.25, "significant": 1, "live": 4, "tested": 4, "fdr": 0.1, "first_concepts": [["mass", 3], ["edema", 1]]}
-    fig = sanity["figure"]({"fc": {"target": {**side, "untrained": True}, "reinitialised": {**side, "untrained": True}}})
+    side = {"share": 0.25, "significant": 1, "live": 4, "tested": 4, "fdr": 0.1,
+            "first_concepts": [["mass", 3], ["edema", 1]]}
+    fig = sanity["figure"]({"fc": {"target": {**side, "untrained": True},
+                                   "reinitialised": {**side, "untrained": True}}})
     texts = figure_texts(fig)
     assert not [t for t in texts if re.search(r"(?<!un)trained", t)], texts
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]

@@ -265,7 +265,8 @@ def test_shipped_configs_give_the_package_embeddings(tmp_path):
     ref = _reference(swin, bert, tmp_path / "vocab.txt", perturb_all=False)  # the weight matrices are random already
     torch.save(ref.state_dict(), tmp_path / "pytorch_model.bin")
     ours = MedCLIP.from_dir(tmp_path)
-    assert ours.text_model["model"].config.num_hidden_layers == 12 and ours.vision_model["model"].config.depths == [2, 2, 6, 2]
+    assert ours.text_model["model"].config.num_hidden_layers == 12
+    assert ours.vision_model["model"].config.depths == [2, 2, 6, 2]
 
     images = _images()[:1]
     with torch.no_grad():

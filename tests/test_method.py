@@ -1,4 +1,5 @@
-"""Every formula of the method (README, "The method in one screen") against a plain, independent implementation on random inputs."""
+"""Every formula of the method (README, "The method in one screen") against a plain, independent implementation
+on random inputs."""
 import math
 import random
 

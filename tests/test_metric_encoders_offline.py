@@ -29,6 +29,7 @@ def test_each_missing_encoder_is_one_note_and_nothing_else(tmp_path):
     proc = subprocess.run([sys.executable, "-c", SCRIPT.format(medclip=str(tmp_path / "no-medclip"))], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.splitlines() == [f"note: metric encoder {e} not in the local cache; its cosine column is left out"
+    assert proc.stdout.splitlines() == [f"note: metric encoder {e} not in the local cache; "
+                                        "its cosine column is left out"
                                         for e in ("medclip", "clip-vit-b-16", "all-mpnet-base-v2")]
     assert proc.stderr == ""

@@ -83,6 +83,37 @@ def known_labels():
     return np.array([[value[VALUES[(i + 3 * j) % len(VALUES)]] for j in range(K)] for i in range(N)])
 
 
+def check_label_auc(scores, y, acts):
+    """The label describer's score of class j for neuron k is scikit-learn's AUROC on the images labelled for j."""
+    for j in range(K):
+        has = ~np.isnan(y[:, j])
+        for k in range(K):
+            assert abs(float(scores[k, j]) - roc_auc_score(y[has, j], acts[has, k])) < 1e-6  # stored as float32
+
+
+def lift_truth(acts, y):
+    """Each neuron's truth under --truth lift --truth_images 8 --lift_min 1.2, by a literal loop: the class of
+    largest lift (its positive share among the neuron's top 8 images over its share among all images, both over the
+    images labelled for it), or None where that lift is under 1.2."""
+    want = []
+    for k in range(acts.shape[1]):
+        top = np.argsort(-acts[:, k], kind="stable")[:8]
+        lifts = []
+        for j in range(len(CLASSES)):
+            has, top_has = ~np.isnan(y[:, j]), top[~np.isnan(y[top, j])]
+            lifts.append(y[top_has, j].mean() / y[has, j].mean() if len(top_has) and y[has, j].mean() else -1)
+        best = int(np.argmax(lifts))
+        want.append(CLASSES[best].lower() if lifts[best] >= 1.2 else None)
+    return want
+
+
+def check_test_auroc(got, y, logits):
+    """Step 4's AUROC of each stored class is scikit-learn's on the images labelled for it."""
+    for j, c in enumerate(CLASSES):
+        has = ~np.isnan(y[:, j])
+        assert abs(got[c] - roc_auc_score(y[has, j], logits[has, j])) < 1e-6, c
+
+
 def test_steps_2_to_7_name_the_stored_classes(world):
     root, images = world
     step2, step3, boxes = args(world)
@@ -107,10 +138,7 @@ def test_steps_2_to_7_name_the_stored_classes(world):
     auc = load_tensors(run.parent / "describers" / "label_auc" / "scores.pt")
     assert auc["concepts"] == findings
     y, acts = known_labels(), act["activations"].double().numpy()
-    for j in range(K):
-        has = ~np.isnan(y[:, j])
-        for k in range(K):
-            assert abs(float(auc["scores"][k, j]) - roc_auc_score(y[has, j], acts[has, k])) < 1e-6  # stored as float32
+    check_label_auc(auc["scores"], y, acts)
     # dissection joins the boxes to the classes by name (Pleural Thickening: Pleural-Thickening) and adds
     # the box findings that are no class (effusion); its maps are the model's own, under its folder
     dis = load_tensors(run.parent / "describers" / "dissection" / "scores.pt")
@@ -122,15 +150,7 @@ def test_steps_2_to_7_name_the_stored_classes(world):
     # every class lacks ground truth on some images: each lift is over the images labelled for it
     ok(run_script("compare_describers.py", *step2, *step3, "--mammi_run", str(run), "--describers", "label_auc",
                   "--truth", "lift", "--truth_images", "8", "--lift_min", "1.2", "--sensitivity_percents", ""))
-    want = []
-    for k in range(acts.shape[1]):
-        top = np.argsort(-acts[:, k], kind="stable")[:8]
-        lifts = []
-        for j in range(len(CLASSES)):
-            has, top_has = ~np.isnan(y[:, j]), top[~np.isnan(y[top, j])]
-            lifts.append(y[top_has, j].mean() / y[has, j].mean() if len(top_has) and y[has, j].mean() else -1)
-        best = int(np.argmax(lifts))
-        want.append(CLASSES[best].lower() if lifts[best] >= 1.2 else None)
+    want = lift_truth(acts, y)
     truth = json.loads((run.parent / "describers" / "describers.json").read_text())["truth"]
     assert truth["neurons"] == want and any(want), (truth["neurons"], want)
 
@@ -141,9 +161,7 @@ def test_steps_2_to_7_name_the_stored_classes(world):
     assert thr == CLASSES and "reusing the logits" in log
     got = {r[0]: float(r[1]) for r in csv.reader((ev / "TestEval.csv").read_text().splitlines()[1:])}
     logits = act["logits"].double().numpy()
-    for j, c in enumerate(CLASSES):
-        has = ~np.isnan(y[:, j])
-        assert abs(got[c] - roc_auc_score(y[has, j], logits[has, j])) < 1e-6, c
+    check_test_auroc(got, y, logits)
     labels = list(csv.reader((ev / "TestLabels.csv").read_text().splitlines()))
     assert labels[0] == ["image_id"] + CLASSES
     assert [r[1:] for r in labels[1:]] == [["" if np.isnan(v) else str(int(v)) for v in row] for row in y]

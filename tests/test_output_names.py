@@ -61,7 +61,8 @@ def file_names(path: Path) -> set[str]:
     skip = set()
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)):
             skip.add(id(body[0].value))
         if isinstance(node, ast.JoinedStr):
             skip.update(id(v) for v in node.values)

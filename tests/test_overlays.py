@@ -79,7 +79,8 @@ def test_maps_equal_a_plain_hook_and_the_fc_weights_by_hand(dense, densenet_ckpt
         got = overlays.example_overlays(dense[layer], read_examples(dense[layer]), "", 3, 16, 0, CPU)
         assert got["neurons"] == neurons and got["counts"] == counts and max(counts) == 3
         assert got["kind"] == {"fc": "fc", "penultimate": "penultimate"}.get(layer, "spatial")
-        assert got["maps"].shape == want.shape and want.shape[1:] == ((4, 4) if layer == "features.denseblock3" else (2, 2))
+        assert got["maps"].shape == want.shape
+        assert want.shape[1:] == ((4, 4) if layer == "features.denseblock3" else (2, 2))
         np.testing.assert_allclose(got["maps"].double().numpy(), want, rtol=1e-4, atol=1e-4)
 
 
@@ -194,7 +195,8 @@ def vit(probe_set, tmp_path_factory):
     ok(run_script("example_selection.py", "--data_root", str(probe_set), "--labels", "none", "--model", "timm:test_vit",
                   "--checkpoint", str(root / "vit.pth"), "--classes", str(root / "classes.txt"), "--num_workers", "0",
                   "--layer", "fc,blocks.1", "--max_images", "16", "--save_root", str(out)))
-    return net, {layer: next(out.glob(f"*/timm-test_vit/{layer}/adaptive93/examples.json")) for layer in ("fc", "blocks.1")}
+    return net, {layer: next(out.glob(f"*/timm-test_vit/{layer}/adaptive93/examples.json"))
+                 for layer in ("fc", "blocks.1")}
 
 
 def test_transformer_tokens_on_their_patch_grid(vit):

@@ -24,7 +24,8 @@ def test_each_cell_scores_mammi_run_at_its_own_constants():
     assert set(got) == set(GRIDS) and all(g.shape == (2, 2) for g in got.values())
     for i, p in enumerate(percents):
         for j, a in enumerate(alphas):
-            named = [[c["concept"] for c in n["concepts"]] for n in mammi(acts, img, text, None, concepts, a, percent=p)["neurons"]]
+            run = mammi(acts, img, text, None, concepts, a, percent=p)
+            named = [[c["concept"] for c in n["concepts"]] for n in run["neurons"]]
             # by a literal loop: the truth among a neuron's concepts, over the neurons that have a truth
             with_truth = [t in w for w, t in zip(named, truth) if t is not None]
             assert got["truth_any"][i, j] == pytest.approx(np.mean(with_truth))

@@ -40,12 +40,14 @@ def untrained_run(tmp_path_factory, tiny_clip):
              ("step 3", "concept_matching.py", two + vlm), ("step 4", "target_model_perform.py", []),
              # ablation where it tests something (at fc, whose neurons are the logits, it does not run)
              ("ablation", "ablation.py", vlm + ablate), ("ablation reused", "ablation.py", vlm + ablate),
-             ("compare_describers", "compare_describers.py", rivals), ("compare_describers reused", "compare_describers.py", rivals),
+             ("compare_describers", "compare_describers.py", rivals),
+             ("compare_describers reused", "compare_describers.py", rivals),
              ("gallery", "gallery.py", []),
              ("gallery without maps", "gallery.py", ["--overlays", "False", "--gallery_dir", str(out / "plain")])]
     # without labels no ablation runs, so nothing in compare_describers.py loads the target
     bare = ["--labels", "none", "--dataset", "bare", "--layer", "fc"]
-    steps += [("step 2 unlabeled", "example_selection.py", bare), ("step 3 unlabeled", "concept_matching.py", bare + vlm),
+    steps += [("step 2 unlabeled", "example_selection.py", bare),
+              ("step 3 unlabeled", "concept_matching.py", bare + vlm),
               ("compare_describers unlabeled", "compare_describers.py", bare + rivals)]
     return {name: ok(run_script(script, *TARGET, *common, *args)) for name, script, args in steps}
 

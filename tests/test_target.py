@@ -174,7 +174,8 @@ def test_nan_weights_are_refused_in_every_family(images, tmp_path):
     torch.save(dense, tmp_path / "xrv.pt")  # a whole pickled model, as torchxrayvision ships
     mae = build_target("densenet121")
     torch.save({"model": broken(mae.state_dict())}, tmp_path / "mae.pth")
-    (tmp_path / "nan.py").write_text("import torch.nn as nn\n\n\ndef build():\n    net = nn.Sequential(nn.Conv2d(3, 4, 3), "
+    (tmp_path / "nan.py").write_text("import torch.nn as nn\n\n\ndef build():\n"
+                                     "    net = nn.Sequential(nn.Conv2d(3, 4, 3), "
                                      "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))\n"
                                      "    net[0].bias.data[1] = float('nan')\n    return net\n")
     cases = [("torchvision:mobilenet_v3_small", tmp_path / "tv.pth", len(floating(tv)), 2),
@@ -187,8 +188,9 @@ def test_nan_weights_are_refused_in_every_family(images, tmp_path):
         args = ["--checkpoint", str(ckpt)] if ckpt else []
         named = str(ckpt) if ckpt else f"--model {model}"
         for selection in ("adaptive", "topk"):
-            line = refused(unlabeled_stage2(images, out, model, *args, "--layer", "fc", "--selection", selection, "--classes",
-                           ""), named, f"{bad} of {total} weight tensors hold NaN or infinite values")
+            line = refused(unlabeled_stage2(images, out, model, *args, "--layer", "fc", "--selection", selection,
+                                            "--classes", ""),
+                           named, f"{bad} of {total} weight tensors hold NaN or infinite values")
             assert line.startswith(f"error: {named}: "), line
         nothing_written(out)
 
@@ -215,10 +217,12 @@ def test_a_forward_pass_that_makes_nan_names_where(images, tmp_path):
     model = f"{tmp_path / 'nanfwd.py'}:build"
     out = tmp_path / "res"
     for layer in ("fc", "1", "5"):  # the logits, a finite layer before the NaN, the pooled NaN
-        refused(unlabeled_stage2(images, out, model, "--layer", layer), "the forward pass on images 1-3 of the probing set gives "
+        refused(unlabeled_stage2(images, out, model, "--layer", layer),
+                "the forward pass on images 1-3 of the probing set gives "
                 "NaN or infinite values, first in the output of module '3', from finite inputs", "--mean")
     nothing_written(out)
-    assert "try fp32" in refused(unlabeled_stage2(images, out, model, "--layer", "fc", "--precision", "bf16"), "module '3'")
+    bf16 = unlabeled_stage2(images, out, model, "--layer", "fc", "--precision", "bf16")
+    assert "try fp32" in refused(bf16, "module '3'")
 
 
 def test_first_nonfinite_is_the_first_module_to_finish_with_nan():
@@ -248,7 +252,8 @@ def test_random_is_the_library_initialisation_seeded(capsys):
     torch.manual_seed(0)
     want["timm:test_vit"] = timm.create_model("test_vit", num_classes=3)
     torch.manual_seed(0)
-    want[XRV] = xrv.models.DenseNet(weights=None, num_classes=18, **xrv.models.get_densenet_params("densenet121-res224-all"))
+    want[XRV] = xrv.models.DenseNet(weights=None, num_classes=18,
+                                    **xrv.models.get_densenet_params("densenet121-res224-all"))
     torch.manual_seed(0)
     want["densenet121"] = torchvision.models.densenet121(num_classes=14)
     for model, net in want.items():
@@ -276,7 +281,8 @@ def test_random_through_step_2_is_marked_untrained(images, tmp_path):
     # the same run with a checkpoint file: trained, and its own key
     torch.manual_seed(0)
     torch.save(torchvision.models.mobilenet_v3_small().state_dict(), tmp_path / "same.pth")
-    proc = unlabeled_stage2(images, out, model, "--checkpoint", str(tmp_path / "same.pth"), "--layer", "fc", "--classes", "")
+    proc = unlabeled_stage2(images, out, model, "--checkpoint", str(tmp_path / "same.pth"), "--layer", "fc",
+                            "--classes", "")
     assert proc.returncode == 0 and "reusing" not in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     trained = load_tensors(fc / "activations.pt")
     assert trained["config"]["untrained"] is False and trained["key"] != stored["key"]
@@ -341,7 +347,8 @@ def test_pretrained_reads_each_librarys_cached_file(images, caches):
     xrv_file = caches / "home" / ".torchxrayvision" / "models_data" / XRV_FILE
     xrv_file.parent.mkdir(parents=True)
     torch.save(dense, xrv_file)
-    proc = unlabeled_stage2(images, caches / "res", "torchvision:mobilenet_v3_small", "--checkpoint", "pretrained", "--layer", "list")
+    proc = unlabeled_stage2(images, caches / "res", "torchvision:mobilenet_v3_small", "--checkpoint", "pretrained",
+                            "--layer", "list")
     assert proc.returncode == 0 and "features.8" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     for model, file, net in (("torchvision:mobilenet_v3_small", tv_file, tv),
                              ("timm:test_vit", snapshot / "model.safetensors", vit), (XRV, xrv_file, dense)):
@@ -350,7 +357,8 @@ def test_pretrained_reads_each_librarys_cached_file(images, caches):
         assert head and same(got, net), model
         sha = hashlib.sha256(file.read_bytes()).hexdigest()
         assert target_identity(model, checkpoint_of(model, "pretrained"))["checkpoint"] == sha
-        keys = {activations_key({"model": model}, checkpoint_of(model, word), "data") for word in ("pretrained", "random")}
+        keys = {activations_key({"model": model}, checkpoint_of(model, word), "data")
+                for word in ("pretrained", "random")}
         assert len(keys) == 2, model
         before = activations_key({"model": model}, file, "data")
         file.write_bytes(file.read_bytes() + b"\0")  # other bytes in the same cache file: another key
@@ -360,7 +368,8 @@ def test_pretrained_reads_each_librarys_cached_file(images, caches):
 
 def test_pretrained_missing_names_its_url_and_downloads_nothing(images, caches):
     out = caches / "res"
-    refused(unlabeled_stage2(images, out, "torchvision:mobilenet_v3_small", "--checkpoint", "pretrained", "--layer", "list"),
+    refused(unlabeled_stage2(images, out, "torchvision:mobilenet_v3_small", "--checkpoint", "pretrained",
+                             "--layer", "list"),
             str(caches / "torch" / "hub" / "checkpoints" / TV_FILE),
             f"https://download.pytorch.org/models/{TV_FILE}", "nothing is downloaded")
     refused(unlabeled_stage2(images, out, "timm:test_vit", "--checkpoint", "pretrained", "--layer", "list"),

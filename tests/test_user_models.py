@@ -48,7 +48,8 @@ CASES = {  # the file, then what the one line says (the file's name is checked f
                              ["mine.py exited with status 2 while imported",
                               "argparse inside the model's code read the step's command line",
                               "unrecognized arguments: --dataset"]),
-    "import has a syntax error": (HEADER + "def broken(:\n", ["mine.py raised SyntaxError while imported at mine.py:6"]),
+    "import has a syntax error": (HEADER + "def broken(:\n",
+                                  ["mine.py raised SyntaxError while imported at mine.py:6"]),
     "build exits": (forward_returning("self.fc(h)").replace("    return Net()", "    sys.exit(3)"),
                     ["mine.py:build exited with status 3 (sys.exit inside the model's code)", "must return"]),
     "build exits with a message": (forward_returning("self.fc(h)").replace("    return Net()", "    sys.exit('no')"),
@@ -112,8 +113,10 @@ def test_a_reset_parameters_of_the_users_own_is_called_inside_the_guard(images, 
     an argument, or fails, is the user's code failing: one line naming the file, as in its import, build and
     forward."""
     (tmp_path / "mine.py").write_text(SCALED.replace("{DEFAULT}", default).replace("{BODY}", body))
-    assert unlabeled_stage2(images, tmp_path / "trained", f"{tmp_path / 'mine.py'}:build", "--layer", "fc").returncode == 0
-    proc = unlabeled_stage2(images, tmp_path / "res", f"{tmp_path / 'mine.py'}:build", "--layer", "fc", "--reinit_seed", "0")
+    trained = unlabeled_stage2(images, tmp_path / "trained", f"{tmp_path / 'mine.py'}:build", "--layer", "fc")
+    assert trained.returncode == 0
+    proc = unlabeled_stage2(images, tmp_path / "res", f"{tmp_path / 'mine.py'}:build", "--layer", "fc",
+                            "--reinit_seed", "0")
     line = refused(proc, *words)
     assert line.startswith(f"error: --model {tmp_path / 'mine.py'}:build: mine.py:build raised "), line
     assert not list((tmp_path / "res").rglob("*.pt"))

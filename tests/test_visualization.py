@@ -162,7 +162,8 @@ def test_panel_shows_what_it_claims(vis):
     edge |= (np.abs(xx - pg["peak"][0]) < 4) & (np.abs(yy - pg["peak"][1]) < 4)
     frame = np.ones((SIZE, SIZE), bool)
     frame[1:-1, 1:-1] = False  # the outermost cells touch the axes frame
-    for ax, m, colour, skip in ((ax_n, shown[0], NEURON_COLOURS[0], frame), (ax_all, heat, OVERALL_COLOUR, frame | edge)):
+    for ax, m, colour, skip in ((ax_n, shown[0], NEURON_COLOURS[0], frame),
+                                (ax_all, heat, OVERALL_COLOUR, frame | edge)):
         got, want = sample_axes(png, fig, ax, SIZE), overlay(img, m, colour).astype(int)
         assert np.abs(got - want)[~skip].max() <= 3
         tint = got[on & ~skip].mean(0) - 100
@@ -217,7 +218,8 @@ def test_script_end_to_end(densenet_ckpt, tmp_path, monkeypatch, capsys):
     # Cardiomegaly and Mass always predicted, Hernia without a threshold, the rest never.
     thr = {"Cardiomegaly": "0", "Mass": "0", "Hernia": "nan"}
     (eval_dir(cfg)).mkdir(parents=True)
-    (eval_dir(cfg) / "Threshold.csv").write_text("label,bestthr\n" + "".join(f"{c},{thr.get(c, '1.5')}\n" for c in classes))
+    thresholds = "".join(f"{c},{thr.get(c, '1.5')}\n" for c in classes)
+    (eval_dir(cfg) / "Threshold.csv").write_text("label,bestthr\n" + thresholds)
     vouch_for_thresholds(eval_dir(cfg), {"model": "densenet121", "checkpoint": str(densenet_ckpt), "resize": 72,
                                          "crop": 64})
     concepts = matching_dir(cfg) / "concepts.json"
