@@ -88,7 +88,8 @@ def test_demo_on_a_reduced_world(tmp_path):
     rivals = summary["describers"]
     assert set(rivals) == {"fc", "penultimate"}
     for layer, table in rivals.items():
-        assert list(table["rows"]) == ["mammi", "clip_dissect", "topk_mean", "label_auc", "dissection"], table["skipped"]
+        describers = ["mammi", "clip_dissect", "topk_mean", "label_auc", "dissection"]
+        assert list(table["rows"]) == describers, table["skipped"]
         assert table["truth"]["kind"] == "lift" and table["truth"]["n"] > 0
         for row in table["rows"].values():
             assert row["truth"]["any"]["n"] == table["truth"]["n"] and row["truth"]["any"]["se"] >= 0
@@ -155,7 +156,8 @@ def hand_summary(root: str) -> dict:
                               "truth": {**truth, "n": 3}},
                        "penultimate": {"rows": pen_rows, "skipped": {}, "config": own, "truth": truth}},
         "ablation": {"penultimate": {"split": "test", "draws": 200, "findings": [
-            {"finding": "mass", "z": 6.5, "other_classes": 0.25}, {"finding": "nodule", "z": 1.5, "other_classes": -0.5},
+            {"finding": "mass", "z": 6.5, "other_classes": 0.25},
+            {"finding": "nodule", "z": 1.5, "other_classes": -0.5},
             {"finding": "edema", "z": None, "other_classes": None}]}},
         "pointing_game": {"overall": {"n": 5, "hits": 2, "mass_inside_mean": 0.4}, "pairs_without_boxes": 3},
         "visualization": {"images": 4, "num_top_neuron": 1},
