@@ -25,8 +25,8 @@ from models import pick_device
 from models.target import warn_untrained
 from pipeline.ablation import OUTPUTS, ablate, check_draws, discard, held_out
 from pipeline.cache import claim, holds_claims
-from pipeline.cli import check_stored, configure, main, print_config
-from pipeline.outputs import beside_input, find_matching, stored_classes, upstream_constants
+from pipeline.cli import configure, main, print_config
+from pipeline.outputs import given_matching, stored_classes, upstream_constants
 
 # -----------------------------------------------------------------------------
 # The held-out split is target_model_perform.py's (its val_split_file / test_split_file).
@@ -45,10 +45,8 @@ UPSTREAM = upstream_constants()
 
 @holds_claims
 def run():
-    path, data, _, ex = find_matching(ablation_concepts, config, "ablation_concepts")
+    path, data, _, ex = given_matching(ablation_concepts, config, "ablation_concepts", UPSTREAM)
     stage2 = ex["config"]
-    check_stored(config, data["config"], UPSTREAM, path)
-    beside_input(config, path, stage2["save_root"], "ablation_concepts")
     why = untested(stage2["layer"])
     if why:
         claim(path.parent)

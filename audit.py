@@ -32,9 +32,9 @@ from models.vlm import load_vlm
 from pipeline.ablation import held_out
 from pipeline.audit import figure, write_audit
 from pipeline.cache import cached, claim, holds_claims, load_json
-from pipeline.cli import PipelineError, check_stored, configure, main, print_config
+from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.features import image_features, text_features, vlm_id
-from pipeline.outputs import AUDIT, AUDIT_CSV, AUDIT_PNG, audit_key, beside_input, find_matching, upstream_constants
+from pipeline.outputs import AUDIT, AUDIT_CSV, AUDIT_PNG, audit_key, given_matching, upstream_constants
 
 # -----------------------------------------------------------------------------
 # The held-out split is target_model_perform.py's (its val_split_file / test_split_file).
@@ -60,10 +60,8 @@ MATCHING = ("model_clip", "clip_weights", "concept_set", "template_ver", "templa
 
 @holds_claims
 def run():
-    path, data, _, ex = find_matching(audit_concepts, config, "audit_concepts")
+    path, data, _, ex = given_matching(audit_concepts, config, "audit_concepts", UPSTREAM)
     stage2 = ex["config"]
-    check_stored(config, data["config"], UPSTREAM, path)
-    beside_input(config, path, stage2["save_root"], "audit_concepts")
     if stage2["layer"] == "fc":
         raise PipelineError(f"{path} names the fc layer, whose neurons are the logits themselves: a class's "
                             f"output rests on its own neuron alone; audit a layer below it (--layer penultimate)")

@@ -67,7 +67,7 @@ from models.vlm import load_vlm
 from phantom.marker import warn_other_world
 from pipeline.ablation import NoLabels, ablate, check_draws, discard, held_out
 from pipeline.cache import cached, save_csv, save_json, save_png, save_tensors
-from pipeline.cli import PipelineError, check_stored, configure, main, print_config
+from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.dissection import dissection
 from pipeline.features import image_features, text_features
 from pipeline.outputs import (
@@ -78,11 +78,10 @@ from pipeline.outputs import (
     DESCRIBERS_PNG,
     RIVAL_SCORES,
     SIMILARITY,
-    beside_input,
     class_neurons,
     describer_key,
     describers_dir,
-    find_matching,
+    given_matching,
     read_activations,
     read_similarity,
     stored_classes,
@@ -318,14 +317,12 @@ def numbers(name: str) -> list[float]:
 def read_run() -> tuple[Path, dict, Path, dict]:
     """MAMMI's concepts.json and its examples (read_matching), and the constants that produced them
     taken into config."""
-    path, data, ex_json, ex = find_matching(mammi_run, config, "mammi_run")
+    path, data, ex_json, ex = given_matching(mammi_run, config, "mammi_run", UPSTREAM)
     cfg = data["config"]
     if cfg.get("describer"):
         raise PipelineError(f"{path} was written by the {cfg['describer']} describer; pass MAMMI's concepts.json "
                             f"(concept_matching.py's) as --mammi_run")
-    check_stored(config, cfg, UPSTREAM, path)
     config.update({k: cfg[k] for k in UPSTREAM if k in cfg})
-    beside_input(config, path, ex["config"]["save_root"], "mammi_run")
     return path, data, ex_json, ex
 
 

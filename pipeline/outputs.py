@@ -37,7 +37,7 @@ from core.text import at_most
 from dataset.concepts import TEMPLATE
 from models.target import checkpoint_of, model_tag, preprocessing, target_identity
 from pipeline.cache import load_json, read_output, under
-from pipeline.cli import CONCEPT_MATCHING, EXAMPLE_SELECTION, PipelineError, constant_names, constants_of
+from pipeline.cli import CONCEPT_MATCHING, EXAMPLE_SELECTION, PipelineError, check_stored, constant_names, constants_of
 
 # Every output's file name, here and nowhere else (a test greps the repo): a step makes its paths from
 # these, and reads an output through its reader below.
@@ -282,6 +282,16 @@ def find_matching(given: str, c: dict, option: str) -> tuple[Path, dict, Path, d
         raise PipelineError(f"{path} not found; run example_selection.py and concept_matching.py with the same "
                             f"experiment file and --layer (or pass --{option} PATH)")
     return (path, *read_matching(path))
+
+
+def given_matching(given: str, config, option: str, upstream: list[str]) -> tuple[Path, dict, Path, dict]:
+    """find_matching for a step that writes beside the concepts.json it studies (ablation, audit, the
+    describer table): a constant of this run that contradicts the one stored with it is refused, and the
+    results folder it lies in must be this run's save_root."""
+    path, data, ex_json, ex = find_matching(given, config, option)
+    check_stored(config, data["config"], upstream, path)
+    beside_input(config, path, ex["config"]["save_root"], option)
+    return path, data, ex_json, ex
 
 
 def concepts_in(given: Path, option: str) -> Path:
