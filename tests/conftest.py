@@ -32,6 +32,11 @@ TINY_CLIP = {"embed_dim": 32,
 sys.path.insert(0, str(REPO))
 from pipeline import cli  # noqa: E402
 
+# Every script that declares constants with `config = configure(...)`: the steps, the demo, the benchmark and
+# the demo's trainer (a test's inline header of that form is text, not a script).
+STEP_SCRIPTS = [p.relative_to(REPO).as_posix() for p in sorted(REPO.glob("*.py")) + sorted(REPO.glob("*/*.py"))
+                if p.parent.name != "tests" and "\nconfig = configure(" in p.read_text()]
+
 
 def make_probe_set(root: Path, n: int = 64, size: int = 72, seed: int = 0) -> Path:
     """n grayscale PNGs with a bright disc of random size and place, and an NIH-style split file

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import REPO, error_lines, make_probe_set, refused, run_script, save_random_target
+from conftest import REPO, STEP_SCRIPTS, error_lines, make_probe_set, refused, run_script, save_random_target
 from pipeline import cli
 from pipeline.cli import PipelineError
 
@@ -326,8 +326,6 @@ def test_an_allocator_that_fails_is_one_line(capsys, allocate):
     assert "--batch_size" in lines[0]
 
 
-STEP_SCRIPTS = [p.relative_to(REPO).as_posix() for p in sorted(REPO.glob("*.py")) + sorted(REPO.glob("*/*.py"))
-                if "\nconfig = configure(" in p.read_text()]
 # Sends a real SIGINT to the process at the first module a step imports other than the guard (and __future__,
 # which must come first): a Ctrl-C landing while the step's imports (torch's take seconds) are under way.
 SIGINT_AT_IMPORT = """

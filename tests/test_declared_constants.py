@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import STEP_SCRIPTS
 from pipeline import cli
 from pipeline.cli import PipelineError
 
-SCRIPTS = [p.relative_to(cli.ROOT).as_posix() for p in sorted(cli.ROOT.glob("*.py")) + sorted(cli.ROOT.glob("*/*.py"))
-           if p.parts[-2] != "tests" and "\nconfig = configure(" in p.read_text()]
+SCRIPTS = STEP_SCRIPTS
 
 
 def accepted(script: str, name: str, value) -> bool:
