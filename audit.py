@@ -17,6 +17,8 @@ Writes audit.json, audit.csv and audit.png beside the concepts.json.
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 
 # isort: split
+import functools
+import math
 import time
 
 import torch
@@ -24,7 +26,7 @@ import torch
 from core.digests import code_digest, file_digest
 from dataset.concepts import read_concepts
 from dataset.probe import label_key
-from mammi.ablation import finding_stats, hook_drops, linear_drops, positives, random_sets
+from mammi.ablation import finding_stats, hook_drops, linear_drops, live_neurons, positives, random_sets
 from mammi.audit import concept_neurons, concept_row, evidence_for, own_words, seen, stratified_auroc
 from models import pick_device
 from models.target import warn_untrained
@@ -111,7 +113,7 @@ def rank_concepts(records: list[dict], members: dict[str, list[int]], got: dict)
     t = got["tensors"]()
     pos = positives(got["labels"])
     sd = t["logits"].std(0, correction=1)
-    live = [r["neuron"] for r in records if r.get("status") != "dead"]
+    live = live_neurons(records)
     linear = t["weight"] is not None
 
     def drops(sets):
@@ -122,10 +124,13 @@ def rank_concepts(records: list[dict], members: dict[str, list[int]], got: dict)
     evidence = evidence_for(drops([[k] for k in range(t["acts"].shape[1])]))
     names = list(members)
     falls = drops([members[c] for c in names])  # [concepts, C]
-    own = {f: own_words(got["classes"][f]) for f in got["findings"]}
-    share = falls / evidence.clamp(min=1e-300)
-    candidate = [any(label_key(c) not in own[f] and share[i, f] > audit_share for f in got["findings"])
-                 for i, c in enumerate(names)]
+    own = {f: {c: label_key(c) in own_words(got["classes"][f]) for c in names} for f in got["findings"]}
+
+    def row(i, c, f, z):
+        return concept_row(float(falls[i, f]), float(evidence[f]), z, own[f][c], audit_share, audit_z)
+
+    # the flag rule with z out of the way: the concepts only their z can keep from a flag
+    candidate = [any(row(i, c, f, math.inf)["flagged"] for f in got["findings"]) for i, c in enumerate(names)]
     effects = {c: drops([members[c]] + random_sets(live, len(members[c]), audit_draws, audit_seed).tolist()) / sd
                for i, c in enumerate(names) if linear or candidate[i]}
     rows = []
@@ -133,8 +138,7 @@ def rank_concepts(records: list[dict], members: dict[str, list[int]], got: dict)
         concepts = []
         for i, c in enumerate(names):
             z = finding_stats(effects[c], f, [])["z"] if c in effects else None
-            row = concept_row(float(falls[i, f]), float(evidence[f]), z, label_key(c) in own[f], audit_share, audit_z)
-            concepts.append({"concept": c, "n_neurons": len(members[c]), **row})
+            concepts.append({"concept": c, "n_neurons": len(members[c]), **row(i, c, f, z)})
         concepts.sort(key=lambda c: -(c["share"] if c["share"] is not None else float("-inf")))
         rows.append({"class": got["classes"][f], "n_positives": int(pos[:, f].sum()), "evidence": float(evidence[f]),
                      "concepts": concepts})
@@ -143,19 +147,19 @@ def rank_concepts(records: list[dict], members: dict[str, list[int]], got: dict)
 
 def stratify_classes(got: dict, matching: dict, stratify: list[str], flagged: set, rows: list[dict]) -> dict:
     """Per class, the stratified AUROC of each concept flagged for it and each of --audit_stratify."""
-    wanted = {r["class"]: [c for c in stratify] + [c for k, c in sorted(flagged) if k == r["class"] and c not in
-                                                   stratify] for r in rows}
+    wanted = {r["class"]: stratify + [c for k, c in sorted(flagged) if k == r["class"] and c not in stratify]
+              for r in rows}
     words = sorted({c for cs in wanted.values() for c in cs})
     if not words:
         return {r["class"]: [] for r in rows}
-    sees = vlm_sees(got, matching, words)
+    sees = dict(zip(words, vlm_sees(got, matching, words).T.numpy()))
     logits = got["tensors"]()["logits"].numpy()
     out = {}
     for f in got["findings"]:
         cls = got["classes"][f]
-        out[cls] = [{"concept": c, "seen_in": int(sees[:, words.index(c)].sum()),
-                     **stratified_auroc(logits[:, f], got["labels"][:, f], sees[:, words.index(c)].numpy(),
-                                        audit_boot, audit_seed)} for c in wanted[cls]]
+        out[cls] = [{"concept": c, "seen_in": int(sees[c].sum()),
+                     **stratified_auroc(logits[:, f], got["labels"][:, f], sees[c], audit_boot, audit_seed)}
+                    for c in wanted[cls]]
     return out
 
 
@@ -163,13 +167,7 @@ def vlm_sees(got: dict, matching: dict, words: list[str]) -> torch.Tensor:
     """[N, W] bool over the held-out images: the words among each image's audit_seen_top concepts, as step
     3's VLM scores the concept set (step 3's text cache; the images' features cached per split)."""
     c = {**got["config"], **matching}
-    vlm_model = None
-
-    def vlm():
-        nonlocal vlm_model
-        vlm_model = vlm_model or load_vlm(c["model_clip"], c["clip_weights"], got["dev"])
-        return vlm_model
-
+    vlm = functools.cache(lambda: load_vlm(c["model_clip"], c["clip_weights"], got["dev"]))  # only if a cache lacks
     img, _, _ = image_features(c, c, got["image_ids"], vlm, batch_size, num_workers)
     concept_path, concepts = read_concepts(c["concept_set"])
     text = text_features(c, concept_path, concepts, vlm)
@@ -184,7 +182,7 @@ def vlm_sees(got: dict, matching: dict, words: list[str]) -> torch.Tensor:
 
 def print_result(result: dict) -> None:
     print(f"\n== Shortcut audit, {result['layer']} layer ({result['method']}), {result['split']} split: each class's "
-          f"top {audit_top} concepts by share of its logit (z: against {result['draws']} random sets; "
+          f"top {audit_top} concepts by share of the evidence for it (z: against {result['draws']} random sets; "
           f"* flagged: not the class's own, share > {result['share_min']:g}, z >= {result['z_min']:g})")
     num = lambda v, spec: "-" if v is None else format(v, spec)
     for r in result["classes"]:

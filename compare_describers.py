@@ -66,7 +66,7 @@ from models.target import warn_untrained
 from models.vlm import load_vlm
 from phantom.marker import warn_other_world
 from pipeline.ablation import NoLabels, ablate, check_draws, discard, held_out
-from pipeline.cache import cached, save_csv, save_json, save_png, save_tensors
+from pipeline.cache import cached, save_csv, save_json, save_png, save_tensors, six_digits
 from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.dissection import dissection
 from pipeline.features import image_features, text_features
@@ -433,11 +433,6 @@ def write_tables(table: dict, out: Path) -> None:
     names = list(table["pairwise"])
     save_csv(out / AGREEMENT_CSV, ["describer"] + names,
              six_digits([[a] + [table["pairwise"][a][b]["mean"] for b in names] for a in names]))
-
-
-def six_digits(rows: list[list]) -> list[list]:
-    """The tables' numbers to six significant digits, as describers.json's readers print them."""
-    return [[f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in rows]
 
 
 def by_construction(table: dict, name: str) -> str:

@@ -30,7 +30,7 @@ from mammi.ablation import (
     random_sets,
 )
 from models.target import target_as_probed
-from pipeline.cache import cached, load_json, may_write, save_csv, save_json, save_png
+from pipeline.cache import cached, load_json, save_table
 from pipeline.cli import EXAMPLE_SELECTION, constants_of
 from pipeline.evaluation import held_out_split, stage2_pass
 from pipeline.forward import probe_loader, record
@@ -161,13 +161,8 @@ def ablate(concepts_path: Path, records: list[dict], data: dict, draws: int, see
     if not any(r["n_neurons"] for r in rows):
         result["note"] = (f"no live neuron of the {data['layer']} layer is named for any of the "
                           f"{len(findings)} findings; nothing to ablate")
-    # ablation.json, the one a reader takes, is removed first and written last: a write failing between
-    # leaves no table beside a figure of other numbers
-    may_write(out / ABLATION).unlink(missing_ok=True)
-    save_csv(out / ABLATION_CSV, list(FIELDS) + ["n_images"],
-             [[r[k] if not isinstance(r[k], float) else f"{r[k]:.6g}" for k in FIELDS + ("n_images",)] for r in rows])
-    save_png(out / ABLATION_PNG, figure(result, bands))
-    save_json(out / ABLATION, result)
+    save_table(out / ABLATION, result, out / ABLATION_CSV, list(FIELDS) + ["n_images"],
+               [[r[k] for k in FIELDS + ("n_images",)] for r in rows], out / ABLATION_PNG, figure(result, bands))
     return result
 
 

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from pipeline.cache import may_write, save_csv, save_json, save_png
+from pipeline.cache import save_table
 from pipeline.outputs import AUDIT, AUDIT_CSV, AUDIT_PNG
 
 FIELDS = ("class", "concept", "n_neurons", "share", "z", "own", "flagged")
@@ -18,13 +18,9 @@ COLOURS = {"flagged": "tab:orange", "own": "tab:blue", "other": "0.65"}
 
 
 def write_audit(out: Path, result: dict, fig: plt.Figure) -> None:
-    """audit.json is removed first and written last: a write failing between leaves no table a reader takes."""
-    may_write(out / AUDIT).unlink(missing_ok=True)
-    rows = [[r["class"]] + [c[k] if not isinstance(c[k], float) else f"{c[k]:.6g}" for k in FIELDS[1:]]
-            for r in result["classes"] for c in r["concepts"]]
-    save_csv(out / AUDIT_CSV, list(FIELDS), rows)
-    save_png(out / AUDIT_PNG, fig)
-    save_json(out / AUDIT, result)
+    """audit.json, one row per class and concept in audit.csv, and the figure (pipeline/cache.save_table)."""
+    rows = [[r["class"]] + [c[k] for k in FIELDS[1:]] for r in result["classes"] for c in r["concepts"]]
+    save_table(out / AUDIT, result, out / AUDIT_CSV, list(FIELDS), rows, out / AUDIT_PNG, fig)
 
 
 def figure(result: dict, top: int) -> plt.Figure:

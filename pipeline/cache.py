@@ -233,6 +233,21 @@ def save_json(path, payload: Any) -> None:
     _atomic(path, write)
 
 
+def six_digits(rows: list[list]) -> list[list]:
+    """A table's floats to six significant digits, as its readers print them; other values as they are."""
+    return [[f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in rows]
+
+
+def save_table(json_path, payload: dict, csv_path, header: list[str], rows: list[list], png_path, fig) -> None:
+    """A result as JSON, its rows as CSV (six_digits) and its figure as PNG. The JSON, the one a reader
+    takes, is removed first and written last: a write failing between leaves no table beside a figure of
+    other numbers."""
+    may_write(json_path).unlink(missing_ok=True)
+    save_csv(csv_path, header, six_digits(rows))
+    save_png(png_path, fig)
+    save_json(json_path, payload)
+
+
 def save_csv(path, header: list[str], rows: list[list]) -> None:
     """A CSV file in UTF-8; a file name that is not UTF-8 keeps its bytes as the file system holds them
     (surrogateescape), and reads back (_load_csv, with the same errors=) as the same name."""
