@@ -6,8 +6,8 @@ of them may be shortcuts - concepts that are not the finding yet carry the class
 
 For each class with positive images on the held-out split and each concept named at the layer of a
 concepts.json (MAMMI's, or a rival's): the concept's neurons are zeroed together and the mean fall of
-the class's logit over its positives is its part of the logit, over the fall when every channel is
-zeroed (under a linear head: the logit minus the bias) its share. The same fall for `audit_draws` random
+the class's logit over its positives is its part of the logit; over the evidence for the class (the sum
+of the channels' positive falls, each channel zeroed alone) its share. The same fall for `audit_draws` random
 sets of as many live neurons gives z, as ablation.py's. A concept that is not one of the class's own
 words, carries a share above `audit_share` and has z >= `audit_z` is flagged. For each flagged concept
 (and each of `audit_stratify`) the class's AUROC on its positives the VLM sees the concept in, against

@@ -24,7 +24,7 @@ def write_audit(out: Path, result: dict, fig: plt.Figure) -> None:
 
 
 def figure(result: dict, top: int) -> plt.Figure:
-    """One panel per class: its `top` concepts by share of the logit, as bars with z beside each; flagged
+    """One panel per class: its `top` concepts by share of the evidence for it, as bars with z beside each; flagged
     concepts orange, the class's own words blue, the rest grey."""
     classes = result["classes"]
     cols = 2
@@ -42,7 +42,8 @@ def figure(result: dict, top: int) -> plt.Figure:
         ax.invert_yaxis()
         ax.axvline(result["share_min"], color="tab:orange", lw=0.8, ls="--")
         ax.set_title(f"{r['class']} ({r['n_positives']} positives)", fontsize=9)
-        ax.set_xlabel("share of the logit the layer carries, on the class's positives", fontsize=7)
+        ax.set_xlabel("share of the evidence for the class (its channels' positive falls) on its positives",
+                      fontsize=7)
         ax.margins(x=0.3)
     for ax in list(axes.flat)[len(classes):]:
         ax.axis("off")
