@@ -576,13 +576,20 @@ def _curve(p0, p1, p2, n: int = 24) -> np.ndarray:
     return (1 - t) ** 2 * np.array(p0) + 2 * (1 - t) * t * np.array(p1) + t ** 2 * np.array(p2)
 
 
-def _dist_to_path(X, Y, pts: np.ndarray) -> np.ndarray:
-    """Distance of each grid point to the polyline through pts."""
+def _dist_to_path(X, Y, pts: np.ndarray, reach: float = 0.02) -> np.ndarray:
+    """Distance of each grid point to the polyline through pts, computed within `reach` of the path's
+    bounding box only (inf beyond: every object is drawn within less of its path)."""
     d = np.full_like(X, np.inf)
+    xs, ys = X[0], Y[:, 0]
+    c0, c1 = np.searchsorted(xs, pts[:, 0].min() - reach), np.searchsorted(xs, pts[:, 0].max() + reach)
+    r0, r1 = np.searchsorted(ys, pts[:, 1].min() - reach), np.searchsorted(ys, pts[:, 1].max() + reach)
+    Xw, Yw = X[r0:r1, c0:c1], Y[r0:r1, c0:c1]
+    dw = np.full_like(Xw, np.inf)
     for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
         vx, vy = x1 - x0, y1 - y0
-        t = np.clip(((X - x0) * vx + (Y - y0) * vy) / max(vx * vx + vy * vy, 1e-12), 0, 1)
-        d = np.minimum(d, np.hypot(X - x0 - t * vx, Y - y0 - t * vy))
+        t = np.clip(((Xw - x0) * vx + (Yw - y0) * vy) / max(vx * vx + vy * vy, 1e-12), 0, 1)
+        dw = np.minimum(dw, np.hypot(Xw - x0 - t * vx, Yw - y0 - t * vy))
+    d[r0:r1, c0:c1] = dw
     return d
 
 
