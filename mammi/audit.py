@@ -52,9 +52,71 @@ def shares(contrib: torch.Tensor, neuron_concepts: list[list[str]]) -> dict[str,
     return {c: part / total for c, part in concept_parts(contrib, neuron_concepts).items()}
 
 
-def is_flagged(own: bool, share: float, z: float, share_min: float, z_min: float = 2.0) -> bool:
-    """The flag rule: not one of the class's own words, a share above share_min and z >= z_min."""
-    return (not own) and share > share_min and z >= z_min
+# A class's own words besides its name and the name's words: forms and synonyms the reports and the
+# concept sets use for the finding itself. A concept among them is the finding, never a shortcut.
+CLASS_WORDS = {
+    "Atelectasis": ["atelectases", "collapse"],
+    "Cardiomegaly": ["cardiomegalies", "enlargement"],
+    "Effusion": ["effusions", "fluid"],
+    "Infiltration": ["infiltrate", "infiltrates", "infiltrations"],
+    "Mass": ["masses", "tumor", "tumour"],
+    "Nodule": ["nodules", "nodularity"],
+    "Pneumonia": ["pneumonias"],
+    "Pneumothorax": ["pneumothoraces"],
+    "Consolidation": ["consolidations"],
+    "Edema": ["oedema", "edemas"],
+    "Emphysema": ["emphysemas", "hyperinflation", "bullae"],
+    "Fibrosis": ["fibroses", "scarring"],
+    "Pleural thickening": ["thickenings"],
+    "Hernia": ["hernias"],
+}
+
+
+def own_words(cls: str, table: dict[str, list[str]] | None = None) -> set[str]:
+    """The class's own words (lower case): its name, each word of its name, and its entry in the table."""
+    table = CLASS_WORDS if table is None else table
+    name = cls.lower()
+    return {name, *name.split(), *(w.lower() for w in table.get(cls, []))}
+
+
+def is_flagged(own: bool, share: float, z: float | None, share_min: float, z_min: float = 2.0) -> bool:
+    """The flag rule: not one of the class's own words, a share above share_min and z >= z_min (no z: no flag)."""
+    return (not own) and share > share_min and z is not None and z >= z_min
+
+
+def random_sets(n_neurons: int, size: int, draws: int, seed: int = 0) -> list[list[int]]:
+    """`draws` random sets of `size` distinct neurons among n_neurons, reproducible from the seed."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randperm(n_neurons, generator=g)[:size].tolist() for _ in range(draws)]
+
+
+def linear_z(contrib: torch.Tensor, members: list[int], sets: list[list[int]]) -> float | None:
+    """On the linear path the drop of a class's logit when neurons are zeroed is the sum of their
+    contributions (contrib [J], mean_contribution's row): z = (drop of `members` - mean drop of the random
+    `sets`) / their SD (n - 1). None when the random drops do not vary."""
+    drops = torch.stack([contrib[list(s)].sum() for s in sets]).double()
+    sd = float(drops.std(correction=1)) if len(sets) > 1 else 0.0
+    return (float(contrib[members].sum()) - float(drops.mean())) / sd if sd > 0 else None
+
+
+def audit_class(contrib: torch.Tensor, neuron_concepts: list[list[str]], own: set[str], share_min: float,
+                z_min: float = 2.0, draws: int = 200, seed: int = 0) -> list[dict]:
+    """One class's concepts ranked by share of its logit: contrib [J] (mean_contribution's row for the class),
+    neuron_concepts[j] the concepts neuron j carries, own the class's own words. Each concept's neurons are
+    set against `draws` random sets of as many neurons (linear_z); the flag rule decides."""
+    total = contrib.sum()
+    members: dict[str, list[int]] = {}
+    for j, names in enumerate(neuron_concepts):
+        for c in dict.fromkeys(names):
+            members.setdefault(c, []).append(j)
+    rows = []
+    for c, js in members.items():
+        share = float(contrib[js].sum() / total)
+        z = linear_z(contrib, js, random_sets(len(contrib), len(js), draws, seed))
+        is_own = c.lower() in own
+        rows.append(dict(concept=c, n_neurons=len(js), share=share, z=z, own=is_own,
+                         flagged=is_flagged(is_own, share, z, share_min, z_min)))
+    return sorted(rows, key=lambda r: -r["share"])
 
 
 def stratified_auroc(y, score, has, n_boot: int = N_BOOT, seed: int = 0, level: float = CI_LEVEL) -> dict:
