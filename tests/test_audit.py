@@ -70,6 +70,10 @@ def test_linear_z_by_hand():
     assert audit.linear_z(contrib, [0], sets) == pytest.approx((3 - mean) / sd)
     assert audit.linear_z(contrib, [1], sets) == pytest.approx((0 - mean) / sd)
     assert audit.linear_z(contrib, [0], [[1], [2]]) is None  # the random drops do not vary
+    # two neurons: the drop is their sum; all six pairs of 3, 1, 0, 0 drop 4, 3, 3, 1, 1, 0
+    contrib = torch.tensor([3.0, 1.0, 0.0, 0.0])
+    pairs = [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
+    assert audit.linear_z(contrib, [0, 1], pairs) == pytest.approx((4 - 2) / float(np.std([4, 3, 3, 1, 1, 0], ddof=1)))
     for s in audit.random_sets(10, 3, 50, seed=4):
         assert len(set(s)) == 3 and all(0 <= j < 10 for j in s)
     assert audit.random_sets(10, 3, 5, seed=4) == audit.random_sets(10, 3, 5, seed=4)
