@@ -44,7 +44,7 @@ from PIL import Image
 from mammi import method
 from dataset.concepts import nouns as tagged_nouns, read_concepts, sentences
 from dataset.nih import MEAN, STD, normalize, read_split
-from mammi.audit import stratified_auroc
+from phantom.strata import N_BOOT, auroc_with_without
 from phantom.world import CLASSES, OBJECT_WORDS, OBJECTS, WORDS, ensure_world, parse_pair, parse_shortcut
 from pipeline.cli import configure, constants_of, main, print_config
 from pipeline.evaluation import auroc_auprc
@@ -295,7 +295,7 @@ def by_object(world: World, logits: np.ndarray) -> dict:
     for i, obj in enumerate(OBJECTS):
         out[obj] = {}
         for k, cls in enumerate(CLASSES):
-            r = stratified_auroc(y[:, k], logits[:, k], has[:, i], n_boot=0 if (obj, cls) != pair else 1000)
+            r = auroc_with_without(y[:, k], logits[:, k], has[:, i], n_boot=0 if (obj, cls) != pair else N_BOOT)
             out[obj][cls] = r if (obj, cls) == pair else {key: v for key, v in r.items() if not key.startswith("ci")}
         if pair and pair[0] == obj:
             r = out[obj][pair[1]]

@@ -1,6 +1,6 @@
 """The demo world's objects that are not findings: their prevalence per split follows the shortcut constant,
 they leave the findings as the world without them drew them, each is drawn inside its box, the reports
-name them, and a bad constant is one line and exit status 2."""
+name them, and a bad constant is one line and exit status 2; the AUROC with and without an object."""
 from __future__ import annotations
 
 import hashlib
@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.errors import PipelineError  # noqa: E402
 from phantom import world as phantom  # noqa: E402
+from phantom.strata import auroc_with_without  # noqa: E402
 
 N_CASES = 1500  # cases drawn for the prevalence checks (a few ms each)
 TIE = "chest tube:Effusion:0.9"  # Effusion: the most frequent finding, so its share is measured on the most images
@@ -165,3 +167,22 @@ def test_bad_shortcut_stops_the_trainer_with_one_line(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: shortcut = 'drain:Pneumothorax:0.9': unknown object 'drain'") and "Traceback" not in r.stderr
     assert not (tmp_path / "w").exists() and not (tmp_path / "out").exists()
+
+
+def test_auroc_with_and_without_an_object_matches_sklearn_per_stratum():
+    rng = np.random.default_rng(2)
+    n = 300
+    y = rng.random(n) < 0.3
+    has = rng.random(n) < 0.4
+    score = y * 1.0 + rng.normal(0, 1, n) + 0.8 * has
+    r = auroc_with_without(y, score, has, n_boot=200, seed=0)
+    want_with = roc_auc_score(y[has], score[has])
+    want_without = roc_auc_score(y[~has], score[~has])
+    assert r["auroc_with"] == pytest.approx(want_with) and r["auroc_without"] == pytest.approx(want_without)
+    assert r["gap"] == pytest.approx(want_without - want_with)
+    assert r["n_pos_with"] == int((y & has).sum()) and r["n_neg_without"] == int((~y & ~has).sum())
+    assert r["ci_with"][0] < want_with < r["ci_with"][1] and r["ci_without"][0] < want_without < r["ci_without"][1]
+    assert r["ci"][0] < r["gap"] < r["ci"][1] and r["ci"][1] - r["ci"][0] < 0.5
+    # a stratum without positives has no AUROC
+    r = auroc_with_without([0, 0, 0, 1], [0.1, 0.2, 0.3, 0.4], [True, True, False, False], n_boot=10)
+    assert np.isnan(r["auroc_with"]) and r["auroc_without"] == 1.0 and np.isnan(r["gap"])
