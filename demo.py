@@ -14,11 +14,10 @@ ablation of the neurons each finding names (z per finding) and the pointing game
 written, one line each saying what it shows. Everything lands in the experiment's save_root.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
-import contextlib
-import csv
+
+# isort: split
 import itertools
 import math
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,10 +26,37 @@ import numpy as np
 
 from dataset.nih import class_names, read_split, split_file
 from mammi.describers import lift_findings, names_finding, pm
-from pipeline.cache import load_json, save_bytes, save_json
-from pipeline.cli import PipelineError, accepted_names, configure, main, print_config, read_experiment, run_script
-from pipeline.outputs import (bbox_dir, describers_dir, eval_dir, matching_dir, model_dir, read_ablation,
-                              read_comparison, read_matching, visualization_dir)
+from pipeline.cache import save_bytes, save_json
+from pipeline.cli import configure, main, print_config, run_step
+from pipeline.outputs import (
+    ABLATION,
+    ABLATION_PNG,
+    DESCRIBERS,
+    DESCRIBERS_PNG,
+    GALLERY_INDEX,
+    METRICS,
+    ROC_CURVES,
+    SANITY,
+    SANITY_PNG,
+    SUMMARY,
+    TEST_EVAL,
+    TOTAL_RESULTS,
+    bbox_dir,
+    box_figure,
+    describers_dir,
+    eval_dir,
+    matching_dir,
+    model_dir,
+    read_ablation,
+    read_auroc,
+    read_comparison,
+    read_matching,
+    read_metrics,
+    read_sanity,
+    read_total_results,
+    visualization_dir,
+)
+from pipeline.outputs import CONCEPTS as CONCEPTS_JSON
 
 # -----------------------------------------------------------------------------
 # The target, VLM, folders and method constants come from config/demo.py (and may be overridden here).
@@ -49,11 +75,9 @@ config = configure(globals(), argv=[EXPERIMENT, *sys.argv[1:]],
 WORLD = Path(config["data_root"]).parent  # the world writes images/, its split files and bbox.csv here
 BOX_FILE = str(WORLD / "bbox.csv")
 CONCEPTS = str(Path(config["save_root"]) / "concept_set" / "demo_concepts.txt")
-# Passed to every step after the experiment file: the step constants overridden on the demo's own
-# command line, and what the demo itself writes.
-_EXP = read_experiment(EXPERIMENT)
-FORWARD = {**{k: v for k, v in config.given.items() if k not in config.own and _EXP.get(k, _EXP) != v},
-           "num_workers": num_workers, "box_file": BOX_FILE, "concept_set": CONCEPTS}
+# Passed to every step that takes them, after the experiment file and the step constants set on the demo's
+# own command line: what the demo itself writes.
+SHARED = {"num_workers": num_workers, "box_file": BOX_FILE, "concept_set": CONCEPTS}
 LOGS = Path(config["save_root"]) / "logs"  # what each step printed, one file per step in order
 # The fc rows of the results table: MAMMI and its ablations, each as step 3's constants.
 VARIANTS = {"MAMMI (adaptive examples, template, adaptive score)": dict(),
@@ -61,23 +85,13 @@ VARIANTS = {"MAMMI (adaptive examples, template, adaptive score)": dict(),
             "no template": dict(template_ver="no", adaptive=False),
             f"top-k examples (k = {config['topk']})": dict(selection="topk")}
 # The run whose neurons ablation.py zeroes: MAMMI's on the penultimate layer.
-PEN_RUN = matching_dir({**config, "layer": "penultimate", "concept_set": CONCEPTS}) / "concepts.json"
+PEN_RUN = matching_dir({**config, "layer": "penultimate", "concept_set": CONCEPTS}) / CONCEPTS_JSON
 _order = itertools.count(1)
 
 
-def step(script: str, **args) -> None:
-    known = accepted_names(script)
-    argv = [EXPERIMENT] + [str(a) for k, v in {**FORWARD, **args}.items() if k in known for a in (f"--{k}", v)]
-    print(f"$ python {script} {shlex.join(argv)}", flush=True)
-    log = (LOGS / f"{next(_order):02d}_{Path(script).stem}.log").resolve()  # (run_script runs it from the repo root)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    # UTF-8 whatever the locale's encoding (cp1252 cannot hold every concept's characters)
-    with open(log, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        status = run_script(script, *argv)
-    if status != 0:
-        said = log.read_text(encoding="utf-8").splitlines()
-        print("\n".join([line for line in said if line.startswith("error:")] or said[-5:]), file=sys.stderr)
-        raise PipelineError(f"{script} failed (its error is above, all it printed in {log}); the demo stops here")
+def step(script: str, **constants) -> None:
+    """One step, its output in its own log, numbered in the order run."""
+    run_step(script, config, log=LOGS / f"{next(_order):02d}_{Path(script).stem}.log", shared=SHARED, **constants)
 
 
 def world() -> None:
@@ -106,7 +120,7 @@ def penultimate_agreement(stage_cfg: dict) -> dict:
     the probing set's base rate) against its concepts. Agreement: the finding's name is a concept."""
     names, labels = read_split(split_file(stage_cfg["split"], stage_cfg["data_root"], stage_cfg["split_file"]))
     row = {n: i for i, n in enumerate(names)}
-    run, _, ex = read_matching(matching_dir(stage_cfg) / "concepts.json")
+    run, _, ex = read_matching(matching_dir(stage_cfg) / CONCEPTS_JSON)
     ex = ex["neurons"]
     named = {n["neuron"]: [c["concept"] for c in n["concepts"]] for n in run["neurons"]}
     classes = [c.lower() for c in class_names()]
@@ -141,8 +155,7 @@ def run():
     times["stage 2"] = time.time() - t
     t = time.time()
     for v in VARIANTS.values():
-        step("concept_matching.py", layer="fc", **{k: ("yes" if x else "no") if isinstance(x, bool) else x
-                                                   for k, x in v.items()})
+        step("concept_matching.py", layer="fc", **v)
     step("concept_matching.py", layer="penultimate")
     times["stage 3"] = time.time() - t
     t = time.time()
@@ -152,7 +165,7 @@ def run():
     for layer in ("fc", "penultimate"):  # the other ways to name a neuron, on the inputs of MAMMI's run
         step("compare_describers.py", layer=layer)
     times["describers"] = time.time() - t
-    skipped = read_comparison(describers_dir(PEN_RUN) / "describers.json").get("faithfulness_skipped")
+    skipped = read_comparison(describers_dir(PEN_RUN) / DESCRIBERS).get("faithfulness_skipped")
     if skipped:
         print(f"\nablation skipped: {skipped}")
     else:
@@ -166,9 +179,9 @@ def run():
     step("gallery.py")  # every run above, browsable offline
     times["gallery"] = time.time() - t
     summary = summarise(times, skipped)
-    save_json(Path(config["save_root"]) / "summary.json", summary)
-    print(f"\ndemo finished in {time.time() - t0:.0f}s; summary in {Path(config['save_root']) / 'summary.json'}")
-    index = Path(config["save_root"]) / "gallery" / "index.html"
+    save_json(Path(config["save_root"]) / SUMMARY, summary)
+    print(f"\ndemo finished in {time.time() - t0:.0f}s; summary in {Path(config['save_root']) / SUMMARY}")
+    index = Path(config["save_root"]) / "gallery" / GALLERY_INDEX
     print(f"neuron gallery: {index} (open it in a browser: {index.resolve().as_uri()})")
     report(summary)
 
@@ -176,19 +189,18 @@ def run():
 def summarise(times: dict, skipped: str | None) -> dict:
     """summary.json: what the steps above wrote, read back from their outputs."""
     base = {**config, "layer": "fc", "concept_set": CONCEPTS}
-    rows = {label: load_json(matching_dir({**base, **v}) / "metrics.json") for label, v in VARIANTS.items()}
+    rows = {label: read_metrics(matching_dir({**base, **v}) / METRICS) for label, v in VARIANTS.items()}
     pen = penultimate_agreement({**base, "layer": "penultimate"})
-    with open(eval_dir(base) / "TestEval.csv", newline="") as f:
-        auroc = {r["label"]: float(r["auc"]) for r in csv.DictReader(f)}
-    shown = load_json(visualization_dir(base) / "total_results.json")
-    rivals = {layer: read_comparison(describers_dir(matching_dir({**base, "layer": layer}) / "concepts.json")
-                                     / "describers.json") for layer in ("fc", "penultimate")}
+    auroc = read_auroc(eval_dir(base) / TEST_EVAL)
+    shown = read_total_results(visualization_dir(base) / TOTAL_RESULTS)
+    rivals = {layer: read_comparison(describers_dir(matching_dir({**base, "layer": layer}) / CONCEPTS_JSON)
+                                     / DESCRIBERS) for layer in ("fc", "penultimate")}
     sanity_dir = model_dir({**base, "reinit_seed": config["sanity_seed"]})
-    sanity = load_json(sanity_dir / "sanity.json")["layers"]
+    sanity = read_sanity(sanity_dir / SANITY)["layers"]
     significance = {layer: {w: {k: r[w][k] for k in ("significant", "tested", "testable", "share")}
                             for w in ("target", "reinitialised")}
                     for layer, r in sanity.items()}
-    ablation = PEN_RUN.parent / "ablation.json"
+    ablation = PEN_RUN.parent / ABLATION
     return {"auroc": auroc, "fc": rows, "penultimate": pen, "significance": significance, "describers": rivals,
             "ablation": {"penultimate": read_ablation(ablation, PEN_RUN) if ablation.is_file() and not skipped else None},
             "pointing_game": shown["pointing_game"],
@@ -200,22 +212,24 @@ def figures(base: dict, shown: dict, rivals: dict, sanity_dir: Path) -> list[dic
     """Every figure the steps above wrote, one entry per kind: where (a path, or a pattern for several), its
     files and what it shows."""
     vis, boxes = visualization_dir(base) / "figures", bbox_dir(base)
-    out = [(eval_dir(base) / "roc_curves.png", None,
+    drawn = {kind: box_figure(boxes, "*", kind) for kind in ("boxes", "blend")}  # the patterns of step 5's files
+    out = [(eval_dir(base) / ROC_CURVES, None,
             f"the classifier's ROC curve per class on the {base['n_test']} test phantoms, AUROC in the legend"),
-           (boxes / "*_boxes.png", sorted(boxes.glob("*_boxes.png")),
+           (drawn["boxes"], sorted(boxes.glob(drawn["boxes"].name)),
             "the drawn images, each with its ground-truth boxes outlined in their finding's colour"),
-           (boxes / "*_blend.png", sorted(boxes.glob("*_blend.png")), "the same images, their boxes filled at alpha 0.3"),
+           (drawn["blend"], sorted(boxes.glob(drawn["blend"].name)),
+            "the same images, their boxes filled at alpha 0.3"),
            (vis / "*.png", [vis.parent / p["figure"] for r in shown["images"] for p in r["predictions"]],
             "one panel per (image, predicted class): the image with its boxes, the top neuron's map with its Taylor "
             "score and concepts, the overall Taylor map with its peak (x); colour bars and a caption say what they are"),
-           (sanity_dir / "sanity.png", None,
+           (sanity_dir / SANITY_PNG, None,
             "per layer the share of significant names, the target against it re-initialised, and both targets' "
             "most frequent first concepts")]
     for layer, table in rivals.items():
         run, own = Path(table["run"]), describers_dir(table["run"])
         what = [w for w, has in (("hit rate and F1 against the class names", "fc" in table["rows"]["mammi"]),
                                  ("agreement with the truth (named, first concept)", table["truth"]["n"] > 0)) if has]
-        out.append((own / "describers.png", None, f"{layer}: each describer's {' and '.join(what) or 'names'} (± 1 "
+        out.append((own / DESCRIBERS_PNG, None, f"{layer}: each describer's {' and '.join(what) or 'names'} (± 1 "
                                                   f"standard error), and how often two give a neuron the same first "
                                                   f"concept"))
         s = table.get("sensitivity") or {}
@@ -223,8 +237,8 @@ def figures(base: dict, shown: dict, rivals: dict, sanity_dir: Path) -> list[dic
             beside = "F1" if layer == "fc" else "concepts per neuron"
             out.append((Path(s["figure"]), None, f"{layer}: MAMMI's {s['metric']} and {beside} over adaptive_percent x "
                                                  f"alpha, on fixed scales (values in the cells, the run's own bold)"))
-        out.append(([run.parent / "ablation.png", own / "*" / "ablation.png"],
-                    [run.parent / "ablation.png"] + [own / n / "ablation.png" for n in table["rows"] if n != "mammi"],
+        out.append(([run.parent / ABLATION_PNG, own / "*" / ABLATION_PNG],
+                    [run.parent / ABLATION_PNG] + [own / n / ABLATION_PNG for n in table["rows"] if n != "mammi"],
                     f"{layer}: per finding, the drop of its logit when the neurons a describer names for it are zeroed, "
                     f"against random sets of as many (MAMMI's, then each rival's)"))
     listed = [([str(w) for w in (where if isinstance(where, list) else [where])],

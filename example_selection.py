@@ -10,6 +10,8 @@ Writes, per layer, activations.pt, examples.json, examples.csv (and the example 
 from here and what examples.json stored: the class names, the preprocessing, the checkpoint.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import os
 import shutil
 import time
@@ -21,18 +23,44 @@ from tqdm import tqdm
 
 from core.digests import digest
 from core.text import at_most
-from dataset.nih import findings, probe_crop, split_source
+from dataset.nih import findings, model_input_args, probe_crop, split_source
 from dataset.probe import MISSING, align_labels, load_probe, note_copies, output_names, resolve_classes
 from mammi.method import select_examples
 from models import pick_device
 from models.layers import layer_names, layer_table
-from models.target import RANDOM, checkpoint_of, model_classes, parse_model, preprocessing, target_as_probed, warn_untrained
+from models.target import (
+    RANDOM,
+    checkpoint_of,
+    model_classes,
+    parse_model,
+    preprocessing,
+    target_as_probed,
+    warn_untrained,
+)
 from pipeline import ranks
-from pipeline.cache import (cached, check_finite, claim, holds_claims, load_json, save_csv, save_jpeg, save_json,
-                            save_tensors)
+from pipeline.cache import (
+    cached,
+    check_finite,
+    claim,
+    holds_claims,
+    load_json,
+    save_csv,
+    save_jpeg,
+    save_json,
+    save_tensors,
+)
 from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.forward import probe_loader, record, use_channels_last
-from pipeline.outputs import ACTIVATION_FIELDS, activations_key, examples_dir, examples_key, layer_dir
+from pipeline.outputs import (
+    ACTIVATION_FIELDS,
+    ACTIVATIONS,
+    EXAMPLES,
+    EXAMPLES_CSV,
+    activations_key,
+    examples_dir,
+    examples_key,
+    layer_dir,
+)
 
 # -----------------------------------------------------------------------------
 dataset = "nih14"               # name of the probing set (a tag for the output folder)
@@ -108,7 +136,7 @@ def run():
     per = {}  # layer -> its config, activations.pt, key
     for name in wanted:
         c = {**config, "layer": name}
-        per[name] = (c, layer_dir(c) / "activations.pt", activations_key(c, ckpt, probe.data_key))
+        per[name] = (c, layer_dir(c) / ACTIVATIONS, activations_key(c, ckpt, probe.data_key))
     stored = {name: None for name in wanted}
     if ranks.is_main():  # the one rank that writes claims the folders and decides what is left to do
         # Before the long pass: the folders must be writable, and no other run may write them meanwhile.
@@ -125,7 +153,8 @@ def run():
         net, head_ok = load("fc" in todo)
         mine = ranks.share(len(paths), batch_size)  # all of them, outside torchrun
         # Rank 0 holds the whole probing set's rows from the start; the others only their share.
-        batches = probe_loader(paths[mine.start:mine.stop], prep, batch_size, num_workers, dev)
+        batches = probe_loader(paths[mine.start:mine.stop], prep["resize"], prep["crop"], batch_size, num_workers, dev,
+                               **model_input_args(prep))
         acts, logits = record(net.to(dev), batches, todo, len(paths) if ranks.is_main() else len(mine), dev, token_pool,
                               precision, use_channels_last(channels_last, dev), first=first_batch(class_list, source),
                               desc=f"{model} {','.join(todo)}", show=ranks.is_main())
@@ -190,7 +219,7 @@ def select(c, act_path, act_key, acts, logits, names, paths, truth, class_list, 
     """One layer's examples from its activations: examples.json, examples.csv, crops."""
     ex_dir = examples_dir(c)
     ex_key = examples_key(act_key, c)
-    ex_json, ex_csv = ex_dir / "examples.json", ex_dir / "examples.csv"
+    ex_json, ex_csv = ex_dir / EXAMPLES, ex_dir / EXAMPLES_CSV
     old = cached(ex_json, ex_key, load_json) if ex_csv.exists() else None
     if old is not None and (not save_crops or (ex_dir / "crops").is_dir()):
         print(f"reusing {ex_json}")
@@ -225,7 +254,7 @@ def select(c, act_path, act_key, acts, logits, names, paths, truth, class_list, 
 def drop_examples(ex_dir):
     """Remove a selection's outputs, examples.json first (the one a later step reads): a run that fails
     while writing their successors leaves none of them, never an old one beside new activations."""
-    for f in ("examples.json", "examples.csv"):
+    for f in (EXAMPLES, EXAMPLES_CSV):
         (ex_dir / f).unlink(missing_ok=True)
     shutil.rmtree(ex_dir / "crops", ignore_errors=True)
 
@@ -234,7 +263,7 @@ def drop_stale(ex_dir, act_key):
     """Remove a selection's outputs when selected from other activations than those about to be written
     (act_key): a run that fails before it selects again leaves none of them beside the new activations."""
     try:
-        same = load_json(ex_dir / "examples.json").get("activations_key") == act_key
+        same = load_json(ex_dir / EXAMPLES).get("activations_key") == act_key
     except (OSError, ValueError, AttributeError):
         same = False
     if not same:
@@ -269,7 +298,7 @@ def write_tables(neurons, names, truth, logits, ex_dir, class_list):
             gt = [] if truth is None else ["" if v == MISSING else int(v) for v in truth[i]]
             rows.append([n["neuron"], r, e["image_id"], f"{e['activation']:.6g}",
                          "" if truth is None else findings(truth[i], columns)] + gt + [f"{p:.6g}" for p in probs[i]])
-    save_csv(ex_dir / "examples.csv", header, rows)
+    save_csv(ex_dir / EXAMPLES_CSV, header, rows)
 
 
 if __name__ == "__main__":

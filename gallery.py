@@ -3,19 +3,22 @@
     python gallery.py config/nih_densenet121.py
     python gallery.py config/demo.py --max_examples 12
 
-Reads stage-3 runs (concepts.json of any layer or describer, with similarity.pt beside it when there
-is one) and finds everything else through the paths the outputs store: concepts.json names its
-examples.json; examples.json's folder holds examples.csv (each example's labels) and its parent, the
-layer folder, holds activations.pt (the histograms); examples.json's config names the image folder
-and the crop the model saw. visualization.py's total_results.json adds the panels in which a neuron
-is the top one. A rival describer's neurons show the images it scored (CLIP-Dissect's and top-k
-mean's top top_k by activation, re-taken from activations.pt; a label-based one's: none), never
-MAMMI's examples. Runs are shown only while their keys chain (concepts.json stores the key of its
-examples.json) and thumbnails made only of the images step 2 read (the probing set re-read under the
-image folder must give the data key examples.json stored). An experiment file (or --dataset, --model)
-limits the default runs to its own. Writes {gallery_dir}/index.html and {gallery_dir}/thumbs/, one
-JPEG per distinct image, named by a digest of the image file (path, size, mtime), the crop and the
-thumbnail size, so each is made once and reused, and images moved elsewhere or another crop get new ones.
+Reads stage-3 runs: every concepts.json under --save_root (of any layer or describer, with similarity.pt
+beside it when there is one), or those given as --runs. Everything else is found from where that file
+lies, never from a path an output stored (so a results folder can be moved whole): its examples.json is
+the nearest one in a folder above it (pipeline/outputs.py, locate_examples), examples.csv (each
+example's labels) lies beside that, and activations.pt (the histograms) in the layer folder above. The
+images come from --data_root, else from the image folder examples.json names, and are re-read and
+compared with the data key examples.json stored, so thumbnails are made only of the images step 2 read.
+visualization.py's total_results.json (every one under --save_root, or --visualization) adds the panels
+in which a neuron is the top one, linked by the digest of the concepts.json they name. A rival
+describer's neurons show the images it scored (CLIP-Dissect's and top-k mean's top top_k by activation,
+re-taken from activations.pt; a label-based one's: none), never MAMMI's examples. Runs are shown only
+while their keys chain (concepts.json stores the key of its examples.json). An experiment file (or
+--dataset, --model) limits the default runs to its own. Writes only under --save_root:
+{gallery_dir}/index.html and {gallery_dir}/thumbs/, one JPEG per distinct image, named by a digest of
+the image file (path, size, mtime), the crop and the thumbnail size, so each is made once and reused,
+and images moved elsewhere or another crop get new ones.
 
 The page embeds one compact JSON block and renders the list lazily (a chunk of cards at a time, the
 next when the list's end scrolls near): 2,048 neurons open as fast as 20. Figures are SVG drawn
@@ -27,8 +30,9 @@ The page itself is gallery.html, gallery.css and gallery.js beside this file; th
 are written into index.html, which so stays one file.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import base64
-import csv
 import html
 import io
 import json
@@ -44,16 +48,33 @@ import torch
 from core.digests import code_digest, digest, file_digest
 from dataset.nih import probe_crop, resolve_images
 from dataset.probe import load_probe, output_names
+from mammi.ablation import untested
 from mammi.describers import SCORES
 from mammi.method import alpha_cut, select_examples
 from models import pick_device
 from models.target import warn_untrained
-from pipeline.ablation import untested
-from pipeline.cache import load_json, save_bytes
+from pipeline.cache import save_bytes
 from pipeline.cli import PipelineError, configure, main, print_config
+from pipeline.outputs import (
+    ABLATION,
+    ACTIVATIONS,
+    CONCEPTS,
+    EXAMPLES_CSV,
+    GALLERY_INDEX,
+    SIMILARITY,
+    TOTAL_RESULTS,
+    concept_set_name,
+    model_dir,
+    read_ablation,
+    read_activations,
+    read_example_labels,
+    read_matching,
+    read_similarity,
+    read_total_results,
+    stored_classes,
+    stored_examples_config,
+)
 from pipeline.overlays import KINDS, example_overlays
-from pipeline.outputs import (concept_set_name, locate_examples, model_dir, read_ablation, read_activations,
-                              read_matching, read_similarity, stored_classes)
 
 # -----------------------------------------------------------------------------
 runs = ""                       # comma-separated concepts.json files of stage 3 (any layer, any describer) or folders holding them; default: every concepts.json under save_root (of the given dataset and model, when an experiment file or an option names them)
@@ -88,7 +109,7 @@ def run():
     t0 = time.time()
     root = Path(save_root)
     gdir = Path(gallery_dir) if gallery_dir else root / "gallery"
-    files = listed(runs, root, "concepts.json", "concept_matching.py", "runs")
+    files = listed(runs, root, CONCEPTS, "concept_matching.py", "runs")
     if not files:
         raise PipelineError(f"no concepts.json under {root}; run concept_matching.py first, "
                             f"or pass --runs PATH[,PATH...] (or --save_root where the outputs are)")
@@ -108,7 +129,7 @@ def run():
             raise PipelineError(f"{path} or the examples it names has unexpected content ({type(e).__name__}: {e}); "
                                 f"rerun example_selection.py and concept_matching.py") from None
     label_runs(page["runs"], root)
-    keys += link_panels(page, listed(visualization, root, "total_results.json", "visualization.py", "visualization"), gdir)
+    keys += link_panels(page, listed(visualization, root, TOTAL_RESULTS, "visualization.py", "visualization"), gdir)
     keys += attach_maps(page)
 
     # Thumbnails: one per distinct image over all runs (runs of one probing set share them).
@@ -135,7 +156,7 @@ def run():
 
     page["key"] = digest({"inputs": keys, "config": {k: v for k, v in config.items() if k != "gallery_dir"},
                           "code": CODE, "page": {name: file_digest(HERE / name) for name in PAGE_FILES}})
-    index = gdir / "index.html"
+    index = gdir / GALLERY_INDEX
     save_bytes(index, render(page).encode())
     shareable(index)
     n = len(page["neurons"])
@@ -175,7 +196,7 @@ def of_experiment(path: Path, picked: dict) -> bool:
     """Whether a concepts.json names the neurons of the dataset and model given (picked), by what its
     examples.json stored; one that cannot be read is kept, for load_run to say what is wrong with it."""
     try:
-        stored = load_json(locate_examples(path, load_json(path)["config"]))["config"]
+        stored = stored_examples_config(path)
     except (PipelineError, OSError, ValueError, KeyError, TypeError):
         return True
     return all(stored.get(k) == v for k, v in picked.items())
@@ -197,9 +218,9 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     named = stored_classes(ex_cfg)  # the class names step 2 stored: fc neuron k is class k
     is_fc = layer == "fc" and len(data["neurons"]) == len(named or [])
     classes = output_names(named, len(named)) if is_fc else []
-    labels, probs = example_labels(ex_path.parent / "examples.csv", classes)
+    labels, probs = read_example_labels(ex_path.parent / EXAMPLES_CSV, classes)
     hist = histograms(ex_path, ex)
-    bars, cuts, alpha = similarity_bars(path.parent / "similarity.pt", data)
+    bars, cuts, alpha = similarity_bars(path.parent / SIMILARITY, data)
     r = len(page["runs"])
     describer = str(cfg.get("describer") or "MAMMI")
     kind, own = examples_of(cfg, ex_path, ex)
@@ -233,7 +254,7 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
                          "score": list(score), "per_example": kind == "mammi",
                          "alpha": alpha, "n_images": hist["n"] if hist else None, "fc": is_fc,
                          "fdr": cfg.get("fdr"), "evidence": evidence and {k: evidence.get(k) for k in EVIDENCE},
-                         "ablation": None if why_not else ablation_rows(path.parent / "ablation.json", path),
+                         "ablation": None if why_not else ablation_rows(path.parent / ABLATION, path),
                          "ablation_note": why_not})
     for n in data["neurons"]:
         k = n["neuron"]
@@ -285,8 +306,8 @@ def load_run(path: Path, page: dict, images: dict, vocab: dict) -> dict:
     page["vocab"] = list(vocab)
     stat = lambda p: [str(p), p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else [str(p), None]
     return {"concepts": file_digest(path), "examples": file_digest(ex_path), "data_root": folder,
-            "files": [stat(ex_path.parent / "examples.csv"), stat(ex_path.parent.parent / "activations.pt"),
-                      stat(path.parent / "similarity.pt"), stat(path.parent / "ablation.json")]}
+            "files": [stat(ex_path.parent / EXAMPLES_CSV), stat(ex_path.parent.parent / ACTIVATIONS),
+                      stat(path.parent / SIMILARITY), stat(path.parent / ABLATION)]}
 
 
 def examples_of(cfg: dict, ex_path: Path, ex: dict) -> tuple[str, dict | None]:
@@ -378,23 +399,6 @@ def sig(v, digits: int = 4):
     return float(f"{float(v):.{digits}g}")
 
 
-def example_labels(path: Path, classes: list[str]) -> tuple[dict, dict]:
-    """examples.csv: each image's findings, and each (neuron, example image)'s probability of the neuron's
-    class when the layer is fc (classes: its column names, empty otherwise). Absent file: no labels shown."""
-    labels, probs = {}, {}
-    if not path.is_file():
-        print(f"note: {path} not found; the thumbnails carry no labels")
-        return labels, probs
-    with open(path, newline="", errors="surrogateescape") as f:  # ids as save_csv wrote them
-        for row in csv.DictReader(f):
-            labels[row["image_id"]] = row.get("findings", "")
-            k = int(row["neuron"])
-            p = row.get(f"prob_{classes[k]}") if classes else None
-            if p not in (None, "", "nan"):
-                probs[(k, row["image_id"])] = float(p)
-    return labels, probs
-
-
 _histograms: dict = {}
 
 
@@ -404,7 +408,7 @@ def histograms(ex_path: Path, ex: dict) -> dict:
     memo = (str(ex_path.parent.parent.resolve()), ex["activations_key"])
     if memo not in _histograms:
         _histograms[memo] = _histograms_of(activations(ex_path, ex)["activations"], len(ex["neurons"]),
-                                           ex_path.parent.parent / "activations.pt")
+                                           ex_path.parent.parent / ACTIVATIONS)
     return _histograms[memo]
 
 
@@ -486,12 +490,8 @@ def link_panels(page: dict, files: list[Path], gdir: Path) -> list:
     where = {(x["r"], x["n"]): x for x in page["neurons"]}
     keys = []
     for f in files:
-        try:
-            data = load_json(f)
-            cfg, images = data["config"], data["images"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise PipelineError(f"{f}: not a total_results.json of visualization.py ({type(e).__name__}); "
-                                f"rerun visualization.py") from None
+        data = read_total_results(f)
+        cfg, images = data["config"], data["images"]
         r = runs.get(data.get("concepts_digest"))
         if r is None:
             print(f"note: {f} titles its panels with the names of {cfg.get('concepts')} as they were then, not "

@@ -10,11 +10,13 @@ sentence, in order of first appearance, is cleaned, stripped of caption-noise wo
 each new NN/NNS/NNP token joins the set. Writes {out_dir}/{name}.txt, one concept per line.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 from pathlib import Path
 
+from dataset.concepts import nouns, read_reports, sentences
 from pipeline.cache import save_bytes, writable
 from pipeline.cli import PipelineError, configure, main, print_config
-from dataset.concepts import nouns, read_reports, sentences
 
 # -----------------------------------------------------------------------------
 reports = "data/mimic_cxr/annotation.json"  # R2Gen annotation.json, IU reports json, or .txt (one report per line)

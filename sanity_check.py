@@ -13,18 +13,20 @@ compares per layer the share of significant neurons and the most frequent first 
 sanity.json and sanity.png in that folder.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
-import sys
+
+# isort: split
 from collections import Counter
 from pathlib import Path
 
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from models.layers import layer_names
 from pipeline.cache import save_json, save_png
-from pipeline.cli import PipelineError, accepted_names, configure, main, print_config, run_script
-from pipeline.outputs import matching_dir, model_dir, read_matching
+from pipeline.cli import PipelineError, configure, main, print_config, run_step
+from pipeline.outputs import CONCEPTS, SANITY, SANITY_PNG, matching_dir, model_dir, read_matching
 
 # -----------------------------------------------------------------------------
 sanity_seed: "[0, 2**63 - 1]" = 0  # seed of the re-initialisation (the re-initialised target's --reinit_seed)
@@ -34,30 +36,6 @@ config = configure(globals(), reads=("example_selection.py", "concept_matching.p
 # The two sides of each layer, as sanity.json keys them and as they are called: the target as its checkpoint
 # left it (never called trained: --checkpoint random gives an untrained one) and the re-initialised one.
 SIDES = {"target": "target", "reinitialised": "re-initialised"}
-
-
-def forwarded(script: str) -> list[str]:
-    """This command line as the step takes it: the experiment files, and the options it knows as typed
-    (--layer and --reinit_seed aside: each run sets its own)."""
-    known = set(accepted_names(script)) - {"layer", "reinit_seed"}
-    args, out = sys.argv[1:], []
-    while args:
-        a = args.pop(0)
-        if not a.startswith("--"):
-            out += [a] if a.endswith(".py") else []
-            continue
-        value = [] if "=" in a else args[:1]
-        args = args if "=" in a else args[1:]
-        if a[2:].split("=")[0] in known:
-            out += [a] + value
-    return out
-
-
-def step(script: str, **args) -> None:
-    argv = forwarded(script) + [a for k, v in args.items() for a in (f"--{k}", str(v))]
-    print(f"\n$ python {script} {' '.join(argv)}", flush=True)
-    if run_script(script, *argv) != 0:
-        raise PipelineError(f"{script} failed (its error is above); the sanity check stops here")
 
 
 def side(path: Path, top: int) -> dict:
@@ -137,18 +115,18 @@ def run():
         raise PipelineError("--layer list prints the layers; name the layers to check, e.g. --layer fc,penultimate")
     rand = {**config, "reinit_seed": sanity_seed}
     for seed in (-1, sanity_seed):  # one forward pass per target for all the layers
-        step("example_selection.py", layer=",".join(names), reinit_seed=seed)
-        step("concept_matching.py", layer=",".join(names), reinit_seed=seed)
+        run_step("example_selection.py", config, layer=",".join(names), reinit_seed=seed)
+        run_step("concept_matching.py", config, layer=",".join(names), reinit_seed=seed)
     layers = {}
     for name in names:
-        both = {w: side(matching_dir({**c, "layer": name}) / "concepts.json", frequent_concepts)
+        both = {w: side(matching_dir({**c, "layer": name}) / CONCEPTS, frequent_concepts)
                 for w, c in (("target", {**config, "reinit_seed": -1}), ("reinitialised", rand))}
         shared = {c for c, _ in both["target"]["first_concepts"]} & {c for c, _ in both["reinitialised"]["first_concepts"]}
         layers[name] = {**both, "shared_first_concepts": sorted(shared)}
     out = model_dir(rand)
-    save_json(out / "sanity.json", {"sanity_seed": sanity_seed, "model": config["model"],
+    save_json(out / SANITY, {"sanity_seed": sanity_seed, "model": config["model"],
                                     "checkpoint": config["checkpoint"], "layers": layers})
-    save_png(out / "sanity.png", figure(layers))
+    save_png(out / SANITY_PNG, figure(layers))
     print(f"\n== Sanity check: significant names ({q_rule(layers)}) of the target and of the target re-initialised "
           f"(seed {sanity_seed})")
     for name, r in layers.items():
@@ -156,7 +134,7 @@ def run():
         print(f"{name}: {side_name('target', t)} {counted(t)}, re-initialised {counted(z)}; first concepts: target "
               f"{', '.join(c for c, _ in t['first_concepts'])}; re-initialised {', '.join(c for c, _ in z['first_concepts'])}")
     print("outputs:")
-    for p in ("sanity.json", "sanity.png"):
+    for p in (SANITY, SANITY_PNG):
         print(f"  {out / p}")
 
 

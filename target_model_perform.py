@@ -15,9 +15,12 @@ key of what produced them, the target the thresholds were fitted to and each fil
 visualization.py checks before it predicts with them.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import time
 
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
@@ -25,15 +28,28 @@ import torch
 from sklearn.metrics import roc_curve
 
 from core.digests import file_digest
-from pipeline.cache import claim, holds_claims, save_csv, save_json, save_png
-from pipeline.cli import PipelineError, configure, main, print_config
 from dataset.boxes import disease_colour
-from dataset.nih import model_input_args, split_source
+from dataset.nih import model_input_args
 from dataset.probe import MISSING, align_labels, load_probe, output_names, resolve_classes
-from pipeline.evaluation import auroc_auprc, best_thresholds, forward_logits, known, stage2_logits
+from mammi.metrics import auroc_auprc, best_thresholds, known
 from models import pick_device
 from models.target import RANDOM, checkpoint_of, model_classes, preprocessing, target_as_probed, warn_untrained
-from pipeline.outputs import EVAL_FILES, EVAL_RECORD, eval_dir, eval_key, eval_split, target_key
+from pipeline.cache import claim, holds_claims, save_csv, save_json, save_png
+from pipeline.cli import PipelineError, configure, main, print_config
+from pipeline.evaluation import forward_logits, held_out_split, stage2_logits
+from pipeline.outputs import (
+    EVAL_FILES,
+    EVAL_RECORD,
+    LABELS,
+    PROBS,
+    ROC_CURVES,
+    TEST_EVAL,
+    THRESHOLDS,
+    eval_dir,
+    eval_key,
+    eval_split,
+    target_key,
+)
 
 # -----------------------------------------------------------------------------
 # The target, its checkpoint, preprocessing, image folder and save_root are example_selection.py's.
@@ -65,14 +81,7 @@ def run():
     out, data = {}, {}
     for split, override in (("val", val_split_file), ("test", test_split_file)):
         t0 = time.time()
-        if config["labels"]:  # a CSV probing set: the split's CSV, or the probing CSV itself
-            c = {**config, "labels": override or config["labels"]}
-            if not override:
-                print(f"note: {split}: no --{split}_split_file, so the probing CSV {config['labels']} serves")
-        else:
-            print(split_source(split, config["data_root"], override, f"--{split}_split_file"))
-            c = {**config, "split": split, "split_file": override}
-        probe = probed if probed is not None and not override else load_probe(c)
+        c, probe = held_out_split(config, split, override, probed)
         if classes is None:
             classes, source = resolve_classes(config["classes"], model_classes(model), probed or probe)
         labels = align_labels(probe, classes, source)
@@ -110,15 +119,16 @@ def run():
     # written last: a write failing midway leaves no file of that run beside this one's, and no eval.json
     for f in (EVAL_RECORD,) + EVAL_FILES:
         (d / f).unlink(missing_ok=True)
-    save_csv(d / "Threshold.csv", ["label", "bestthr"], [[c, f"{t:.6g}"] for c, t in zip(classes, thr)])
-    save_csv(d / "TestEval.csv", ["label", "auc", "auprc"],
+    save_csv(d / THRESHOLDS, ["label", "bestthr"], [[c, f"{t:.6g}"] for c, t in zip(classes, thr)])
+    save_csv(d / TEST_EVAL, ["label", "auc", "auprc"],
              [[c, f"{a:.6g}", f"{p:.6g}"] for c, a, p in zip(classes, auc, ap)])
     for split, (n, y, p) in out.items():
         tag = split.capitalize()
-        save_csv(d / f"{tag}Probs.csv", ["image_id"] + classes, [[i] + [f"{v:.9g}" for v in row] for i, row in zip(n, p)])
-        save_csv(d / f"{tag}Labels.csv", ["image_id"] + classes,
+        save_csv(d / PROBS.format(split=tag), ["image_id"] + classes,
+                 [[i] + [f"{v:.9g}" for v in row] for i, row in zip(n, p)])
+        save_csv(d / LABELS.format(split=tag), ["image_id"] + classes,
                  [[i] + ["" if v == MISSING else int(v) for v in row] for i, row in zip(n, y)])
-    save_png(d / "roc_curves.png", roc_figure(labels, probs, auc, classes, eval_split(config)))
+    save_png(d / ROC_CURVES, roc_figure(labels, probs, auc, classes, eval_split(config)))
     target = target_key({**config, **prep, "checkpoint": ckpt})
     save_json(d / EVAL_RECORD, {"key": eval_key(target, data, classes), "target": target,
                                 "config": {**config, **prep, "checkpoint": str(ckpt or "")},

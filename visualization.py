@@ -13,11 +13,14 @@ pointing game (is the overall map's peak inside one?) and the share of its mass 
 Writes figures/{image}_{class}.png and total_results.json.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
+
+# isort: split
 import textwrap
 import time
 from pathlib import Path
 
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
@@ -28,20 +31,32 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.patches import Patch, Rectangle
 from tqdm import tqdm
 
-from pipeline.attribution import (NEURON_COLOURS, OVERALL_COLOUR, neuron_map, overall_map, overlay, pointing,
-                         taylor_scores, top_neurons)
-from pipeline.cache import claim, holds_claims, save_json, save_png
-from pipeline.cli import PipelineError, check_stored, configure, main, print_config
+from core.digests import file_digest
 from dataset.boxes import disease_colour, load_boxes, scale_to, to_probe_crop
 from dataset.files import read_image
 from dataset.nih import model_input_args, probe_crop, resolve_images, to_model_input
 from dataset.probe import label_key, output_names
-from pipeline.evaluation import read_thresholds
+from mammi.attribution import taylor_scores, top_neurons
+from mammi.maps import NEURON_COLOURS, OVERALL_COLOUR, neuron_map, overall_map, overlay
+from mammi.pointing import pointing
 from models import pick_device
-from core.digests import file_digest
 from models.target import checkpoint_of, preprocessing, target_as_probed
-from pipeline.outputs import (eval_dir, matching_dir, read_matching, stored_classes, target_key, upstream_constants,
-                              visualization_dir)
+from pipeline.cache import claim, holds_claims, save_json, save_png
+from pipeline.cli import PipelineError, check_stored, configure, main, print_config
+from pipeline.evaluation import read_thresholds
+from pipeline.outputs import (
+    CONCEPTS,
+    THRESHOLDS,
+    TOTAL_RESULTS,
+    eval_dir,
+    matching_dir,
+    panel_path,
+    read_matching,
+    stored_classes,
+    target_key,
+    upstream_constants,
+    visualization_dir,
+)
 
 # -----------------------------------------------------------------------------
 # The boxes and images to show are bbox_img.py's constants; the concepts.json to explain is named by
@@ -70,7 +85,7 @@ def run():
     model, resize, crop = config["model"], prep["resize"], prep["crop"]
     classes = stored_classes(stored)
     classes = output_names(classes, len(classes or []))
-    thr_path = Path(thresholds) if thresholds else eval_dir(config) / "Threshold.csv"
+    thr_path = Path(thresholds) if thresholds else eval_dir(config) / THRESHOLDS
     target = {**config, **prep}  # the target that made the concepts' activations, re-initialised or not
     seed = config.get("reinit_seed", -1)
     thr = read_thresholds(thr_path, classes, target_key(target), f"{config['checkpoint'] or model}"
@@ -91,7 +106,7 @@ def run():
     net = target_as_probed(target, True, len(classes))[0].to(dev)
     # total_results.json, the one the gallery reads, is removed before the panels are redrawn: a run failing
     # midway leaves none listing panels drawn since
-    (out_dir / "total_results.json").unlink(missing_ok=True)
+    (out_dir / TOTAL_RESULTS).unlink(missing_ok=True)
     results, t0 = [], time.time()
     for b in tqdm(range(0, len(names), batch_size), desc="images", unit="batch"):
         crops = [probe_crop(p, resize, crop) for p in paths[b:b + batch_size]]
@@ -106,21 +121,21 @@ def run():
     print(f"{len(results)} images, {sum(len(r['predictions']) for r in results)} panels in {time.time() - t0:.1f}s")
 
     summary = pointing_summary(results, classes)
-    save_json(out_dir / "total_results.json", {
+    save_json(out_dir / TOTAL_RESULTS, {
         "config": {**config, "layer": LAYER, "checkpoint": str(ckpt or ""), "thresholds": str(thr_path),
                    "concepts": str(concepts_path), "box_file": str(box_path)},
         "concepts_digest": file_digest(concepts_path),  # the names the panels are titled with: the gallery's link
         "pointing_game": summary, "images": results})
     print_pointing(summary)
     print("outputs:")
-    print(f"  {out_dir / 'figures'}/{{image}}_{{class}}.png")
-    print(f"  {out_dir / 'total_results.json'}")
+    print(f"  {panel_path(out_dir, '{image}', '{class}')}")
+    print(f"  {out_dir / TOTAL_RESULTS}")
 
 
 def neuron_concepts():
     """Each penultimate neuron's concept names from step 3 (with a word when it has none); the
     constants that produced them are taken from concepts.json and its examples.json."""
-    path = Path(concepts) if concepts else matching_dir({**config, "layer": LAYER}) / "concepts.json"
+    path = Path(concepts) if concepts else matching_dir({**config, "layer": LAYER}) / CONCEPTS
     if not path.is_file():
         raise PipelineError(f"{path} not found; run example_selection.py and concept_matching.py with --layer {LAYER} "
                             f"and the same experiment file, or pass --concepts PATH")
@@ -156,7 +171,7 @@ def explain(name, anns, path, img, probs, taylor, maps, thr, named, classes, out
         overall = overall_map(maps[top], scores, overall_percentile, crop)
         cls_boxes = [g["box"] for g in gt if label_key(g["label"]) == label_key(classes[j])]  # as labels join classes
         pg = pointing(overall, cls_boxes) if cls_boxes else None
-        fig_path = out_dir / "figures" / f"{Path(name).stem}_{classes[j].replace(' ', '_')}.png"
+        fig_path = panel_path(out_dir, Path(name).stem, classes[j].replace(' ', '_'))
         neurons = [{"neuron": k, "taylor": float(s), "concepts": named[k]} for k, s in zip(top, scores.tolist())]
         save_png(fig_path, panel(name, classes[j], float(probs[j]), float(thr[j]), img, gt, neurons,
                                  shown, overall, cls_boxes, pg))
@@ -208,7 +223,7 @@ def panel(name, cls, prob, t, img, gt, neurons, shown, overall, cls_boxes, pg) -
 
 
 def caption(n: int, cls: str) -> str:
-    """What the panel's numbers and maps are, in the terms of pipeline/attribution.py."""
+    """What the panel's numbers and maps are, in the terms of mammi/attribution.py and mammi/maps.py."""
     return textwrap.fill(
         f"Taylor score: the neuron's pooled activation times the gradient of the {cls} logit with respect to it, "
         f"its first-order contribution to that logit (exact under a linear head); shown: the {n} neuron"

@@ -3,7 +3,9 @@
 The code part of a key is never a hand list of files: `code_digest` starts from the modules that
 compute an output and follows their import statements (those inside functions too), transitively,
 to every module of the project they reach. A user's model file and its neighbours are found the
-same way (`imported_files` with the file's own folder as the base).
+same way (`imported_files` with the file's own folder as the base). Each module counts by its syntax
+tree without docstrings (`source_digest`): a comment, a docstring or a blank line cannot change a
+result, so editing one re-runs nothing.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: the base of the project's own imports
 _digests: dict[tuple, str] = {}
-_imports: dict[tuple, list[tuple[Path, str]]] = {}
+_sources: dict[str, tuple[list, str]] = {}  # _source by the sha256 of a file's bytes: each version parsed once
 
 
 def _memo(path: Path) -> tuple:
@@ -36,6 +38,40 @@ def file_digest(path: str | os.PathLike) -> str:
     return _digests[memo]
 
 
+def source_digest(path: str | os.PathLike) -> str:
+    """sha256 of a Python file's syntax tree with the docstrings of its module, classes and functions left
+    out: what running it can depend on, without its comments, docstrings, layout and line numbers. A file
+    that does not parse counts by its bytes."""
+    return _source(Path(path))[1]
+
+
+def _source(file: Path) -> tuple[list[tuple[int, str | None, list[str]]], str]:
+    """A module's import statements ((level, module, names) of each, anywhere in it) and its source_digest,
+    from one parse of each version of the file (known by the sha256 of its bytes)."""
+    data = file.read_bytes()
+    raw = hashlib.sha256(data).hexdigest()
+    if raw not in _sources:
+        try:
+            tree = ast.parse(data, str(file))
+        except (SyntaxError, ValueError):  # the import itself will say what is wrong with it
+            _sources[raw] = ([], raw)
+            return _sources[raw]
+        imports, documented = [], []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imports.append((0, None, [a.name for a in node.names]))
+            elif isinstance(node, ast.ImportFrom):
+                imports.append((node.level, node.module, [a.name for a in node.names]))
+            elif isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body \
+                    and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant) \
+                    and isinstance(node.body[0].value.value, str):
+                documented.append(node)
+        for node in documented:
+            node.body = node.body[1:]
+        _sources[raw] = (imports, hashlib.sha256(ast.dump(tree).encode()).hexdigest())
+    return _sources[raw]
+
+
 def digest(obj: Any) -> str:
     """sha256 of a JSON-serialisable object, independent of dict order."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
@@ -44,21 +80,14 @@ def digest(obj: Any) -> str:
 def _imported_names(file: Path, base: Path) -> list[tuple[Path, str]]:
     """(folder, dotted name) of each module file's import statements name, anywhere in it: an absolute
     import is looked for under base, a relative one under the file's own package folder."""
-    memo = (*_memo(file), str(base))
-    if memo not in _imports:
-        try:
-            tree = ast.parse(file.read_bytes(), str(file))
-        except (SyntaxError, ValueError):  # the import itself will say what is wrong with it
-            tree = ast.Module(body=[], type_ignores=[])
-        names = []
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names += [(base, a.name) for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                where = file.parents[min(node.level, len(file.parents)) - 1] if node.level else base
-                names += [(where, f"{node.module or ''}.{a.name}".strip(".")) for a in node.names]
-        _imports[memo] = names
-    return _imports[memo]
+    names = []
+    for level, module, aliases in _source(file)[0]:
+        if module is None and not level:  # import a.b
+            names += [(base, a) for a in aliases]
+        else:
+            where = file.parents[min(level, len(file.parents)) - 1] if level else base
+            names += [(where, f"{module or ''}.{a}".strip(".")) for a in aliases]
+    return names
 
 
 def imported_files(roots: list[str | os.PathLike], base: str | os.PathLike) -> list[Path]:
@@ -85,7 +114,7 @@ def imported_files(roots: list[str | os.PathLike], base: str | os.PathLike) -> l
 
 def code_digest(*roots: str) -> str:
     """Digest of the sources that compute an output: the root modules (paths relative to the
-    repository) and every project module they import, transitively. Taken when called, not at import,
-    so that a process running several steps sees an edit made meanwhile."""
+    repository) and every project module they import, transitively, each by its source_digest. Taken
+    when called, not at import, so that a process running several steps sees an edit made meanwhile."""
     files = imported_files([ROOT / r for r in roots], ROOT)
-    return digest({f.relative_to(ROOT).as_posix(): file_digest(f) for f in files})
+    return digest({f.relative_to(ROOT).as_posix(): source_digest(f) for f in files})

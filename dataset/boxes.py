@@ -167,7 +167,8 @@ def draw_boxes(image: Image.Image, anns: list[dict], alpha: float = BLEND_ALPHA)
         d_out.rectangle(a["box"], outline=colour, width=width)
         d_fill.rectangle(a["box"], fill=colour)
     base = np.asarray(rgb, dtype=np.float64)
-    blend = Image.fromarray(np.round(base * (1 - alpha) + np.asarray(filled, dtype=np.float64) * alpha).astype(np.uint8))
+    mixed = base * (1 - alpha) + np.asarray(filled, dtype=np.float64) * alpha
+    blend = Image.fromarray(np.round(mixed).astype(np.uint8))
     d_blend = ImageDraw.Draw(blend)
     for a in anns:
         if a["polygon"] and len(a["polygon"]) > 1:

@@ -115,8 +115,6 @@ def check_size(path: str | Path, width: int, height: int) -> None:
 
 def _read_dicom(path: str | Path, rgb) -> Image.Image:
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
-    from pydicom.pixels.utils import get_expected_length
     try:
         ds = pydicom.dcmread(path, defer_size="1 MB")  # large values (the pixels) read after the size is checked
     except Exception as e:  # pydicom raises several kinds on a damaged file
@@ -125,15 +123,19 @@ def _read_dicom(path: str | Path, rgb) -> Image.Image:
         raise PipelineError(f"{path}: a DICOM file without pixel data (a report or structured document?); "
                             f"remove it from the probing set")
     check_size(path, int(ds.get("Columns") or 0), int(ds.get("Rows") or 0))
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    try:
-        decoder = get_decoder(syntax) if syntax else None
-    except (NotImplementedError, ValueError):  # a syntax pydicom has no decoder for at all
-        decoder = None
-    if syntax and (decoder is None or not decoder.is_available):
-        need = f"install one of: {'; '.join(decoder.missing_dependencies)}" if decoder else "pydicom has none for it"
-        raise PipelineError(f"{path}: no installed pydicom decoder reads its pixel data ({syntax.name}); {need}; "
-                            f"or convert the file")
+    a = _dicom_pixels(path, ds)
+    lo, hi = float(a.min()), float(a.max())
+    a = (a - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        a = 255 - a  # its smallest value is white
+    return rgb(Image.fromarray(np.round(a).astype(np.uint8)))
+
+
+def _dicom_pixels(path: str | Path, ds) -> np.ndarray:
+    """The first frame's values, through the modality and VOI lookups for a grey image."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+    from pydicom.pixels.utils import get_expected_length
+    syntax = _decodable_syntax(path, ds)
     try:
         if syntax and not syntax.is_encapsulated and "PixelData" in ds:
             # uncompressed: its length follows from Rows, Columns, samples, bits and frames
@@ -148,16 +150,24 @@ def _read_dicom(path: str | Path, rgb) -> Image.Image:
         raise PipelineError(f"{path}: its pixel data ({getattr(syntax, 'name', 'no transfer syntax')}) cannot be "
                             f"decoded ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
                             f"the file looks damaged: replace or re-export it") from None
-    colour = int(ds.get("SamplesPerPixel", 1)) == 3
-    if colour:
-        a = a.astype(np.float64)
-    else:
-        a = apply_voi_lut(apply_modality_lut(a, ds), ds).astype(np.float64)
-    lo, hi = float(a.min()), float(a.max())
-    a = (a - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(a)
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        a = 255 - a  # its smallest value is white
-    return rgb(Image.fromarray(np.round(a).astype(np.uint8)))
+    if int(ds.get("SamplesPerPixel", 1)) == 3:
+        return a.astype(np.float64)
+    return apply_voi_lut(apply_modality_lut(a, ds), ds).astype(np.float64)
+
+
+def _decodable_syntax(path: str | Path, ds):
+    """The file's transfer syntax (None when it states none), stopping when no installed decoder reads it."""
+    from pydicom.pixels import get_decoder
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        decoder = get_decoder(syntax) if syntax else None
+    except (NotImplementedError, ValueError):  # a syntax pydicom has no decoder for at all
+        decoder = None
+    if syntax and (decoder is None or not decoder.is_available):
+        need = f"install one of: {'; '.join(decoder.missing_dependencies)}" if decoder else "pydicom has none for it"
+        raise PipelineError(f"{path}: no installed pydicom decoder reads its pixel data ({syntax.name}); {need}; "
+                            f"or convert the file")
+    return syntax
 
 
 def image_files(root: str | Path, skipped: list[str] | None = None) -> Iterator[str]:

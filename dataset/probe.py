@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.files import identical_files, image_files, read_text
-from dataset.nih import OUTSIDE, class_names, data_digest, outside_root, read_split, resolve_images, split_file
 from core.errors import PipelineError
 from core.text import at_most, printable
+from dataset.files import identical_files, image_files, read_text
+from dataset.nih import OUTSIDE, class_names, data_digest, outside_root, read_split, resolve_images, split_file
 
 MISSING = -1  # a label without ground truth: a class the set has no column for, or one the policy ignores
 # What -1 (uncertain) and a blank (not mentioned) become under each `uncertain` policy.
@@ -107,11 +107,24 @@ def note_copies(probe: Probe) -> None:
 def read_label_csv(path: Path, uncertain: str) -> tuple[list[str], list[str] | None, np.ndarray | None]:
     """Image ids, label column names and [N, L] labels under the `uncertain` policy (None, None
     when the file has a path column only)."""
+    if uncertain not in UNCERTAIN:
+        raise PipelineError(f"--uncertain is one of {' | '.join(UNCERTAIN)}, not {uncertain!r}")
+    header, body, col = _label_rows(path)
+    names = _image_names(path, body, col)
+    cols = _label_columns(path, header, body, col)
+    if not cols:
+        return names, None, None
+    neg1, blank = UNCERTAIN[uncertain]
+    value = {**{k: v for k, v in LABEL_VALUES.items() if v is not None}, "-1": neg1, "-1.0": neg1, "": blank}
+    labels = np.array([[value[r[j].strip()] for j in cols] for r in body], dtype=np.int64)
+    return names, [header[j] for j in cols], labels
+
+
+def _label_rows(path: Path) -> tuple[list[str], list[list[str]], int]:
+    """A labels CSV's header, its non-blank rows (each as long as the header) and its path column."""
     if not path.is_file():
         raise PipelineError(f"labels file {path} not found; pass --labels with a CSV, none for an unlabeled "
                             f"folder, or leave it empty for NIH split files")
-    if uncertain not in UNCERTAIN:
-        raise PipelineError(f"--uncertain is one of {' | '.join(UNCERTAIN)}, not {uncertain!r}")
     rows = [r for r in csv.reader(io.StringIO(read_text(path))) if any(v.strip() for v in r)]
     if not rows:
         raise PipelineError(f"{path} is empty; it needs a header with a path column and label columns")
@@ -126,6 +139,11 @@ def read_label_csv(path: Path, uncertain: str) -> tuple[list[str], list[str] | N
             raise PipelineError(f"{path}, line {i}: {len(r)} fields where the header has {len(header)}; fix the row")
     if not body:
         raise PipelineError(f"{path} lists no images")
+    return header, body, col
+
+
+def _image_names(path: Path, body: list[list[str]], col: int) -> list[str]:
+    """The path column's entries, each inside the data root and listed once."""
     names, line_of = [], {}
     for i, r in enumerate(body, 2):
         name = r[col].strip()
@@ -136,12 +154,15 @@ def read_label_csv(path: Path, uncertain: str) -> tuple[list[str], list[str] | N
                                 f"remove one of them")
         line_of[Path(name)] = i
         names.append(name)
+    return names
+
+
+def _label_columns(path: Path, header: list[str], body: list[list[str]], col: int) -> list[int]:
+    """The columns whose every value is a label value, each naming a class no other column names."""
     cols = [j for j in range(len(header)) if j != col and all(r[j].strip() in LABEL_VALUES for r in body)]
     other = [header[j] for j in range(len(header)) if j != col and j not in cols]
     if other:
         print(f"note: {path}: columns {at_most(other, 8)} are not labels (values other than 1, 0, -1, blank)")
-    if not cols:
-        return names, None, None
     first = {}  # label columns join classes by name: two of one name would leave one class two answers
     for j in cols:
         other = first.setdefault(label_key(header[j]), j)
@@ -149,10 +170,7 @@ def read_label_csv(path: Path, uncertain: str) -> tuple[list[str], list[str] | N
             raise PipelineError(f"{path}: columns {other + 1} ({header[other]!r}) and {j + 1} ({header[j]!r}) both "
                                 f"label the class {header[other]!r} (names join case, spaces, '_' and '-' aside); "
                                 f"keep one of them")
-    neg1, blank = UNCERTAIN[uncertain]
-    value = {**{k: v for k, v in LABEL_VALUES.items() if v is not None}, "-1": neg1, "-1.0": neg1, "": blank}
-    labels = np.array([[value[r[j].strip()] for j in cols] for r in body], dtype=np.int64)
-    return names, [header[j] for j in cols], labels
+    return cols
 
 
 def read_classes(path: str | Path) -> list[str]:

@@ -13,10 +13,10 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.stats import rankdata
 from tqdm import tqdm
 
+from dataset.probe import label_key
 from mammi.method import mean_se, neuron_concept_scores, ranked
 
 # Describers in the order of every table: MAMMI first, then the mask-free rivals, then those that
@@ -75,45 +75,6 @@ def label_auc(acts: torch.Tensor, labels) -> torch.Tensor:
     return auc.T
 
 
-def top_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
-    """Network Dissection's T_k: the q quantile (linear interpolation) of each row of values [K, M],
-    every spatial activation of neuron k over the probing images."""
-    rows = max(1, (1 << 24) // max(1, values.shape[1]))  # torch.quantile takes at most 2**24 values at once
-    return torch.cat([torch.quantile(values[j:j + rows].double(), q, dim=1) for j in range(0, len(values), rows)])
-
-
-def dissection_counts(maps: torch.Tensor, T: torch.Tensor,
-                      masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For a batch of images: each neuron's map [B, K, h, w] upsampled (bilinear) to the masks' size and
-    thresholded at T_k, M_k(x); the finding masks L_c(x) [B, C, H, W]. Returns the sums over the batch
-    of |M_k(x) & L_c(x)| [K, C], |M_k(x)| [K] and |L_c(x)| [C], as float64 counts."""
-    B, K, C = masks.shape[0], maps.shape[1], masks.shape[1]
-    counts = torch.zeros(K, C + 1, dtype=torch.float64)
-    maps = maps.float()
-    # float32 x > T exactly when x > T rounded down to float32.
-    t = T.float()
-    t = torch.where(t.double() > T.double(), torch.nextafter(t, torch.tensor(-math.inf)), t)
-    # A row of ones below the masks: one product gives |M & L_c| and |M|.
-    L = torch.ones(B, C + 1, masks[0, 0].numel())
-    L[:, :C] = masks.flatten(2)
-    # A bilinear value is a convex combination of neighbouring cells, so a map with no cell above T_k
-    # has an empty M_k: only the others are upsampled (T_k is the top 0.5%: a few percent of them).
-    active = maps.flatten(2).amax(2) > t[None]
-    for b, ks in enumerate(active):
-        ks = ks.nonzero().flatten()
-        if len(ks):
-            up = F.interpolate(maps[b, ks][None], size=masks.shape[-2:], mode="bilinear", align_corners=False)[0]
-            M = (up > t[ks, None, None]).flatten(1).float()
-            counts[ks] += (M @ L[b].T).double()  # 0/1 products: exact in float32 below 2**24 pixels
-    return counts[:, :C], counts[:, C], L[:, :C].sum((0, 2)).double()
-
-
-def iou(inter: torch.Tensor, map_area: torch.Tensor, mask_area: torch.Tensor) -> torch.Tensor:
-    """IoU(k, c) = sum_x |M_k & L_c| / sum_x |M_k | L_c| from the summed counts; 0 where both are empty."""
-    union = map_area[:, None] + mask_area[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
-
-
 def name_neurons(scores: torch.Tensor, concepts: list[str], dead: list[bool], n_used, top_n: int,
                  floor: float | None = None) -> list[dict]:
     """concepts.json's neuron records for a describer: the best concept (first on ties), or none when
@@ -154,10 +115,13 @@ def lift_findings(labels, rows: list[list[int]], lift_min: float, missing: int =
     return out
 
 
-def names_finding(words: list[str], finding: str) -> bool:
-    """A neuron's concepts name a finding: its name is one of them, or each of its words is
-    ('pleural thickening' from 'pleural' and 'thickening')."""
-    return finding in words or all(w in words for w in finding.split())
+def names_finding(concepts: list[str], finding: str) -> bool:
+    """A neuron's concepts name a finding: one of them is the finding, or each of its words is one of
+    them ('pleural' and 'thickening' name pleural thickening; 'pleural' alone names neither it nor
+    pleural effusion). A concept is compared whole, never searched for a word inside it ('pleural
+    effusion' does not name effusion); case, spaces, '_' and '-' aside, as labels join classes."""
+    got, whole = {label_key(c) for c in concepts}, label_key(finding)
+    return whole in got or bool(whole) and all(w in got for w in whole.split())
 
 
 def truth_agreement(named: list[list[str]], truth: list[str | None]) -> dict:
@@ -187,3 +151,8 @@ def pm(v: dict) -> str:
 def share(hits: list[bool]) -> dict:
     """mean +- std/sqrt(n) of per-neuron outcomes (0/1, or shares); NaN with n = 0 when there are none."""
     return mean_se(hits) if hits else {"mean": math.nan, "se": math.nan, "n": 0}
+
+
+def words(records: list[dict]) -> list[list[str]]:
+    """Each neuron's concepts as the describers' scores take them, from its concepts.json records."""
+    return [[c["concept"] for c in n["concepts"]] for n in records]

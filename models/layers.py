@@ -1,19 +1,20 @@
-"""Reading a target's layers: hooks that record one value per neuron and image, whatever the layer's
-output is ([B, D], [B, C, H, W] conv maps, channels-last maps, transformer tokens), and the table of
-every layer that `--layer list` prints."""
+"""Reading a target's layers: read_maps, the one reader of a layer's output with its neurons on dim 1
+(conv maps, channels-last maps, transformer tokens), for heatmaps, dissection and the gallery's maps;
+taps, which pool it to one value per neuron and image; the module whose maps the head pools
+(map_module); and the table of every layer that `--layer list` prints."""
 from __future__ import annotations
 
 import difflib
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn as nn
 from torchvision.ops.misc import Permute
 from tqdm import tqdm
 
-from models.target import ScriptedTarget, head_name
 from core.errors import PipelineError
 from core.text import at_most
+from models.target import ScriptedTarget, head_name
 
 # Modules that compute over dim 1, so their 4-D outputs are [B, C, H, W] inside a channels-last model too.
 CHANNELS_FIRST = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.AvgPool2d,
@@ -52,20 +53,31 @@ def reduce_output(out, layout: tuple[int, int | None], token_pool: str, channels
     """One value per neuron and image: [B, D] as is; [B, C, H, W] (conv) by the spatial mean, or
     [B, H, W, C] when channels_last; [B, T, D] (transformer tokens) by the mean over patch tokens, or
     the class token (token_pool)."""
-    out = first_tensor(out)
-    if out.dim() > 3:
-        return out.flatten(1, -2).mean(1) if channels_last else out.flatten(2).mean(2)
-    if out.dim() < 3:
-        return out
+    return pool_maps(channel_first(first_tensor(out), channels_last), layout, token_pool)
+
+
+def pool_maps(maps: torch.Tensor, layout: tuple[int, int | None], token_pool: str) -> torch.Tensor:
+    """reduce_output on a channel-first output (channel_first's): [B, D] as is, maps [B, C, H, W] by
+    their spatial mean, tokens [B, D, T] by the mean over patch tokens or the class token."""
+    if maps.dim() > 3:
+        return maps.flatten(2).mean(2)
+    if maps.dim() < 3:
+        return maps
     prefix, patches = layout
-    if patches is not None and out.shape[1] == patches:
+    if patches is not None and maps.shape[2] == patches:
         prefix = 0  # a sequence of patches alone (the patch embedding's output)
     if token_pool == "cls":
         if prefix < 1:
-            raise PipelineError(f"--token_pool cls: this layer's {out.shape[1]} tokens have no class token "
+            raise PipelineError(f"--token_pool cls: this layer's {maps.shape[2]} tokens have no class token "
                                 f"(the model declares none before its patches); use --token_pool mean")
-        return out[:, 0]
-    return out[:, prefix:].mean(1)
+        return maps[:, :, 0]
+    return maps[:, :, prefix:].mean(2)
+
+
+def channel_first(out: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A layer's output with its neurons on dim 1 (a view): [B, D] and [B, C, H, W] as they are,
+    channels-last maps [B, H, W, C] as [B, C, H, W], tokens [B, T, D] as [B, D, T]."""
+    return out.movedim(channel_axis(out, channels_last), 1)
 
 
 def channel_axis(t: torch.Tensor, channels_last: bool) -> int:
@@ -154,6 +166,55 @@ def channels_last_modules(model: nn.Module) -> set[str]:
     return last
 
 
+@contextmanager
+def read_maps(model: nn.Module, layer: str, keep=None):
+    """The one reader of a layer's maps: hooks `layer` (fc, penultimate or a module, as hook_layer) and, on
+    each forward pass inside the block, puts keep(its output, neurons on dim 1) under store["maps"]: conv
+    maps [B, C, H, W], channels-last maps moved to it (as the model declares its layout), tokens [B, D, T],
+    [B, D] as is (channel_first). A module that runs several times in a pass is read at its last call.
+    keep: by default a detached float copy, cloned because DenseNet's final ReLU runs in place on its
+    features output after the hook; tap passes its pooling, done inside the hook for the same reason.
+    store["hook"]: the LayerHook (how many times the layer ran)."""
+    inner = model.script if isinstance(model, ScriptedTarget) else model
+    last = layer not in ("fc", "penultimate") and layer in channels_last_modules(inner)
+    keep = keep or (lambda maps: maps.detach().clone().float())
+    store: dict = {}
+    store["hook"] = hook_layer(model, layer, lambda out: store.__setitem__(
+        "maps", keep(channel_first(first_tensor(out), last))))
+    try:
+        yield store
+    finally:
+        store["hook"].remove()
+
+
+def map_module(model: nn.Module) -> str:
+    """The last spatial block, whose maps the head pools: DenseNet's `features` (its last module is norm5,
+    so the output is pre-ReLU), ResNet's `layer4`; refused for other models or channels-last maps."""
+    names = dict(model.named_children())
+    found = next((n for n in ("features", "layer4") if n in names), None)
+    if found is None:
+        raise PipelineError("heatmaps are taken at the output of a `features` (DenseNet) or `layer4` (ResNet) "
+                            "module, and this model has neither; they are not available for this model family")
+    return channels_first(model, found)
+
+
+def map_source(model: nn.Module, layer: str) -> str:
+    """The module whose output holds a layer's maps: fc and penultimate both come from the last spatial
+    block (map_module), so one pass serves both."""
+    name = map_module(model) if layer in ("fc", "penultimate") else layer
+    if name not in dict(model.named_modules()) or not name:
+        raise PipelineError(f"--layer {layer!r} is not a module of this model; try fc, penultimate or a block name")
+    return channels_first(model, name)
+
+
+def channels_first(model: nn.Module, name: str) -> str:
+    """name, if its maps are [B, C, H, W]; torchvision's Swin, say, gives [B, H, W, C] (refused)."""
+    if name in channels_last_modules(model):
+        raise PipelineError(f"the maps of `{name}` are channels-last [B, H, W, C] in this model, and heatmaps and "
+                            f"dissection read [B, C, H, W]; they are not available for this model family")
+    return name
+
+
 def _reader(model: nn.Module, token_pool: str):
     """reduce_output by layer name (fc, penultimate or a module), each output with the layout the model
     declares for it (the head's input is [B, D], or [B, C, H, W] for a Conv2d head)."""
@@ -162,12 +223,12 @@ def _reader(model: nn.Module, token_pool: str):
     return lambda name, out: reduce_output(out, layout, token_pool, name in last)
 
 
-def _register(model: nn.Module, layer: str, put, read, batch: dict):
-    """Hook `layer` so that each forward pass calls put(its reduced output); refused when that output
+def _register(model: nn.Module, layer: str, put, pool, batch: dict):
+    """read_maps on `layer`, each forward pass calling put(its pooled output); refused when that output
     has another number of rows than the pass has images (batch['n']): a block that works on windows
     (Swin's attention) holds no value per image."""
-    def checked(out):
-        v = read(layer, out)
+    def checked(maps):
+        v = pool(maps)
         if v.shape[0] != batch["n"]:
             raise PipelineError(f"--layer {layer}: its output has {v.shape[0]} rows for {batch['n']} images (it "
                                 f"works on windows or patches of them); name the block or stage that holds it "
@@ -175,7 +236,7 @@ def _register(model: nn.Module, layer: str, put, read, batch: dict):
         put(v)
     modules = dict(model.named_modules())
     if layer == "fc":
-        return hook_layer(model, layer, checked)
+        return read_maps(model, layer, checked)
     if isinstance(model, ScriptedTarget):
         raise PipelineError(f"--layer {layer}: a TorchScript model accepts no hooks, so only its outputs (fc) can "
                             f"be read; pass the model as file.py:function to probe its layers")
@@ -187,8 +248,8 @@ def _register(model: nn.Module, layer: str, put, read, batch: dict):
                 f"top-level modules: {', '.join(n for n in names if '.' not in n)}")
         raise PipelineError(f"--layer {layer!r} is not a module of this model; use fc, penultimate, a module "
                             f"name ({hint}) or --layer list")
-    # Reduced inside the hook: DenseNet applies its last ReLU in place on the features output afterwards.
-    return hook_layer(model, layer, checked)
+    # Pooled inside the hook: DenseNet applies its last ReLU in place on the features output afterwards.
+    return read_maps(model, layer, checked)
 
 
 @contextmanager
@@ -197,7 +258,8 @@ def _hooked(model: nn.Module, layers: list[str], token_pool: str, key):
         raise PipelineError(f"--token_pool is mean or cls, not {token_pool!r}")
     store: dict[str, torch.Tensor] = {}
     batch: dict[str, int] = {}
-    read = _reader(model.script if isinstance(model, ScriptedTarget) else model, token_pool)
+    layout = token_layout(model.script if isinstance(model, ScriptedTarget) else model)
+    pool = lambda maps: pool_maps(maps, layout, token_pool)  # noqa: E731
     hooks = [model.register_forward_pre_hook(lambda m, args: batch.__setitem__("n", len(args[0])))]
     layer_hooks: dict[str, LayerHook] = {}
     noted: set[str] = set()
@@ -210,11 +272,12 @@ def _hooked(model: nn.Module, layers: list[str], token_pool: str, key):
                 tqdm.write(f"note: --layer {layer}: the module runs {h.calls} times in each forward pass; its last "
                            f"call (the block's output) is read, the {h.calls - 1} before it are left out")
     try:
-        for layer in layers:
-            layer_hooks[layer] = _register(model, layer, lambda v, k=key(layer): store.__setitem__(k, v), read, batch)
-            hooks.append(layer_hooks[layer])
-        hooks.append(model.register_forward_hook(note))  # after the layers' hooks have counted the pass
-        yield store
+        with ExitStack() as readers:
+            for layer in layers:
+                put = lambda v, k=key(layer): store.__setitem__(k, v)  # noqa: E731
+                layer_hooks[layer] = readers.enter_context(_register(model, layer, put, pool, batch))["hook"]
+            hooks.append(model.register_forward_hook(note))  # after the layers' hooks have counted the pass
+            yield store
     finally:
         for h in hooks:
             h.remove()

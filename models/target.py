@@ -66,7 +66,8 @@ _MOCO_EXTRAS = ("encoder_k.", "queue", "queue_ptr")
 # torchxrayvision's calibration buffer: it maps outputs to probabilities; the logits are wanted here.
 _XRV_EXTRAS = ("op_threshs",)
 # Old torchvision DenseNet names ('norm.1') as in some released checkpoints.
-_DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                              r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 # --checkpoint words: the architecture untrained, or the library's own weights from its local cache.
 RANDOM, PRETRAINED = "random", "pretrained"
 RANDOM_SEED = 0  # torch's seed for --checkpoint random: the same untrained weights in every step
@@ -90,9 +91,11 @@ class Family:
     checkpoint: Callable[[Spec, str, str], Path | None]    # (spec, model, --checkpoint): the weights file, checked
     preprocessing: Callable[[Spec], dict]                  # its own input: resize, crop, channels, mean, std
     library: Callable[[], str | None]                      # the version of the library that defines it
-    outputs: Callable[[Spec], int] | None = None           # outputs before a checkpoint or --num_classes says; None: its file decides
+    # outputs before a checkpoint or --num_classes says; None: its file decides
+    outputs: Callable[[Spec], int] | None = None
     head_sizes: bool = True                                # a checkpoint's head sets the outputs (not medical_mae's 14)
-    names: Callable[[str], list[str]] | None = None        # the NAMEs of family:NAME it knows (with the one asked, if known)
+    # the NAMEs of family:NAME it knows (with the one asked, if known)
+    names: Callable[[str], list[str]] | None = None
     classes: Callable[[Spec], list[str]] | None = None     # the output names it carries itself
     source: Callable[[Spec], object] | None = None         # the digest of its own code
     tag: Callable[[Spec], str] | None = None               # its folder name, when not the --model text
@@ -212,8 +215,8 @@ def checkpoint_of(model: str, checkpoint: str) -> Path | str | None:
 def _cached(path: Path, url: str, model: str, library: str) -> Path:
     """A library's weights file where its own loader would have saved it; nothing is downloaded."""
     if not path.is_file():
-        raise PipelineError(f"--model {model} --checkpoint pretrained: {path} is not in {library}'s cache and nothing is "
-                            f"downloaded here; download {url} to {path} (or pass --checkpoint FILE)")
+        raise PipelineError(f"--model {model} --checkpoint pretrained: {path} is not in {library}'s cache and "
+                            f"nothing is downloaded here; download {url} to {path} (or pass --checkpoint FILE)")
     return path
 
 
@@ -450,17 +453,15 @@ def _state_dict_of(obj, path, own: dict) -> dict:
             obj = obj[field]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise PipelineError(f"{path}: no state dict inside (expected {{'model': ...}}, {{'state_dict': ...}} or a bare state dict)")
-    out = {}
-    for k, v in obj.items():
-        if k not in own:
-            for p in _PREFIXES:
-                if k.startswith(p):
-                    k = k[len(p):]
-                    break
-            k = _DENSENET_LEGACY.sub(r"\1\2", k)
-        out[k] = v
-    return out
+        raise PipelineError(f"{path}: no state dict inside (expected {{'model': ...}}, {{'state_dict': ...}} "
+                            f"or a bare state dict)")
+    return {k if k in own else _unwrapped(k): v for k, v in obj.items()}
+
+
+def _unwrapped(key: str) -> str:
+    """A tensor's name without a training wrapper's prefix, in torchvision's DenseNet spelling."""
+    p = next((p for p in _PREFIXES if key.startswith(p)), "")
+    return _DENSENET_LEGACY.sub(r"\1\2", key[len(p):])
 
 
 def load_checkpoint(model: nn.Module, sd: dict, path: str | Path, arch: str) -> str | None:

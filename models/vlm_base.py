@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-
 # Where each VLM's weights are looked for when --clip_weights is not given (see pretrained/README.md).
 DEFAULT_WEIGHTS = {"medclip": "pretrained/medclip-vit", "medclip-vit": "pretrained/medclip-vit",
                    "phantom": "pretrained/phantom_clip"}

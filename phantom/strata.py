@@ -7,6 +7,8 @@ and without a concept against all negatives instead; this one follows the world'
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
@@ -37,8 +39,8 @@ def auroc_with_without(y, score, has, n_boot: int = N_BOOT, seed: int = 0, level
     tail = 100 * (1 - level) / 2
     for key, b in boots.items():
         ok = b[np.isfinite(b)]
-        out[f"ci_{key}" if key != "gap" else "ci"] = ([float(np.percentile(ok, tail)), float(np.percentile(ok, 100 - tail))]
-                                                      if len(ok) else [float("nan"), float("nan")])
+        ci = [float(np.percentile(ok, tail)), float(np.percentile(ok, 100 - tail))] if len(ok) else [math.nan, math.nan]
+        out[f"ci_{key}" if key != "gap" else "ci"] = ci
     return out
 
 

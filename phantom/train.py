@@ -44,10 +44,10 @@ from PIL import Image
 from mammi import method
 from dataset.concepts import nouns as tagged_nouns, read_concepts, sentences
 from dataset.nih import MEAN, STD, normalize, read_split
+from mammi.metrics import auroc_auprc
 from phantom.strata import N_BOOT, auroc_with_without
 from phantom.world import CLASSES, OBJECT_WORDS, OBJECTS, WORDS, ensure_world, parse_pair, parse_shortcut
-from pipeline.cli import configure, constants_of, main, print_config
-from pipeline.evaluation import auroc_auprc
+from pipeline.cli import CONCEPT_MATCHING, EXAMPLE_SELECTION, configure, constants_of, main, print_config
 
 # world
 world_dir = "data/phantom_world"  # where the phantom world is written (and read back from)
@@ -311,9 +311,10 @@ def object_prevalence(world: World) -> dict:
     out: dict = {}
     for split in world.names:
         y, has = world.labels[split].astype(bool), world.objects[split].astype(bool)
+        def share(rows, i):
+            return float(has[rows, i].mean()) if rows.any() else None
         out[split] = {obj: dict(all=float(has[:, i].mean()),
-                                per_class={c: dict(with_class=float(has[y[:, k], i].mean()) if y[:, k].any() else None,
-                                                   without_class=float(has[~y[:, k], i].mean()) if (~y[:, k]).any() else None,
+                                per_class={c: dict(with_class=share(y[:, k], i), without_class=share(~y[:, k], i),
                                                    n_class=int(y[:, k].sum()))
                                            for k, c in enumerate(CLASSES)})
                       for i, obj in enumerate(OBJECTS)}
@@ -436,8 +437,8 @@ def train_and_check_vlm(clip, world: World, texts: Texts, out: Path, timings: di
 def method_check_fc(clip, acts: np.ndarray, fi: torch.Tensor, concepts: list[str]) -> dict:
     """The method on the fc layer with its default adaptive examples, template, adaptive score and alpha."""
     # The defaults as the steps define them, so the check follows any change to them.
-    percent = constants_of("example_selection.py")["adaptive_percent"]
-    alpha = constants_of("concept_matching.py")["alpha"]
+    percent = constants_of(EXAMPLE_SELECTION)["adaptive_percent"]
+    alpha = constants_of(CONCEPT_MATCHING)["alpha"]
     text = clip.encode_texts(method.prompts(concepts) + [method.TEMPLATE])
     got = method.mammi(torch.from_numpy(acts), fi, text[:-1], text[-1], concepts, alpha, percent=percent)
     S, examples = got["S"], [n["examples"] for n in got["examples"]]
@@ -476,7 +477,8 @@ def write_report(out: Path, timings: dict, target: dict, vlm: dict, check: dict 
         target=target, vlm=vlm, method_check_fc=check,
     )
     (out / record_file).write_text(json.dumps(json_ready(report), indent=1, allow_nan=False))
-    log(f"wrote {out / target_file}, {out / 'phantom_clip'}/ ({'trained' if train_vlm else 'kept'}), {out / record_file}  "
+    kept = "trained" if train_vlm else "kept"
+    log(f"wrote {out / target_file}, {out / 'phantom_clip'}/ ({kept}), {out / record_file}  "
         f"({timings['total_s']:.0f}s in all)")
 
 
@@ -490,7 +492,8 @@ def run() -> None:
     write_world(folder, timings)
     t = time.time()
     clip_dir = out / "phantom_clip"
-    clip = PhantomCLIP(dim=clip_dim, input_size=clip_res, width=clip_width) if train_vlm else PhantomCLIP.from_dir(clip_dir)
+    clip = (PhantomCLIP(dim=clip_dim, input_size=clip_res, width=clip_width) if train_vlm
+            else PhantomCLIP.from_dir(clip_dir))
     world = load_world(folder, clip)
     timings["load_s"] = round(time.time() - t, 1)
     log(f"loaded {sum(len(v) for v in world.names.values())} images in {timings['load_s']}s")
@@ -504,7 +507,8 @@ def run() -> None:
     else:
         log(f"keeping the VLM {clip_dir}")
         nouns = tagged_nouns(sentences(list(world.reports["train"].values())))
-        vlm_report = dict(trained=False, weights=str(clip_dir.relative_to(ROOT) if clip_dir.is_relative_to(ROOT) else clip_dir))
+        weights = clip_dir.relative_to(ROOT) if clip_dir.is_relative_to(ROOT) else clip_dir
+        vlm_report = dict(trained=False, weights=str(weights))
     target_report, acts = train_and_check_target(world, out, timings)
     t = time.time()
     check = check_method(clip, world, acts["train"], nouns) if method_check else None

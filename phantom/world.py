@@ -44,8 +44,8 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from dataset.nih import class_names
 from core.errors import PipelineError
+from dataset.nih import class_names
 from phantom.marker import WORLD_FILE
 
 CLASSES = class_names()  # the NIH findings, in the order of the split files' label columns
@@ -675,7 +675,8 @@ def _sample_laterality_marker(rng, a: dict, findings: list[dict], o: dict) -> No
     sz = _u(rng, 0.055, 0.07)
     x0 = (1 - sz - _u(rng, 0.02, 0.08)) if side > 0 else _u(rng, 0.02, 0.08)
     y0 = _u(rng, 0.02, 0.08)
-    o.update(side=side, letter="L" if side > 0 else "R", x=x0, y=y0, size=sz, location=f"{_side_word(side)} upper corner")
+    o.update(side=side, letter="L" if side > 0 else "R", x=x0, y=y0, size=sz,
+             location=f"{_side_word(side)} upper corner")
     o["box"] = _box(x0, y0, x0 + sz, y0 + sz)
 
 
@@ -793,7 +794,8 @@ def sample_objects(seed: int, i: int, split: str, case: dict, tie: Tie | None = 
         thing.sample(rng, case["anatomy"], case["findings"], o)
         side = _side_word(o["side"]) if o["side"] else "left"
         t = str(rng.choice(thing.phrases))
-        o["sentence"] = t.format(side=side, Side=_cap(side), Leads="Single-lead" if len(o.get("leads", [])) == 1 else "Dual-lead")
+        leads = "Single-lead" if len(o.get("leads", [])) == 1 else "Dual-lead"
+        o["sentence"] = t.format(side=side, Side=_cap(side), Leads=leads)
         if carried:
             out.append(o)
     return out

@@ -8,8 +8,8 @@ A step script defines its constants at the top, each with a comment, then calls
 An experiment file is plain Python assigning constants (nanoGPT's configurator): every step reads
 the same file and takes the constants it knows, so a threshold is changed in one place. `--name
 value` (or `--name=value`) overrides after the files. A step that builds on another one names it in
-`reads=`: it then also takes that step's constants (their defaults live in that step alone), to find
-the upstream output; `check_stored` refuses a given constant that contradicts what the upstream
+`reads=`: it then also takes that step's constants (their defaults live in that step alone, read from its
+parsed header: nothing of it runs), to find the upstream output; `check_stored` refuses a given constant that contradicts what the upstream
 output stored. `--help` prints the examples of the step's docstring (its indented `python ...`
 lines), then the constants with their allowed values and comments.
 
@@ -29,6 +29,9 @@ NaN and infinity are refused for every number, in a list too. Every numeric cons
 A step prints the constants that differ from their defaults and where each was set; `--verbose yes`
 (taken by every step, as every constant in EVERY_STEP is) prints all of them.
 
+A script that runs other steps (demo.py, sanity_check.py) runs each with `run_step`, which forwards its
+experiment files and the options typed on its command line that the step takes.
+
 Bad input anywhere raises `PipelineError`, which `main` turns into one line on stderr and exit
 status 2, never a traceback and never a half-written cache. Ctrl-C ends with one line too (exit
 status 130), naming the outputs completed before it.
@@ -42,6 +45,7 @@ import io
 import math
 import os
 import re
+import shlex
 import sys
 import tokenize
 from functools import lru_cache
@@ -56,8 +60,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # The steps in order; an experiment file may set any constant of any of them.
 STEPS = ("prepare_mimic_nouns.py", "example_selection.py", "concept_matching.py", "target_model_perform.py",
          "bbox_img.py", "visualization.py", "gallery.py", "sanity_check.py", "ablation.py", "compare_describers.py")
+# The steps whose constants other modules read: named here once, each read from its header (constants_of),
+# never run, so a default is written in its step alone.
+EXAMPLE_SELECTION = ROOT / "example_selection.py"
+CONCEPT_MATCHING = ROOT / "concept_matching.py"
 _SCALAR = (bool, int, float, str, type(None))
-_HEADER_END = "\nconfig = configure("
 # Constants every step takes besides its own, with their comments. They decide what is printed, never
 # what is computed (pipeline/outputs.py lists them among the run settings, outside every key).
 EVERY_STEP = {"verbose": (False, "print every constant as resolved; default: those not at their defaults")}
@@ -73,6 +80,8 @@ class Config(dict):
     origin: dict[str, str]
     defaults: dict[str, Any]
     own: list[str]
+    files: list[str]  # the experiment files given, in order
+    typed: list[tuple[str, str]]  # (name, value) of each --name value on the command line, as typed, in order
 
 
 def _is_constant(name: str, value: Any) -> bool:
@@ -124,20 +133,35 @@ def _assigned(node: ast.stmt) -> str | None:
     return None
 
 
+def _is_configure(node: ast.stmt) -> bool:
+    """Whether a top-level statement is a step's `config = configure(...)` (over as many lines as it likes)."""
+    return isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) \
+        and isinstance(node.value.func, ast.Name) and node.value.func.id == "configure"
+
+
 @lru_cache(maxsize=None)
-def _header(script: str) -> str:
+def _parsed(script: str | Path) -> tuple[str, tuple[ast.stmt, ...], ast.Call | None]:
+    """A step's source, its header (the top-level statements before its `configure` call) and that call,
+    read as text and parsed (nothing of it is run). Without a call, the whole module and None."""
     path = ROOT / script
     source = path.read_text()
-    if _HEADER_END not in source:
-        raise PipelineError(f"{path} does not define its constants with `config = configure(...)`")
-    return source.split(_HEADER_END)[0]
+    body = ast.parse(source, str(path)).body
+    at = next((i for i, node in enumerate(body) if _is_configure(node)), None)
+    return source, tuple(body[:at]), None if at is None else body[at].value
+
+
+def _header(script: str | Path) -> tuple[ast.stmt, ...]:
+    _, header, call = _parsed(script)
+    if call is None:
+        raise PipelineError(f"{ROOT / script} does not define its constants with `config = configure(...)`")
+    return header
 
 
 @lru_cache(maxsize=None)
-def constant_names(script: str) -> tuple[str, ...]:
+def constant_names(script: str | Path) -> tuple[str, ...]:
     """The names of a step's constants, read from its source (nothing is run)."""
     names = []
-    for node in ast.parse(_header(script)).body:
+    for node in _header(script):
         name = _assigned(node)
         if name and name.islower() and not name.startswith("_"):
             names.append(name)
@@ -145,21 +169,55 @@ def constant_names(script: str) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=None)
-def specs_of(script: str) -> dict[str, str]:
+def specs_of(script: str | Path) -> dict[str, str]:
     """The valid values each constant of a step declares (its string annotation), read from its
     source, so an upstream step's are known without running it."""
-    return {node.target.id: node.annotation.value for node in ast.parse(_header(script)).body
+    return {node.target.id: node.annotation.value for node in _header(script)
             if _assigned(node) and isinstance(node, ast.AnnAssign)
             and isinstance(node.annotation, ast.Constant) and isinstance(node.annotation.value, str)}
 
 
 @lru_cache(maxsize=None)
-def constants_of(script: str) -> dict[str, Any]:
-    """A step's constants with their defaults, from running the top of its source (imports and
-    assignments, up to its `configure` call): the one place those defaults are written."""
-    scope: dict[str, Any] = {"__name__": "__constants__", "__file__": str(ROOT / script)}
-    exec(compile(_header(script), str(ROOT / script), "exec"), scope)
-    return {k: scope[k] for k in constant_names(script) if _is_constant(k, scope.get(k))}
+def constants_of(script: str | Path) -> dict[str, Any]:
+    """A step's constants with their defaults, read from its header without running any of it: the one
+    place those defaults are written. A default is a literal, or a name the header imports from a module
+    of this project that assigns it a literal (template = TEMPLATE)."""
+    header = _header(script)
+    out = {}
+    for node in header:
+        name = _assigned(node)
+        if name in constant_names(script):
+            value = _literal(node.value, header, f"{ROOT / script}:{node.lineno}: {name}")
+            if _is_constant(name, value):
+                out[name] = value
+    return out
+
+
+def _literal(node: ast.expr, scope: tuple[ast.stmt, ...], where: str, depth: int = 0) -> Any:
+    """The value an expression of a module's top level stands for, read statically: a literal, or a name
+    assigned a literal there or imported (`from package.module import NAME`) from a project module that does."""
+    with contextlib.suppress(ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return ast.literal_eval(node)
+    if isinstance(node, ast.Name) and depth < 8:  # (a re-export chain this long is a cycle)
+        for stmt in reversed(scope):  # the last binding wins, as when run
+            if _assigned(stmt) == node.id:
+                return _literal(stmt.value, scope, where, depth + 1)
+            if isinstance(stmt, ast.ImportFrom) and stmt.level == 0 and stmt.module:
+                for alias in stmt.names:
+                    if (alias.asname or alias.name) == node.id:
+                        return _literal(ast.Name(alias.name), _module_body(stmt.module), where, depth + 1)
+    raise PipelineError(f"{where} = {ast.unparse(node)}: a step's constant defaults to a literal (a number, text, "
+                        f"True/False) or to a name imported from a module of this project that assigns one")
+
+
+@lru_cache(maxsize=None)
+def _module_body(dotted: str) -> tuple[ast.stmt, ...]:
+    """The top-level statements of a project module, parsed from its file (empty for one outside the project)."""
+    stem = ROOT.joinpath(*dotted.split("."))
+    for file in (stem.with_suffix(".py"), stem / "__init__.py"):
+        if file.is_file():
+            return tuple(ast.parse(file.read_text(), str(file)).body)
+    return ()
 
 
 _PLACEHOLDERS = {"N": r"\d+", "NAME": r".+"}
@@ -262,7 +320,7 @@ def _check(config: dict, specs: dict[str, str], origin: dict[str, str]) -> None:
 
 def _own_specs(scope: dict) -> dict[str, str]:
     file = scope.get("__file__")
-    if file and Path(file).is_file() and _HEADER_END in Path(file).read_text():
+    if file and Path(file).is_file() and _parsed(str(file))[2] is not None:
         return specs_of(str(file))
     return {k: v for k, v in scope.get("__annotations__", {}).items() if isinstance(v, str)}
 
@@ -270,8 +328,8 @@ def _own_specs(scope: dict) -> dict[str, str]:
 def _comments(script_path: Path) -> dict[str, str]:
     """The comment on each constant's line (what --help prints)."""
     out, line_of = {}, {}
-    source = script_path.read_text().split(_HEADER_END)[0]
-    for node in ast.parse(source).body:
+    source, header, _ = _parsed(script_path)
+    for node in header:
         if _assigned(node):
             line_of[node.lineno] = _assigned(node)
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
@@ -283,11 +341,15 @@ def _comments(script_path: Path) -> dict[str, str]:
 @lru_cache(maxsize=None)
 def accepted_names(script: str) -> tuple[str, ...]:
     """Every constant a step takes on its command line: its own and those of the steps it reads."""
-    source = (ROOT / script).read_text()
-    call = ast.parse(source[source.index(_HEADER_END) + 1:].split("\n")[0].strip())
-    reads = [ast.literal_eval(k.value) for k in call.body[0].value.keywords if k.arg == "reads"]
-    return tuple(dict.fromkeys(constant_names(script) + sum((constant_names(r) for r in (reads or [()])[0]), ())
+    return tuple(dict.fromkeys(constant_names(script) + sum((constant_names(r) for r in reads_of(script)), ())
                                + tuple(EVERY_STEP)))
+
+
+@lru_cache(maxsize=None)
+def reads_of(script: str | Path) -> tuple[str, ...]:
+    """The steps a step builds on: the `reads=` of its `configure` call, read from its source."""
+    _header(script)
+    return next((tuple(ast.literal_eval(k.value)) for k in _parsed(script)[2].keywords if k.arg == "reads"), ())
 
 
 def _closest(name: str, known) -> str | None:
@@ -398,7 +460,7 @@ def _configure(scope: dict, argv: list[str] | None, reads: tuple[str, ...]) -> C
         origin[key] = "--" + value
     config = Config({k: given.get(k, v) for k, v in defaults.items()})
     _check(config, specs, origin)
-    config.given, config.own, config.defaults = given, own, defaults
+    config.given, config.own, config.defaults, config.files, config.typed = given, own, defaults, files, typed
     config.origin = {k: "the command line" if w.startswith("--") else w for k, w in origin.items()}
     for k in own:
         scope[k] = config[k]
@@ -572,6 +634,47 @@ def own_message(e: BaseException) -> str:
         name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
         text = text.rsplit(f"\n{name}: ", 1)[-1].strip()
     return text
+
+
+def run_step(script: str, caller: Config, log: str | Path | None = None, shared: dict | None = None,
+             **constants: Any) -> None:
+    """Run step `script` as a script that runs steps does (the demo, the sanity check): in this process, as
+
+        python SCRIPT [the caller's experiment files] [the caller's --name value the step takes] [shared] [constants]
+
+    The caller's own constants are its own, never forwarded; `shared` values go to each step that takes
+    them; `constants` are this run's, each one the step must take. A value given twice is forwarded once, the
+    later one. The command is printed, so it can be re-run by hand; with `log`, what the step prints goes
+    to that file (UTF-8, whatever the locale) and only its error lines come back. A step that fails stops
+    the caller with one line naming it."""
+    known = accepted_names(script)
+    for k in constants:
+        if k not in known:
+            raise PipelineError(f"{script} takes no --{k}; see python {script} --help")
+    chosen = {k: v for k, v in (shared or {}).items() if k in known} | constants
+    argv = [*caller.files]
+    argv += [a for k, v in caller.typed if k in known and k not in caller.own and k not in chosen for a in (f"--{k}", v)]
+    argv += [a for k, v in chosen.items() for a in (f"--{k}", _as_typed(v))]
+    print(f"{'' if log else chr(10)}$ python {script} {shlex.join(argv)}", flush=True)
+    if log is None:
+        status = run_script(script, *argv)
+    else:
+        log = Path(log).resolve()  # (run_script runs the step from the repo root)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            status = run_script(script, *argv)
+    if status != 0:
+        where = ""
+        if log is not None:
+            said = log.read_text(encoding="utf-8").splitlines()
+            print("\n".join([line for line in said if line.startswith("error:")] or said[-5:]), file=sys.stderr)
+            where = f", all it printed in {log}"
+        raise PipelineError(f"{script} failed (its error is above{where}); {Path(sys.argv[0]).name} stops here")
+
+
+def _as_typed(value: Any) -> str:
+    """A constant's value as its option takes it: True/False as yes/no, the rest as text."""
+    return ("yes" if value else "no") if isinstance(value, bool) else str(value)
 
 
 def run_script(script: str, *args: str, cwd: str | Path | None = None) -> int:

@@ -1,9 +1,11 @@
-"""Classifier outputs and their metrics, shared by target_model_perform.py and visualization.py.
+"""The target's outputs on a held-out split, for target_model_perform.py, ablation and visualization.py
+(the metrics themselves: mammi/metrics.py).
 
-- per-class AUROC / AUPRC and the F1-maximising threshold, all from scikit-learn's curves;
-- the thresholds file the visualisation reads to decide which classes count as predicted;
-- the logits of a split: reused from step 2's activations.pt when its key says it was computed
-  from the same split, checkpoint bytes and preprocessing, else one batched pass.
+- held_out_split: the one finder of the val or test split and its images and labels;
+- stage2_pass: step 2's activations.pt of the split, reused when its key says it was computed from the
+  same split, checkpoint bytes and preprocessing (stage2_logits: its logits); else forward_logits, one
+  batched pass;
+- the thresholds file the visualisation reads to decide which classes count as predicted.
 """
 from __future__ import annotations
 
@@ -12,50 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from tqdm import tqdm
 
 from core.digests import file_digest
-from dataset.nih import ProbeSet
-from pipeline.cache import load_tensors, read_output
-from pipeline.forward import workers
 from core.errors import PipelineError
-from pipeline.outputs import EVAL_RECORD, activations_key, layer_dir
-
-
-def known(labels: np.ndarray, probs: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class j's labels and probabilities on the images that have ground truth for it (label 0 or 1,
-    not MISSING)."""
-    has = labels[:, j] >= 0
-    return labels[has, j], probs[has, j]
-
-
-def auroc_auprc(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per class AUROC and AUPRC (average precision); NaN for a class with one outcome only."""
-    auc, ap = np.full(labels.shape[1], np.nan), np.full(labels.shape[1], np.nan)
-    for j in range(labels.shape[1]):
-        y, p = known(labels, probs, j)
-        if 0 < y.sum() < len(y):
-            auc[j] = roc_auc_score(y, p)
-            ap[j] = average_precision_score(y, p)
-    return auc, ap
-
-
-def best_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Per class the threshold t maximising F1 of (prob >= t) on the precision-recall curve.
-    NaN for a class without positives (no F1 to maximise); ties go to the lowest threshold."""
-    out = np.full(labels.shape[1], np.nan)
-    for j in range(labels.shape[1]):
-        y, prob = known(labels, probs, j)
-        if y.sum() == 0:
-            continue
-        p, r, t = precision_recall_curve(y, prob)
-        # The curve's last point (p = 1, r = 0) has no threshold.
-        p, r = p[:-1], r[:-1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
-        out[j] = t[int(np.argmax(f1))]
-    return out
+from dataset.nih import split_source
+from dataset.probe import Probe, load_probe
+from pipeline.cache import load_tensors, read_output
+from pipeline.forward import probe_loader
+from pipeline.outputs import ACTIVATIONS, EVAL_RECORD, activations_key, layer_dir
 
 
 def read_thresholds(path: str | Path, classes: list[str], target: str | None = None, runs: str = "") -> np.ndarray:
@@ -94,30 +61,69 @@ def read_thresholds(path: str | Path, classes: list[str], target: str | None = N
         raise PipelineError(f"{path}: thresholds must be numbers; rerun target_model_perform.py") from None
 
 
-def stage2_logits(config: dict, split: str, split_file: str, checkpoint: str | Path | None,
-                  data_key: str) -> tuple[torch.Tensor, Path] | None:
-    """Logits stage 2 cached for this split, target files and preprocessing (any layer's run holds
-    them), or None. The fc run is tried first, as it is the smallest file."""
-    c = {**config, "split": split, "split_file": split_file}
-    runs = sorted(layer_dir({**c, "layer": "fc"}).parent.glob("*/activations.pt"),
-                  key=lambda p: (p.parent.name != "fc", p.stat().st_size))
+def held_out_split(config: dict, split: str, split_file: str, probed: Probe | None = None) -> tuple[dict, Probe]:
+    """The one finder of a held-out split (val or test: target_model_perform.py's, ablation's): the constants
+    that load it and its probing set. config: step 2's constants; split_file: the --{split}_split_file given.
+    NIH split files: split_file, else {data_root}/../{split}_official.txt, else NIH's own (load_probe), said in
+    the log. A CSV probing set: the split's own CSV, else the probing CSV itself (a note says it is not held
+    out; probed, that CSV already loaded, serves then)."""
+    if config["labels"]:
+        c = {**config, "labels": split_file or config["labels"]}
+        if not split_file:
+            print(f"note: {split}: no --{split}_split_file, so the probing CSV {config['labels']} serves: "
+                  f"it is not held out")
+            if probed is not None:
+                return c, probed
+    else:
+        print(split_source(split, config["data_root"], split_file, f"--{split}_split_file"))
+        c = {**config, "split": split, "split_file": split_file}
+    return c, load_probe(c)
+
+
+def stage2_pass(c: dict, checkpoint: str | Path | None, data_key: str, layer: str | None = None,
+                names: list[str] | None = None) -> dict | None:
+    """Step 2's stored pass over a split, reused instead of a forward pass here, or None. c: step 2's constants
+    as this run was given them (step 2 keys its activations.pt by its constants as given, 0 and "" for the
+    family's preprocessing) with the split's own (held_out_split). With a layer, that layer's activations.pt
+    (its activations are wanted); without, any layer's, as each holds the logits: fc's first, then the smallest
+    file. Reused when its key is the one c, the checkpoint's bytes and the images (data_key) give, it holds
+    logits, and (names given) its images are these in this order. Returns the stored dict with its "path"."""
+    if layer is not None:
+        runs = [layer_dir({**c, "layer": layer}) / ACTIVATIONS]
+    else:
+        runs = sorted(layer_dir({**c, "layer": "fc"}).parent.glob(f"*/{ACTIVATIONS}"),
+                      key=lambda p: (p.parent.name != "fc", p.stat().st_size))
     for path in runs:
+        if not path.is_file():
+            continue
         try:
             stored = load_tensors(path)
-            layer = stored["config"]["layer"]
+            stored_layer = stored["config"]["layer"]
         except Exception:  # unreadable or another format: not ours to reuse
             continue
-        key = activations_key({**c, "layer": layer}, checkpoint, data_key)
-        if stored.get("key") == key and stored.get("logits") is not None:
-            return stored["logits"].float(), path
+        if layer is not None and stored_layer != layer:
+            continue
+        try:
+            key = activations_key({**c, "layer": stored_layer}, checkpoint, data_key)
+        except PipelineError:  # this run's constants do not even resolve: not step 2's
+            return None
+        if stored.get("key") == key and stored.get("logits") is not None and \
+                (names is None or stored.get("image_ids") == names):
+            return {**stored, "path": path}
     return None
+
+
+def stage2_logits(config: dict, split: str, split_file: str, checkpoint: str | Path | None,
+                  data_key: str) -> tuple[torch.Tensor, Path] | None:
+    """The logits step 2 stored for this split (stage2_pass, any layer's), as float32, and their file; or None."""
+    found = stage2_pass({**config, "split": split, "split_file": split_file}, checkpoint, data_key)
+    return None if found is None else (found["logits"].float(), found["path"])
 
 
 def forward_logits(net: torch.nn.Module, paths: list[Path], resize: int, crop: int, batch_size: int,
                    num_workers: int, device: torch.device, desc: str = "", **norm) -> torch.Tensor:
     """The model's outputs on the images; norm: channels, mean, std (dataset.nih.model_input_args)."""
-    loader = torch.utils.data.DataLoader(ProbeSet(paths, resize, crop, **norm), batch_size=batch_size,
-                                         num_workers=workers(num_workers), pin_memory=device.type == "cuda")
+    loader = probe_loader(paths, resize, crop, batch_size, num_workers, device, **norm)
     out = []
     with torch.inference_mode():
         for x in tqdm(loader, desc=desc, unit="batch"):

@@ -17,22 +17,25 @@ import torch
 from tqdm import tqdm
 
 from core.digests import code_digest
-from dataset.nih import ProbeSet, resolve_images
+from dataset.nih import resolve_images
 from mammi.method import prompts
 from models.vlm import VLM, weights_identity
 from pipeline import ranks
 from pipeline.cache import cached, locked, save_tensors
-from pipeline.forward import workers
-from pipeline.outputs import (image_features_key, image_features_path, text_features_key, text_features_path,
-                              vlm_identity)
+from pipeline.forward import probe_loader
+from pipeline.outputs import (
+    image_features_key,
+    image_features_path,
+    text_features_key,
+    text_features_path,
+    vlm_identity,
+)
 
 
 def embed(model: VLM, paths: list[Path], resize: int, crop: int, batch_size: int, num_workers: int,
           show: bool = True) -> torch.Tensor:
     """VLM features [len(paths), D] of the probe crops, in order (loader workers decode and preprocess)."""
-    loader = torch.utils.data.DataLoader(ProbeSet(paths, resize, crop, preprocess=model.preprocess),
-                                         batch_size=batch_size, num_workers=workers(num_workers),
-                                         pin_memory=model.device.type == "cuda")
+    loader = probe_loader(paths, resize, crop, batch_size, num_workers, model.device, preprocess=model.preprocess)
     out = [model.encode_pixels(x) for x in tqdm(loader, desc="images", unit="batch", disable=not show)]
     return torch.cat(out) if out else torch.zeros(0, 0)
 

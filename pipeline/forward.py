@@ -1,6 +1,7 @@
-"""Stage 2's one forward pass over the probing set (README, "Scale"): the loader and the loop that
-records several layers and the logits. example_selection.py runs it; benchmark.py times it, and
-times its two parts alone (the loader without the model, the model on batches in memory).
+"""Stage 2's one forward pass over the probing set (README, "Scale"): the loader (the one factory of
+every DataLoader over probe crops) and the loop that records several layers and the logits.
+example_selection.py runs it; benchmark.py times it, and times its two parts alone (the loader without
+the model, the model on batches in memory).
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Callable, Iterable
 import torch
 from tqdm import tqdm
 
-from dataset.nih import ProbeSet, model_input_args
 from core.errors import PipelineError
+from dataset.nih import ProbeSet
 from models.layers import first_nonfinite, taps
 from pipeline.limits import check_workers, workers_that_fit
 from pipeline.ranks import world
@@ -32,11 +33,15 @@ def workers(num_workers: int, prefetch: int = 2) -> int:
     return n if fit is None else min(n, fit)
 
 
-def probe_loader(paths, prep: dict, batch_size: int, num_workers: int, dev: torch.device):
-    """Target inputs in probe order; pinned host memory lets a GPU copy overlap the next batch."""
+def probe_loader(paths, resize: int, crop: int, batch_size: int, num_workers: int, dev: torch.device,
+                 preprocess=None, sizes: bool = False, **norm) -> torch.utils.data.DataLoader:
+    """The one DataLoader over probe crops (dataset.nih.ProbeSet), in probe order, for every pass: the target's
+    input (norm: its channels, mean and std, model_input_args) or a VLM's (preprocess); with sizes, each
+    image's size too. Its loader processes are `workers`, capped by the open-file limit for PREFETCH batches
+    each; pinned host memory on a GPU (dev: where the batches go) lets a copy overlap the next batch."""
     n = workers(num_workers, PREFETCH)
     return torch.utils.data.DataLoader(
-        ProbeSet(paths, prep["resize"], prep["crop"], **model_input_args(prep)), batch_size=batch_size,
+        ProbeSet(paths, resize, crop, preprocess=preprocess, sizes=sizes, **norm), batch_size=batch_size,
         num_workers=n, pin_memory=dev.type == "cuda", prefetch_factor=PREFETCH if n else None)
 
 

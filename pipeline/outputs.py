@@ -36,8 +36,39 @@ from core.digests import code_digest, digest, file_digest
 from core.text import at_most
 from dataset.concepts import TEMPLATE
 from models.target import checkpoint_of, model_tag, preprocessing, target_identity
-from pipeline.cache import read_output, under
-from pipeline.cli import PipelineError, constant_names, constants_of
+from pipeline.cache import load_json, read_output, under
+from pipeline.cli import CONCEPT_MATCHING, EXAMPLE_SELECTION, PipelineError, constant_names, constants_of
+
+# Every output's file name, here and nowhere else (a test greps the repo): a step makes its paths from
+# these, and reads an output through its reader below.
+ACTIVATIONS = "activations.pt"        # step 2: one forward pass over the probing set, per layer
+EXAMPLES = "examples.json"            # step 2: each neuron's examples ...
+EXAMPLES_CSV = "examples.csv"         # ... and each example's labels and class probabilities
+IMAGE_FEATURES = "image_features.pt"  # step 3: the VLM's features of the probing images
+SIMILARITY = "similarity.pt"          # step 3: S [K, C] with the concept names
+CONCEPTS = "concepts.json"            # step 3 (or a rival describer): each neuron's names
+METRICS = "metrics.json"              # step 3 at the fc layer: its names against the class names
+RIVAL_SCORES = "scores.pt"            # a rival describer's scores [K, C] (not similarity.pt: no alpha cut)
+DESCRIBERS = "describers.json"        # compare_describers.py's table, and its views:
+DESCRIBERS_CSV = "describers.csv"
+AGREEMENT_CSV = "agreement.csv"
+DESCRIBERS_PNG = "describers.png"
+SENSITIVITY_PNG = "sensitivity.png"   # MAMMI's two constants over a grid (pipeline/sensitivity.py)
+ABLATION = "ablation.json"            # ablation.py, beside any concepts.json: its table ...
+ABLATION_CSV = "ablation.csv"         # ... as rows ...
+ABLATION_PNG = "ablation.png"         # ... and its figure
+AUDIT = "audit.json"                  # audit.py, beside any concepts.json: each class's concepts and flags ...
+AUDIT_CSV = "audit.csv"               # ... as rows ...
+AUDIT_PNG = "audit.png"               # ... and its figure
+OVERLAYS = "overlays.pt"              # the gallery's activation maps of a selection's examples
+TOTAL_RESULTS = "total_results.json"  # step 6: its panels and the pointing game
+SANITY = "sanity.json"                # sanity_check.py: the target against itself re-initialised ...
+SANITY_PNG = "sanity.png"             # ... and its figure
+SUMMARY = "summary.json"              # demo.py: every number its report prints
+GALLERY_INDEX = "index.html"          # gallery.py's page
+BOX_FIGURE = "{stem}_{kind}.png"      # step 5: an image with its boxes outlined (kind boxes) or filled (blend)
+PANEL = "{image}_{class}.png"         # step 6: one (image, predicted class) panel, under figures/
+
 
 # The step-2 constants that decide its activations (the selection decides only examples.json): the
 # probing set and its labels, the target, the layer and the preprocessing, each as given (0 and ""
@@ -57,7 +88,7 @@ ACTIVATIONS_CODE = ("pipeline/forward.py", "models/target.py", "dataset/probe.py
 def upstream_constants() -> list[str]:
     """What decided steps 2 and 3's outputs, for the steps after them: refused when given there with
     another value than the one stored (the images may move: data_root is not among them)."""
-    return [k for k in constant_names("example_selection.py") + constant_names("concept_matching.py")
+    return [k for k in constant_names(EXAMPLE_SELECTION) + constant_names(CONCEPT_MATCHING)
             if k not in RUN_SETTINGS + ("data_root", "examples", "metric_encoders", "medclip_weights")]
 
 
@@ -149,7 +180,7 @@ def concept_set_name(c: dict) -> str:
 
 
 def image_features_path(c: dict) -> Path:
-    return inside_root(c, probe_dir(c) / f"vlm_{vlm_tag(c)}" / "image_features.pt")
+    return inside_root(c, probe_dir(c) / f"vlm_{vlm_tag(c)}" / IMAGE_FEATURES)
 
 
 def prompt_tag(c: dict) -> str:
@@ -182,7 +213,7 @@ def read_examples(ex_json: str | Path) -> dict:
     # The outputs built on these examples go under the save_root they lie in now, never the one stored
     # (the results folder may have moved, or be another's copy): a reader writes nowhere else.
     c["save_root"] = str(results_root(ex_json, c))
-    act_path = ex_json.parent.parent / "activations.pt"
+    act_path = ex_json.parent.parent / ACTIVATIONS
     rule = f"--adaptive_percent {c['adaptive_percent']:g}" if c["selection"] == "adaptive" else f"--selection topk --topk {c['topk']}"
     redo = (f"re-run example_selection.py with the checkpoint you mean and {rule} (same experiment file and "
             f"--layer {c['layer']}), then this step")
@@ -201,7 +232,7 @@ def results_root(ex_json: Path, c: dict) -> Path:
     tail = examples_dir({**c, "save_root": "."}).parts
     parts = Path(ex_json).parent.parts
     if parts[len(parts) - len(tail):] != tail:
-        raise PipelineError(f"{ex_json} is not where example_selection.py writes it ({Path(*tail, 'examples.json')} "
+        raise PipelineError(f"{ex_json} is not where example_selection.py writes it ({Path(*tail, EXAMPLES)} "
                             f"under a --save_root); keep the results folder whole, or re-run example_selection.py")
     return Path(*parts[:len(parts) - len(tail)]) if len(parts) > len(tail) else Path(".")
 
@@ -219,7 +250,7 @@ def _examples_ok(ex: dict) -> bool:
 def read_activations(ex_json: str | Path, ex: dict) -> dict:
     """The activations.pt of the layer folder above examples.json (ex: read_examples'), checked to be
     the one the examples were selected from."""
-    path = Path(ex_json).parent.parent / "activations.pt"
+    path = Path(ex_json).parent.parent / ACTIVATIONS
     act = read_output(path, "example_selection.py", {"key": str, "activations": torch.Tensor, "image_ids": list},
                       check=lambda a: a["activations"].ndim == 2 and len(a["image_ids"]) == a["activations"].shape[0])
     if act["key"] != ex["activations_key"]:
@@ -232,7 +263,7 @@ def locate_examples(run: Path, cfg: dict) -> Path:
     """The examples.json a concepts.json was computed from: the nearest one above it (two folders up for
     MAMMI's, four for a describer's). The path it stored is named, never followed: it may point into a
     results folder moved since, or another save_root than the one given."""
-    for c in (p / "examples.json" for p in Path(run).parents[:5]):
+    for c in (p / EXAMPLES for p in Path(run).parents[:5]):
         if c.is_file():
             return c
     raise PipelineError(f"{run}: its examples.json ({cfg.get('examples') or 'not recorded'}) is not in a folder "
@@ -244,7 +275,7 @@ def find_matching(given: str, c: dict, option: str) -> tuple[Path, dict, Path, d
     """The concepts.json a later step is given as --option (the file, or a run's folder holding it, as
     gallery.py's --runs takes it), else step 3's for the constants c, read (read_matching): its path,
     content, examples.json and their content."""
-    path = concepts_in(Path(given), option) if given else matching_dir(c) / "concepts.json"
+    path = concepts_in(Path(given), option) if given else matching_dir(c) / CONCEPTS
     if not path.is_file():
         raise PipelineError(f"{path} not found; run example_selection.py and concept_matching.py with the same "
                             f"experiment file and --layer (or pass --{option} PATH)")
@@ -256,9 +287,9 @@ def concepts_in(given: Path, option: str) -> Path:
     describers/ below hold the rivals'), else the only one below it."""
     if not given.is_dir():
         return given
-    if (given / "concepts.json").is_file():
-        return given / "concepts.json"
-    found = sorted(given.rglob("concepts.json"))
+    if (given / CONCEPTS).is_file():
+        return given / CONCEPTS
+    found = sorted(given.rglob(CONCEPTS))
     if len(found) == 1:
         return found[0]
     raise PipelineError(f"--{option} {given} " + (f"holds {len(found)} concepts.json below it ({at_most(found, 3)}); "
@@ -328,6 +359,85 @@ def read_ablation(path: str | Path, concepts: str | Path) -> dict:
     return result
 
 
+def read_audit(path: str | Path, concepts: str | Path) -> dict:
+    """audit.py's audit.json, checked to audit the concepts.json beside it as it is now (its digest)."""
+    path = Path(path)
+    result = read_output(path, "audit.py", {"key": str, "layer": str, "concepts_digest": str, "classes": list},
+                         check=lambda r: all(isinstance(c, dict) and {"class", "concepts", "stratified"} <= set(c)
+                                             for c in r["classes"]))
+    if result["concepts_digest"] != file_digest(concepts):
+        raise PipelineError(f"{path} audits other names than {concepts} holds now (a later concept_matching.py or "
+                            f"compare_describers.py run); re-run audit.py")
+    return result
+
+
+def read_metrics(path: str | Path) -> dict:
+    """concept_matching.py's metrics.json at the fc layer: its names against the class names (hit rate,
+    precision, recall, F1, each a mean with its standard error over n neurons) and the cosine metrics."""
+    def ok(m):
+        return all(isinstance(m[k], dict) and {"mean", "se", "n"} <= set(m[k]) for k in ("hit_rate", "precision", "f1"))
+    return read_output(path, "concept_matching.py", {"key": str, "hit_rate": dict, "precision": dict, "f1": dict,
+                                                     "cosine": dict}, check=ok)
+
+
+def read_auroc(path: str | Path) -> dict[str, float]:
+    """target_model_perform.py's TestEval.csv: each class's test AUROC."""
+    table = read_output(path, "target_model_perform.py", {"columns": list, "rows": list},
+                        check=lambda t: t["rows"] and {"label", "auc"} <= set(t["columns"]))
+    try:
+        return {r["label"]: float(r["auc"]) for r in table["rows"]}
+    except ValueError:
+        raise PipelineError(f"{path}: an AUROC that is not a number; re-run target_model_perform.py") from None
+
+
+def read_total_results(path: str | Path) -> dict:
+    """visualization.py's total_results.json: its config, the digest of the concepts.json its panels are
+    titled with, the pointing game, and per image its predictions (each with its panel's file, relative to
+    the folder of total_results.json). Checked: what every reader takes (the config and the images)."""
+    return read_output(path, "visualization.py", {"config": dict, "images": list},
+                       check=lambda d: all(isinstance(i, dict) and isinstance(i.get("predictions", []), list)
+                                           for i in d["images"]))
+
+
+def read_sanity(path: str | Path) -> dict:
+    """sanity_check.py's sanity.json: per layer each side's (target, reinitialised) counts of names tested
+    and significant."""
+    sides = ("target", "reinitialised")
+    return read_output(path, "sanity_check.py", {"sanity_seed": int, "layers": dict},
+                       check=lambda d: all(all(isinstance(r.get(w), dict) and {"significant", "tested", "testable",
+                                                                                "share"} <= set(r[w]) for w in sides)
+                                           for r in d["layers"].values()))
+
+
+def read_example_labels(path: str | Path, classes: list[str]) -> tuple[dict, dict]:
+    """example_selection.py's examples.csv: each image's findings, and each (neuron, example image)'s
+    probability of the neuron's class when the layer is fc (classes: its column names, empty otherwise).
+    An absent file gives no labels (the gallery shows its thumbnails without them)."""
+    labels, probs = {}, {}
+    if not Path(path).is_file():
+        print(f"note: {path} not found; the thumbnails carry no labels")
+        return labels, probs
+    table = read_output(path, "example_selection.py", {"columns": list, "rows": list},
+                        check=lambda t: {"image_id", "neuron"} <= set(t["columns"]) or not t["rows"])
+    try:
+        for row in table["rows"]:
+            labels[row["image_id"]] = row.get("findings", "")
+            k = int(row["neuron"])
+            p = row.get(f"prob_{classes[k]}") if classes else None
+            if p not in (None, "", "nan"):
+                probs[(k, row["image_id"])] = float(p)
+    except (ValueError, IndexError):
+        raise PipelineError(f"{path}: a neuron or probability that is not a number, or a neuron the layer lacks; "
+                            f"re-run example_selection.py") from None
+    return labels, probs
+
+
+def stored_examples_config(run: str | Path) -> dict:
+    """The constants the examples.json above a concepts.json stored, read without checking that they still
+    belong to their activations (read_examples does): what a listing of runs sorts by."""
+    return load_json(locate_examples(run, load_json(run)["config"]))["config"]
+
+
 def describers_dir(run: str | Path) -> Path:
     """The other describers of a stage-3 run (its concepts.json) and their comparison, inside its folder:
     they read the same activations, VLM features and concept set."""
@@ -353,13 +463,26 @@ def eval_dir(c: dict) -> Path:
 
 # Step 4's outputs, and eval.json, which it writes after them: the key of what produced them, the target
 # the thresholds were fitted to (target_key) and the digest of each file, checked by read_thresholds.
-EVAL_FILES = ("Threshold.csv", "TestEval.csv", "TestProbs.csv", "TestLabels.csv", "ValProbs.csv", "ValLabels.csv",
-              "roc_curves.png")
+THRESHOLDS, TEST_EVAL, ROC_CURVES = "Threshold.csv", "TestEval.csv", "roc_curves.png"
+PROBS, LABELS = "{split}Probs.csv", "{split}Labels.csv"  # split: Test or Val, each image's scores and labels
+EVAL_FILES = (THRESHOLDS, TEST_EVAL, PROBS.format(split="Test"), LABELS.format(split="Test"), PROBS.format(split="Val"),
+              LABELS.format(split="Val"), ROC_CURVES)
 EVAL_RECORD = "eval.json"
 
 
 def bbox_dir(c: dict) -> Path:
     return inside_root(c, probe_dir(c, c["box_source"]) / "bbox")
+
+
+def box_figure(folder: Path, stem: str, kind: str) -> Path:
+    """Step 5's drawing of one image in folder (bbox_dir): kind boxes (outlined) or blend (filled); stem "*" is
+    the pattern of them all."""
+    return folder / BOX_FIGURE.format(stem=stem, kind=kind)
+
+
+def panel_path(folder: Path, image: str, finding: str) -> Path:
+    """Step 6's panel of one (image, predicted class) in folder (visualization_dir), under figures/."""
+    return folder / "figures" / PANEL.format_map({"image": image, "class": finding})
 
 
 def visualization_dir(c: dict) -> Path:
@@ -371,7 +494,7 @@ def visualization_dir(c: dict) -> Path:
 def activations_key(c: dict, checkpoint: str | Path | None, data_key: str) -> str:
     """activations.pt: the constants of ACTIVATION_FIELDS (step 2's default for one c lacks), the
     target's files (checkpoint_of's checkpoint, a model's own file), the probing set, its classes file."""
-    c = {**constants_of("example_selection.py"), **c}
+    c = {**constants_of(EXAMPLE_SELECTION), **c}
     return digest({**{k: c[k] for k in ACTIVATION_FIELDS}, "target": target_identity(c["model"], checkpoint),
                    "classes_file": file_digest(c["classes"]) if c["classes"] else None, "data": data_key,
                    "code": code_digest(*ACTIVATIONS_CODE)})
@@ -462,9 +585,18 @@ def ablation_key(concepts: str, split_activations: str, split: str, draws: int, 
                    "seed": seed, "code": code})
 
 
+def audit_key(concepts: str | Path, split_activations: str, c: dict, vlm: dict, code: str) -> str:
+    """audit.json: the concepts.json's bytes, the held-out split's images, labels and activations (step 2's
+    key for them), the audit's constants, the VLM that decides which images show a concept, and the code."""
+    constants = {k: c[k] for k in ("audit_split", "audit_share", "audit_z", "audit_draws", "audit_seed",
+                                   "audit_stratify", "audit_seen_top", "audit_boot")}
+    return digest({"concepts": file_digest(concepts), "activations": split_activations, **constants, "vlm": vlm,
+                   "code": code})
+
+
 def overlays_path(ex_json: str | Path) -> Path:
     """The gallery's activation maps of a selection's examples (pipeline/overlays.py), beside examples.json."""
-    return Path(ex_json).parent / "overlays.pt"
+    return Path(ex_json).parent / OVERLAYS
 
 
 def overlays_key(activations: str, layer: str, examples: list) -> str:

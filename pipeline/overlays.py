@@ -8,27 +8,26 @@ checkpoint, re-initialisation and preprocessing, stored in examples.json's confi
   neuron's channel on that image;
 - fc: the class activation map, the head's weights of that class times the last spatial block's maps
   (DenseNet's ReLU'd `features`, ResNet's `layer4`) plus its bias: its mean is the logit;
-- penultimate: the channel of that block the head pools (pipeline/dissection.py's layer_maps, shared);
+- penultimate: the channel of that block the head pools;
 - transformer tokens [B, T, D]: the neuron's value on each patch token, on the patch grid;
 - anything else ([B, D] outputs of other modules, penultimate of a model without such a block): none,
   and the reason says so.
 Each map averages to the neuron's step-2 activation on that image (token maps when the tokens were
-mean-pooled), and that is checked: a checkpoint changed since step 2 is refused, not drawn.
+mean-pooled), and that is checked: a checkpoint changed since step 2 is refused, not drawn. The maps
+themselves are mammi/maps.py's; this module runs the pass over the examples and caches it.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 
 from core.errors import PipelineError
-from dataset.nih import ProbeSet, model_input_args, resolve_images
-from models.layers import channel_axis, channels_last_modules, first_tensor, hook_layer, token_layout
-from models.target import head_name, target_as_probed
+from dataset.nih import model_input_args, resolve_images
+from mammi.maps import batch_maps, layer_kind
+from models.target import target_as_probed
 from pipeline.cache import cached, may_write, save_tensors
-from pipeline.dissection import layer_maps, map_source, module_maps
-from pipeline.forward import workers
+from pipeline.forward import probe_loader
 from pipeline.outputs import overlays_key, overlays_path, stored_classes
 
 # What a layer's map is, in the words the neuron view shows.
@@ -36,65 +35,6 @@ KINDS = {"fc": "class activation map (the class's head weights times the last bl
          "penultimate": "map of its channel in the last block, before pooling",
          "spatial": "map of its channel at this layer",
          "tokens": "value on each patch token, on the patch grid"}
-
-
-def layer_kind(model: torch.nn.Module, layer: str, x: torch.Tensor) -> tuple[str, str]:
-    """The module to hook for a layer's maps and the kind of map (a key of KINDS), from one forward pass
-    on x when the layer is a module; refused, with the reason, for a layer with no spatial extent."""
-    if layer in ("fc", "penultimate"):
-        module = map_source(model, layer)
-        width, channels = model.get_submodule(head_name(model)).weight.shape[1], module_maps(model, module, x).shape[1]
-        if width != channels:  # a head of several layers (MobileNet's): the block is not what it pools
-            raise PipelineError(f"--layer {layer}: the head reads {width} values, not the {channels} channels of "
-                                f"`{module}`; fc and penultimate maps are drawn where the head weighs that block's "
-                                f"pooled channels directly (DenseNet, ResNet)")
-        return module, layer
-    out = _module_output(model, layer, x)
-    if out.dim() == 4:
-        return layer, "spatial"
-    if out.dim() == 3 and _token_grid(model, out) is not None:
-        return layer, "tokens"
-    raise PipelineError(f"--layer {layer}: its output {list(out.shape)} has no spatial extent (no map per "
-                        f"image to draw); maps are drawn for spatial layers, tokens on a square grid, fc and "
-                        f"penultimate")
-
-
-def _module_output(model: torch.nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
-    """A module's output for a batch (an attention block's first tensor), cloned: DenseNet's final ReLU
-    runs in place on its features output."""
-    store: dict[str, torch.Tensor] = {}
-
-    def keep(out):
-        store["out"] = first_tensor(out).detach().clone()
-    hook = hook_layer(model, layer, keep)
-    try:
-        with torch.inference_mode():
-            model(x)
-    finally:
-        hook.remove()
-    return store["out"].float()
-
-
-def _token_grid(model: torch.nn.Module, out: torch.Tensor) -> tuple[int, int] | None:
-    """How many prefix tokens lead out's [B, T, D] and the square side of the patch grid after them, as
-    reduce_output reads tokens (a sequence of patches alone has no prefix); None when not square."""
-    prefix, patches = token_layout(model)
-    if patches is not None and out.shape[1] == patches:
-        prefix = 0
-    side = math.isqrt(out.shape[1] - prefix)
-    return (prefix, side) if side * side == out.shape[1] - prefix and side > 0 else None
-
-
-def batch_maps(model: torch.nn.Module, layer: str, module: str, kind: str, x: torch.Tensor) -> torch.Tensor:
-    """The maps [B, K, h, w] of all the layer's K neurons on a batch (layer_kind's module and kind)."""
-    if kind in ("fc", "penultimate"):
-        return layer_maps(model, layer, module_maps(model, module, x))
-    out = _module_output(model, module, x)
-    last = module in channels_last_modules(model)
-    if kind == "spatial":
-        return out.movedim(channel_axis(out, last), 1)
-    prefix, side = _token_grid(model, out)
-    return out[:, prefix:].transpose(1, 2).reshape(out.shape[0], out.shape[2], side, side)
 
 
 def example_maps(model: torch.nn.Module, layer: str, examples: list[tuple[int, list[str]]], paths: dict[str, Path],
@@ -108,8 +48,7 @@ def example_maps(model: torch.nn.Module, layer: str, examples: list[tuple[int, l
     row = {i: r for r, i in enumerate(ids)}
     img = torch.tensor([row[i] for _, xs in examples for i in xs], dtype=torch.long)
     neuron = torch.tensor([k for k, xs in examples for _ in xs], dtype=torch.long)
-    loader = torch.utils.data.DataLoader(ProbeSet([paths[i] for i in ids], resize, crop, **norm),
-                                         batch_size=batch_size, num_workers=workers(num_workers))
+    loader = probe_loader([paths[i] for i in ids], resize, crop, batch_size, num_workers, device, **norm)
     out, module, kind, at = None, "", "", 0
     for x in loader:
         x = x.to(device)

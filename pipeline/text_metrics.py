@@ -1,5 +1,5 @@
-"""The fc cosine metric (README, "The method in one screen", 4): how close a neuron's concepts are in
-meaning to its class name, under several text encoders.
+"""The fc cosine metric (mammi/text_metrics.py) under several text encoders: loading them, offline and
+quietly, and scoring with each.
 
 Used by concept_matching.py for MAMMI and by compare_describers.py for every describer, so all are
 scored by the same function and the same loaded encoders.
@@ -12,9 +12,9 @@ import os
 import warnings
 from functools import lru_cache
 
-from mammi.method import mean_se
-from models.vlm import DEFAULT_WEIGHTS, load_vlm
 from core.errors import PipelineError
+from mammi.text_metrics import mean_cosine
+from models.vlm import DEFAULT_WEIGHTS, load_vlm
 
 # The libraries behind the encoders, whose log lines and warnings are held back while one loads: a
 # missing encoder is one note of ours, not their download errors and retries.
@@ -32,13 +32,7 @@ def cosine_metrics(named: list[dict], classes: list[str], encoders: str, medclip
         if embed is None:  # not fatal: this is a side metric
             out[enc] = {"error": why}
             continue
-        per = []
-        for n, want in zip(named, truth):
-            words = [c["concept"] for c in n["concepts"]]
-            if words:
-                e = embed(words + [want])
-                per.append(float((e[:-1] @ e[-1]).mean()))
-        out[enc] = {**mean_se(per), "neurons_without_concepts": len(named) - len(per)} if per else {"error": "no concepts"}
+        out[enc] = mean_cosine(named, truth, embed)
     return out
 
 

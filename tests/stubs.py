@@ -2,7 +2,7 @@
 
 Its "weights" are a JSON file {"texts": {prompt: vector}, "image": vector}: the cosines, and so the
 scores of stage 3, can be worked out by hand, and changing the file's bytes changes the embeddings
-as new VLM weights would. A prompt missing from the file gets a fixed vector of its own (so a run
+as new VLM weights would (conftest.py's recording_vlm fixture puts it in load_vlm's place). A prompt missing from the file gets a fixed vector of its own (so a run
 with unexpected prompts finishes and the test can show which prompts arrived).
 """
 from __future__ import annotations
@@ -11,10 +11,8 @@ import hashlib
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
-import models.vlm
 from models.vlm import VLM
 
 
@@ -47,23 +45,6 @@ class RecordingVLM(VLM):
     def encode_texts(self, texts, batch_size=256):
         self.text_calls.append(list(texts))
         return super().encode_texts(texts, batch_size)
-
-
-@pytest.fixture
-def recording_vlm(monkeypatch):
-    """Stage 3 with --model_clip open_clip:recording loads a RecordingVLM from --clip_weights; the fixture's
-    list holds every instance loaded, in order."""
-    loaded: list[RecordingVLM] = []
-    real = models.vlm.load_vlm
-
-    def load_vlm(model_clip, weights="", device="cpu"):
-        if model_clip != "open_clip:recording":  # a name the declared choices accept
-            return real(model_clip, weights, device)
-        loaded.append(RecordingVLM(weights))
-        return loaded[-1]
-
-    monkeypatch.setattr(models.vlm, "load_vlm", load_vlm)
-    return loaded
 
 
 def write_vlm_weights(path: Path, texts: dict[str, list[float]], image: list[float]) -> Path:

@@ -2,8 +2,8 @@
 statistic against hand-computed numbers and a literal loop, the forward hook against the exact linear
 shortcut, and the step from the command line with its bad inputs."""
 import json
-from pathlib import Path
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from conftest import run_script
+from mammi.ablation import finding_stats, hook_drops, linear_drops, linear_map, named_neurons, positives, random_sets
 from models.layers import tap
-from pipeline.ablation import (OUTPUTS, finding_stats, finding_words, hook_drops, linear_drops, linear_map,
-                               named_neurons, positives, random_sets)
+from pipeline.ablation import OUTPUTS
 from pipeline.cli import constants_of
 
 MISSING = -1
@@ -23,18 +23,16 @@ def rec(k, concepts, status="ok"):
     return {"neuron": k, "status": status, "concepts": [{"concept": c, "score": 1.0} for c in concepts]}
 
 
-def test_a_finding_is_named_by_itself_or_one_of_its_words():
-    """N_f: a concept equal to the finding or to one of its words (case, '_' and '-' aside), live neurons only."""
+def test_a_finding_is_named_by_itself_or_all_of_its_words():
+    """N_f: a concept equal to the finding, or concepts holding each of its words (case, '_' and '-' aside),
+    live neurons only."""
     records = [rec(0, ["effusion"]), rec(1, ["pleural"]), rec(2, ["thickening", "mass"]),
                rec(3, ["pleural thickening"]), rec(4, ["Pleural_Thickening"]), rec(5, ["pleural effusion"]),
                rec(6, ["mass"], status="dead"), rec(7, ["masses"]), rec(8, ["thick"]), rec(9, []),
                rec(10, ["Effusion "], status="ok")]
-    assert finding_words("Pleural_Thickening") == ["pleural", "thickening"]
-    assert finding_words("pleural-thickening") == ["pleural", "thickening"]
-    assert finding_words("Effusion") == ["effusion"]
     assert named_neurons(records, "Effusion") == [0, 10]
-    assert named_neurons(records, "Pleural_Thickening") == [1, 2, 3, 4]
-    assert named_neurons(records, "pleural thickening") == [1, 2, 3, 4]
+    assert named_neurons(records, "Pleural_Thickening") == [3, 4]  # one word alone names no finding
+    assert named_neurons(records, "pleural thickening") == [3, 4]
     assert named_neurons(records, "Mass") == [2]
     assert named_neurons(records, "Hernia") == []
 
@@ -251,7 +249,8 @@ def ablation(*args):
 
 def test_ablation_writes_its_table_and_reuses_it(run, tmp_path):
     ex = run
-    path = concepts_file(tmp_path / "run", ex, {3: ["effusion"], 7: ["Effusion", "mass"], 9: ["pleural"]})
+    path = concepts_file(tmp_path / "run", ex, {3: ["effusion"], 7: ["Effusion", "mass"], 9: ["pleural", "thickening"],
+                                                       11: ["pleural"]})  # 11: one word of it names none
     proc = ablation("--ablation_concepts", str(path))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     got = json.loads((path.parent / "ablation.json").read_text())

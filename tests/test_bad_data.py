@@ -8,29 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import load_probe_set, make_probe_set, run_script
+from conftest import load_probe_set, make_probe_set, refused, run_script, stage2
 from dataset.concepts import read_concepts
 from dataset.nih import probe_crop, resolve_images
 from pipeline.cache import load_tensors
 from pipeline.cli import PipelineError
 
 LABELS = " 0 1 0 0 0 0 0 0 0 0 0 0 0 0"
-
-
-def one_line(proc, *words):
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 2, out[-3000:]
-    assert "Traceback" not in out, out[-3000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
-
-
-def stage2(images, ckpt, out, *extra):
-    return run_script("example_selection.py", "--data_root", str(images), "--checkpoint", str(ckpt),
-                      "--resize", "40", "--crop", "40", "--num_workers", "0", "--save_root", str(out), *extra)
 
 
 def files_under(root):
@@ -51,7 +35,7 @@ def stage2_run(tmp_path_factory, densenet_ckpt):
     tmp = tmp_path_factory.mktemp("s2")
     images = make_probe_set(tmp / "p", n=8, size=40)
     out = tmp / "res"
-    assert stage2(images, densenet_ckpt, out).returncode == 0
+    assert stage2(images, densenet_ckpt, out, size=40).returncode == 0
     return images, out
 
 
@@ -70,8 +54,8 @@ def test_image_id_outside_data_root_is_refused(tmp_path, densenet_ckpt, how):
     out = tmp_path / "res"
     before = files_under(tmp_path)
     # topk 8 of 8 images: every image, the outside one included, would be an example with a crop.
-    proc = stage2(images, densenet_ckpt, out, "--selection", "topk", "--topk", "8", "--save_crops", "yes")
-    one_line(proc, "train_official.txt", "line 3", "--data_root")
+    proc = stage2(images, densenet_ckpt, out, "--selection", "topk", "--topk", "8", "--save_crops", "yes", size=40)
+    refused(proc, "train_official.txt", "line 3", "--data_root", bars=False)
     assert {p for p in files_under(tmp_path) - before if out not in p.parents and p != out} == set()
     with pytest.raises(PipelineError, match="outside"):
         resolve_images(images, [bad])
@@ -87,7 +71,7 @@ def test_crop_names_are_plain_names(tmp_path, densenet_ckpt):
     lines[1] = "sub/" + lines[1]
     write_split(images, lines)
     out = tmp_path / "res"
-    proc = stage2(images, densenet_ckpt, out, "--selection", "topk", "--topk", "8", "--save_crops", "yes")
+    proc = stage2(images, densenet_ckpt, out, "--selection", "topk", "--topk", "8", "--save_crops", "yes", size=40)
     assert proc.returncode == 0, proc.stderr[-3000:]
     crops = list(out.rglob("*.jpg"))
     assert crops and all(p.parent.parent.name == "crops" for p in crops)
@@ -114,7 +98,7 @@ def test_16bit_png_reads_as_its_8bit_original(tmp_path, densenet_ckpt, stage2_ru
         a = np.asarray(probe_crop(images8 / name, 40, 40)).astype(int)
         b = np.asarray(probe_crop(images16 / name, 40, 40)).astype(int)
         assert np.abs(a - b).max() <= 1
-    assert stage2(images16, densenet_ckpt, tmp_path / "r16").returncode == 0
+    assert stage2(images16, densenet_ckpt, tmp_path / "r16", size=40).returncode == 0
     acts8, acts16 = (load_tensors(next(o.rglob("activations.pt")))["activations"] for o in (out8, tmp_path / "r16"))
     assert torch.allclose(acts8, acts16, atol=1e-5)
 
@@ -152,11 +136,11 @@ def test_latin1_and_binary_split_files(tmp_path, densenet_ckpt):
     lines = split_lines(images)
     lines[2] = "caf\u00e9.png" + LABELS
     write_split(images, lines, encoding="latin-1")
-    one_line(stage2(images, densenet_ckpt, tmp_path / "res"), "train_official.txt", "line 3", "UTF-8")
+    refused(stage2(images, densenet_ckpt, tmp_path / "res", size=40), "train_official.txt", "line 3", "UTF-8", bars=False)
     (images.parent / "train_official.txt").write_bytes(bytes(range(256)) * 4)
-    one_line(stage2(images, densenet_ckpt, tmp_path / "res"), "train_official.txt", "line 1")
+    refused(stage2(images, densenet_ckpt, tmp_path / "res", size=40), "train_official.txt", "line 1", bars=False)
     (images.parent / "train_official.txt").write_bytes(b"\x00" * 64)
-    one_line(stage2(images, densenet_ckpt, tmp_path / "res"), "train_official.txt", "line 1", "binary")
+    refused(stage2(images, densenet_ckpt, tmp_path / "res", size=40), "train_official.txt", "line 1", "binary", bars=False)
 
 
 def test_bom_split_file_finds_its_first_image(tmp_path):
@@ -170,12 +154,12 @@ def test_concept_set_encodings(tmp_path, stage2_run):
     stage2_out = stage2_run[1]
     bad = tmp_path / "latin.txt"
     bad.write_bytes("mass\nnodule\nb\u00e9b\u00e9\n".encode("latin-1"))
-    one_line(run_script("concept_matching.py", "--save_root", str(stage2_out), "--concept_set", str(bad)),
-             "latin.txt", "line 3", "UTF-8")
+    refused(run_script("concept_matching.py", "--save_root", str(stage2_out), "--concept_set", str(bad)),
+            "latin.txt", "line 3", "UTF-8", bars=False)
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"mass\n" + bytes(range(256)))
-    one_line(run_script("concept_matching.py", "--save_root", str(stage2_out), "--concept_set", str(binary)),
-             "binary.txt", "line 2")
+    refused(run_script("concept_matching.py", "--save_root", str(stage2_out), "--concept_set", str(binary)),
+            "binary.txt", "line 2", bars=False)
     bom = tmp_path / "bom.txt"
     bom.write_bytes("mass\nnodule\n".encode("utf-8-sig"))
     assert read_concepts(str(bom))[1] == ["mass", "nodule"]
@@ -184,8 +168,8 @@ def test_concept_set_encodings(tmp_path, stage2_run):
 def test_latin1_reports(tmp_path):
     reports = tmp_path / "reports.txt"
     reports.write_bytes("No effusion.\nSmall caf\u00e9 nodule.\n".encode("latin-1"))
-    one_line(run_script("prepare_mimic_nouns.py", "--reports", str(reports), "--out_dir", str(tmp_path)),
-             "reports.txt", "line 2", "UTF-8")
+    refused(run_script("prepare_mimic_nouns.py", "--reports", str(reports), "--out_dir", str(tmp_path)),
+            "reports.txt", "line 2", "UTF-8", bars=False)
     assert not (tmp_path / "mimic_nouns.txt").exists()
 
 
@@ -195,8 +179,8 @@ def test_duplicate_split_lines_are_refused(tmp_path, densenet_ckpt):
     images = make_probe_set(tmp_path / "p", n=6, size=40)
     lines = split_lines(images)
     write_split(images, lines + [lines[1]])
-    one_line(stage2(images, densenet_ckpt, tmp_path / "res"), "train_official.txt", "00000001_000.png",
-             "lines 2 and 7")
+    refused(stage2(images, densenet_ckpt, tmp_path / "res", size=40), "train_official.txt", "00000001_000.png",
+            "lines 2 and 7", bars=False)
 
 
 def test_concepts_differing_in_case_are_folded(tmp_path, capsys):
@@ -221,5 +205,5 @@ def test_concepts_differing_in_case_are_folded(tmp_path, capsys):
 def test_malformed_report_entries(tmp_path, data, where):
     path = tmp_path / "annotation.json"
     path.write_text(json.dumps(data))
-    one_line(run_script("prepare_mimic_nouns.py", "--reports", str(path), "--out_dir", str(tmp_path)),
-             "annotation.json", where)
+    refused(run_script("prepare_mimic_nouns.py", "--reports", str(path), "--out_dir", str(tmp_path)),
+            "annotation.json", where, bars=False)

@@ -13,13 +13,12 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
 
-from conftest import REPO, make_probe_set, run_script
+from conftest import REPO, make_probe_set, refused, run_script, write_dicom
 from dataset import files
 from dataset.files import read_image
 from dataset.nih import probe_crop
 from pipeline import cli
 from pipeline.cli import PipelineError
-from test_probe_sets import write_dicom
 
 PIL_DEFAULT = 1024 * 1024 * 1024 // 4 // 3  # PIL's documented default for Image.MAX_IMAGE_PIXELS
 
@@ -39,17 +38,6 @@ def refusal(path) -> str:
     msg = str(e.value)
     assert "\n" not in msg and str(path) in msg, msg
     return msg
-
-
-def one_line(proc, *words):
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 2, out[-3000:]
-    assert "Traceback" not in out, out[-3000:]
-    lines = [x for x in proc.stderr.split("\n") if x.strip() and not x.startswith("\r")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 # ---- a size claimed in the header
@@ -114,7 +102,7 @@ def test_a_bomb_in_the_probing_set_is_one_line_with_and_without_workers(tmp_path
     proc = run_script("example_selection.py", "--data_root", str(images), "--checkpoint", str(densenet_ckpt),
                       "--resize", "32", "--crop", "32", "--batch_size", "2", "--num_workers", workers,
                       "--save_root", str(tmp_path / "res"))
-    line = one_line(proc, str(bomb), "60000 x 60000", "downscale")
+    line = refused(proc, str(bomb), "60000 x 60000", "downscale")
     assert line == f"error: {refusal(bomb)}"
     assert not (tmp_path / "res").exists() or not list((tmp_path / "res").rglob("*.pt"))
 
@@ -130,7 +118,7 @@ def configure(*args):
 def test_resize_and_crop_beyond_4096_are_refused(tmp_path, option, value):
     proc = run_script("example_selection.py", option, value, "--data_root", str(tmp_path / "nowhere"),
                       "--save_root", str(tmp_path / "res"))
-    one_line(proc, f"{option} {value}", "[0, 4096]")
+    refused(proc, f"{option} {value}", "[0, 4096]")
     assert not (tmp_path / "res").exists()
 
 

@@ -12,28 +12,11 @@ import textwrap
 import pytest
 import torch
 
-from conftest import REPO, make_probe_set, run_script, save_random_target
+from conftest import REPO, error_lines, make_probe_set, refused, run_script, save_random_target
 from pipeline import cli
 from pipeline.cli import PipelineError
 
 SMALL = ["--resize", "64", "--crop", "64", "--num_workers", "0"]
-
-
-def error_lines(stderr: str) -> list[str]:
-    """stderr without tqdm's progress bars (each drawn after a carriage return)."""
-    return [line for line in stderr.split("\n") if line.strip() and not line.startswith("\r")]
-
-
-def refused(proc, *words, code=2) -> str:
-    """The one line a refused run prints; it must name each of words."""
-    out = proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert proc.returncode == code, out
-    assert "Traceback" not in proc.stdout + proc.stderr, out
-    lines = error_lines(proc.stderr)
-    assert len(lines) == 1, lines
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 def interrupted_run(script, *args):
@@ -415,8 +398,8 @@ def test_head_of_another_size_is_named(small_set, tmp_path):
 
 
 def test_blocked_pickle_is_not_invited_to_run(tmp_path, small_set):
+    from conftest import TINY_CLIP
     from models.vlm import load_vlm
-    from test_pipeline import TINY_CLIP
     config = tmp_path / "tiny-clip.json"
     config.write_text(json.dumps(TINY_CLIP))
     evil = tmp_path / "evil.pt"

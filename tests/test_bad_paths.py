@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_script
+from conftest import REPO, files_stage3, ok, refused, run_script, stage2
 from pipeline.cli import PipelineError
 from pipeline.outputs import eval_dir, inside_root, probe_dir, read_examples, read_matching
-from test_bad_state import files, ok, refused, stage2, stage3  # noqa: F401  (files: a fixture)
 
 
 def every_file(folder: Path) -> set[Path]:
@@ -29,7 +28,7 @@ def test_a_name_that_would_leave_save_root_is_refused(files, probe_set, tmp_path
     work = tmp_path / "a" / "b" / "c"  # ../../x from save_root would land in tmp_path/a/x
     work.mkdir(parents=True)
     before = every_file(tmp_path)
-    err = refused(stage2(probe_set, files["a"], work / "res", f"--{option}", value), f"--{option}", "plain name")
+    err = refused(stage2(probe_set, files["a"], work / "res", f"--{option}", value), f"--{option}", "plain name", bars=False)
     assert "such as" in err
     assert every_file(tmp_path) == before  # not even save_root was made
 
@@ -80,7 +79,7 @@ def test_a_moved_results_folder_is_read_where_it_lies(files, probe_set, tmp_path
     it is given, nothing in the stored one (which no longer exists)."""
     first = tmp_path / "first" / "res"
     ok(stage2(probe_set, files["a"], first))
-    ok(stage3(files, first))
+    ok(files_stage3(files, first))
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps([{"file_name": f"{i:08d}_000.png", "syms": ["Mass"], "boxes": [[10, 10, 40, 40]],
                                   "polygons": [None]} for i in range(0, 64, 3)]))
@@ -102,7 +101,7 @@ def test_a_stored_path_into_another_folder_is_not_followed(files, probe_set, tmp
     was computed from; and read_examples gives the save_root where the examples lie now."""
     a = tmp_path / "a"
     ok(stage2(probe_set, files["a"], a))
-    ok(stage3(files, a))
+    ok(files_stage3(files, a))
     b = tmp_path / "b"
     shutil.copytree(a, b)
     ok(stage2(probe_set, files["b"], a))  # a's examples are now another checkpoint's; b's are whole
@@ -119,16 +118,16 @@ def test_a_reference_that_cannot_be_found_is_one_line(files, probe_set, tmp_path
     an examples.json out of the folders step 2 writes it in is refused naming where it belongs."""
     out = tmp_path / "res"
     ok(stage2(probe_set, files["a"], out))
-    ok(stage3(files, out))
+    ok(files_stage3(files, out))
     run = next(out.rglob("concepts.json"))
     lone = tmp_path / "lone" / "concepts.json"
     lone.parent.mkdir()
     shutil.copy(run, lone)
     stored = json.loads(lone.read_text())["config"]["examples"]
     refused(run_script("visualization.py", "--concepts", str(lone), "--save_root", str(out)), lone, stored,
-            "keep the results folder whole")
+            "keep the results folder whole", bars=False)
     ex = next(out.rglob("examples.json"))
     odd = tmp_path / "odd" / "fc" / "adaptive93"
     shutil.copytree(ex.parent.parent, odd.parent)
     refused(run_script("concept_matching.py", "--examples", str(odd / "examples.json"), "--save_root", str(out)),
-            odd / "examples.json", "nih14_train/densenet121/fc/adaptive93/examples.json")
+            odd / "examples.json", "nih14_train/densenet121/fc/adaptive93/examples.json", bars=False)

@@ -14,59 +14,17 @@ import pytest
 import torch
 
 import pipeline.cache as cache
-from conftest import REPO, make_probe_set, run_script, save_random_target, unchangeable
+from conftest import REPO, files_stage3, make_probe_set, ok, refused, run_script, stage2, temps, unchangeable
+from dataset.nih import class_names
 from models.target import build_target, load_target
 from pipeline.cli import PipelineError
 from pipeline.evaluation import read_thresholds
-from dataset.nih import class_names
-from test_pipeline import TINY_CLIP
 
-CONCEPTS = "mass\nnodule\neffusion\nheart\nlung\npneumonia\n"
 VLM = "vlm_openclip-tiny-clip-random"
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("state")
-    (root / "tiny-clip.json").write_text(json.dumps(TINY_CLIP))
-    (root / "concepts.txt").write_text(CONCEPTS)
-    return {"clip": root / "tiny-clip.json", "concepts": root / "concepts.txt",
-            "a": save_random_target(root / "a.pth", "densenet121", seed=0),
-            "b": save_random_target(root / "b.pth", "densenet121", seed=1)}
-
-
-def stage2(data, ckpt, out, *extra):
-    return run_script("example_selection.py", "--data_root", str(data), "--checkpoint", str(ckpt),
-                      "--resize", "64", "--crop", "64", "--num_workers", "0", "--save_root", str(out), *extra)
-
-
-def stage3(files, out, *extra):
-    return run_script("concept_matching.py", "--model_clip", f"open_clip:{files['clip']}", "--clip_weights", "random",
-                      "--concept_set", str(files["concepts"]), "--num_workers", "0", "--save_root", str(out),
-                      "--metric_encoders", "medclip", *extra)
-
-
-def ok(proc):
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc.stdout
-
-
-def refused(proc, *names):
-    """Exit 2 with one line on stderr naming each of names, no traceback."""
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "Traceback" not in proc.stdout + proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    for n in names:
-        assert str(n) in proc.stderr, (n, proc.stderr)
-    return proc.stderr
 
 
 def layer(out):
     return out / "nih14_train" / "densenet121" / "fc"
-
-
-def temps(folder):
-    return sorted(p.name for p in folder.rglob(".*.tmp"))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +34,7 @@ def base(files, probe_set, tmp_path_factory):
     old = os.umask(0o022)
     try:
         ok(stage2(probe_set, files["a"], out))
-        ok(stage3(files, out))
+        ok(files_stage3(files, out))
     finally:
         os.umask(old)
     return out
@@ -104,14 +62,14 @@ def test_examples_of_another_run_are_refused(files, probe_set, base, tmp_path):
     ok(stage2(probe_set, files["a"], out, "--adaptive_percent", "80"))
     ok(stage2(probe_set, files["b"], out))
     ex80 = layer(out) / "adaptive80" / "examples.json"
-    err = refused(stage3(files, out, "--adaptive_percent", "80"), ex80, layer(out) / "activations.pt",
-                  "example_selection.py", "--adaptive_percent 80")
+    err = refused(files_stage3(files, out, "--adaptive_percent", "80"), ex80, layer(out) / "activations.pt",
+                  "example_selection.py", "--adaptive_percent 80", bars=False)
     assert str(files["a"]) in err and str(files["b"]) in err
     assert not list((layer(out) / "adaptive80").glob(f"{VLM}/*/concepts.json"))
     # The examples of the current activations are fine.
-    ok(stage3(files, out))
+    ok(files_stage3(files, out))
     (layer(out) / "activations.pt").unlink()
-    refused(stage3(files, out), layer(out) / "activations.pt", "gone", "example_selection.py")
+    refused(files_stage3(files, out), layer(out) / "activations.pt", "gone", "example_selection.py", bars=False)
 
 
 def test_visualization_refuses_concepts_of_other_examples(base, tmp_path):
@@ -122,7 +80,7 @@ def test_visualization_refuses_concepts_of_other_examples(base, tmp_path):
     path = tmp_path / "concepts.json"
     path.write_text(json.dumps(concepts))
     refused(run_script("visualization.py", "--concepts", str(path)), path, concepts["config"]["examples"],
-            "concept_matching.py")
+            "concept_matching.py", bars=False)
 
 
 def test_no_example_and_no_feature_cache(files, probe_set, tmp_path):
@@ -135,7 +93,7 @@ def test_no_example_and_no_feature_cache(files, probe_set, tmp_path):
     ok(stage2(probe_set, tmp_path / "dead.pth", out))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        log = ok(stage3(files, out))
+        log = ok(files_stage3(files, out))
     assert "reusing" not in log and "no neuron has an example" in log
     # nothing to test for significance, so no statistic of an empty pool (torch warns of its std)
     assert not [w for w in caught if w.filename.endswith("evidence.py")], [str(w.message) for w in caught]
@@ -148,7 +106,7 @@ def test_unwritable_save_root_fails_before_the_forward_pass(probe_set, files, tm
     """A save_root that cannot be written is refused in one line before the forward pass, not after it."""
     (tmp_path / "a_file").write_text("not a folder")
     proc = stage2(probe_set, files["a"], tmp_path / "a_file" / "sub")
-    refused(proc, tmp_path / "a_file" / "sub", "--save_root")
+    refused(proc, tmp_path / "a_file" / "sub", "--save_root", bars=False)
     assert "activations (" not in proc.stdout  # refused before the forward pass
 
 
@@ -160,7 +118,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(probe_set, files, base, tmp_pa
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(os, "replace", full)
     err = refused(stage2(probe_set, files["a"], out, "--adaptive_percent", "80"), "examples.csv",
-                  "No space left on device", "--save_root")
+                  "No space left on device", "--save_root", bars=False)
     monkeypatch.undo()
     assert not (layer(out) / "adaptive80" / "examples.csv").exists() and not temps(out), err
 
@@ -191,19 +149,19 @@ def test_unreadable_upstream_outputs(files, probe_set, base, tmp_path):
     for bad in (good[:len(good) // 2], b"[1, 2, 3]", b'{"key": "k", "activations_key": "a", "config": {}, "neurons": 7}',
                 json.dumps({**json.loads(good), "neurons": [{"neuron": 0}]}).encode(), b"\xff\xfe\x00binary"):
         ex.write_bytes(bad)
-        refused(stage3(files, out), ex, "example_selection.py")
+        refused(files_stage3(files, out), ex, "example_selection.py", bars=False)
     # Stage 2 rebuilds its own truncated examples.json, and says so.
     ex.write_bytes(good[:100])
     log = ok(stage2(probe_set, files["a"], out))
     assert f"{ex} is unreadable" in log and json.loads(ex.read_text())["neurons"]
     act = layer(out) / "activations.pt"
     act.write_bytes(act.read_bytes()[:1000])
-    refused(stage3(files, out), act, "example_selection.py")
+    refused(files_stage3(files, out), act, "example_selection.py", bars=False)
 
     concepts = next(base.rglob("concepts.json"))
     broken = tmp_path / "concepts.json"
     broken.write_text(concepts.read_text()[:-50])
-    refused(run_script("visualization.py", "--concepts", str(broken)), broken, "concept_matching.py")
+    refused(run_script("visualization.py", "--concepts", str(broken)), broken, "concept_matching.py", bars=False)
     thr = tmp_path / "Threshold.csv"
     for bad in (b"\xff\xfe\x00\x01binary\n", b"label,bestthr\nAtelectasis\x00,0.5\n"):
         thr.write_bytes(bad)
@@ -218,7 +176,7 @@ def test_second_run_on_a_locked_folder_waits_then_refuses(probe_set, files, tmp_
     monkeypatch.setattr(cache, "LOCK_TIMEOUT", 0.3, raising=False)
     with filelock.FileLock(cache.lock_path(layer(out))):
         proc = stage2(probe_set, files["b"], out)
-    refused(proc, layer(out), "another run")
+    refused(proc, layer(out), "another run", bars=False)
     assert "waiting for the lock" in proc.stdout
     assert not (layer(out) / "activations.pt").exists()  # nothing computed, nothing written
 
@@ -231,11 +189,11 @@ def test_a_lock_file_that_cannot_be_opened_is_one_line(probe_set, files, tmp_pat
     layer(out).mkdir(parents=True)
     if how == "a folder":
         lock.mkdir()
-        line = refused(stage2(probe_set, files["a"], out), f"cannot open the lock file {lock} (Is a directory)")
+        line = refused(stage2(probe_set, files["a"], out), f"cannot open the lock file {lock} (Is a directory)", bars=False)
     else:
         lock.touch()
         with unchangeable(lock):
-            line = refused(stage2(probe_set, files["a"], out), f"cannot open the lock file {lock} (")
+            line = refused(stage2(probe_set, files["a"], out), f"cannot open the lock file {lock} (", bars=False)
     assert "remove it if no run is writing in" in line
     assert not (layer(out) / "activations.pt").exists()
 
@@ -264,7 +222,7 @@ def test_template_is_part_of_the_output_paths(files, base, tmp_path):
     out = copy(base, tmp_path)
     default = layer(out) / "adaptive93" / VLM / "concepts_base_adaptive_a95" / "concepts.json"
     before = default.read_bytes()
-    ok(stage3(files, out, "--template", "A radiograph showing"))
+    ok(files_stage3(files, out, "--template", "A radiograph showing"))
     assert default.read_bytes() == before
     other = [p for p in (layer(out) / "adaptive93" / VLM).glob("concepts_base-t*_adaptive_a95/concepts.json")]
     assert len(other) == 1 and json.loads(other[0].read_text())["config"]["template"] == "A radiograph showing"
@@ -278,14 +236,14 @@ def test_changed_images_are_refused(files, tmp_path):
     ok(stage2(images, files["a"], out))
     first = sorted(images.iterdir())[0]
     first.write_bytes(sorted(images.iterdir())[1].read_bytes())
-    refused(stage3(files, out), images, "changed", "example_selection.py")
+    refused(files_stage3(files, out), images, "changed", "example_selection.py", bars=False)
 
 
 def test_identical_runs_write_identical_bytes(files, base):
     """Identical runs write identical similarity.pt bytes (torch would name its archive after the temp file)."""
     match = layer(base) / "adaptive93" / VLM / "concepts_base_adaptive_a95"
     before = {f: (match / f).read_bytes() for f in ("similarity.pt", "concepts.json")}
-    ok(stage3(files, base))
+    ok(files_stage3(files, base))
     assert {f: (match / f).read_bytes() for f in before} == before
 
 

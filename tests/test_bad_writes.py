@@ -4,7 +4,6 @@ or stale outputs (an examples.json beside activations it was not selected from).
 import errno
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -14,21 +13,8 @@ import pytest
 import torch
 
 import pipeline.cache as cache
-from conftest import REPO
+from conftest import REPO, disk_full_at, files_stage3, ok, refused, stage2, temps
 from pipeline.cli import PipelineError
-from test_bad_state import files, ok, stage2, stage3, temps  # noqa: F401  (files: a fixture)
-
-
-def refused(proc, *names):
-    """Exit 2, no traceback, and one error line on stderr, the last, naming each of names (a progress
-    bar of the forward pass may stand above it)."""
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
-    lines = [line for line in re.split(r"[\r\n]", proc.stderr) if line.strip()]
-    assert lines[-1].startswith("error: ") and not any("error" in line for line in lines[:-1]), proc.stderr
-    for n in names:
-        assert str(n) in lines[-1], (n, lines[-1])
-    return lines[-1]
 
 
 def strict_json(path):
@@ -36,21 +22,6 @@ def strict_json(path):
     def bad(token):
         raise ValueError(f"{path} holds {token}")
     return json.loads(Path(path).read_text(), parse_constant=bad)
-
-
-def disk_full_at(monkeypatch, suffix: str, nth: int = 1) -> list:
-    """os.replace fails as on a full disk at the nth file renamed into place whose name ends with suffix
-    (and after); returns the list of those renamed, the failing one included."""
-    real, seen = os.replace, []
-
-    def full(src, dst):
-        if str(dst).endswith(suffix):
-            seen.append(dst)
-            if len(seen) >= nth:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(src, dst)
-    monkeypatch.setattr(os, "replace", full)
-    return seen
 
 
 def consistent(out):
@@ -74,7 +45,7 @@ def test_non_finite_activations_are_refused_and_nothing_is_written(probe_set, ov
     """Activations with NaN or infinity: exit 2 naming activations.pt and the checkpoint as the likely cause;
     neither activations.pt nor examples.json exists."""
     out = tmp_path / "res"
-    refused(stage2(probe_set, overflow, out), "NaN or infinite")  # the forward pass's check, or the write's
+    refused(stage2(probe_set, overflow, out), "NaN or infinite", alone=False)  # the forward pass's check, or the write's
     assert not list(out.rglob("*.pt")) and not list(out.rglob("examples.*")) and not temps(out)
 
 
@@ -83,7 +54,7 @@ def test_a_non_finite_run_leaves_the_previous_outputs_whole(files, probe_set, ov
     out = tmp_path / "res"
     ok(stage2(probe_set, files["a"], out, "--layer", "penultimate,fc"))
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
-    refused(stage2(probe_set, overflow, out, "--layer", "penultimate,fc"), "NaN or infinite")
+    refused(stage2(probe_set, overflow, out, "--layer", "penultimate,fc"), "NaN or infinite", alone=False)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
     consistent(out)
 
@@ -97,7 +68,7 @@ def test_non_finite_values_read_back_are_refused(files, probe_set, tmp_path):
     act = torch.load(act_path, weights_only=True)
     act["activations"][3, 5] = float("nan")
     torch.save(act, act_path)
-    refused(stage3(files, out), act_path, "NaN or infinite", "example_selection.py")
+    refused(files_stage3(files, out), act_path, "NaN or infinite", "example_selection.py", alone=False)
     log = ok(stage2(probe_set, files["a"], out))
     assert f"note: {act_path} holds NaN or infinite values: computing it again" in log
     assert torch.isfinite(torch.load(act_path, weights_only=True)["activations"]).all()
@@ -158,7 +129,7 @@ def test_a_file_name_that_is_not_utf8_round_trips(files, probe_set, tmp_path):
     assert latin in csv_ids and csv_ids == json_ids == set(map(os.fsdecode, names))
     assert latin in torch.load(ex_dir.parent / "activations.pt", weights_only=True)["image_ids"]
     assert any(b"caf\xe9" in os.fsencode(p.name) for p in (ex_dir / "crops").rglob("*.jpg"))
-    ok(stage3(files, out, "--labels", "none", "--selection", "topk", "--topk", "8"))
+    ok(files_stage3(files, out, "--labels", "none", "--selection", "topk", "--topk", "8"))
 
 
 def test_a_failed_step_leaves_no_examples_beside_new_activations(files, probe_set, tmp_path, monkeypatch):
@@ -168,13 +139,13 @@ def test_a_failed_step_leaves_no_examples_beside_new_activations(files, probe_se
     out = tmp_path / "res"
     ok(stage2(probe_set, files["a"], out, "--layer", "penultimate,fc"))
     seen = disk_full_at(monkeypatch, "activations.pt", 2)
-    refused(stage2(probe_set, files["b"], out, "--layer", "penultimate,fc"), "No space left on device")
+    refused(stage2(probe_set, files["b"], out, "--layer", "penultimate,fc"), "No space left on device", alone=False)
     monkeypatch.undo()
     assert len(seen) == 2
     consistent(out)
     first = Path(seen[0]).parent
     assert not (first / "adaptive93" / "examples.json").exists() and not (first / "adaptive93" / "examples.csv").exists()
-    refused(stage3(files, out, "--layer", first.name), "examples.json", "not found", "example_selection.py")
+    refused(files_stage3(files, out, "--layer", first.name), "examples.json", "not found", "example_selection.py", alone=False)
     ok(stage2(probe_set, files["b"], out, "--layer", "penultimate,fc"))
     consistent(out)
 
@@ -184,7 +155,7 @@ def test_a_failed_examples_csv_leaves_no_examples(files, probe_set, tmp_path, mo
     out = tmp_path / "res"
     ok(stage2(probe_set, files["a"], out))
     disk_full_at(monkeypatch, "examples.csv")
-    refused(stage2(probe_set, files["b"], out), "examples.csv", "No space left on device")
+    refused(stage2(probe_set, files["b"], out), "examples.csv", "No space left on device", alone=False)
     monkeypatch.undo()
     assert not list(out.rglob("examples.*")) and not temps(out)
 
@@ -237,7 +208,7 @@ def test_a_full_disk_during_torch_save_is_one_line(files, probe_set, tmp_path):
                            str(probe_set), "--checkpoint", str(files["a"]), "--resize", "64", "--crop", "64",
                            "--num_workers", "0", "--layer", "penultimate", "--save_root", str(out)],
                           cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-    err = refused(proc, "activations.pt", "File too large")
+    err = refused(proc, "activations.pt", "File too large", alone=False)
     assert err.startswith("error: cannot write ")
     assert not temps(out) and not list(out.rglob("activations.pt"))
 

@@ -7,17 +7,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cli import PipelineError
-from conftest import REPO
-from dataset.boxes import (DEFAULT_FILES, add_legend, canonical, disease_colour, draw_boxes, load_boxes, read_nih,
-                           scale_to, to_probe_crop)
+from conftest import REPO, run_inline
+from dataset.boxes import (
+    DEFAULT_FILES,
+    add_legend,
+    canonical,
+    disease_colour,
+    draw_boxes,
+    load_boxes,
+    read_nih,
+    scale_to,
+    to_probe_crop,
+)
 from dataset.nih import class_names, probe_crop
-
-
-def run_inline(monkeypatch, script, *args):
-    """Run a script in this process (saves the seconds a fresh interpreter spends importing torch)."""
-    monkeypatch.setattr(sys, "argv", [script, *args])
-    runpy.run_path(str(REPO / script), run_name="__main__")
+from pipeline.cli import PipelineError
 
 
 def test_blend_colours_inside_boxes_only():

@@ -1,5 +1,5 @@
-"""Boundary rules of the method (SPEC stages 2 and 3, fc evaluation), on inputs small enough that
-every expected value below is worked out by hand and written as a literal.
+"""Boundary rules of the method ("The method in one screen": 2. Examples, 3. Matching, 4. fc evaluation),
+on inputs small enough that every expected value below is worked out by hand and written as a literal.
 
 The random-input comparisons in test_method.py almost never put an activation exactly on a
 threshold or two scores exactly level, so the rules for those cases are pinned here.

@@ -16,11 +16,10 @@ import pytest
 import torch
 
 import core.digests as digests
+from conftest import REPO, make_probe_set, ok, run_script, stage2
 from core.digests import digest, file_digest
 from pipeline.cache import save_json
-
-from conftest import REPO, make_probe_set, run_script
-from stubs import recording_vlm, write_vlm_weights  # noqa: F401 (recording_vlm is a fixture)
+from stubs import write_vlm_weights
 
 SIZE = 32
 
@@ -55,11 +54,6 @@ class Outputs:
         self.snap()
 
 
-def ok(proc):
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc.stdout
-
-
 def rewrite(path: Path, data: bytes):
     """New bytes at the same path, with a later modification time even on a coarse clock."""
     st = path.stat()
@@ -87,32 +81,30 @@ def world(tmp_path, densenet_ckpt):
     return images, ckpt, tmp_path / "res"
 
 
-def stage2(world, *extra):
-    images, ckpt, out = world
-    return ok(run_script("example_selection.py", "--data_root", str(images), "--checkpoint", str(ckpt),
-                         "--resize", str(SIZE), "--crop", str(SIZE), "--num_workers", "0",
-                         "--save_root", str(out), *extra))
+def world_stage2(world, *extra):
+    """Step 2 on the world fixture, which must finish."""
+    return ok(stage2(*world, *extra, size=SIZE))
 
 
 def test_stage2_keys(world, tmp_path, monkeypatch):
     images, ckpt, out = world
-    stage2(world)
+    world_stage2(world)
     layer = out / "nih14_train" / "densenet121" / "fc"
     outs = Outputs(activations=layer / "activations.pt", examples=layer / "adaptive93" / "examples.json")
     first = torch.load(outs.paths["activations"], weights_only=True)["activations"]
 
-    outs.check(stage2(world), set(), "nothing changed")
+    outs.check(world_stage2(world), set(), "nothing changed")
 
     sd = torch.load(ckpt, weights_only=True)
     sd["model"]["classifier.bias"] += 1.0
     torch.save(sd, ckpt)
-    outs.check(stage2(world), {"activations", "examples"}, "checkpoint bytes changed")
+    outs.check(world_stage2(world), {"activations", "examples"}, "checkpoint bytes changed")
     acts = torch.load(outs.paths["activations"], weights_only=True)["activations"]
     assert torch.allclose(acts, first + 1.0, atol=1e-4)  # the new head's outputs, not the old ones
 
     one = sorted(images.iterdir())[5]
     rewrite(one, (images / "00000000_000.png").read_bytes())  # another image's pixels under this name
-    outs.check(stage2(world), {"activations", "examples"}, "one image rewritten")
+    outs.check(world_stage2(world), {"activations", "examples"}, "one image rewritten")
     acts = torch.load(outs.paths["activations"], weights_only=True)["activations"]
     assert torch.allclose(acts[5], acts[0], atol=1e-5) and not torch.allclose(acts[5], first[5] + 1.0, atol=1e-3)
 
@@ -120,27 +112,31 @@ def test_stage2_keys(world, tmp_path, monkeypatch):
     lines = split.read_text().splitlines()
     lines[2] = lines[2][:-1] + ("1" if lines[2].endswith("0") else "0")
     rewrite(split, ("\n".join(lines) + "\n").encode())
-    outs.check(stage2(world), {"activations", "examples"}, "split file changed")
+    outs.check(world_stage2(world), {"activations", "examples"}, "split file changed")
 
     # 93.00001 still writes to adaptive93/: the key, not the folder, must tell the selections apart
-    outs.check(stage2(world, "--adaptive_percent", "93.00001"), {"examples"}, "adaptive_percent changed")
-    outs.check(stage2(world), {"examples"}, "adaptive_percent changed back")
+    outs.check(world_stage2(world, "--adaptive_percent", "93.00001"), {"examples"}, "adaptive_percent changed")
+    outs.check(world_stage2(world), {"examples"}, "adaptive_percent changed back")
     # top-k's k does not enter the adaptive selection's key: changing it reuses
-    outs.check(stage2(world, "--topk", "7"), set(), "topk changed under adaptive selection")
+    outs.check(world_stage2(world, "--topk", "7"), set(), "topk changed under adaptive selection")
 
     src = copy_sources(tmp_path / "src")
     with monkeypatch.context() as m:
         m.setattr(digests, "ROOT", src)
-        outs.check(stage2(world), set(), "an identical copy of the code")
+        outs.check(world_stage2(world), set(), "an identical copy of the code")
+        target = src / "models" / "target.py"  # a comment and a docstring cannot change a result: reused
+        text = target.read_text()
+        target.write_text(text.replace('"""', '"""An edited docstring. ', 1) + "\n# a comment\n")
+        outs.check(world_stage2(world), set(), "a comment and the module docstring of models/target.py edited")
         with open(src / "mammi" / "method.py", "a") as f:
-            f.write("\n# edited\n")
-        outs.check(stage2(world), {"examples"}, "mammi/method.py edited")
+            f.write("\n_EDITED = 1\n")
+        outs.check(world_stage2(world), {"examples"}, "mammi/method.py edited")
         with open(src / "models" / "target.py", "a") as f:
-            f.write("\n# edited\n")
-        outs.check(stage2(world), {"activations", "examples"}, "models/target.py edited")
+            f.write("\n_EDITED = 1\n")
+        outs.check(world_stage2(world), {"activations", "examples"}, "models/target.py edited")
         with open(src / "pipeline" / "forward.py", "a") as f:  # the loop that records the activations
-            f.write("\n# edited\n")
-        outs.check(stage2(world), {"activations", "examples"}, "pipeline/forward.py edited")
+            f.write("\n_EDITED = 1\n")
+        outs.check(world_stage2(world), {"activations", "examples"}, "pipeline/forward.py edited")
 
         # Stored outputs under a wrong key, at the right paths, with contents that would show if used
         # (still on the edited copy of the code, to spare a forward pass going back to the original).
@@ -149,20 +145,20 @@ def test_stage2_keys(world, tmp_path, monkeypatch):
                    outs.paths["activations"])
         outs.snap()
         # recomputed under the key the examples were selected with, so they stay reused
-        outs.check(stage2(world), {"activations"}, "activations.pt with a wrong key")
+        outs.check(world_stage2(world), {"activations"}, "activations.pt with a wrong key")
         assert torch.allclose(torch.load(outs.paths["activations"], weights_only=True)["activations"],
                               real["activations"], atol=1e-6)
         ex = json.loads(outs.paths["examples"].read_text())
         outs.paths["examples"].write_text(json.dumps({**ex, "key": "0" * 64, "neurons": []}))
         outs.snap()
-        outs.check(stage2(world), {"examples"}, "examples.json with a wrong key")
+        outs.check(world_stage2(world), {"examples"}, "examples.json with a wrong key")
         assert json.loads(outs.paths["examples"].read_text())["neurons"] == ex["neurons"]
 
         # The right key, but a pickled object that only a full unpickler builds: caches are read with
         # weights_only=True, so such a file is not loaded (a cache file cannot run code) and is replaced.
         real = torch.load(outs.paths["activations"], weights_only=True)
         torch.save({**real, "note": argparse.Namespace(made_by="someone else")}, outs.paths["activations"])
-        log = stage2(world)
+        log = world_stage2(world)
         assert f"reusing {outs.paths['activations']}" not in log
         assert "note" not in torch.load(outs.paths["activations"], weights_only=True)
 
@@ -173,7 +169,7 @@ TEXTS = {"A chest x-ray image of a": [1, 0, 0], "A chest x-ray image of a mass":
 
 def test_stage3_keys(world, tmp_path, monkeypatch, recording_vlm):
     images, ckpt, out = world
-    stage2(world)
+    world_stage2(world)
     concepts = tmp_path / "words.txt"
     concepts.write_text("mass\nnodule\n")
     weights = write_vlm_weights(tmp_path / "vlm.json", TEXTS, [1, 1, 2])
@@ -222,7 +218,7 @@ def test_stage3_keys(world, tmp_path, monkeypatch, recording_vlm):
 
     one = sorted(images.iterdir())[7]
     rewrite(one, (images / "00000001_000.png").read_bytes())
-    stage2(world)
+    world_stage2(world)
     log = stage3()
     outs.check(log, {"images", "metrics"}, "one image rewritten")
     n_now = len(torch.load(outs.paths["images"], weights_only=True)["image_ids"])
@@ -233,10 +229,10 @@ def test_stage3_keys(world, tmp_path, monkeypatch, recording_vlm):
         m.setattr(digests, "ROOT", src)
         outs.check(stage3(), set(), "an identical copy of the code")
         with open(src / "models" / "vlm.py", "a") as f:
-            f.write("\n# edited\n")
+            f.write("\n_EDITED = 1\n")
         outs.check(stage3(), {"images", "text", "metrics"}, "models/vlm.py edited")
         with open(src / "dataset" / "nih.py", "a") as f:  # the crop the VLM sees
-            f.write("\n# edited\n")
+            f.write("\n_EDITED = 1\n")
         outs.check(stage3(), {"images", "text", "metrics"}, "dataset/nih.py edited")
     outs.check(stage3(), {"images", "text", "metrics"}, "the code as it is")
 

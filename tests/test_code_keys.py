@@ -47,9 +47,8 @@ def copy(tmp_path_factory) -> Path:
 
 
 # Run in the copy: load the stage's modules and list the copy's modules now in sys.modules (for a
-# step script, what its own import statements load: its constants' header also runs the headers of
-# the steps it reads constants from, which decide nothing of its output); then append a line to each
-# in turn and recompute the stage's key (a script's CODE, from running it as far as its constants).
+# step script, what its own import statements load); then append a line of code to each in turn and
+# recompute the stage's key (a script's CODE, from running it as far as its constants).
 PROBE = textwrap.dedent('''
     import ast, json, runpy, sys
     from pathlib import Path
@@ -100,7 +99,7 @@ PROBE = textwrap.dedent('''
     for rel in sorted(files):
         path = here / rel
         text = path.read_bytes()
-        path.write_bytes(text + b"\\n# an edit that changes nothing it does\\n")
+        path.write_bytes(text + b"\\n_EDITED = 1\\n")
         if key() == base:
             unchanged.append(rel)
         path.write_bytes(text)
@@ -113,9 +112,10 @@ PROBE = textwrap.dedent('''
                      "dataset/files.py", "core/digests.py"]),
     ("examples", ["example_selection.py", "mammi/method.py", "pipeline/forward.py"]),
     ("vlm features", ["pipeline/features.py", "dataset/nih.py", "models/vlm.py", "models/vlm_base.py", "mammi/method.py"]),
-    ("dissection maps", ["pipeline/dissection.py", "pipeline/attribution.py", "mammi/describers.py", "dataset/boxes.py"]),
+    ("dissection maps", ["pipeline/dissection.py", "mammi/maps.py", "models/layers.py"]),
     ("concept_matching.py", ["concept_matching.py", "pipeline/features.py", "mammi/method.py", "dataset/nih.py"]),
-    ("compare_describers.py", ["compare_describers.py", "mammi/describers.py", "pipeline/dissection.py"]),
+    ("compare_describers.py", ["compare_describers.py", "mammi/describers.py", "mammi/dissection.py",
+                               "pipeline/dissection.py"]),
     ("gallery.py", ["gallery.py", "dataset/nih.py"]),
 ])
 def test_editing_any_module_a_stage_runs_changes_its_key(copy, stage, must):
@@ -239,9 +239,54 @@ def test_the_code_key_follows_each_import_form(tmp_path, monkeypatch):
     for rel in IMPORT_FORMS:
         path = tmp_path / rel
         text = path.read_text()
-        path.write_text(text + "# an edit\n")
+        path.write_text(text + "_EDITED = 1\n")
         if digests.code_digest("main.py") != base:
             changed.append(rel)
         path.write_text(text)
     assert sorted(changed) == reached
     assert digests.code_digest("main.py") == base
+
+
+# ---- what an edit must change
+
+MAIN = '''"""The main module."""
+import helper
+
+LIMIT = 3  # a constant
+
+
+class Thing:
+    """A thing."""
+
+    def size(self):
+        """Its size."""
+        return LIMIT * 2
+'''
+HELPER = "def grow(x):\n    return x + 1\n"
+
+
+@pytest.mark.parametrize("file, old, new, same", [
+    ("main.py", '"""The main module."""', '"""The main module, said otherwise."""', True),
+    ("main.py", '"""A thing."""', '"""A thing,\n    over two lines."""', True),
+    ("main.py", '"""Its size."""', "", True),  # a docstring removed
+    ("main.py", "# a constant", "# the limit, said otherwise", True),
+    ("main.py", "import helper\n", "import helper  # the helper\n\n# a comment on its own line\n", True),
+    ("helper.py", "    return", "    # a comment in the other module\n    return", True),
+    ("main.py", "LIMIT = 3", "LIMIT = 4", False),
+    ("main.py", "LIMIT * 2", "LIMIT * 3", False),
+    ("main.py", "LIMIT * 2", "2 * LIMIT", False),
+    ("helper.py", "x + 1", "x - 1", False),
+    ("main.py", '"""Its size."""', '"""Its size."""\n        print("size")', False),
+])
+def test_the_code_key_ignores_comments_and_docstrings_only(tmp_path, monkeypatch, file, old, new, same):
+    """A comment, a docstring (module, class, function) or a blank line cannot change a result: the key
+    stays; a changed constant or expression, in the module or one it imports, changes it."""
+    from core import digests
+    (tmp_path / "main.py").write_text(MAIN)
+    (tmp_path / "helper.py").write_text(HELPER)
+    monkeypatch.setattr(digests, "ROOT", tmp_path)
+    base = digests.code_digest("main.py")
+    text = (tmp_path / file).read_text()
+    assert old in text
+    (tmp_path / file).write_text(text.replace(old, new, 1))
+    assert (digests.code_digest("main.py") == base) is same

@@ -16,7 +16,7 @@ from pipeline import cli
 from pipeline.cli import PipelineError
 
 SCRIPTS = [p.relative_to(cli.ROOT).as_posix() for p in sorted(cli.ROOT.glob("*.py")) + sorted(cli.ROOT.glob("*/*.py"))
-           if "\nconfig = configure(" in p.read_text()]
+           if p.parts[-2] != "tests" and "\nconfig = configure(" in p.read_text()]
 
 
 def accepted(script: str, name: str, value) -> bool:
@@ -223,10 +223,10 @@ def test_every_step2_constant_changes_a_key_or_is_a_run_setting(files):
 def stage3_keys(c: dict, code: str) -> tuple[str, str]:
     """Step 3's keys as concept_matching.py chains them: its examples' key, both feature caches, the
     matching (similarity.pt, concepts.json) and the fc metrics."""
+    from dataset.concepts import read_concepts
     from models.vlm import weights_identity
     from pipeline.features import vlm_id
     from pipeline.outputs import image_features_key, matching_key, metrics_key, text_features_key
-    from dataset.concepts import read_concepts
     ex = json.loads(Path(c["examples"]).read_text())
     vlm = vlm_id(c)
     concept_file, _ = read_concepts(c["concept_set"])

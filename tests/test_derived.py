@@ -11,25 +11,26 @@ import pytest
 import torch
 import torchvision
 
-from conftest import load_probe_set, run_script, save_random_target
+from conftest import (
+    disk_full_at,
+    load_probe_set,
+    ok,
+    page_data,
+    refused,
+    run_script,
+    save_random_target,
+    snapshot,
+    stage2,
+    write_synthetic,
+)
 from dataset.nih import class_names
 from pipeline.cache import under
 from pipeline.cli import PipelineError
 from pipeline.evaluation import read_thresholds
 from pipeline.outputs import target_key
-from test_bad_state import ok
-from test_data import one_line_error
-from test_bad_writes import disk_full_at
-from test_gallery import page_data, write_synthetic
 
 SMALL = ["--resize", "64", "--crop", "64", "--num_workers", "0"]
 EFFUSION = class_names().index("Effusion")
-
-
-def stage2(probe_set, ckpt, out, *extra):
-    """Step 2 on the test split (the held-out split ablation and step 4 read too), penultimate layer."""
-    return run_script("example_selection.py", "--data_root", str(probe_set), "--checkpoint", str(ckpt), "--split",
-                      "test", "--layer", "penultimate", "--save_root", str(out), *SMALL, *extra)
 
 
 def hand_concepts(ex: Path, names: dict, tag: str) -> Path:
@@ -64,16 +65,12 @@ def visualization(probe_set, concepts, bbox, out, *extra):
                       str(bbox), "--max_drawn", "2", "--save_root", str(out), *extra)
 
 
-def snapshot(folder: Path) -> dict:
-    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
-
-
 @pytest.fixture(scope="module")
 def reinit(probe_set, densenet_ckpt, tmp_path_factory):
     """sanity_check.py's re-initialised run: step 2 of the target re-initialised with seed 0 (on the test split,
     so that ablation reuses its activations), in {model}-reinit0/."""
     out = tmp_path_factory.mktemp("reinit") / "res"
-    ok(stage2(probe_set, densenet_ckpt, out, "--reinit_seed", "0"))
+    ok(stage2(probe_set, densenet_ckpt, out, "--reinit_seed", "0", "--split", "test", "--layer", "penultimate"))
     ex = out / "nih14_test" / "densenet121-reinit0" / "penultimate" / "adaptive93" / "examples.json"
     assert ex.is_file()
     return out, ex
@@ -152,7 +149,7 @@ def test_dissection_of_the_re_initialised_run_reads_maps_of_that_network(reinit,
 def trained(probe_set, densenet_ckpt, tmp_path_factory):
     """Steps 2 and 4 with checkpoint A."""
     out = tmp_path_factory.mktemp("trained") / "res"
-    ok(stage2(probe_set, densenet_ckpt, out))
+    ok(stage2(probe_set, densenet_ckpt, out, "--split", "test", "--layer", "penultimate"))
     ok(step4(probe_set, densenet_ckpt, out))
     return out
 
@@ -168,11 +165,11 @@ def test_thresholds_of_another_checkpoint_are_refused(trained, probe_set, densen
     vis = out / "nih14_nih" / "densenet121" / "visualization"
     shutil.rmtree(vis)
     other = save_random_target(tmp_path / "b.pth", "densenet121", seed=1)
-    ok(stage2(probe_set, other, out))
+    ok(stage2(probe_set, other, out, "--split", "test", "--layer", "penultimate"))
     concepts = hand_concepts(ex, {}, "b")
     thr = out / "nih14_test" / "densenet121" / "eval" / "Threshold.csv"
-    one_line_error(visualization(probe_set, concepts, bbox, out), str(thr), str(densenet_ckpt), str(other),
-                   "target_model_perform.py")
+    refused(visualization(probe_set, concepts, bbox, out), str(thr), str(densenet_ckpt), str(other),
+            "target_model_perform.py", alone=False)
     assert not list(vis.rglob("*.png")) and not (vis / "total_results.json").exists()
     ok(step4(probe_set, other, out))
     ok(visualization(probe_set, concepts, bbox, out))
@@ -210,7 +207,7 @@ def test_a_write_failing_midway_through_step_4_leaves_nothing_of_the_run_before(
         ["Threshold.csv", "TestEval.csv", "TestProbs.csv", "TestLabels.csv", "ValProbs.csv", "ValLabels.csv",
          "roc_curves.png", "eval.json"])
     disk_full_at(monkeypatch, "Probs.csv")
-    one_line_error(step4(probe_set, densenet_ckpt, out), "ValProbs.csv", "No space left on device")
+    refused(step4(probe_set, densenet_ckpt, out), "ValProbs.csv", "No space left on device", alone=False)
     assert sorted(p.name for p in d.iterdir() if not p.name.startswith(".")) == ["TestEval.csv", "Threshold.csv"]
     with pytest.raises(PipelineError, match="no eval.json"):
         read_thresholds(d / "Threshold.csv", class_names(),
@@ -224,8 +221,8 @@ def test_a_write_failing_midway_through_ablation_leaves_no_table_of_the_run_befo
     concepts = hand_concepts(ex, {3: ["effusion"]}, "full")
     ok(run_script("ablation.py", "--ablation_concepts", str(concepts), "--ablation_draws", "10", *SMALL))
     disk_full_at(monkeypatch, "ablation.png")
-    one_line_error(run_script("ablation.py", "--ablation_concepts", str(concepts), "--ablation_draws", "11", *SMALL),
-                   "ablation.png", "No space left on device")
+    refused(run_script("ablation.py", "--ablation_concepts", str(concepts), "--ablation_draws", "11", *SMALL),
+            "ablation.png", "No space left on device", alone=False)
     assert not (concepts.parent / "ablation.json").exists()
 
 
@@ -276,8 +273,8 @@ def test_an_input_outside_save_root_is_refused_before_anything_is_written(reinit
     ex = other / ex.relative_to(out)
     given = ex if option == "--examples" else hand_concepts(ex, {3: ["effusion"]}, "outside")
     before, mine = snapshot(other), tmp_path / "mine"
-    one_line_error(run_script(script, option, str(given), "--save_root", str(mine), *SMALL), option, str(given),
-                   f"--save_root {other}")
+    refused(run_script(script, option, str(given), "--save_root", str(mine), *SMALL), option, str(given),
+            f"--save_root {other}", alone=False)
     assert snapshot(other) == before and not mine.exists()
 
 
@@ -286,8 +283,8 @@ def test_every_write_is_checked_against_save_root(tmp_path):
     nothing is written there."""
     res = write_synthetic(tmp_path, n_neurons=8, n_images=12)
     elsewhere = tmp_path / "elsewhere"
-    one_line_error(run_script("gallery.py", "--save_root", str(res), "--gallery_dir", str(elsewhere), "--overlays", "no"),
-                   str(elsewhere), f"--save_root {res}")
+    refused(run_script("gallery.py", "--save_root", str(res), "--gallery_dir", str(elsewhere), "--overlays", "no"),
+            str(elsewhere), f"--save_root {res}", alone=False)
     assert not elsewhere.exists()
 
 

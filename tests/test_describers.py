@@ -9,12 +9,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from conftest import REPO, run_script
+from conftest import REPO, compare, ok, run_script, stage2, stage3
 from dataset.nih import class_names
-from mammi.describers import (dissection_counts, iou, label_auc, lift_findings, name_neurons, same_name, soft_wpmi,
-                        top_quantile, topk_mean, truth_agreement)
+from mammi.describers import label_auc, lift_findings, name_neurons, same_name, soft_wpmi, topk_mean, truth_agreement
+from mammi.dissection import dissection_counts, iou, top_quantile
 from pipeline.cli import constants_of
-from test_pipeline import ok, stage2, stage3, tiny_clip  # noqa: F401  (tiny_clip is a fixture)
 
 WPMI = constants_of("compare_describers.py")
 
@@ -86,7 +85,7 @@ def test_top_quantile_is_numpys():
 
 
 def test_dissection_iou_on_hand_made_maps_and_boxes():
-    from pipeline.dissection import finding_masks
+    from mammi.dissection import finding_masks
     # A 2x2 map [[1, 0], [0, 0]] upsampled bilinearly to 4x4 is the outer product of [1, .75, .25, 0] with
     # itself; at T = 0.5 its top-left 2x2 block is on (1, .75, .75, .5625).
     maps = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])  # [B=1, K=1, 2, 2]
@@ -113,9 +112,9 @@ def test_dissection_iou_on_hand_made_maps_and_boxes():
 def test_maps_average_to_the_cached_activations():
     """The dissection pass's maps are the maps of step 2's activations: their spatial mean is the logit (fc),
     the pooled feature (penultimate) or the module's channel mean."""
-    from models.layers import tap
+    from mammi.maps import layer_maps, module_maps
+    from models.layers import map_source, tap
     from models.target import build_target
-    from pipeline.dissection import layer_maps, map_source, module_maps
     torch.manual_seed(0)
     net = build_target("densenet121").eval()
     x = torch.randn(2, 3, 64, 64)
@@ -185,11 +184,6 @@ def counted(monkeypatch):
     monkeypatch.setattr(vlm.VLM, "encode_pixels", count_pixels)
     monkeypatch.setattr(vlm.VLM, "encode_texts", count_texts)
     return seen
-
-
-def compare(out, clip, *extra):
-    return run_script("compare_describers.py", "--model_clip", f"open_clip:{clip}", "--clip_weights", "random",
-                      "--num_workers", "0", "--save_root", str(out), "--metric_encoders", "all-minilm-l6-v2", *extra)
 
 
 def test_every_describer_end_to_end_embeds_nothing_twice(probe_set, densenet_ckpt, tiny_clip, tmp_path, counted):

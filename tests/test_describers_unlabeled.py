@@ -8,13 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_probe_set, run_script
-from test_pipeline import ok, stage2, stage3, tiny_clip  # noqa: F401  (tiny_clip is a fixture)
-
-
-def compare(out, clip, *extra):
-    return run_script("compare_describers.py", "--model_clip", f"open_clip:{clip}", "--clip_weights", "random",
-                      "--num_workers", "0", "--save_root", str(out), "--metric_encoders", "", *extra)
+from conftest import compare, make_probe_set, ok, stage2, stage3
 
 
 def first(recs):
@@ -36,7 +30,7 @@ def unlabeled(tmp_path_factory, tiny_clip):
 
 @pytest.mark.parametrize("layer", ["penultimate", "fc"])
 def test_unlabeled_set_compares_what_needs_no_labels(unlabeled, tiny_clip, layer):
-    proc = compare(unlabeled, tiny_clip, "--labels", "none", "--layer", layer)
+    proc = compare(unlabeled, tiny_clip, "--labels", "none", "--layer", layer, encoders="")
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "Warning" not in proc.stderr and "NaN" not in proc.stderr, proc.stderr[-2000:]
     notes = [line for line in proc.stdout.splitlines() if line.startswith("note:")]
@@ -89,7 +83,7 @@ def test_unlabeled_mammi_alone_draws_no_figure(unlabeled, tiny_clip):
     png.parent.mkdir(exist_ok=True)
     png.write_bytes(b"stale")
     proc = compare(unlabeled, tiny_clip, "--labels", "none", "--layer", "penultimate", "--describers", "label_auc",
-                   "--sensitivity_percents", "")
+                   "--sensitivity_percents", "", encoders="")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not png.exists() and "describers.png" not in proc.stdout
     table = json.loads((png.parent / "describers.json").read_text())
@@ -101,7 +95,7 @@ def test_label_auc_is_not_scored_against_its_own_truth(probe_set, densenet_ckpt,
     ok(stage2(probe_set, densenet_ckpt, out, "--layer", "fc"))
     ok(stage3(out, tiny_clip, "--layer", "fc", "--metric_encoders", ""))
     args = ("--layer", "fc", "--describers", "topk_mean,label_auc", "--sensitivity_percents", "")
-    log = ok(compare(out, tiny_clip, *args))
+    log = ok(compare(out, tiny_clip, *args, encoders=""))
     root = next(out.rglob("describers/describers.json")).parent
     table = json.loads((root / "describers.json").read_text())
     assert table["truth"]["kind"] == "label_auc" and table["truth"]["own"] == "label_auc"
@@ -114,6 +108,6 @@ def test_label_auc_is_not_scored_against_its_own_truth(probe_set, densenet_ckpt,
     line = next(s for s in log.splitlines() if s.startswith("label_auc "))
     assert "by construction" in line
     # another truth is not label_auc's own: then it is scored like every describer
-    ok(compare(out, tiny_clip, *args, "--truth", "lift"))
+    ok(compare(out, tiny_clip, *args, "--truth", "lift", encoders=""))
     table = json.loads((root / "describers.json").read_text())
     assert table["truth"]["own"] is None and "truth" in table["rows"]["label_auc"]

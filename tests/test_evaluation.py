@@ -1,7 +1,5 @@
 """target_model_perform.py and evaluation.py: metrics against scikit-learn, stage-2 logits reuse."""
 import csv
-import runpy
-import sys
 
 import numpy as np
 import pytest
@@ -9,12 +7,13 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from pipeline.cli import PipelineError
-from conftest import REPO, load_probe_set, make_probe_set, save_random_target
+from conftest import load_probe_set, make_probe_set, run_inline, save_random_target
 from dataset.boxes import disease_colour
 from dataset.nih import class_names
-from pipeline.evaluation import auroc_auprc, best_thresholds, forward_logits, read_thresholds, stage2_logits
+from mammi.metrics import auroc_auprc, best_thresholds
 from models.target import load_target
+from pipeline.cli import PipelineError
+from pipeline.evaluation import forward_logits, read_thresholds, stage2_logits
 
 SMALL = ["--resize", "40", "--crop", "32", "--num_workers", "0"]
 
@@ -63,12 +62,6 @@ def test_read_thresholds(tmp_path):
         read_thresholds(path, classes)
     with pytest.raises(PipelineError, match="run target_model_perform.py"):
         read_thresholds(tmp_path / "absent.csv", classes)
-
-
-def run_inline(monkeypatch, script, *args):
-    """Run a script in this process (saves the seconds a fresh interpreter spends importing torch)."""
-    monkeypatch.setattr(sys, "argv", [script, *args])
-    runpy.run_path(str(REPO / script), run_name="__main__")
 
 
 def test_cache_reuse_and_fresh_pass_agree(densenet_ckpt, tmp_path, monkeypatch, capsys):

@@ -13,9 +13,18 @@ import pytest
 import torch
 from scipy.stats import false_discovery_control
 
-from conftest import REPO, densenet_of, make_probe_set, model_input, run_script, save_random_target
-from mammi.evidence import (TIE, name_test, null_names, null_order, p_values, pool_needed, pool_rows, smallest_p,
-                      smallest_q)
+from conftest import REPO, TINY_CLIP, densenet_of, make_probe_set, model_input, run_script, save_random_target
+from mammi.evidence import (
+    TIE,
+    name_test,
+    null_names,
+    null_order,
+    p_values,
+    pool_needed,
+    pool_rows,
+    smallest_p,
+    smallest_q,
+)
 
 
 def plain_null(pool, draw):
@@ -120,10 +129,6 @@ def test_reachable_p_and_q_and_the_pool_that_would_do():
 
 
 # ---- step 3 end to end: what concepts.json stores
-
-TINY_CLIP = {"embed_dim": 32,
-             "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
 
 
 def plain_bh(p):

@@ -16,11 +16,24 @@ import torchvision
 import torchxrayvision as xrv
 from PIL import Image
 
-from conftest import REPO, make_probe_set, run_script
+from conftest import (
+    REAL_DICOM,
+    REAL_JPEG,
+    REPO,
+    TINY_CLIP,
+    make_probe_set,
+    ok,
+    refused,
+    run_script,
+    snapshot,
+    stage3,
+    unlabeled_stage2,
+    write_dicom,
+)
 from models.layers import reduce_output, taps, token_layout
 from pipeline.cache import load_tensors
-from test_pipeline import TINY_CLIP
-from test_probe_sets import REAL_DICOM, REAL_JPEG, write_dicom
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread
 
 CLASSES = ["Effusion", "Cardiomegaly", "Mass"]
 CONCEPTS = "effusion\ncardiomegaly\nmass\nheart\nlung\nrib\n"
@@ -33,35 +46,10 @@ def build():
 '''
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: a second intra-op thread gains nothing, and on cores shared with other
-    jobs its spin-waits made each forward pass 30 times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_user_model() -> nn.Module:
     scope = {}
     exec(USER_MODEL, scope)
     return scope["build"]()
-
-
-def ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
-
-
-def one_line(proc, *words):
-    """The refusal: exit 2 and one line (tqdm's bar of a pass that failed mid-way, drawn after carriage
-    returns and ended before the error, aside), naming each of words."""
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 2 and "Traceback" not in out, out[-3000:]
-    errors = [line for line in proc.stderr.split("\n") if line.strip() and not line.startswith("\r")]
-    assert len(errors) == 1 and errors[0].startswith("error: ") and all(w in errors[0] for w in words), (words, out)
-    return errors[0]
 
 
 def mixed_folder(root):
@@ -113,15 +101,15 @@ def families(w):
     }
 
 
-def stage2(w, out, *args):
-    return run_script("example_selection.py", "--dataset", "export", "--data_root", str(w["images"]), "--labels",
-                      "none", "--num_workers", "0", "--batch_size", "4", "--save_root", str(out), *args)
+def export_stage2(w, out, *args):
+    """Step 2 on the world's unlabeled images, as the "export" collection, in batches of 4."""
+    return unlabeled_stage2(w["images"], out, None, *args, dataset="export", size=None, batch=4)
 
 
-def stage3(w, out, model, *args):
-    return run_script("concept_matching.py", "--dataset", "export", "--labels", "none", "--model", model, "--model_clip",
-                      f"open_clip:{w['clip']}", "--clip_weights", "random", "--concept_set", str(w["concepts"]),
-                      "--metric_encoders", "", "--num_workers", "0", "--save_root", str(out), *args)
+def export_stage3(w, out, model, *args):
+    """Step 3 over export_stage2's outputs, with the world's tiny CLIP and concept set, no metric encoder."""
+    return stage3(out, w["clip"], "--dataset", "export", "--labels", "none", *args, model=model,
+                  concepts=w["concepts"], encoders="")
 
 
 @pytest.mark.parametrize("family", ["torchvision", "timm-vit", "xrv", "file", "torchscript"])
@@ -130,7 +118,7 @@ def test_family_through_steps_2_and_3(world, tmp_path, family):
     model = args[1]
     layers = "fc" + (f",{second}" if second else "")
     out = tmp_path / "res"
-    log = ok(stage2(world, out, *args, "--layer", layers))
+    log = ok(export_stage2(world, out, *args, "--layer", layers))
     assert "8 images from the folder" in log
     layer_dirs = list((out / "export_all").glob("*/fc"))
     assert len(layer_dirs) == 1
@@ -144,7 +132,7 @@ def test_family_through_steps_2_and_3(world, tmp_path, family):
     if second:
         other = load_tensors(layer_dirs[0].parent / second / "activations.pt")
         assert other["activations"].shape[0] == 8 and torch.equal(other["logits"], fc["logits"])
-    log = ok(stage3(world, out, model, "--layer", "fc"))
+    log = ok(export_stage3(world, out, model, "--layer", "fc"))
     assert "hit rate" in log
     match = next(layer_dirs[0].glob("adaptive93/vlm_*/*"))
     concepts = json.loads((match / "concepts.json").read_text())
@@ -153,7 +141,7 @@ def test_family_through_steps_2_and_3(world, tmp_path, family):
     assert metrics["hit_rate"]["n"] == k
     # --layer list works for every family and writes nothing
     before = sorted(out.rglob("*"))
-    log = ok(stage2(world, out, *args, "--layer", "list"))
+    log = ok(export_stage2(world, out, *args, "--layer", "list"))
     table = {line.split()[0]: line.split()[1:] for line in log.splitlines()[log.splitlines().index(
         next(x for x in log.splitlines() if x.startswith("layer "))) + 1:]}
     assert table["fc"] == ["[2,", f"{k}]", str(k)]
@@ -331,53 +319,50 @@ def test_readme_commands_run_as_written(user_folder, monkeypatch):
 
 # ---- bad input: one line, exit 2, nothing cached changes
 
-def snapshot(root):
-    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file() and p.name != ".lock"}
-
 
 def test_bad_inputs_are_one_line_and_leave_caches_alone(world, tmp_path, monkeypatch):
     out = tmp_path / "res"
     tv = families(world)["torchvision"][0]
-    ok(stage2(world, out, *tv, "--layer", "fc"))
-    before = snapshot(out)
+    ok(export_stage2(world, out, *tv, "--layer", "fc"))
+    before = snapshot(out, only_files=True)
     assert before
 
-    def refused(proc, *words):
-        line = one_line(proc, *words)
-        assert snapshot(out) == before, line
+    def refused_untouched(proc, *words):
+        line = refused(proc, *words)
+        assert snapshot(out, only_files=True) == before, line
         return line
 
-    refused(stage2(world, out, "--model", "efficientnet"), "unknown --model efficientnet:", "timm:NAME",
-            "path/file.py:function", "TorchScript")
-    refused(stage2(world, out, "--model", "timm:resnet1t"), "timm:resnet1t", "resnet10t")
-    refused(stage2(world, out, *tv, "--layer", "features.99"), "--layer 'features.99'", "not a module")
-    refused(stage2(world, out, *tv, "--num_classes", "5"), "--num_classes 5", "3-way head", "mobilenet.pth")
+    refused_untouched(export_stage2(world, out, "--model", "efficientnet"), "unknown --model efficientnet:", "timm:NAME",
+                      "path/file.py:function", "TorchScript")
+    refused_untouched(export_stage2(world, out, "--model", "timm:resnet1t"), "timm:resnet1t", "resnet10t")
+    refused_untouched(export_stage2(world, out, *tv, "--layer", "features.99"), "--layer 'features.99'", "not a module")
+    refused_untouched(export_stage2(world, out, *tv, "--num_classes", "5"), "--num_classes 5", "3-way head", "mobilenet.pth")
     two = tmp_path / "two.txt"
     two.write_text("Effusion\nMass\n")
-    refused(stage2(world, out, *tv[:4], "--classes", str(two), "--resize", "56", "--crop", "48"), "3 outputs",
-            "2 class names", str(two))
-    refused(stage2(world, out, *tv, "--crop", "64"), "--crop 64 exceeds --resize 56")
-    refused(stage2(world, out, "--model", f"{world['root'] / 'mine.py'}:make"), "mine.py defines no function 'make'",
-            "build")
+    refused_untouched(export_stage2(world, out, *tv[:4], "--classes", str(two), "--resize", "56", "--crop", "48"), "3 outputs",
+                      "2 class names", str(two))
+    refused_untouched(export_stage2(world, out, *tv, "--crop", "64"), "--crop 64 exceeds --resize 56")
+    refused_untouched(export_stage2(world, out, "--model", f"{world['root'] / 'mine.py'}:make"), "mine.py defines no function 'make'",
+                      "build")
     scripted = ["--model", str(world["root"] / "scripted.pt"), "--checkpoint", str(world["root"] / "vit.pth")]
-    refused(stage2(world, out, *scripted), "TorchScript", "drop --checkpoint")
+    refused_untouched(export_stage2(world, out, *scripted), "TorchScript", "drop --checkpoint")
     # an xrv model whose weights are neither given nor in torchxrayvision's cache: what to download, and where
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    line = refused(stage2(world, out, "--model", "xrv:densenet121-res224-all"), "not in torchxrayvision's cache",
-                   "https://", str(tmp_path / "home" / ".torchxrayvision"))
+    line = refused_untouched(export_stage2(world, out, "--model", "xrv:densenet121-res224-all"), "not in torchxrayvision's cache",
+                             "https://", str(tmp_path / "home" / ".torchxrayvision"))
     assert "--checkpoint" in line
     # a DICOM without pixel data among the images (a structured report in the export)
     bad = tmp_path / "with_report"
     shutil.copytree(world["images"], bad)
     write_dicom(bad / "ct" / "report.dcm", np.zeros((4, 4)), pixel_data=False)
-    refused(stage2(world, out, *tv, "--data_root", str(bad)), "report.dcm", "without pixel data")
+    refused_untouched(export_stage2(world, out, *tv, "--data_root", str(bad)), "report.dcm", "without pixel data")
     # a folder without images
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    refused(stage2(world, out, *tv, "--data_root", str(tmp_path / "empty")), "no images", "empty")
+    refused_untouched(export_stage2(world, out, *tv, "--data_root", str(tmp_path / "empty")), "no images", "empty")
     # a CSV without a path column, and one whose labels name none of the classes
     csv = tmp_path / "labels.csv"
     csv.write_text("Image File,Effusion\nphoto.jpg,1\n")
-    refused(stage2(world, out, *tv, "--labels", str(csv)), "labels.csv", "no path column", "Path")
+    refused_untouched(export_stage2(world, out, *tv, "--labels", str(csv)), "labels.csv", "no path column", "Path")
     csv.write_text("Path,Pneumonia,Edema\nphoto.jpg,1,0\np0.png,0,-1\n")
-    refused(stage2(world, out, *tv, "--labels", str(csv)), "labels.csv", "match none of the 3 classes",
-            "classes.txt")
+    refused_untouched(export_stage2(world, out, *tv, "--labels", str(csv)), "labels.csv", "match none of the 3 classes",
+                      "classes.txt")

@@ -99,7 +99,7 @@ def sensitivity_inputs(K=6, N=40, C=7, D=5, seed=0):
 @pytest.mark.parametrize("labelled", [True, False])
 def test_sensitivity_maps_share_a_fixed_scale_and_say_their_noise(monkeypatch, tmp_path, labelled):
     figures = []
-    monkeypatch.setattr("pipeline.cache.save_png", lambda path, fig: figures.append(fig))  # imported by the step
+    monkeypatch.setattr("pipeline.sensitivity.save_png", lambda path, fig: figures.append(fig))  # the study saves it
     cd = step(monkeypatch, "compare_describers.py")
     run, acts, feats, concepts = sensitivity_inputs()
     truth = {"kind": "lift", "n": 6, "neurons": concepts[:6]} if labelled else \
@@ -138,7 +138,7 @@ def test_sensitivity_maps_share_a_fixed_scale_and_say_their_noise(monkeypatch, t
 def test_fc_sensitivity_cells_count_neurons_on_a_fixed_scale(monkeypatch, tmp_path):
     """A hit rate spanning 1/3 to 2/3 of the scored neurons still spans only part of the 0-1 scale."""
     figures = []
-    monkeypatch.setattr("pipeline.cache.save_png", lambda path, fig: figures.append(fig))
+    monkeypatch.setattr("pipeline.sensitivity.save_png", lambda path, fig: figures.append(fig))
     cd = step(monkeypatch, "compare_describers.py")
     run, acts, feats, concepts = sensitivity_inputs()
     scored = [(k, concepts[k]) for k in range(3)]  # neurons 0-2 "are" classes c0-c2
@@ -157,7 +157,7 @@ def test_fc_sensitivity_cells_count_neurons_on_a_fixed_scale(monkeypatch, tmp_pa
 
 def test_a_constant_grid_keeps_the_fixed_scale(monkeypatch, tmp_path):
     figures = []
-    monkeypatch.setattr("pipeline.cache.save_png", lambda path, fig: figures.append(fig))  # imported by the step
+    monkeypatch.setattr("pipeline.sensitivity.save_png", lambda path, fig: figures.append(fig))  # the study saves it
     cd = step(monkeypatch, "compare_describers.py")
     run, acts, feats, concepts = sensitivity_inputs()
     # one concept, close to every image: every neuron is named with it at every p and alpha

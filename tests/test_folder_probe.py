@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, make_probe_set, run_script
-from test_user_models import stage2
 import dataset.files
+from conftest import REPO, make_probe_set, run_script, unlabeled_stage2
 from dataset.files import HEAD_BYTES, identical_files, read_image
 from dataset.nih import ProbeSet, data_digest, resolve_images
 from dataset.probe import list_images, load_probe, note_copies
@@ -150,7 +149,7 @@ def test_step_2_notes_copies_in_its_folder(tmp_path):
     root = tmp_path / "root"
     for n, value in (("one/scan.png", 10), ("two/scan.png", 10), ("other.png", 20)):
         png(root / n, value, size=40)
-    proc = stage2(root, tmp_path / "res", "torchvision:mobilenet_v3_small", "--checkpoint", "random", "--classes", "")
+    proc = unlabeled_stage2(root, tmp_path / "res", "torchvision:mobilenet_v3_small", "--checkpoint", "random", "--classes", "")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     notes = [line for line in proc.stdout.splitlines() if "under more than one name" in line]
     assert notes == [f"note: the folder {root} holds 1 image(s) under more than one name (2 names, the same "

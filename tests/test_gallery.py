@@ -2,7 +2,6 @@
 from a synthetic 2,048-neuron run in the stages' formats; checked by parsing the HTML, then in a real
 browser (headless Chromium through selenium): search, filters, a neuron's view, load time."""
 import ast
-import csv
 import html
 import json
 import math
@@ -11,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -20,22 +18,26 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, run_script, unchangeable
+from conftest import (
+    ABLATION,
+    HOSTILE,
+    REPO,
+    TINY_CLIP,
+    WORDS,
+    no_errors,
+    ok,
+    page_data,
+    refused,
+    run_script,
+    stage2,
+    stage3,
+    unchangeable,
+    write_synthetic,
+)
 from core.digests import file_digest
 from dataset.nih import class_names
-from dataset.probe import load_probe
-from mammi.method import select_concepts, select_examples
-from test_pipeline import TINY_CLIP, stage2, stage3
 
-HOSTILE = "<img src=x onerror=alert(1)>"
 PAGE_FILES = ("gallery.html", "gallery.css", "gallery.js")  # the page's source, beside gallery.py
-WORDS = ["effusion", "mass", "nodule", "pneumothorax", "edema", "heart", "lung", "rib", "spine", "clavicle",
-         "diaphragm", "opacity", "catheter", "tube", "fracture", "hernia", "fibrosis", "emphysema", "line"]
-
-
-def ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
 
 
 # ---- inputs ------------------------------------------------------------------------------------
@@ -56,94 +58,6 @@ def real_run(probe_set, densenet_ckpt, tmp_path_factory):
     return out
 
 
-# ablation.py's rows for the synthetic layer: one finding named by neuron 3's hostile concept, one named by none
-ABLATION = [{"finding": HOSTILE, "n_neurons": 1, "effect": 1.5, "random_mean": 0.1, "random_sd": 0.2, "z": 7.0,
-             "other_classes": 0.05, "neurons": [3], "n_images": 12},
-            {"finding": "mass", "n_neurons": 0, "effect": None, "random_mean": None, "random_sd": None, "z": None,
-             "other_classes": None, "neurons": [], "n_images": 9}]
-
-
-def write_synthetic(root: Path, n_neurons: int = 2048, n_images: int = 96, seed: int = 0, testable: bool = True) -> Path:
-    """A penultimate layer of n_neurons in the stage-2/3 output formats, with a dead neuron (5), a neuron
-    whose best score is negative (7: none), the hostile concept as neuron 3's name, and a visualization
-    panel whose top neuron is 3. Its significance test, in concepts.json's fields: every third named neuron
-    significant; or, testable False, a layer where no name can be tested. Returns the save_root."""
-    rng = np.random.default_rng(seed)
-    images = root / "world" / "images"
-    images.mkdir(parents=True)
-    names = []
-    for i in range(n_images):
-        name = f"s{i:05d}.png"
-        Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(images / name)
-        names.append(name)
-    labels = rng.integers(0, 2, (n_images, 14))
-    res = root / "res"
-    layer = res / "synth_all" / "resnet50" / "penultimate"
-    acts = torch.from_numpy(rng.gamma(2.0, 1.0, (n_images, n_neurons))).float()
-    acts[:, 5] = 0.25
-    layer.mkdir(parents=True)
-    torch.save({"key": "synthetic-activations", "config": {}, "activations": acts, "logits": None, "image_ids": names},
-               layer / "activations.pt")
-    neurons = select_examples(acts, "adaptive", 93.0)
-    ex_dir = layer / "adaptive93"
-    ex_dir.mkdir()
-    ex_json = ex_dir / "examples.json"
-    ex_json.write_text(json.dumps({"key": "synthetic-examples", "activations_key": "synthetic-activations", "config": {
-        "data_root": str(images), "resize": 48, "crop": 48, "model": "resnet50", "layer": "penultimate",
-        "dataset": "synth", "split": "train", "selection": "adaptive", "adaptive_percent": 93.0, "topk": 20,
-        "checkpoint": "", "labels": "none", "data_key": load_probe({"labels": "none", "data_root": str(images)}).data_key},
-        "neurons": [{**n, "examples": [{"image_id": names[i], "activation": float(acts[i, n["neuron"]])}
-                                       for i in n["examples"]]} for n in neurons]}))
-    classes = class_names()
-    with open(ex_dir / "examples.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["neuron", "rank", "image_id", "activation", "findings"] + classes + [f"prob_{c}" for c in classes])
-        for n in neurons:
-            for r, i in enumerate(n["examples"]):
-                found = "|".join(c for c, v in zip(classes, labels[i]) if v) or "No Finding"
-                w.writerow([n["neuron"], r, names[i], float(acts[i, n["neuron"]]), found] + labels[i].tolist() + [""] * 14)
-    vocab = WORDS + [HOSTILE] + [f"word{j}" for j in range(40)]
-    S = torch.from_numpy(rng.normal(0.0, 1.0, (n_neurons, len(vocab)))).float()
-    S[3, vocab.index(HOSTILE)] = 10.0
-    S[7] = -S[7].abs() - 0.1
-    match = ex_dir / "vlm_synth" / "words_base_adaptive_a95"
-    match.mkdir(parents=True)
-    named = []
-    for n, row in zip(neurons, S):
-        chosen = select_concepts(row, 95.0) if n["examples"] else []
-        k, tested = n["neuron"], testable and bool(chosen)  # step 3 tests the named neurons' names
-        named.append({"neuron": k, "n_examples": len(n["examples"]),
-                      "status": "dead" if n["dead"] else ("ok" if chosen else "none"),
-                      "concepts": [{"concept": vocab[c], "score": float(row[c]), "p": 0.5 if tested else None}
-                                   for c in chosen],
-                      "tested": vocab[chosen[0]] if tested else None,
-                      "m": float(row[chosen[0]]) / len(n["examples"]) if tested else None,
-                      "p": 0.001 * (1 + k % 50) if tested else None,
-                      "q": (0.01 if k % 3 == 0 else 0.2) if tested else None,
-                      "significant": k % 3 == 0 if tested else None, "null_p95": 3.25 if tested else None})
-    torch.save({"key": "synthetic", "similarity": S, "concepts": vocab, "neurons": list(range(n_neurons))},
-               match / "similarity.pt")
-    (match / "concepts.json").write_text(json.dumps({"key": "synthetic", "examples_key": "synthetic-examples", "config": {
-        "layer": "penultimate", "model": "resnet50", "alpha": 95.0, "examples": str(ex_json),
-        "model_clip": "synthetic", "concept_set": "words", "fdr": 0.05}, "neurons": named,
-        "evidence": {"testable": testable, "tested": sum(n["significant"] is not None for n in named),
-                     "significant": sum(bool(n["significant"]) for n in named), "fdr": 0.05, "draws": 1000,
-                     "pool": n_images, "p_min": 1 / 1001 if testable else 0.2, "pool_needed": None if testable else 500}}))
-    names = file_digest(match / "concepts.json")  # what ablation.py and visualization.py store of the names they used
-    (match / "ablation.json").write_text(json.dumps({"key": "synthetic-ablation", "concepts": str(match / "concepts.json"),
-                                                     "concepts_digest": names, "layer": "penultimate",
-                                                     "findings": ABLATION}))
-    vis = res / "synth_nih" / "resnet50" / "visualization"
-    (vis / "figures").mkdir(parents=True)
-    Image.new("RGB", (90, 40), "white").save(vis / "figures" / "s00001_000_Mass.png")
-    (vis / "total_results.json").write_text(json.dumps({
-        "config": {"layer": "penultimate", "concepts": str(match / "concepts.json")}, "concepts_digest": names,
-        "images": [{"image": "s00001.png", "predictions": [
-            {"class": "Mass", "probability": 0.9, "figure": "figures/s00001_000_Mass.png",
-             "neurons": [{"neuron": 3, "taylor": 1.0, "concepts": [HOSTILE]}]}]}]}))
-    return res
-
-
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     res = write_synthetic(tmp_path_factory.mktemp("gallery_synth"))
@@ -162,34 +76,6 @@ def real_gallery(real_run):
                                                                "findings": ABLATION}))
     log = ok(run_script("gallery.py", "--save_root", str(real_run)))
     return real_run / "gallery" / "index.html", log
-
-
-# ---- the HTML, parsed --------------------------------------------------------------------------
-class Page(HTMLParser):
-    def __init__(self, text):
-        super().__init__()
-        self.tags, self.scripts, self._in = [], {}, None
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-        if tag == "script":
-            self._in = dict(attrs).get("id", "code")
-            self.scripts[self._in] = ""
-
-    def handle_endtag(self, tag):
-        if tag == "script":
-            self._in = None
-
-    def handle_data(self, data):
-        if self._in:
-            self.scripts[self._in] += data
-
-
-def page_data(index: Path) -> tuple[str, Page, dict]:
-    text = index.read_text()
-    page = Page(text)
-    return text, page, json.loads(page.scripts["data"])
 
 
 def check_against_outputs(index: Path, concept_files: list[Path]):
@@ -453,23 +339,17 @@ def test_alpha_cut_is_the_stored_alpha_of_the_best_score(tmp_path):
         assert n["cut"] == pytest.approx(0.4 * float(S[n["n"]].max()), rel=1e-3)
 
 
-def one_line_error(proc) -> str:
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stdout[-2000:] + proc.stderr
-    assert "Traceback" not in proc.stderr
-    return proc.stderr
-
-
 def test_runs_takes_a_concepts_json_or_a_folder_holding_one(tmp_path):
     """--runs given an examples.json (which would show every neuron as named by nothing) or a folder without
     a concepts.json is refused in one line naming it and what to pass; a folder holding runs gives them."""
     res = write_synthetic(tmp_path, n_neurons=8, n_images=12)
     concepts = next(res.rglob("concepts.json"))
     ex_json = next(res.rglob("examples.json"))
-    err = one_line_error(run_script("gallery.py", "--save_root", str(res), "--runs", str(ex_json)))
+    err = refused(run_script("gallery.py", "--save_root", str(res), "--runs", str(ex_json)), bars=False)
     assert f"--runs {ex_json} is not a concepts.json" in err and "concept_matching.py" in err
     empty = tmp_path / "empty"
     empty.mkdir()
-    err = one_line_error(run_script("gallery.py", "--save_root", str(res), "--runs", str(empty)))
+    err = refused(run_script("gallery.py", "--save_root", str(res), "--runs", str(empty)), bars=False)
     assert f"--runs {empty} holds no concepts.json" in err
     assert not (res / "gallery").exists()  # nothing written by a refused run
     ok(run_script("gallery.py", "--save_root", str(res), "--runs", str(res / "synth_all")))
@@ -496,7 +376,7 @@ def test_images_other_than_those_step_2_read_are_refused(tmp_path):
     assert name.stat().st_size != stat.st_size
     ok(run_script("gallery.py", "--save_root", str(res), "--data_root", str(copy)))
     before = index.read_bytes()
-    err = one_line_error(run_script("gallery.py", "--save_root", str(res), "--data_root", str(other)))
+    err = refused(run_script("gallery.py", "--save_root", str(res), "--data_root", str(other)), bars=False)
     assert f"the images under {other} are not those" in err and "--data_root" in err
     assert index.read_bytes() == before
 
@@ -515,10 +395,10 @@ def test_a_describer_whose_examples_changed_is_refused(tmp_path):
     other.write_text(json.dumps(run))
     ok(run_script("gallery.py", "--save_root", str(res)))
     other.write_text(json.dumps({**run, "examples_key": "examples-of-an-earlier-step-2"}))
-    err = one_line_error(run_script("gallery.py", "--save_root", str(res)))
+    err = refused(run_script("gallery.py", "--save_root", str(res)), bars=False)
     assert str(other) in err and "other examples" in err and "re-run compare_describers.py" in err
     other.write_text(json.dumps({k: v for k, v in run.items() if k != "examples_key"}))
-    err = one_line_error(run_script("gallery.py", "--save_root", str(res)))
+    err = refused(run_script("gallery.py", "--save_root", str(res)), bars=False)
     assert str(other) in err and "re-run compare_describers.py" in err
 
 
@@ -556,7 +436,7 @@ def test_an_experiment_file_shows_its_own_runs(tmp_path):
     assert runs(str(exp)) == [mine]
     assert runs("--save_root", str(res)) == sorted([mine, next(moved.rglob("concepts.json"))])
     assert runs(str(exp), "--model", "densenet121") == [next(moved.rglob("concepts.json"))]
-    err = one_line_error(run_script("gallery.py", str(exp), "--dataset", "nih14"))
+    err = refused(run_script("gallery.py", str(exp), "--dataset", "nih14"), bars=False)
     assert "no concepts.json under" in err and "dataset nih14" in err
 
 
@@ -693,35 +573,6 @@ def test_browser_sort_by_q_puts_the_most_significant_first(browser, synthetic):
     no_errors(drv)
 
 
-# ---- a real browser ----------------------------------------------------------------------------
-def find_browser():
-    chrome = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
-    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").is_file() else None)
-    return chrome, driver
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chrome, driver_bin = find_browser()
-    if not (chrome and driver_bin):
-        reason = ("no Chromium browser and chromedriver found (Debian: apt-get install chromium chromium-driver, "
-                  "as .ci/run does); the browser tests are skipped")
-        print(reason)
-        pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chrome
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-              "--allow-file-access-from-files", "--window-size=1400,1000"):
-        opts.add_argument(a)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    drv = webdriver.Chrome(service=Service(driver_bin), options=opts)
-    drv.set_page_load_timeout(60)
-    yield drv
-    drv.quit()
-
-
 def visible_keys(drv) -> list[str]:
     return drv.execute_script("return [...document.querySelectorAll('#list .card')]"
                               ".filter(c => c.offsetParent !== null).map(c => c.dataset.key)")
@@ -746,14 +597,6 @@ def type_query(drv, text):
     box.send_keys(Keys.CONTROL + "a", Keys.DELETE)
     for ch in text:  # typed key by key: the list follows every keystroke
         box.send_keys(ch)
-
-
-def no_errors(drv):
-    from selenium.common.exceptions import NoAlertPresentException
-    with pytest.raises(NoAlertPresentException):
-        drv.switch_to.alert.text
-    severe = [e for e in drv.get_log("browser") if e["level"] == "SEVERE"]
-    assert severe == []
 
 
 def open_view_and_check(drv, key, n_thumbs):

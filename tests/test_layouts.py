@@ -14,6 +14,8 @@ from models.target import load_target, target_identity
 from pipeline.cli import PipelineError
 from pipeline.outputs import activations_key
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread
+
 # A Swin small enough for a test: 64 px in, stages of 24, 48, 96 and 192 channels on 16, 8, 4 and 2 patches.
 SWIN = dict(pretrained=False, img_size=64, embed_dim=24, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), window_size=4,
             num_classes=3)
@@ -23,14 +25,6 @@ SWIN_FILE = f'''import timm
 def build():
     return timm.create_model("swin_tiny_patch4_window7_224", **{SWIN!r})
 '''
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only spins on shared cores
-    yield
-    torch.set_num_threads(before)
 
 
 def read(net, layers, x):
@@ -100,9 +94,8 @@ def test_torchvision_swin_reads_channels_last():
 
 
 def test_heatmaps_refuse_channels_last_features():
-    from pipeline.attribution import map_module
+    from models.layers import map_module, map_source
     from pipeline.cli import PipelineError
-    from pipeline.dissection import map_source
     swin = torchvision.models.swin_t(num_classes=3)
     with pytest.raises(PipelineError, match="channels-last"):
         map_module(swin)

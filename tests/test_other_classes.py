@@ -9,18 +9,19 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import timm
+import torch
 from sklearn.metrics import roc_auc_score
 
-from conftest import make_probe_set, run_script
+from conftest import TINY_CLIP, make_probe_set, ok, run_script
 from core.digests import file_digest
 from dataset.boxes import canonical
 from dataset.nih import class_names
 from dataset.probe import MISSING
+from mammi.metrics import best_thresholds
 from pipeline.cache import load_tensors
-from pipeline.evaluation import best_thresholds
-from test_pipeline import TINY_CLIP
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread
 
 CLASSES = ["Cardiomegaly", "Zebra Sign", "Nodule", "Pleural-Thickening"]
 N = 24
@@ -43,19 +44,6 @@ def build():
 """
 NIH_ONLY = [c for c in class_names() if c not in {canonical(s) for anns in BOXES.values() for s, _ in anns}]
 K = len(CLASSES)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: a second thread only spins on shared cores
-    yield
-    torch.set_num_threads(before)
-
-
-def ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -229,9 +217,9 @@ def test_steps_2_to_7_name_the_stored_classes(world):
 def test_dissection_feeds_the_model_its_own_input(tmp_path):
     """The maps' pass normalises as step 2 did (channels, mean, std) and reads every format step 2 reads."""
     from PIL import Image
-    from dataset.nih import probe_crop, to_model_input
-    from dataset.nih import ProbeSet
-    from test_probe_sets import REAL_DICOM
+
+    from conftest import REAL_DICOM
+    from dataset.nih import ProbeSet, probe_crop, to_model_input
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70), dtype=np.uint8)).save(tmp_path / "a.png")
     norm = {"channels": 1, "mean": (0.4,), "std": (0.3,)}
     x, size = ProbeSet([tmp_path / "a.png"], 40, 32, **norm, sizes=True)[0]

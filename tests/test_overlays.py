@@ -12,18 +12,12 @@ import torch
 import torch.nn.functional as F
 
 import pipeline.overlays as overlays
-from conftest import densenet_of, model_input, run_script
+from conftest import densenet_of, model_input, no_errors, ok, page_data, run_script
 from core.errors import PipelineError
 from pipeline.outputs import overlays_path, read_examples
-from test_gallery import browser, find_browser, no_errors, page_data  # noqa: F401 (browser: a fixture)
 
 LAYERS = ("fc", "penultimate", "features.denseblock3", "classifier")
 CPU = torch.device("cpu")
-
-
-def ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
 
 
 @pytest.fixture(scope="module")

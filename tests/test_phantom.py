@@ -126,7 +126,8 @@ def test_trainer_smoke(tmp_path):
     assert e.shape == (3, vlm.config["dim"]) and torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-4)
     report = json.loads((out / "demo_training.json").read_text())
     assert report["stage2"]["resize"] == 64 and len(report["target"]["test_auroc"]) == 14
-    assert set(report["object_prevalence"]["test"]) == set(phantom.OBJECTS) == set(report["target"]["test_auroc_by_object"])
+    assert set(report["object_prevalence"]["test"]) == set(phantom.OBJECTS)
+    assert set(report["target"]["test_auroc_by_object"]) == set(phantom.OBJECTS)
     assert set(report["vlm"]["object_zero_shot_auroc"]) == set(phantom.OBJECTS)
     # a second target on a shortcut world, beside the first, on the VLM the first run trained
     clip_before = (out / "phantom_clip" / "phantom_clip.pt").read_bytes()
@@ -144,8 +145,8 @@ def test_trainer_smoke(tmp_path):
 
 
 def test_missing_weights_is_one_line(tmp_path):
-    from pipeline.cli import PipelineError
     from models.phantom_clip import PhantomCLIP
+    from pipeline.cli import PipelineError
     with pytest.raises(PipelineError, match="phantom.train"):
         PhantomCLIP.from_dir(tmp_path / "nowhere")
 

@@ -16,9 +16,9 @@ from PIL import Image
 from torchvision import transforms
 
 import models.target
+from conftest import run_script, stage3
 from dataset.nih import ProbeSet, normalize, probe_crop, to_model_input
-from conftest import run_script
-from stubs import recording_vlm, write_vlm_weights  # noqa: F401 (recording_vlm is a fixture)
+from stubs import write_vlm_weights
 
 # ------------------------------------------------------------------ target input
 
@@ -148,10 +148,9 @@ def examples(tmp_path_factory, probe_set, densenet_ckpt):
     return out, sizes
 
 
-def stage3(out, weights, concept_file, *extra):
-    return run_script("concept_matching.py", "--model_clip", "open_clip:recording", "--clip_weights", str(weights),
-                      "--concept_set", str(concept_file), "--metric_encoders", "", "--num_workers", "0",
-                      "--save_root", str(out), *extra)
+def recording_stage3(out, weights, concept_file, *extra):
+    """Step 3 with the recording VLM of stubs.py, its weights and concept set given."""
+    return stage3(out, "recording", *extra, weights=weights, concepts=concept_file, encoders="")
 
 
 @pytest.mark.parametrize("mode, prompts, scores", [
@@ -173,7 +172,7 @@ def test_prompts_and_summed_scores(examples, recording_vlm, tmp_path, mode, prom
     concept_file = tmp_path / "three.txt"
     concept_file.write_text("\n".join(CONCEPTS) + "\n")
     weights = write_vlm_weights(tmp_path / "vlm.json", TEXTS, IMAGE)
-    proc = stage3(out, weights, concept_file, *mode)
+    proc = recording_stage3(out, weights, concept_file, *mode)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     (vlm,) = recording_vlm
     assert vlm.text_calls == [prompts]  # every concept's prompt, then the template alone, once each

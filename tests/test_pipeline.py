@@ -1,39 +1,10 @@
 """End to end from the command line: stages 2 and 3 on a generated probing set, caches included."""
 import json
 
-import pytest
 import torch
 
+from conftest import ok, stage2, stage3
 from pipeline.cache import load_tensors
-from conftest import run_script
-
-TINY_CLIP = {"embed_dim": 32,
-             "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clip") / "tiny-clip.json"
-    path.write_text(json.dumps(TINY_CLIP))
-    return path
-
-
-def stage2(probe_set, ckpt, out, *extra, model="densenet121"):
-    return run_script("example_selection.py", "--data_root", str(probe_set), "--checkpoint", str(ckpt),
-                      "--model", model, "--resize", "64", "--crop", "64", "--num_workers", "0",
-                      "--save_root", str(out), *extra)
-
-
-def stage3(out, clip, *extra, model="densenet121"):
-    return run_script("concept_matching.py", "--model", model, "--model_clip", f"open_clip:{clip}",
-                      "--clip_weights", "random", "--num_workers", "0", "--save_root", str(out),
-                      "--metric_encoders", "medclip,all-minilm-l6-v2", *extra)
-
-
-def ok(proc):
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc.stdout
 
 
 def test_densenet_end_to_end_with_caches(probe_set, densenet_ckpt, tiny_clip, tmp_path):

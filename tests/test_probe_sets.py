@@ -7,36 +7,21 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from conftest import REAL, run_script
+from conftest import REAL_DICOM, REAL_JPEG, run_script, write_dicom
 from dataset.files import read_image
-from dataset.probe import (MISSING, Probe, align_labels, list_images, load_probe, output_names, read_classes,
-                           read_label_csv, resolve_classes)
+from dataset.probe import (
+    MISSING,
+    Probe,
+    align_labels,
+    list_images,
+    load_probe,
+    output_names,
+    read_classes,
+    read_label_csv,
+    resolve_classes,
+)
 from pipeline.cli import PipelineError
-
-REAL_DICOM = REAL / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
-REAL_JPEG = REAL / "16747_3_1.jpg"
-
-
-def write_dicom(path, pixels: np.ndarray, photometric="MONOCHROME2", pixel_data=True, **tags):
-    """An uncompressed DICOM file of 16-bit grey pixels, with whatever tags are given."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    for k, v in tags.items():
-        setattr(ds, k, v)
-    if pixel_data:
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def test_real_dicom_and_jpeg_read_as_8bit_rgb():

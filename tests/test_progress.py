@@ -5,8 +5,8 @@ import math
 
 import torch
 
-from mammi.evidence import null_names
 from mammi.describers import soft_wpmi
+from mammi.evidence import null_names
 from models.vlm_base import VLM
 from pipeline.features import text_features
 

@@ -9,17 +9,12 @@ import sys
 import pytest
 import torch
 
-from conftest import REAL, REPO, make_probe_set, run_script, save_random_target
+from conftest import REAL, REPO, make_probe_set, ok, run_script, save_random_target
 from pipeline import ranks
 from pipeline.forward import record
 
 SIZE = 32
 CONCEPTS = "effusion\ncardiomegaly\nmass\nheart\nlung\nrib\nnodule\n"
-
-
-def ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
 
 
 def launch(script, *args, procs=1):
@@ -138,9 +133,10 @@ def test_grey_crops_resized_on_one_channel_equal_the_rgb_path(tmp_path):
     import numpy as np
     from PIL import Image
     from torchvision import transforms
+
+    from conftest import REAL_DICOM, REAL_JPEG
     from dataset.files import read_image
     from dataset.nih import probe_crop
-    from test_probe_sets import REAL_DICOM, REAL_JPEG
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 255, (300, 260), dtype=np.uint8)).save(tmp_path / "grey.png")
     Image.fromarray(rng.integers(0, 65535, (300, 260)).astype(np.uint16)).save(tmp_path / "wide.png")

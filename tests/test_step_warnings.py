@@ -8,11 +8,10 @@ import shutil
 
 import pytest
 
-from conftest import make_probe_set, run_script
+from conftest import make_probe_set, ok, run_script
 from core.text import one_step, say_once
 from phantom.marker import outside_world
 from phantom.world import write_world
-from test_pipeline import ok, tiny_clip  # noqa: F401  (tiny_clip is a fixture)
 
 MODEL = "torchvision:mobilenet_v3_small"
 UNTRAINED = f"warning: --checkpoint random: {MODEL} is untrained"

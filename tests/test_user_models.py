@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
-from PIL import Image
 
-from conftest import run_script
+from conftest import refused, unlabeled_stage2
+from mammi.ablation import hook_drops
 from models.layers import layer_table, taps
 from models.target import load_target
-from pipeline.ablation import hook_drops
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread
 
 HEADER = "import sys\nimport torch\nimport torch.nn as nn\n\n\n"
 NET = '''class Net(nn.Module):
@@ -31,37 +32,6 @@ NET = '''class Net(nn.Module):
 def build():
     return Net()
 '''
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(root / f"p{i}.png")
-    return root
-
-
-def stage2(images, out, model, *args):
-    return run_script("example_selection.py", "--dataset", "mine", "--data_root", str(images), "--labels", "none",
-                      "--model", model, "--resize", "32", "--crop", "32", "--num_workers", "0", "--batch_size", "3",
-                      "--save_root", str(out), *args)
-
-
-def one_line(proc, *words):
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 2 and "Traceback" not in out and "usage:" not in out, out[-3000:]
-    errors = [line for line in proc.stderr.split("\n") if line.strip() and not line.startswith("\r")]
-    assert len(errors) == 1 and all(w in errors[0] for w in words), (words, out[-3000:])
-    return errors[0]
 
 
 def forward_returning(expr: str) -> str:
@@ -109,8 +79,8 @@ def test_a_user_file_that_fails_is_one_line_naming_it(images, tmp_path, case):
     text, words = CASES[case]
     (tmp_path / "mine.py").write_text(text)
     out = tmp_path / "res"
-    proc = stage2(images, out, f"{tmp_path / 'mine.py'}:build", "--layer", "fc")
-    line = one_line(proc, "mine.py", *words)
+    proc = unlabeled_stage2(images, out, f"{tmp_path / 'mine.py'}:build", "--layer", "fc")
+    line = refused(proc, "mine.py", *words)
     assert line.startswith(f"error: --model {tmp_path / 'mine.py'}:build: "), line
     assert not (out / "mine_all").exists() or not list((out / "mine_all").rglob("*.pt"))
 
@@ -142,9 +112,9 @@ def test_a_reset_parameters_of_the_users_own_is_called_inside_the_guard(images, 
     an argument, or fails, is the user's code failing: one line naming the file, as in its import, build and
     forward."""
     (tmp_path / "mine.py").write_text(SCALED.replace("{DEFAULT}", default).replace("{BODY}", body))
-    assert stage2(images, tmp_path / "trained", f"{tmp_path / 'mine.py'}:build", "--layer", "fc").returncode == 0
-    proc = stage2(images, tmp_path / "res", f"{tmp_path / 'mine.py'}:build", "--layer", "fc", "--reinit_seed", "0")
-    line = one_line(proc, *words)
+    assert unlabeled_stage2(images, tmp_path / "trained", f"{tmp_path / 'mine.py'}:build", "--layer", "fc").returncode == 0
+    proc = unlabeled_stage2(images, tmp_path / "res", f"{tmp_path / 'mine.py'}:build", "--layer", "fc", "--reinit_seed", "0")
+    line = refused(proc, *words)
     assert line.startswith(f"error: --model {tmp_path / 'mine.py'}:build: mine.py:build raised "), line
     assert not list((tmp_path / "res").rglob("*.pt"))
 
@@ -167,8 +137,8 @@ def test_the_guarded_forward_is_the_model_as_written(images, tmp_path, capsys):
 
 def test_layer_list_of_a_failing_user_file_is_the_same_line(images, tmp_path):
     (tmp_path / "mine.py").write_text(forward_returning("{'logits': self.fc(h)}"))
-    one_line(stage2(images, tmp_path / "res", f"{tmp_path / 'mine.py'}:build", "--layer", "list"),
-             "returned a dict (keys 'logits')")
+    refused(unlabeled_stage2(images, tmp_path / "res", f"{tmp_path / 'mine.py'}:build", "--layer", "list"),
+            "returned a dict (keys 'logits')")
 
 
 # ---- a module that runs several times in one forward pass

@@ -13,13 +13,15 @@ from captum.attr import LayerGradientXActivation
 from matplotlib.collections import QuadMesh
 from PIL import Image
 
-from pipeline.attribution import (NEURON_COLOURS, OVERALL_COLOUR, map_module, neuron_map, overall_map, overlay, pointing,
-                         taylor_scores, top_neurons)
 from conftest import REPO
+from core.digests import file_digest
 from dataset.boxes import disease_colour
 from dataset.nih import class_names
+from mammi.attribution import taylor_scores, top_neurons
+from mammi.maps import NEURON_COLOURS, OVERALL_COLOUR, neuron_map, overall_map, overlay
+from mammi.pointing import pointing
+from models.layers import map_module
 from models.target import build_target
-from core.digests import file_digest
 from pipeline.outputs import eval_dir, examples_dir, matching_dir, target_key
 
 SIZE, CELL, NEURON, CLASS = 56, 8, 5, 3     # 56-px input, 8-px cells (a 7x7 map), the built neuron and class
