@@ -102,8 +102,8 @@ def stratified_auroc(score: np.ndarray, y: np.ndarray, has: np.ndarray, boot: in
     concept (has) against all its negatives (y == 0), the same for the positives that do not, and
     gap = with - without. Images with another y (no ground truth) are left out. The interval of each and
     of the gap: percentile bootstrap, the three groups (positives with, positives without, negatives)
-    resampled apart, `boot` times from `seed`; the gap's from the paired resamples. A stratum with fewer
-    than min_positives positives, or no negative, has None."""
+    resampled apart, `boot` times from `seed` (0: no intervals); the gap's from the paired resamples.
+    A stratum with fewer than min_positives positives, or no negative, has None."""
     score, y, has = np.asarray(score, float), np.asarray(y), np.asarray(has, bool)
     groups = {"with": score[(y == 1) & has], "without": score[(y == 1) & ~has]}
     neg = score[y == 0]
@@ -117,10 +117,10 @@ def stratified_auroc(score: np.ndarray, y: np.ndarray, has: np.ndarray, boot: in
             continue
         out[f"auroc_{name}"] = float(auroc(pos, neg)[0])
         draws[name] = auroc(pos[rng.integers(0, len(pos), (boot, len(pos)))], neg_b)
-        out[f"ci_{name}"] = _interval(draws[name], level)
+        out[f"ci_{name}"] = _interval(draws[name], level) if boot else None
     both = len(draws) == 2
     out["gap"] = out["auroc_with"] - out["auroc_without"] if both else None
-    out["ci"] = _interval(draws["with"] - draws["without"], level) if both else None
+    out["ci"] = _interval(draws["with"] - draws["without"], level) if both and boot else None
     return out
 
 

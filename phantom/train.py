@@ -2,6 +2,9 @@
 
     python -m phantom.train                 # from the repository root; ~20 minutes on 2 cores
     python -m phantom.train --max_steps 2   # a smoke run
+    python -m phantom.train --shortcut "chest tube:Infiltration:0.9" --world_dir data/phantom_world_shortcut \
+        --target_file phantom_densenet121_shortcut.pth --record_file demo_training_shortcut.json --train_vlm no
+                                            # a second target, on a world with a planted shortcut, beside the first
 
 Writes the phantom world (phantom/world.py) unless it is there already, then trains
 - the target: torchvision DenseNet-121 with 14 outputs, from scratch, BCE + Adam, on the phantoms at
@@ -15,6 +18,9 @@ Writes the phantom world (phantom/world.py) unless it is there already, then tra
 Writes pretrained/phantom_densenet121.pth ({'model': fp16 state dict}), pretrained/phantom_clip/ and
 pretrained/demo_training.json: configuration, timings, metrics, and a check of the method (method.py,
 with the steps' defaults) on the fc layer: do the 14 class neurons get their class names as concepts?
+The world's objects that are not findings (phantom/world.py, OBJECTS) are learnt by the VLM as the
+findings are, under their words; the record gives each object's prevalence per split and the target's
+test AUROC per class on the images with and without each object.
 
 README: "The demo world: answers that can be checked" (the world, these models and their numbers)
 and "The method in one screen" (what the check computes).
@@ -41,8 +47,9 @@ from dataset.concepts import nouns as tagged_nouns
 from dataset.concepts import read_concepts, sentences
 from dataset.nih import MEAN, STD, normalize, read_split
 from mammi import method
+from mammi.audit import stratified_auroc
 from mammi.metrics import auroc_auprc
-from phantom.world import CLASSES, WORDS, ensure_world
+from phantom.world import CLASSES, OBJECT_WORDS, OBJECTS, WORDS, ensure_world, parse_shortcut
 from pipeline.cli import CONCEPT_MATCHING, EXAMPLE_SELECTION, configure, constants_of, main, print_config
 
 # world
@@ -52,6 +59,7 @@ n_val: "[1, 10**6]" = 500       # validation phantoms
 n_test: "[1, 10**6]" = 1000     # held-out phantoms for the reported metrics
 world_size: "[1, 4096]" = 256   # side of the written PNGs, pixels
 world_seed: "[0, 2**63 - 1]" = 0  # the world's seed
+shortcut = ""  # plant a shortcut in the training split: "OBJECT:CLASS:SHARE" (phantom/world.py); "" for none
 # target
 target_res: "[32, 4096]" = 96   # training resolution (DenseNet-121 halves it 5 times): example_selection.py
                                 # must run with --resize and --crop target_res
@@ -72,6 +80,9 @@ out_dir = "pretrained"  # where the weights and demo_training.json go
 seed: "[0, 2**63 - 1]" = 0      # torch seed for initialisation and batch order
 threads: "[1, 4096]" = 2        # torch CPU threads
 max_steps: "[0, 10**9]" = 0     # > 0: stop each training after this many steps (smoke test)
+target_file = "phantom_densenet121.pth"  # the target's checkpoint, in out_dir
+record_file = "demo_training.json"  # the training record, in out_dir
+train_vlm = True  # train the VLM; False keeps out_dir's (a second target, e.g. on a shortcut world, beside the first)
 reuse_target = False  # load out_dir's target checkpoint instead of training it (to iterate on the VLM)
 method_check = True  # run the method on the fc layer with the MIMIC + phantom nouns and record the hits
 config = configure(globals())
@@ -127,17 +138,18 @@ class World:
     names: dict[str, list[str]]
     labels: dict[str, np.ndarray]
     reports: dict[str, dict[str, str]]
+    objects: dict[str, np.ndarray]  # per split: [N, len(OBJECTS)] 0/1, which objects each image carries
     target_px: dict[str, torch.Tensor] = field(default_factory=dict)
     clip_px: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def write_world(folder: Path, timings: dict) -> None:
     t = time.time()
-    if ensure_world(folder, n_train, n_val, n_test, world_size, world_seed):
+    if ensure_world(folder, n_train, n_val, n_test, world_size, world_seed, shortcut):
         timings["world_s"] = round(time.time() - t, 1)
         log(f"wrote the phantom world to {folder} in {timings['world_s']}s")
     else:
-        log(f"phantom world at {folder} (seed {world_seed}, {n_train}/{n_val}/{n_test})")
+        log(f"phantom world at {folder} (seed {world_seed}, {n_train}/{n_val}/{n_test}, shortcut {shortcut!r})")
 
 
 def load_world(folder: Path, clip) -> World:
@@ -147,7 +159,11 @@ def load_world(folder: Path, clip) -> World:
         labels[split] = labels[split].astype(np.float32)
     ann = json.loads((folder / "annotation.json").read_text())
     reports = {split: {e["image_path"][0]: e["report"] for e in ann[split]} for split in ann}
-    world = World(folder, names, labels, reports)
+    images = json.loads((folder / "world.json").read_text())["images"]
+    objects = {split: np.array([[float(any(o["object"] == k for o in images[n]["objects"])) for k in OBJECTS]
+                                for n in names[split]], np.float32).reshape(len(names[split]), len(OBJECTS))
+               for split in names}
+    world = World(folder, names, labels, reports, objects)
     load_pixels(world, clip)
     return world
 
@@ -173,7 +189,7 @@ class Texts:
     """The frozen MiniLM's features [., 384] the VLM trains on, computed once."""
     nouns: list[str]  # the phantom training reports' nouns, by prepare_mimic_nouns.py's rule
     negatives: list[str]  # prompt words that are none of the findings
-    prompt_feat: torch.Tensor  # the 14 finding prompts, then one per negative
+    prompt_feat: torch.Tensor  # the 14 finding prompts, one per object (OBJECT_WORDS), then one per negative
     report_feat: dict[str, torch.Tensor]  # 'train', 'test': each image's report, in split order
 
 
@@ -185,10 +201,10 @@ def encode_texts(clip, world: World, timings: dict) -> Texts:
     # Negatives: the phantom reports' other nouns, and the IU X-ray reports' nouns (a corpus apart
     # from the MIMIC nouns the method is evaluated with), so that real radiology words the phantom
     # reports never use ('pneumomediastinum', ...) are not left to chance near the finding prompts.
-    class_parts = {w for c in WORDS for w in c.split()}
+    class_parts = {w for c in WORDS + OBJECT_WORDS for w in c.split()}
     negatives = [w for w in dict.fromkeys(nouns + (read_concepts(negative_set)[1] if negative_set else []))
                  if w not in class_parts]
-    prompts = method.prompts(WORDS + negatives)
+    prompts = method.prompts(WORDS + OBJECT_WORDS + negatives)
 
     # Batches of 128 as ever: padding moves the last bits of an embedding, and a retrain must
     # reproduce the committed weights bit for bit.
@@ -243,7 +259,7 @@ def obtain_target(world: World, out: Path, path: Path) -> tuple[nn.Module, dict]
     from models.target import load_target
     if reuse_target and path.is_file():
         log(f"reusing the target {path}")
-        previous = out / "demo_training.json"
+        previous = out / record_file
         prev = json.loads(previous.read_text())["target"] if previous.is_file() else {}
         record = {k: prev.get(k) for k in ("steps", "seconds", "final_loss")}
         return load_target("densenet121", path, need_head=True)[0], record
@@ -254,7 +270,7 @@ def obtain_target(world: World, out: Path, path: Path) -> tuple[nn.Module, dict]
 def train_and_check_target(world: World, out: Path, timings: dict) -> tuple[dict, dict[str, np.ndarray]]:
     """Train (or reuse), evaluate, save in fp16 and reload the target: its report and its logits per split."""
     from models.target import load_target
-    path = out / "phantom_densenet121.pth"
+    path = out / target_file
     target, info = obtain_target(world, out, path)
     timings["target_s"] = info["seconds"]
     t = time.time()
@@ -272,14 +288,52 @@ def train_and_check_target(world: World, out: Path, timings: dict) -> tuple[dict
     report = dict(info, checkpoint=str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
                   val_auroc=dict(zip(CLASSES, val_auc)), test_auroc=dict(zip(CLASSES, test_auc)),
                   val_auroc_mean=np.nanmean(val_auc), test_auroc_mean=np.nanmean(test_auc),
-                  fp16_reload_max_logit_diff=diff)
+                  fp16_reload_max_logit_diff=diff, test_auroc_by_object=by_object(world, acts["test"]))
     return report, acts
+
+
+def by_object(world: World, logits: np.ndarray) -> dict:
+    """Per object and class, the audit's hidden stratification (mammi/audit.py) with the world's own record of
+    who carries the object: the test AUROC of the class's positives with the object against all its negatives,
+    the same without, and the gap (with - without). Intervals are the audit's to give."""
+    y, has = world.labels["test"], world.objects["test"].astype(bool)
+    out = {obj: {cls: {k: v for k, v in stratified_auroc(logits[:, k], y[:, k], has[:, i], 0, 0).items()
+                       if not k.startswith("ci")}
+                 for k, cls in enumerate(CLASSES)}
+           for i, obj in enumerate(OBJECTS)}
+    tie = parse_shortcut(shortcut)
+    if tie:
+        r = out[tie.obj][tie.label]
+        log(f"  test AUROC of {tie.label}: positives with the {tie.obj} {fmt(r['auroc_with'])} ({r['n_with']}), "
+            f"without {fmt(r['auroc_without'])} ({r['n_without']}), against {r['n_negatives']} negatives")
+    return out
+
+
+def fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def object_prevalence(world: World) -> dict:
+    """Per split and object, the share of images that carry it, among each class's images and among the others."""
+    out: dict = {}
+    for split in world.names:
+        y, has = world.labels[split].astype(bool), world.objects[split].astype(bool)
+        def share(rows, i):
+            return float(has[rows, i].mean()) if rows.any() else None
+        out[split] = {obj: dict(all=float(has[:, i].mean()),
+                                per_class={c: dict(with_class=share(y[:, k], i), without_class=share(~y[:, k], i),
+                                                   n_class=int(y[:, k].sum()))
+                                           for k, c in enumerate(CLASSES)})
+                      for i, obj in enumerate(OBJECTS)}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
 
 def train_clip(clip, x_tr: torch.Tensor, y_tr: torch.Tensor, rep_feat: torch.Tensor, prompt_feat: torch.Tensor) -> dict:
-    """rep_feat [N, 384]: each training image's report; prompt_feat [14 + V, 384]: finding prompts then the others."""
+    """y_tr [N, 14 + O]: each image's findings, then the objects it carries; rep_feat [N, 384]: each training
+    image's report; prompt_feat [14 + O + V, 384]: finding prompts, object prompts, then the others. An object
+    is learnt as a finding is: its word is a right answer for the images that carry it."""
     torch.manual_seed(seed)
     clip.image.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
     clip.proj.reset_parameters()
@@ -288,7 +342,7 @@ def train_clip(clip, x_tr: torch.Tensor, y_tr: torch.Tensor, rep_feat: torch.Ten
     params = list(clip.image.parameters()) + list(clip.proj.parameters()) + [log_scale, sig]
     opt = torch.optim.AdamW(params, lr=clip_lr, weight_decay=1e-4)
     t0, hist = time.time(), []
-    K = len(CLASSES)
+    K = y_tr.shape[1]
     clip.image.train()
     for step, total, idx in batches(len(x_tr), clip_batch, clip_epochs, seed + 1):
         cosine_lr(opt, step, total, clip_lr)
@@ -297,14 +351,14 @@ def train_clip(clip, x_tr: torch.Tensor, y_tr: torch.Tensor, rep_feat: torch.Ten
         tp = F.normalize(clip.proj(prompt_feat), dim=-1)
         tr = F.normalize(clip.proj(rep_feat[idx]), dim=-1)
         scale = log_scale.exp().clamp(max=100)
-        # which word describes this image best: its findings' names, among all report nouns
+        # which word describes this image best: its findings' and objects' names, among all report nouns
         ab = y.sum(1) > 0
         lp = scale * fi[ab] @ tp.T
         target = torch.cat([y[ab] / y[ab].sum(1, keepdim=True), torch.zeros(int(ab.sum()), len(tp) - K)], 1)
         loss_p = -(target * F.log_softmax(lp, 1)).sum(1).mean() if ab.any() else lp.sum() * 0
-        # does this image show finding k: one sigmoid per finding prompt, across images
+        # does this image show finding (or object) k: one sigmoid per such prompt, across images
         loss_s = F.binary_cross_entropy_with_logits(sig[0] * fi @ tp[:K].T + sig[1], y)
-        # image <-> report; reports of images with the same findings are all right answers
+        # image <-> report; reports of images with the same findings and objects are all right answers
         same = (y[:, None, :] == y[None, :, :]).all(-1).float()
         lr_ = scale * fi @ tr.T
         loss_r = 0.5 * (-(same / same.sum(1, keepdim=True) * F.log_softmax(lr_, 1)).sum(1).mean()
@@ -335,13 +389,16 @@ def project(clip, feats: torch.Tensor) -> torch.Tensor:
     return F.normalize(clip.proj(feats), dim=-1)
 
 
-def clip_metrics(clip, x_te, y_te: np.ndarray, rep_te_feat, prompt_feat, n_vocab: int) -> dict:
-    K = len(CLASSES)
+def clip_metrics(clip, x_te, y_te: np.ndarray, o_te: np.ndarray, rep_te_feat, prompt_feat, n_vocab: int) -> dict:
+    """y_te [N, 14] findings, o_te [N, O] objects of the test images."""
+    K, n_obj = len(CLASSES), len(OBJECTS)
     fi = embed_images(clip, x_te)
     tp = project(clip, prompt_feat)
     sims = (fi @ tp.T).numpy()
     zs = auroc_auprc(y_te, sims[:, :K])[0]
-    single = y_te.sum(1) == 1
+    zo = auroc_auprc(o_te, sims[:, K:K + n_obj])[0]
+    # the picks: images with one finding and no object, whose one right word is the finding's
+    single = (y_te.sum(1) == 1) & (o_te.sum(1) == 0)
     truth = y_te[single].argmax(1)
     pick14 = sims[single, :K].argmax(1)
     pickall = sims[single].argmax(1)
@@ -354,6 +411,7 @@ def clip_metrics(clip, x_te, y_te: np.ndarray, rep_te_feat, prompt_feat, n_vocab
     exact5 = float(np.mean([(order[i, :5] == i).any() for i in range(n)]))
     same1 = float(np.mean([(y_te[order[i, 0]] == y_te[i]).all() for i in range(n)]))
     return dict(zero_shot_auroc=dict(zip(CLASSES, zs)), zero_shot_auroc_mean=np.nanmean(zs),
+                object_zero_shot_auroc={k: float(v) for k, v in zip(OBJECTS, zo)},
                 single_finding_images=int(single.sum()),
                 pick_among_14=float((pick14 == truth).mean()), pick_among_14_per_class=per_class_pick,
                 pick_among_all_prompts=float((pickall == truth).mean()), n_prompts=int(len(tp)),
@@ -365,12 +423,14 @@ def train_and_check_vlm(clip, world: World, texts: Texts, out: Path, timings: di
     """Train, evaluate, save in fp16 and reload the VLM: its report and the reloaded model."""
     from models.phantom_clip import PhantomCLIP
     log("training the VLM ...")
-    info = train_clip(clip, world.clip_px["train"], torch.from_numpy(world.labels["train"]),
-                      texts.report_feat["train"], texts.prompt_feat)
+    y = np.concatenate([world.labels["train"], world.objects["train"]], 1)
+    info = train_clip(clip, world.clip_px["train"], torch.from_numpy(y), texts.report_feat["train"], texts.prompt_feat)
     timings["clip_s"] = info["seconds"]
-    cm = clip_metrics(clip, world.clip_px["test"], world.labels["test"], texts.report_feat["test"],
-                      texts.prompt_feat, len(texts.negatives))
-    log(f"VLM zero-shot AUROC {cm['zero_shot_auroc_mean']:.4f}; single-finding images: right word among 14 "
+    cm = clip_metrics(clip, world.clip_px["test"], world.labels["test"], world.objects["test"],
+                      texts.report_feat["test"], texts.prompt_feat, len(texts.negatives))
+    log(f"VLM zero-shot AUROC {cm['zero_shot_auroc_mean']:.4f}, of the objects' words "
+        + ", ".join(f"{OBJECTS[k].word} {v:.3f}" for k, v in cm["object_zero_shot_auroc"].items()))
+    log(f"  single-finding images without objects: right word among 14 "
         f"{cm['pick_among_14']:.3f}, among all {cm['n_prompts']} prompts {cm['pick_among_all_prompts']:.3f}")
     clip_dir = out / "phantom_clip"
     clip.save(clip_dir)
@@ -418,16 +478,17 @@ def check_method(clip, world: World, acts_train: np.ndarray, nouns: list[str]) -
 
 # ----------------------------------------------------------------------------------------------
 
-def write_report(out: Path, timings: dict, target: dict, vlm: dict, check: dict | None) -> None:
+def write_report(out: Path, timings: dict, target: dict, vlm: dict, check: dict | None, world: World) -> None:
     report = dict(
-        config=config,
+        config=config, shortcut=shortcut, object_prevalence=object_prevalence(world),
         stage2=dict(resize=target_res, crop=target_res, mean=MEAN, std=STD,
                     note="feed the phantom PNGs through Resize(resize), CenterCrop(crop) to match training"),
         classes=CLASSES, timings=timings, torch=torch.__version__, threads=threads,
         target=target, vlm=vlm, method_check_fc=check,
     )
-    (out / "demo_training.json").write_text(json.dumps(json_ready(report), indent=1, allow_nan=False))
-    log(f"wrote {out / 'phantom_densenet121.pth'}, {out / 'phantom_clip'}/, {out / 'demo_training.json'}  "
+    (out / record_file).write_text(json.dumps(json_ready(report), indent=1, allow_nan=False))
+    kept = "trained" if train_vlm else "kept"
+    log(f"wrote {out / target_file}, {out / 'phantom_clip'}/ ({kept}), {out / record_file}  "
         f"({timings['total_s']:.0f}s in all)")
 
 
@@ -435,25 +496,35 @@ def run() -> None:
     from models.phantom_clip import PhantomCLIP
     torch.set_num_threads(threads)
     print_config("phantom.train", config)
+    parse_shortcut(shortcut)  # a bad one stops the run before anything is written
     t_start, timings = time.time(), {}
     folder, out = repo_path(world_dir), repo_path(out_dir)
     write_world(folder, timings)
     t = time.time()
-    clip = PhantomCLIP(dim=clip_dim, input_size=clip_res, width=clip_width)
+    clip_dir = out / "phantom_clip"
+    clip = (PhantomCLIP(dim=clip_dim, input_size=clip_res, width=clip_width) if train_vlm
+            else PhantomCLIP.from_dir(clip_dir))
     world = load_world(folder, clip)
     timings["load_s"] = round(time.time() - t, 1)
     log(f"loaded {sum(len(v) for v in world.names.values())} images in {timings['load_s']}s")
     out.mkdir(parents=True, exist_ok=True)
-    # the VLM first: it is quick and tells early whether the prompts separate the findings
-    texts = encode_texts(clip, world, timings)
-    # the check uses the VLM as saved (fp16), as the pipeline will load it
-    vlm_report, clip = train_and_check_vlm(clip, world, texts, out, timings)
+    if train_vlm:
+        # the VLM first: it is quick and tells early whether the prompts separate the findings
+        texts = encode_texts(clip, world, timings)
+        nouns = texts.nouns
+        # the check uses the VLM as saved (fp16), as the pipeline will load it
+        vlm_report, clip = train_and_check_vlm(clip, world, texts, out, timings)
+    else:
+        log(f"keeping the VLM {clip_dir}")
+        nouns = tagged_nouns(sentences(list(world.reports["train"].values())))
+        weights = clip_dir.relative_to(ROOT) if clip_dir.is_relative_to(ROOT) else clip_dir
+        vlm_report = dict(trained=False, weights=str(weights))
     target_report, acts = train_and_check_target(world, out, timings)
     t = time.time()
-    check = check_method(clip, world, acts["train"], texts.nouns) if method_check else None
+    check = check_method(clip, world, acts["train"], nouns) if method_check else None
     timings["eval_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t_start, 1)
-    write_report(out, timings, target_report, vlm_report, check)
+    write_report(out, timings, target_report, vlm_report, check, world)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,13 @@ ChestX-ray14): body outline, lungs, heart, mediastinum, diaphragm, ribs, clavicl
 anatomy, exposure and noise varying per image. Each of the 14 NIH findings has its own look, a box,
 a location and a severity. About half the images are normal. A short report in radiology wording
 names the findings with the lower-case class names ('nodule', 'pleural thickening', ...).
+Objects that are not findings (OBJECTS: a chest tube, a pacemaker with its leads, ECG leads and
+electrodes, a laterality marker) lie on some images, each with its own look and box, and the reports
+name them first ('Left chest tube in place.'), always with the object's word ('tube', 'pacemaker',
+'electrodes', 'marker'). Each object is on a share of the images (its base rate) whatever their
+findings, unless a tie ('chest tube:Pneumothorax:0.9', parse_shortcut) plants a shortcut: then, in
+the training split only, that share of the class's images carry the object; val and test keep the
+base rate, so there the object says nothing of the labels.
 
 `write_world(out_dir, n_train, n_val, n_test, size, seed)` writes the world in the real formats, so
 the NIH and R2Gen loaders read it unchanged:
@@ -14,7 +21,8 @@ the NIH and R2Gen loaders read it unchanged:
     bbox.csv                         image_name,label,bbox_x,bbox_y,bbox_w,bbox_h (1024-px coordinates)
     annotation.json                  R2Gen: {"train": [{"id", "report", "image_path", "split"}], ...}
     world.json                       per image: findings with label, box [x, y, w, h] in image pixels,
-                                     location, severity; and the report
+                                     location, severity; objects with object, box, location; the report;
+                                     and the world's shortcut ('' for none) and the objects' base rates
 
 phantom/marker.py tells a world's images from any other by the world.json beside their folder.
 
@@ -36,12 +44,13 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from core.errors import PipelineError
 from dataset.nih import class_names
 from phantom.marker import WORLD_FILE
 
 CLASSES = class_names()  # the NIH findings, in the order of the split files' label columns
 WORDS = [c.lower() for c in CLASSES]  # the words the reports use, and the concepts the method must find
-VERSION = 2  # bump when a change to the generator changes pixels: a stored world of another version is rewritten
+VERSION = 3  # bump when a change to the generator changes pixels: a stored world of another version is rewritten
 
 NORMAL_FRACTION = 0.5  # NIH: a bit over half the images have 'No Finding'
 N_FINDINGS_P = [0.55, 0.30, 0.12, 0.03]  # an abnormal image carries 1, 2, 3 or 4 findings
@@ -242,6 +251,10 @@ def render(case: dict, size: int) -> np.ndarray:
             draw(f, f.get("side", 0), canvas, frng)
 
     D += mark_amp * mark * lung * mark_mult * (1 - heartm)
+    # objects that are not findings (devices, marks): metal and lead lie on top of everything; they draw
+    # from no stream, so an image without them has the pixels of a world without objects
+    for o in case.get("objects", []):
+        OBJECTS[o["object"]].draw(o, canvas)
     # exposure and detector: contrast, brightness, gamma, noise
     D = (D - 0.35) * a["contrast"] + 0.35 + a["bright"]
     D = np.clip(D, 0, 1) ** a["gamma"]
@@ -553,6 +566,234 @@ FINDINGS = {
 
 
 # ----------------------------------------------------------------------------------------------
+# objects that are not findings: support devices and marks. Each image draws them from streams of
+# their own (seeded by seed, index and the object), so the findings, labels, boxes and the report's
+# finding sentences of an image are those of a world without objects. An object's geometry is drawn
+# whether or not the image carries it, so a tie (below) changes which images carry it, never how it looks.
+
+OBJECT_STREAM = 28  # the first entry after (seed, index) of the objects' streams: apart from every other stream
+LATERALITY_BITMAPS = {"L": ["1....", "1....", "1....", "1....", "11111"],
+                      "R": ["1111.", "1...1", "1111.", "1..1.", "1...1"]}
+
+
+def _curve(p0, p1, p2, n: int = 24) -> np.ndarray:
+    """A quadratic Bezier from p0 to p2 pulled towards p1, as n points [n, 2]."""
+    t = np.linspace(0, 1, n)[:, None]
+    return (1 - t) ** 2 * np.array(p0) + 2 * (1 - t) * t * np.array(p1) + t ** 2 * np.array(p2)
+
+
+def _dist_to_path(X, Y, pts: np.ndarray, reach: float = 0.02) -> np.ndarray:
+    """Distance of each grid point to the polyline through pts, computed within `reach` of the path's
+    bounding box only (inf beyond: every object is drawn within less of its path)."""
+    d = np.full_like(X, np.inf)
+    xs, ys = X[0], Y[:, 0]
+    c0, c1 = np.searchsorted(xs, pts[:, 0].min() - reach), np.searchsorted(xs, pts[:, 0].max() + reach)
+    r0, r1 = np.searchsorted(ys, pts[:, 1].min() - reach), np.searchsorted(ys, pts[:, 1].max() + reach)
+    Xw, Yw = X[r0:r1, c0:c1], Y[r0:r1, c0:c1]
+    dw = np.full_like(Xw, np.inf)
+    for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
+        vx, vy = x1 - x0, y1 - y0
+        t = np.clip(((Xw - x0) * vx + (Yw - y0) * vy) / max(vx * vx + vy * vy, 1e-12), 0, 1)
+        dw = np.minimum(dw, np.hypot(Xw - x0 - t * vx, Yw - y0 - t * vy))
+    d[r0:r1, c0:c1] = dw
+    return d
+
+
+def _path_box(paths: list, pad: float) -> list[float]:
+    pts = np.concatenate([np.asarray(p, float).reshape(-1, 2) for p in paths])
+    return _box(pts[:, 0].min() - pad, pts[:, 1].min() - pad, pts[:, 0].max() + pad, pts[:, 1].max() + pad)
+
+
+def _sample_chest_tube(rng, a: dict, findings: list[dict], o: dict) -> None:
+    side = int(rng.choice([-1, 1]))
+    g = lung_geometry(a, side)
+    h = g["base"] - g["top"]
+    ye = g["top"] + h * _u(rng, 0.55, 0.75)
+    wall = (a["cx"] + side * (a["cw"] + 0.05), ye)
+    outside = (float(np.clip(a["cx"] + side * (a["cw"] + 0.14), 0.01, 0.99)), ye + _u(rng, 0.03, 0.08))
+    inside = _curve(wall, (g["lcx"] + side * g["lhw"] * 0.85, g["top"] + h * _u(rng, 0.3, 0.45)),
+                    (g["lcx"] + side * g["lhw"] * _u(rng, -0.2, 0.2), g["top"] + h * _u(rng, 0.08, 0.18)))
+    path = np.concatenate([np.array([outside]), inside])
+    o.update(side=side, path=path.round(5).tolist(), location=f"{_side_word(side)} hemithorax")
+    o["box"] = _path_box([path], 0.015)
+
+
+def _draw_chest_tube(o: dict, c: SimpleNamespace) -> None:
+    d = _dist_to_path(c.X, c.Y, np.array(o["path"]))
+    # a plastic tube with its radiopaque stripe
+    c.D += 0.30 * _soft(0.008 - d, c.px) + 0.30 * _soft(0.003 - d, c.px)
+
+
+def _sample_pacemaker(rng, a: dict, findings: list[dict], o: dict) -> None:
+    side = 1 if rng.random() < 0.8 else -1  # most sit below the patient's left clavicle
+    gx, gy = a["cx"] + side * _u(rng, 0.2, 0.26), a["clav"] + _u(rng, 0.04, 0.07)
+    hw, hh = _u(rng, 0.035, 0.045), _u(rng, 0.025, 0.032)
+    heart = _heart(a, findings)
+    ends = [(heart["cx"] + 0.35 * heart["hw"], heart["cy"] + 0.45 * heart["hh"]),  # right ventricular apex
+            (heart["cx"] - 0.55 * heart["hw"], heart["cy"] - 0.55 * heart["hh"])]  # right atrium
+    n = 1 if rng.random() < 0.4 else 2
+    bend = (a["cx"] - 0.04 + _u(rng, -0.02, 0.02), gy + _u(rng, 0.03, 0.06))  # through the veins to the heart
+    leads = [_curve((gx - side * 0.5 * hw, gy), bend, e).round(5).tolist() for e in ends[:n]]
+    o.update(side=side, x=gx, y=gy, hw=hw, hh=hh, leads=leads, location=f"{_side_word(side)} chest wall")
+    o["box"] = _path_box(leads + [[[gx - hw, gy - hh], [gx + hw, gy + hh]]], 0.01)
+
+
+def _draw_pacemaker(o: dict, c: SimpleNamespace) -> None:
+    X, Y, px = c.X, c.Y, c.px
+    can = _soft(1 - (np.abs(X - o["x"]) / o["hw"]) ** 4 - (np.abs(Y - o["y"]) / o["hh"]) ** 4, 0.05)
+    battery = _soft(1 - (np.abs(X - o["x"] - 0.3 * o["hw"]) / (0.45 * o["hw"])) ** 4
+                    - (np.abs(Y - o["y"]) / (0.6 * o["hh"])) ** 4, 0.05)
+    wires = np.zeros_like(X)
+    for lead in o["leads"]:
+        wires = np.maximum(wires, _soft(0.005 - _dist_to_path(X, Y, np.array(lead)), px))
+    c.D += 0.75 * can - 0.15 * battery + 0.5 * wires * (1 - can)
+
+
+def _sample_ecg_leads(rng, a: dict, findings: list[dict], o: dict) -> None:
+    spots = [(-0.75, a["top"] + 0.03), (0.75, a["top"] + 0.03), (0.8, a["dia"] - 0.08), (-0.8, a["dia"] - 0.08),
+             (0.25, a["dia"] + 0.02)]
+    pick = sorted(rng.choice(len(spots), size=int(rng.integers(3, 6)), replace=False).tolist())
+    electrodes, wires = [], []
+    for k in pick:
+        fx, y = spots[k]
+        ex, ey = a["cx"] + fx * a["cw"] + _u(rng, -0.02, 0.02), y + _u(rng, -0.02, 0.02)
+        electrodes.append([ex, ey, _u(rng, 0.016, 0.02)])
+        end = (float(np.clip(ex + np.sign(fx) * _u(rng, 0.05, 0.2), 0.0, 1.0)), 0.0)
+        wires.append(_curve((ex, ey), (ex + _u(rng, -0.1, 0.1), ey - 0.1), end).round(5).tolist())
+    o.update(side=0, electrodes=electrodes, wires=wires, location="chest wall")
+    o["box"] = _path_box(wires + [[[x - r, y - r], [x + r, y + r]] for x, y, r in electrodes], 0.005)
+
+
+def _draw_ecg_leads(o: dict, c: SimpleNamespace) -> None:
+    X, Y, px = c.X, c.Y, c.px
+    wires = np.zeros_like(X)
+    for w in o["wires"]:
+        wires = np.maximum(wires, _soft(0.003 - _dist_to_path(X, Y, np.array(w)), px))
+    pads = np.zeros_like(X)
+    for x, y, r in o["electrodes"]:
+        dist = np.hypot(X - x, Y - y)
+        pads = np.maximum(pads, 0.35 * np.exp(-((dist - r) / 0.004) ** 2) + 0.5 * _soft(0.006 - dist, px))
+    c.D += 0.25 * wires + pads
+
+
+def _sample_laterality_marker(rng, a: dict, findings: list[dict], o: dict) -> None:
+    side = int(rng.choice([-1, 1]))  # the patient's side it marks: 'L' sits on the image's right
+    sz = _u(rng, 0.055, 0.07)
+    x0 = (1 - sz - _u(rng, 0.02, 0.08)) if side > 0 else _u(rng, 0.02, 0.08)
+    y0 = _u(rng, 0.02, 0.08)
+    o.update(side=side, letter="L" if side > 0 else "R", x=x0, y=y0, size=sz,
+             location=f"{_side_word(side)} upper corner")
+    o["box"] = _box(x0, y0, x0 + sz, y0 + sz)
+
+
+def _draw_laterality_marker(o: dict, c: SimpleNamespace) -> None:
+    X, Y, px = c.X, c.Y, c.px
+    x0, y0, sz = o["x"], o["y"], o["size"]
+    token = _soft(X - x0, px) * _soft(x0 + sz - X, px) * _soft(Y - y0, px) * _soft(y0 + sz - Y, px)
+    bitmap = np.array([[ch == "1" for ch in row] for row in LATERALITY_BITMAPS[o["letter"]]])
+    cell = sz / (len(bitmap) + 2)  # a one-cell margin round the letter
+    ix = np.floor((X - x0) / cell).astype(int) - 1
+    iy = np.floor((Y - y0) / cell).astype(int) - 1
+    ok = (ix >= 0) & (ix < bitmap.shape[1]) & (iy >= 0) & (iy < bitmap.shape[0])
+    letter = np.zeros_like(X)
+    letter[ok] = bitmap[iy[ok], ix[ok]]
+    c.D += 0.7 * token - 0.55 * letter * token
+
+
+class Thing(NamedTuple):
+    base: float  # the share of images that carry it, whatever their findings (but in a tie's class, in train)
+    word: str  # the concept the reports teach the VLM for it: every sentence about it uses this noun
+    sample: Callable  # (rng, anatomy, findings, o): fills in o's geometry, box and location
+    draw: Callable  # (o, canvas): adds to canvas.D in place
+    phrases: list[str]
+
+
+# The base rates are high enough that a 1000-image test split holds some of each class's positives with
+# each object, so the AUROC can be measured with and without it.
+OBJECTS = {
+    "chest tube": Thing(0.15, "tube", _sample_chest_tube, _draw_chest_tube, [
+        "{Side} chest tube in place.", "A {side} chest tube is seen with its tip near the apex.",
+        "{Side}-sided chest tube projects over the {side} hemithorax.", "There is a {side} pleural drainage tube."]),
+    "pacemaker": Thing(0.10, "pacemaker", _sample_pacemaker, _draw_pacemaker, [
+        "{Side}-sided pacemaker with leads projecting over the heart.", "Pacemaker leads project over the heart.",
+        "A {side} chest wall pacemaker is in place.", "{Leads} pacemaker in place, its leads over the heart."]),
+    "ECG leads": Thing(0.20, "electrodes", _sample_ecg_leads, _draw_ecg_leads, [
+        "ECG leads and electrodes overlie the chest.", "External monitoring electrodes project over the chest.",
+        "Overlying ECG electrodes.", "ECG electrodes and leads project over the thorax."]),
+    "laterality marker": Thing(0.30, "marker", _sample_laterality_marker, _draw_laterality_marker, [
+        "{Side} laterality marker at the upper corner.", "A {side} side marker is seen at the top of the film.",
+        "Laterality marker in place.", "The {side} marker is at the upper corner of the film."]),
+}
+OBJECT_WORDS = [t.word for t in OBJECTS.values()]  # the objects' concepts, in OBJECTS' order
+
+
+class Tie(NamedTuple):
+    """A planted shortcut: in the training split, `share` of the images with `label` carry `obj`."""
+    obj: str
+    label: str
+    share: float
+
+    def __str__(self) -> str:
+        return f"{self.obj}:{self.label}:{self.share:g}"
+
+
+def _how(name: str) -> str:
+    return (f"write {name} = \"OBJECT:CLASS:SHARE\" with OBJECT one of {', '.join(OBJECTS)}, CLASS one of "
+            f"{', '.join(CLASSES)} and SHARE a number in [0, 1] (e.g. \"chest tube:Pneumothorax:0.9\"), "
+            f"or {name} = \"\" for none")
+
+
+def parse_shortcut(text: str, name: str = "shortcut") -> Tie | None:
+    """'OBJECT:CLASS:SHARE' (case-insensitive names) as a Tie; '' as None; anything else one clear error."""
+    if not text.strip():
+        return None
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise PipelineError(f"{name} = {text!r} is not OBJECT:CLASS:SHARE; {_how(name)}")
+    how = _how(name)
+    obj = next((k for k in OBJECTS if k.lower() == parts[0].strip().lower()), None)
+    label = next((c for c in CLASSES if c.lower() == parts[1].strip().lower()), None)
+    if obj is None:
+        raise PipelineError(f"{name} = {text!r}: unknown object {parts[0].strip()!r}; {how}")
+    if label is None:
+        raise PipelineError(f"{name} = {text!r}: unknown class {parts[1].strip()!r}; {how}")
+    try:
+        share = float(parts[2])
+    except ValueError:
+        share = math.nan
+    if not 0 <= share <= 1:
+        raise PipelineError(f"{name} = {text!r}: share {parts[2].strip()!r} is not in [0, 1]; {how}")
+    return Tie(obj, label, share)
+
+
+def object_rate(obj: str, split: str, labels: set[str], tie: Tie | None) -> float:
+    """The chance that an image of `split` with these labels carries `obj`."""
+    if tie is not None and split == "train" and tie.obj == obj and tie.label in labels:
+        return tie.share
+    return OBJECTS[obj].base
+
+
+def sample_objects(seed: int, i: int, split: str, case: dict, tie: Tie | None = None) -> list[dict]:
+    """The objects image i carries, each with its geometry, box, location and its sentence for the report.
+    One uniform number per object decides, so a tie only adds the object to the images of its class (or
+    takes it from them), and val and test are the same with or without a tie."""
+    labels = {f["label"] for f in case["findings"]}
+    out = []
+    for k, (name, thing) in enumerate(OBJECTS.items()):
+        rng = np.random.default_rng([seed, i, OBJECT_STREAM, k])
+        carried = rng.random() < object_rate(name, split, labels, tie)
+        o: dict = {"object": name}
+        thing.sample(rng, case["anatomy"], case["findings"], o)
+        side = _side_word(o["side"]) if o["side"] else "left"
+        t = str(rng.choice(thing.phrases))
+        leads = "Single-lead" if len(o.get("leads", [])) == 1 else "Dual-lead"
+        o["sentence"] = t.format(side=side, Side=_cap(side), Leads=leads)
+        if carried:
+            out.append(o)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # reports
 
 _SEV = {"mild": ["mild", "minimal", "slight", "small"], "moderate": ["moderate"],
@@ -652,21 +893,34 @@ def make_case(seed: int, i: int) -> tuple[dict, str]:
     return case, write_report(rng, case["findings"])
 
 
-def ensure_world(out_dir: str | Path, n_train: int, n_val: int, n_test: int, size: int = 256, seed: int = 0) -> bool:
-    """Write the world unless out_dir holds it already (same sizes, seed and generator VERSION).
+def make_image(seed: int, i: int, split: str, tie: Tie | None = None) -> tuple[dict, str]:
+    """Image i of `split`: its case (findings as make_case draws them, and the objects it carries) and its
+    report (the objects' sentences, as reports list the devices first, then make_case's report)."""
+    case, report = make_case(seed, i)
+    case["objects"] = sample_objects(seed, i, split, case, tie)
+    return case, " ".join([o["sentence"] for o in case["objects"]] + [report])
+
+
+def ensure_world(out_dir: str | Path, n_train: int, n_val: int, n_test: int, size: int = 256, seed: int = 0,
+                 shortcut: str = "") -> bool:
+    """Write the world unless out_dir holds it already (same sizes, seed, shortcut and generator VERSION).
     Returns whether it was written."""
-    want = {"version": VERSION, "seed": seed, "size": size, "n_train": n_train, "n_val": n_val, "n_test": n_test}
+    tie = parse_shortcut(shortcut)
+    want = {"version": VERSION, "seed": seed, "size": size, "n_train": n_train, "n_val": n_val, "n_test": n_test,
+            "shortcut": str(tie) if tie else ""}
     meta = Path(out_dir) / WORLD_FILE
     if meta.is_file():
         with open(meta) as fh:
             have = json.load(fh)
         if {k: have.get(k) for k in want} == want:
             return False
-    write_world(out_dir, n_train, n_val, n_test, size, seed)
+    write_world(out_dir, n_train, n_val, n_test, size, seed, shortcut)
     return True
 
 
-def write_world(out_dir: str | Path, n_train: int, n_val: int, n_test: int, size: int = 256, seed: int = 0) -> dict:
+def write_world(out_dir: str | Path, n_train: int, n_val: int, n_test: int, size: int = 256, seed: int = 0,
+                shortcut: str = "") -> dict:
+    tie = parse_shortcut(shortcut)  # before anything is written
     out = Path(out_dir)
     (out / WORLD_FILE).unlink(missing_ok=True)  # written last: its presence marks a complete world
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -677,7 +931,7 @@ def write_world(out_dir: str | Path, n_train: int, n_val: int, n_test: int, size
         lines, ann[split] = [], []
         for i in idx:
             name = image_name(i)
-            case, report = make_case(seed, i)
+            case, report = make_image(seed, i, split, tie)
             Image.fromarray(render(case, size), mode="L").save(out / "images" / name)
             labels = {f["label"] for f in case["findings"]}
             lines.append(name + " " + " ".join("1" if c in labels else "0" for c in CLASSES))
@@ -687,7 +941,9 @@ def write_world(out_dir: str | Path, n_train: int, n_val: int, n_test: int, size
                 box = [round(v * size, 1) for v in f["box"]]
                 found.append({"label": f["label"], "box": box, "location": f["location"], "severity": f["severity"]})
                 bbox_rows.append([name, f["label"]] + [round(v * 1024, 3) for v in f["box"]])
-            world[name] = {"split": split, "findings": found, "report": report}
+            objects = [{"object": o["object"], "box": [round(v * size, 1) for v in o["box"]], "location": o["location"]}
+                       for o in case["objects"]]
+            world[name] = {"split": split, "findings": found, "objects": objects, "report": report}
         (out / f"{split}_official.txt").write_text("\n".join(lines) + "\n")
     with open(out / "bbox.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -695,7 +951,8 @@ def write_world(out_dir: str | Path, n_train: int, n_val: int, n_test: int, size
         w.writerows(bbox_rows)
     (out / "annotation.json").write_text(json.dumps(ann, indent=1))
     meta = {"version": VERSION, "seed": seed, "size": size, "n_train": n_train, "n_val": n_val, "n_test": n_test,
-            "classes": CLASSES, "images": world}
+            "classes": CLASSES, "shortcut": str(tie) if tie else "",
+            "objects": {k: {"base_rate": t.base, "word": t.word} for k, t in OBJECTS.items()}, "images": world}
     (out / WORLD_FILE).write_text(json.dumps(meta, indent=1))
     return meta
 

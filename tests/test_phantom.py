@@ -126,6 +126,22 @@ def test_trainer_smoke(tmp_path):
     assert e.shape == (3, vlm.config["dim"]) and torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-4)
     report = json.loads((out / "demo_training.json").read_text())
     assert report["stage2"]["resize"] == 64 and len(report["target"]["test_auroc"]) == 14
+    assert set(report["object_prevalence"]["test"]) == set(phantom.OBJECTS)
+    assert set(report["target"]["test_auroc_by_object"]) == set(phantom.OBJECTS)
+    assert set(report["vlm"]["object_zero_shot_auroc"]) == set(phantom.OBJECTS)
+    # a second target on a shortcut world, beside the first, on the VLM the first run trained
+    clip_before = (out / "phantom_clip" / "phantom_clip.pt").read_bytes()
+    r = subprocess.run(cmd[:cmd.index("--world_dir")] + [
+        "--world_dir", str(tmp_path / "w2"), "--out_dir", str(out), "--shortcut", "chest tube:Nodule:1",
+        "--target_file", "shortcut.pth", "--record_file", "shortcut.json", "--train_vlm", "no"]
+        + cmd[cmd.index("--n_train"):], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert (out / "phantom_clip" / "phantom_clip.pt").read_bytes() == clip_before
+    assert load_target("densenet121", out / "shortcut.pth", need_head=True)[1]
+    second = json.loads((out / "shortcut.json").read_text())
+    assert second["shortcut"] == "chest tube:Nodule:1" and second["vlm"]["trained"] is False
+    assert json.loads((tmp_path / "w2" / "world.json").read_text())["shortcut"] == "chest tube:Nodule:1"
+    assert json.loads((out / "demo_training.json").read_text()) == report  # the first record is left alone
 
 
 def test_missing_weights_is_one_line(tmp_path):
