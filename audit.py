@@ -10,8 +10,9 @@ the class's logit over its positives is its part of the logit; over the evidence
 of the channels' positive falls, each channel zeroed alone) its share. The same fall for `audit_draws` random
 sets of as many live neurons gives z, as ablation.py's. A concept that is not one of the class's own
 words, carries a share above `audit_share` and has z >= `audit_z` is flagged. For each flagged concept
-(and each of `audit_stratify`) the class's AUROC on its positives the VLM sees the concept in, against
-those it does not, each against all the negatives, with bootstrap intervals: hidden stratification.
+(and each word of `audit_stratify`, any word of the concept set) the class's AUROC on its positives the
+VLM sees the concept in, against those it does not, each against all the negatives, with bootstrap
+intervals: hidden stratification.
 Writes audit.json, audit.csv and audit.png beside the concepts.json.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
@@ -46,7 +47,8 @@ audit_share: "[0, 1]" = 0.1     # a concept not the class's own with more than t
 audit_z: "[0, 1000]" = 2.0      # ... and its neurons' z at least this is flagged as a possible shortcut
 audit_draws: "[10, 10**6]" = 200  # random neuron sets per concept, each of as many neurons
 audit_seed: "[0, 2**63 - 1]" = 0  # seed of those sets and of the bootstrap
-audit_stratify = ""             # concepts stratified for every class besides the flagged ones, comma-separated
+audit_stratify = ""             # words of the concept set stratified for every class besides the flagged concepts,
+                                # comma-separated (a word no neuron carries too: the VLM sees it or not)
 audit_seen_top: "[1, 10**6]" = 20  # the VLM sees a concept in an image among its this many best-scored
 audit_boot: "[100, 10**6]" = 1000  # bootstrap resamples of each AUROC's 95% interval
 audit_top: "[1, 100]" = 5       # concepts per class in the printed table and the figure
@@ -71,11 +73,13 @@ def run():
     if not members:
         raise PipelineError(f"{path}: no live neuron of the {stage2['layer']} layer is named, so no concept to "
                             f"audit; run concept_matching.py on a layer with named neurons")
+    matching = {k: data["config"].get(k, config[k]) for k in MATCHING}
+    concept_path, concepts = read_concepts(matching["concept_set"])
     stratify = [w.strip() for w in audit_stratify.split(",") if w.strip()]
-    unknown = [w for w in stratify if w not in members]
+    unknown = [w for w in stratify if w not in concepts]
     if unknown:
-        raise PipelineError(f"--audit_stratify: {', '.join(unknown)} is no concept of {path}; name concepts its "
-                            f"neurons carry (audit.csv lists them), comma-separated")
+        raise PipelineError(f"--audit_stratify: {', '.join(unknown)} is not in the concept set {concept_path} step 3 "
+                            f"matched {path} against; name words of that set, comma-separated")
     print_config("audit", config)
     warn_untrained(stage2["model"], stage2.get("untrained", False))
     claim(path.parent)
@@ -83,8 +87,7 @@ def run():
     dev = pick_device(device)
     split_file = config[f"{audit_split}_split_file"]
     got = held_out(stage2, config.given, audit_split, split_file, batch_size, num_workers, dev, "audit_split")
-    matching = {k: data["config"].get(k, config[k]) for k in MATCHING}
-    eyes = {**matching, **vlm_id(matching), "concept_set": file_digest(read_concepts(matching["concept_set"])[0])}
+    eyes = {**matching, **vlm_id(matching), "concept_set": file_digest(concept_path)}
     key = audit_key(path, got["activations_key"], config, eyes, code_digest("audit.py"))
     result = cached(path.parent / AUDIT, key, loader=load_json)
     if result is not None:

@@ -120,6 +120,9 @@ def test_stratified_auroc_sets_each_positive_stratum_against_all_negatives():
     assert stratified_auroc(score, y, has, boot=300, seed=0) == got  # seeded
     none = stratified_auroc(score, y, np.zeros(n, bool), boot=100, seed=0)
     assert none["auroc_with"] is None and none["gap"] is None and none["ci"] is None
+    bare = stratified_auroc(score, y, has, boot=0, seed=0)  # the point values alone, as the trainer records them
+    assert bare["auroc_with"] == got["auroc_with"] and bare["gap"] == got["gap"]
+    assert bare["ci_with"] is None and bare["ci"] is None
 
 
 # ---- the step, on a model whose Effusion logit reads channel 3
@@ -181,6 +184,12 @@ def test_the_channel_a_class_reads_is_flagged_for_it(shortcut_run, tiny_clip):
     assert (concepts.parent / "audit.png").stat().st_size > 5000
     again = ok(audit(concepts, "--audit_seen_top", "2", clip=tiny_clip, words=words))
     assert f"reusing {concepts.parent / 'audit.json'}" in again
+    # a word no neuron carries is stratified for every class when asked: the VLM sees it or not
+    ok(audit(concepts, "--audit_seen_top", "2", "--audit_stratify", "heart", clip=tiny_clip, words=words))
+    got = json.loads((concepts.parent / "audit.json").read_text())
+    assert all(r["stratified"][0]["concept"] == "heart" for r in got["classes"])
+    eff = next(r for r in got["classes"] if r["class"] == "Effusion")
+    assert [s["concept"] for s in eff["stratified"]] == ["heart", "tube"]
 
 
 def test_a_higher_share_threshold_flags_nothing(shortcut_run):
@@ -191,9 +200,10 @@ def test_a_higher_share_threshold_flags_nothing(shortcut_run):
     assert all(r["stratified"] == [] for r in got["classes"])
 
 
-def test_bad_audits_are_one_line(shortcut_run, tmp_path):
-    concepts, _ = shortcut_run
-    refused(audit(concepts, "--audit_stratify", "pacemaker"), "--audit_stratify", "pacemaker")
+def test_bad_audits_are_one_line(shortcut_run, tiny_clip, tmp_path):
+    concepts, words = shortcut_run
+    refused(audit(concepts, "--audit_stratify", "pacemaker", clip=tiny_clip, words=words), "--audit_stratify",
+            "pacemaker", str(words))
     refused(audit(concepts, "--audit_share", "1.5"), "audit_share")
     dead = concepts.parent.parent / "dead" / "concepts.json"
     dead.parent.mkdir(exist_ok=True)
