@@ -33,7 +33,7 @@ from models import pick_device
 from models.target import warn_untrained
 from models.vlm import load_vlm
 from pipeline.ablation import held_out
-from pipeline.audit import figure, write_audit
+from pipeline.audit import figure, number, stratum_words, write_audit
 from pipeline.cache import cached, claim, holds_claims, load_json
 from pipeline.cli import PipelineError, configure, main, print_config
 from pipeline.features import image_features, text_features, vlm_id
@@ -99,7 +99,7 @@ def run():
         result = {"key": key, "target": stage2["model"], "checkpoint": stage2["checkpoint"], "layer": stage2["layer"],
                   "split": audit_split, "images": got["what"], "concepts": str(path),
                   "concepts_digest": file_digest(path), "method": method, "share_min": audit_share, "z_min": audit_z,
-                  "draws": audit_draws, "seed": audit_seed, "boot": audit_boot,
+                  "draws": audit_draws, "seed": audit_seed, "boot": audit_boot, "seen_top": audit_seen_top,
                   "classes": [{**r, "stratified": strata[r["class"]]} for r in rows]}
         write_audit(path.parent, result, figure(result, audit_top))
     print_result(result)
@@ -187,22 +187,15 @@ def print_result(result: dict) -> None:
     print(f"\n== Shortcut audit, {result['layer']} layer ({result['method']}), {result['split']} split: each class's "
           f"top {audit_top} concepts by share of the evidence for it (z: against {result['draws']} random sets; "
           f"* flagged: not the class's own, share > {result['share_min']:g}, z >= {result['z_min']:g})")
-    num = lambda v, spec: "-" if v is None else format(v, spec)
     for r in result["classes"]:
-        top = ", ".join(f"{'*' if c['flagged'] else ''}{c['concept']} {num(c['share'], '.2f')} (z {num(c['z'], '.1f')})"
-                        for c in r["concepts"][:audit_top])
+        top = ", ".join(f"{'*' if c['flagged'] else ''}{c['concept']} {number(c['share'], '.2f')} "
+                        f"(z {number(c['z'], '.1f')})" for c in r["concepts"][:audit_top])
         print(f"{r['class']:<20} {top}")
         for s in r["stratified"]:
-            print(f"{'':<20}   {s['concept']}: AUROC {num(s['auroc_with'], '.3f')} on the {s['n_with']} positives "
-                  f"with it, {num(s['auroc_without'], '.3f')} on the {s['n_without']} without; gap "
-                  f"{num(s['gap'], '+.3f')} (95% CI {fmt_ci(s['ci'])})")
+            print(f"{'':<20}   {s['concept']}: {stratum_words(s)}")
     for r in result["classes"]:
         flags = [c["concept"] for c in r["concepts"] if c["flagged"]]
         print(f"flagged for {r['class']}: {', '.join(flags) if flags else 'none'}")
-
-
-def fmt_ci(ci) -> str:
-    return "-" if ci is None else f"{ci[0]:+.3f} to {ci[1]:+.3f}"
 
 
 if __name__ == "__main__":

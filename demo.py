@@ -26,11 +26,13 @@ import numpy as np
 
 from dataset.nih import class_names, read_split, split_file
 from mammi.describers import lift_findings, names_finding, pm
-from pipeline.cache import save_bytes, save_json
-from pipeline.cli import configure, main, print_config, run_step
+from pipeline.audit import stratum_words
+from pipeline.cache import read_output, save_bytes, save_json
+from pipeline.cli import PipelineError, configure, main, print_config, run_step
 from pipeline.outputs import (
     ABLATION,
     ABLATION_PNG,
+    AUDIT,
     DESCRIBERS,
     DESCRIBERS_PNG,
     GALLERY_INDEX,
@@ -48,6 +50,7 @@ from pipeline.outputs import (
     matching_dir,
     model_dir,
     read_ablation,
+    read_audit,
     read_auroc,
     read_comparison,
     read_matching,
@@ -66,6 +69,9 @@ n_test: "[1, 100000]" = 600     # test split: AUROC
 world_size: "[1, 4096]" = 256   # side of the phantom PNGs
 world_seed: "[0, 2**63 - 1]" = 1  # the demo models were trained on seed 0: this world is unseen
 vis_images: "[0, 100000]" = 24  # images shown by visualization.py
+# a second target, trained on a world whose training split ties an object to a class (phantom.train --shortcut):
+# its training record names its checkpoint and the tie; both targets are audited for it ("" audits the first alone)
+shortcut_record = "pretrained/demo_training_shortcut.json"
 num_workers: "[0, 256]" = 2
 # -----------------------------------------------------------------------------
 EXPERIMENT = "config/demo.py"
@@ -87,6 +93,27 @@ VARIANTS = {"MAMMI (adaptive examples, template, adaptive score)": dict(),
 # The run whose neurons ablation.py zeroes: MAMMI's on the penultimate layer.
 PEN_RUN = matching_dir({**config, "layer": "penultimate", "concept_set": CONCEPTS}) / CONCEPTS_JSON
 _order = itertools.count(1)
+
+
+def shortcut_tie() -> dict | None:
+    """The second target as its training record has it: checkpoint, the tie (object, class, share) and the
+    object's word; its outputs go under a save_root of its own (steps key their folders by the model's
+    name, which both targets share)."""
+    if not shortcut_record:
+        return None
+    from phantom.world import OBJECTS, parse_shortcut
+    trainer = "python -m phantom.train --shortcut OBJECT:CLASS:SHARE (pretrained/README.md)"
+    record = read_output(shortcut_record, trainer, {"shortcut": str, "target": dict},
+                         check=lambda r: isinstance(r["target"]["checkpoint"], str))
+    tie = parse_shortcut(record["shortcut"], f"{shortcut_record}: shortcut")
+    if tie is None:
+        raise PipelineError(f"{shortcut_record} records a target trained without a shortcut; pass the record of "
+                            f"one trained with {trainer}, or --shortcut_record \"\" to audit the first target alone")
+    checkpoint = record["target"]["checkpoint"]
+    return {"record": shortcut_record, "checkpoint": checkpoint, "object": tie.obj, "class": tie.label,
+            "share": tie.share, "word": OBJECTS[tie.obj].word,
+            "save_root": str(Path(config["save_root"]) / Path(checkpoint).stem)}
+
 
 
 def step(script: str, **constants) -> None:
@@ -140,6 +167,7 @@ def penultimate_agreement(stage_cfg: dict) -> dict:
 
 def run():
     print_config("demo", config)
+    tie = shortcut_tie()  # a bad record stops the demo before anything is written
     print(f"each step's output: {LOGS}/")
     t0 = time.time()
     times = {}
@@ -171,6 +199,9 @@ def run():
     else:
         step("ablation.py", layer="penultimate")  # compare_describers.py wrote it: read back, and printed
     t = time.time()
+    audits(tie)
+    times["audit"] = time.time() - t
+    t = time.time()
     step("target_model_perform.py")
     step("bbox_img.py", max_drawn=8)
     step("visualization.py", max_drawn=vis_images)
@@ -178,7 +209,7 @@ def run():
     t = time.time()
     step("gallery.py")  # every run above, browsable offline
     times["gallery"] = time.time() - t
-    summary = summarise(times, skipped)
+    summary = summarise(times, skipped, tie)
     save_json(Path(config["save_root"]) / SUMMARY, summary)
     print(f"\ndemo finished in {time.time() - t0:.0f}s; summary in {Path(config['save_root']) / SUMMARY}")
     index = Path(config["save_root"]) / "gallery" / GALLERY_INDEX
@@ -186,7 +217,30 @@ def run():
     report(summary)
 
 
-def summarise(times: dict, skipped: str | None) -> dict:
+def audits(tie: dict | None) -> None:
+    """The shortcut audit of the penultimate layer for the first target and, named and stratified by the tied
+    object's word, the second target (steps 2 and 3 of it first)."""
+    word = {"audit_stratify": tie["word"]} if tie else {}
+    step("audit.py", layer="penultimate", **word)
+    if tie:
+        other = {"checkpoint": tie["checkpoint"], "save_root": tie["save_root"], "layer": "penultimate"}
+        step("example_selection.py", **other)
+        step("concept_matching.py", **other)
+        step("audit.py", **other, **word)
+
+
+def audit_results(base: dict, tie: dict | None) -> dict:
+    """Each audited target's audit.json, as audits() ran them."""
+    targets = {"clean": base} | ({"shortcut": {**base, "checkpoint": tie["checkpoint"],
+                                               "save_root": tie["save_root"]}} if tie else {})
+    out = {}
+    for name, c in targets.items():
+        run = matching_dir({**c, "layer": "penultimate"})
+        out[name] = read_audit(run / AUDIT, run / CONCEPTS_JSON)
+    return {"tie": tie, "targets": out}
+
+
+def summarise(times: dict, skipped: str | None, tie: dict | None) -> dict:
     """summary.json: what the steps above wrote, read back from their outputs."""
     base = {**config, "layer": "fc", "concept_set": CONCEPTS}
     rows = {label: read_metrics(matching_dir({**base, **v}) / METRICS) for label, v in VARIANTS.items()}
@@ -204,7 +258,7 @@ def summarise(times: dict, skipped: str | None) -> dict:
     ablated = read_ablation(ablation, PEN_RUN) if ablation.is_file() and not skipped else None
     return {"auroc": auroc, "fc": rows, "penultimate": pen, "significance": significance, "describers": rivals,
             "ablation": {"penultimate": ablated},
-            "pointing_game": shown["pointing_game"],
+            "audit": audit_results(base, tie), "pointing_game": shown["pointing_game"],
             "visualization": {"images": len(shown["images"]), "num_top_neuron": shown["config"]["num_top_neuron"]},
             "figures": figures(base, shown, rivals, sanity_dir), "times_s": times, "config": config}
 
@@ -274,6 +328,7 @@ def report(summary: dict) -> None:
     significance_lines(summary["significance"], cfg)
     describer_table(summary["describers"], summary["penultimate"])
     ablation_lines(summary["ablation"]["penultimate"])
+    audit_lines(summary["audit"], cfg)
     pointing_line(summary)
     root = Path(cfg["save_root"])
     print(f"\nfigures written (under {root}/):")
@@ -386,6 +441,32 @@ def ablation_lines(result: dict | None) -> None:
         print(f"  z >= 2 in {sum(v >= 2 for v in z.values())} of {len(z)} findings with named neurons; zeroing them "
               f"lowers the other findings' logits by {min(others):.2f} to {max(others):.2f} SD on average (0: they "
               f"serve their own finding alone)")
+
+
+def audit_lines(audit: dict, cfg: dict) -> None:
+    """Per target, each class's flagged concepts; for the tied class, its AUROC with and without the object."""
+    tie, first = audit["tie"], audit["targets"]["clean"]
+    print(f"\nshortcut audit of the penultimate layer on the {first['split']} split: per class, the concepts flagged "
+          f"as possible shortcuts (not the class's own words, share of the evidence for the class > "
+          f"{first['share_min']:g}, z >= {first['z_min']:g}; each with its rank by share among the class's concepts)")
+    for name, a in audit["targets"].items():
+        what = (f"clean target {cfg['checkpoint']}" if name == "clean" else
+                f"shortcut target {tie['checkpoint']} (in its training split the {tie['object']} was on "
+                f"{tie['share']:.0%} of the {tie['class']} images)")
+        print(f"  {what}:")
+        for r in a["classes"]:
+            flags = [(i + 1, c) for i, c in enumerate(r["concepts"]) if c["flagged"]]
+            said = ", ".join(f"{c['concept']} (rank {i}, share {c['share']:.2f}, z {c['z']:.1f})" for i, c in flags)
+            print(f"    {r['class']:<19} {said or 'none'}")
+    if not tie:
+        return
+    print(f"  hidden stratification of {tie['class']} by '{tie['word']}' (the {tie['object']}): the VLM sees "
+          f"'{tie['word']}' in an image when it is among the image's {first['seen_top']} best-scored concepts; "
+          f"gap = with - without")
+    for name, a in audit["targets"].items():
+        s = next(s for r in a["classes"] if r["class"] == tie["class"] for s in r["stratified"]
+                 if s["concept"] == tie["word"])
+        print(f"    {name} target: {stratum_words(s)}")
 
 
 def pointing_line(summary: dict) -> None:

@@ -23,6 +23,18 @@ def write_audit(out: Path, result: dict, fig: plt.Figure) -> None:
     save_table(out / AUDIT, result, out / AUDIT_CSV, list(FIELDS), rows, out / AUDIT_PNG, fig)
 
 
+def number(v: float | None, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def stratum_words(s: dict) -> str:
+    """One hidden stratification of audit.json in words."""
+    ci = "-" if s["ci"] is None else f"{s['ci'][0]:+.3f} to {s['ci'][1]:+.3f}"
+    return (f"AUROC {number(s['auroc_with'])} on the {s['n_with']} positives with it, {number(s['auroc_without'])} "
+            f"on the {s['n_without']} without (each against the {s['n_negatives']} negatives); gap "
+            f"{number(s['gap'], '+.3f')} (95% CI {ci})")
+
+
 def figure(result: dict, top: int) -> plt.Figure:
     """One panel per class: its `top` concepts by share of the evidence for it, as bars with z beside each; flagged
     concepts orange, the class's own words blue, the rest grey."""

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_script
+from conftest import REPO, refused, run_script
 
 needs_weights = pytest.mark.skipif(not (REPO / "pretrained" / "phantom_densenet121.pth").is_file(),
                                    reason="the demo weights are not in pretrained/")
@@ -126,6 +126,27 @@ def v(mean, n, se=0.05):
     return {"mean": mean, "se": se, "n": n}
 
 
+def hand_audit() -> dict:
+    """Two targets' audits: the clean one flags nothing for Mass, the other flags 'tube' second by share."""
+    def concept(name, share, z, flagged):
+        return {"concept": name, "n_neurons": 3, "share": share, "z": z, "own": name == "mass", "flagged": flagged}
+
+    def stratum(w, wo, ci):
+        return {"concept": "tube", "n_with": 4, "n_without": 9, "n_negatives": 50, "auroc_with": w,
+                "auroc_without": wo, "gap": w - wo, "ci": ci}
+
+    def target(mass, edema, strat):
+        return {"split": "test", "share_min": 0.1, "z_min": 2.0, "seen_top": 20,
+                "classes": [{"class": "Mass", "concepts": mass, "stratified": [strat]},
+                            {"class": "Edema", "concepts": edema, "stratified": []}]}
+    clean = target([concept("mass", 0.5, 9.0, False), concept("tube", 0.05, 2.5, False)],
+                   [concept("rib", 0.2, 3.0, True)], stratum(0.9, 0.875, [-0.1, 0.15]))
+    shortcut = target([concept("mass", 0.4, 8.0, False), concept("tube", 0.3, 6.25, True)],
+                      [concept("rib", 0.05, 0.5, False)], stratum(1.0, 0.75, [0.05, 0.5]))
+    tie = {"checkpoint": "pretrained/s.pth", "object": "chest tube", "class": "Mass", "share": 0.9, "word": "tube"}
+    return {"tie": tie, "targets": {"clean": clean, "shortcut": shortcut}}
+
+
 def hand_summary(root: str) -> dict:
     """A summary.json as demo.py writes it, with hand-picked numbers: 3 classes, 40 penultimate neurons."""
     fc_row = {"hit_rate": v(2 / 3, 3), "precision": v(0.5, 3), "f1": v(0.6, 3),
@@ -159,6 +180,7 @@ def hand_summary(root: str) -> dict:
             {"finding": "mass", "z": 6.5, "other_classes": 0.25},
             {"finding": "nodule", "z": 1.5, "other_classes": -0.5},
             {"finding": "edema", "z": None, "other_classes": None}]}},
+        "audit": hand_audit(),
         "pointing_game": {"overall": {"n": 5, "hits": 2, "mass_inside_mean": 0.4}, "pairs_without_boxes": 3},
         "visualization": {"images": 4, "num_top_neuron": 1},
         "figures": [{"where": [f"{root}/eval/roc_curves.png"], "files": [f"{root}/eval/roc_curves.png"],
@@ -209,8 +231,35 @@ def test_results_say_what_each_number_counts(monkeypatch, capsys):
     abl = after("ablation of MAMMI's penultimate neurons", 3)
     assert "mass 6.5, nodule 1.5" in abl and "  z: (effect of zeroing the neurons named for the finding" in abl
     assert "z >= 2 in 1 of 2 findings with named neurons" in abl and "by -0.50 to 0.25 SD" in abl
+    audit = after("shortcut audit of the penultimate layer on the test split", 10)
+    assert "(not the class's own words, share of the evidence for the class > 0.1, z >= 2; each with its rank" in audit
+    assert audit.splitlines()[1:7] == [
+        "  clean target pretrained/x.pth:",
+        "    Mass                none",
+        "    Edema               rib (rank 1, share 0.20, z 3.0)",
+        "  shortcut target pretrained/s.pth (in its training split the chest tube was on 90% of the Mass images):",
+        "    Mass                tube (rank 2, share 0.30, z 6.2)",
+        "    Edema               none"]
+    assert "hidden stratification of Mass by 'tube' (the chest tube): the VLM sees 'tube' in an image when it is " \
+           "among the image's 20 best-scored concepts; gap = with - without" in audit
+    assert "    clean target: AUROC 0.900 on the 4 positives with it, 0.875 on the 9 without (each against the 50 " \
+           "negatives); gap +0.025 (95% CI -0.100 to +0.150)" in audit
+    assert "    shortcut target: AUROC 1.000 on the 4 positives with it, 0.750 on the 9 without (each against the 50 " \
+           "negatives); gap +0.250 (95% CI +0.050 to +0.500)" in audit
     assert "of the 8 (image, predicted class) pairs, 5 have a box of that class, and in 2 of them" in out
     # every figure, one line each, with what it shows
     figures = after("figures written (under res/)", 2).splitlines()[1:]
     assert figures == ["  eval/roc_curves.png: the ROC curves", "  figures/*.png (2 files): one panel per pair"]
     assert lines[-1] == "times: world 1s"
+
+
+@pytest.mark.parametrize("record, says", [("missing.json", "not found; run python -m phantom.train --shortcut"),
+                                          ("clean.json", "records a target trained without a shortcut"),
+                                          ("junk.json", "is unreadable")])
+def test_a_bad_shortcut_record_stops_the_demo_before_anything_is_written(tmp_path, record, says):
+    (tmp_path / "clean.json").write_text(json.dumps({"shortcut": "", "target": {"checkpoint": "x.pth"}}))
+    (tmp_path / "junk.json").write_text('{"shortcut": ')
+    out = tmp_path / "res"
+    refused(run_script("demo.py", "--shortcut_record", str(tmp_path / record), "--save_root", str(out),
+                       "--data_root", str(tmp_path / "world" / "images")), str(tmp_path / record), says)
+    assert not out.exists() and not (tmp_path / "world").exists()
