@@ -62,9 +62,13 @@ def figure(result: dict, top: int) -> plt.Figure:
     handles = [plt.Rectangle((0, 0), 1, 1, color=v) for v in COLOURS.values()]
     labels = [f"flagged: not its own, share > {result['share_min']:g} (dashed), z >= {result['z_min']:g}",
               "the class's own word", "other concept"]
-    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=8, frameon=False)
-    fig.suptitle(f"{result['target']}, {result['layer']} layer, {result['split']} split: what each class's logit "
-                 f"rests on (z against {result['draws']} random sets; in brackets the concept's neurons)", fontsize=9,
-                 y=0.995)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    # the title, then the legend beneath it, then the panels: fixed inches from the top whatever the height
+    height = fig.get_figheight()
+    checkpoint = f" ({Path(result['checkpoint']).name})" if result.get("checkpoint") else ""
+    fig.suptitle(f"{result['target']}{checkpoint}, {result['layer']} layer, {result['split']} split: what each "
+                 f"class's logit rests on\n(z against {result['draws']} random sets; in brackets the concept's "
+                 f"neurons)", fontsize=9, y=1 - 0.08 / height, va="top")
+    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 1 - 0.45 / height))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))
     return fig
