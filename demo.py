@@ -33,6 +33,7 @@ from pipeline.outputs import (
     ABLATION,
     ABLATION_PNG,
     AUDIT,
+    AUDIT_PNG,
     DESCRIBERS,
     DESCRIBERS_PNG,
     GALLERY_INDEX,
@@ -97,8 +98,9 @@ _order = itertools.count(1)
 
 def shortcut_tie() -> dict | None:
     """The second target as its training record has it: checkpoint, the tie (object, class, share) and the
-    object's word; its outputs go under a save_root of its own (steps key their folders by the model's
-    name, which both targets share)."""
+    object's word; its outputs go under a save_root of its own, {save_root}/targets/{checkpoint's stem} (steps
+    key their folders by the model's name, which both targets share; and the gallery, which lists the runs
+    by path, still opens on the first target's)."""
     if not shortcut_record:
         return None
     from phantom.world import OBJECTS, parse_shortcut
@@ -112,7 +114,7 @@ def shortcut_tie() -> dict | None:
     checkpoint = record["target"]["checkpoint"]
     return {"record": shortcut_record, "checkpoint": checkpoint, "object": tie.obj, "class": tie.label,
             "share": tie.share, "word": OBJECTS[tie.obj].word,
-            "save_root": str(Path(config["save_root"]) / Path(checkpoint).stem)}
+            "save_root": str(Path(config["save_root"]) / "targets" / Path(checkpoint).stem)}
 
 
 
@@ -233,11 +235,11 @@ def audit_results(base: dict, tie: dict | None) -> dict:
     """Each audited target's audit.json, as audits() ran them."""
     targets = {"clean": base} | ({"shortcut": {**base, "checkpoint": tie["checkpoint"],
                                                "save_root": tie["save_root"]}} if tie else {})
-    out = {}
+    out, runs = {}, {}
     for name, c in targets.items():
-        run = matching_dir({**c, "layer": "penultimate"})
-        out[name] = read_audit(run / AUDIT, run / CONCEPTS_JSON)
-    return {"tie": tie, "targets": out}
+        runs[name] = matching_dir({**c, "layer": "penultimate"})
+        out[name] = read_audit(runs[name] / AUDIT, runs[name] / CONCEPTS_JSON)
+    return {"tie": tie, "targets": out, "figures": {name: str(run / AUDIT_PNG) for name, run in runs.items()}}
 
 
 def summarise(times: dict, skipped: str | None, tie: dict | None) -> dict:
@@ -256,14 +258,14 @@ def summarise(times: dict, skipped: str | None, tie: dict | None) -> dict:
                     for layer, r in sanity.items()}
     ablation = PEN_RUN.parent / ABLATION
     ablated = read_ablation(ablation, PEN_RUN) if ablation.is_file() and not skipped else None
+    audit = audit_results(base, tie)
     return {"auroc": auroc, "fc": rows, "penultimate": pen, "significance": significance, "describers": rivals,
-            "ablation": {"penultimate": ablated},
-            "audit": audit_results(base, tie), "pointing_game": shown["pointing_game"],
+            "ablation": {"penultimate": ablated}, "audit": audit, "pointing_game": shown["pointing_game"],
             "visualization": {"images": len(shown["images"]), "num_top_neuron": shown["config"]["num_top_neuron"]},
-            "figures": figures(base, shown, rivals, sanity_dir), "times_s": times, "config": config}
+            "figures": figures(base, shown, rivals, sanity_dir, audit["figures"]), "times_s": times, "config": config}
 
 
-def figures(base: dict, shown: dict, rivals: dict, sanity_dir: Path) -> list[dict]:
+def figures(base: dict, shown: dict, rivals: dict, sanity_dir: Path, audits: dict[str, str]) -> list[dict]:
     """Every figure the steps above wrote, one entry per kind: where (a path, or a pattern for several), its
     files and what it shows."""
     vis, boxes = visualization_dir(base) / "figures", bbox_dir(base)
@@ -297,6 +299,9 @@ def figures(base: dict, shown: dict, rivals: dict, sanity_dir: Path) -> list[dic
                     [run.parent / ABLATION_PNG] + [own / n / ABLATION_PNG for n in table["rows"] if n != "mammi"],
                     f"{layer}: per finding, the drop of its logit when the neurons a describer names for it are "
                     f"zeroed, against random sets of as many (MAMMI's, then each rival's)"))
+    out += [(Path(f), None, f"the shortcut audit of the {name} target: per class its top concepts by share of the "
+                            f"evidence for it, z beside each, flagged concepts orange, the class's own words blue")
+            for name, f in audits.items()]
     listed = [([str(w) for w in (where if isinstance(where, list) else [where])],
                [str(f) for f in (files if files is not None else [where]) if Path(f).is_file()], shows)
               for where, files, shows in out]
@@ -444,26 +449,35 @@ def ablation_lines(result: dict | None) -> None:
 
 
 def audit_lines(audit: dict, cfg: dict) -> None:
-    """Per target, each class's flagged concepts; for the tied class, its AUROC with and without the object."""
-    tie, first = audit["tie"], audit["targets"]["clean"]
-    print(f"\nshortcut audit of the penultimate layer on the {first['split']} split: per class, the concepts flagged "
-          f"as possible shortcuts (not the class's own words, share of the evidence for the class > "
-          f"{first['share_min']:g}, z >= {first['z_min']:g}; each with its rank by share among the class's concepts)")
-    for name, a in audit["targets"].items():
-        what = (f"clean target {cfg['checkpoint']}" if name == "clean" else
-                f"shortcut target {tie['checkpoint']} (in its training split the {tie['object']} was on "
-                f"{tie['share']:.0%} of the {tie['class']} images)")
-        print(f"  {what}:")
-        for r in a["classes"]:
-            flags = [(i + 1, c) for i, c in enumerate(r["concepts"]) if c["flagged"]]
-            said = ", ".join(f"{c['concept']} (rank {i}, share {c['share']:.2f}, z {c['z']:.1f})" for i, c in flags)
-            print(f"    {r['class']:<19} {said or 'none'}")
+    """Per class, each target's flagged concepts side by side; for the tied class, its AUROC with and without the
+    object's word."""
+    tie, targets = audit["tie"], audit["targets"]
+    clean = targets["clean"]
+    print(f"\nshortcut audit of the penultimate layer on the {clean['split']} split: per class and target, the "
+          f"concepts flagged as possible shortcuts (not the class's own words, share of the evidence for the class > "
+          f"{clean['share_min']:g}, z >= {clean['z_min']:g}), each as 'concept #rank share z' (rank by share among "
+          f"the class's concepts)")
+    print(f"  clean target: {cfg['checkpoint']}" + (f"; shortcut target: {tie['checkpoint']}, in whose training split "
+                                                    f"the {tie['object']} was on {tie['share']:.0%} of the "
+                                                    f"{tie['class']} images" if tie else ""))
+    flags = {name: {r["class"]: ", ".join(f"{c['concept']} #{i + 1} {c['share']:.2f} z {c['z']:.1f}"
+                                          for i, c in enumerate(r["concepts"]) if c["flagged"])
+                    for r in a["classes"]}
+             for name, a in targets.items()}
+    classes = [r["class"] for r in clean["classes"]]
+    print(f"  {'class':<19} " + " ".join(f"{name + ' target':<58}" for name in targets).rstrip())
+    for cls in classes:
+        if any(flags[name].get(cls) for name in targets):
+            print(f"  {cls:<19} " + " ".join(f"{flags[name].get(cls) or 'none':<58}" for name in targets).rstrip())
+    calm = [cls for cls in classes if not any(flags[name].get(cls) for name in targets)]
+    if calm:
+        print(f"  none flagged by {'either target' if tie else 'the target'}: {', '.join(calm)}")
     if not tie:
         return
     print(f"  hidden stratification of {tie['class']} by '{tie['word']}' (the {tie['object']}): the VLM sees "
-          f"'{tie['word']}' in an image when it is among the image's {first['seen_top']} best-scored concepts; "
+          f"'{tie['word']}' in an image when it is among the image's {clean['seen_top']} best-scored concepts; "
           f"gap = with - without")
-    for name, a in audit["targets"].items():
+    for name, a in targets.items():
         s = next(s for r in a["classes"] if r["class"] == tie["class"] for s in r["stratified"]
                  if s["concept"] == tie["word"])
         print(f"    {name} target: {stratum_words(s)}")

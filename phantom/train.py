@@ -49,6 +49,7 @@ from dataset.nih import MEAN, STD, normalize, read_split
 from mammi import method
 from mammi.audit import stratified_auroc
 from mammi.metrics import auroc_auprc
+from phantom.marker import WORLD_FILE
 from phantom.world import CLASSES, OBJECT_WORDS, OBJECTS, WORDS, ensure_world, parse_shortcut
 from pipeline.cli import CONCEPT_MATCHING, EXAMPLE_SELECTION, configure, constants_of, main, print_config
 
@@ -159,7 +160,7 @@ def load_world(folder: Path, clip) -> World:
         labels[split] = labels[split].astype(np.float32)
     ann = json.loads((folder / "annotation.json").read_text())
     reports = {split: {e["image_path"][0]: e["report"] for e in ann[split]} for split in ann}
-    images = json.loads((folder / "world.json").read_text())["images"]
+    images = json.loads((folder / WORLD_FILE).read_text())["images"]
     objects = {split: np.array([[float(any(o["object"] == k for o in images[n]["objects"])) for k in OBJECTS]
                                 for n in names[split]], np.float32).reshape(len(names[split]), len(OBJECTS))
                for split in names}

@@ -105,6 +105,13 @@ def test_demo_on_a_reduced_world(tmp_path):
     assert any(r["z"] is not None for r in ablation["findings"])
     assert all("faithfulness" in r for r in rivals["penultimate"]["rows"].values())
     assert "ablation of MAMMI's penultimate neurons, z per finding" in proc.stdout
+    # the shortcut audit of both targets, the second's steps under a save_root of its own
+    audit = summary["audit"]
+    assert audit["tie"]["class"] == "Infiltration" and audit["tie"]["word"] == "tube"
+    assert set(audit["targets"]) == {"clean", "shortcut"}
+    assert all(a["split"] == "test" and len(a["classes"]) == 14 for a in audit["targets"].values())
+    assert (out / "targets" / "phantom_densenet121_shortcut" / "phantom_train" / "densenet121" / "penultimate").is_dir()
+    assert "shortcut audit of the penultimate layer" in proc.stdout
     index = out / "gallery" / "index.html"
     assert index.is_file() and f"neuron gallery: {index}" in proc.stdout
     # every figure the steps wrote is listed, each kind on its own line with what it shows
@@ -138,7 +145,8 @@ def hand_audit() -> dict:
     def target(mass, edema, strat):
         return {"split": "test", "share_min": 0.1, "z_min": 2.0, "seen_top": 20,
                 "classes": [{"class": "Mass", "concepts": mass, "stratified": [strat]},
-                            {"class": "Edema", "concepts": edema, "stratified": []}]}
+                            {"class": "Edema", "concepts": edema, "stratified": []},
+                            {"class": "Hernia", "concepts": [concept("rib", 0.3, 1.0, False)], "stratified": []}]}
     clean = target([concept("mass", 0.5, 9.0, False), concept("tube", 0.05, 2.5, False)],
                    [concept("rib", 0.2, 3.0, True)], stratum(0.9, 0.875, [-0.1, 0.15]))
     shortcut = target([concept("mass", 0.4, 8.0, False), concept("tube", 0.3, 6.25, True)],
@@ -231,15 +239,16 @@ def test_results_say_what_each_number_counts(monkeypatch, capsys):
     abl = after("ablation of MAMMI's penultimate neurons", 3)
     assert "mass 6.5, nodule 1.5" in abl and "  z: (effect of zeroing the neurons named for the finding" in abl
     assert "z >= 2 in 1 of 2 findings with named neurons" in abl and "by -0.50 to 0.25 SD" in abl
-    audit = after("shortcut audit of the penultimate layer on the test split", 10)
-    assert "(not the class's own words, share of the evidence for the class > 0.1, z >= 2; each with its rank" in audit
-    assert audit.splitlines()[1:7] == [
-        "  clean target pretrained/x.pth:",
-        "    Mass                none",
-        "    Edema               rib (rank 1, share 0.20, z 3.0)",
-        "  shortcut target pretrained/s.pth (in its training split the chest tube was on 90% of the Mass images):",
-        "    Mass                tube (rank 2, share 0.30, z 6.2)",
-        "    Edema               none"]
+    audit = after("shortcut audit of the penultimate layer on the test split", 8)
+    assert "(not the class's own words, share of the evidence for the class > 0.1, z >= 2), each as 'concept #rank " \
+           "share z'" in audit
+    assert audit.splitlines()[1:6] == [
+        "  clean target: pretrained/x.pth; shortcut target: pretrained/s.pth, in whose training split the chest tube "
+        "was on 90% of the Mass images",
+        "  class               clean target" + " " * 47 + "shortcut target",
+        "  Mass                none" + " " * 55 + "tube #2 0.30 z 6.2",
+        "  Edema               rib #1 0.20 z 3.0" + " " * 42 + "none",
+        "  none flagged by either target: Hernia"]
     assert "hidden stratification of Mass by 'tube' (the chest tube): the VLM sees 'tube' in an image when it is " \
            "among the image's 20 best-scored concepts; gap = with - without" in audit
     assert "    clean target: AUROC 0.900 on the 4 positives with it, 0.875 on the 9 without (each against the 50 " \

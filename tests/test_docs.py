@@ -18,6 +18,7 @@ PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 MAX_README_LINES = 300  # a newcomer's one sitting
 SUMMARY = REPO / "results" / "demo" / "summary.json"
 TRAINING = REPO / "pretrained" / "demo_training.json"
+TRAINING_SHORTCUT = REPO / "pretrained" / "demo_training_shortcut.json"
 # File names the docs write for a user's own files, not the repository's.
 USER_FILES = {"my_model.py"}
 PATH_SUFFIXES = ("py", "md", "json", "txt", "csv", "toml", "html", "css", "js", "pth", "pt", "bin", "yml", "yaml")
@@ -193,10 +194,31 @@ def test_the_demo_models_numbers_are_those_of_their_training_record():
         f"target {c['target_epochs']} epochs at {c['target_res']} px, {target['seconds']:.0f} s, "
         f"test AUROC {target['test_auroc_mean']:.3f} on its own held-out split",
         f"VLM {c['clip_epochs']} epochs, {vlm['seconds']:.0f} s, zero-shot AUROC {vlm['zero_shot_auroc_mean']:.3f}",
-        f"nodule, infiltration and mass (picked among the 14 names for {picks['Nodule']:.0%}, "
-        f"{picks['Infiltration']:.0%}, {picks['Mass']:.0%} of single-finding images)",
+        f"mass, pleural thickening and infiltration (picked among the 14 names for {picks['Mass']:.0%}, "
+        f"{picks['Pleural thickening']:.0%}, {picks['Infiltration']:.0%} of single-finding images",
     ]:
         assert phrase in text, phrase
+
+
+def test_the_shortcut_targets_numbers_are_those_of_the_training_records():
+    """docs/demo-world.md on the shortcut target, against both committed training records."""
+    shortcut = json.loads(TRAINING_SHORTCUT.read_text())
+    clean = json.loads(TRAINING.read_text())
+    obj, cls, share = shortcut["shortcut"].split(":")
+    prevalence = shortcut["object_prevalence"]["train"][obj]["per_class"][cls]
+    r = {name: t["target"]["test_auroc_by_object"][obj][cls] for name, t in (("clean", clean), ("shortcut", shortcut))}
+    text = flat((REPO / "docs" / "demo-world.md").read_text())
+    for phrase in [
+        "`--shortcut \"" + shortcut["shortcut"] + "\"`",
+        f"a tube on {prevalence['with_class']:.0%} of its {prevalence['n_class']} {cls} training images and "
+        f"{prevalence['without_class']:.0%} of the others; {shortcut['target']['seconds']:.0f} s, test AUROC "
+        f"{shortcut['target']['test_auroc_mean']:.3f} on its own held-out split",
+        f"the clean target {r['clean']['auroc_with']:.3f} on the {r['clean']['n_with']} positives with a tube and "
+        f"{r['clean']['auroc_without']:.3f} on the {r['clean']['n_without']} without; the shortcut target "
+        f"{r['shortcut']['auroc_with']:.3f} and {r['shortcut']['auroc_without']:.3f}",
+    ]:
+        assert phrase in text, phrase
+    assert clean["shortcut"] == "" and float(share) == 0.9
 
 
 @pytest.fixture(scope="module")
@@ -284,6 +306,30 @@ def test_the_readme_ablation_line_is_the_demos(summary):
     assert f"z ≥ 2 in **{passing} of {len(found)}** findings with named neurons" in text
     assert f"from {low['z']:.1f} ({low['finding']}, {low['n_neurons']} neurons)" in text
     assert f"to {high['z']:.1f} ({high['finding']})" in text
+
+
+def test_the_readme_audit_table_is_the_demos(summary):
+    """The tied class's row of both targets' audits: what is flagged, and the AUROC with and without the object."""
+    audit = summary["audit"]
+    tie, text = audit["tie"], README.read_text()
+    cells = {}
+    for name, a in audit["targets"].items():
+        r = next(r for r in a["classes"] if r["class"] == tie["class"])
+        flagged = [(i + 1, c) for i, c in enumerate(r["concepts"]) if c["flagged"]]
+        s = next(s for s in r["stratified"] if s["concept"] == tie["word"])
+        cells[name] = ("; ".join(f"{c['concept']}: #{i} by share, {c['share']:.2f} of the evidence, z {c['z']:.1f}"
+                                 for i, c in flagged) or "none",
+                       f"{s['auroc_with']:.3f} ({s['n_with']}) / {s['auroc_without']:.3f} ({s['n_without']})",
+                       f"{s['gap']:+.3f} ({s['ci'][0]:+.3f} to {s['ci'][1]:+.3f})")
+    assert f"| {tie['class']} on the {summary['config']['n_test']} test phantoms | clean target | shortcut target |" \
+        in text
+    assert row(text, "flagged as a possible shortcut") == [cells["clean"][0], cells["shortcut"][0]]
+    assert row(text, f"AUROC on the positives the VLM sees '{tie['word']}' in / on the others") == \
+        [cells["clean"][1], cells["shortcut"][1]]
+    assert row(text, "gap, with - without") == [cells["clean"][2], cells["shortcut"][2]]
+    n_neg = {s["n_negatives"] for a in audit["targets"].values() for r in a["classes"] if r["class"] == tie["class"]
+             for s in r["stratified"] if s["concept"] == tie["word"]}
+    assert len(n_neg) == 1 and f"each against all {n_neg.pop()} negatives" in text
 
 
 def test_the_readme_counts_the_suite_it_ran_with(request):

@@ -47,6 +47,7 @@ INPUTS = {
     "data/mimic_cxr/annotation.json": {"prepare_mimic_nouns.py"},
     "world.json": {"phantom/marker.py"},
     "demo_training.json": {"phantom/train.py"},
+    "pretrained/demo_training_shortcut.json": {"demo.py"},
     "phantom_sheet.png": {"phantom/world.py"},
     "p{}_000.png": {"phantom/world.py"},
     "{}.png": {"benchmark.py"},
