@@ -10,8 +10,10 @@ by hand, and what the step prints goes to its own log ({save_root}/logs/). Ends 
 each number with a line saying what it counts and over what: classifier AUROC, the fc hit rate with
 its ablations, the penultimate agreement with the phantom labels, the share of significant names for
 the trained target and the same one re-initialised, MAMMI against the other describers, the
-ablation of the neurons each finding names (z per finding) and the pointing game; then every figure
-written, one line each saying what it shows. Everything lands in the experiment's save_root.
+ablation of the neurons each finding names (z per finding), the shortcut audit of the demo target and of
+a second one trained with an object tied to a class (--shortcut_record: its flagged concepts per class,
+the tied class's AUROC with and without the object) and the pointing game; then every figure written,
+one line each saying what it shows. Everything lands in the experiment's save_root.
 """
 import pipeline.guard  # noqa: F401  (first: Ctrl-C and the console's encoding are handled from here on)
 
@@ -115,7 +117,6 @@ def shortcut_tie() -> dict | None:
     return {"record": shortcut_record, "checkpoint": checkpoint, "object": tie.obj, "class": tie.label,
             "share": tie.share, "word": OBJECTS[tie.obj].word,
             "save_root": str(Path(config["save_root"]) / "targets" / Path(checkpoint).stem)}
-
 
 
 def step(script: str, **constants) -> None:
