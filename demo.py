@@ -1,6 +1,6 @@
 """The whole pipeline on a phantom world whose right answers are known: the README's first command.
 
-    python demo.py                  # about 3 minutes on 2 CPU cores
+    python demo.py                  # about 5 minutes on 2 CPU cores
 
 A fresh world of synthetic radiographs (phantom/world.py, a seed the demo models never saw) is
 probed with the committed demo target (DenseNet-121) and named with the committed demo VLM
