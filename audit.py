@@ -95,7 +95,7 @@ def run():
     else:
         rows, method = rank_concepts(data["neurons"], members, got)
         flagged = {(r["class"], c["concept"]) for r in rows for c in r["concepts"] if c["flagged"]}
-        strata = stratify_classes(got, matching, stratify, flagged, rows)
+        strata = stratify_classes(got, matching, (concept_path, concepts), stratify, flagged, rows)
         result = {"key": key, "target": stage2["model"], "checkpoint": stage2["checkpoint"], "layer": stage2["layer"],
                   "split": audit_split, "images": got["what"], "concepts": str(path),
                   "concepts_digest": file_digest(path), "method": method, "share_min": audit_share, "z_min": audit_z,
@@ -148,14 +148,15 @@ def rank_concepts(records: list[dict], members: dict[str, list[int]], got: dict)
     return rows, "linear" if linear else "hook"
 
 
-def stratify_classes(got: dict, matching: dict, stratify: list[str], flagged: set, rows: list[dict]) -> dict:
+def stratify_classes(got: dict, matching: dict, concept_set: tuple, stratify: list[str], flagged: set,
+                     rows: list[dict]) -> dict:
     """Per class, the stratified AUROC of each concept flagged for it and each of --audit_stratify."""
     wanted = {r["class"]: stratify + [c for k, c in sorted(flagged) if k == r["class"] and c not in stratify]
               for r in rows}
     words = sorted({c for cs in wanted.values() for c in cs})
     if not words:
         return {r["class"]: [] for r in rows}
-    sees = dict(zip(words, vlm_sees(got, matching, words).T.numpy()))
+    sees = dict(zip(words, vlm_sees(got, matching, concept_set, words).T.numpy()))
     logits = got["tensors"]()["logits"].numpy()
     out = {}
     for f in got["findings"]:
@@ -166,13 +167,13 @@ def stratify_classes(got: dict, matching: dict, stratify: list[str], flagged: se
     return out
 
 
-def vlm_sees(got: dict, matching: dict, words: list[str]) -> torch.Tensor:
+def vlm_sees(got: dict, matching: dict, concept_set: tuple, words: list[str]) -> torch.Tensor:
     """[N, W] bool over the held-out images: the words among each image's audit_seen_top concepts, as step
     3's VLM scores the concept set (step 3's text cache; the images' features cached per split)."""
     c = {**got["config"], **matching}
     vlm = functools.cache(lambda: load_vlm(c["model_clip"], c["clip_weights"], got["dev"]))  # only if a cache lacks
     img, _, _ = image_features(c, c, got["image_ids"], vlm, batch_size, num_workers)
-    concept_path, concepts = read_concepts(c["concept_set"])
+    concept_path, concepts = concept_set  # (path, words) as run() read them
     text = text_features(c, concept_path, concepts, vlm)
     index = {w: i for i, w in enumerate(concepts)}
     missing = [w for w in words if w not in index]

@@ -51,6 +51,7 @@ from mammi.audit import stratified_auroc
 from mammi.metrics import auroc_auprc
 from phantom.marker import WORLD_FILE
 from phantom.world import CLASSES, OBJECT_WORDS, OBJECTS, WORDS, ensure_world, parse_shortcut
+from pipeline.audit import number
 from pipeline.cli import CONCEPT_MATCHING, EXAMPLE_SELECTION, configure, constants_of, main, print_config
 
 # world
@@ -97,6 +98,11 @@ def log(msg: str) -> None:
 
 def repo_path(path: str) -> Path:
     return Path(path) if os.path.isabs(path) else ROOT / path
+
+
+def as_recorded(path: Path) -> str:
+    """A path as the record gives it: relative to the repository when inside it."""
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
 def batches(n: int, batch: int, epochs: int, generator_seed: int):
@@ -194,11 +200,16 @@ class Texts:
     report_feat: dict[str, torch.Tensor]  # 'train', 'test': each image's report, in split order
 
 
+def training_nouns(world: World) -> list[str]:
+    """The phantom training reports' nouns, by prepare_mimic_nouns.py's rule."""
+    return tagged_nouns(sentences(list(world.reports["train"].values())))
+
+
 def encode_texts(clip, world: World, timings: dict) -> Texts:
     log("encoding texts with the frozen MiniLM ...")
     t = time.time()
     reports = world.reports
-    nouns = tagged_nouns(sentences(list(reports["train"].values())))
+    nouns = training_nouns(world)
     # Negatives: the phantom reports' other nouns, and the IU X-ray reports' nouns (a corpus apart
     # from the MIMIC nouns the method is evaluated with), so that real radiology words the phantom
     # reports never use ('pneumomediastinum', ...) are not left to chance near the finding prompts.
@@ -286,7 +297,7 @@ def train_and_check_target(world: World, out: Path, timings: dict) -> tuple[dict
     again = target_logits(loaded, world.target_px["test"][:64])
     diff = float((again - torch.from_numpy(acts["test"][:64])).abs().max())
     log(f"  reloaded {path}: head {head}, max |logit difference| after fp16 {diff:.4f}")
-    report = dict(info, checkpoint=str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+    report = dict(info, checkpoint=as_recorded(path),
                   val_auroc=dict(zip(CLASSES, val_auc)), test_auroc=dict(zip(CLASSES, test_auc)),
                   val_auroc_mean=np.nanmean(val_auc), test_auroc_mean=np.nanmean(test_auc),
                   fp16_reload_max_logit_diff=diff, test_auroc_by_object=by_object(world, acts["test"]))
@@ -305,25 +316,23 @@ def by_object(world: World, logits: np.ndarray) -> dict:
     tie = parse_shortcut(shortcut)
     if tie:
         r = out[tie.obj][tie.label]
-        log(f"  test AUROC of {tie.label}: positives with the {tie.obj} {fmt(r['auroc_with'])} ({r['n_with']}), "
-            f"without {fmt(r['auroc_without'])} ({r['n_without']}), against {r['n_negatives']} negatives")
+        log(f"  test AUROC of {tie.label}: positives with the {tie.obj} {number(r['auroc_with'], '.4f')} "
+            f"({r['n_with']}), without {number(r['auroc_without'], '.4f')} ({r['n_without']}), against "
+            f"{r['n_negatives']} negatives")
     return out
-
-
-def fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4f}"
 
 
 def object_prevalence(world: World) -> dict:
     """Per split and object, the share of images that carry it, among each class's images and among the others."""
+    def share(has, rows):
+        return float(has[rows].mean()) if rows.any() else None
+
     out: dict = {}
     for split in world.names:
         y, has = world.labels[split].astype(bool), world.objects[split].astype(bool)
-        def share(rows, i):
-            return float(has[rows, i].mean()) if rows.any() else None
         out[split] = {obj: dict(all=float(has[:, i].mean()),
-                                per_class={c: dict(with_class=share(y[:, k], i), without_class=share(~y[:, k], i),
-                                                   n_class=int(y[:, k].sum()))
+                                per_class={c: dict(with_class=share(has[:, i], y[:, k]),
+                                                   without_class=share(has[:, i], ~y[:, k]), n_class=int(y[:, k].sum()))
                                            for k, c in enumerate(CLASSES)})
                       for i, obj in enumerate(OBJECTS)}
     return out
@@ -517,9 +526,8 @@ def run() -> None:
         vlm_report, clip = train_and_check_vlm(clip, world, texts, out, timings)
     else:
         log(f"keeping the VLM {clip_dir}")
-        nouns = tagged_nouns(sentences(list(world.reports["train"].values())))
-        weights = clip_dir.relative_to(ROOT) if clip_dir.is_relative_to(ROOT) else clip_dir
-        vlm_report = dict(trained=False, weights=str(weights))
+        nouns = training_nouns(world)
+        vlm_report = dict(trained=False, weights=as_recorded(clip_dir))
     target_report, acts = train_and_check_target(world, out, timings)
     t = time.time()
     check = check_method(clip, world, acts["train"], nouns) if method_check else None
